@@ -1,0 +1,60 @@
+"""Classifier heads: how the encoded tokens become one representation, then logits.
+
+- `token`: the class token (parameter `cls`, prepended before the encoder), as the ViT paper.
+- `gap`: the mean over all tokens (no class token).
+- `map`: multi-head attention pooling with a learned probe (big_vision's `MAPHead`, named `MAPHead_0`).
+- `unpooled`: every token (no class token); `token_unpooled`: every token, class token included.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax.models.encoder import MlpBlock
+
+Classifier = Literal["token", "gap", "map", "unpooled", "token_unpooled"]
+CLASSIFIERS: tuple[str, ...] = ("token", "gap", "map", "unpooled", "token_unpooled")
+
+
+def num_prefix_tokens(classifier: str) -> int:
+    """How many tokens the model prepends to the patch tokens (the class token, or none)."""
+    return 1 if classifier in ("token", "token_unpooled") else 0
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling: a learned probe attends over the tokens, then a residual MLP (big_vision)."""
+
+    num_heads: int
+    mlp_dim: int | None = None
+    gelu_approximate: bool = True
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, _, d = x.shape
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
+        probe = jnp.tile(probe.astype(x.dtype), [b, 1, 1])
+        x = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform()
+        )(probe, x)
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        mlp_dim = 4 * d if self.mlp_dim is None else self.mlp_dim
+        x = x + MlpBlock(mlp_dim=mlp_dim, gelu_approximate=self.gelu_approximate, dtype=self.dtype)(
+            y, deterministic=True
+        )
+        return x[:, 0]
+
+
+def pool_tokens(x: jax.Array, classifier: str) -> jax.Array:
+    """The representation for non-learned pools: `token` -> `x[:, 0]`, `gap` -> mean, `*unpooled` -> `x`."""
+    if classifier == "token":
+        return x[:, 0]
+    if classifier == "gap":
+        return jnp.mean(x, axis=1)
+    if classifier in ("unpooled", "token_unpooled"):
+        return x
+    raise ValueError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}")

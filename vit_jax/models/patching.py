@@ -1,0 +1,158 @@
+"""Patch embedding: an image becomes a grid of tokens.
+
+Two implementations share one parameter, `kernel` of shape `(ph, pw, C, D)` (and `bias` `(D,)`), so a checkpoint
+trained with one runs with the other:
+
+- `conv`: a strided VALID convolution, as google-research/vision_transformer's `embedding` `nn.Conv`.
+- `reshape`: cut the image into non-overlapping patches, flatten each patch in (row-in-patch, column-in-patch,
+  channel) order and multiply by the kernel reshaped to `(ph * pw * C, D)`. That flatten order is exactly the
+  row-major order of the kernel's first three axes, which is why the two agree ("We can merge s2d+emb into a single
+  conv; it's the same.", vision_transformer).
+
+Tokens come out row-major over the patch grid: token `k` is the patch at grid row `k // gw`, column `k % gw`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PatchEmbedKind = Literal["conv", "reshape"]
+PatchPadding = Literal["none", "zeros"]
+PATCH_EMBED_KINDS: tuple[str, ...] = ("conv", "reshape")
+PATCH_PADDINGS: tuple[str, ...] = ("none", "zeros")
+
+
+def as_patch_size(patch_size: int | Sequence[int]) -> tuple[int, int]:
+    """`16` or `(8, 16)` -> `(ph, pw)`, checked to be positive integers."""
+    size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"patch_size must be a positive int or a pair (ph, pw) of them; got {patch_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def grid_shape(image_hw: Sequence[int], patch_size: int | Sequence[int], pad: PatchPadding = "none") -> tuple[int, int]:
+    """The `(gh, gw)` patch grid of an image, or a ValueError naming both sizes when they do not divide."""
+    ph, pw = as_patch_size(patch_size)
+    h, w = image_hw
+    if pad == "zeros":
+        return -(-h // ph), -(-w // pw)
+    if pad != "none":
+        raise ValueError(f"pad must be one of {PATCH_PADDINGS}; got {pad!r}")
+    if h % ph or w % pw:
+        raise ValueError(
+            f"image size {h}x{w} (height x width) is not a multiple of the patch size {ph}x{pw}; "
+            f"resize the image to a multiple of it, or pass pad='zeros' to pad bottom/right to "
+            f"{-(-h // ph) * ph}x{-(-w // pw) * pw}"
+        )
+    return h // ph, w // pw
+
+
+def pad_to_patch_multiple(images: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
+    """Zero-pad `(B, H, W, C)` images at the bottom and right up to the next multiple of the patch size."""
+    ph, pw = patch_size
+    h, w = images.shape[1:3]
+    pad_h, pad_w = -h % ph, -w % pw
+    if not (pad_h or pad_w):
+        return images
+    return jnp.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+
+
+def patchify(images: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
+    """`(B, H, W, C)` -> `(B, gh, gw, ph * pw * C)`, each patch flattened (row-in-patch, column-in-patch, channel)."""
+    b, h, w, c = images.shape
+    ph, pw = patch_size
+    gh, gw = grid_shape((h, w), patch_size)
+    x = images.reshape(b, gh, ph, gw, pw, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, gh, gw, ph, pw, C)
+    return x.reshape(b, gh, gw, ph * pw * c)
+
+
+def unpatchify(patches: jax.Array, patch_size: tuple[int, int], channels: int) -> jax.Array:
+    """Inverse of `patchify`: `(B, gh, gw, ph * pw * C)` -> `(B, gh * ph, gw * pw, C)`."""
+    b, gh, gw, _ = patches.shape
+    ph, pw = patch_size
+    x = patches.reshape(b, gh, gw, ph, pw, channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh * ph, gw * pw, channels)
+
+
+def embed_patches_conv(
+    images: jax.Array, kernel: jax.Array, bias: jax.Array, precision: jax.lax.PrecisionLike = None
+) -> jax.Array:
+    """Strided VALID convolution: `(B, H, W, C)` -> `(B, gh, gw, D)`."""
+    ph, pw = kernel.shape[:2]
+    y = jax.lax.conv_general_dilated(
+        images,
+        kernel,
+        window_strides=(ph, pw),
+        padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+    )
+    return y + bias
+
+
+def embed_patches_reshape(
+    images: jax.Array, kernel: jax.Array, bias: jax.Array, precision: jax.lax.PrecisionLike = None
+) -> jax.Array:
+    """Patchify then one matmul with the same kernel: `(B, H, W, C)` -> `(B, gh, gw, D)`."""
+    ph, pw, c, d = kernel.shape
+    patches = patchify(images, (ph, pw))
+    y = jnp.dot(patches, kernel.reshape(ph * pw * c, d), precision=precision)
+    return y + bias
+
+
+class PatchEmbed(nn.Module):
+    """Embeds `(B, H, W, C)` images as `(B, gh * gw, D)` tokens (or the `(B, gh, gw, D)` grid).
+
+    Named `embedding` inside VisionTransformer, with the parameters `kernel` `(ph, pw, C, D)` and `bias` `(D,)` of
+    vision_transformer's `nn.Conv`, lecun-normal and zeros initialised as there.
+
+    Attributes:
+      hidden_size: D, the token width.
+      patch_size: `(ph, pw)`, or an int for square patches.
+      kind: `conv` or `reshape`; the same parameters give the same output (to float rounding).
+      pad: `none` rejects images whose size is not a multiple of the patch size; `zeros` pads bottom/right.
+      output_format: `tokens` for `(B, gh * gw, D)` in row-major grid order, `grid` for `(B, gh, gw, D)`.
+      dtype: computation dtype (inputs and kernel are cast to it); parameters stay `param_dtype`.
+    """
+
+    hidden_size: int
+    patch_size: int | Sequence[int]
+    kind: PatchEmbedKind = "conv"
+    pad: PatchPadding = "none"
+    output_format: Literal["tokens", "grid"] = "tokens"
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    precision: jax.lax.PrecisionLike = None
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        if images.ndim != 4:
+            raise ValueError(f"PatchEmbed expects (batch, height, width, channels) images; got shape {images.shape}")
+        if self.kind not in PATCH_EMBED_KINDS:
+            raise ValueError(f"patch_embed must be one of {PATCH_EMBED_KINDS}; got {self.kind!r}")
+        if self.output_format not in ("tokens", "grid"):
+            raise ValueError(f"output_format must be 'tokens' or 'grid'; got {self.output_format!r}")
+        patch_size = as_patch_size(self.patch_size)
+        grid_shape(images.shape[1:3], patch_size, self.pad)  # the clear error, before anything else
+        if self.pad == "zeros":
+            images = pad_to_patch_multiple(images, patch_size)
+
+        channels = images.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (*patch_size, channels, self.hidden_size), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.hidden_size,), self.param_dtype)
+        images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
+
+        embed = embed_patches_conv if self.kind == "conv" else embed_patches_reshape
+        grid = embed(images, kernel, bias, self.precision)
+        if self.output_format == "grid":
+            return grid
+        b, gh, gw, d = grid.shape
+        return grid.reshape(b, gh * gw, d)

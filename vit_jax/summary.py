@@ -1,0 +1,201 @@
+"""Model summary: parameters per top-level module, tokens per image and GFLOPs per image, without running it.
+
+    python -m vit_jax.summary B/16 --image-size 224 --num-classes 1000 [--set posemb=sincos2d ...]
+    python -m vit_jax.summary Ti/16 S/16 B/16 --markdown      # one table row per variant
+
+Parameters come from `jax.eval_shape` of `init` and FLOPs from XLA's cost analysis of the lowered forward pass, so
+nothing is materialised or executed: even ViT-e summarises in seconds on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models import create_model
+from vit_jax.models.heads import num_prefix_tokens
+from vit_jax.models.patching import grid_shape
+from vit_jax.models.vit import VisionTransformer
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    image_shape: tuple[int, int, int]
+    params_per_module: dict[str, int]  # top-level modules, and the encoder's children as "Transformer/<child>"
+    grid: tuple[int, int]
+    num_prefix: int
+    flops_per_image: float
+
+    @property
+    def total_params(self) -> int:
+        return sum(n for name, n in self.params_per_module.items() if "/" not in name)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.num_patches + self.num_prefix
+
+
+def param_shapes(model: VisionTransformer, image_shape: Sequence[int]) -> Any:
+    """The parameter tree as `jax.ShapeDtypeStruct`s, for an input of `image_shape` `(H, W, C)`."""
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)["params"]
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
+
+
+# Top-level modules and encoder children in the order data flows through them; anything else goes last.
+_DATA_FLOW_ORDER = ("embedding", "cls", "Transformer", "posembed_input", "encoderblock", "encoder_norm",
+                    "MAPHead_0", "pre_logits", "head")
+
+
+def _data_flow_key(name: str) -> tuple[int, int, str]:
+    base, _, layer = name.partition("_") if name.startswith("encoderblock_") else (name, "", "")
+    rank = _DATA_FLOW_ORDER.index(base) if base in _DATA_FLOW_ORDER else len(_DATA_FLOW_ORDER)
+    return rank, int(layer) if layer.isdigit() else -1, name
+
+
+def params_per_module(params: Mapping[str, Any]) -> dict[str, int]:
+    """Counts per top-level module, plus the encoder's children (position embeddings, blocks, final norm),
+    in data-flow order."""
+    counts: dict[str, int] = {}
+    for name in sorted(params, key=_data_flow_key):
+        counts[name] = count_params(params[name])
+        if name == "Transformer":
+            for child in sorted(params[name], key=_data_flow_key):
+                counts[f"{name}/{child}"] = count_params(params[name][child])
+    return counts
+
+
+def forward_flops(model: VisionTransformer, image_shape: Sequence[int]) -> float:
+    """FLOPs of one image's inference forward pass, by XLA's cost analysis (a multiply-add counts as 2).
+
+    Analysed unscanned: XLA's cost analysis counts a while loop's body once, whatever the trip count.
+    """
+    model = model.clone(scan=False, remat=False)
+    params = param_shapes(model, image_shape)
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    lowered = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(params, images)
+    return float(lowered.cost_analysis()["flops"])
+
+
+def summarize(model: VisionTransformer, image_shape: Sequence[int], name: str = "ViT") -> ModelSummary:
+    image_shape = tuple(image_shape)
+    grid = grid_shape(image_shape[:2], model.patch_size, model.pad)  # the clear size error, before tracing
+    params = param_shapes(model, image_shape)
+    return ModelSummary(
+        name=name,
+        image_shape=image_shape,  # type: ignore[arg-type]
+        params_per_module=params_per_module(params),
+        grid=grid,
+        num_prefix=num_prefix_tokens(model.classifier),
+        flops_per_image=forward_flops(model, image_shape),
+    )
+
+
+def format_summary(summary: ModelSummary) -> str:
+    h, w, c = summary.image_shape
+    lines = [f"{summary.name} on {h}x{w}x{c} images", f"{'module':<40}{'parameters':>16}"]
+    for module, count in _blocks_folded(summary.params_per_module).items():
+        indent = "  " if "/" in module else ""
+        lines.append(f"{indent + module.split('/', 1)[-1] if indent else module:<40}{count:>16,}")
+    gh, gw = summary.grid
+    prefix = f" + {summary.num_prefix} class token" if summary.num_prefix else ""
+    lines += [
+        f"{'total':<40}{summary.total_params:>16,}",
+        f"tokens per image: {summary.tokens_per_image} ({gh}x{gw} patch grid = {summary.num_patches} patches{prefix})",
+        f"GFLOPs per image: {summary.flops_per_image / 1e9:.3f} "
+        "(forward pass, XLA cost analysis; a multiply-add counts as 2 FLOPs)",
+    ]
+    return "\n".join(lines)
+
+
+def markdown_table(summaries: Sequence[ModelSummary]) -> str:
+    """One row per model: the table of variants in the README."""
+    rows = [
+        "| model | image | parameters | tokens per image | GFLOPs per image |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for s in summaries:
+        h, w, c = s.image_shape
+        rows.append(f"| {s.name} | {h}x{w}x{c} | {s.total_params:,} | {s.tokens_per_image} | "
+                    f"{s.flops_per_image / 1e9:.2f} |")
+    return "\n".join(rows)
+
+
+def _blocks_folded(counts: Mapping[str, int]) -> dict[str, int]:
+    """`Transformer/encoderblock_0..N-1` folded into one line, so a 48-layer model's summary stays readable."""
+    folded: dict[str, int] = {}
+    blocks = [name for name in counts if re.fullmatch(r"Transformer/encoderblock_\d+", name)]
+    for name, count in counts.items():
+        if name in blocks[1:]:
+            continue
+        if blocks and name == blocks[0]:
+            name = f"Transformer/encoderblock_0..{len(blocks) - 1} ({len(blocks)} x {count:,})"
+            count *= len(blocks)
+        folded[name] = count
+    return folded
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value`, the value a Python literal (`8`, `(8, 16)`, `None`, `True`) or else a plain string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value; got {text!r}")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """`224` or `224x160` (height x width)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"image size must be N or HxW with positive integers; got {text!r}")
+    h, w = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
+    return h, w
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vit_jax.summary", description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", default=["B/16"], metavar="VARIANT",
+                        help="e.g. Ti/16, S/16, B/32, L/16, H/14, S/8x16 (default B/16)")
+    parser.add_argument("--image-size", type=parse_image_size, default=(224, 224), help="N or HxW (default 224)")
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table, one row per variant")
+    parser.add_argument("--set", type=parse_override, action="append", default=[], metavar="OPTION=VALUE",
+                        help="any create_model option, e.g. --set posemb=sincos2d --set classifier=gap")
+    args = parser.parse_args(argv)
+    summaries = []
+    for variant in args.variants:
+        try:
+            model = create_model(variant, num_classes=args.num_classes, **dict(args.set))
+            summaries.append(summarize(model, (*args.image_size, args.channels), name=f"ViT-{variant}"))
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+    if args.markdown:
+        print(markdown_table(summaries))
+    else:
+        print("\n\n".join(format_summary(s) for s in summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
