@@ -112,8 +112,8 @@ def format_summary(summary: ModelSummary) -> str:
     h, w, c = summary.image_shape
     lines = [f"{summary.name} on {h}x{w}x{c} images", f"{'module':<40}{'parameters':>16}"]
     for module, count in _blocks_folded(summary.params_per_module).items():
-        indent = "  " if "/" in module else ""
-        lines.append(f"{indent + module.split('/', 1)[-1] if indent else module:<40}{count:>16,}")
+        label = "  " + module.split("/", 1)[1] if "/" in module else module  # encoder children indented
+        lines.append(f"{label:<40}{count:>16,}")
     gh, gw = summary.grid
     prefix = f" + {summary.num_prefix} class token" if summary.num_prefix else ""
     lines += [
