@@ -1,12 +1,19 @@
-"""Shared fixtures: small models and parameters with no zero-initialised leaves (so nothing hides behind a 0)."""
+"""Shared helpers: perturbed parameters (nothing hides behind a zero init), configs, the digits data, `main` runs."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def perturbed(params: Any, seed: int = 0, scale: float = 0.2) -> Any:
@@ -20,3 +27,38 @@ def perturbed(params: Any, seed: int = 0, scale: float = 0.2) -> Any:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def load_config_file(name: str, arg: str | None = None):
+    """`get_config(arg)` of `configs/<name>.py`, loaded by path as `--config=configs/<name>.py:arg` does."""
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir holding the prepared `sklearn_digits` dataset (built once per test session)."""
+    from vit_jax.data.sources import dataset_builder
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    dataset_builder("sklearn_digits", data_dir)
+    return data_dir
+
+
+TINY_RUN = "num_steps=20,log_every=5,eval_every=10,checkpoint_every=5"
+
+
+def tiny_digits_config(data_dir: str, arg: str = ""):
+    """configs/digits.py, shortened for tests: few steps, frequent logs, evals and checkpoints."""
+    config = load_config_file("digits", ",".join(filter(None, [TINY_RUN, arg])))
+    config.data_dir = data_dir
+    return config
+
+
+def run_main(workdir, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m vit_jax.main --workdir=workdir ...` in a fresh process (its own devices and flags)."""
+    command = [sys.executable, "-m", "vit_jax.main", f"--workdir={workdir}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **(env or {})})

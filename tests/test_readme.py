@@ -15,7 +15,7 @@ def readme_commands() -> list[str]:
 
 def test_ci_runs_exactly_the_readme_test_command():
     setup = readme_commands()[:2]
-    assert setup[0].startswith("pip install -e . && python -m vit_jax.summary")
+    assert setup[0] == "pip install -e . && python -m vit_jax.main --config=configs/digits.py --workdir=workdirs/digits"
     assert setup[1] == 'pip install -e ".[test]" && python -m pytest -n 2'
     ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == [setup[1]]

@@ -15,7 +15,14 @@ import jax.numpy as jnp
 
 from vit_jax.models.encoder import ENCODER, Encoder
 from vit_jax.models.heads import CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
-from vit_jax.models.patching import PATCH_EMBED_KINDS, PATCH_PADDINGS, PatchEmbed, PatchEmbedKind, PatchPadding, as_patch_size
+from vit_jax.models.patching import (
+    PATCH_EMBED_KINDS,
+    PATCH_PADDINGS,
+    PatchEmbed,
+    PatchEmbedKind,
+    PatchPadding,
+    as_patch_size,
+)
 from vit_jax.models.posemb import POSEMB_KINDS, PosembKind
 
 

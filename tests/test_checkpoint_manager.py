@@ -1,0 +1,65 @@
+import shutil
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.checkpoint import TrainCheckpoints
+
+
+def iterator():
+    return iter(grain.MapDataset.range(100).shuffle(seed=0).repeat().batch(4).to_iter_dataset())
+
+
+def state_at(step: int) -> dict:
+    return {"step": jnp.array(step), "params": {"w": jnp.full((3,), float(step))}}
+
+
+def test_keeps_the_last_n_plus_the_best_by_eval_accuracy(tmp_path):
+    checkpoints = TrainCheckpoints(tmp_path, keep=2)
+    data = iterator()
+    accuracy = {2: 0.5, 4: 0.9, 6: 0.6, 8: 0.7}
+    for step in range(1, 11):
+        next(data)
+        metrics = {"eval/accuracy": accuracy[step]} if step in accuracy else None
+        checkpoints.save(step, state_at(step), data, metrics=metrics)
+    checkpoints.wait()
+    assert checkpoints.all_steps() == [4, 9, 10]
+    checkpoints.close()
+
+
+def test_restore_returns_state_and_moves_the_iterator(tmp_path):
+    checkpoints = TrainCheckpoints(tmp_path)
+    data = iterator()
+    for _ in range(3):
+        next(data)
+    checkpoints.save(3, state_at(3), data)
+    checkpoints.wait()
+    expected_next = next(data)
+
+    fresh = iterator()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state_at(0))
+    restored = TrainCheckpoints(tmp_path).restore(3, abstract, fresh)
+    np.testing.assert_array_equal(restored["params"]["w"], [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(next(fresh), expected_next)
+
+
+def test_a_save_cut_short_is_never_picked_up(tmp_path):
+    checkpoints = TrainCheckpoints(tmp_path)
+    checkpoints.save(5, state_at(5), iterator())
+    checkpoints.wait()
+    checkpoints.close()
+    # What a process killed while writing step 9 leaves: orbax's temporary directory, half written.
+    partial = tmp_path / "9.orbax-checkpoint-tmp-1700000000000000"
+    shutil.copytree(tmp_path / "5", partial)
+    for path in sorted((partial / "state").rglob("*"))[::2]:
+        if path.is_file():
+            path.unlink()
+    reopened = TrainCheckpoints(tmp_path)
+    assert reopened.latest_step() == 5 and reopened.all_steps() == [5]
+    np.testing.assert_array_equal(reopened.restore(5)["params"]["w"], [5.0, 5.0, 5.0])
+    reopened.save(6, state_at(6), iterator())
+    reopened.wait()
+    assert not partial.exists()  # removed in the background once the manager opened
+    assert reopened.all_steps() == [5, 6]

@@ -1,0 +1,72 @@
+import re
+
+import jax.numpy as jnp
+import pytest
+
+from tests.conftest import ROOT, load_config_file
+from vit_jax.config import apply_overrides, base_config, build_model, model_config, split_top_level
+from vit_jax.models import MODEL_OPTIONS
+
+
+def test_model_section_has_every_model_option_so_the_command_line_can_set_it():
+    section = model_config("S/16")
+    assert set(section) == {"variant"} | set(MODEL_OPTIONS) - {"num_classes"}
+    assert section.hidden_size is None and section.posemb == "learn" and section.dtype == "float32"
+
+
+def test_build_model_takes_sizes_from_the_variant_unless_set():
+    model = build_model(model_config("S/16"), num_classes=7)
+    assert (model.hidden_size, model.num_layers, model.patch_size, model.num_classes) == (384, 12, (16, 16), 7)
+    assert model.dtype is None
+    section = model_config("S/16", hidden_size=96, num_heads=4, dtype="bfloat16")
+    model = build_model(section, num_classes=7)
+    assert (model.hidden_size, model.num_heads, model.dtype) == (96, 4, jnp.bfloat16)
+
+
+def test_short_overrides_set_nested_fields_and_parse_literals():
+    config = apply_overrides(base_config(), "variant=S/8x16,dataset=cifar10,image_size=32,"
+                                            "optimizer.learning_rate=3e-4,mesh=(('data',-1),('model',2)),pp.flip=False")
+    assert config.model.variant == "S/8x16" and config.dataset == "cifar10"
+    assert config.image_size == (32, 32)
+    assert config.optimizer.learning_rate == 3e-4
+    assert config.mesh == (("data", -1), ("model", 2))
+    assert config.pp.flip is False
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("lr=0.1", r"unknown config field 'lr'"),
+        ("optimizer.lr=0.1", r"unknown config field 'optimizer.lr'"),
+        ("num_steps", r"'num_steps' is not key=value"),
+        ("num_steps=abc", r"config field 'num_steps'"),
+    ],
+)
+def test_bad_short_overrides_are_clear_errors(arg, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(base_config(), arg)
+
+
+def test_split_top_level_keeps_brackets_and_quotes_together():
+    assert split_top_level("a=1,b=(1,2),c='x,y',d=[(1,2)]") == ["a=1", "b=(1,2)", "c='x,y'", "d=[(1,2)]"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_documents_its_command_and_result(path):
+    text = path.read_text()
+    docstring = re.match(r'\s*"""(.*?)"""', text, re.S)
+    assert docstring, f"{path.name} must start with a docstring"
+    assert f"python -m vit_jax.main --config=configs/{path.name}" in docstring.group(1)
+    assert re.search(r"[Rr]esult", docstring.group(1)) and "%" in docstring.group(1)
+    config = load_config_file(path.stem)
+    assert set(base_config()) <= set(config)
+
+
+def test_vit_config_picks_splits_that_keep_the_test_split_out_of_model_selection():
+    cifar = load_config_file("vit", "variant=Ti/16,dataset=cifar10")
+    assert (cifar.model.variant, cifar.train_split, cifar.eval_split, cifar.test_split) == (
+        "Ti/16", "train[:98%]", "train[98%:]", "test")
+    imagenet = load_config_file("vit", "dataset=imagenet2012")
+    assert (imagenet.train_split, imagenet.eval_split, imagenet.test_split) == ("train[:99%]", "train[99%:]", "validation")
+    explicit = load_config_file("vit", "dataset=cifar10,eval_split=test[:10%],test_split=test[10%:]")
+    assert (explicit.eval_split, explicit.test_split) == ("test[:10%]", "test[10%:]")

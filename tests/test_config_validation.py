@@ -1,0 +1,59 @@
+"""Every check runs before anything compiles; the CLI turns each into one line and exit status 2."""
+
+import pytest
+
+from tests.conftest import run_main, tiny_digits_config
+from vit_jax import config_validation as cv
+from vit_jax.train import set_up
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("image_size=18", r"config.image_size = \(18, 18\): not a multiple of the patch size 4x4 .*; allowed: "
+                          r"multiples of the patch size, or config.model.pad='zeros'"),
+        ("model.num_heads=5", r"config.model \(variant 'Ti/4'\): hidden_size 64 is not divisible by num_heads 5"),
+        ("dataset=no_such_dataset", r"config.dataset = 'no_such_dataset': unknown dataset 'no_such_dataset'"),
+        ("train_split=training", r"config.train_split = 'training': unknown split of 'sklearn_digits'; allowed: "
+                                 r"\['test', 'train', 'validation'\]"),
+        ("eval_split=validation[:200%]", r"config.eval_split = 'validation\[:200%\]': unknown split"),
+        ("optimizer.name=adam", r"config.optimizer.name = 'adam': unknown value; allowed: 'adamw', 'sgd'"),
+        ("optimizer.schedule=step", r"config.optimizer.schedule = 'step': unknown value; allowed: 'cosine', 'linear', 'constant'"),
+        ("pp.train_crop=random", r"config.pp.train_crop = 'random': unknown value; allowed: 'none', 'pad', 'inception'"),
+        ("batch_size=0", r"config.batch_size = 0: must be a positive integer"),
+        ("label_smoothing=1.0", r"config.label_smoothing = 1.0: must be in \[0, 1\)"),
+        ("accum_steps=3", r"config.batch_size = 128: not divisible by 1 data-parallel device\(s\) x accum_steps 3"),
+        ("mesh=(('model',-1),)", r"config.mesh = \(\('model', -1\),\): .* must .* include a 'data' axis"),
+        ("sharding_rules=(('[',),)", r"config.sharding_rules\[0\] = '\[': not a regular expression"),
+        ("sharding_rules=(('.*','zero3'),)", r"config.sharding_rules\[0\] = \('.\*', 'zero3'\): must be \(regex, rule\)"),
+    ],
+)
+def test_bad_configs_fail_before_compiling_with_field_value_and_allowed(arg, message, digits_data_dir):
+    config = tiny_digits_config(digits_data_dir, arg)
+    with pytest.raises(cv.ConfigError, match=message):
+        set_up(config)
+
+
+def test_batch_must_split_over_the_data_parallel_devices(digits_data_dir):
+    config = tiny_digits_config(digits_data_dir, "batch_size=100")
+    with pytest.raises(cv.ConfigError, match=r"config.batch_size = 100: not divisible by 8 data-parallel device\(s\) "
+                                             r"x accum_steps 1 and by 1 process\(es\); allowed: multiples of 8"):
+        cv.check_devices(config, num_devices=8, process_count=1)
+    assert cv.check_devices(tiny_digits_config(digits_data_dir, "batch_size=100,mesh=(('data',-1),('model',2))"),
+                            num_devices=4, process_count=1) == {"data": 2, "model": 2}
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
+    config = tiny_digits_config(str(tmp_path), "dataset=mnist")
+    with pytest.raises(cv.ConfigError, match=r"config.dataset = 'mnist': dataset 'mnist' is not prepared under .*"
+                                             r"tfds build mnist --file_format=array_record"):
+        set_up(config)
+
+
+def test_cli_reports_one_line_and_exit_status_2(tmp_path, digits_data_dir):
+    result = run_main(tmp_path / "run", "--config=configs/digits.py:optimizer.name=adam",
+                      f"--config.data_dir={digits_data_dir}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.optimizer.name = 'adam': unknown value; allowed: 'adamw', 'sgd'")
+    assert not (tmp_path / "run" / "checkpoints").exists()

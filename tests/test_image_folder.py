@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax.data.image_folder import UnreadableImageError, build_image_folder, find_splits, main
+from vit_jax.data.sources import dataset_builder, dataset_spec, open_split
+
+
+def write_images(root, classes, count, rng, size=(12, 10), mode="RGB", suffix=".png"):
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            shape = (*size, 3) if mode == "RGB" else size
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / name / f"{i}{suffix}")
+
+
+def test_class_folders_become_a_train_split_with_sorted_class_names(tmp_path, rng):
+    root = tmp_path / "pets"
+    write_images(root, ["dog", "cat"], 3, rng)
+    write_images(root, ["cat"], 1, rng, mode="L", suffix=".jpg")  # grayscale JPEG, converted to RGB
+    builder = build_image_folder(root, "pets", data_dir=str(tmp_path / "tfds"))
+    spec = dataset_spec(builder)
+    assert spec.class_names == ("cat", "dog") and spec.image_shape == (None, None, 3)
+    train = open_split(builder, "train")
+    examples = sorted((e["file_name"].decode(), e["label"], e["image"].shape) for e in train)
+    assert [(f, l) for f, l, _ in examples] == [("cat/0.jpg", 0), ("cat/0.png", 0), ("cat/1.png", 0),
+                                                ("cat/2.png", 0), ("dog/0.png", 1), ("dog/1.png", 1), ("dog/2.png", 1)]
+    assert all(shape == (12, 10, 3) for _, _, shape in examples)
+    original = np.asarray(Image.open(root / "dog" / "1.png"))
+    stored = next(e["image"] for e in train if e["file_name"] == b"dog/1.png")
+    np.testing.assert_array_equal(stored, original)  # PNG bytes kept as they were
+
+
+def test_split_folders_become_splits(tmp_path, rng):
+    root = tmp_path / "data"
+    write_images(root / "train", ["a", "b"], 2, rng)
+    write_images(root / "val", ["a", "b"], 1, rng)
+    assert set(find_splits(root)) == {"train", "validation"}
+    builder = build_image_folder(root, "ab", data_dir=str(tmp_path / "tfds"))
+    assert {s: i.num_examples for s, i in builder.info.splits.items()} == {"train": 4, "validation": 2}
+
+
+def test_unreadable_image_is_named_and_skipped_unless_strict(tmp_path, rng, caplog):
+    root = tmp_path / "pets"
+    write_images(root, ["cat", "dog"], 2, rng)
+    (root / "dog" / "broken.jpg").write_bytes(b"not an image")
+    (root / "dog" / "notes.txt").write_text("ignored: not an image file name")
+    with pytest.raises(UnreadableImageError, match=r"unreadable image '.*dog/broken.jpg': not an image format"):
+        build_image_folder(root, "strict_pets", data_dir=str(tmp_path / "tfds"), strict=True)
+    builder = build_image_folder(root, "pets", data_dir=str(tmp_path / "tfds"))
+    assert builder.info.splits["train"].num_examples == 4
+    assert "dog/broken.jpg" in caplog.text
+
+
+def test_folder_dataset_by_path_in_a_config_is_built_once_then_reused(tmp_path, rng):
+    root = tmp_path / "My Pets"
+    write_images(root, ["cat", "dog"], 2, rng)
+    data_dir = str(tmp_path / "tfds")
+    builder = dataset_builder(f"folder:{root}", data_dir)
+    assert builder.name == "my_pets" and builder.info.splits["train"].num_examples == 4
+    write_images(root, ["cat"], 5, rng)  # not picked up: the dataset is built once
+    assert dataset_builder(f"folder:{root}", data_dir).info.splits["train"].num_examples == 4
+
+
+def test_cli_builds_and_reports(tmp_path, rng, capsys):
+    write_images(tmp_path / "imgs", ["x", "y"], 1, rng)
+    assert main([str(tmp_path / "imgs"), "--name", "xy", "--data_dir", str(tmp_path / "tfds")]) == 0
+    out = capsys.readouterr().out
+    assert "dataset 'xy'" in out and "(train: 2)" in out and "--config.dataset=xy" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing"), "--name", "m", "--data_dir", str(tmp_path / "tfds")])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "imgs"), "--name", "Bad-Name", "--data_dir", str(tmp_path / "tfds")])

@@ -1,0 +1,60 @@
+import json
+import struct
+from pathlib import Path
+
+from tensorboardX.proto import event_pb2
+
+from vit_jax.metric_writers import MetricWriter, read_metrics
+
+
+def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of every event file in `logdir`, read from the TFRecord framing (length, crc, event, crc)."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=10)
+    writer.write(5, {"train/loss": 1.5, "train/accuracy": 0.25})
+    writer.write(10, {"eval/accuracy": 0.75})
+    writer.close()
+    assert read_metrics(tmp_path) == [{"step": 5, "train/loss": 1.5, "train/accuracy": 0.25},
+                                      {"step": 10, "eval/accuracy": 0.75}]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["step"] in (5, 10) for line in lines)
+    scalars = tensorboard_scalars(tmp_path)
+    assert scalars["train/loss"] == [(5, 1.5)] and scalars["eval/accuracy"] == [(10, 0.75)]
+
+
+def test_resume_drops_records_after_the_restored_step(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=30)
+    for step in (10, 20, 30):
+        writer.write(step, {"train/loss": float(step)})
+    writer.close()
+    resumed = MetricWriter(tmp_path, total_steps=30, start_step=20)
+    resumed.write(30, {"train/loss": 3.0})
+    resumed.close()
+    assert [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path)] == [(10, 10.0), (20, 20.0), (30, 3.0)]
+
+
+def test_non_finite_values_are_written_as_strings(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=1)
+    writer.write(1, {"train/loss": float("nan")})
+    writer.close()
+    assert read_metrics(tmp_path) == [{"step": 1, "train/loss": "nan"}]
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=1, enabled=False)
+    writer.write(1, {"x": 1.0})
+    writer.close()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,201 @@
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests.conftest import ROOT, perturbed, run_main, tiny_digits_config
+from tests.test_metric_writers import tensorboard_scalars
+from vit_jax.checkpoint import TrainCheckpoints
+from vit_jax.metric_writers import read_metrics
+from vit_jax.models import create_model
+from vit_jax.train import (
+    NonFiniteLossError,
+    TrainState,
+    cross_entropy,
+    make_eval_step,
+    make_train_step,
+    saved_config,
+    train_and_evaluate,
+)
+
+
+def test_cross_entropy_is_the_negative_log_likelihood_of_smoothed_targets():
+    logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
+    labels = jnp.array([0, 1])
+    log_p = np.log(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(cross_entropy(logits, labels), -log_p[[0, 1], [0, 1]], rtol=1e-6)
+    smoothed = np.full((2, 3), 0.1 / 3) + 0.9 * np.eye(3)[[0, 1]]
+    np.testing.assert_allclose(cross_entropy(logits, labels, 0.1), -(smoothed * log_p).sum(-1), rtol=1e-6)
+
+
+def tiny_model_and_state(rng):
+    model = create_model("Ti/4", num_classes=5, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2)
+    params = perturbed(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)["params"])
+    tx = optax.sgd(0.1, momentum=0.9)  # linear in the gradient, so equal gradients give equal updates
+    return model, tx, TrainState(jnp.array(0), params, tx.init(params))
+
+
+def test_gradient_accumulation_gives_the_same_update_as_one_batch(rng):
+    model, tx, state = tiny_model_and_state(rng)
+    batch = {"image": jnp.asarray(rng.standard_normal((8, 8, 8, 1)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 5, 8), jnp.int32)}
+    step = lambda accum: jax.jit(make_train_step(model, tx, lambda s: 1e-2, dropout_key=jax.random.key(1),
+                                                 accum_steps=accum))(state, batch)
+    (one, metrics_one), (four, metrics_four) = step(1), step(4)
+    np.testing.assert_allclose(metrics_four["train/loss"], metrics_one["train/loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics_four["train/grad_norm"], metrics_one["train/grad_norm"], rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), four.params, one.params)
+    moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params)))
+    assert moved > 1e-3
+    assert int(four.step) == 1
+
+
+def test_eval_step_counts_only_unmasked_examples(rng):
+    model, _, state = tiny_model_and_state(rng)
+    images = rng.standard_normal((6, 8, 8, 1)).astype(np.float32)
+    labels = rng.integers(0, 5, 6).astype(np.int32)
+    mask = np.array([1, 1, 1, 1, 0, 0], np.float32)
+    sums = jax.jit(make_eval_step(model))(state.params, {"image": images, "label": labels, "mask": mask})
+    logits = np.asarray(model.apply({"params": state.params}, images[:4], train=False))
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert float(sums["count"]) == 4
+    np.testing.assert_allclose(sums["loss"], -log_p[np.arange(4), labels[:4]].sum(), rtol=1e-5)
+    assert float(sums["top1"]) == (logits.argmax(-1) == labels[:4]).sum()
+    top5 = np.argsort(-logits, -1)[:, :5]
+    assert float(sums["top5"]) == sum(labels[i] in top5[i] for i in range(4)) == 4  # 5 classes: always a hit
+
+
+def test_training_writes_metrics_tensorboard_checkpoints_and_resumes(tmp_path, digits_data_dir):
+    config = tiny_digits_config(digits_data_dir)
+    results = train_and_evaluate(config, tmp_path)
+    assert results["eval/num_examples"] == 180 and results["test/num_examples"] == 360
+    records = read_metrics(tmp_path)
+    train_steps = [r["step"] for r in records if "train/loss" in r]
+    assert train_steps == [5, 10, 15, 20]
+    for key in ("train/accuracy", "train/learning_rate", "train/grad_norm", "perf/images_per_second",
+                "perf/step_seconds"):
+        assert key in records[1], key
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [10, 20]
+    assert [r["step"] for r in records if "test/accuracy" in r] == [20]
+    assert "eval/top5_accuracy" in records[-2]
+    assert [step for step, _ in tensorboard_scalars(tmp_path)["train/loss"]] == [5, 10, 15, 20]
+    assert TrainCheckpoints(tmp_path / "checkpoints").all_steps() == [15, 20]
+    assert saved_config(tmp_path).model.variant == "Ti/4"
+
+    again = train_and_evaluate(config, tmp_path)  # already finished: resumes at the end, tests again
+    assert again["test/accuracy"] == results["test/accuracy"]
+    assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == [5, 10, 15, 20]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, digits_data_dir):
+    config = tiny_digits_config(
+        digits_data_dir,
+        "optimizer.name=sgd,optimizer.learning_rate=1e30,optimizer.grad_clip_norm=0.0,optimizer.warmup_steps=0,"
+        "optimizer.schedule=constant,checkpoint_every=1,label_smoothing=0.0",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step (\d+); stopped without saving\. "
+                                                 r"The last good checkpoint \(step (\d+)\) is kept") as error:
+        train_and_evaluate(config, tmp_path)
+    bad_step, good_step = map(int, re.search(r"step (\d+);.*step (\d+)\)", str(error.value)).groups())
+    assert good_step == bad_step - 1
+    steps = TrainCheckpoints(tmp_path / "checkpoints").all_steps()
+    assert max(steps) == good_step
+    restored = TrainCheckpoints(tmp_path / "checkpoints").restore(good_step)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored["params"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole runs in fresh processes: the command a user types.
+
+RUN = "--config=configs/digits.py:num_steps=30,log_every=1,eval_every=10,checkpoint_every=5"
+
+
+def final_params(workdir, step=30):
+    return TrainCheckpoints(workdir / "checkpoints").restore(step)["params"]
+
+
+def assert_same_params(a, b, atol=1e-6):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol), a, b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits_data_dir):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_main(workdir, RUN, f"--config.data_dir={digits_data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def start_main(workdir, data_dir):
+    command = [sys.executable, "-m", "vit_jax.main", f"--workdir={workdir}", RUN, f"--config.data_dir={data_dir}"]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(process, workdir, step, timeout=240):
+    deadline = time.time() + timeout
+    while not (workdir / "checkpoints" / str(step)).is_dir():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_resumed_ends_with_the_same_parameters(tmp_path, uninterrupted, digits_data_dir):
+    process = start_main(tmp_path, digits_data_dir)
+    wait_for_checkpoint(process, tmp_path, 15)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "checkpoints" / "30").exists()
+    resumed = run_main(tmp_path, RUN, f"--config.data_dir={digits_data_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step" in resumed.stdout
+    assert_same_params(final_params(tmp_path), final_params(uninterrupted))
+    losses = lambda w: [(r["step"], r["train/loss"]) for r in read_metrics(w) if "train/loss" in r]
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 31))  # no step logged twice after the resume
+    np.testing.assert_allclose([l for _, l in losses(tmp_path)], [l for _, l in losses(uninterrupted)], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_143_and_resumes(tmp_path, uninterrupted, digits_data_dir):
+    process = start_main(tmp_path, digits_data_dir)
+    wait_for_checkpoint(process, tmp_path, 5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    saved = int(re.search(r"SIGTERM received: saved step (\d+)", stderr).group(1))
+    assert TrainCheckpoints(tmp_path / "checkpoints").latest_step() == saved
+    resumed = run_main(tmp_path, RUN, f"--config.data_dir={digits_data_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_params(final_params(tmp_path), final_params(uninterrupted))
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_losses_of_one(tmp_path, uninterrupted, digits_data_dir):
+    result = run_main(tmp_path, RUN, f"--config.data_dir={digits_data_dir}",
+                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = [r for r in read_metrics(uninterrupted) if "train/loss" in r or "eval/loss" in r]
+    eight = [r for r in read_metrics(tmp_path) if "train/loss" in r or "eval/loss" in r]
+    assert [r["step"] for r in one] == [r["step"] for r in eight]
+    for key in ("train/loss", "train/grad_norm", "eval/loss"):
+        np.testing.assert_allclose([r[key] for r in eight if key in r], [r[key] for r in one if key in r], rtol=2e-4)
+    # Adam turns reduction-order rounding in near-zero gradients into differences of up to one step size
+    # (lr <= 6e-4 here); the losses above agree to 2e-4.
+    assert_same_params(final_params(tmp_path), final_params(uninterrupted), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_readme_main_command_trains_digits_to_97_percent(tmp_path, digits_data_dir):
+    result = run_main(tmp_path, "--config=configs/digits.py", f"--config.data_dir={digits_data_dir}", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(re.search(r"final test accuracy: ([\d.]+)% on 360 sklearn_digits test images", result.stdout)[1])
+    assert accuracy >= 97.0
+    assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "metrics.jsonl").exists()
+    assert TrainCheckpoints(tmp_path / "checkpoints").latest_step() == 2000

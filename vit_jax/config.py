@@ -1,0 +1,166 @@
+"""The config schema: every field a training run reads, with its default, and short `key=value` overrides.
+
+Config files (`configs/*.py`) start from `base_config()` and change what they need; `get_config(arg)` passes `arg`
+(`"variant=S/16,dataset=cifar10"`) to `apply_overrides`. Any field can also be set as `--config.field=value`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+from ml_collections import ConfigDict, config_dict
+
+from vit_jax.models import VisionTransformer, create_model
+
+# Model options whose default comes from the variant (or means "off") are typed placeholders, so that
+# `--config.model.hidden_size=64` parses as an int.
+_PLACEHOLDERS = {
+    "hidden_size": int, "num_layers": int, "mlp_dim": int, "num_heads": int, "patch_size": tuple,
+    "representation_size": int, "remat_policy": str,
+}
+# Keys of the short `get_config` argument that are not a config path.
+SHORT_KEYS = {"variant": "model.variant"}
+
+
+def model_config(variant: str, **options: Any) -> ConfigDict:
+    """The `model` section: a variant (`"S/16"`) plus every `create_model` option, defaults filled in."""
+    config = ConfigDict()
+    config.variant = variant
+    for field in dataclasses.fields(VisionTransformer):
+        if field.name in ("parent", "name", "num_classes"):
+            continue
+        if field.name in _PLACEHOLDERS:
+            config[field.name] = config_dict.placeholder(_PLACEHOLDERS[field.name])
+        elif field.name == "dtype":
+            config.dtype = "float32"
+        else:
+            config[field.name] = field.default
+    config.update(options)
+    return config
+
+
+def build_model(model: ConfigDict, num_classes: int) -> VisionTransformer:
+    """`create_model` from the `model` section; unset placeholders take the variant's values."""
+    options = {k: v for k, v in model.items() if k != "variant" and v is not None}
+    options["dtype"] = jnp.dtype(options.pop("dtype"))
+    if options["dtype"] == jnp.float32:
+        options["dtype"] = None
+    return create_model(model.variant, num_classes=num_classes, **options)
+
+
+def base_config() -> ConfigDict:
+    """Every field with its default. Sizes are global (all devices and hosts together)."""
+    c = ConfigDict()
+    c.seed = 0
+
+    # Data: any TFDS dataset prepared as ArrayRecord, `sklearn_digits`, or `folder:/path/to/images`.
+    c.dataset = "sklearn_digits"
+    c.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.train_split = "train"
+    c.eval_split = "validation"  # model selection (best checkpoint) happens here, never on the test split
+    c.test_split = "test"  # evaluated once, at the end; "" skips it
+    c.image_folder_strict = False  # folder datasets: stop at the first unreadable image instead of skipping it
+    c.cache_in_memory = "auto"  # "auto": decoded splits under 512 MiB are held in memory; True / False force it
+    c.data_threads = 2
+    c.data_workers = 0  # >0: grain worker processes for preprocessing
+
+    # Preprocessing (vit_jax.data.preprocessing.Preprocess).
+    c.image_size = (224, 224)
+    c.pp = ConfigDict()
+    c.pp.value_range = (-1.0, 1.0)
+    c.pp.resize_method = "bilinear"
+    c.pp.train_crop = "inception"  # "none" | "pad" | "inception"
+    c.pp.crop_padding = 4
+    c.pp.crop_scale = (0.08, 1.0)
+    c.pp.crop_ratio = (3 / 4, 4 / 3)
+    c.pp.flip = True
+
+    c.model = model_config("B/16")
+
+    # Optimisation.
+    c.num_steps = 10_000
+    c.batch_size = 512
+    c.accum_steps = 1  # the batch is split into this many micro-batches whose gradients are averaged
+    c.eval_batch_size = 512
+    c.label_smoothing = 0.0
+    c.optimizer = ConfigDict()
+    c.optimizer.name = "adamw"  # "adamw" | "sgd"
+    c.optimizer.learning_rate = 1e-3  # peak, after warmup
+    c.optimizer.schedule = "cosine"  # "cosine" | "linear" | "constant"
+    c.optimizer.warmup_steps = 500
+    c.optimizer.end_learning_rate = 0.0
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.weight_decay_mask = r"(^|/)kernel$"  # regex over '/'-joined parameter paths: kernels only
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.momentum = 0.9  # sgd
+    c.optimizer.nesterov = False  # sgd
+    c.optimizer.grad_clip_norm = 1.0  # global norm; 0 disables clipping
+
+    # Loop, logging and checkpoints.
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.keep = 2  # the last `keep` checkpoints are kept, plus the best by eval accuracy
+
+    # Devices: mesh axes (-1: the rest) and parameter sharding rules (see vit_jax.sharding).
+    c.mesh = (("data", -1),)
+    c.sharding_rules = ((".*", "replicate"),)
+    return c
+
+
+def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """Splits on `separator` outside brackets and quotes: `"a=1,mesh=(('data',-1),)"` -> two items."""
+    parts, depth, quote, current = [], 0, None, []
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal (`16`, `(8, 16)`, `True`, `None`), or else the text itself (`S/16`, `cifar10`)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: ConfigDict, arg: str | None) -> ConfigDict:
+    """Applies `"key=value,key=value"`; keys are config paths (`optimizer.learning_rate`) or `variant`."""
+    for item in split_top_level(arg or ""):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
+        path = SHORT_KEYS.get(key.strip(), key.strip())
+        parent_path, _, leaf = path.rpartition(".")
+        parent = config
+        for part in filter(None, parent_path.split(".")):
+            parent = parent.get(part) if isinstance(parent, ConfigDict) else None
+        if not isinstance(parent, ConfigDict) or leaf not in parent:
+            raise ValueError(f"unknown config field {key.strip()!r} in {arg!r}; short keys: {sorted(SHORT_KEYS)} "
+                             f"or any config path, e.g. 'optimizer.learning_rate'")
+        value = parse_value(raw.strip())
+        if leaf == "image_size" and isinstance(value, int):
+            value = (value, value)
+        try:
+            parent[leaf] = value
+        except TypeError as error:
+            raise ValueError(f"config field {path!r}: {error}") from None
+    return config

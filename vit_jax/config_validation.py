@@ -1,0 +1,137 @@
+"""Config checks that run before anything compiles: each failure is one line naming the field, the value and what
+is allowed."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from vit_jax.config import build_model
+from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
+from vit_jax.data.sources import DatasetError, DatasetSpec, dataset_builder, dataset_spec, split_size
+from vit_jax.models.patching import grid_shape
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.optim import OPTIMIZERS, SCHEDULES
+from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; raised before compilation or training."""
+
+
+def field_error(field: str, value: Any, problem: str, allowed: Any = None) -> ConfigError:
+    suffix = f"; allowed: {allowed}" if allowed is not None else ""
+    return ConfigError(f"config.{field} = {value!r}: {problem}{suffix}")
+
+
+def check_choices(config: ConfigDict) -> None:
+    """Names that must be one of a known set."""
+    choices = {
+        "optimizer.name": OPTIMIZERS, "optimizer.schedule": SCHEDULES, "pp.train_crop": TRAIN_CROPS,
+        "pp.resize_method": tuple(RESIZE_METHODS), "model.dtype": DTYPES, "cache_in_memory": ("auto", True, False),
+    }
+    for field, allowed in choices.items():
+        value = _get(config, field)
+        if value not in allowed:
+            raise field_error(field, value, "unknown value", ", ".join(map(repr, allowed)))
+
+
+def check_numbers(config: ConfigDict) -> None:
+    for field in ("num_steps", "batch_size", "eval_batch_size", "accum_steps", "log_every", "eval_every",
+                  "checkpoint_every", "keep", "data_threads"):
+        value = _get(config, field)
+        if not isinstance(value, int) or value < 1:
+            raise field_error(field, value, "must be a positive integer")
+    if not isinstance(config.data_workers, int) or config.data_workers < 0:
+        raise field_error("data_workers", config.data_workers, "must be an integer >= 0")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise field_error("label_smoothing", config.label_smoothing, "must be in [0, 1)")
+    if config.optimizer.learning_rate <= 0:
+        raise field_error("optimizer.learning_rate", config.optimizer.learning_rate, "must be positive")
+    size = tuple(config.image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise field_error("image_size", config.image_size, "must be (height, width) with positive integers")
+
+
+def check_patterns(config: ConfigDict) -> None:
+    """Regexes over parameter paths compile, and sharding rules are known kinds or axis tuples."""
+    patterns = [("optimizer.weight_decay_mask", config.optimizer.weight_decay_mask)]
+    patterns += [(f"sharding_rules[{i}]", rule[0]) for i, rule in enumerate(config.sharding_rules)]
+    for field, pattern in patterns:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as error:
+            raise field_error(field, pattern, f"not a regular expression ({error})") from None
+    for i, rule in enumerate(config.sharding_rules):
+        if len(rule) != 2 or not (rule[1] in RULE_KINDS or isinstance(rule[1], (tuple, list))):
+            raise field_error(f"sharding_rules[{i}]", tuple(rule), "must be (regex, rule)",
+                              f"rule in {RULE_KINDS} or a tuple of mesh axis names per dimension")
+
+
+def check_devices(config: ConfigDict, num_devices: int, process_count: int) -> dict[str, int]:
+    """The mesh fits the devices, and batches split evenly over data-parallel devices, hosts and micro-batches."""
+    try:
+        shape = mesh_shape(config.mesh, num_devices)
+    except ShardingError as error:
+        raise field_error("mesh", tuple(config.mesh), str(error)) from None
+    data = shape[DATA_AXIS]
+    unit = data * config.accum_steps
+    if config.batch_size % unit or config.batch_size % process_count:
+        raise field_error(
+            "batch_size", config.batch_size,
+            f"not divisible by {data} data-parallel device(s) x accum_steps {config.accum_steps} "
+            f"and by {process_count} process(es)", f"multiples of {unit * process_count // math.gcd(unit, process_count)}",
+        )
+    if config.eval_batch_size % data or config.eval_batch_size % process_count:
+        raise field_error("eval_batch_size", config.eval_batch_size,
+                          f"not divisible by {data} data-parallel device(s) and {process_count} process(es)")
+    return shape
+
+
+def check_data(config: ConfigDict) -> tuple[Any, DatasetSpec, dict[str, int]]:
+    """Opens the dataset (building vit_jax's own on first use); returns the builder, its spec and split sizes."""
+    try:
+        builder = dataset_builder(config.dataset, config.data_dir, strict=config.image_folder_strict)
+        spec = dataset_spec(builder)
+    except (DatasetError, FileNotFoundError, ValueError) as error:
+        raise field_error("dataset", config.dataset, str(error)) from None
+    sizes = {}
+    for field in ("train_split", "eval_split", "test_split"):
+        split = config[field]
+        if not split and field == "test_split":
+            continue
+        try:
+            sizes[field] = split_size(builder, split)
+        except DatasetError:
+            raise field_error(field, split, f"unknown split of {config.dataset!r}",
+                              f"{sorted(builder.info.splits)} or slices such as 'train[:90%]'") from None
+    return builder, spec, sizes
+
+
+def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
+    try:
+        model = build_model(config.model, num_classes)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"config.model (variant {config.model.variant!r}): {error}") from None
+    try:
+        grid_shape(tuple(config.image_size), model.patch_size, model.pad)
+    except ValueError:
+        ph, pw = model.patch_size
+        raise field_error(
+            "image_size", tuple(config.image_size),
+            f"not a multiple of the patch size {ph}x{pw} (config.model.variant {config.model.variant!r})",
+            "multiples of the patch size, or config.model.pad='zeros'",
+        ) from None
+    return model
+
+
+def _get(config: ConfigDict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+

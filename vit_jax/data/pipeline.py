@@ -1,0 +1,86 @@
+"""grain pipelines: an endless, seeded, checkpointable training iterator and a padded, masked evaluation pass.
+
+Multi-host: every process builds the same globally shuffled stream and keeps every `process_count`-th element
+from its `process_index`, so the processes' per-process batches together make exactly the global batch a single
+process would read. Evaluation shards the split the same way and pads with masked examples so that every process
+runs the same number of steps and every example is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+
+from vit_jax.data.preprocessing import Preprocess
+
+Batch = dict[str, np.ndarray]
+
+
+def train_iterator(
+    source: Sequence[dict[str, Any]],
+    preprocess: Preprocess,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+    num_workers: int = 0,
+) -> grain.DatasetIterator:
+    """Endless per-process batches `{'image', 'label'}` of `batch_size` (the global batch / process_count).
+
+    Each epoch is reshuffled (seeded by `seed` and the epoch); augmentation randomness is seeded by the element's
+    global index. `get_state()`/`set_state()` (or orbax with `grain.checkpoint`) resume mid-epoch exactly.
+    `num_workers > 0` moves preprocessing to that many worker processes (which read absl flags: run from
+    `app.run`, or mark flags as parsed first).
+    """
+    dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+    dataset = dataset.random_map(preprocess.train)[process_index::process_count]
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
+    if num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
+            flags.FLAGS.mark_as_parsed()
+        iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(iterable)
+
+
+def num_eval_steps(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+    """Steps for every process to see its whole shard (the largest shard decides) at `batch_size` per process."""
+    return max(1, math.ceil(math.ceil(num_examples / process_count) / batch_size))
+
+
+def pad_batch(examples: Sequence[Batch], batch_size: int) -> Batch:
+    """Stacks `examples` and pads them to `batch_size` with zeros; `mask` is 1 for real examples, 0 for padding."""
+    batch = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+    num_pad = batch_size - len(examples)
+    padded = {key: np.concatenate([v, np.zeros((num_pad, *v.shape[1:]), v.dtype)]) for key, v in batch.items()}
+    padded["mask"] = np.concatenate([np.ones(len(examples), np.float32), np.zeros(num_pad, np.float32)])
+    return padded
+
+
+def eval_batches(
+    source: Sequence[dict[str, Any]],
+    preprocess: Preprocess,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+) -> Iterator[Batch]:
+    """This process's share of `source`, once, in order, as `num_eval_steps` batches of `batch_size` with a `mask`."""
+    local = grain.MapDataset.source(source)[process_index::process_count].map(preprocess.eval)
+    batches = local.batch(batch_size, batch_fn=lambda examples: pad_batch(examples, batch_size))
+    read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+    num_steps = num_eval_steps(len(source), batch_size, process_count)
+    yield from batches.to_iter_dataset(read_options)
+    if len(batches) < num_steps:  # a shorter shard than another process's: all-padding batches keep steps in sync
+        empty = pad_batch([preprocess.eval(source[0])], batch_size)
+        empty = {key: np.zeros_like(v) for key, v in empty.items()}
+        for _ in range(num_steps - len(batches)):
+            yield empty

@@ -1,0 +1,158 @@
+"""Open a split of a TFDS dataset for random access, without TensorFlow.
+
+Any TFDS dataset prepared in ArrayRecord format works by name (`cifar10`, `imagenet2012`, ...). vit_jax builds two
+kinds itself, on first use, with no network: `sklearn_digits` (the default) and `folder:/path/to/images` (a
+user's image folder; see `vit_jax.data.image_folder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from vit_jax.data.digits import SklearnDigits
+from vit_jax.data.image_folder import build_image_folder
+
+BUILT_IN: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {"sklearn_digits": SklearnDigits}
+FOLDER_PREFIX = "folder:"
+
+
+class DatasetError(ValueError):
+    """A dataset or split that cannot be read: unknown, not prepared, or in a format we cannot read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the model and the pipeline need to know about a dataset, read from its metadata."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int | None, int | None, int]  # (H, W, C); H and W are None for variable-size images
+
+
+def default_data_dir(data_dir: str | None = None) -> str:
+    """`data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (TFDS's own rule)."""
+    return str(Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser())
+
+
+@contextlib.contextmanager
+def _build_lock(data_dir: str, name: str) -> Iterator[None]:
+    """Only one process builds a dataset at a time (several local processes may start together)."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(data_dir) / f".{name.replace('/', '_')}.build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _quietly_prepare(builder: tfds.core.DatasetBuilder) -> None:
+    tfds.display_progress_bar(False)
+    try:
+        builder.download_and_prepare()
+    finally:
+        tfds.display_progress_bar(True)
+
+
+def dataset_builder(name: str, data_dir: str | None = None, *, strict: bool = False) -> tfds.core.DatasetBuilder:
+    """A prepared ArrayRecord builder for `name`, building vit_jax's own datasets when needed.
+
+    `strict`: building from an image folder stops at the first unreadable image instead of skipping it.
+    """
+    data_dir = default_data_dir(data_dir)
+    if name in BUILT_IN:
+        builder = BUILT_IN[name](data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            with _build_lock(data_dir, name):
+                _quietly_prepare(builder)
+        return builder
+    if name.startswith(FOLDER_PREFIX):
+        folder = Path(name[len(FOLDER_PREFIX):]).expanduser().resolve()
+        derived = "".join(c if c.isalnum() else "_" for c in folder.name.lower()).strip("_") or "images"
+        with _build_lock(data_dir, derived):
+            builder = build_image_folder(folder, derived if derived[0].isalpha() else f"images_{derived}",
+                                         data_dir=data_dir, strict=strict)
+        built_from = builder.info.description.removeprefix("Images from ")
+        if Path(built_from) != folder:
+            raise DatasetError(
+                f"dataset {builder.name!r} in {data_dir} was built from {built_from}, not {folder}; build this folder "
+                f"under another name: python -m vit_jax.data.image_folder {folder} --name NAME"
+            )
+        return builder
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DatasetError(
+            f"unknown dataset {name!r}: not a TFDS dataset nor one prepared under {data_dir}; vit_jax builds "
+            f"{sorted(BUILT_IN)} and 'folder:/path/to/images' itself"
+        ) from None
+    if not builder.is_prepared():
+        raise DatasetError(
+            f"dataset {name!r} is not prepared under {data_dir}; prepare it once in ArrayRecord format (this step "
+            f"needs TensorFlow and the network): tfds build {name} --file_format=array_record --data_dir={data_dir}"
+        )
+    if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+        fmt = builder.info.file_format.value if builder.info.file_format else "unknown"
+        raise DatasetError(
+            f"dataset {name!r} under {data_dir} is in {fmt} format; vit_jax reads ArrayRecord without TensorFlow: "
+            f"tfds build {name} --file_format=array_record --data_dir={data_dir}"
+        )
+    return builder
+
+
+def split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:
+    """Number of examples in `split` (slices such as `train[:90%]` and sums such as `train+validation` work)."""
+    try:
+        return builder.info.splits[split].num_examples
+    except (ValueError, KeyError, AssertionError) as error:
+        raise DatasetError(
+            f"unknown split {split!r} of dataset {builder.name!r}; splits: {sorted(builder.info.splits)} "
+            f"(slices like 'train[:90%]' work too)"
+        ) from error
+
+
+def dataset_spec(builder: tfds.core.DatasetBuilder) -> DatasetSpec:
+    features = builder.info.features
+    missing = [key for key in ("image", "label") if key not in features]
+    if missing:
+        raise DatasetError(f"dataset {builder.name!r} has no {missing} feature(s); vit_jax needs 'image' and 'label'")
+    names = tuple(features["label"].names)
+    return DatasetSpec(builder.name, len(names), names, tuple(features["image"].shape))  # type: ignore[arg-type]
+
+
+def open_split(builder: tfds.core.DatasetBuilder, split: str) -> Sequence[dict[str, Any]]:
+    """Random access to the decoded examples (`{'image': uint8 (H, W, C), 'label': int, ...}`) of `split`."""
+    split_size(builder, split)  # the clear error for an unknown split
+    return builder.as_data_source(split=split)
+
+
+class InMemorySource(Sequence[dict[str, Any]]):
+    """A split read and decoded once into memory: small datasets then cost no decoding per step."""
+
+    def __init__(self, source: Sequence[dict[str, Any]], chunk: int = 1024):
+        getitems = getattr(source, "__getitems__", None)
+        self._examples: list[dict[str, Any]] = []
+        for start in range(0, len(source), chunk):
+            indices = list(range(start, min(start + chunk, len(source))))
+            self._examples.extend(getitems(indices) if getitems else [source[i] for i in indices])
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        return self._examples[index]
+
+
+def fits_in_memory(spec: DatasetSpec, num_examples: int, budget_bytes: int = 512 * 2**20) -> bool:
+    """Whether a split of fixed-size images takes less than `budget_bytes` decoded."""
+    h, w, c = spec.image_shape
+    return h is not None and w is not None and num_examples * h * w * c <= budget_bytes

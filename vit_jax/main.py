@@ -1,0 +1,48 @@
+"""The main job: `python -m vit_jax.main --config=configs/<name>.py[:key=value,...] --workdir=DIR`.
+
+Trains a ViT from an ml-collections config, evaluates, logs and checkpoints into DIR; running the same command
+again resumes where it stopped. Any config field can be overridden as `--config.field=value`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from vit_jax.config_validation import ConfigError
+from vit_jax.train import NonFiniteLossError, Preempted, train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py or configs/vit.py:variant=S/16")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics (resumed if it has them).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_CONFIG_ERROR = 2
+EXIT_NON_FINITE = 3
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what the scheduler expects from a process it asked to stop
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    for handler in logging.getLogger().handlers:  # tfds suggests OpenCV on every run; PIL is what we want
+        handler.addFilter(lambda record: "OpenCV is not installed" not in record.getMessage())
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_NON_FINITE)
+    except Preempted as error:
+        print(str(error), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+
+
+if __name__ == "__main__":
+    app.run(main)

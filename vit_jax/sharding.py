@@ -1,0 +1,128 @@
+"""Meshes and partitioning: where parameters, optimizer state and batches live across devices.
+
+`config.mesh` names the axes, e.g. `(("data", -1),)` (all devices data-parallel, the default) or
+`(("data", -1), ("model", 2))`; `-1` takes the devices left over. Batches are split over the `data` axis.
+Parameters follow `config.sharding_rules`: `(regex over the '/'-joined parameter path, rule)` pairs, the first
+match wins, where a rule is `replicate`, `fsdp` (shard the largest dimension divisible by the `data` axis, for
+tensors of at least `FSDP_MIN_SIZE` elements) or a tuple of mesh-axis names, one per dimension (a PartitionSpec).
+Optimizer state that mirrors a parameter (Adam's moments, momentum) is sharded like it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from vit_jax.param_paths import path_string
+
+DATA_AXIS = "data"
+FSDP_MIN_SIZE = 2**14
+RULE_KINDS = ("replicate", "fsdp")
+Rule = str | tuple[str | None | tuple[str, ...], ...]
+
+
+class ShardingError(ValueError):
+    """A mesh or sharding rule that does not fit the devices or the parameters."""
+
+
+def mesh_shape(axes: Sequence[tuple[str, int]], num_devices: int) -> dict[str, int]:
+    """`(("data", -1), ("model", 2))` on 8 devices -> `{"data": 4, "model": 2}`; a clear error if it cannot fit."""
+    names = [name for name, _ in axes]
+    if len(set(names)) != len(names) or DATA_AXIS not in names:
+        raise ShardingError(f"mesh {tuple(axes)!r} must name each axis once and include a {DATA_AXIS!r} axis")
+    sizes = [size for _, size in axes]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ShardingError(f"mesh {tuple(axes)!r}: axis sizes must be positive, with at most one -1 (the rest)")
+    fixed = math.prod(s for s in sizes if s != -1)
+    if num_devices % fixed or (-1 not in sizes and fixed != num_devices):
+        raise ShardingError(f"mesh {tuple(axes)!r} does not fit {num_devices} device(s)")
+    return {name: (num_devices // fixed if size == -1 else size) for name, size in axes}
+
+
+def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with Auto axis types (XLA propagates shardings between the ones we pin)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(axes, len(devices))
+    device_grid = np.asarray(devices).reshape(tuple(shape.values()))
+    return Mesh(device_grid, tuple(shape), axis_types=(AxisType.Auto,) * len(shape))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The leading (batch) dimension split over `data`, replicated over every other axis."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def fsdp_spec(shape: Sequence[int], axis_size: int) -> PartitionSpec:
+    """Shard the largest dimension divisible by `axis_size`; small or indivisible tensors stay replicated."""
+    if axis_size == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+        return PartitionSpec()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % axis_size == 0:
+            return PartitionSpec(*[DATA_AXIS if d == dim else None for d in range(len(shape))])
+    return PartitionSpec()
+
+
+def spec_for(path: str, shape: Sequence[int], rules: Sequence[tuple[str, Rule]], mesh: Mesh) -> PartitionSpec:
+    """The PartitionSpec of the first rule whose regex matches `path` (`re.search`); replicated if none does."""
+    for pattern, rule in rules:
+        if not re.search(pattern, path):
+            continue
+        if rule == "replicate":
+            return PartitionSpec()
+        if rule == "fsdp":
+            return fsdp_spec(shape, mesh.shape[DATA_AXIS])
+        if isinstance(rule, str):
+            raise ShardingError(f"sharding rule {rule!r} for {pattern!r} is not one of {RULE_KINDS} or a tuple of axes")
+        spec = PartitionSpec(*rule)
+        check_spec(path, shape, spec, mesh)
+        return spec
+    return PartitionSpec()
+
+
+def check_spec(path: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> None:
+    if len(spec) > len(shape):
+        raise ShardingError(f"{path}: PartitionSpec {spec} has more entries than the shape {tuple(shape)}")
+    for dim, axes in enumerate(spec):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        unknown = [a for a in names if a not in mesh.shape]
+        if unknown:
+            raise ShardingError(f"{path}: PartitionSpec {spec} names mesh axes {unknown}; the mesh has {dict(mesh.shape)}")
+        size = math.prod(mesh.shape[a] for a in names)
+        if shape[dim] % size:
+            raise ShardingError(f"{path}: dimension {dim} of shape {tuple(shape)} is not divisible by {size} ({spec})")
+
+
+def tree_shardings(tree: Any, rules: Sequence[tuple[str, Rule]], mesh: Mesh) -> Any:
+    """A NamedSharding per leaf of `tree` (arrays or ShapeDtypeStructs), by the leaf's path."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, spec_for(path_string(path), np.shape(leaf), rules, mesh)), tree
+    )
+
+
+def mirrored_shardings(tree: Any, params_shardings: Any, params: Any, mesh: Mesh) -> Any:
+    """Shardings for a tree whose leaves may mirror parameters (optimizer state): a leaf whose path ends with a
+    parameter's path and has its shape gets that parameter's sharding; anything else is replicated."""
+    by_path = {}
+    for (path, sharding), leaf in zip(jax.tree_util.tree_leaves_with_path(params_shardings),
+                                      jax.tree.leaves(params), strict=True):
+        by_path[path_string(path)] = (sharding, np.shape(leaf))
+
+    def sharding_of(path: Sequence[Any], leaf: Any) -> NamedSharding:
+        parts = path_string(path).split("/")
+        for start in range(len(parts)):
+            match = by_path.get("/".join(parts[start:]))
+            if match and match[1] == np.shape(leaf):
+                return match[0]
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(sharding_of, tree)

@@ -1,0 +1,413 @@
+"""`train_and_evaluate(config, workdir)`: train a ViT from a config, evaluate, log, checkpoint, resume.
+
+config -> checks (before anything compiles) -> data + model -> sharded state -> jit train step -> metrics and
+checkpoints. Running it again on the same workdir resumes from the latest checkpoint, data position included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from vit_jax import config_validation
+from vit_jax.checkpoint import TrainCheckpoints
+from vit_jax.data import pipeline
+from vit_jax.data.preprocessing import Preprocess
+from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split
+from vit_jax.metric_writers import MetricWriter
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.optim import learning_rate_schedule, make_optimizer
+from vit_jax.preemption import PreemptionWatcher
+from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, mirrored_shardings, replicated, tree_shardings
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops without saving the broken state."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; the state was saved and the run stopped so that running it again resumes."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels, in float32."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(
+    model: VisionTransformer,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    dropout_key: jax.Array,
+    accum_steps: int = 1,
+    label_smoothing: float = 0.0,
+    mesh: Mesh | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """One optimizer update on a global batch. The dropout key is folded from the step number, so a step's
+    randomness does not depend on history (and a resumed run repeats it exactly). With `accum_steps > 1` the batch
+    is cut into micro-batches `batch[i::accum_steps]` (every device keeps an equal share of each), whose gradients
+    are averaged: the same update as one big batch, in less memory."""
+
+    def loss_and_grads(params: Any, images: jax.Array, labels: jax.Array, rng: jax.Array):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
+            accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+            return jnp.mean(cross_entropy(logits, labels, label_smoothing)), accuracy
+
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, accuracy, grads
+
+    def micro_batches(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+        if mesh is not None:
+            x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)))
+        return x
+
+    def accumulated(params: Any, batch: Batch, rng: jax.Array):
+        def body(carry, micro):
+            index, images, labels = micro
+            loss, accuracy, grads = loss_and_grads(params, images, labels, jax.random.fold_in(rng, index))
+            return jax.tree.map(jnp.add, carry, (loss, accuracy, grads)), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        micro = (jnp.arange(accum_steps), micro_batches(batch["image"]), micro_batches(batch["label"]))
+        totals, _ = jax.lax.scan(body, zeros, micro)
+        return jax.tree.map(lambda t: t / accum_steps, totals)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(dropout_key, state.step)
+        if accum_steps == 1:
+            loss, accuracy, grads = loss_and_grads(state.params, batch["image"], batch["label"], rng)
+        else:
+            loss, accuracy, grads = accumulated(state.params, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+        metrics = {
+            "train/loss": loss,
+            "train/accuracy": accuracy,
+            "train/grad_norm": optax.tree.norm(grads),
+            "train/learning_rate": schedule(state.step),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: VisionTransformer) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """Sums over the real (mask = 1) examples of a batch: loss, top-1 and top-5 hits, count."""
+
+    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        logits = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
+        labels, mask = batch["label"], batch["mask"]
+        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        return {
+            "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+            "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+            "count": jnp.sum(mask),
+        }
+
+    return eval_step
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Set-up
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run needs, validated and built before anything compiles."""
+
+    config: ConfigDict
+    mesh: Mesh
+    model: VisionTransformer
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    sources: dict[str, Any]  # split field ("train_split", ...) -> random-access source
+    preprocess: Preprocess
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+
+
+def preprocess_from_config(config: ConfigDict) -> Preprocess:
+    pp = config.pp
+    return Preprocess(
+        image_size=tuple(config.image_size), value_range=tuple(pp.value_range), resize_method=pp.resize_method,
+        train_crop=pp.train_crop, crop_padding=pp.crop_padding, crop_scale=tuple(pp.crop_scale),
+        crop_ratio=tuple(pp.crop_ratio), flip=pp.flip,
+    )
+
+
+def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup:
+    """Checks the config against itself, the devices and the dataset, then builds data sources, model and
+    optimizer. Raises `ConfigError` (one line) on the first problem; nothing is compiled yet."""
+    devices = jax.devices() if devices is None else devices
+    config_validation.check_choices(config)
+    config_validation.check_numbers(config)
+    config_validation.check_patterns(config)
+    config_validation.check_devices(config, len(devices), jax.process_count())
+    builder, spec, sizes = config_validation.check_data(config)
+    model = config_validation.check_model(config, spec.num_classes)
+
+    sources = {}
+    for field in sizes:
+        source = open_split(builder, config[field])
+        cache = config.cache_in_memory
+        if cache is True or (cache == "auto" and fits_in_memory(spec, sizes[field])):
+            source = InMemorySource(source)
+        sources[field] = source
+    return Setup(
+        config=config,
+        mesh=make_mesh(config.mesh, devices),
+        model=model,
+        num_classes=spec.num_classes,
+        image_shape=(*tuple(config.image_size), spec.image_shape[-1]),
+        sources=sources,
+        preprocess=preprocess_from_config(config),
+        tx=make_optimizer(config.optimizer, config.num_steps),
+        schedule=learning_rate_schedule(config.optimizer, config.num_steps),
+    )
+
+
+def init_state_fn(setup: Setup, key: jax.Array) -> Callable[[], TrainState]:
+    def init() -> TrainState:
+        images = jnp.zeros((1, *setup.image_shape), jnp.float32)
+        params = setup.model.init(key, images, train=False)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
+
+    return init
+
+
+def state_shardings(abstract_state: TrainState, config: ConfigDict, mesh: Mesh) -> TrainState:
+    params = tree_shardings(abstract_state.params, config.sharding_rules, mesh)
+    return TrainState(
+        step=replicated(mesh),
+        params=params,
+        opt_state=mirrored_shardings(abstract_state.opt_state, params, abstract_state.params, mesh),
+    )
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> Batch:
+    """This process's slice of the batch -> arrays of the global batch, split over the `data` axis."""
+    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}
+
+
+def evaluate(
+    eval_step: Callable, params: Any, batches: Iterable[dict[str, np.ndarray]], sharding: NamedSharding, prefix: str,
+    *, top5: bool = True,
+) -> dict[str, float]:
+    """Loss, top-1 (and top-5) accuracy over every real example of `batches`."""
+    totals = None
+    for batch in batches:
+        sums = eval_step(params, to_global(batch, sharding))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals["count"])
+    metrics = {f"{prefix}/loss": float(totals["loss"]) / count, f"{prefix}/accuracy": float(totals["top1"]) / count,
+               f"{prefix}/num_examples": count}
+    if top5:
+        metrics[f"{prefix}/top5_accuracy"] = float(totals["top5"]) / count
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class Run:
+    """The compiled steps of a run, its data and where it writes."""
+
+    setup: Setup
+    train_step: Callable
+    eval_step: Callable
+    train_data: Any  # grain iterator, checkpointed with the state
+    data_sharding: NamedSharding
+    checkpoints: TrainCheckpoints
+    writer: MetricWriter
+
+    def evaluate(self, params: Any, split_field: str, prefix: str) -> dict[str, float]:
+        config = self.setup.config
+        batches = pipeline.eval_batches(
+            self.setup.sources[split_field], self.setup.preprocess,
+            batch_size=config.eval_batch_size // jax.process_count(), process_index=jax.process_index(),
+            process_count=jax.process_count(), num_threads=config.data_threads,
+        )
+        return evaluate(self.eval_step, params, batches, self.data_sharding, prefix, top5=self.setup.num_classes > 5)
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Trains (or resumes) to `config.num_steps`, evaluating on `eval_split`, then tests once on `test_split`.
+    Returns the last eval metrics of this invocation and the test metrics."""
+    workdir = Path(workdir)
+    setup = set_up(config)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+
+    root_key = jax.random.key(config.seed)
+    init = init_state_fn(setup, jax.random.fold_in(root_key, 0))
+    abstract_state = jax.eval_shape(init)
+    shardings = state_shardings(abstract_state, config, setup.mesh)
+    data_sharding = batch_sharding(setup.mesh)
+    train_data = pipeline.train_iterator(
+        setup.sources["train_split"], setup.preprocess, batch_size=config.batch_size // jax.process_count(),
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=config.data_threads, num_workers=config.data_workers,
+    )
+    checkpoints = TrainCheckpoints(workdir / CHECKPOINT_DIR, keep=config.keep)
+    start_step = checkpoints.latest_step() or 0
+    if start_step:
+        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
+                                shardings)
+        state = checkpoints.restore(start_step, abstract, train_data)
+    else:
+        state = jax.jit(init, out_shardings=shardings)()
+
+    run = Run(
+        setup=setup,
+        train_step=jax.jit(
+            make_train_step(setup.model, setup.tx, setup.schedule, dropout_key=jax.random.fold_in(root_key, 1),
+                            accum_steps=config.accum_steps, label_smoothing=config.label_smoothing, mesh=setup.mesh),
+            in_shardings=(shardings, data_sharding),
+            out_shardings=(shardings, replicated(setup.mesh)),
+            donate_argnums=(0,),
+        ),
+        eval_step=jax.jit(make_eval_step(setup.model), in_shardings=(shardings.params, data_sharding),
+                          out_shardings=replicated(setup.mesh)),
+        train_data=train_data,
+        data_sharding=data_sharding,
+        checkpoints=checkpoints,
+        writer=MetricWriter(workdir, total_steps=config.num_steps, start_step=start_step, enabled=is_main),
+    )
+    if start_step:
+        run.writer.print(f"resumed from step {start_step} in {checkpoints.directory}")
+    try:
+        with PreemptionWatcher() as preemption:
+            state, results = train_loop(run, state, start_step, preemption)
+        if config.test_split:
+            results.update(final_test(run, state))
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        run.writer.close()
+    return results
+
+
+def train_loop(run: Run, state: TrainState, start_step: int, preemption: PreemptionWatcher
+               ) -> tuple[TrainState, dict[str, float]]:
+    """Steps `start_step + 1 .. num_steps`, with logging, evaluation and checkpoints; returns the final state and
+    the last eval metrics."""
+    config, writer, checkpoints = run.setup.config, run.writer, run.checkpoints
+    train_step = run.train_step
+    results: dict[str, float] = {}
+    window: list[dict[str, jax.Array]] = []
+    window_start = time.perf_counter()
+    pending_loss: tuple[int, jax.Array] | None = None  # checked one step late, so the host never waits on a step
+
+    for step in range(start_step + 1, config.num_steps + 1):
+        batch = to_global(next(run.train_data), run.data_sharding)
+        if step == start_step + 1:
+            compile_start = time.perf_counter()
+            train_step = train_step.lower(state, batch).compile()
+            writer.write(start_step, {"perf/compile_seconds": time.perf_counter() - compile_start})
+            window_start = time.perf_counter()
+        state, metrics = train_step(state, batch)
+        window.append(metrics)
+        if pending_loss is not None:
+            _check_finite(*pending_loss, checkpoints)
+        pending_loss = (step, metrics["train/loss"])
+        writer.advance()
+
+        is_last = step == config.num_steps
+        if step % config.log_every == 0 or is_last:
+            writer.write(step, _window_metrics(jax.device_get(window), time.perf_counter() - window_start,
+                                               config.batch_size))
+            window = []
+        eval_metrics = None
+        if step % config.eval_every == 0 or is_last:
+            _check_finite(*pending_loss, checkpoints)
+            eval_metrics = results = run.evaluate(state.params, "eval_split", "eval")
+            writer.write(step, eval_metrics)
+        if eval_metrics is not None or step % config.checkpoint_every == 0 or is_last:
+            _check_finite(*pending_loss, checkpoints)
+            checkpoints.save(step, state, run.train_data, metrics=eval_metrics)
+        if preemption.reached(step) and not is_last:
+            _check_finite(*pending_loss, checkpoints)
+            if checkpoints.latest_step() != step:
+                checkpoints.save(step, state, run.train_data)
+            checkpoints.wait()
+            raise Preempted(f"SIGTERM received: saved step {step} in {checkpoints.directory}; run the same "
+                            f"command again to resume")
+        if eval_metrics is not None or step % config.log_every == 0:
+            window_start = time.perf_counter()  # evaluation and logging time is not step time
+    return state, dict(results)
+
+
+def final_test(run: Run, state: TrainState) -> dict[str, float]:
+    """The one evaluation on the test split, at the end; printed and logged."""
+    config = run.setup.config
+    test = run.evaluate(state.params, "test_split", "test")
+    step = int(state.step)
+    run.writer.write(step, test)
+    run.writer.print(f"final test accuracy: {100 * test['test/accuracy']:.2f}% on {int(test['test/num_examples'])} "
+                     f"{config.dataset} {config.test_split} images (step {step})")
+    return test
+
+
+def _check_finite(step: int, loss: jax.Array, checkpoints: TrainCheckpoints) -> None:
+    value = float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"training loss is {value} at step {step}; stopped without saving. The last good checkpoint "
+            f"(step {checkpoints.latest_step()}) is kept in {checkpoints.directory}. Lower "
+            f"config.optimizer.learning_rate, or set config.optimizer.grad_clip_norm"
+        )
+
+
+def _window_metrics(window: list[dict[str, np.ndarray]], elapsed: float, batch_size: int) -> dict[str, float]:
+    """Means over the steps since the last log (learning rate: the latest), and throughput."""
+    metrics = {key: float(np.mean([m[key] for m in window])) for key in window[0]}
+    metrics["train/learning_rate"] = float(window[-1]["train/learning_rate"])
+    metrics["perf/step_seconds"] = elapsed / len(window)
+    metrics["perf/images_per_second"] = batch_size * len(window) / elapsed
+    return metrics
+
+
+def saved_config(workdir: str | Path) -> ConfigDict:
+    """The config a workdir was trained with."""
+    return ConfigDict(json.loads((Path(workdir) / CONFIG_FILE).read_text()))
+
