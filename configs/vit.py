@@ -11,7 +11,8 @@ end. Other TFDS datasets must first be prepared in ArrayRecord format (`tfds bui
 
 Result measured here (2 CPU cores, no network, so on the bundled digits):
     python -m vit_jax.main --config=configs/vit.py:variant=Ti/4,dataset=sklearn_digits,image_size=16,num_steps=2000,batch_size=128,pp.train_crop=pad,pp.crop_padding=2,pp.flip=False,optimizer.warmup_steps=100,optimizer.learning_rate=2e-3,optimizer.weight_decay=0.05 --workdir=workdirs/vit_digits
-gives about 96% test accuracy in about 15 minutes (ViT-Ti is 80x larger than configs/digits.py's model).
+gave 98.61% test accuracy in 22 minutes on 2 CPU cores (ViT-Ti has 40x the parameters of configs/digits.py's
+model, which reaches 99.7% in 2 minutes: on 1,257 training images, bigger is not better).
 CIFAR-10 and ImageNet figures are not measured in this environment (their data cannot be downloaded here).
 """
 

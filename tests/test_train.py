@@ -94,6 +94,26 @@ def test_training_writes_metrics_tensorboard_checkpoints_and_resumes(tmp_path, d
     assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == [5, 10, 15, 20]
 
 
+def test_a_folder_of_images_trains_end_to_end(tmp_path, rng):
+    from PIL import Image
+
+    for label, name in enumerate(["bright", "dark"]):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(12):
+            size = tuple(rng.integers(10, 30, 2))  # images of their own sizes, resized by the pipeline
+            pixels = rng.integers(128, 256, (*size, 3)) if label == 0 else rng.integers(0, 128, (*size, 3))
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "images" / "dark" / "corrupt.png").write_bytes(b"\x89PNG broken")
+    config = tiny_digits_config(
+        str(tmp_path / "tfds"),
+        f"dataset=folder:{tmp_path / 'images'},train_split=train[:75%],eval_split=train[75%:],test_split=,"
+        "image_size=16,pp.train_crop=inception,pp.flip=True,batch_size=8,eval_batch_size=8,num_steps=10",
+    )
+    results = train_and_evaluate(config, tmp_path / "run")
+    assert results["eval/num_examples"] == 6  # 24 readable images, the corrupt one skipped
+    assert "test/accuracy" not in results
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, digits_data_dir):
     config = tiny_digits_config(
         digits_data_dir,
@@ -178,7 +198,9 @@ def test_sigterm_saves_exits_143_and_resumes(tmp_path, uninterrupted, digits_dat
 
 @pytest.mark.slow
 def test_eight_devices_give_the_losses_of_one(tmp_path, uninterrupted, digits_data_dir):
-    result = run_main(tmp_path, RUN, f"--config.data_dir={digits_data_dir}",
+    # Data parallel over 8 devices, with one MLP kernel also split over them (a parameter that is not replicated).
+    rules = "--config.sharding_rules=(('MlpBlock_0/Dense_0/kernel', (None, 'data')), ('.*', 'replicate'))"
+    result = run_main(tmp_path, RUN, f"--config.data_dir={digits_data_dir}", rules,
                       env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert result.returncode == 0, result.stderr[-3000:]
     one = [r for r in read_metrics(uninterrupted) if "train/loss" in r or "eval/loss" in r]
