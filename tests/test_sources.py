@@ -48,3 +48,18 @@ def test_in_memory_source_holds_the_same_examples(digits_data_dir):
     spec = dataset_spec(builder)
     assert fits_in_memory(spec, 1797)
     assert not fits_in_memory(spec, 1797, budget_bytes=1000)
+
+
+def test_a_dataset_prepared_elsewhere_opens_by_name_from_its_files(tmp_path, rng):
+    from PIL import Image
+
+    from vit_jax.data.image_folder import build_image_folder
+
+    for name in ("a", "b"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "images" / name / "0.png")
+    build_image_folder(tmp_path / "images", "two_images", data_dir=str(tmp_path / "tfds"))
+    builder = dataset_builder("two_images", str(tmp_path / "tfds"))  # no builder class: read from the files
+    assert type(builder).__name__ == "ReadOnlyBuilder"
+    assert dataset_spec(builder).class_names == ("a", "b")
+    assert sorted(int(e["label"]) for e in open_split(builder, "train")) == [0, 1]
