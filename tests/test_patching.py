@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from tests.numpy_reference import patch_tokens
-from vit_jax.models.patching import PatchEmbed, grid_shape, patchify, unpatchify
+from vit_jax.models.patching import (
+    PatchEmbed,
+    bilinear_resize_matrix,
+    grid_shape,
+    patchify,
+    pi_resize_kernel,
+    unpatchify,
+)
 
 # (image height, width), (patch height, width)
 SHAPES = [((32, 32), (16, 16)), ((24, 40), (8, 8)), ((32, 48), (8, 16)), ((12, 10), (4, 2)), ((7, 7), (7, 7))]
@@ -115,3 +122,40 @@ def test_dtype_computes_in_bfloat16_with_float32_parameters(rng):
     assert out.dtype == jnp.bfloat16
     full = module.clone(dtype=None).apply(variables, images)
     np.testing.assert_allclose(np.asarray(out, np.float32), full, atol=0.05, rtol=0.02)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PI-resize of the patch kernel (FlexiViT)
+
+
+def test_resize_matrix_is_jax_bilinear_resize_as_a_matrix(rng):
+    x = rng.standard_normal((4, 6))
+    matrix = bilinear_resize_matrix((4, 6), (7, 5))
+    expected = jax.image.resize(x, (7, 5), "bilinear", antialias=False)
+    np.testing.assert_allclose(matrix @ x.ravel(), np.asarray(expected).ravel(), atol=1e-5)
+
+
+@pytest.mark.parametrize("old, new", [((4, 4), (6, 6)), ((4, 4), (8, 8)), ((8, 16), (16, 16)), ((2, 3), (5, 7))])
+def test_upsampling_pi_resize_keeps_every_token(old, new, rng):
+    kernel = rng.standard_normal((*old, 3, 5)).astype(np.float32)
+    resized = pi_resize_kernel(kernel, new)
+    assert resized.shape == (*new, 3, 5)
+    patches = rng.standard_normal((20, *old, 3)).astype(np.float32)
+    upsampled = np.asarray(jax.vmap(lambda p: jax.image.resize(p, (*new, 3), "bilinear", antialias=False))(patches))
+    before = np.einsum("nhwc,hwcd->nd", patches, kernel)
+    after = np.einsum("nhwc,hwcd->nd", upsampled, resized)
+    assert np.abs(after - before).max() / np.abs(before).max() < 1e-4
+
+
+def test_downsampling_pi_resize_is_the_least_squares_fit(rng):
+    kernel = rng.standard_normal((8, 8, 1, 2))
+    resized = pi_resize_kernel(kernel, (4, 4))
+    resize_t = bilinear_resize_matrix((8, 8), (4, 4)).T  # (64, 16): <x, w> vs <Bx, w'> = x . B^T w'
+    for d in range(2):
+        best, *_ = np.linalg.lstsq(resize_t, kernel[:, :, 0, d].ravel(), rcond=None)
+        np.testing.assert_allclose(resized[:, :, 0, d].ravel(), best, atol=1e-8)
+
+
+def test_pi_resize_to_the_same_size_is_the_identity(rng):
+    kernel = rng.standard_normal((4, 4, 3, 2)).astype(np.float32)
+    np.testing.assert_array_equal(pi_resize_kernel(kernel, 4), kernel)

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import perturbed
 from tests.numpy_reference import patch_tokens, sincos2d_table
 from vit_jax.models import create_model
-from vit_jax.models.posemb import AddPositionEmbs, sincos2d
+from vit_jax.models.posemb import AddPositionEmbs, resize_posemb, sincos2d
 
 
 @pytest.mark.parametrize("grid, width", [((3, 5), 16), ((4, 4), 32), ((2, 7), 8)])
@@ -99,3 +99,80 @@ def test_table_trained_at_another_resolution_is_a_clear_error():
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)["params"]
     with pytest.raises(ValueError, match=r"pos_embedding has 5 rows but the input has 10 tokens .*3x3 patch grid"):
         model.apply({"params": params}, jnp.zeros((1, 12, 12, 3)), train=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resizing a learned table to a new grid
+
+
+def with_prefix(grid_values: np.ndarray, prefix_value: float = 7.0) -> jnp.ndarray:
+    """`(gh, gw, D)` -> a `(1, 1 + gh * gw, D)` table whose class-token row is `prefix_value`."""
+    gh, gw, d = grid_values.shape
+    return jnp.asarray(np.concatenate([np.full((1, d), prefix_value), grid_values.reshape(gh * gw, d)])[None],
+                       jnp.float32)
+
+
+@pytest.mark.parametrize("old, new", [((4, 4), (6, 6)), ((7, 7), (14, 14)), ((14, 14), (10, 10)), ((3, 5), (6, 4))])
+def test_default_resize_is_scipy_zoom_order_1(old, new, rng):
+    from scipy import ndimage
+
+    grid = rng.standard_normal((*old, 8))
+    resized = resize_posemb(with_prefix(grid), old, new)
+    expected = ndimage.zoom(grid, (new[0] / old[0], new[1] / old[1], 1), order=1)
+    assert expected.shape[:2] == new
+    np.testing.assert_allclose(resized[0, 1:].reshape(*new, 8), expected, atol=1e-5)
+    np.testing.assert_array_equal(resized[0, 0], np.full(8, 7.0))  # the class token's row is untouched
+
+
+def test_resize_4_to_6_reference_row_identity_and_ramps():
+    table = with_prefix(np.arange(16.0).reshape(4, 4, 1))
+    resized = np.asarray(resize_posemb(table, (4, 4), (6, 6)))[0, 1:, 0].reshape(6, 6)
+    np.testing.assert_allclose(resized[0], [0, 0.6, 1.2, 1.8, 2.4, 3.0], atol=1e-6)
+    assert resize_posemb(table, (4, 4), (4, 4)) is table
+    ramp = np.fromfunction(lambda r, c, d: 2.0 * r - 0.5 * c + 1.0, (5, 3, 1))
+    out = np.asarray(resize_posemb(with_prefix(ramp), (5, 3), (9, 7)))[0, 1:, 0].reshape(9, 7)
+    rows, cols = np.meshgrid(np.linspace(0, 4, 9), np.linspace(0, 2, 7), indexing="ij")
+    np.testing.assert_allclose(out, 2.0 * rows - 0.5 * cols + 1.0, atol=1e-5)  # still the same plane
+
+
+@pytest.mark.parametrize("old, new", [((4, 4), (7, 7)), ((12, 12), (5, 5)), ((4, 6), (8, 3))])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_half_pixel_bilinear_matches_pytorch(old, new, antialias, rng):
+    import torch
+    grid = rng.standard_normal((*old, 3)).astype(np.float32)
+    ours = np.asarray(resize_posemb(with_prefix(grid), old, new, method="bilinear", antialias=antialias))
+    theirs = torch.nn.functional.interpolate(torch.from_numpy(grid).permute(2, 0, 1)[None], size=new,
+                                             mode="bilinear", align_corners=False, antialias=antialias)
+    np.testing.assert_allclose(ours[0, 1:].reshape(*new, 3), theirs[0].permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("old, new", [((4, 4), (9, 9)), ((12, 12), (5, 5))])
+def test_antialiased_bicubic_matches_pil(old, new, rng):
+    from PIL import Image
+
+    grid = rng.standard_normal((*old, 2)).astype(np.float32)
+    ours = np.asarray(resize_posemb(with_prefix(grid), old, new, method="bicubic", antialias=True))[0, 1:]
+    for channel in range(2):  # PIL's bicubic: Keys a = -0.5, support widened when shrinking (antialiased)
+        pil = Image.fromarray(grid[:, :, channel], mode="F").resize(new[::-1], Image.Resampling.BICUBIC)
+        np.testing.assert_allclose(ours[:, channel].reshape(new), np.asarray(pil), atol=1e-4)
+
+
+def test_resize_errors_name_the_problem():
+    table = with_prefix(np.zeros((4, 4, 2)))
+    with pytest.raises(ValueError, match="posemb resize method must be one of"):
+        resize_posemb(table, (4, 4), (6, 6), method="nearest")
+    with pytest.raises(ValueError, match="has 17 rows; expected 1 prefix \\+ 3x3 grid"):
+        resize_posemb(table, (3, 3), (6, 6))
+    with pytest.raises(ValueError, match="antialias applies to 'bilinear' and 'bicubic'"):
+        resize_posemb(table, (4, 4), (2, 2), antialias=True)
+
+
+def test_sincos2d_is_recomputed_for_the_new_grid_not_resized(rng):
+    model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2,
+                         posemb="sincos2d", classifier="gap")
+    params = perturbed(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)["params"])
+    images = rng.standard_normal((1, 12, 16, 3)).astype(np.float32)  # another resolution, same parameters
+    _, state = model.apply({"params": params}, images, train=False, capture_intermediates=True)
+    seen = state["intermediates"]["Transformer"]["posembed_input"]["__call__"][0]
+    tokens = patch_tokens(images, np.asarray(params["embedding"]["kernel"]), np.asarray(params["embedding"]["bias"]))
+    np.testing.assert_allclose(seen, tokens + sincos2d_table(3, 4, 16), atol=2e-5)

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import ROOT, perturbed, run_main, tiny_digits_config
 from tests.test_metric_writers import tensorboard_scalars
 from vit_jax.checkpoint import TrainCheckpoints
+from vit_jax.config import saved_config
 from vit_jax.metric_writers import read_metrics
 from vit_jax.models import create_model
 from vit_jax.train import (
@@ -21,7 +22,6 @@ from vit_jax.train import (
     cross_entropy,
     make_eval_step,
     make_train_step,
-    saved_config,
     train_and_evaluate,
 )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
@@ -21,6 +23,7 @@ _PLACEHOLDERS = {
     "hidden_size": int, "num_layers": int, "mlp_dim": int, "num_heads": int, "patch_size": tuple,
     "representation_size": int, "remat_policy": str,
 }
+CONFIG_FILE = "config.json"  # in a workdir: the config the run used
 # Keys of the short `get_config` argument that are not a config path.
 SHORT_KEYS = {"variant": "model.variant"}
 
@@ -40,6 +43,12 @@ def model_config(variant: str, **options: Any) -> ConfigDict:
             config[field.name] = field.default
     config.update(options)
     return config
+
+
+def model_config_from(saved: ConfigDict) -> ConfigDict:
+    """The `model` section of a saved (JSON) config, with its lists back as tuples."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "variant" and v is not None}
+    return model_config(saved.variant, **options)
 
 
 def build_model(model: ConfigDict, num_classes: int) -> VisionTransformer:
@@ -80,8 +89,20 @@ def base_config() -> ConfigDict:
 
     c.model = model_config("B/16")
 
+    # Fine-tuning: start from a workdir or an .npz instead of a fresh initialisation (vit_jax.checkpoint.adapt).
+    c.init = ConfigDict()
+    c.init.path = ""  # a vit_jax workdir or an .npz file; "" trains from scratch
+    c.init.step = config_dict.placeholder(int)  # workdir step; None: the latest
+    c.init.grid = config_dict.placeholder(tuple)  # grid the loaded position embeddings were trained for (npz,
+    # non-square); None: from the workdir's config, or square
+    c.init.dont_load = ()  # regexes over parameter paths to initialise afresh instead of loading
+    c.init.head = "auto"  # "auto": re-initialise when the number of classes differs; "reinit"; "load"
+    c.init.posemb = "resize"  # "resize" the learned table to the new grid, or "reinit" it
+    c.init.posemb_method = "bilinear_align_corners"  # or "bilinear", "bicubic" (vit_jax.models.posemb)
+    c.init.posemb_antialias = False
+
     # Optimisation.
-    c.num_steps = 10_000
+    c.num_steps = 10_000  # 0: only evaluate (e.g. a loaded checkpoint at a new resolution)
     c.batch_size = 512
     c.accum_steps = 1  # the batch is split into this many micro-batches whose gradients are averaged
     c.eval_batch_size = 512
@@ -164,3 +185,12 @@ def apply_overrides(config: ConfigDict, arg: str | None) -> ConfigDict:
         except TypeError as error:
             raise ValueError(f"config field {path!r}: {error}") from None
     return config
+
+
+def save_config(config: ConfigDict, workdir: str | Path) -> None:
+    (Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+
+
+def saved_config(workdir: str | Path) -> ConfigDict:
+    """The config a workdir was trained with (tuples come back as lists)."""
+    return ConfigDict(json.loads((Path(workdir) / CONFIG_FILE).read_text()))

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from ml_collections import ConfigDict
 
+from vit_jax.checkpoint.adapt import HEAD_POLICIES, POSEMB_POLICIES
+from vit_jax.checkpoint.pretrained import is_workdir
 from vit_jax.config import build_model
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
 from vit_jax.data.sources import DatasetError, DatasetSpec, dataset_builder, dataset_spec, split_size
 from vit_jax.models.patching import grid_shape
+from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.optim import OPTIMIZERS, SCHEDULES
 from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
@@ -34,6 +38,7 @@ def check_choices(config: ConfigDict) -> None:
     choices = {
         "optimizer.name": OPTIMIZERS, "optimizer.schedule": SCHEDULES, "pp.train_crop": TRAIN_CROPS,
         "pp.resize_method": tuple(RESIZE_METHODS), "model.dtype": DTYPES, "cache_in_memory": ("auto", True, False),
+        "init.head": HEAD_POLICIES, "init.posemb": POSEMB_POLICIES, "init.posemb_method": POSEMB_RESIZE_METHODS,
     }
     for field, allowed in choices.items():
         value = _get(config, field)
@@ -42,7 +47,9 @@ def check_choices(config: ConfigDict) -> None:
 
 
 def check_numbers(config: ConfigDict) -> None:
-    for field in ("num_steps", "batch_size", "eval_batch_size", "accum_steps", "log_every", "eval_every",
+    if not isinstance(config.num_steps, int) or config.num_steps < 0:
+        raise field_error("num_steps", config.num_steps, "must be an integer >= 0 (0: evaluate only)")
+    for field in ("batch_size", "eval_batch_size", "accum_steps", "log_every", "eval_every",
                   "checkpoint_every", "keep", "data_threads"):
         value = _get(config, field)
         if not isinstance(value, int) or value < 1:
@@ -62,6 +69,7 @@ def check_patterns(config: ConfigDict) -> None:
     """Regexes over parameter paths compile, and sharding rules are known kinds or axis tuples."""
     patterns = [("optimizer.weight_decay_mask", config.optimizer.weight_decay_mask)]
     patterns += [(f"sharding_rules[{i}]", rule[0]) for i, rule in enumerate(config.sharding_rules)]
+    patterns += [(f"init.dont_load[{i}]", pattern) for i, pattern in enumerate(config.init.dont_load)]
     for field, pattern in patterns:
         try:
             re.compile(pattern)
@@ -111,6 +119,14 @@ def check_data(config: ConfigDict) -> tuple[Any, DatasetSpec, dict[str, int]]:
             raise field_error(field, split, f"unknown split of {config.dataset!r}",
                               f"{sorted(builder.info.splits)} or slices such as 'train[:90%]'") from None
     return builder, spec, sizes
+
+
+def check_init(config: ConfigDict) -> None:
+    """The checkpoint to fine-tune from exists."""
+    path = config.init.path
+    if path and not (Path(path).expanduser().is_file() or is_workdir(Path(path).expanduser())):
+        raise field_error("init.path", path, "neither an .npz file nor a vit_jax workdir (a directory with "
+                                             "checkpoints/)")
 
 
 def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:

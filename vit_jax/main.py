@@ -13,6 +13,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from vit_jax.checkpoint.adapt import CheckpointMismatchError
 from vit_jax.config_validation import ConfigError
 from vit_jax.train import NonFiniteLossError, Preempted, train_and_evaluate
 
@@ -33,7 +34,7 @@ def main(argv: list[str]) -> None:
         handler.addFilter(lambda record: "OpenCV is not installed" not in record.getMessage())
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as error:
+    except (ConfigError, CheckpointMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
     except NonFiniteLossError as error:

@@ -7,7 +7,6 @@ checkpoints. Running it again on the same workdir resumes from the latest checkp
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -23,18 +22,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from vit_jax import config_validation
-from vit_jax.checkpoint import TrainCheckpoints
+from vit_jax.checkpoint.adapt import Adaptation, fill_from_init, plan_adaptation
+from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
+from vit_jax.checkpoint.pretrained import load_pretrained
+from vit_jax.config import save_config
 from vit_jax.data import pipeline
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split
 from vit_jax.metric_writers import MetricWriter
+from vit_jax.models.patching import grid_shape
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.optim import learning_rate_schedule, make_optimizer
 from vit_jax.preemption import PreemptionWatcher
 from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, mirrored_shardings, replicated, tree_shardings
 
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
 Batch = dict[str, jax.Array]
 
 
@@ -153,6 +154,7 @@ class Setup:
     config: ConfigDict
     mesh: Mesh
     model: VisionTransformer
+    grid: tuple[int, int]  # the model's patch grid at config.image_size
     num_classes: int
     image_shape: tuple[int, int, int]
     sources: dict[str, Any]  # split field ("train_split", ...) -> random-access source
@@ -178,6 +180,7 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
     config_validation.check_numbers(config)
     config_validation.check_patterns(config)
     config_validation.check_devices(config, len(devices), jax.process_count())
+    config_validation.check_init(config)
     builder, spec, sizes = config_validation.check_data(config)
     model = config_validation.check_model(config, spec.num_classes)
 
@@ -192,6 +195,7 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         config=config,
         mesh=make_mesh(config.mesh, devices),
         model=model,
+        grid=grid_shape(tuple(config.image_size), model.patch_size, model.pad),
         num_classes=spec.num_classes,
         image_shape=(*tuple(config.image_size), spec.image_shape[-1]),
         sources=sources,
@@ -208,6 +212,29 @@ def init_state_fn(setup: Setup, key: jax.Array) -> Callable[[], TrainState]:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
 
     return init
+
+
+def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
+    """Loads `config.init.path` and fits it to the model's parameter shapes; every mismatch is raised here,
+    before anything compiles."""
+    init = setup.config.init
+    try:
+        pretrained = load_pretrained(init.path, init.step)
+    except FileNotFoundError as error:
+        raise config_validation.field_error("init.step", init.step, str(error)) from None
+    return plan_adaptation(
+        pretrained.params, abstract_params, old_grid=init.grid or pretrained.grid, new_grid=setup.grid,
+        dont_load=tuple(init.dont_load), head=init.head, posemb=init.posemb, posemb_method=init.posemb_method,
+        posemb_antialias=init.posemb_antialias,
+    )
+
+
+def start_from(adaptation: Adaptation, fresh: TrainState, tx: optax.GradientTransformation,
+               shardings: TrainState) -> TrainState:
+    """Step 0 with the adapted parameters (the rest from `fresh`) and a fresh optimizer state."""
+    params = fill_from_init(adaptation, jax.device_get(fresh.params))
+    new_state = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
+    return jax.jit(new_state, in_shardings=(shardings.params,), out_shardings=shardings)(params)
 
 
 def state_shardings(abstract_state: TrainState, config: ConfigDict, mesh: Mesh) -> TrainState:
@@ -273,14 +300,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     Returns the last eval metrics of this invocation and the test metrics."""
     workdir = Path(workdir)
     setup = set_up(config)
-    is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
-
     root_key = jax.random.key(config.seed)
     init = init_state_fn(setup, jax.random.fold_in(root_key, 0))
     abstract_state = jax.eval_shape(init)
+    checkpoints = TrainCheckpoints(workdir / CHECKPOINT_DIR, keep=config.keep)
+    start_step = checkpoints.latest_step() or 0
+    adaptation = plan_init(setup, abstract_state.params) if config.init.path and not start_step else None
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_config(config, workdir)
+
     shardings = state_shardings(abstract_state, config, setup.mesh)
     data_sharding = batch_sharding(setup.mesh)
     train_data = pipeline.train_iterator(
@@ -288,14 +317,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
         num_threads=config.data_threads, num_workers=config.data_workers,
     )
-    checkpoints = TrainCheckpoints(workdir / CHECKPOINT_DIR, keep=config.keep)
-    start_step = checkpoints.latest_step() or 0
     if start_step:
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
                                 shardings)
         state = checkpoints.restore(start_step, abstract, train_data)
     else:
         state = jax.jit(init, out_shardings=shardings)()
+        if adaptation is not None:
+            state = start_from(adaptation, state, setup.tx, shardings)
 
     run = Run(
         setup=setup,
@@ -311,11 +340,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         train_data=train_data,
         data_sharding=data_sharding,
         checkpoints=checkpoints,
-        writer=MetricWriter(workdir, total_steps=config.num_steps, start_step=start_step, enabled=is_main),
+        writer=MetricWriter(workdir, total_steps=config.num_steps, start_step=start_step,
+                            enabled=jax.process_index() == 0),
     )
     if start_step:
         run.writer.print(f"resumed from step {start_step} in {checkpoints.directory}")
     try:
+        if adaptation is not None:
+            for note in adaptation.notes:
+                run.writer.print(f"init from {config.init.path}: {note}")
+            run.writer.write(0, run.evaluate(state.params, "eval_split", "eval"))  # before any fine-tuning step
         with PreemptionWatcher() as preemption:
             state, results = train_loop(run, state, start_step, preemption)
         if config.test_split:
@@ -405,9 +439,3 @@ def _window_metrics(window: list[dict[str, np.ndarray]], elapsed: float, batch_s
     metrics["perf/step_seconds"] = elapsed / len(window)
     metrics["perf/images_per_second"] = batch_size * len(window) / elapsed
     return metrics
-
-
-def saved_config(workdir: str | Path) -> ConfigDict:
-    """The config a workdir was trained with."""
-    return ConfigDict(json.loads((Path(workdir) / CONFIG_FILE).read_text()))
-

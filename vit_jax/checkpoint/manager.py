@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+CHECKPOINT_DIR = "checkpoints"  # inside a workdir
 STATE = "state"
 DATA = "data"
 BEST_METRIC = "eval/accuracy"
@@ -28,27 +29,37 @@ class TrainCheckpoints:
 
     def __init__(self, directory: str | Path, *, keep: int = 2, async_save: bool = True):
         self.directory = Path(directory)
-        policy = preservation_policy.AnyPreservationPolicy([
-            preservation_policy.LatestN(n=keep),
-            preservation_policy.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
-                                      keep_checkpoints_without_metrics=False),
-        ])
-        self._manager = ocp.CheckpointManager(
-            self.directory.absolute(),
-            # Built with its item handlers: otherwise item_metadata() is None and restores cannot inspect items.
-            item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler()},
-            options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy,
-                enable_async_checkpointing=async_save,
-                cleanup_tmp_directories=True,
-            ),
-        )
+        self._keep = keep
+        self._async_save = async_save
+        self._opened: ocp.CheckpointManager | None = None
+
+    @property
+    def _manager(self) -> ocp.CheckpointManager:
+        """Opened on first use, so that only saving creates the directory (reading a workdir, or a run that
+        fails its checks, leaves none behind)."""
+        if self._opened is None:
+            policy = preservation_policy.AnyPreservationPolicy([
+                preservation_policy.LatestN(n=self._keep),
+                preservation_policy.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
+                                          keep_checkpoints_without_metrics=False),
+            ])
+            self._opened = ocp.CheckpointManager(
+                self.directory.absolute(),
+                # Built with its item handlers: otherwise item_metadata() is None and restores cannot inspect items.
+                item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler()},
+                options=ocp.CheckpointManagerOptions(
+                    preservation_policy=policy,
+                    enable_async_checkpointing=self._async_save,
+                    cleanup_tmp_directories=True,
+                ),
+            )
+        return self._opened
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        return self._manager.latest_step() if self.directory.is_dir() else None
 
     def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        return list(self._manager.all_steps()) if self.directory.is_dir() else []
 
     def save(self, step: int, state: Any, data_iterator: Any, metrics: dict[str, float] | None = None) -> None:
         """Starts saving `step` (returns once arrays are copied off the devices; writing goes on behind)."""
@@ -77,7 +88,9 @@ class TrainCheckpoints:
 
     def wait(self) -> None:
         """Blocks until every started save is on disk."""
-        self._manager.wait_until_finished()
+        if self._opened is not None:
+            self._opened.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.close()
+        if self._opened is not None:
+            self._opened.close()

@@ -14,12 +14,14 @@ Tokens come out row-major over the patch grid: token `k` is the patch at grid ro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PatchEmbedKind = Literal["conv", "reshape"]
 PatchPadding = Literal["none", "zeros"]
@@ -156,3 +158,28 @@ class PatchEmbed(nn.Module):
             return grid
         b, gh, gw, d = grid.shape
         return grid.reshape(b, gh * gw, d)
+
+
+def bilinear_resize_matrix(old_hw: Sequence[int], new_hw: Sequence[int]) -> np.ndarray:
+    """`B` with `vec(resize(x)) = B @ vec(x)` for half-pixel bilinear resizing without antialiasing
+    (`jax.image.resize(..., "bilinear", antialias=False)`), built column by column from basis images."""
+    old_hw, new_hw = tuple(old_hw), tuple(new_hw)
+    basis = np.eye(math.prod(old_hw)).reshape(-1, *old_hw)
+    columns = jax.vmap(lambda x: jax.image.resize(x, new_hw, "bilinear", antialias=False))(basis)
+    return np.asarray(columns, np.float64).reshape(len(basis), -1).T
+
+
+def pi_resize_kernel(kernel: jax.Array, new_patch_size: int | Sequence[int]) -> np.ndarray:
+    """PI-resize (FlexiViT, Beyer et al. 2023): the patch kernel `(ph, pw, C, D)` for a new patch size.
+
+    With `B` the bilinear resize matrix from `(ph, pw)` to `(ph', pw')`, the new kernel is `pinv(B^T) w` for each
+    input and output channel. Upsampling (`ph' >= ph`, `pw' >= pw`) keeps every token exactly:
+    `<x, w> = <resize(x), w_new>` for any patch `x`; downsampling gives the least-squares fit.
+    """
+    ph, pw, c, d = kernel.shape
+    new_hw = as_patch_size(new_patch_size)
+    if new_hw == (ph, pw):
+        return np.asarray(kernel)
+    resize = bilinear_resize_matrix((ph, pw), new_hw)  # (ph' pw', ph pw)
+    flat = np.asarray(kernel, np.float64).reshape(ph * pw, c * d)
+    return (np.linalg.pinv(resize.T) @ flat).reshape(*new_hw, c, d).astype(np.asarray(kernel).dtype)

@@ -85,3 +85,60 @@ class AddPositionEmbs(nn.Module):
                 f"({self.num_prefix} prefix + a {gh}x{gw} patch grid): the table was trained for another "
                 f"resolution or patch size; resize it to the new grid before loading"
             )
+
+
+POSEMB_RESIZE_METHODS: tuple[str, ...] = ("bilinear_align_corners", "bilinear", "bicubic")
+
+
+def align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """`(size_out, size_in)` weights of 1-D linear interpolation with the end points aligned: output `i` samples
+    input coordinate `i * (size_in - 1) / (size_out - 1)` (`scipy.ndimage.zoom(order=1)`'s mapping)."""
+    positions = np.arange(size_out) * ((size_in - 1) / (size_out - 1)) if size_out > 1 else np.zeros(1)
+    low = np.clip(np.floor(positions).astype(int), 0, size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    frac = positions - low
+    weights = np.zeros((size_out, size_in))
+    np.add.at(weights, (np.arange(size_out), low), 1 - frac)
+    np.add.at(weights, (np.arange(size_out), high), frac)
+    return weights
+
+
+def resize_posemb(
+    table: jax.Array,
+    old_grid: Sequence[int],
+    new_grid: Sequence[int],
+    num_prefix: int = 1,
+    method: str = "bilinear_align_corners",
+    antialias: bool = False,
+) -> jax.Array:
+    """A learned table `(1, num_prefix + gh * gw, D)` resized to a new `(gh', gw')` grid, prefix rows (the class
+    token) unchanged. Grids may be non-square.
+
+    Methods, named for the convention they match:
+      - `bilinear_align_corners` (default): what `scipy.ndimage.zoom(order=1)` computes in vision_transformer and
+        big_vision when they fine-tune at a new resolution, so results are comparable with theirs.
+      - `bilinear`: half-pixel bilinear (`jax.image.resize`), with or without `antialias` (which only acts when
+        shrinking).
+      - `bicubic`: half-pixel Keys cubic (`jax.image.resize`, a = -0.5), with or without `antialias`; timm's
+        `resample_abs_pos_embed` defaults to bicubic with antialiasing, but through PyTorch's a = -0.75 kernel, so
+        the two agree closely, not exactly.
+    """
+    if method not in POSEMB_RESIZE_METHODS:
+        raise ValueError(f"posemb resize method must be one of {POSEMB_RESIZE_METHODS}; got {method!r}")
+    (gh, gw), (nh, nw) = tuple(old_grid), tuple(new_grid)
+    width = table.shape[-1]
+    if table.shape[1] != num_prefix + gh * gw:
+        raise ValueError(f"position table has {table.shape[1]} rows; expected {num_prefix} prefix + {gh}x{gw} grid")
+    if (gh, gw) == (nh, nw):
+        return table
+    prefix, grid = table[:, :num_prefix], table[:, num_prefix:].reshape(1, gh, gw, width)
+    if method == "bilinear_align_corners":
+        if antialias:
+            raise ValueError("antialias applies to 'bilinear' and 'bicubic', not to 'bilinear_align_corners'")
+        rows, cols = align_corners_matrix(gh, nh), align_corners_matrix(gw, nw)
+        resized = jnp.einsum("ah,bw,nhwd->nabd", rows, cols, grid.astype(jnp.float32))
+    else:
+        kind = "bilinear" if method == "bilinear" else "cubic"
+        resized = jax.image.resize(grid.astype(jnp.float32), (1, nh, nw, width), kind, antialias=antialias)
+    resized = resized.astype(table.dtype).reshape(1, nh * nw, width)
+    return jnp.concatenate([jnp.asarray(prefix), resized], axis=1)

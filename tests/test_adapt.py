@@ -1,0 +1,126 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.checkpoint.adapt import CheckpointMismatchError, fill_from_init, plan_adaptation
+from vit_jax.models import create_model, stack_encoder_blocks, unstack_encoder_blocks
+from vit_jax.models.patching import pi_resize_kernel
+from vit_jax.models.posemb import resize_posemb
+
+TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4)
+
+
+def shapes(model, image_hw):
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_hw, 3)), train=False))["params"]
+
+
+def values(model, image_hw, seed):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes(model, image_hw))
+
+
+def adapt(source, target_model, image_hw, new_grid, fresh_seed=99, **kwargs):
+    plan = plan_adaptation(source, shapes(target_model, image_hw), old_grid=kwargs.pop("old_grid", None),
+                           new_grid=new_grid, **kwargs)
+    fresh = values(target_model, image_hw, fresh_seed)
+    return plan, fill_from_init(plan, fresh), fresh
+
+
+def test_same_model_loads_everything(rng):
+    model = create_model("Ti/8", num_classes=10, **TINY)
+    source = values(model, (16, 16), 0)
+    plan, merged, _ = adapt(source, model, (16, 16), (2, 2))
+    jax.tree.map(np.testing.assert_array_equal, merged, source)
+    assert plan.notes == ()
+
+
+def test_new_resolution_resizes_posemb_keeps_the_class_row_and_reinits_a_new_head():
+    source = values(create_model("Ti/8", num_classes=10, **TINY), (16, 16), 0)
+    target = create_model("Ti/8", num_classes=3, **TINY)
+    plan, merged, fresh = adapt(source, target, (32, 24), (4, 3))
+    table = source["Transformer"]["posembed_input"]["pos_embedding"]
+    np.testing.assert_allclose(merged["Transformer"]["posembed_input"]["pos_embedding"],
+                               resize_posemb(table, (2, 2), (4, 3)), atol=1e-6)
+    np.testing.assert_array_equal(merged["Transformer"]["posembed_input"]["pos_embedding"][0, 0], table[0, 0])
+    np.testing.assert_array_equal(merged["head"]["kernel"], fresh["head"]["kernel"])  # 10 -> 3 classes
+    np.testing.assert_array_equal(merged["embedding"]["kernel"], source["embedding"]["kernel"])
+    assert any("another number of classes" in note for note in plan.notes)
+    assert any("resized from a 2x2 to a 4x3 grid" in note for note in plan.notes)
+
+
+def test_new_patch_size_pi_resizes_the_kernel():
+    source = values(create_model("Ti/8", num_classes=10, **TINY), (16, 16), 0)
+    target = create_model("Ti/16", num_classes=10, **TINY)
+    plan, merged, _ = adapt(source, target, (32, 32), (2, 2))
+    np.testing.assert_allclose(merged["embedding"]["kernel"], pi_resize_kernel(source["embedding"]["kernel"], 16),
+                               atol=1e-6)
+    np.testing.assert_array_equal(merged["Transformer"]["posembed_input"]["pos_embedding"],
+                                  source["Transformer"]["posembed_input"]["pos_embedding"])  # same 2x2 grid
+
+
+def test_head_policies_pre_logits_and_dont_load():
+    source = values(create_model("Ti/8", num_classes=10, **TINY, representation_size=8), (16, 16), 0)
+    target = create_model("Ti/8", num_classes=10, **TINY)
+    plan, merged, fresh = adapt(source, target, (16, 16), (2, 2), head="reinit",
+                                dont_load=[r"encoderblock_1/MlpBlock_0/"])
+    assert "pre_logits" not in merged
+    assert any("pre_logits: dropped" in note for note in plan.notes)
+    np.testing.assert_array_equal(merged["head"]["bias"], fresh["head"]["bias"])
+    block = merged["Transformer"]["encoderblock_1"]
+    np.testing.assert_array_equal(block["MlpBlock_0"]["Dense_0"]["kernel"],
+                                  fresh["Transformer"]["encoderblock_1"]["MlpBlock_0"]["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(block["LayerNorm_0"]["scale"],
+                                  source["Transformer"]["encoderblock_1"]["LayerNorm_0"]["scale"])
+
+
+def test_reinitialised_posemb_comes_from_the_new_model():
+    source = values(create_model("Ti/8", num_classes=10, **TINY), (16, 16), 0)
+    target = create_model("Ti/8", num_classes=10, **TINY)
+    _, merged, fresh = adapt(source, target, (32, 32), (4, 4), posemb="reinit")
+    np.testing.assert_array_equal(merged["Transformer"]["posembed_input"]["pos_embedding"],
+                                  fresh["Transformer"]["posembed_input"]["pos_embedding"])
+
+
+def test_every_mismatch_is_listed_with_both_shapes():
+    source = values(create_model("Ti/8", num_classes=10, **TINY), (16, 16), 0)
+    target = create_model("Ti/8", num_classes=10, **{**TINY, "mlp_dim": 48, "num_layers": 3})
+    with pytest.raises(CheckpointMismatchError) as error:
+        adapt(source, target, (16, 16), (2, 2), head="load")
+    message = str(error.value)
+    assert "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel: checkpoint (32, 64), model (32, 48)" in message
+    assert "Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel: checkpoint (64, 32), model (48, 32)" in message
+    assert "missing from the checkpoint: Transformer/encoderblock_2/LayerNorm_0/scale (model (32,))" in message
+    assert message.count("\n") == len([line for line in message.splitlines()[1:] if line.startswith("  ")])
+    extra = values(create_model("Ti/8", num_classes=10, **{**TINY, "num_layers": 3}), (16, 16), 0)
+    with pytest.raises(CheckpointMismatchError, match="not in the model: Transformer/encoderblock_2/LayerNorm_0/scale"):
+        adapt(extra, create_model("Ti/8", num_classes=10, **TINY), (16, 16), (2, 2))
+
+
+def test_loading_a_class_token_model_into_gap_needs_the_class_token_named():
+    source = values(create_model("Ti/8", num_classes=10, **TINY), (16, 16), 0)
+    target = create_model("Ti/8", num_classes=10, **TINY, classifier="gap")
+    with pytest.raises(CheckpointMismatchError, match=r"not in the model: cls \(checkpoint \(1, 1, 32\)\)"):
+        adapt(source, target, (16, 16), (2, 2))
+    _, merged, _ = adapt(source, target, (16, 16), (2, 2), dont_load=["^cls$"])
+    np.testing.assert_array_equal(merged["Transformer"]["posembed_input"]["pos_embedding"],
+                                  source["Transformer"]["posembed_input"]["pos_embedding"][:, 1:])
+
+
+@pytest.mark.parametrize("source_scan, target_scan", [(False, True), (True, False)])
+def test_scanned_and_per_layer_layouts_convert(source_scan, target_scan):
+    model = create_model("Ti/8", num_classes=10, **TINY)
+    per_layer = values(model, (16, 16), 0)
+    source = stack_encoder_blocks(per_layer) if source_scan else per_layer
+    target = model.clone(scan=target_scan)
+    _, merged, _ = adapt(source, target, (16, 16), (2, 2))
+    jax.tree.map(np.testing.assert_array_equal, unstack_encoder_blocks(merged) if target_scan else merged, per_layer)
+
+
+def test_a_non_square_table_needs_its_grid():
+    source = values(create_model("Ti/8", num_classes=10, **TINY), (16, 24), 0)  # 2x3 grid
+    target = create_model("Ti/8", num_classes=10, **TINY)
+    with pytest.raises(CheckpointMismatchError, match=r"not a square grid; give the grid .*config.init.grid"):
+        adapt(source, target, (32, 32), (4, 4))
+    _, merged, _ = adapt(source, target, (32, 32), (4, 4), old_grid=(2, 3))
+    assert merged["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 17, 32)

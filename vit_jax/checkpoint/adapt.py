@@ -1,0 +1,192 @@
+"""Fitting loaded weights to a new model: new classes, resolution or patch size, and explicit exclusions.
+
+`plan_adaptation` runs on parameter shapes alone, before anything is compiled: it resizes what can be resized
+(position embeddings to the new grid, the patch kernel to the new patch size by PI-resize), decides what the new
+model initialises itself (a head for another number of classes, `pre_logits` the new model lacks, whatever
+`dont_load` names) and raises one error listing every other missing, extra or differently shaped parameter with
+both shapes. Nothing is skipped silently. `fill_from_init` then takes the rest from the freshly initialised model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, stack_encoder_blocks, unstack_encoder_blocks
+from vit_jax.models.patching import pi_resize_kernel
+from vit_jax.models.posemb import resize_posemb
+
+HEAD_POLICIES = ("auto", "reinit", "load")
+POSEMB_POLICIES = ("resize", "reinit")
+POSEMB = (ENCODER, "posembed_input", "pos_embedding")
+KERNEL = ("embedding", "kernel")
+FROM_INIT = None  # marks a leaf the new model initialises itself
+
+
+class CheckpointMismatchError(ValueError):
+    """Loaded weights that do not fit the model, listing every offending parameter with both shapes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Adaptation:
+    flat: dict[tuple[str, ...], np.ndarray | None]  # per-layer paths -> loaded/adapted array, or FROM_INIT
+    scanned: bool  # whether the target model stacks its blocks
+    notes: tuple[str, ...]  # what was adapted, for the log
+
+
+def plan_adaptation(
+    loaded: Mapping[str, Any],
+    target: Mapping[str, Any],
+    *,
+    old_grid: Sequence[int] | None,
+    new_grid: Sequence[int],
+    dont_load: Sequence[str] = (),
+    head: str = "auto",
+    posemb: str = "resize",
+    posemb_method: str = "bilinear_align_corners",
+    posemb_antialias: bool = False,
+) -> Adaptation:
+    """Loaded params (arrays) fitted to the target's params (arrays or ShapeDtypeStructs).
+
+    Args:
+      old_grid: the grid the loaded position embeddings were trained for; None infers a square one.
+      new_grid: the target model's patch grid.
+      dont_load: regexes (`re.search` on '/'-joined paths) of parameters to take from the new initialisation.
+      head: `auto` re-initialises the head when the number of classes differs; `reinit` always; `load` never.
+      posemb: `resize` the learned table to the new grid, or `reinit` it (fresh initialisation).
+    """
+    if head not in HEAD_POLICIES:
+        raise ValueError(f"head must be one of {HEAD_POLICIES}; got {head!r}")
+    if posemb not in POSEMB_POLICIES:
+        raise ValueError(f"posemb must be one of {POSEMB_POLICIES}; got {posemb!r}")
+    scanned = SCANNED_BLOCKS in target.get(ENCODER, {})
+    target_flat = _flat_shapes(jax.eval_shape(unstack_encoder_blocks, target) if scanned else target)
+    loaded = unstack_encoder_blocks(loaded) if SCANNED_BLOCKS in loaded.get(ENCODER, {}) else loaded
+    source = {path: np.asarray(value) for path, value in traverse_util.flatten_dict(dict(loaded)).items()}
+    old_prefix = 1 if ("cls",) in source else 0  # rows of the loaded table before its grid (before dont_load)
+    plan: dict[tuple[str, ...], np.ndarray | None] = {}
+    notes: list[str] = []
+
+    def from_init(path: tuple[str, ...], why: str) -> None:
+        source.pop(path, None)
+        plan[path] = FROM_INIT
+        notes.append(f"{'/'.join(path)}: {why}")
+
+    patterns = [re.compile(p) for p in dont_load]
+    for path in list(source):
+        if any(p.search("/".join(path)) for p in patterns) and path in target_flat:
+            from_init(path, "not loaded (dont_load), initialised")
+        elif any(p.search("/".join(path)) for p in patterns):
+            source.pop(path)
+            notes.append(f"{'/'.join(path)}: not loaded (dont_load); the new model has no such parameter")
+    _plan_head(source, target_flat, head, from_init, notes)
+    _plan_kernel(source, target_flat, notes)
+    _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, posemb_method,
+                 posemb_antialias, from_init, notes)
+
+    _check_match(source, {path: shape for path, shape in target_flat.items() if path not in plan})
+    for path, (_, dtype) in target_flat.items():
+        if path not in plan:
+            plan[path] = source[path].astype(dtype)
+    return Adaptation(plan, scanned, tuple(notes))
+
+
+def fill_from_init(adaptation: Adaptation, fresh: Mapping[str, Any]) -> dict[str, Any]:
+    """The adapted parameters as a tree in the target's layout, with FROM_INIT leaves taken from `fresh`."""
+    fresh_flat = traverse_util.flatten_dict(
+        unstack_encoder_blocks(fresh) if adaptation.scanned else dict(fresh)
+    )
+    merged = {path: fresh_flat[path] if value is FROM_INIT else value for path, value in adaptation.flat.items()}
+    tree = traverse_util.unflatten_dict(merged)
+    return stack_encoder_blocks(tree) if adaptation.scanned else tree
+
+
+def _flat_shapes(tree: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
+    return {path: (tuple(leaf.shape), np.dtype(leaf.dtype)) for path, leaf in traverse_util.flatten_dict(dict(tree)).items()}
+
+
+def _plan_head(source, target_flat, head, from_init, notes) -> None:
+    for name in ("head", "pre_logits"):
+        paths = [p for p in list(source) if p[0] == name]
+        if not paths:
+            continue
+        if name == "pre_logits" and ("pre_logits", "kernel") not in target_flat:
+            for path in paths:
+                source.pop(path)
+            notes.append("pre_logits: dropped (the new model has no representation layer)")
+            continue
+        if name != "head" or head == "load":
+            continue
+        target_kernel = target_flat.get(("head", "kernel"))
+        differs = target_kernel is None or target_kernel[0] != source.get(("head", "kernel"), np.empty(0)).shape
+        if target_kernel is None:
+            for path in paths:
+                source.pop(path)
+            notes.append("head: dropped (the new model has no head)")
+        elif head == "reinit" or differs:
+            for path in paths:
+                from_init(path, "re-initialised" + (" (another number of classes)" if differs else ""))
+
+
+def _plan_kernel(source, target_flat, notes) -> None:
+    if KERNEL not in source or KERNEL not in target_flat:
+        return
+    kernel, (shape, _) = source[KERNEL], target_flat[KERNEL]
+    if kernel.shape[:2] != shape[:2] and kernel.shape[2:] == shape[2:]:
+        source[KERNEL] = pi_resize_kernel(kernel, shape[:2])
+        notes.append(f"embedding/kernel: PI-resized from patch {kernel.shape[0]}x{kernel.shape[1]} to "
+                     f"{shape[0]}x{shape[1]}")
+
+
+def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, method, antialias, from_init,
+                 notes) -> None:
+    if POSEMB not in source or POSEMB not in target_flat:
+        return
+    if policy == "reinit":
+        from_init(POSEMB, "re-initialised (posemb='reinit')")
+        return
+    table, (shape, _) = source[POSEMB], target_flat[POSEMB]
+    new_prefix = 1 if ("cls",) in target_flat else 0
+    old_grid = tuple(old_grid) if old_grid is not None else _square_grid(table.shape[1] - old_prefix)
+    if math.prod(old_grid) != table.shape[1] - old_prefix:
+        raise CheckpointMismatchError(
+            f"pos_embedding has {table.shape[1]} rows ({old_prefix} prefix), not a {old_grid[0]}x{old_grid[1]} grid")
+    resized = np.asarray(resize_posemb(table, old_grid, new_grid, old_prefix, method, antialias))
+    if old_grid != new_grid:
+        notes.append(f"pos_embedding: resized from a {old_grid[0]}x{old_grid[1]} to a {new_grid[0]}x{new_grid[1]} "
+                     f"grid ({method}{', antialiased' if antialias else ''})")
+    if old_prefix > new_prefix:  # the class token's row goes with the class token
+        resized = resized[:, old_prefix - new_prefix :]
+    elif new_prefix > old_prefix:  # big_vision-style tables: no row means a zero row
+        resized = np.concatenate([np.zeros((1, new_prefix - old_prefix, resized.shape[2]), resized.dtype), resized], 1)
+    if resized.shape[2] == shape[2]:
+        source[POSEMB] = resized
+
+
+def _square_grid(rows: int) -> tuple[int, int]:
+    side = math.isqrt(rows)
+    if side * side != rows:
+        raise CheckpointMismatchError(
+            f"pos_embedding has {rows} patch rows, not a square grid; give the grid it was trained for "
+            f"(config.init.grid=(gh, gw))")
+    return side, side
+
+
+def _check_match(source: dict, target: dict) -> None:
+    fmt = lambda path: "/".join(path)
+    missing = [f"  missing from the checkpoint: {fmt(p)} (model {s})" for p, (s, _) in target.items() if p not in source]
+    extra = [f"  not in the model: {fmt(p)} (checkpoint {source[p].shape})" for p in source if p not in target]
+    shapes = [f"  shape differs: {fmt(p)}: checkpoint {source[p].shape}, model {s}"
+              for p, (s, _) in target.items() if p in source and source[p].shape != s]
+    problems = missing + extra + shapes
+    if problems:
+        raise CheckpointMismatchError(
+            f"the checkpoint does not fit the model ({len(problems)} parameter(s)); list what to initialise "
+            f"afresh in config.init.dont_load, or change the model:\n" + "\n".join(problems))

@@ -1,0 +1,50 @@
+"""Where fine-tuning starts from: the parameters of a vit_jax workdir (orbax) or of an `.npz` file."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
+from vit_jax.checkpoint.npz import load_npz
+from vit_jax.config import CONFIG_FILE, build_model, saved_config
+from vit_jax.models.patching import grid_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    params: dict[str, Any]
+    grid: tuple[int, int] | None  # the patch grid the position embeddings were trained for, when known
+    source: str  # for messages: "workdirs/digits step 2000" or "ViT-B_16.npz"
+
+
+def is_workdir(path: str | Path) -> bool:
+    return (Path(path) / CHECKPOINT_DIR).is_dir()
+
+
+def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
+    """Parameters from `path`: a workdir (its latest checkpoint, or `step`) or an `.npz` file (any layout
+    `load_npz` reads). A workdir also tells the grid its position embeddings were trained for."""
+    path = Path(path).expanduser()
+    if is_workdir(path):
+        checkpoints = TrainCheckpoints(path / CHECKPOINT_DIR)
+        steps = checkpoints.all_steps()
+        step = checkpoints.latest_step() if step is None else step
+        if step is None or step not in steps:
+            raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {checkpoints.directory}; "
+                                    f"steps: {steps}")
+        params = checkpoints.restore(step)["params"]
+        checkpoints.close()
+        return Pretrained(params, _trained_grid(path), f"{path} step {step}")
+    if path.is_file():
+        return Pretrained(load_npz(path), None, str(path))
+    raise FileNotFoundError(f"{str(path)!r} is neither an .npz file nor a vit_jax workdir (with {CHECKPOINT_DIR}/)")
+
+
+def _trained_grid(workdir: Path) -> tuple[int, int] | None:
+    if not (workdir / CONFIG_FILE).exists():
+        return None
+    config = saved_config(workdir)
+    model = build_model(config.model, num_classes=1)
+    return grid_shape(tuple(config.image_size), model.patch_size, model.pad)
