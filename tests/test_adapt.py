@@ -124,3 +124,15 @@ def test_a_non_square_table_needs_its_grid():
         adapt(source, target, (32, 32), (4, 4))
     _, merged, _ = adapt(source, target, (32, 32), (4, 4), old_grid=(2, 3))
     assert merged["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 17, 32)
+
+
+def test_a_new_patch_size_that_changes_the_grid_resizes_kernel_and_table_together():
+    source = values(create_model("Ti/8", num_classes=10, **TINY), (16, 16), 0)  # 2x2 grid of 8x8 patches
+    target = create_model("Ti/4", num_classes=10, **TINY)  # 4x4 grid of 4x4 patches, same image size
+    plan, merged, _ = adapt(source, target, (16, 16), (4, 4))
+    np.testing.assert_allclose(merged["embedding"]["kernel"], pi_resize_kernel(source["embedding"]["kernel"], 4),
+                               atol=1e-6)
+    table = source["Transformer"]["posembed_input"]["pos_embedding"]
+    np.testing.assert_allclose(merged["Transformer"]["posembed_input"]["pos_embedding"],
+                               resize_posemb(table, (2, 2), (4, 4)), atol=1e-6)
+    assert len(plan.notes) == 2
