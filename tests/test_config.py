@@ -70,3 +70,10 @@ def test_vit_config_picks_splits_that_keep_the_test_split_out_of_model_selection
     assert (imagenet.train_split, imagenet.eval_split, imagenet.test_split) == ("train[:99%]", "train[99%:]", "validation")
     explicit = load_config_file("vit", "dataset=cifar10,eval_split=test[:10%],test_split=test[10%:]")
     assert (explicit.eval_split, explicit.test_split) == ("test[:10%]", "test[10%:]")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.py")), ids=lambda p: p.name)
+def test_every_sweep_config_documents_its_command_and_result(path):
+    docstring = re.match(r'\s*"""(.*?)"""', path.read_text(), re.S).group(1)
+    assert f"python -m vit_jax.sweep --config=configs/sweeps/{path.name}" in docstring
+    assert "Result" in docstring and "%" in docstring

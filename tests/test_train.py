@@ -221,3 +221,27 @@ def test_readme_main_command_trains_digits_to_97_percent(tmp_path, digits_data_d
     assert accuracy >= 97.0
     assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "metrics.jsonl").exists()
     assert TrainCheckpoints(tmp_path / "checkpoints").latest_step() == 2000
+
+
+def test_flexivit_compiles_one_step_per_patch_size_and_evaluates_at_each(tmp_path, digits_data_dir):
+    from vit_jax.flexi import draw_patch_size, flexi_probabilities
+
+    config = tiny_digits_config(digits_data_dir, "image_size=8,pp.crop_padding=1,num_steps=12,log_every=6,"
+                                                 "eval_every=6,checkpoint_every=6,flexi.patch_sizes=(2,4,8)")
+    results = train_and_evaluate(config, tmp_path)
+    sizes = ((2, 2), (4, 4), (8, 8))
+    drawn = {draw_patch_size(0, step, sizes, flexi_probabilities(sizes, ()))[0] for step in range(1, 13)}
+    compiled = [r["flexi/compiled_patch_size"] for r in read_metrics(tmp_path) if "flexi/compiled_patch_size" in r]
+    assert sorted(compiled) == sorted(drawn) and len(drawn) > 1  # each drawn size compiled once, then reused
+    per_size = [results[f"eval/p{p}/accuracy"] for p in (2, 4, 8)]
+    assert results["eval/accuracy"] == pytest.approx(np.mean(per_size))
+    assert {f"test/p{p}/accuracy" for p in (2, 4, 8)} <= set(results)
+
+
+def test_flexivit_with_only_the_models_own_patch_size_trains_exactly_like_it(tmp_path, digits_data_dir):
+    dedicated = train_and_evaluate(tiny_digits_config(digits_data_dir, "num_steps=10"), tmp_path / "dedicated")
+    flexi = train_and_evaluate(tiny_digits_config(digits_data_dir, "num_steps=10,flexi.patch_sizes=(4,)"),
+                               tmp_path / "flexi")
+    losses = lambda w: [r["train/loss"] for r in read_metrics(w) if "train/loss" in r]
+    assert losses(tmp_path / "flexi") == losses(tmp_path / "dedicated")
+    assert flexi["test/p4/accuracy"] == dedicated["test/accuracy"]

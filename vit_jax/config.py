@@ -21,7 +21,7 @@ from vit_jax.models import VisionTransformer, create_model
 # `--config.model.hidden_size=64` parses as an int.
 _PLACEHOLDERS = {
     "hidden_size": int, "num_layers": int, "mlp_dim": int, "num_heads": int, "patch_size": tuple,
-    "representation_size": int, "remat_policy": str,
+    "representation_size": int, "remat_policy": str, "posemb_grid": tuple,
 }
 CONFIG_FILE = "config.json"  # in a workdir: the config the run used
 # Keys of the short `get_config` argument that are not a config path.
@@ -88,6 +88,13 @@ def base_config() -> ConfigDict:
     c.pp.flip = True
 
     c.model = model_config("B/16")
+
+    # FlexiViT: a patch size drawn each step from these (ints or (h, w)); () trains at the model's patch size.
+    # The model's own patch size is the stored kernel's; its learned position table is stored at
+    # config.model.posemb_grid (default: the grid at the stored patch size).
+    c.flexi = ConfigDict()
+    c.flexi.patch_sizes = ()
+    c.flexi.probabilities = ()  # () : uniform
 
     # Fine-tuning: start from a workdir or an .npz instead of a fresh initialisation (vit_jax.checkpoint.adapt).
     c.init = ConfigDict()
@@ -163,27 +170,34 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def set_field(config: ConfigDict, key: str, value: Any) -> None:
+    """Sets a config path (`optimizer.learning_rate`, or a short key such as `variant`) to `value`."""
+    path = SHORT_KEYS.get(key, key)
+    parent_path, _, leaf = path.rpartition(".")
+    parent = config
+    for part in filter(None, parent_path.split(".")):
+        parent = parent.get(part) if isinstance(parent, ConfigDict) else None
+    if not isinstance(parent, ConfigDict) or leaf not in parent:
+        raise ValueError(f"unknown config field {key!r}; short keys: {sorted(SHORT_KEYS)} or any config path, "
+                         f"e.g. 'optimizer.learning_rate'")
+    if leaf == "image_size" and isinstance(value, int):
+        value = (value, value)
+    try:
+        parent[leaf] = value
+    except TypeError as error:
+        raise ValueError(f"config field {path!r}: {error}") from None
+
+
 def apply_overrides(config: ConfigDict, arg: str | None) -> ConfigDict:
     """Applies `"key=value,key=value"`; keys are config paths (`optimizer.learning_rate`) or `variant`."""
     for item in split_top_level(arg or ""):
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
-        path = SHORT_KEYS.get(key.strip(), key.strip())
-        parent_path, _, leaf = path.rpartition(".")
-        parent = config
-        for part in filter(None, parent_path.split(".")):
-            parent = parent.get(part) if isinstance(parent, ConfigDict) else None
-        if not isinstance(parent, ConfigDict) or leaf not in parent:
-            raise ValueError(f"unknown config field {key.strip()!r} in {arg!r}; short keys: {sorted(SHORT_KEYS)} "
-                             f"or any config path, e.g. 'optimizer.learning_rate'")
-        value = parse_value(raw.strip())
-        if leaf == "image_size" and isinstance(value, int):
-            value = (value, value)
         try:
-            parent[leaf] = value
-        except TypeError as error:
-            raise ValueError(f"config field {path!r}: {error}") from None
+            set_field(config, key.strip(), parse_value(raw.strip()))
+        except ValueError as error:
+            raise ValueError(f"{error} (in {arg!r})") from None
     return config
 
 

@@ -15,6 +15,7 @@ from vit_jax.checkpoint.pretrained import is_workdir
 from vit_jax.config import build_model
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
 from vit_jax.data.sources import DatasetError, DatasetSpec, dataset_builder, dataset_spec, split_size
+from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.models.patching import grid_shape
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer
@@ -130,20 +131,36 @@ def check_init(config: ConfigDict) -> None:
 
 
 def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
+    """The model the config describes; FlexiViT runs store their position table at the base grid."""
     try:
         model = build_model(config.model, num_classes)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.model (variant {config.model.variant!r}): {error}") from None
+    image_size = tuple(config.image_size)
     try:
-        grid_shape(tuple(config.image_size), model.patch_size, model.pad)
+        base_grid = grid_shape(image_size, model.patch_size, model.pad)
     except ValueError:
         ph, pw = model.patch_size
         raise field_error(
-            "image_size", tuple(config.image_size),
+            "image_size", image_size,
             f"not a multiple of the patch size {ph}x{pw} (config.model.variant {config.model.variant!r})",
             "multiples of the patch size, or config.model.pad='zeros'",
         ) from None
-    return model
+    if not config.flexi.patch_sizes:
+        return model
+    try:
+        sizes = flexi_patch_sizes(config.flexi.patch_sizes)
+        flexi_probabilities(sizes, config.flexi.probabilities)
+    except ValueError as error:
+        raise field_error("flexi.probabilities", tuple(config.flexi.probabilities), str(error)) from None
+    for size in sizes:
+        try:
+            grid_shape(image_size, size, model.pad)
+        except ValueError:
+            raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes),
+                              f"patch size {size[0]}x{size[1]} does not divide config.image_size {image_size}",
+                              "divisors of the image size, or config.model.pad='zeros'") from None
+    return model if model.posemb_grid is not None else model.clone(posemb_grid=base_grid)
 
 
 def _get(config: ConfigDict, dotted: str) -> Any:

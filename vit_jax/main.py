@@ -6,15 +6,14 @@ again resumes where it stopped. Any config field can be overridden as `--config.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from vit_jax.checkpoint.adapt import CheckpointMismatchError
 from vit_jax.config_validation import ConfigError
+from vit_jax.console import quiet_logging
 from vit_jax.train import NonFiniteLossError, Preempted, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py or configs/vit.py:variant=S/16")
@@ -29,9 +28,7 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM, what the scheduler expects from a process
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    for handler in logging.getLogger().handlers:  # tfds suggests OpenCV on every run; PIL is what we want
-        handler.addFilter(lambda record: "OpenCV is not installed" not in record.getMessage())
+    quiet_logging()
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, CheckpointMismatchError) as error:

@@ -29,6 +29,7 @@ from vit_jax.config import save_config
 from vit_jax.data import pipeline
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split
+from vit_jax.flexi import draw_patch_size, flexi_patch_sizes, flexi_probabilities, patch_label
 from vit_jax.metric_writers import MetricWriter
 from vit_jax.models.patching import grid_shape
 from vit_jax.models.vit import VisionTransformer
@@ -81,9 +82,9 @@ def make_train_step(
     is cut into micro-batches `batch[i::accum_steps]` (every device keeps an equal share of each), whose gradients
     are averaged: the same update as one big batch, in less memory."""
 
-    def loss_and_grads(params: Any, images: jax.Array, labels: jax.Array, rng: jax.Array):
+    def loss_and_grads(params: Any, images: jax.Array, labels: jax.Array, rng: jax.Array, patch_size: Any):
         def loss_fn(p):
-            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
+            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng}, patch_size=patch_size)
             accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
             return jnp.mean(cross_entropy(logits, labels, label_smoothing)), accuracy
 
@@ -96,10 +97,10 @@ def make_train_step(
             x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)))
         return x
 
-    def accumulated(params: Any, batch: Batch, rng: jax.Array):
+    def accumulated(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
         def body(carry, micro):
             index, images, labels = micro
-            loss, accuracy, grads = loss_and_grads(params, images, labels, jax.random.fold_in(rng, index))
+            loss, accuracy, grads = loss_and_grads(params, images, labels, jax.random.fold_in(rng, index), patch_size)
             return jax.tree.map(jnp.add, carry, (loss, accuracy, grads)), None
 
         zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
@@ -107,12 +108,13 @@ def make_train_step(
         totals, _ = jax.lax.scan(body, zeros, micro)
         return jax.tree.map(lambda t: t / accum_steps, totals)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(state: TrainState, batch: Batch, patch_size: Any = None
+                   ) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(dropout_key, state.step)
         if accum_steps == 1:
-            loss, accuracy, grads = loss_and_grads(state.params, batch["image"], batch["label"], rng)
+            loss, accuracy, grads = loss_and_grads(state.params, batch["image"], batch["label"], rng, patch_size)
         else:
-            loss, accuracy, grads = accumulated(state.params, batch, rng)
+            loss, accuracy, grads = accumulated(state.params, batch, rng, patch_size)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
         metrics = {
@@ -129,8 +131,9 @@ def make_train_step(
 def make_eval_step(model: VisionTransformer) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """Sums over the real (mask = 1) examples of a batch: loss, top-1 and top-5 hits, count."""
 
-    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        logits = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
+    def eval_step(params: Any, batch: Batch, patch_size: Any = None) -> dict[str, jax.Array]:
+        logits = model.apply({"params": params}, batch["image"], train=False, patch_size=patch_size)
+        logits = logits.astype(jnp.float32)
         labels, mask = batch["label"], batch["mask"]
         top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
         return {
@@ -161,6 +164,8 @@ class Setup:
     preprocess: Preprocess
     tx: optax.GradientTransformation
     schedule: optax.Schedule
+    flexi_sizes: tuple[tuple[int, int], ...] = ()  # FlexiViT patch sizes; () trains at the model's own
+    flexi_probabilities: np.ndarray | None = None
 
 
 def preprocess_from_config(config: ConfigDict) -> Preprocess:
@@ -202,6 +207,9 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         preprocess=preprocess_from_config(config),
         tx=make_optimizer(config.optimizer, config.num_steps),
         schedule=learning_rate_schedule(config.optimizer, config.num_steps),
+        flexi_sizes=flexi_patch_sizes(config.flexi.patch_sizes),
+        flexi_probabilities=flexi_probabilities(flexi_patch_sizes(config.flexi.patch_sizes),
+                                                config.flexi.probabilities) if config.flexi.patch_sizes else None,
     )
 
 
@@ -253,12 +261,12 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> Batch:
 
 def evaluate(
     eval_step: Callable, params: Any, batches: Iterable[dict[str, np.ndarray]], sharding: NamedSharding, prefix: str,
-    *, top5: bool = True,
+    *, top5: bool = True, patch_size: tuple[int, int] | None = None,
 ) -> dict[str, float]:
-    """Loss, top-1 (and top-5) accuracy over every real example of `batches`."""
+    """Loss, top-1 (and top-5) accuracy over every real example of `batches` (at `patch_size`, for FlexiViT)."""
     totals = None
     for batch in batches:
-        sums = eval_step(params, to_global(batch, sharding))
+        sums = eval_step(params, to_global(batch, sharding), patch_size)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])
@@ -286,13 +294,31 @@ class Run:
     writer: MetricWriter
 
     def evaluate(self, params: Any, split_field: str, prefix: str) -> dict[str, float]:
+        """Metrics on a split; a FlexiViT model is evaluated at every patch size (`eval/p4/accuracy`, ...), and
+        `eval/accuracy` (which picks the best checkpoint) is their mean."""
+        if not self.setup.flexi_sizes:
+            return self._evaluate_at(params, split_field, prefix, None)
+        metrics = {}
+        for size in self.setup.flexi_sizes:
+            metrics.update(self._evaluate_at(params, split_field, f"{prefix}/p{patch_label(size)}", size))
+        for name in ("loss", "accuracy", "top5_accuracy"):
+            values = [metrics[f"{prefix}/p{patch_label(size)}/{name}"] for size in self.setup.flexi_sizes
+                      if f"{prefix}/p{patch_label(size)}/{name}" in metrics]
+            if values:
+                metrics[f"{prefix}/{name}"] = float(np.mean(values))
+        metrics[f"{prefix}/num_examples"] = metrics[f"{prefix}/p{patch_label(self.setup.flexi_sizes[0])}/num_examples"]
+        return metrics
+
+    def _evaluate_at(self, params: Any, split_field: str, prefix: str, patch_size: tuple[int, int] | None
+                     ) -> dict[str, float]:
         config = self.setup.config
         batches = pipeline.eval_batches(
             self.setup.sources[split_field], self.setup.preprocess,
             batch_size=config.eval_batch_size // jax.process_count(), process_index=jax.process_index(),
             process_count=jax.process_count(), num_threads=config.data_threads,
         )
-        return evaluate(self.eval_step, params, batches, self.data_sharding, prefix, top5=self.setup.num_classes > 5)
+        return evaluate(self.eval_step, params, batches, self.data_sharding, prefix,
+                        top5=self.setup.num_classes > 5, patch_size=patch_size)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
@@ -333,10 +359,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                             accum_steps=config.accum_steps, label_smoothing=config.label_smoothing, mesh=setup.mesh),
             in_shardings=(shardings, data_sharding),
             out_shardings=(shardings, replicated(setup.mesh)),
+            static_argnums=(2,),  # patch_size: one compiled step per FlexiViT patch size
             donate_argnums=(0,),
         ),
         eval_step=jax.jit(make_eval_step(setup.model), in_shardings=(shardings.params, data_sharding),
-                          out_shardings=replicated(setup.mesh)),
+                          out_shardings=replicated(setup.mesh), static_argnums=(2,)),
         train_data=train_data,
         data_sharding=data_sharding,
         checkpoints=checkpoints,
@@ -366,7 +393,7 @@ def train_loop(run: Run, state: TrainState, start_step: int, preemption: Preempt
     """Steps `start_step + 1 .. num_steps`, with logging, evaluation and checkpoints; returns the final state and
     the last eval metrics."""
     config, writer, checkpoints = run.setup.config, run.writer, run.checkpoints
-    train_step = run.train_step
+    compiled: dict[tuple[int, int] | None, Callable] = {}  # one compiled step per (FlexiViT) patch size
     results: dict[str, float] = {}
     window: list[dict[str, jax.Array]] = []
     window_start = time.perf_counter()
@@ -374,11 +401,18 @@ def train_loop(run: Run, state: TrainState, start_step: int, preemption: Preempt
 
     for step in range(start_step + 1, config.num_steps + 1):
         batch = to_global(next(run.train_data), run.data_sharding)
-        if step == start_step + 1:
+        patch_size = None
+        if run.setup.flexi_sizes:  # drawn for the update that takes the state from step - 1 to step
+            patch_size = draw_patch_size(config.seed, step, run.setup.flexi_sizes, run.setup.flexi_probabilities)
+        if patch_size not in compiled:
             compile_start = time.perf_counter()
-            train_step = train_step.lower(state, batch).compile()
-            writer.write(start_step, {"perf/compile_seconds": time.perf_counter() - compile_start})
-            window_start = time.perf_counter()
+            compiled[patch_size] = run.train_step.lower(state, batch, patch_size).compile()
+            record = {"perf/compile_seconds": time.perf_counter() - compile_start}
+            if patch_size is not None:
+                record["flexi/compiled_patch_size"] = float(patch_size[0])
+            writer.write(step - 1, record)
+            window_start += time.perf_counter() - compile_start  # compile time is not step time
+        train_step = compiled[patch_size]
         state, metrics = train_step(state, batch)
         window.append(metrics)
         if pending_loss is not None:
@@ -417,8 +451,13 @@ def final_test(run: Run, state: TrainState) -> dict[str, float]:
     test = run.evaluate(state.params, "test_split", "test")
     step = int(state.step)
     run.writer.write(step, test)
-    run.writer.print(f"final test accuracy: {100 * test['test/accuracy']:.2f}% on {int(test['test/num_examples'])} "
-                     f"{config.dataset} {config.test_split} images (step {step})")
+    count = int(test["test/num_examples"])
+    for size in run.setup.flexi_sizes:
+        label = patch_label(size)
+        run.writer.print(f"test accuracy at patch size {label}: {100 * test[f'test/p{label}/accuracy']:.2f}%")
+    mean = " (mean over the patch sizes)" if run.setup.flexi_sizes else ""
+    run.writer.print(f"final test accuracy: {100 * test['test/accuracy']:.2f}%{mean} on {count} {config.dataset} "
+                     f"{config.test_split} images (step {step})")
     return test
 
 

@@ -114,7 +114,8 @@ class Encoder(nn.Module):
     """Position embeddings, dropout, `num_layers` blocks and a final LayerNorm over `(B, N, D)` tokens.
 
     Named `Transformer` inside VisionTransformer. `grid` and `num_prefix` describe the token sequence for the
-    position embeddings: `num_prefix` class-token rows, then a row-major `grid` of patches.
+    position embeddings: `num_prefix` class-token rows, then a row-major `grid` of patches; `posemb_grid` is the
+    grid a learned table is stored at, if that may differ (see `AddPositionEmbs.table_grid`).
 
     Attributes:
       remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute);
@@ -128,6 +129,7 @@ class Encoder(nn.Module):
     grid: tuple[int, int]
     num_prefix: int = 1
     posemb: PosembKind = "learn"
+    posemb_grid: tuple[int, int] | None = None
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
@@ -139,7 +141,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = AddPositionEmbs(self.posemb, self.grid, self.num_prefix, name="posembed_input")(x)
+        x = AddPositionEmbs(self.posemb, self.grid, self.num_prefix, self.posemb_grid, name="posembed_input")(x)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
 
         block_cls = self._block_class()

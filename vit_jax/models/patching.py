@@ -14,6 +14,7 @@ Tokens come out row-major over the patch grid: token `k` is the patch at grid ro
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -135,21 +136,25 @@ class PatchEmbed(nn.Module):
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def __call__(self, images: jax.Array, patch_size: int | Sequence[int] | None = None) -> jax.Array:
+        """`patch_size` (static) embeds with another patch size than the stored kernel's: the kernel is
+        PI-resized on the fly (FlexiViT), so one set of parameters serves every patch size."""
         if images.ndim != 4:
             raise ValueError(f"PatchEmbed expects (batch, height, width, channels) images; got shape {images.shape}")
         if self.kind not in PATCH_EMBED_KINDS:
             raise ValueError(f"patch_embed must be one of {PATCH_EMBED_KINDS}; got {self.kind!r}")
         if self.output_format not in ("tokens", "grid"):
             raise ValueError(f"output_format must be 'tokens' or 'grid'; got {self.output_format!r}")
-        patch_size = as_patch_size(self.patch_size)
+        stored = as_patch_size(self.patch_size)
+        patch_size = stored if patch_size is None else as_patch_size(patch_size)
         grid_shape(images.shape[1:3], patch_size, self.pad)  # the clear error, before anything else
         if self.pad == "zeros":
             images = pad_to_patch_multiple(images, patch_size)
 
         channels = images.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (*patch_size, channels, self.hidden_size), self.param_dtype)
+        kernel = self.param("kernel", self.kernel_init, (*stored, channels, self.hidden_size), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.hidden_size,), self.param_dtype)
+        kernel = pi_resize_kernel(kernel, patch_size)
         images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
 
         embed = embed_patches_conv if self.kind == "conv" else embed_patches_reshape
@@ -160,26 +165,38 @@ class PatchEmbed(nn.Module):
         return grid.reshape(b, gh * gw, d)
 
 
-def bilinear_resize_matrix(old_hw: Sequence[int], new_hw: Sequence[int]) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def bilinear_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
     """`B` with `vec(resize(x)) = B @ vec(x)` for half-pixel bilinear resizing without antialiasing
-    (`jax.image.resize(..., "bilinear", antialias=False)`), built column by column from basis images."""
-    old_hw, new_hw = tuple(old_hw), tuple(new_hw)
+    (`jax.image.resize(..., "bilinear", antialias=False)`), built column by column from basis images.
+    Evaluated eagerly even while tracing: it is a constant of the compiled program."""
     basis = np.eye(math.prod(old_hw)).reshape(-1, *old_hw)
-    columns = jax.vmap(lambda x: jax.image.resize(x, new_hw, "bilinear", antialias=False))(basis)
+    with jax.ensure_compile_time_eval():
+        columns = jax.vmap(lambda x: jax.image.resize(x, new_hw, "bilinear", antialias=False))(basis)
     return np.asarray(columns, np.float64).reshape(len(basis), -1).T
 
 
-def pi_resize_kernel(kernel: jax.Array, new_patch_size: int | Sequence[int]) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def pi_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
+    """`pinv(B^T)`, `(ph' pw', ph pw)`: maps a flattened `(ph, pw)` kernel slice to its PI-resized `(ph', pw')` one."""
+    return np.linalg.pinv(bilinear_resize_matrix(old_hw, new_hw).T)
+
+
+def pi_resize_kernel(kernel: jax.Array, new_patch_size: int | Sequence[int]) -> jax.Array:
     """PI-resize (FlexiViT, Beyer et al. 2023): the patch kernel `(ph, pw, C, D)` for a new patch size.
 
     With `B` the bilinear resize matrix from `(ph, pw)` to `(ph', pw')`, the new kernel is `pinv(B^T) w` for each
     input and output channel. Upsampling (`ph' >= ph`, `pw' >= pw`) keeps every token exactly:
-    `<x, w> = <resize(x), w_new>` for any patch `x`; downsampling gives the least-squares fit.
+    `<x, w> = <resize(x), w_new>` for any patch `x`; downsampling gives the least-squares fit. Works on NumPy
+    arrays (in float64) and inside `jit` (the matrix is a constant).
     """
     ph, pw, c, d = kernel.shape
     new_hw = as_patch_size(new_patch_size)
     if new_hw == (ph, pw):
-        return np.asarray(kernel)
-    resize = bilinear_resize_matrix((ph, pw), new_hw)  # (ph' pw', ph pw)
-    flat = np.asarray(kernel, np.float64).reshape(ph * pw, c * d)
-    return (np.linalg.pinv(resize.T) @ flat).reshape(*new_hw, c, d).astype(np.asarray(kernel).dtype)
+        return kernel
+    matrix = pi_resize_matrix((ph, pw), new_hw)
+    if isinstance(kernel, np.ndarray):
+        flat = kernel.astype(np.float64).reshape(ph * pw, c * d)
+        return (matrix @ flat).reshape(*new_hw, c, d).astype(kernel.dtype)
+    flat = kernel.reshape(ph * pw, c * d)
+    return (jnp.asarray(matrix, kernel.dtype) @ flat).reshape(*new_hw, c, d)

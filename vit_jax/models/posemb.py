@@ -46,11 +46,17 @@ class AddPositionEmbs(nn.Module):
     `(1, num_prefix + gh * gw, D)` is normal(0.02)-initialised and covers the class token too, exactly as
     google-research/vision_transformer. With `sincos2d`, the prefix rows are zeros (MAE's convention; equivalently
     big_vision, which adds the table before prepending the class token).
+
+    `table_grid`: the grid the learned table is stored at. Inputs with another grid get the table resized in the
+    forward pass (half-pixel bilinear, antialiased when shrinking: `jax.image.resize`, as FlexiViT does), so one
+    table serves every patch size and resolution; each input shape compiles once. None: the table has the
+    input's grid, and any other grid is an error.
     """
 
     kind: PosembKind
     grid: tuple[int, int]
     num_prefix: int = 0
+    table_grid: tuple[int, int] | None = None
     posemb_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
     param_dtype: jnp.dtype = jnp.float32
 
@@ -69,16 +75,20 @@ class AddPositionEmbs(nn.Module):
         if self.kind == "sincos2d":
             table = np.concatenate([np.zeros((self.num_prefix, width)), sincos2d(self.grid, width)])[None]
             return tokens + jnp.asarray(table, tokens.dtype)
-        self._check_stored_table(num_tokens)
-        table = self.param("pos_embedding", self.posemb_init, (1, num_tokens, width), self.param_dtype)
+        table_grid = tuple(self.grid if self.table_grid is None else self.table_grid)
+        table_rows = self.num_prefix + table_grid[0] * table_grid[1]
+        self._check_stored_table(table_rows, num_tokens)
+        table = self.param("pos_embedding", self.posemb_init, (1, table_rows, width), self.param_dtype)
+        if table_grid != tuple(self.grid):
+            table = resize_posemb(table, table_grid, self.grid, self.num_prefix, method="bilinear", antialias=True)
         return tokens + table.astype(tokens.dtype)
 
-    def _check_stored_table(self, num_tokens: int) -> None:
+    def _check_stored_table(self, table_rows: int, num_tokens: int) -> None:
         """A table restored from a checkpoint trained at another resolution: say so instead of a shape error."""
         if not self.has_variable("params", "pos_embedding"):
             return
         rows = jnp.shape(nn.unbox(self.get_variable("params", "pos_embedding")))[1]
-        if rows != num_tokens:
+        if rows != table_rows:
             gh, gw = self.grid
             raise ValueError(
                 f"pos_embedding has {rows} rows but the input has {num_tokens} tokens "

@@ -35,6 +35,9 @@ class VisionTransformer(nn.Module):
       hidden_size, num_layers, mlp_dim, num_heads: width D, depth, MLP hidden units, attention heads.
       patch_embed: `conv` or `reshape`; same parameters, same outputs (see `vit_jax.models.patching`).
       posemb: `learn`, `sincos2d` or `none` (see `vit_jax.models.posemb`).
+      posemb_grid: the grid the learned table is stored at; inputs with another grid (another resolution, or
+        another `patch_size` at call time) get it resized in the forward pass. None: the grid of the input the
+        model is initialised with, fixed.
       classifier: `token`, `gap`, `map`, `unpooled` or `token_unpooled` (see `vit_jax.models.heads`).
       representation_size: if set, a `pre_logits` Dense of this width + tanh before the head.
       head_bias_init: the head's bias initial value (its kernel starts at zero, as in ViT fine-tuning).
@@ -54,6 +57,7 @@ class VisionTransformer(nn.Module):
     patch_embed: PatchEmbedKind = "conv"
     pad: PatchPadding = "none"
     posemb: PosembKind = "learn"
+    posemb_grid: tuple[int, int] | None = None
     classifier: Classifier = "token"
     representation_size: int | None = None
     head_bias_init: float = 0.0
@@ -71,7 +75,10 @@ class VisionTransformer(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, images: jax.Array, *, train: bool, patch_size: int | tuple[int, int] | None = None
+                 ) -> jax.Array:
+        """`patch_size` (static) runs the model with another patch size than its stored kernel's, PI-resizing
+        the kernel on the fly (FlexiViT); pair it with `posemb_grid` for learned position embeddings."""
         grid = PatchEmbed(
             self.hidden_size,
             self.patch_size,
@@ -80,7 +87,7 @@ class VisionTransformer(nn.Module):
             output_format="grid",
             dtype=self.dtype,
             name="embedding",
-        )(images)
+        )(images, patch_size)
         b, gh, gw, d = grid.shape
         x = grid.reshape(b, gh * gw, d)
 
@@ -96,6 +103,7 @@ class VisionTransformer(nn.Module):
             grid=(gh, gw),
             num_prefix=num_prefix,
             posemb=self.posemb,
+            posemb_grid=None if self.posemb_grid is None else tuple(self.posemb_grid),
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             stochastic_depth=self.stochastic_depth,
@@ -153,6 +161,9 @@ def check_options(model: VisionTransformer) -> None:
         value = getattr(model, field)
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{field} must be in [0, 1); got {value!r}")
+    if model.posemb_grid is not None and (len(model.posemb_grid) != 2 or not all(
+            isinstance(g, int) and g > 0 for g in model.posemb_grid)):
+        raise ValueError(f"posemb_grid must be None or (rows, columns) of positive ints; got {model.posemb_grid!r}")
     if model.representation_size is not None and model.representation_size <= 0:
         raise ValueError(f"representation_size must be a positive int or None; got {model.representation_size!r}")
     if model.num_classes is not None and model.num_classes < 0:

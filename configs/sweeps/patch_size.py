@@ -1,0 +1,64 @@
+"""Patch-size ablation on the bundled digits at their native 8x8: patch 1, 2, 4, 8 (64, 16, 4, 1 tokens), 2 seeds.
+
+    python -m vit_jax.sweep --config=configs/sweeps/patch_size.py --workdir=workdirs/patch_size_sweep
+    python -m vit_jax.sweep --config=configs/sweeps/patch_size.py:flexi --workdir=workdirs/patch_size_sweep
+
+The first command trains the 8 dedicated models (the model of configs/digits.py, 1,200 steps each); the second
+adds one FlexiViT model, trained with a patch size drawn each step from {1, 2, 4, 8} for 4 x 1,200 steps (the
+training compute of the four dedicated models of one seed) and evaluated at each size (the dedicated points are
+already done, so they are skipped). Both write results.csv, results.md and the
+plots into the workdir.
+
+Result (2 CPU cores: the dedicated sweep took 12 min 26 s, the FlexiViT point 6 min 2 s), accuracy in % on the
+180 validation and 360 test images, dedicated models as mean ± std over the two seeds, FlexiViT one model (seed 0):
+
+| patch size | tokens / image | GFLOPs / image | dedicated val | dedicated test | FlexiViT val | FlexiViT test |
+|---:|---:|---:|---:|---:|---:|---:|
+| 1 | 64 | 0.0219 | 84.44 ± 1.57 | 81.94 ± 0.39 | 93.89 | 94.72 |
+| 2 | 16 | 0.0047 | 94.17 ± 1.18 | 94.03 ± 0.59 | 93.89 | 97.50 |
+| 4 | 4 | 0.0011 | 96.94 ± 0.39 | 97.08 ± 1.37 | 97.22 | 96.39 |
+| 8 | 1 | 0.0003 | 97.78 ± 0.79 | 98.33 ± 0.79 | 91.67 | 92.22 |
+
+At a fixed budget of steps the smaller patches (more tokens) learn slower on these tiny images; the one FlexiViT
+model, given the training steps of the four dedicated ones together, matches them at patch 2 and 4 and beats the
+dedicated patch-1 model by 12 points, while its single-token patch-8 mode trails.
+"""
+
+import importlib.util
+from pathlib import Path
+
+PATCH_SIZES = (1, 2, 4, 8)
+SEEDS = (0, 1)
+STEPS = 1200
+
+
+def _digits_config():
+    path = Path(__file__).resolve().parent.parent / "digits.py"
+    spec = importlib.util.spec_from_file_location("configs_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(arg: str | None = None):
+    del arg  # the sweep's argument selects points, not the base
+    config = _digits_config()
+    config.image_size = (8, 8)  # native resolution: patch 1 is 64 tokens, patch 8 a single one
+    config.pp.crop_padding = 1
+    config.num_steps = STEPS
+    config.eval_every = 400
+    config.checkpoint_every = 400
+    config.log_every = 50
+    return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """Dedicated models for every patch size x seed; with `flexi`, also one FlexiViT model per seed."""
+    points = [{"model.patch_size": (p, p), "seed": s} for p in PATCH_SIZES for s in SEEDS]
+    if arg == "flexi":  # one model for all four sizes, with the training steps of the four dedicated models
+        points.append({"name": "flexivit", "flexi.patch_sizes": PATCH_SIZES, "model.patch_size": (4, 4),
+                       "model.posemb_grid": (4, 4), "num_steps": len(PATCH_SIZES) * STEPS,
+                       "eval_every": 1200, "checkpoint_every": 1200, "seed": 0})
+    elif arg:
+        raise ValueError(f"unknown sweep argument {arg!r}; use nothing or 'flexi'")
+    return points

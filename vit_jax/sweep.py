@@ -1,0 +1,173 @@
+"""Sweeps: every point of a sweep config trained by the normal loop in its own folder, then one report.
+
+    python -m vit_jax.sweep --config=configs/sweeps/patch_size.py[:arg] --workdir=DIR [--point=K] [--collect]
+
+A sweep config has `get_config(arg)` (the base config) and `get_sweep(arg)` (a list of override dicts, e.g. the
+product of patch sizes and seeds; a dict may name its point with a `name` key). Point K runs in `DIR/<name>`.
+Running the sweep again skips finished points and resumes unfinished ones (each point resumes from its own
+checkpoints); a point that fails is recorded with its error in `DIR/<name>/sweep_point.json` and the others run.
+`--point=K` runs only point K (one per process or machine); `--collect` only writes the report:
+`DIR/results.csv`, `DIR/results.md` and `DIR/*.png` (see `vit_jax.sweep_report`). Base-config fields can be
+overridden as `--config.field=value`, as for `vit_jax.main`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import logging
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import jax
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
+
+from vit_jax.config import set_field
+from vit_jax.console import quiet_logging
+from vit_jax.train import Preempted, train_and_evaluate
+
+STATUS_FILE = "sweep_point.json"
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags; defined only when run as a command, so that importing this module defines none."""
+    config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. configs/sweeps/patch_size.py")
+    flags.DEFINE_string("workdir", None, "Directory of the sweep; point K runs in DIR/<name of K>.")
+    flags.DEFINE_integer("point", None, "Run only this point (0-based), e.g. one point per machine.")
+    flags.DEFINE_bool("collect", False, "Only write the report from the points already run.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    name: str
+    overrides: dict[str, Any]
+
+
+def format_value(value: Any) -> str:
+    """`(2, 2)` -> `2`, `(2, 4)` -> `2x4`, `0.001` -> `0.001`: values as they read in a folder name."""
+    if isinstance(value, (tuple, list)):
+        return str(value[0]) if len(set(value)) == 1 else "x".join(map(format_value, value))
+    return str(value)
+
+
+def point_name(overrides: dict[str, Any]) -> str:
+    """`{"model.patch_size": (2, 2), "seed": 0}` -> `patch_size-2_seed-0`."""
+    parts = [f"{key.rsplit('.', 1)[-1]}-{format_value(value)}" for key, value in overrides.items()]
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "", "_".join(parts)) or "base"
+
+
+def load_sweep(spec: str) -> tuple[Any, str | None]:
+    """The sweep module at `path[:arg]`, and `arg`."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"sweep_{Path(path).stem}", path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"sweep config {path!r} not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"{path} has no get_sweep(arg): it is a config, not a sweep config")
+    return module, arg or None
+
+
+def sweep_points(module: Any, arg: str | None) -> list[Point]:
+    points = []
+    for overrides in module.get_sweep(arg):
+        overrides = dict(overrides)
+        name = overrides.pop("name", None) or point_name(overrides)
+        points.append(Point(name, overrides))
+    names = [p.name for p in points]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"sweep points share folder names {duplicates}; give them a 'name'")
+    return points
+
+
+def point_config(base: ConfigDict, point: Point) -> ConfigDict:
+    config = copy.deepcopy(base)
+    for key, value in point.overrides.items():
+        set_field(config, key, value)
+    return config
+
+
+def read_status(workdir: Path) -> dict[str, Any]:
+    path = workdir / STATUS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_status(workdir: Path, status: dict[str, Any]) -> None:
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / STATUS_FILE).write_text(json.dumps(status, indent=2, default=str) + "\n")
+
+
+def run_point(base: ConfigDict, point: Point, workdir: Path) -> dict[str, Any]:
+    """Trains (or resumes) one point; returns and records its status. Finished points are skipped."""
+    status = read_status(workdir)
+    if status.get("status") == "done":
+        return status
+    status = {"name": point.name, "overrides": point.overrides, "status": "running",
+              "wall_seconds": status.get("wall_seconds", 0.0)}
+    write_status(workdir, status)
+    start = time.perf_counter()
+    try:
+        train_and_evaluate(point_config(base, point), workdir)
+        status.update(status="done", error=None)
+    except (Preempted, KeyboardInterrupt):
+        status.update(status="interrupted", wall_seconds=status["wall_seconds"] + time.perf_counter() - start)
+        write_status(workdir, status)
+        raise
+    except Exception as error:  # noqa: BLE001 - a failed point is recorded; the sweep goes on
+        logging.exception("sweep point %s failed", point.name)
+        status.update(status="failed", error=f"{type(error).__name__}: {error}",
+                      traceback=traceback.format_exc(limit=8))
+    status["wall_seconds"] += time.perf_counter() - start
+    write_status(workdir, status)
+    return status
+
+
+def run_sweep(base: ConfigDict, points: list[Point], sweep_dir: Path, only: int | None = None) -> list[dict]:
+    if only is not None and not 0 <= only < len(points):
+        raise ValueError(f"--point={only}: the sweep has points 0..{len(points) - 1}")
+    selected = points if only is None else [points[only]]
+    statuses = []
+    for point in selected:
+        print(f"sweep point {points.index(point)}/{len(points) - 1}: {point.name} {point.overrides}", flush=True)
+        statuses.append(run_point(base, point, sweep_dir / point.name))
+        print(f"  {statuses[-1]['status']}" + (f": {statuses[-1]['error']}" if statuses[-1].get("error") else ""),
+              flush=True)
+    return statuses
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_logging()
+    from vit_jax.sweep_report import write_report  # matplotlib only when reporting
+
+    sweep_dir = Path(FLAGS.workdir)
+    module, arg = load_sweep(config_flags.get_config_filename(FLAGS["config"]))
+    points = sweep_points(module, arg)
+    if not FLAGS.collect:
+        try:
+            run_sweep(FLAGS.config, points, sweep_dir, FLAGS.point)
+        except Preempted as error:
+            print(str(error), file=sys.stderr)
+            sys.exit(143)
+    if jax.process_index() == 0:
+        for path in write_report(sweep_dir, points):
+            print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
