@@ -190,11 +190,7 @@ def plot_accuracy_vs_patch_size(rows: list[dict], path: Path) -> list[Path]:
         means = _means(group, "final_eval_accuracy")
         ax.plot(list(means), [100 * v for v in means.values()], marker="o", label=f"{kind} (mean)")
     _patch_axis(ax, rows)
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Accuracy vs patch size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return [_save(fig, path)]
+    return [_finish(fig, ax, "validation accuracy (%)", "Accuracy vs patch size", path)]
 
 
 def plot_accuracy_vs_gflops(rows: list[dict], path: Path) -> list[Path]:
@@ -211,11 +207,7 @@ def plot_accuracy_vs_gflops(rows: list[dict], path: Path) -> list[Path]:
                         fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("GFLOPs per image (forward pass, XLA cost analysis)")
-    ax.set_ylabel("validation accuracy (%, mean over seeds)")
-    ax.set_title("Accuracy vs compute")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return [_save(fig, path)]
+    return [_finish(fig, ax, "validation accuracy (%, mean over seeds)", "Accuracy vs compute", path)]
 
 
 def plot_throughput(rows: list[dict], path: Path) -> list[Path]:
@@ -230,13 +222,7 @@ def plot_throughput(rows: list[dict], path: Path) -> list[Path]:
         ax.plot(list(means), list(means.values()), marker="o", label=kind)
     _patch_axis(ax, rows)
     ax.set_yscale("log")
-    ax.set_ylabel("training throughput (images/s)")
-    ax.set_title("Training throughput vs patch size")
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
-    return [_save(fig, path)]
+    return [_finish(fig, ax, "training throughput (images/s)", "Training throughput vs patch size", path)]
 
 
 def plot_curves(results: dict[str, PointResult], path: Path) -> list[Path]:
@@ -262,6 +248,17 @@ def _means(rows: list[dict], key: str) -> dict[float, float]:
     for r in rows:
         values[_patch_side(r["patch_size"])].append(r[key])
     return {x: statistics.mean(v) for x, v in sorted(values.items())}
+
+
+def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> Path:
+    """Labels, grid, a legend with each label once, and the file."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    return _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> Path:
