@@ -10,7 +10,7 @@ from vit_jax.models import MODEL_OPTIONS
 
 def test_model_section_has_every_model_option_so_the_command_line_can_set_it():
     section = model_config("S/16")
-    assert set(section) == {"variant"} | set(MODEL_OPTIONS) - {"num_classes"}
+    assert set(section) == {"variant"} | set(MODEL_OPTIONS) - {"num_classes", "activation_sharding"}
     assert section.hidden_size is None and section.posemb == "learn" and section.dtype == "float32"
 
 

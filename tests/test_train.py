@@ -197,23 +197,6 @@ def test_sigterm_saves_exits_143_and_resumes(tmp_path, uninterrupted, digits_dat
 
 
 @pytest.mark.slow
-def test_eight_devices_give_the_losses_of_one(tmp_path, uninterrupted, digits_data_dir):
-    # Data parallel over 8 devices, with one MLP kernel also split over them (a parameter that is not replicated).
-    rules = "--config.sharding_rules=(('MlpBlock_0/Dense_0/kernel', (None, 'data')), ('.*', 'replicate'))"
-    result = run_main(tmp_path, RUN, f"--config.data_dir={digits_data_dir}", rules,
-                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    one = [r for r in read_metrics(uninterrupted) if "train/loss" in r or "eval/loss" in r]
-    eight = [r for r in read_metrics(tmp_path) if "train/loss" in r or "eval/loss" in r]
-    assert [r["step"] for r in one] == [r["step"] for r in eight]
-    for key in ("train/loss", "train/grad_norm", "eval/loss"):
-        np.testing.assert_allclose([r[key] for r in eight if key in r], [r[key] for r in one if key in r], rtol=2e-4)
-    # Adam turns reduction-order rounding in near-zero gradients into differences of up to one step size
-    # (lr <= 6e-4 here); the losses above agree to 2e-4.
-    assert_same_params(final_params(tmp_path), final_params(uninterrupted), atol=1e-3)
-
-
-@pytest.mark.slow
 def test_readme_main_command_trains_digits_to_97_percent(tmp_path, digits_data_dir):
     result = run_main(tmp_path, "--config=configs/digits.py", f"--config.data_dir={digits_data_dir}", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

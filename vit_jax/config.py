@@ -33,7 +33,7 @@ def model_config(variant: str, **options: Any) -> ConfigDict:
     config = ConfigDict()
     config.variant = variant
     for field in dataclasses.fields(VisionTransformer):
-        if field.name in ("parent", "name", "num_classes"):
+        if field.name in ("parent", "name", "num_classes", "activation_sharding"):  # set by the trainer
             continue
         if field.name in _PLACEHOLDERS:
             config[field.name] = config_dict.placeholder(_PLACEHOLDERS[field.name])
@@ -137,7 +137,8 @@ def base_config() -> ConfigDict:
 
     # Devices: mesh axes (-1: the rest) and parameter sharding rules (see vit_jax.sharding).
     c.mesh = (("data", -1),)
-    c.sharding_rules = ((".*", "replicate"),)
+    c.sharding_rules = ((".*", "replicate"),)  # e.g. ((".*", "fsdp"),) or ((".*", "tp_fsdp"),) with a model axis
+    c.fsdp_min_size = 2**14  # tensors with fewer elements stay replicated under fsdp rules
     return c
 
 

@@ -51,7 +51,7 @@ def check_numbers(config: ConfigDict) -> None:
     if not isinstance(config.num_steps, int) or config.num_steps < 0:
         raise field_error("num_steps", config.num_steps, "must be an integer >= 0 (0: evaluate only)")
     for field in ("batch_size", "eval_batch_size", "accum_steps", "log_every", "eval_every",
-                  "checkpoint_every", "keep", "data_threads"):
+                  "checkpoint_every", "keep", "data_threads", "fsdp_min_size"):
         value = _get(config, field)
         if not isinstance(value, int) or value < 1:
             raise field_error(field, value, "must be a positive integer")

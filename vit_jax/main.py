@@ -14,10 +14,17 @@ from ml_collections import config_flags
 from vit_jax.checkpoint.adapt import CheckpointMismatchError
 from vit_jax.config_validation import ConfigError
 from vit_jax.console import quiet_logging
+from vit_jax.distributed import MODES, initialize
 from vit_jax.train import NonFiniteLossError, Preempted, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py or configs/vit.py:variant=S/16")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics (resumed if it has them).")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", list(MODES),
+                                 "jax.distributed: 'auto' starts it when the run is multi-process (flags below, "
+                                 "JAX_COORDINATOR_ADDRESS, a SLURM job or a multi-host TPU slice).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_CONFIG_ERROR = 2
@@ -29,6 +36,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logging()
+    initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, CheckpointMismatchError) as error:

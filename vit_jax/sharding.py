@@ -3,8 +3,16 @@
 `config.mesh` names the axes, e.g. `(("data", -1),)` (all devices data-parallel, the default) or
 `(("data", -1), ("model", 2))`; `-1` takes the devices left over. Batches are split over the `data` axis.
 Parameters follow `config.sharding_rules`: `(regex over the '/'-joined parameter path, rule)` pairs, the first
-match wins, where a rule is `replicate`, `fsdp` (shard the largest dimension divisible by the `data` axis, for
-tensors of at least `FSDP_MIN_SIZE` elements) or a tuple of mesh-axis names, one per dimension (a PartitionSpec).
+match wins (no match: replicated). A rule is
+- `replicate`;
+- `fsdp`: shard the largest dimension divisible by the `data` axis (tensors of at least `fsdp_min_size`
+  elements; never the stacked depth axis of a scanned model);
+- `tp`: Megatron-style tensor parallelism over the `model` axis: attention `query/key/value` split by head (their
+  output), `out` by head (its input), the MLP's `Dense_0` on its output units and `Dense_1` on its input units, so
+  each device computes whole heads and a slice of the hidden units and one reduction per block joins them;
+  parameters that are not attention or MLP weights stay replicated;
+- `tp_fsdp`: `tp`, then `fsdp` over `data` on a remaining dimension;
+- or a tuple of mesh-axis names, one per dimension (a PartitionSpec).
 Optimizer state that mirrors a parameter (Adam's moments, momentum) is sharded like it.
 """
 
@@ -22,8 +30,18 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from vit_jax.param_paths import path_string
 
 DATA_AXIS = "data"
+MODEL_AXIS = "model"
 FSDP_MIN_SIZE = 2**14
-RULE_KINDS = ("replicate", "fsdp")
+RULE_KINDS = ("replicate", "fsdp", "tp", "tp_fsdp")
+# Tensor parallelism: (path regex, the dimension split over `model`, counted from the end so that a scanned
+# model's leading depth axis does not shift it).
+TENSOR_PARALLEL_DIMS = (
+    (re.compile(r"MultiHeadDotProductAttention_\d+/(query|key|value)/(kernel|bias)$"), -2),  # heads
+    (re.compile(r"MultiHeadDotProductAttention_\d+/out/kernel$"), -3),  # heads
+    (re.compile(r"MlpBlock_\d+/Dense_0/(kernel|bias)$"), -1),  # hidden units
+    (re.compile(r"MlpBlock_\d+/Dense_1/kernel$"), -2),  # hidden units
+)
+_SCANNED = re.compile(r"(^|/)encoderblock/")
 Rule = str | tuple[str | None | tuple[str, ...], ...]
 
 
@@ -62,25 +80,60 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def fsdp_spec(shape: Sequence[int], axis_size: int) -> PartitionSpec:
-    """Shard the largest dimension divisible by `axis_size`; small or indivisible tensors stay replicated."""
-    if axis_size == 1 or math.prod(shape) < FSDP_MIN_SIZE:
-        return PartitionSpec()
-    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-        if shape[dim] % axis_size == 0:
-            return PartitionSpec(*[DATA_AXIS if d == dim else None for d in range(len(shape))])
-    return PartitionSpec()
+def fsdp_spec(shape: Sequence[int], axis_size: int, min_size: int = FSDP_MIN_SIZE,
+              taken: Sequence[str | None] | None = None, skip_dims: Sequence[int] = ()) -> PartitionSpec:
+    """Shard the largest free dimension divisible by `axis_size` over `data`; small or indivisible tensors stay as
+    they are. `taken`: entries already assigned (e.g. by tensor parallelism); `skip_dims`: dimensions never split."""
+    entries = list(taken) if taken is not None else [None] * len(shape)
+    if axis_size > 1 and math.prod(shape) >= min_size:
+        for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+            if entries[dim] is None and dim not in skip_dims and shape[dim] % axis_size == 0:
+                entries[dim] = DATA_AXIS
+                break
+    return _spec(entries)
 
 
-def spec_for(path: str, shape: Sequence[int], rules: Sequence[tuple[str, Rule]], mesh: Mesh) -> PartitionSpec:
+def _spec(entries: Sequence[str | None]) -> PartitionSpec:
+    """A PartitionSpec without trailing `None`s (`P('data', None)` and `P('data')` mean the same)."""
+    entries = list(entries)
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
+
+
+def tensor_parallel_entries(path: str, shape: Sequence[int], mesh: Mesh) -> list[str | None]:
+    """`model` on the dimension tensor parallelism splits for this parameter (none for other parameters)."""
+    entries: list[str | None] = [None] * len(shape)
+    for pattern, dim in TENSOR_PARALLEL_DIMS:
+        if pattern.search(path):
+            size = mesh.shape.get(MODEL_AXIS, 1)
+            if MODEL_AXIS not in mesh.shape:
+                raise ShardingError(f"rule 'tp' for {path} needs a {MODEL_AXIS!r} mesh axis; mesh {dict(mesh.shape)}")
+            if shape[dim] % size:
+                raise ShardingError(
+                    f"{path}: dimension {len(shape) + dim} of shape {tuple(shape)} (heads or hidden units) is not "
+                    f"divisible by the {MODEL_AXIS!r} axis size {size}")
+            entries[dim] = MODEL_AXIS
+            break
+    return entries
+
+
+def spec_for(path: str, shape: Sequence[int], rules: Sequence[tuple[str, Rule]], mesh: Mesh,
+             fsdp_min_size: int = FSDP_MIN_SIZE) -> PartitionSpec:
     """The PartitionSpec of the first rule whose regex matches `path` (`re.search`); replicated if none does."""
+    skip = (0,) if _SCANNED.search(path) else ()
+    data_size = mesh.shape[DATA_AXIS]
     for pattern, rule in rules:
         if not re.search(pattern, path):
             continue
         if rule == "replicate":
             return PartitionSpec()
         if rule == "fsdp":
-            return fsdp_spec(shape, mesh.shape[DATA_AXIS])
+            return fsdp_spec(shape, data_size, fsdp_min_size, skip_dims=skip)
+        if rule == "tp":
+            return _spec(tensor_parallel_entries(path, shape, mesh))
+        if rule == "tp_fsdp":
+            return fsdp_spec(shape, data_size, fsdp_min_size, tensor_parallel_entries(path, shape, mesh), skip)
         if isinstance(rule, str):
             raise ShardingError(f"sharding rule {rule!r} for {pattern!r} is not one of {RULE_KINDS} or a tuple of axes")
         spec = PartitionSpec(*rule)
@@ -102,10 +155,12 @@ def check_spec(path: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh)
             raise ShardingError(f"{path}: dimension {dim} of shape {tuple(shape)} is not divisible by {size} ({spec})")
 
 
-def tree_shardings(tree: Any, rules: Sequence[tuple[str, Rule]], mesh: Mesh) -> Any:
+def tree_shardings(tree: Any, rules: Sequence[tuple[str, Rule]], mesh: Mesh,
+                   fsdp_min_size: int = FSDP_MIN_SIZE) -> Any:
     """A NamedSharding per leaf of `tree` (arrays or ShapeDtypeStructs), by the leaf's path."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: NamedSharding(mesh, spec_for(path_string(path), np.shape(leaf), rules, mesh)), tree
+        lambda path, leaf: NamedSharding(mesh, spec_for(path_string(path), np.shape(leaf), rules, mesh,
+                                                        fsdp_min_size)), tree
     )
 
 

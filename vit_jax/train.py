@@ -31,11 +31,21 @@ from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split
 from vit_jax.flexi import draw_patch_size, flexi_patch_sizes, flexi_probabilities, patch_label
 from vit_jax.metric_writers import MetricWriter
+from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.patching import grid_shape
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.optim import learning_rate_schedule, make_optimizer
 from vit_jax.preemption import PreemptionWatcher
-from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, mirrored_shardings, replicated, tree_shardings
+from vit_jax.sharding import (
+    DATA_AXIS,
+    MODEL_AXIS,
+    ShardingError,
+    batch_sharding,
+    make_mesh,
+    mirrored_shardings,
+    replicated,
+    tree_shardings,
+)
 
 Batch = dict[str, jax.Array]
 
@@ -196,9 +206,13 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         if cache is True or (cache == "auto" and fits_in_memory(spec, sizes[field])):
             source = InMemorySource(source)
         sources[field] = source
+    mesh = make_mesh(config.mesh, devices)
+    if mesh.size > 1:  # keep activations split the way parameters and batches are
+        model = model.clone(activation_sharding=ActivationSharding(
+            mesh, DATA_AXIS, MODEL_AXIS if mesh.shape.get(MODEL_AXIS, 1) > 1 else None))
     return Setup(
         config=config,
-        mesh=make_mesh(config.mesh, devices),
+        mesh=mesh,
         model=model,
         grid=grid_shape(tuple(config.image_size), model.patch_size, model.pad),
         num_classes=spec.num_classes,
@@ -246,7 +260,12 @@ def start_from(adaptation: Adaptation, fresh: TrainState, tx: optax.GradientTran
 
 
 def state_shardings(abstract_state: TrainState, config: ConfigDict, mesh: Mesh) -> TrainState:
-    params = tree_shardings(abstract_state.params, config.sharding_rules, mesh)
+    """Parameters by `config.sharding_rules`, optimizer state like the parameters it mirrors, the step replicated.
+    A rule that cannot apply (a split that does not divide a dimension) is a ConfigError."""
+    try:
+        params = tree_shardings(abstract_state.params, config.sharding_rules, mesh, config.fsdp_min_size)
+    except ShardingError as error:
+        raise config_validation.field_error("sharding_rules", tuple(config.sharding_rules), str(error)) from None
     return TrainState(
         step=replicated(mesh),
         params=params,
@@ -321,14 +340,17 @@ class Run:
                         top5=self.setup.num_classes > 5, patch_size=patch_size)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
+def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[jax.Device] | None = None
+                       ) -> dict[str, float]:
     """Trains (or resumes) to `config.num_steps`, evaluating on `eval_split`, then tests once on `test_split`.
-    Returns the last eval metrics of this invocation and the test metrics."""
+    Returns the last eval metrics of this invocation and the test metrics. `devices`: the devices of the mesh
+    (default: all of them, on every process)."""
     workdir = Path(workdir)
-    setup = set_up(config)
+    setup = set_up(config, devices)
     root_key = jax.random.key(config.seed)
     init = init_state_fn(setup, jax.random.fold_in(root_key, 0))
     abstract_state = jax.eval_shape(init)
+    shardings = state_shardings(abstract_state, config, setup.mesh)
     checkpoints = TrainCheckpoints(workdir / CHECKPOINT_DIR, keep=config.keep)
     start_step = checkpoints.latest_step() or 0
     adaptation = plan_init(setup, abstract_state.params) if config.init.path and not start_step else None
@@ -336,7 +358,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         workdir.mkdir(parents=True, exist_ok=True)
         save_config(config, workdir)
 
-    shardings = state_shardings(abstract_state, config, setup.mesh)
     data_sharding = batch_sharding(setup.mesh)
     train_data = pipeline.train_iterator(
         setup.sources["train_split"], setup.preprocess, batch_size=config.batch_size // jax.process_count(),

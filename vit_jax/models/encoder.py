@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.posemb import AddPositionEmbs, PosembKind
 
 ENCODER = "Transformer"
@@ -37,6 +38,7 @@ class MlpBlock(nn.Module):
     dropout_rate: float = 0.0
     gelu_approximate: bool = True
     dtype: Any = None
+    activation_sharding: ActivationSharding | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -47,7 +49,7 @@ class MlpBlock(nn.Module):
             bias_init=nn.initializers.normal(stddev=1e-6),
         )
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
-        x = dense(self.mlp_dim)(x)
+        x = constrain_hidden(dense(self.mlp_dim)(x), self.activation_sharding)
         x = nn.gelu(x, approximate=self.gelu_approximate)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         x = dense(out_dim)(x)
@@ -75,9 +77,11 @@ class Encoder1DBlock(nn.Module):
     stochastic_depth: bool = False
     gelu_approximate: bool = True
     dtype: Any = None
+    activation_sharding: ActivationSharding | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool) -> tuple[jax.Array, None]:
+        x = constrain_tokens(x, self.activation_sharding)
         y = nn.LayerNorm(dtype=self.dtype)(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
@@ -96,6 +100,7 @@ class Encoder1DBlock(nn.Module):
             dropout_rate=self.dropout_rate,
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
+            activation_sharding=self.activation_sharding,
         )(y, deterministic=deterministic)
         return x + self._maybe_drop_path(y, drop_path_rate, deterministic), None
 
@@ -138,6 +143,7 @@ class Encoder(nn.Module):
     remat: bool = False
     remat_policy: str | None = None
     scan: bool = False
+    activation_sharding: ActivationSharding | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -153,6 +159,7 @@ class Encoder(nn.Module):
             stochastic_depth=self.stochastic_depth > 0,
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
+            activation_sharding=self.activation_sharding,
         )
         rates = drop_path_rates(self.stochastic_depth, self.num_layers)
         if self.scan:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from vit_jax.models.encoder import ENCODER, Encoder
 from vit_jax.models.heads import CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
+from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.patching import (
     PATCH_EMBED_KINDS,
     PATCH_PADDINGS,
@@ -46,6 +47,8 @@ class VisionTransformer(nn.Module):
       gelu_approximate: tanh GELU (vision_transformer, big_vision) or exact erf GELU (timm, PyTorch).
       dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
       remat, remat_policy, scan: memory/compile-time options of the encoder (see `vit_jax.models.encoder`).
+      activation_sharding: keeps activations split across devices (set by the trainer from its mesh; see
+        `vit_jax.models.partitioning`); None on one device.
     """
 
     num_classes: int | None
@@ -69,6 +72,7 @@ class VisionTransformer(nn.Module):
     remat: bool = False
     remat_policy: str | None = None
     scan: bool = False
+    activation_sharding: ActivationSharding | None = None
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -112,6 +116,7 @@ class VisionTransformer(nn.Module):
             remat=self.remat,
             remat_policy=self.remat_policy,
             scan=self.scan,
+            activation_sharding=self.activation_sharding,
             name=ENCODER,
         )(x, train=train)
         self.sow("intermediates", "encoded", x)

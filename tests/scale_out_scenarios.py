@@ -1,0 +1,69 @@
+"""Runs that need several devices, executed in a fresh process that has them:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.scale_out_scenarios SCENARIO OUT DATA_DIR
+
+`meshes`: the same 10 steps on 1 device, data parallel over 8, FSDP over 8 and data x model (4 x 2, tensor
+parallel + FSDP); `reshard`: 10 steps data parallel over 8, then resumed to 15 on 1 device and, separately, with
+FSDP. Each run's workdir is OUT/<run>; OUT/placements.json holds each parameter's PartitionSpec as placed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+
+from tests.conftest import tiny_digits_config
+from vit_jax.param_paths import path_string
+from vit_jax.train import init_state_fn, set_up, state_shardings, train_and_evaluate
+
+RUNS = {
+    "one_device": dict(arg="", devices=1),
+    "data": dict(arg="", devices=8),
+    "fsdp": dict(arg="sharding_rules=(('.*','fsdp'),),fsdp_min_size=1024", devices=8),
+    "data_x_model": dict(arg="mesh=(('data',4),('model',2)),sharding_rules=(('.*','tp_fsdp'),),fsdp_min_size=1024",
+                         devices=8),
+}
+TEN_STEPS = "num_steps=10,log_every=1,eval_every=10,checkpoint_every=5"
+
+
+def config_for(run: str, data_dir: str, steps: str = TEN_STEPS):
+    arg = ",".join(filter(None, [steps, RUNS[run]["arg"]]))
+    return tiny_digits_config(data_dir, arg)
+
+
+def placements(config, devices) -> dict[str, str]:
+    """Each parameter's PartitionSpec as jit places it under the run's rules."""
+    setup = set_up(config, devices)
+    init = init_state_fn(setup, jax.random.key(0))
+    shardings = state_shardings(jax.eval_shape(init), config, setup.mesh)
+    state = jax.jit(init, out_shardings=shardings)()
+    return {path_string(path): str(leaf.sharding.spec)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+
+
+def meshes(out: Path, data_dir: str) -> None:
+    placed = {}
+    for run, spec in RUNS.items():
+        devices = jax.devices()[: spec["devices"]]
+        config = config_for(run, data_dir)
+        train_and_evaluate(config, out / run, devices)
+        placed[run] = placements(config, devices)
+    (out / "placements.json").write_text(json.dumps(placed, indent=1))
+
+
+def reshard(out: Path, data_dir: str) -> None:
+    train_and_evaluate(config_for("data", data_dir), out / "data", jax.devices())
+    for run, devices in (("one_device", jax.devices()[:1]), ("fsdp", jax.devices())):
+        shutil.copytree(out / "data", out / f"resumed_{run}")
+        config = config_for(run, data_dir, TEN_STEPS.replace("num_steps=10", "num_steps=15"))
+        train_and_evaluate(config, out / f"resumed_{run}", devices)
+
+
+if __name__ == "__main__":
+    scenario, out, data_dir = sys.argv[1:4]
+    assert jax.device_count() == 8, f"run with 8 devices; got {jax.device_count()}"
+    {"meshes": meshes, "reshard": reshard}[scenario](Path(out), data_dir)

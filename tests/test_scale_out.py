@@ -1,0 +1,121 @@
+"""Many devices and many processes, each run in fresh processes that have them (8 forced CPU devices; two local
+processes of 2 devices on 127.0.0.1)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from vit_jax.checkpoint import TrainCheckpoints
+from vit_jax.metric_writers import read_metrics
+
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
+def run_scenario(name, out, data_dir):
+    result = subprocess.run([sys.executable, "-m", "tests.scale_out_scenarios", name, str(out), data_dir], cwd=ROOT,
+                            env={**os.environ, **EIGHT_DEVICES}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def losses(workdir):
+    return np.array([r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r])
+
+
+def params(workdir, step):
+    return TrainCheckpoints(workdir / "checkpoints").restore(step)["params"]
+
+
+def assert_close(a, b, atol):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol), a, b)
+
+
+@pytest.fixture(scope="module")
+def meshes(tmp_path_factory, digits_data_dir):
+    out = tmp_path_factory.mktemp("meshes")
+    run_scenario("meshes", out, digits_data_dir)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["data", "fsdp", "data_x_model"])
+def test_ten_steps_on_eight_devices_match_one_device(meshes, run):
+    one = losses(meshes / "one_device")
+    assert len(one) == 10
+    np.testing.assert_allclose(losses(meshes / run), one, rtol=1e-5)
+    # Adam divides by the root of tiny second moments: reduction-order rounding moves parameters by < 1e-4 here.
+    assert_close(params(meshes / run, 10), params(meshes / "one_device", 10), atol=2e-4)
+
+
+@pytest.mark.slow
+def test_parameters_are_placed_as_the_rules_say(meshes):
+    placed = json.loads((meshes / "placements.json").read_text())
+    block = "Transformer/encoderblock_1/"
+    attention, mlp = block + "MultiHeadDotProductAttention_0/", block + "MlpBlock_0/"
+    assert set(placed["data"].values()) == {"P()"}
+    expected = {  # width 64, 4 heads of 16, MLP 128; fsdp over 8: the largest dimension divisible by 8
+        "fsdp": {attention + "query/kernel": "P('data',)", attention + "out/kernel": "P(None, None, 'data')",
+                 mlp + "Dense_0/kernel": "P(None, 'data')", mlp + "Dense_1/kernel": "P('data',)",
+                 mlp + "Dense_0/bias": "P()",  # 128 elements: under fsdp_min_size (1,024), whole
+                 "embedding/kernel": "P(None, None, None, 'data')"},  # (4, 4, 1, 64): 1,024 elements, split
+        # tensor parallel over model (2): heads and hidden units; then fsdp over data (4) on a remaining dimension
+        "data_x_model": {attention + "query/kernel": "P('data', 'model')", attention + "query/bias": "P('model',)",
+                         attention + "out/kernel": "P('model', None, 'data')", attention + "out/bias": "P()",
+                         mlp + "Dense_0/kernel": "P('data', 'model')", mlp + "Dense_0/bias": "P('model',)",
+                         mlp + "Dense_1/kernel": "P('model', 'data')", mlp + "Dense_1/bias": "P()",
+                         block + "LayerNorm_0/scale": "P()"},
+    }
+    for run, specs in expected.items():
+        for path, spec in specs.items():
+            assert placed[run][path] == spec, (run, path)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_saved_under_one_mesh_restores_under_another(tmp_path, digits_data_dir):
+    run_scenario("reshard", tmp_path, digits_data_dir)
+    saved = params(tmp_path / "data", 10)
+    for run in ("resumed_one_device", "resumed_fsdp"):
+        records = read_metrics(tmp_path / run)
+        assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 16))  # resumed at 10, not redone
+        assert_close(params(tmp_path / run, 10), saved, atol=0)  # the step-10 checkpoint itself is untouched
+    # 8 devices data parallel -> 1 device, and -> FSDP: the five further steps agree
+    np.testing.assert_allclose(losses(tmp_path / "resumed_fsdp"), losses(tmp_path / "resumed_one_device"), rtol=1e-5)
+    assert_close(params(tmp_path / "resumed_fsdp", 15), params(tmp_path / "resumed_one_device", 15), atol=2e-4)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_their_devices(tmp_path, digits_data_dir):
+    run = ["--config=configs/digits.py:num_steps=10,log_every=1,eval_every=10,checkpoint_every=5",
+           f"--config.data_dir={digits_data_dir}"]
+    port = free_port()
+    two_devices = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "vit_jax.main", *run, f"--workdir={tmp_path / 'two'}",
+                          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                         cwd=ROOT, env=two_devices, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert "final test accuracy" in outputs[0][0] and "final test accuracy" not in outputs[1][0]  # process 0 speaks
+    four = subprocess.run([sys.executable, "-m", "vit_jax.main", *run, f"--workdir={tmp_path / 'four'}"], cwd=ROOT,
+                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+                          capture_output=True, text=True, timeout=600)
+    assert four.returncode == 0, four.stderr[-3000:]
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "four"), rtol=1e-5)
+    # The checkpoint the two processes wrote together restores here, in one process with one device.
+    assert_close(params(tmp_path / "two", 10), params(tmp_path / "four", 10), atol=2e-4)
+    data_state = sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "10" / "data").glob("process_*"))
+    assert data_state == ["process_0-of-2.json", "process_1-of-2.json"]  # each process's data position

@@ -1,0 +1,38 @@
+"""Starting JAX's multi-controller runtime: one process per host, all running the same command.
+
+`jax.distributed.initialize` is called when the run is multi-process: with the coordinator given by flags
+(`--coordinator_address`, `--num_processes`, `--process_id`) or by JAX's environment variables, or detected by
+JAX itself on a cluster it knows (a multi-host TPU slice, a SLURM job with several tasks). `--distributed=on` forces
+the call (JAX then finds the cluster itself), `off` never makes it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+MODES = ("auto", "on", "off")
+
+
+def cluster_detected(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment describes several processes JAX can find by itself."""
+    env = os.environ if environ is None else environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return True
+    return "," in env.get("TPU_WORKER_HOSTNAMES", "")  # a TPU slice with several hosts
+
+
+def initialize(mode: str = "auto", coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """Calls `jax.distributed.initialize` when the run is multi-process; returns whether it did."""
+    if mode not in MODES:
+        raise ValueError(f"distributed must be one of {MODES}; got {mode!r}")
+    explicit = coordinator_address is not None or num_processes is not None or process_id is not None
+    if mode == "off" or (mode == "auto" and not explicit and not cluster_detected()):
+        return False
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+    return True
