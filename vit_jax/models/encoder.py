@@ -17,7 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+from vit_jax.models.mixed_precision import is_bfloat16, mixed_attention, mixed_dot_general
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.posemb import AddPositionEmbs, PosembKind
 
@@ -47,6 +49,7 @@ class MlpBlock(nn.Module):
             dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
+            dot_general=mixed_dot_general if is_bfloat16(self.dtype) else lax.dot_general,
         )
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
         x = constrain_hidden(dense(self.mlp_dim)(x), self.activation_sharding)
@@ -83,9 +86,13 @@ class Encoder1DBlock(nn.Module):
     def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool) -> tuple[jax.Array, None]:
         x = constrain_tokens(x, self.activation_sharding)
         y = nn.LayerNorm(dtype=self.dtype)(x)
+        mixed = is_bfloat16(self.dtype)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             dtype=self.dtype,
+            qkv_dot_general=mixed_dot_general if mixed else None,
+            out_dot_general=mixed_dot_general if mixed else None,
+            attention_fn=mixed_attention if mixed and not self.attention_dropout_rate else nn.dot_product_attention,
             kernel_init=nn.initializers.xavier_uniform(),
             broadcast_dropout=False,
             dropout_rate=self.attention_dropout_rate,

@@ -1,0 +1,100 @@
+"""vit_jax's side of a benchmark cell: the real train step (`vit_jax.train.make_train_step`, AdamW, clipping) or
+the inference forward pass, jitted over all local devices, timed after compilation."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.benchmark.workload import Workload, time_steps, utilisation
+from vit_jax.config import base_config
+from vit_jax.models import create_model
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.optim import learning_rate_schedule, make_optimizer
+from vit_jax.sharding import batch_sharding, make_mesh, replicated
+from vit_jax.train import TrainState, make_train_step
+
+NUM_CLASSES = 1000
+
+
+def matmul_ceiling(dtype: str, size: int, repeats: int = 10) -> float:
+    """FLOP/s of an n x n x n matmul in this process's XLA: float32, or bf16 operands with float32 accumulation."""
+    operand = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.standard_normal((size, size)), operand) for _ in range(2))
+    product = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    product(a, b).block_until_ready()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).block_until_ready()
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / float(np.median(seconds))
+
+
+def build_model(workload: Workload, scan: bool | None = None) -> VisionTransformer:
+    dtype = jnp.bfloat16 if workload.dtype == "bf16" else None
+    return create_model(workload.variant, num_classes=NUM_CLASSES, dtype=dtype,
+                        scan=workload.scan if scan is None else scan)
+
+
+def _functions(model: VisionTransformer, mode: str, images: Any, labels: Any, mesh: Any) -> tuple[Any, tuple]:
+    """The jitted function of `mode` and its arguments."""
+    params = jax.jit(lambda: model.init(jax.random.key(0), images[:1], train=False)["params"],
+                     out_shardings=replicated(mesh))()
+    if mode == "infer":
+        forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False), out_shardings=replicated(mesh))
+        return forward, (params, images)
+    config = base_config()
+    tx = make_optimizer(config.optimizer, 1000)
+    step = make_train_step(model, tx, learning_rate_schedule(config.optimizer, 1000),
+                           dropout_key=jax.random.key(1), mesh=mesh)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params))
+    return jax.jit(step, donate_argnums=0), (state, {"image": images, "label": labels})
+
+
+def step_flops(workload: Workload, images: Any, labels: Any, mesh: Any) -> float:
+    """FLOPs of one step by XLA's cost analysis, of the unscanned model (a scanned body is counted once)."""
+    function, args = _functions(build_model(workload, scan=False), workload.mode, images, labels, mesh)
+    return float(function.lower(*args).cost_analysis()["flops"])
+
+
+def run(workload: Workload) -> dict[str, Any]:
+    mesh = make_mesh((("data", -1),))
+    rng = np.random.default_rng(0)
+    shape = (workload.batch_size, workload.image_size, workload.image_size, 3)
+    images = jax.device_put(rng.uniform(-1, 1, shape).astype(np.float32), batch_sharding(mesh))
+    labels = jax.device_put(rng.integers(0, NUM_CLASSES, workload.batch_size).astype(np.int32),
+                            batch_sharding(mesh))
+    function, args = _functions(build_model(workload), workload.mode, images, labels, mesh)
+    compiled: list[Any] = []
+    state = list(args)
+
+    def compile_and_run() -> None:
+        compiled.append(function.lower(*state).compile())
+        one_step()
+
+    def one_step() -> None:
+        out = compiled[0](*state)
+        if workload.mode == "train":
+            state[0] = out[0]
+        jax.block_until_ready(out)
+
+    times = time_steps(compile_and_run, one_step, workload.steps, workload.warmup)
+    result = times.summary(workload.batch_size)
+    memory = compiled[0].memory_analysis()
+    result["xla_peak_bytes"] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                + memory.temp_size_in_bytes - memory.alias_size_in_bytes) if memory else None
+    stats = jax.local_devices()[0].memory_stats() or {}
+    result["device_peak_bytes"] = stats.get("peak_bytes_in_use")
+    result["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    flops = step_flops(workload, images, labels, mesh)
+    ceiling = matmul_ceiling(workload.dtype, workload.ceiling_size)
+    result.update(utilisation(flops, result["step_seconds_median"], ceiling))
+    result["device"] = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
+    return result
