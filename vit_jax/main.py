@@ -12,11 +12,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vit_jax.checkpoint.adapt import CheckpointMismatchError
-from vit_jax.config_validation import ConfigError
+from vit_jax.config_validation import ConfigError, check_xla_flags
 from vit_jax.console import quiet_logging
 from vit_jax.distributed import MODES, initialize
 from vit_jax.train import NonFiniteLossError, Preempted, train_and_evaluate
-from vit_jax.xla_flags import apply_default_xla_flags
+from vit_jax.xla_flags import apply_xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py or configs/vit.py:variant=S/16")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics (resumed if it has them).")
@@ -37,9 +37,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logging()
-    apply_default_xla_flags(_CONFIG.value.model.get("dtype"))  # before anything starts the backend
-    initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
+        check_xla_flags(_CONFIG.value)
+        apply_xla_flags(_CONFIG.value.xla_flags, _CONFIG.value.model.get("dtype"))  # before the backend starts
+        initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, CheckpointMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,12 +2,14 @@
 
 XLA reads `XLA_FLAGS` once, when JAX first creates a backend, so `apply_default_xla_flags` must run before
 anything asks for a device. A flag the user already put in `XLA_FLAGS` is left as the user set it; setting
-`VIT_JAX_XLA_DEFAULTS=0` turns the defaults off. The flags only concern XLA:CPU; other backends ignore them.
+`VIT_JAX_XLA_DEFAULTS=0` turns the defaults off. Training takes them from `config.xla_flags` ("auto": these). The flags only concern XLA:CPU; other backends ignore them.
 
 - float32: the YNNPACK fusions off. XLA:CPU sends dots, reductions and convolutions to YNNPACK by default; its
   reductions are slow on ViT's shapes (ViT-Ti/16 inference 39 -> 56 img/s, training 12.8 -> 14.4 img/s).
 - bfloat16: YNNPACK kept: it runs the bf16 x bf16 -> f32 products of `vit_jax.models.mixed_precision` well
   (ViT-Ti/16 inference 79 img/s with it, 49 without).
+Small models differ: the digits model's step is 36 ms with YNNPACK and 41 ms without, so configs/digits.py sets
+`xla_flags=""` (XLA's own defaults).
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ def with_defaults(existing: str, defaults: tuple[str, ...]) -> str:
     return " ".join([existing.strip(), *added]).strip()
 
 
-def apply_default_xla_flags(dtype: str | None) -> str:
-    """Adds the defaults for a computation `dtype` to `XLA_FLAGS`, before the backend starts; returns the result."""
+def apply_xla_flags(setting: str, dtype: str | None) -> str:
+    """`config.xla_flags` into `XLA_FLAGS` before the backend starts: "auto" adds the defaults for the computation
+    `dtype`, any other string adds exactly its flags (each only where `XLA_FLAGS` does not set it already).
+    Returns the resulting `XLA_FLAGS`."""
+    flags = default_xla_flags(dtype) if setting == "auto" else tuple(setting.split())
     if os.environ.get("VIT_JAX_XLA_DEFAULTS", "1") != "0":
-        os.environ["XLA_FLAGS"] = with_defaults(os.environ.get("XLA_FLAGS", ""), default_xla_flags(dtype))
+        os.environ["XLA_FLAGS"] = with_defaults(os.environ.get("XLA_FLAGS", ""), flags)
     return os.environ.get("XLA_FLAGS", "")
