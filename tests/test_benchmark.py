@@ -1,0 +1,90 @@
+"""The benchmark command: its figures against formulas and hand-computed values, its option errors, and one real
+run of both sides end to end."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from vit_jax.benchmark import __main__ as cli
+from vit_jax.benchmark import jax_side
+from vit_jax.benchmark.workload import StepTimes, Workload, time_steps, utilisation
+
+
+def vit_matmul_flops(tokens: int, patches: int, patch: int, channels: int, width: int, mlp: int, layers: int,
+                     classes: int) -> float:
+    """Forward FLOPs of ViT's matrix products per image (a multiply-add is 2)."""
+    per_layer = 2 * tokens * (4 * width * width + 2 * width * mlp) + 2 * 2 * tokens * tokens * width
+    return layers * per_layer + 2 * patches * patch * patch * channels * width + 2 * width * classes
+
+
+def test_step_flops_are_the_matrix_products_plus_a_little_and_training_is_about_three_forwards():
+    mesh = jax_side.make_mesh((("data", -1),))
+    images, labels = np.zeros((2, 224, 224, 3), np.float32), np.zeros((2,), np.int32)
+    infer = jax_side.step_flops(Workload("vit_jax", "Ti/16", 2, 224, "f32", "infer"), images, labels, mesh)
+    train = jax_side.step_flops(Workload("vit_jax", "Ti/16", 2, 224, "f32", "train"), images, labels, mesh)
+    products = 2 * vit_matmul_flops(197, 196, 16, 3, 192, 768, 12, 1000)
+    assert 1.0 <= infer / products <= 1.06
+    assert 2.9 <= train / infer <= 3.3
+
+
+def test_summary_mfu_and_ratios_by_hand():
+    summary = StepTimes(1.5, [0.5, 0.25, 1.0]).summary(batch_size=8)
+    assert summary["step_seconds_median"] == 0.5
+    assert (summary["images_per_second_median"], summary["images_per_second_min"],
+            summary["images_per_second_max"]) == (16.0, 8.0, 32.0)
+    assert utilisation(4e9, 0.5, 16e9) == {"flops_per_step": 4e9, "achieved_flops_per_second": 8e9,
+                                           "ceiling_flops_per_second": 16e9, "mfu": 0.5}
+    results = [{"side": "vit_jax", "key": "k", "images_per_second_median": 30.0},
+               {"side": "timm", "key": "k", "images_per_second_median": 20.0},
+               {"side": "vit_jax", "key": "alone", "images_per_second_median": 5.0}]
+    assert cli.ratios(results) == {"k": 1.5}
+
+
+def test_time_steps_compiles_once_warms_up_then_times_each_step():
+    calls = []
+    times = time_steps(lambda: calls.append("first"), lambda: calls.append("step"), steps=10, warmup=2)
+    assert calls == ["first"] + ["step"] * 12
+    assert len(times.seconds) == 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "5"], "--steps 5: at least 10"),
+    (["--variants", "Q/16"], "--variants Q/16"),
+    (["--image-size", "100"], "--variants Ti/16"),
+    (["--batch-sizes", "0"], "--batch-sizes 0"),
+])
+def test_bad_options_exit_2_naming_the_value(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_command_measures_both_sides_and_writes_json(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--variants", "Ti/16", "--image-size", "32", "--batch-sizes", "4", "--modes", "train", "infer",
+            "--dtypes", "f32", "--ceiling-size", "256", "--vs-timm", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["vit_jax.benchmark", *argv])
+    assert cli.main(argv) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert [(r["side"], r["mode"], r["dtype"]) for r in results] == [
+        (side, mode, "f32") for mode in ("train", "infer") for side in ("vit_jax", "timm")]
+    for r in results:
+        assert r["timed_steps"] == 10
+        assert r["step_seconds_min"] <= r["step_seconds_median"] <= r["step_seconds_max"]
+        assert r["images_per_second_median"] == pytest.approx(4 / r["step_seconds_median"])
+        assert r["flops_per_step"] > 0 and 0 < r["mfu"] == pytest.approx(
+            r["flops_per_step"] / r["step_seconds_median"] / r["ceiling_flops_per_second"])
+    ours = [r for r in results if r["side"] == "vit_jax"]
+    assert all(r["compile_seconds"] > 0 and r["xla_peak_bytes"] > 0 for r in ours)
+    assert "--xla_cpu_experimental_ynn_fusion_type=" in ours[0]["xla_flags"]  # the float32 default
+    timm = {r["key"]: r for r in results if r["side"] == "timm"}
+    assert all(r["flops_per_step"] == timm[r["key"]]["flops_per_step"] for r in ours)
+    assert report["ratios_vit_jax_over_timm"] == {
+        r["key"]: pytest.approx(r["images_per_second_median"] / timm[r["key"]]["images_per_second_median"])
+        for r in ours}
+    assert "vit_jax / timm" in capsys.readouterr().out

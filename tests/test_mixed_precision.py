@@ -1,0 +1,83 @@
+"""bf16 products with float32 accumulation: values and gradients against float64 NumPy, and a bf16 model that
+trains on XLA:CPU's default flags (where an unsupported bf16 dot form fails at run time)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from vit_jax.models import create_model
+from vit_jax.models.mixed_precision import mixed_attention, mixed_dot_general, mixed_einsum
+
+SPECS = [
+    ("mk,kn->mn", (24, 16), (16, 8)),  # a dense layer
+    ("bqhd,bkhd->bhqk", (2, 5, 3, 8), (2, 7, 3, 8)),  # attention logits
+    ("bhqk,bkhd->bqhd", (2, 3, 5, 7), (2, 7, 3, 8)),  # attention-weighted values
+]
+
+
+def _bf16(rng, shape):
+    return jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+
+
+@pytest.mark.parametrize("spec, a_shape, b_shape", SPECS)
+def test_mixed_einsum_and_its_gradients_match_float64(rng, spec, a_shape, b_shape):
+    a, b = _bf16(rng, a_shape), _bf16(rng, b_shape)
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    out = mixed_einsum(spec, a, b)
+    assert out.dtype == jnp.bfloat16
+    expected = np.einsum(spec, a64, b64)
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=1e-2, atol=1e-2 * np.abs(expected).max())
+
+    cotangent = rng.standard_normal(expected.shape)
+    da, db = jax.vjp(lambda a, b: mixed_einsum(spec, a, b), a, b)[1](jnp.asarray(cotangent, jnp.bfloat16))
+    operands, result = spec.split("->")
+    a_spec, b_spec = operands.split(",")
+    g = np.asarray(jnp.asarray(cotangent, jnp.bfloat16), np.float64)
+    for got, want in ((da, np.einsum(f"{result},{b_spec}->{a_spec}", g, b64)),
+                      (db, np.einsum(f"{a_spec},{result}->{b_spec}", a64, g))):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+
+
+def test_mixed_dot_general_serves_dense_layers_and_leaves_other_forms_to_xla(rng):
+    x, kernel = _bf16(rng, (2, 5, 6)), _bf16(rng, (6, 3, 4))  # DenseGeneral: (D) -> (heads, head_dim)
+    dense = (((2,), (0,)), ((), ()))
+    expected = np.einsum("bld,dhk->blhk", np.asarray(x, np.float64), np.asarray(kernel, np.float64))
+    np.testing.assert_allclose(np.asarray(mixed_dot_general(x, kernel, dense), np.float64), expected,
+                               rtol=1e-2, atol=1e-2 * np.abs(expected).max())
+    x32 = jnp.asarray(x, jnp.float32)
+    batched = (((2,), (1,)), ((0,), (0,)))
+    y32 = jnp.asarray(rng.standard_normal((2, 6, 4)), jnp.float32)
+    np.testing.assert_array_equal(mixed_dot_general(x32, y32, batched), lax.dot_general(x32, y32, batched))
+
+
+def test_mixed_attention_is_softmax_attention(rng):
+    q, k, v = (_bf16(rng, (2, 6, 3, 8)) for _ in range(3))
+    q64, k64, v64 = (np.asarray(t, np.float64) for t in (q, k, v))
+    logits = np.einsum("bqhd,bkhd->bhqk", q64, k64) / np.sqrt(8)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = np.einsum("bhqk,bkhd->bqhd", weights, v64)
+    np.testing.assert_allclose(np.asarray(mixed_attention(q, k, v), np.float64), expected, atol=3e-2)
+
+
+def test_a_bfloat16_model_trains_with_gradients_close_to_float32(rng):
+    tiny = dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+    f32 = create_model("Ti/4", num_classes=5, **tiny)
+    bf16 = create_model("Ti/4", num_classes=5, **tiny, dtype=jnp.bfloat16)
+    images = jnp.asarray(rng.uniform(-1, 1, (8, 16, 16, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 5, 8))
+    params = f32.init(jax.random.key(0), images[:1], train=False)["params"]
+
+    def loss(model, p):
+        logits = model.apply({"params": p}, images, train=False)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    grads = [jax.jit(jax.grad(lambda p, m=m: loss(m, p)))(params) for m in (f32, bf16)]
+    for path, g32 in jax.tree_util.tree_leaves_with_path(grads[0]):
+        g16 = dict(jax.tree_util.tree_leaves_with_path(grads[1]))[path]
+        assert g16.dtype == jnp.float32
+        scale = float(jnp.abs(g32).max()) + 1e-6
+        assert float(jnp.abs(g16 - g32).max()) <= 0.1 * scale, jax.tree_util.keystr(path)
