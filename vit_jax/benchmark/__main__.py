@@ -122,8 +122,9 @@ def run_worker(workload: Workload, extra_xla_flags: str, timeout: float) -> dict
 def format_row(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{r['side']:<8} {r['key']:<34} error: {r['error']}"
-    mb = max(v or 0 for v in (r.get("xla_peak_bytes"), r.get("device_peak_bytes"))) / 2**20 or \
-        r["process_peak_rss_bytes"] / 2**20
+    # XLA's or the device's own peak where known (vit_jax), else the process's peak RSS (timm)
+    peak = r.get("device_peak_bytes") or r.get("xla_peak_bytes") or r["process_peak_rss_bytes"]
+    mb = peak / 2**20
     mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else "    -"
     gflops = f"{r['achieved_flops_per_second'] / 1e9:7.1f}" if r.get("achieved_flops_per_second") else "      -"
     compile_s = f"{r['compile_seconds']:6.1f}" if r.get("compile_seconds") is not None else "     -"

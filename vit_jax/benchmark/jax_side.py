@@ -4,14 +4,13 @@ the inference forward pass, jitted over all local devices, timed after compilati
 from __future__ import annotations
 
 import resource
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.benchmark.workload import Workload, time_steps, utilisation
+from vit_jax.benchmark.workload import Workload, matmul_flops_per_second, time_steps, utilisation
 from vit_jax.config import base_config
 from vit_jax.models import create_model
 from vit_jax.models.vit import VisionTransformer
@@ -28,13 +27,7 @@ def matmul_ceiling(dtype: str, size: int, repeats: int = 10) -> float:
     rng = np.random.default_rng(0)
     a, b = (jnp.asarray(rng.standard_normal((size, size)), operand) for _ in range(2))
     product = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    product(a, b).block_until_ready()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).block_until_ready()
-        seconds.append(time.perf_counter() - start)
-    return 2 * size**3 / float(np.median(seconds))
+    return matmul_flops_per_second(lambda: product(a, b).block_until_ready(), size, repeats)
 
 
 def build_model(workload: Workload, scan: bool | None = None) -> VisionTransformer:

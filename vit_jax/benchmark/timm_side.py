@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import time
 from typing import Any
 
-from vit_jax.benchmark.workload import Workload, time_steps, utilisation
+from vit_jax.benchmark.workload import Workload, matmul_flops_per_second, time_steps, utilisation
 from vit_jax.models import create_model
 from vit_jax.timm_compat import import_timm
 
@@ -30,13 +29,7 @@ def matmul_ceiling(dtype: str, size: int, repeats: int = 10) -> float:
 
     operand = torch.bfloat16 if dtype == "bf16" else torch.float32
     a, b = torch.randn(size, size, dtype=operand), torch.randn(size, size, dtype=operand)
-    a @ b
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - start)
-    return 2 * size**3 / sorted(seconds)[len(seconds) // 2]
+    return matmul_flops_per_second(lambda: a @ b, size, repeats)
 
 
 def run(workload: Workload) -> dict[str, Any]:

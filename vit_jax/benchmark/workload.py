@@ -71,6 +71,12 @@ def time_steps(first: Callable[[], Any], step: Callable[[], Any], steps: int, wa
     return StepTimes(compile_seconds, seconds)
 
 
+def matmul_flops_per_second(product: Callable[[], Any], size: int, repeats: int = 10) -> float:
+    """FLOP/s of `product()`, an n x n x n matmul that blocks until done: the median of `repeats` timed calls."""
+    seconds = time_steps(product, product, steps=repeats, warmup=0).seconds
+    return 2 * size**3 / statistics.median(seconds)
+
+
 def utilisation(flops: float | None, step_seconds: float, ceiling_flops_per_second: float | None
                 ) -> dict[str, float | None]:
     """Achieved FLOP/s and its fraction of the matmul ceiling measured on the same device and dtype (MFU)."""
