@@ -36,12 +36,20 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def _project(x: np.ndarray, p: Params, name: str) -> np.ndarray:
+    return np.einsum("bnd,dhk->bnhk", x, p[name]["kernel"]) + p[name]["bias"]
+
+
+def attention_weights(queries: np.ndarray, keys_values: np.ndarray, p: Params) -> np.ndarray:
+    """softmax(q k^T / sqrt(head_dim)) per head: `(batch, heads, queries, keys)`."""
+    q, k = _project(queries, p, "query"), _project(keys_values, p, "key")
+    return softmax(np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1]))
+
+
 def attention(queries: np.ndarray, keys_values: np.ndarray, p: Params) -> np.ndarray:
     """Multi-head attention; kernels `(D, heads, head_dim)`, output kernel `(heads, head_dim, D)`."""
-    project = lambda x, name: np.einsum("bnd,dhk->bnhk", x, p[name]["kernel"]) + p[name]["bias"]
-    q, k, v = project(queries, "query"), project(keys_values, "key"), project(keys_values, "value")
-    weights = softmax(np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1]))
-    heads = np.einsum("bhqs,bshk->bqhk", weights, v)
+    weights = attention_weights(queries, keys_values, p)
+    heads = np.einsum("bhqs,bshk->bqhk", weights, _project(keys_values, p, "value"))
     return np.einsum("bqhk,hkd->bqd", heads, p["out"]["kernel"]) + p["out"]["bias"]
 
 
@@ -91,8 +99,10 @@ def vit_forward(
     classifier: str = "token",
     posemb: str = "learn",
     gelu_approximate: bool = True,
+    record_attention: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Logits of the ViT paper's model (eval mode) for `params` in vision_transformer's layout."""
+    """Logits of the ViT paper's model (eval mode) for `params` in vision_transformer's layout; each block's
+    attention weights are appended to `record_attention` if given."""
     params = as_float64(params)
     images = np.asarray(images, np.float64)
     kernel = params["embedding"]["kernel"]
@@ -109,7 +119,11 @@ def vit_forward(
         x = x + np.concatenate([np.zeros((int(has_cls), x.shape[-1])), table])[None]
     layer = 0
     while f"encoderblock_{layer}" in encoder:
-        x = encoder_block(x, encoder[f"encoderblock_{layer}"], gelu_approximate)
+        block = encoder[f"encoderblock_{layer}"]
+        if record_attention is not None:
+            y = layer_norm(x, block["LayerNorm_0"])
+            record_attention.append(attention_weights(y, y, block["MultiHeadDotProductAttention_0"]))
+        x = encoder_block(x, block, gelu_approximate)
         layer += 1
     x = layer_norm(x, encoder["encoder_norm"])
     if classifier == "token":

@@ -54,6 +54,7 @@ def test_time_steps_compiles_once_warms_up_then_times_each_step():
     (["--variants", "Q/16"], "--variants Q/16"),
     (["--image-size", "100"], "--variants Ti/16"),
     (["--batch-sizes", "0"], "--batch-sizes 0"),
+    (["--attention-impl", "cudnn"], "--attention-impl cudnn with --dtypes f32: attention_impl='cudnn' needs dtype"),
 ])
 def test_bad_options_exit_2_naming_the_value(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_jax.benchmark.worker import RESULT_PREFIX
+from vit_jax.models.attention import ATTENTION_IMPLS, check_attention_impl
 from vit_jax.benchmark.workload import DTYPES, MODES, Workload
 from vit_jax.xla_flags import default_xla_flags, with_defaults
 
@@ -45,6 +46,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="f32, or bf16 computation with float32 parameters and accumulation")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--scan", choices=("off", "on", "both"), default="off", help="nn.scan over layers")
+    parser.add_argument("--attention-impl", choices=ATTENTION_IMPLS, default="einsum",
+                        help="attention kernel (cudnn: NVIDIA GPUs, bf16); see vit_jax.models.attention")
     parser.add_argument("--steps", type=int, default=MIN_TIMED_STEPS, help=f"timed steps (>= {MIN_TIMED_STEPS})")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the compiling one")
     parser.add_argument("--ceiling-size", type=int, default=2048, help="n of the n x n x n matmul ceiling")
@@ -79,6 +82,11 @@ def check_args(args: argparse.Namespace) -> list[str]:
             grid_shape((args.image_size, args.image_size), model.patch_size, model.pad)
         except ValueError as error:
             errors.append(f"--variants {variant}: {error}")
+    for dtype in args.dtypes:
+        try:
+            check_attention_impl(args.attention_impl, DTYPE_NAMES[dtype] if dtype == "bf16" else None, 0.0)
+        except ValueError as error:
+            errors.append(f"--attention-impl {args.attention_impl} with --dtypes {dtype}: {error}")
     if args.vs_timm and not all(importlib.util.find_spec(m) for m in ("torch", "timm")):
         errors.append('--vs-timm needs torch and timm: pip install -e ".[bench]" (the CPU build of torch)')
     return errors
@@ -94,7 +102,7 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     scans = {"off": [False], "on": [True], "both": [False, True]}[args.scan]
     return [
         Workload("vit_jax", variant, batch, args.image_size, dtype, mode, scan, args.steps, args.warmup,
-                 args.ceiling_size)
+                 args.ceiling_size, attention_impl=args.attention_impl)
         for variant in variants(args) for batch in args.batch_sizes for mode in args.modes
         for dtype in args.dtypes for scan in scans
     ]

@@ -33,7 +33,7 @@ def matmul_ceiling(dtype: str, size: int, repeats: int = 10) -> float:
 def build_model(workload: Workload, scan: bool | None = None) -> VisionTransformer:
     dtype = jnp.bfloat16 if workload.dtype == "bf16" else None
     return create_model(workload.variant, num_classes=NUM_CLASSES, dtype=dtype,
-                        scan=workload.scan if scan is None else scan)
+                        scan=workload.scan if scan is None else scan, attention_impl=workload.attention_impl)
 
 
 def _functions(model: VisionTransformer, mode: str, images: Any, labels: Any, mesh: Any) -> tuple[Any, tuple]:

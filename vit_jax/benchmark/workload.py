@@ -28,12 +28,14 @@ class Workload:
     ceiling_size: int = 2048
     flops: float | None = None
     xla_flags: str = ""
+    attention_impl: str = "einsum"  # vit_jax only: see vit_jax.models.attention
 
     @property
     def key(self) -> str:
         """The cell both sides share, for ratios."""
         scan = ",scan" if self.scan else ""
-        return f"{self.variant} {self.mode} {self.dtype} b{self.batch_size} {self.image_size}px{scan}"
+        attention = f",{self.attention_impl}" if self.attention_impl != "einsum" else ""
+        return f"{self.variant} {self.mode} {self.dtype} b{self.batch_size} {self.image_size}px{scan}{attention}"
 
 
 @dataclasses.dataclass

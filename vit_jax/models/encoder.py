@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from vit_jax.models.mixed_precision import is_bfloat16, mixed_attention, mixed_dot_general
+from vit_jax.models.attention import AttentionImpl, attention_function
+from vit_jax.models.mixed_precision import is_bfloat16, mixed_dot_general
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.posemb import AddPositionEmbs, PosembKind
 
@@ -71,6 +72,8 @@ class Encoder1DBlock(nn.Module):
 
     `__call__` returns `(x, None)` so that the same module serves as an `nn.scan` body; `drop_path_rate` is a call
     argument (a float, or this layer's entry of a scanned array) because stochastic depth grows with depth.
+    `record_attention` sows each call's softmax weights, `(batch, heads, queries, keys)`, into the
+    `intermediates` collection (`MultiHeadDotProductAttention_0/attention_weights`).
     """
 
     mlp_dim: int
@@ -80,6 +83,8 @@ class Encoder1DBlock(nn.Module):
     stochastic_depth: bool = False
     gelu_approximate: bool = True
     dtype: Any = None
+    attention_impl: AttentionImpl = "einsum"
+    record_attention: bool = False
     activation_sharding: ActivationSharding | None = None
 
     @nn.compact
@@ -92,12 +97,13 @@ class Encoder1DBlock(nn.Module):
             dtype=self.dtype,
             qkv_dot_general=mixed_dot_general if mixed else None,
             out_dot_general=mixed_dot_general if mixed else None,
-            attention_fn=mixed_attention if mixed and not self.attention_dropout_rate else nn.dot_product_attention,
+            attention_fn=attention_function(self.attention_impl, self.dtype, self.attention_dropout_rate,
+                                            self.record_attention),
             kernel_init=nn.initializers.xavier_uniform(),
             broadcast_dropout=False,
             dropout_rate=self.attention_dropout_rate,
             deterministic=deterministic,
-        )(y, y)
+        )(y, y, sow_weights=self.record_attention)
         y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
         x = x + self._maybe_drop_path(y, drop_path_rate, deterministic)
 
@@ -133,6 +139,7 @@ class Encoder(nn.Module):
       remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute);
         `remat_policy` names a `jax.checkpoint_policies` member to save some intermediates anyway.
       scan: one `nn.scan` over depth instead of a Python loop: compile time independent of depth.
+      attention_impl, record_attention: see `Encoder1DBlock` and `vit_jax.models.attention`.
     """
 
     num_layers: int
@@ -147,6 +154,8 @@ class Encoder(nn.Module):
     stochastic_depth: float = 0.0
     gelu_approximate: bool = True
     dtype: Any = None
+    attention_impl: AttentionImpl = "einsum"
+    record_attention: bool = False
     remat: bool = False
     remat_policy: str | None = None
     scan: bool = False
@@ -166,13 +175,15 @@ class Encoder(nn.Module):
             stochastic_depth=self.stochastic_depth > 0,
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
+            record_attention=self.record_attention,
             activation_sharding=self.activation_sharding,
         )
         rates = drop_path_rates(self.stochastic_depth, self.num_layers)
         if self.scan:
             blocks = nn.scan(
                 block_cls,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(0, nn.broadcast),
                 length=self.num_layers,

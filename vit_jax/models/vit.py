@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models.attention import AttentionImpl, check_attention_impl
 from vit_jax.models.encoder import ENCODER, Encoder
 from vit_jax.models.heads import CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
 from vit_jax.models.partitioning import ActivationSharding
@@ -46,6 +47,8 @@ class VisionTransformer(nn.Module):
         rate of the last block, rising linearly from 0 at the first.
       gelu_approximate: tanh GELU (vision_transformer, big_vision) or exact erf GELU (timm, PyTorch).
       dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
+      attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
+      record_attention: sow every block's attention weights into `intermediates` (for pictures; `einsum` only).
       remat, remat_policy, scan: memory/compile-time options of the encoder (see `vit_jax.models.encoder`).
       activation_sharding: keeps activations split across devices (set by the trainer from its mesh; see
         `vit_jax.models.partitioning`); None on one device.
@@ -69,6 +72,8 @@ class VisionTransformer(nn.Module):
     stochastic_depth: float = 0.0
     gelu_approximate: bool = True
     dtype: Any = None
+    attention_impl: AttentionImpl = "einsum"
+    record_attention: bool = False
     remat: bool = False
     remat_policy: str | None = None
     scan: bool = False
@@ -113,6 +118,8 @@ class VisionTransformer(nn.Module):
             stochastic_depth=self.stochastic_depth,
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
+            record_attention=self.record_attention,
             remat=self.remat,
             remat_policy=self.remat_policy,
             scan=self.scan,
@@ -166,6 +173,7 @@ def check_options(model: VisionTransformer) -> None:
         value = getattr(model, field)
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{field} must be in [0, 1); got {value!r}")
+    check_attention_impl(model.attention_impl, model.dtype, model.attention_dropout_rate, model.record_attention)
     if model.posemb_grid is not None and (len(model.posemb_grid) != 2 or not all(
             isinstance(g, int) and g > 0 for g in model.posemb_grid)):
         raise ValueError(f"posemb_grid must be None or (rows, columns) of positive ints; got {model.posemb_grid!r}")
