@@ -47,7 +47,7 @@ def digits_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-TINY_RUN = "num_steps=20,log_every=5,eval_every=10,checkpoint_every=5"
+TINY_RUN = "num_steps=20,log_every=5,eval_every=10,checkpoint_every=5,log_pictures=none"
 
 
 def tiny_digits_config(data_dir: str, arg: str = ""):

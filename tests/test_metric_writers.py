@@ -1,15 +1,21 @@
+import io
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from tensorboardX.proto import event_pb2
 
 from vit_jax.metric_writers import MetricWriter, read_metrics
 
 
-def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Scalars of every event file in `logdir`, read from the TFRecord framing (length, crc, event, crc)."""
-    scalars: dict[str, list[tuple[int, float]]] = {}
+def tensorboard_values(logdir: Path) -> Iterator[tuple[int, Any]]:
+    """`(step, summary value)` of every event file in `logdir`, read from the TFRecord framing (length, crc,
+    event, crc)."""
     for path in sorted(logdir.glob("events.out.tfevents.*")):
         data = path.read_bytes()
         offset = 0
@@ -18,8 +24,25 @@ def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
             event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4
             for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+                yield event.step, value
+
+
+def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for step, value in tensorboard_values(logdir):
+        if value.HasField("simple_value"):
+            scalars.setdefault(value.tag, []).append((step, value.simple_value))
     return scalars
+
+
+def tensorboard_images(logdir: Path) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Decoded `(H, W, 3)` images by tag."""
+    images: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for step, value in tensorboard_values(logdir):
+        if value.HasField("image"):
+            decoded = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)).convert("RGB"))
+            images.setdefault(value.tag, []).append((step, decoded))
+    return images
 
 
 def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
@@ -58,3 +81,14 @@ def test_disabled_writer_writes_nothing(tmp_path):
     writer.write(1, {"x": 1.0})
     writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pictures_go_to_tensorboard_as_images(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=10)
+    picture = np.zeros((6, 4, 3), np.uint8)
+    picture[2, 1] = (255, 128, 0)
+    writer.write_images(5, {"posemb_similarity": picture})
+    writer.close()
+    ((step, decoded),) = tensorboard_images(tmp_path)["pictures/posemb_similarity"]
+    assert step == 5
+    np.testing.assert_array_equal(decoded, picture)

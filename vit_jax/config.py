@@ -134,6 +134,11 @@ def base_config() -> ConfigDict:
     c.eval_every = 500
     c.checkpoint_every = 500
     c.keep = 2  # the last `keep` checkpoints are kept, plus the best by eval accuracy
+    # TensorBoard pictures (vit_jax.interpret: position-embedding similarity, patch filters, attention maps and
+    # rollout on the first eval image, mean attention distance over `pictures_images` eval images):
+    # "eval" at every evaluation, "last" at the final one only, "none".
+    c.log_pictures = "eval"
+    c.pictures_images = 8
 
     # Devices: mesh axes (-1: the rest) and parameter sharding rules (see vit_jax.sharding).
     c.mesh = (("data", -1),)

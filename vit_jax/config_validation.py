@@ -16,6 +16,7 @@ from vit_jax.config import build_model
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
 from vit_jax.data.sources import DatasetError, DatasetSpec, dataset_builder, dataset_spec, split_size
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
+from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
 from vit_jax.models.patching import grid_shape
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer
@@ -39,7 +40,8 @@ def check_choices(config: ConfigDict) -> None:
     choices = {
         "optimizer.name": OPTIMIZERS, "optimizer.schedule": SCHEDULES, "pp.train_crop": TRAIN_CROPS,
         "pp.resize_method": tuple(RESIZE_METHODS), "model.dtype": DTYPES, "cache_in_memory": ("auto", True, False),
-        "init.head": HEAD_POLICIES, "init.posemb": POSEMB_POLICIES, "init.posemb_method": POSEMB_RESIZE_METHODS,
+        "log_pictures": PICTURE_SCHEDULES, "init.head": HEAD_POLICIES, "init.posemb": POSEMB_POLICIES,
+        "init.posemb_method": POSEMB_RESIZE_METHODS,
     }
     for field, allowed in choices.items():
         value = _get(config, field)
@@ -61,7 +63,7 @@ def check_numbers(config: ConfigDict) -> None:
     if not isinstance(config.num_steps, int) or config.num_steps < 0:
         raise field_error("num_steps", config.num_steps, "must be an integer >= 0 (0: evaluate only)")
     for field in ("batch_size", "eval_batch_size", "accum_steps", "log_every", "eval_every",
-                  "checkpoint_every", "keep", "data_threads", "fsdp_min_size"):
+                  "checkpoint_every", "keep", "data_threads", "fsdp_min_size", "pictures_images"):
         value = _get(config, field)
         if not isinstance(value, int) or value < 1:
             raise field_error(field, value, "must be a positive integer")

@@ -12,6 +12,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
@@ -58,6 +59,14 @@ class MetricWriter:
         shown = {k.split("/", 1)[-1] if k.startswith("train/") else k: v for k, v in clean.items()
                  if k in ("train/loss", "train/accuracy", "eval/accuracy")}
         self._progress.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """`(H, W, 3)` uint8 pictures as TensorBoard images (tag `pictures/<name>`)."""
+        if not self.enabled:
+            return
+        for name, image in images.items():
+            self._tensorboard.add_image(f"pictures/{name}", image, step, dataformats="HWC")
+        self._tensorboard.flush()
 
     def advance(self, steps: int = 1) -> None:
         if self.enabled:

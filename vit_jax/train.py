@@ -30,6 +30,7 @@ from vit_jax.data import pipeline
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split
 from vit_jax.flexi import draw_patch_size, flexi_patch_sizes, flexi_probabilities, patch_label
+from vit_jax.interpret.tensorboard import PictureLogger, first_examples
 from vit_jax.metric_writers import MetricWriter
 from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.patching import grid_shape
@@ -311,6 +312,7 @@ class Run:
     data_sharding: NamedSharding
     checkpoints: TrainCheckpoints
     writer: MetricWriter
+    pictures: PictureLogger
 
     def evaluate(self, params: Any, split_field: str, prefix: str) -> dict[str, float]:
         """Metrics on a split; a FlexiViT model is evaluated at every patch size (`eval/p4/accuracy`, ...), and
@@ -373,6 +375,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         if adaptation is not None:
             state = start_from(adaptation, state, setup.tx, shardings)
 
+    writer = MetricWriter(workdir, total_steps=config.num_steps, start_step=start_step,
+                          enabled=jax.process_index() == 0)
+    picture_images = np.zeros((0,))  # only process 0 draws
+    if config.log_pictures != "none" and jax.process_index() == 0:
+        picture_images = first_examples(setup.sources["eval_split"], setup.preprocess, config.pictures_images)
     run = Run(
         setup=setup,
         train_step=jax.jit(
@@ -388,8 +395,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         train_data=train_data,
         data_sharding=data_sharding,
         checkpoints=checkpoints,
-        writer=MetricWriter(workdir, total_steps=config.num_steps, start_step=start_step,
-                            enabled=jax.process_index() == 0),
+        writer=writer,
+        pictures=PictureLogger(setup.model, picture_images, tuple(config.pp.value_range), config.log_pictures,
+                               writer),
     )
     if start_step:
         run.writer.print(f"resumed from step {start_step} in {checkpoints.directory}")
@@ -451,6 +459,7 @@ def train_loop(run: Run, state: TrainState, start_step: int, preemption: Preempt
             _check_finite(*pending_loss, checkpoints)
             eval_metrics = results = run.evaluate(state.params, "eval_split", "eval")
             writer.write(step, eval_metrics)
+            run.pictures.after_eval(step, state.params, is_last)
         if eval_metrics is not None or step % config.checkpoint_every == 0 or is_last:
             _check_finite(*pending_loss, checkpoints)
             checkpoints.save(step, state, run.train_data, metrics=eval_metrics)

@@ -20,16 +20,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import tensorflow_datasets as tfds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tensorflow_datasets.core import naming
+
+from vit_jax.data.image_files import UnreadableImageError, decoding, pil_mode
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_DIRS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-class UnreadableImageError(ValueError):
-    """An image file PIL cannot decode, named by path."""
 
 
 def find_splits(root: Path) -> dict[str, Path]:
@@ -66,8 +64,8 @@ def image_files(folder: Path) -> list[Path]:
 
 def encoded_image(path: Path, channels: int) -> bytes:
     """The file's bytes if PIL reads it as PNG/JPEG in the wanted mode, else a PNG re-encoding; or a clear error."""
-    mode = "L" if channels == 1 else "RGB"
-    try:
+    mode = pil_mode(channels)
+    with decoding(path):
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -76,10 +74,6 @@ def encoded_image(path: Path, channels: int) -> bytes:
             buffer = io.BytesIO()
             image.convert(mode).save(buffer, format="PNG")
             return buffer.getvalue()
-    except UnidentifiedImageError as error:
-        raise UnreadableImageError(f"unreadable image {str(path)!r}: not an image format PIL can decode") from error
-    except (OSError, ValueError) as error:
-        raise UnreadableImageError(f"unreadable image {str(path)!r}: {error}") from error
 
 
 def make_builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:

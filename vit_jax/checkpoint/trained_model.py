@@ -1,0 +1,178 @@
+"""A checkpoint as a ready-to-run model: the module, its parameters, the evaluation preprocessing and class names.
+
+`predict` and `visualize` take either a vit_jax workdir (its config says everything) or an `.npz` file, whose
+architecture is read off the parameter shapes (width, depth, heads, MLP width, patch size, channels, pooling,
+classes), so a file needs no flags beyond what it cannot say: the image size when its position table is not
+square, the value range, and where class names come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vit_jax.checkpoint.pretrained import is_workdir, load_pretrained
+from vit_jax.config import CONFIG_FILE, build_model, saved_config
+from vit_jax.data.preprocessing import Preprocess
+from vit_jax.data.sources import DatasetError, dataset_builder, dataset_spec
+from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, unstack_encoder_blocks
+from vit_jax.models.heads import num_prefix_tokens
+from vit_jax.models.patching import grid_shape
+from vit_jax.models.variants import parse_variant
+from vit_jax.models.vit import VisionTransformer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    model: VisionTransformer  # unscanned, float32
+    params: dict[str, Any]  # per-layer encoder blocks
+    preprocess: Preprocess  # its `eval` is what evaluation does to an image
+    channels: int
+    class_names: tuple[str, ...]
+    source: str  # for titles and messages
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.preprocess.image_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return grid_shape(self.image_size, self.model.patch_size, self.model.pad)
+
+    @property
+    def num_prefix(self) -> int:
+        return num_prefix_tokens(self.model.classifier)
+
+
+def load_trained_model(workdir: str | Path | None = None, npz: str | Path | None = None, *, step: int | None = None,
+                       variant: str | None = None, image_size: int | Sequence[int] | None = None,
+                       value_range: tuple[float, float] = (-1.0, 1.0), dataset: str | None = None,
+                       data_dir: str | None = None) -> TrainedModel:
+    """Exactly one of `workdir` and `npz`. The other options serve `.npz` files: `variant` (checked against the
+    file's shapes), `image_size` (default: the position table's square grid times the patch size), `value_range`,
+    and `dataset` (class names from its metadata)."""
+    if (workdir is None) == (npz is None):
+        raise ValueError("give exactly one of a workdir and an .npz file")
+    if workdir is not None:
+        return _from_workdir(Path(workdir).expanduser(), step)
+    return _from_npz(Path(npz).expanduser(), variant, image_size, value_range, dataset, data_dir)
+
+
+def _from_workdir(workdir: Path, step: int | None) -> TrainedModel:
+    if not is_workdir(workdir) or not (workdir / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{str(workdir)!r} is not a vit_jax workdir (no checkpoints/ and {CONFIG_FILE})")
+    config = saved_config(workdir)
+    pretrained = load_pretrained(workdir, step)
+    params = _unstacked(pretrained.params)
+    model = build_model(config.model, num_classes=_num_classes(params)).clone(scan=False, dtype=None, remat=False)
+    image_size = tuple(config.image_size)
+    if model.posemb == "learn" and model.posemb_grid is None:
+        model = model.clone(posemb_grid=grid_shape(image_size, model.patch_size, model.pad))
+    preprocess = Preprocess(image_size=image_size, value_range=tuple(config.pp.value_range),
+                            resize_method=config.pp.resize_method)
+    names = _class_names(config.dataset, config.get("data_dir"), _num_classes(params))
+    return TrainedModel(model, params, preprocess, _channels(params), names, pretrained.source)
+
+
+def _from_npz(path: Path, variant: str | None, image_size: int | Sequence[int] | None,
+              value_range: tuple[float, float], dataset: str | None, data_dir: str | None) -> TrainedModel:
+    pretrained = load_pretrained(path)
+    params = pretrained.params
+    options = architecture_of(params)
+    if variant is not None:
+        _check_variant(variant, options, path)
+    patch = options["patch_size"]
+    if image_size is None:
+        image_size = _square_image_size(params, patch, options["classifier"], path)
+    image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    grid = grid_shape(image_size, patch)
+    if "posembed_input" in params[ENCODER]:
+        options["posemb_grid"] = _table_grid(params, options["classifier"], grid)
+    else:
+        options["posemb"] = "sincos2d"
+    model = VisionTransformer(**options)
+    num_classes = _num_classes(params)
+    names = _class_names(dataset, data_dir, num_classes) if dataset else _numbered(num_classes)
+    return TrainedModel(model, params, Preprocess(image_size=image_size, value_range=tuple(value_range)),
+                        _channels(params), names, pretrained.source)
+
+
+def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
+    """VisionTransformer options read off the shapes of a parameter tree in vision_transformer's names."""
+    try:
+        kernel = np.shape(params["embedding"]["kernel"])
+        encoder = params[ENCODER]
+        blocks = sorted((k for k in encoder if k.startswith(f"{SCANNED_BLOCKS}_")), key=lambda k: int(k.rsplit("_")[1]))
+        first = encoder[blocks[0]]
+        heads = np.shape(first["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1]
+        mlp_dim = np.shape(first["MlpBlock_0"]["Dense_0"]["kernel"])[1]
+    except (KeyError, IndexError) as error:
+        raise ValueError(f"not a ViT parameter tree in vision_transformer's names: missing {error}") from None
+    classifier = "map" if "MAPHead_0" in params else "token" if "cls" in params else "gap"
+    return dict(
+        num_classes=_num_classes(params), patch_size=(kernel[0], kernel[1]), hidden_size=kernel[3],
+        num_layers=len(blocks), mlp_dim=mlp_dim, num_heads=heads, classifier=classifier,
+        representation_size=np.shape(params["pre_logits"]["kernel"])[1] if "pre_logits" in params else None,
+    )
+
+
+def _check_variant(variant: str, options: dict[str, Any], path: Path) -> None:
+    expected = parse_variant(variant)
+    differ = {k: (v, options[k]) for k, v in expected.items() if k in options and tuple(np.atleast_1d(v)) != tuple(
+        np.atleast_1d(options[k]))}
+    if differ:
+        listed = ", ".join(f"{k} {want} (file: {got})" for k, (want, got) in differ.items())
+        raise ValueError(f"--variant {variant} does not match {path}: {listed}")
+
+
+def _table_grid(params: Mapping[str, Any], classifier: str, grid: tuple[int, int]) -> tuple[int, int]:
+    """The grid the learned table is stored at: the input grid if it fits, else the square one."""
+    rows = np.shape(params[ENCODER]["posembed_input"]["pos_embedding"])[1] - num_prefix_tokens(classifier)
+    if rows == grid[0] * grid[1]:
+        return grid
+    side = math.isqrt(rows)
+    if side * side != rows:
+        raise ValueError(f"the position table has {rows} patch rows, not {grid[0]}x{grid[1]} nor a square")
+    return side, side
+
+
+def _square_image_size(params: Mapping[str, Any], patch: tuple[int, int], classifier: str, path: Path
+                       ) -> tuple[int, int]:
+    if "posembed_input" not in params[ENCODER]:
+        raise ValueError(f"{path} has no position table to read the image size from: pass --image-size")
+    rows = np.shape(params[ENCODER]["posembed_input"]["pos_embedding"])[1] - num_prefix_tokens(classifier)
+    side = math.isqrt(rows)
+    if side * side != rows:
+        raise ValueError(f"{path}: the position table's {rows} patch rows are not a square grid: pass --image-size")
+    return side * patch[0], side * patch[1]
+
+
+def _unstacked(params: Mapping[str, Any]) -> dict[str, Any]:
+    params = dict(params)
+    return unstack_encoder_blocks(params) if SCANNED_BLOCKS in params.get(ENCODER, {}) else params
+
+
+def _num_classes(params: Mapping[str, Any]) -> int | None:
+    return int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else None
+
+
+def _channels(params: Mapping[str, Any]) -> int:
+    return int(np.shape(params["embedding"]["kernel"])[2])
+
+
+def _numbered(num_classes: int | None) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(num_classes or 0))
+
+
+def _class_names(dataset: str, data_dir: str | None, num_classes: int | None) -> tuple[str, ...]:
+    """The dataset's label names when its metadata is readable and has one per class; else "0", "1", ..."""
+    try:
+        names = dataset_spec(dataset_builder(dataset, data_dir)).class_names
+    except (DatasetError, OSError, ValueError):
+        return _numbered(num_classes)
+    return tuple(names) if len(names) == num_classes else _numbered(num_classes)

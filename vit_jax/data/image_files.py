@@ -1,0 +1,41 @@
+"""Decoding image files (PNG, JPEG, ...) into arrays in a model's channel mode, with errors that name the file."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class UnreadableImageError(ValueError):
+    """An image file that is missing or that PIL cannot decode, named by path."""
+
+
+def pil_mode(channels: int) -> str:
+    return "L" if channels == 1 else "RGB"
+
+
+@contextlib.contextmanager
+def decoding(path: Path) -> Iterator[None]:
+    """Turns whatever PIL or the file system raises while reading `path` into an `UnreadableImageError`."""
+    try:
+        yield
+    except FileNotFoundError as error:
+        raise UnreadableImageError(f"{str(path)!r}: no such file") from error
+    except IsADirectoryError as error:
+        raise UnreadableImageError(f"{str(path)!r}: a directory, not an image file") from error
+    except UnidentifiedImageError as error:
+        raise UnreadableImageError(f"unreadable image {str(path)!r}: not an image format PIL can decode") from error
+    except (OSError, ValueError) as error:
+        raise UnreadableImageError(f"unreadable image {str(path)!r}: {error}") from error
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    """`(H, W, channels)` uint8: the file converted to grayscale (`channels=1`) or RGB."""
+    path = Path(path)
+    with decoding(path), Image.open(path) as image:
+        array = np.asarray(image.convert(pil_mode(channels)))
+    return array[:, :, None] if channels == 1 else array

@@ -1,0 +1,119 @@
+"""Top-k classes of a trained model for image files.
+
+    python -m vit_jax.predict --workdir=workdirs/digits IMAGE [IMAGE ...]
+    python -m vit_jax.predict --npz=ViT-B_16.npz [--variant=B/16] [--dataset=NAME] IMAGE [IMAGE ...]
+
+Each image is decoded in the model's channel mode and preprocessed exactly as evaluation does (resize to the
+training resolution with the run's method, value range), so a file gets the prediction its dataset example
+would. Class names come from the dataset's metadata when known (`--dataset` for an `.npz`). A missing or
+unreadable file is reported on its own line and the others are still predicted; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from vit_jax.checkpoint.trained_model import TrainedModel, load_trained_model
+from vit_jax.data.image_files import UnreadableImageError, read_image
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which trained model to load (shared with `vit_jax.visualize`)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a vit_jax run directory (its latest checkpoint, or --step)")
+    source.add_argument("--npz", help="an .npz file (vision_transformer, big_vision or vit_jax export)")
+    parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
+    parser.add_argument("--variant", default=None, help="npz: e.g. B/16, checked against the file's shapes")
+    parser.add_argument("--image-size", type=int, nargs="+", default=None,
+                        help="npz: H [W] (default: the position table's grid times the patch size)")
+    parser.add_argument("--value-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
+                        help="npz: pixel values 0..255 map to [LO, HI] (default -1 1, as vision_transformer)")
+    parser.add_argument("--dataset", default=None, help="npz: a TFDS dataset whose label names to print")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir for --dataset")
+
+
+def load_from_arguments(args: argparse.Namespace) -> TrainedModel:
+    image_size = None
+    if args.image_size is not None:
+        if len(args.image_size) not in (1, 2) or min(args.image_size) <= 0:
+            raise ValueError(f"--image-size {args.image_size}: expected one or two positive integers (H [W])")
+        image_size = tuple(args.image_size) * (3 - len(args.image_size))
+    return load_trained_model(args.workdir, args.npz, step=args.step, variant=args.variant, image_size=image_size,
+                              value_range=tuple(args.value_range), dataset=args.dataset, data_dir=args.data_dir)
+
+
+def preprocessed(trained: TrainedModel, path: str | Path) -> np.ndarray:
+    """`(h, w, C)` float32: the file as evaluation would feed it to the model."""
+    image = read_image(path, trained.channels)
+    return trained.preprocess.eval({"image": image, "label": 0})["image"]
+
+
+def class_probabilities(trained: TrainedModel, images: np.ndarray) -> np.ndarray:
+    logits = jax.jit(lambda p, x: trained.model.apply({"params": p}, x, train=False))(trained.params, images)
+    return np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
+
+
+def top_k(probabilities: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(names[i], float(probabilities[i])) for i in order]
+
+
+def predict_files(trained: TrainedModel, paths: Sequence[str], k: int, batch_size: int = 64
+                  ) -> list[dict[str, Any]]:
+    """One record per path, in order: `{'path', 'top_k': [(class, probability), ...]}` or `{'path', 'error'}`."""
+    records: list[dict[str, Any]] = []
+    readable: list[tuple[int, np.ndarray]] = []
+    for path in paths:
+        try:
+            readable.append((len(records), preprocessed(trained, path)))
+            records.append({"path": path})
+        except UnreadableImageError as error:
+            records.append({"path": path, "error": str(error)})
+    for start in range(0, len(readable), batch_size):
+        chunk = readable[start:start + batch_size]
+        probabilities = class_probabilities(trained, np.stack([image for _, image in chunk]))
+        for (index, _), row in zip(chunk, probabilities):
+            records[index]["top_k"] = top_k(row, trained.class_names, k)
+    return records
+
+
+def format_record(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return f"{record['path']}: error: {record['error']}"
+    lines = [record["path"]]
+    lines += [f"  {probability:7.2%}  {name}" for name, probability in record["top_k"]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vit_jax.predict", description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG (any format PIL reads)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="one JSON record per image instead of text")
+    args = parser.parse_args(argv)
+    if args.top_k <= 0 or args.batch_size <= 0:
+        parser.exit(2, f"error: --top-k {args.top_k} / --batch-size {args.batch_size}: expected positive integers\n")
+    try:
+        trained = load_from_arguments(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+    if not trained.class_names:
+        parser.exit(2, f"error: {trained.source} has no classification head to predict with\n")
+    records = predict_files(trained, args.images, min(args.top_k, len(trained.class_names)), args.batch_size)
+    for record in records:
+        print(json.dumps(record) if args.json else format_record(record))
+    return 1 if any("error" in r for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
