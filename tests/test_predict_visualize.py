@@ -19,6 +19,8 @@ from vit_jax.interpret.figures import rgb_array
 from vit_jax.models import create_model
 from vit_jax.train import train_and_evaluate
 
+pytestmark = pytest.mark.xdist_group("digits_run")  # one worker builds the module's digits run
+
 PICTURES = ("posemb_similarity", "patch_filters", "patch_grid", "attention_maps", "attention_rollout",
             "mean_attention_distance")
 

@@ -45,6 +45,7 @@ def meshes(tmp_path_factory, digits_data_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", ["data", "fsdp", "data_x_model"])
+@pytest.mark.xdist_group("scale_out_meshes")
 def test_ten_steps_on_eight_devices_match_one_device(meshes, run):
     one = losses(meshes / "one_device")
     assert len(one) == 10
@@ -54,6 +55,7 @@ def test_ten_steps_on_eight_devices_match_one_device(meshes, run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("scale_out_meshes")
 def test_parameters_are_placed_as_the_rules_say(meshes):
     placed = json.loads((meshes / "placements.json").read_text())
     block = "Transformer/encoderblock_1/"

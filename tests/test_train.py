@@ -167,6 +167,7 @@ def wait_for_checkpoint(process, workdir, step, timeout=240):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted_run")
 def test_a_run_killed_and_resumed_ends_with_the_same_parameters(tmp_path, uninterrupted, digits_data_dir):
     process = start_main(tmp_path, digits_data_dir)
     wait_for_checkpoint(process, tmp_path, 15)
@@ -183,6 +184,7 @@ def test_a_run_killed_and_resumed_ends_with_the_same_parameters(tmp_path, uninte
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted_run")
 def test_sigterm_saves_exits_143_and_resumes(tmp_path, uninterrupted, digits_data_dir):
     process = start_main(tmp_path, digits_data_dir)
     wait_for_checkpoint(process, tmp_path, 5)
@@ -204,6 +206,17 @@ def test_readme_main_command_trains_digits_to_97_percent(tmp_path, digits_data_d
     assert accuracy >= 97.0
     assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "metrics.jsonl").exists()
     assert TrainCheckpoints(tmp_path / "checkpoints").latest_step() == 2000
+
+    # the README's predict and visualize commands on that run, with the README's digit picture
+    digit = str(ROOT / "docs" / "pictures" / "digit_3.png")
+    predicted = subprocess.run([sys.executable, "-m", "vit_jax.predict", f"--workdir={tmp_path}", digit],
+                               capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert predicted.stdout.splitlines()[1].split()[1] == "3"  # the top class
+    pictures = subprocess.run([sys.executable, "-m", "vit_jax.visualize", f"--workdir={tmp_path}", f"--image={digit}",
+                               f"--out={tmp_path / 'pictures'}"], capture_output=True, text=True, timeout=300)
+    assert pictures.returncode == 0, pictures.stderr[-3000:]
+    assert len(list((tmp_path / "pictures").glob("*.png"))) == 6
 
 
 def test_flexivit_compiles_one_step_per_patch_size_and_evaluates_at_each(tmp_path, digits_data_dir):
