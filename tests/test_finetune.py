@@ -9,6 +9,9 @@ from vit_jax.metric_writers import read_metrics
 from vit_jax.train import train_and_evaluate
 
 
+pytestmark = pytest.mark.xdist_group("digits_16")  # one worker builds the module fixture
+
+
 @pytest.fixture(scope="module")
 def digits_16(tmp_path_factory, digits_data_dir):
     """The default digits model, trained briefly at 16x16 (patch 4, a 4x4 grid)."""

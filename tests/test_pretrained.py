@@ -8,6 +8,9 @@ from vit_jax.checkpoint.pretrained import load_pretrained
 from vit_jax.train import train_and_evaluate
 
 
+pytestmark = pytest.mark.xdist_group("pretrained_run")  # one worker builds the module fixture
+
+
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory, digits_data_dir):
     workdir = tmp_path_factory.mktemp("trained")

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import ROOT, perturbed, run_main, tiny_digits_config
 from tests.test_metric_writers import tensorboard_scalars
+from vit_jax import predict, visualize
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.config import saved_config
 from vit_jax.metric_writers import read_metrics
@@ -199,7 +200,7 @@ def test_sigterm_saves_exits_143_and_resumes(tmp_path, uninterrupted, digits_dat
 
 
 @pytest.mark.slow
-def test_readme_main_command_trains_digits_to_97_percent(tmp_path, digits_data_dir):
+def test_readme_main_command_trains_digits_to_97_percent(tmp_path, digits_data_dir, capsys):
     result = run_main(tmp_path, "--config=configs/digits.py", f"--config.data_dir={digits_data_dir}", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(re.search(r"final test accuracy: ([\d.]+)% on 360 sklearn_digits test images", result.stdout)[1])
@@ -207,15 +208,12 @@ def test_readme_main_command_trains_digits_to_97_percent(tmp_path, digits_data_d
     assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "metrics.jsonl").exists()
     assert TrainCheckpoints(tmp_path / "checkpoints").latest_step() == 2000
 
-    # the README's predict and visualize commands on that run, with the README's digit picture
+    # the README's predict and visualize commands on that run (their main functions), with the README's digit
+    capsys.readouterr()
     digit = str(ROOT / "docs" / "pictures" / "digit_3.png")
-    predicted = subprocess.run([sys.executable, "-m", "vit_jax.predict", f"--workdir={tmp_path}", digit],
-                               capture_output=True, text=True, timeout=300)
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    assert predicted.stdout.splitlines()[1].split()[1] == "3"  # the top class
-    pictures = subprocess.run([sys.executable, "-m", "vit_jax.visualize", f"--workdir={tmp_path}", f"--image={digit}",
-                               f"--out={tmp_path / 'pictures'}"], capture_output=True, text=True, timeout=300)
-    assert pictures.returncode == 0, pictures.stderr[-3000:]
+    assert predict.main([f"--workdir={tmp_path}", digit]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1] == "3"  # the top class
+    assert visualize.main([f"--workdir={tmp_path}", f"--image={digit}", f"--out={tmp_path / 'pictures'}"]) == 0
     assert len(list((tmp_path / "pictures").glob("*.png"))) == 6
 
 
