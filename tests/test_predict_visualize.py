@@ -1,5 +1,6 @@
 """`python -m vit_jax.predict` and `python -m vit_jax.visualize` on a digits run and on .npz files."""
 
+import json
 import math
 
 import jax
@@ -13,6 +14,7 @@ from tests.numpy_reference import vit_forward
 from tests.test_metric_writers import tensorboard_images
 from vit_jax import predict, visualize
 from vit_jax.checkpoint.npz import save_npz
+from vit_jax.config import saved_config
 from vit_jax.checkpoint.trained_model import architecture_of, load_trained_model
 from vit_jax.data.sources import dataset_builder, open_split
 from vit_jax.interpret.figures import rgb_array
@@ -75,7 +77,6 @@ def test_bad_files_are_reported_one_by_one_and_the_rest_predicted(digits_run, ca
     text.write_text("not an image")
     assert predict.main([f"--workdir={workdir}", "--json", paths[0], str(tmp_path / "missing.png"), str(text),
                          paths[1]]) == 1
-    import json
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [("top_k" in r, "error" in r) for r in records] == [(True, False), (False, True), (False, True),
                                                              (True, False)]
@@ -103,7 +104,6 @@ def test_an_exported_npz_predicts_the_same_with_its_architecture_read_from_shape
 
 
 def trained_data_dir(workdir):
-    from vit_jax.config import saved_config
     return saved_config(workdir).data_dir
 
 

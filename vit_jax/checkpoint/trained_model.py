@@ -130,13 +130,19 @@ def _check_variant(variant: str, options: dict[str, Any], path: Path) -> None:
         raise ValueError(f"--variant {variant} does not match {path}: {listed}")
 
 
+def _square_side(params: Mapping[str, Any], classifier: str) -> tuple[int, int | None]:
+    """The position table's patch rows, and the side of the square grid they form (None if not a square)."""
+    rows = np.shape(params[ENCODER]["posembed_input"]["pos_embedding"])[1] - num_prefix_tokens(classifier)
+    side = math.isqrt(rows)
+    return rows, side if side * side == rows else None
+
+
 def _table_grid(params: Mapping[str, Any], classifier: str, grid: tuple[int, int]) -> tuple[int, int]:
     """The grid the learned table is stored at: the input grid if it fits, else the square one."""
-    rows = np.shape(params[ENCODER]["posembed_input"]["pos_embedding"])[1] - num_prefix_tokens(classifier)
+    rows, side = _square_side(params, classifier)
     if rows == grid[0] * grid[1]:
         return grid
-    side = math.isqrt(rows)
-    if side * side != rows:
+    if side is None:
         raise ValueError(f"the position table has {rows} patch rows, not {grid[0]}x{grid[1]} nor a square")
     return side, side
 
@@ -145,9 +151,8 @@ def _square_image_size(params: Mapping[str, Any], patch: tuple[int, int], classi
                        ) -> tuple[int, int]:
     if "posembed_input" not in params[ENCODER]:
         raise ValueError(f"{path} has no position table to read the image size from: pass --image-size")
-    rows = np.shape(params[ENCODER]["posembed_input"]["pos_embedding"])[1] - num_prefix_tokens(classifier)
-    side = math.isqrt(rows)
-    if side * side != rows:
+    rows, side = _square_side(params, classifier)
+    if side is None:
         raise ValueError(f"{path}: the position table's {rows} patch rows are not a square grid: pass --image-size")
     return side * patch[0], side * patch[1]
 
