@@ -47,7 +47,17 @@ def digits_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-TINY_RUN = "num_steps=20,log_every=5,eval_every=10,checkpoint_every=5,log_pictures=none"
+@pytest.fixture(scope="session")
+def moving_digits_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir holding the prepared `moving_digits` video dataset (built once per test session)."""
+    from vit_jax.data.sources import dataset_builder
+
+    data_dir = str(tmp_path_factory.mktemp("tfds_video"))
+    dataset_builder("moving_digits", data_dir)
+    return data_dir
+
+
+TINY_RUN = "num_steps=20,log_every=5,eval_every=10,checkpoint_every=5,log_pictures=none,model.num_layers=2"
 
 
 def tiny_digits_config(data_dir: str, arg: str = ""):

@@ -8,7 +8,6 @@ from vit_jax.config_validation import ConfigError
 from vit_jax.metric_writers import read_metrics
 from vit_jax.train import train_and_evaluate
 
-
 pytestmark = pytest.mark.xdist_group("digits_16")  # one worker builds the module fixture
 
 

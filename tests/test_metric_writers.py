@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
 from tensorboardX.proto import event_pb2
 
 from vit_jax.metric_writers import MetricWriter, read_metrics

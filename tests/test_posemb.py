@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import perturbed
 from tests.numpy_reference import patch_tokens, sincos2d_table
 from vit_jax.models import create_model
-from vit_jax.models.posemb import AddPositionEmbs, resize_posemb, sincos2d
+from vit_jax.models.posemb import AddPositionEmbs, resize_posemb, sincos2d, sincos3d
 
 
 @pytest.mark.parametrize("grid, width", [((3, 5), 16), ((4, 4), 32), ((2, 7), 8)])
@@ -176,3 +176,60 @@ def test_sincos2d_is_recomputed_for_the_new_grid_not_resized(rng):
     seen = state["intermediates"]["Transformer"]["posembed_input"]["__call__"][0]
     tokens = patch_tokens(images, np.asarray(params["embedding"]["kernel"]), np.asarray(params["embedding"]["bias"]))
     np.testing.assert_allclose(seen, tokens + sincos2d_table(3, 4, 16), atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video grids (gt, gh, gw): tables row-major over (t, h, w), resized over all three axes, sincos3d
+
+
+def test_learned_video_table_covers_every_tubelet_and_the_prefix(rng):
+    module = AddPositionEmbs("learn", grid=(2, 3, 4), num_prefix=1)
+    tokens = jnp.asarray(rng.standard_normal((2, 1 + 24, 8)), jnp.float32)
+    params = module.init(jax.random.key(0), tokens)["params"]
+    assert params["pos_embedding"].shape == (1, 25, 8)
+    np.testing.assert_allclose(module.apply({"params": params}, tokens), tokens + params["pos_embedding"], atol=1e-7)
+    with pytest.raises(ValueError, match=r"got 24 tokens; expected 1 prefix token\(s\) \+ a 2x3x4 tubelet grid"):
+        module.init(jax.random.key(0), jnp.zeros((1, 24, 8)))
+
+
+@pytest.mark.parametrize("old, new", [((2, 4, 4), (4, 6, 6)), ((3, 5, 2), (2, 3, 4))])
+def test_video_tables_resize_over_time_as_scipy_zoom_order_1(old, new, rng):
+    from scipy import ndimage
+
+    grid = rng.standard_normal((*old, 4))
+    table = jnp.asarray(np.concatenate([np.full((1, 4), 7.0), grid.reshape(-1, 4)])[None], jnp.float32)
+    resized = np.asarray(resize_posemb(table, old, new))
+    expected = ndimage.zoom(grid, (*(n / o for n, o in zip(new, old)), 1), order=1)
+    np.testing.assert_allclose(resized[0, 1:].reshape(*new, 4), expected, atol=1e-5)
+    np.testing.assert_array_equal(resized[0, 0], np.full(4, 7.0))
+
+
+def test_video_tables_resize_half_pixel_as_pytorch_trilinear(rng):
+    import torch
+
+    grid = rng.standard_normal((2, 4, 6, 3)).astype(np.float32)
+    table = jnp.asarray(grid.reshape(1, -1, 3))
+    ours = np.asarray(resize_posemb(table, (2, 4, 6), (3, 8, 5), num_prefix=0, method="bilinear"))
+    theirs = torch.nn.functional.interpolate(torch.from_numpy(grid).permute(3, 0, 1, 2)[None], size=(3, 8, 5),
+                                             mode="trilinear", align_corners=False)
+    np.testing.assert_allclose(ours[0].reshape(3, 8, 5, 3), theirs[0].permute(1, 2, 3, 0).numpy(), atol=1e-5)
+
+
+def test_resizing_between_image_and_video_grids_is_an_error():
+    with pytest.raises(ValueError, match=r"cannot resize a 2x2 patch grid table to a 2x2x2 tubelet grid"):
+        resize_posemb(jnp.zeros((1, 5, 8)), (2, 2), (2, 2, 2))
+
+
+def test_sincos3d_layout_time_quarter_then_sincos2d_of_space():
+    width, grid = 32, (3, 2, 4)
+    table = sincos3d(grid, width)
+    assert table.shape == (24, 32)
+    omega = 1.0 / 10_000.0 ** (np.arange(4) / 3)  # width / 8 frequencies for time
+    for t, h, w in np.ndindex(*grid):
+        row = table[(t * 2 + h) * 4 + w]
+        np.testing.assert_allclose(row[:8], np.concatenate([np.sin(t * omega), np.cos(t * omega)]), atol=1e-12)
+        np.testing.assert_allclose(row[8:], sincos2d_table(2, 4, 24)[h * 4 + w], atol=1e-12)
+    with pytest.raises(ValueError, match=r"divisible by 16 and at least 32"):
+        sincos3d(grid, 24)
+    with pytest.raises(ValueError, match=r"posemb='sincos3d' needs a 3-D grid; got a 2x2 patch grid"):
+        AddPositionEmbs("sincos3d", grid=(2, 2)).init(jax.random.key(0), jnp.zeros((1, 4, 32)))

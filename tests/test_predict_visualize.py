@@ -14,8 +14,8 @@ from tests.numpy_reference import vit_forward
 from tests.test_metric_writers import tensorboard_images
 from vit_jax import predict, visualize
 from vit_jax.checkpoint.npz import save_npz
-from vit_jax.config import saved_config
 from vit_jax.checkpoint.trained_model import architecture_of, load_trained_model
+from vit_jax.config import saved_config
 from vit_jax.data.sources import dataset_builder, open_split
 from vit_jax.interpret.figures import rgb_array
 from vit_jax.models import create_model
@@ -90,7 +90,7 @@ def test_an_exported_npz_predicts_the_same_with_its_architecture_read_from_shape
     npz = tmp_path / "digits.npz"
     save_npz(trained.params, npz)
     assert architecture_of(trained.params) == dict(
-        num_classes=10, patch_size=(4, 4), hidden_size=64, num_layers=4, mlp_dim=128, num_heads=4,
+        num_classes=10, patch_size=(4, 4), hidden_size=64, num_layers=2, mlp_dim=128, num_heads=4,
         classifier="gap", representation_size=None)
     predict.main([f"--workdir={workdir}", "--json", *paths])
     from_workdir = capsys.readouterr().out
@@ -116,8 +116,8 @@ def test_visualize_writes_every_picture_for_a_workdir(digits_run, tmp_path, caps
             assert image.format == "PNG" and min(image.size) > 200
     arrays = np.load(out / "pictures.npz", allow_pickle=False)
     assert arrays["posemb_similarity"].shape == (4, 4, 4, 4)
-    assert arrays["attention_weights"].shape == (4, 2, 4, 16, 16)  # layers, images, heads, tokens, tokens
-    assert arrays["mean_attention_distance"].shape == (4, 4)
+    assert arrays["attention_weights"].shape == (2, 2, 4, 16, 16)  # layers, images, heads, tokens, tokens
+    assert arrays["mean_attention_distance"].shape == (2, 4)
     assert arrays["filter_components"].shape == (16, 4, 4, 1)  # 4x4x1 filters span 16 dimensions
 
 

@@ -64,3 +64,21 @@ def test_unknown_options_are_clear_errors():
         Preprocess(image_size=(8, 8), train_crop="random")
     with pytest.raises(ValueError, match="resize_method must be one of"):
         Preprocess(image_size=(8, 8), resize_method="area")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Videos (T, H, W, C): frame by frame, one crop and one flip per clip
+
+
+@pytest.mark.parametrize("train_crop, flip", [("pad", True), ("inception", True), ("none", False)])
+def test_a_video_gets_each_frame_the_images_treatment_with_one_draw_per_clip(train_crop, flip, rng):
+    video = rng.integers(0, 256, (5, 20, 24, 1), dtype=np.uint8)
+    pp = Preprocess(image_size=(16, 16), train_crop=train_crop, crop_padding=3, flip=flip, value_range=(0.0, 1.0))
+    for seed in range(5):
+        out = pp.train({"image": video, "label": 2}, np.random.default_rng(seed))["image"]
+        assert out.shape == (5, 16, 16, 1) and out.dtype == np.float32
+        for frame in range(5):  # the same generator state gives each frame the crop and flip of the whole clip
+            alone = pp.train({"image": video[frame], "label": 2}, np.random.default_rng(seed))["image"]
+            np.testing.assert_array_equal(out[frame], alone)
+    evaluated = pp.eval({"image": video, "label": 2})["image"]
+    np.testing.assert_allclose(evaluated, np.stack([resize(f, (16, 16)) for f in video]) / 255.0, atol=1e-6)

@@ -7,7 +7,6 @@ from vit_jax.checkpoint.npz import main as export_main
 from vit_jax.checkpoint.pretrained import load_pretrained
 from vit_jax.train import train_and_evaluate
 
-
 pytestmark = pytest.mark.xdist_group("pretrained_run")  # one worker builds the module fixture
 
 

@@ -239,3 +239,15 @@ def test_flexivit_with_only_the_models_own_patch_size_trains_exactly_like_it(tmp
     losses = lambda w: [r["train/loss"] for r in read_metrics(w) if "train/loss" in r]
     assert losses(tmp_path / "flexi") == losses(tmp_path / "dedicated")
     assert flexi["test/p4/accuracy"] == dedicated["test/accuracy"]
+
+
+def test_any_resolution_model_is_evaluated_at_every_listed_size_without_rebuilding(tmp_path, digits_data_dir):
+    config = tiny_digits_config(digits_data_dir, "num_steps=10,eval_image_sizes=((16,16),(12,12),(16,24))")
+    results = train_and_evaluate(config, tmp_path)
+    for split in ("eval", "test"):
+        for size in ("12", "16x24"):
+            assert 0.0 <= results[f"{split}/r{size}/accuracy"] <= 1.0
+        # At the training resolution the resizing model is the fixed-grid one: the same numbers.
+        assert results[f"{split}/r16/loss"] == results[f"{split}/loss"]
+        assert results[f"{split}/r16/accuracy"] == results[f"{split}/accuracy"]
+    assert results["eval/r12/loss"] != results["eval/loss"]

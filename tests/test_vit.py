@@ -7,6 +7,7 @@ from flax import traverse_util
 from tests.conftest import perturbed
 from tests.numpy_reference import vit_forward
 from vit_jax.models import create_model, stack_encoder_blocks
+from vit_jax.models.posemb import resize_posemb
 
 TINY = dict(hidden_size=16, num_layers=2, mlp_dim=32, num_heads=4)
 
@@ -125,3 +126,30 @@ def test_training_needs_dropout_rng_and_gives_gradients_for_every_parameter(rng)
 def test_inconsistent_options_fail_when_the_model_is_built(overrides, message):
     with pytest.raises(ValueError, match=message):
         create_model("Ti/4", num_classes=5, **{**TINY, **overrides})
+
+
+def test_any_resolution_model_resizes_its_table_in_the_forward_pass(rng):
+    """`posemb_grid` makes one model run at every input size: the same as the fixed-grid model at the training
+    size, and as the NumPy reference with the resized table (and the zero-padded image) elsewhere."""
+    model = create_model("Ti/4", num_classes=5, **TINY, posemb_grid=(3, 3), pad="zeros")
+    train_size = rng.standard_normal((2, 12, 12, 3)).astype(np.float32)
+    params = init(model, train_size)
+    fixed = model.clone(posemb_grid=None)
+    np.testing.assert_array_equal(model.apply({"params": params}, train_size, train=False),
+                                  fixed.apply({"params": params}, train_size, train=False))
+
+    other = rng.standard_normal((2, 18, 13, 3)).astype(np.float32)  # padded to 20x16: a 5x4 grid
+    padded = np.zeros((2, 20, 16, 3), np.float32)
+    padded[:, :18, :13] = other
+    resized = jax.tree.map(np.asarray, params)
+    table = resized["Transformer"]["posembed_input"]["pos_embedding"]
+    resized["Transformer"]["posembed_input"]["pos_embedding"] = np.asarray(
+        resize_posemb(table, (3, 3), (5, 4), num_prefix=1, method="bilinear", antialias=True))
+    np.testing.assert_allclose(model.apply({"params": params}, other, train=False), vit_forward(resized, padded),
+                               atol=2e-4, rtol=1e-4)
+
+    traces = []
+    forward = jax.jit(lambda p, x: traces.append(x.shape) or model.apply({"params": p}, x, train=False))
+    for images in (train_size, other, train_size, other[:, :16, :8]):
+        forward(params, images)
+    assert traces == [(2, 12, 12, 3), (2, 18, 13, 3), (2, 16, 8, 3)]  # one compiled function per input shape

@@ -21,7 +21,8 @@ from vit_jax.models import VisionTransformer, create_model
 # `--config.model.hidden_size=64` parses as an int.
 _PLACEHOLDERS = {
     "hidden_size": int, "num_layers": int, "mlp_dim": int, "num_heads": int, "patch_size": tuple,
-    "representation_size": int, "remat_policy": str, "posemb_grid": tuple,
+    "representation_size": int, "remat_policy": str, "posemb_grid": tuple, "resnet_num_layers": tuple,
+    "tubelet_size": int,
 }
 CONFIG_FILE = "config.json"  # in a workdir: the config the run used
 # Keys of the short `get_config` argument that are not a config path.
@@ -51,13 +52,13 @@ def model_config_from(saved: ConfigDict) -> ConfigDict:
     return model_config(saved.variant, **options)
 
 
-def build_model(model: ConfigDict, num_classes: int) -> VisionTransformer:
-    """`create_model` from the `model` section; unset placeholders take the variant's values."""
+def build_model(model: ConfigDict, num_classes: int, packed: bool = False) -> VisionTransformer:
+    """`create_model` from the `model` section; unset placeholders take the variant's values. `packed`: NaViT."""
     options = {k: v for k, v in model.items() if k != "variant" and v is not None}
     options["dtype"] = jnp.dtype(options.pop("dtype"))
     if options["dtype"] == jnp.float32:
         options["dtype"] = None
-    return create_model(model.variant, num_classes=num_classes, **options)
+    return create_model(model.variant, num_classes=num_classes, packed=packed, **options)
 
 
 def base_config() -> ConfigDict:
@@ -107,12 +108,31 @@ def base_config() -> ConfigDict:
     c.init.posemb = "resize"  # "resize" the learned table to the new grid, or "reinit" it
     c.init.posemb_method = "bilinear_align_corners"  # or "bilinear", "bicubic" (vit_jax.models.posemb)
     c.init.posemb_antialias = False
+    # An image checkpoint for a video model (config.model.tubelet_size): its patch kernel becomes a tubelet
+    # kernel by "central" (the image kernel at the central frame, zeros elsewhere) or "average" (kernel / frames
+    # at every frame), and its position table is repeated over time (vit_jax.checkpoint.inflate).
+    c.init.inflation = "central"
+
+    # Patch n' pack (NaViT, vit_jax.data.packing): each image at its own size, packed with others into sequences
+    # of `seq_len` tokens (at most `max_images` images each); the model is vit_jax.models.navit.NaViT.
+    c.packing = ConfigDict()
+    c.packing.enabled = False
+    c.packing.seq_len = 256
+    c.packing.max_images = 16
+    c.packing.image_sizes = ()  # (h, w) sizes drawn per image; (): each image's own, shrunk to fit max_grid
+    c.packing.max_grid = config_dict.placeholder(tuple)  # largest (rows, columns); None: model.posemb_grid
+    c.packing.drop_rate = (0.0, 0.0)  # training token dropping: (rate at the fewest tokens, rate at the most),
+    # linear in between (NaViT's resolution-dependent dropping); (r, r): every image loses a fraction r
+    c.packing.num_bins = 0  # sequences filled at once (first-fit); 0: the batch size
 
     # Optimisation.
     c.num_steps = 10_000  # 0: only evaluate (e.g. a loaded checkpoint at a new resolution)
     c.batch_size = 512
     c.accum_steps = 1  # the batch is split into this many micro-batches whose gradients are averaged
     c.eval_batch_size = 512
+    # Also evaluate at these (h, w) resolutions (`eval/r24/accuracy`, ...): one model, its learned position table
+    # resized to each input's grid in the forward pass (config.model.posemb_grid is set to the training grid).
+    c.eval_image_sizes = ()
     c.label_smoothing = 0.0
     c.optimizer = ConfigDict()
     c.optimizer.name = "adamw"  # "adamw" | "sgd"

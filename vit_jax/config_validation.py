@@ -11,15 +11,16 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from vit_jax.checkpoint.adapt import HEAD_POLICIES, POSEMB_POLICIES
+from vit_jax.checkpoint.inflate import INFLATION_METHODS
 from vit_jax.checkpoint.pretrained import is_workdir
 from vit_jax.config import build_model
-from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
+from vit_jax.data.packing import PackedPreprocess
+from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS, Preprocess
 from vit_jax.data.sources import DatasetError, DatasetSpec, dataset_builder, dataset_spec, split_size
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
-from vit_jax.models.patching import grid_shape
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
 from vit_jax.optim import OPTIMIZERS, SCHEDULES
 from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
 
@@ -41,7 +42,7 @@ def check_choices(config: ConfigDict) -> None:
         "optimizer.name": OPTIMIZERS, "optimizer.schedule": SCHEDULES, "pp.train_crop": TRAIN_CROPS,
         "pp.resize_method": tuple(RESIZE_METHODS), "model.dtype": DTYPES, "cache_in_memory": ("auto", True, False),
         "log_pictures": PICTURE_SCHEDULES, "init.head": HEAD_POLICIES, "init.posemb": POSEMB_POLICIES,
-        "init.posemb_method": POSEMB_RESIZE_METHODS,
+        "init.posemb_method": POSEMB_RESIZE_METHODS, "init.inflation": INFLATION_METHODS,
     }
     for field, allowed in choices.items():
         value = _get(config, field)
@@ -145,21 +146,30 @@ def check_init(config: ConfigDict) -> None:
 def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
     """The model the config describes; FlexiViT runs store their position table at the base grid."""
     try:
-        model = build_model(config.model, num_classes)
+        model = build_model(config.model, num_classes, packed=config.packing.enabled)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.model (variant {config.model.variant!r}): {error}") from None
+    if config.packing.enabled:
+        check_packing(config, model)
+        return model
     image_size = tuple(config.image_size)
     try:
-        base_grid = grid_shape(image_size, model.patch_size, model.pad)
+        base_grid = token_grid(model, image_size)
     except ValueError:
-        ph, pw = model.patch_size
+        ph, pw = pixel_patch_size(model)  # in image pixels: a hybrid's patch times its ResNet stem's stride
         raise field_error(
             "image_size", image_size,
             f"not a multiple of the patch size {ph}x{pw} (config.model.variant {config.model.variant!r})",
             "multiples of the patch size, or config.model.pad='zeros'",
         ) from None
+    check_eval_image_sizes(config, model)
     if not config.flexi.patch_sizes:
-        return model
+        return model if model.posemb_grid is not None or not config.eval_image_sizes else model.clone(
+            posemb_grid=base_grid)
+    if model.tubelet_size is not None:
+        raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes),
+                          f"FlexiViT patch sizes are for images; config.model.tubelet_size = "
+                          f"{model.tubelet_size} makes a video model", "() for video models")
     try:
         sizes = flexi_patch_sizes(config.flexi.patch_sizes)
         flexi_probabilities(sizes, config.flexi.probabilities)
@@ -167,12 +177,109 @@ def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
         raise field_error("flexi.probabilities", tuple(config.flexi.probabilities), str(error)) from None
     for size in sizes:
         try:
-            grid_shape(image_size, size, model.pad)
+            token_grid(model.clone(patch_size=size), image_size)
         except ValueError:
             raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes),
                               f"patch size {size[0]}x{size[1]} does not divide config.image_size {image_size}",
                               "divisors of the image size, or config.model.pad='zeros'") from None
     return model if model.posemb_grid is not None else model.clone(posemb_grid=base_grid)
+
+
+def check_video(config: ConfigDict, spec: DatasetSpec, model: VisionTransformer) -> None:
+    """Video data goes with a video model (`config.model.tubelet_size`) whose tubelets divide the clips, images with
+    an image model; TensorBoard pictures are drawn for images only."""
+    shape = "x".join(map(str, spec.image_shape))
+    if len(spec.image_shape) == 4 and model.tubelet_size is None:
+        raise field_error("model.tubelet_size", None, f"dataset {config.dataset!r} holds videos ({shape}: frames x "
+                                                      f"height x width x channels) but the model is an image model",
+                          f"frames per tubelet, a divisor of {spec.image_shape[0]}")
+    if len(spec.image_shape) != 4 and model.tubelet_size is not None:
+        raise field_error("model.tubelet_size", model.tubelet_size, f"makes a video model, but dataset "
+                                                                    f"{config.dataset!r} holds images ({shape})",
+                          "None for images")
+    if model.tubelet_size is None:
+        return
+    frames = spec.image_shape[0]
+    if frames is None or frames % model.tubelet_size:
+        raise field_error("model.tubelet_size", model.tubelet_size,
+                          f"does not divide the {frames} frames of dataset {config.dataset!r}'s clips",
+                          f"divisors of {frames}")
+    if config.log_pictures != "none":
+        raise field_error("log_pictures", config.log_pictures, "TensorBoard pictures are drawn for image models; "
+                                                               "this is a video model", "'none'")
+
+
+def check_eval_image_sizes(config: ConfigDict, model: VisionTransformer) -> None:
+    """Extra evaluation resolutions: (h, w) pairs the model's patches divide (or pads to), for image models."""
+    sizes = tuple(config.eval_image_sizes)
+    if sizes and model.tubelet_size is not None:
+        raise field_error("eval_image_sizes", sizes, "extra evaluation resolutions are for image models", "()")
+    for size in sizes:
+        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0
+                                                                            for s in size)):
+            raise field_error("eval_image_sizes", sizes, f"{size!r} is not an (height, width) pair of positive ints")
+        try:
+            token_grid(model, tuple(size))
+        except ValueError:
+            ph, pw = pixel_patch_size(model)
+            raise field_error("eval_image_sizes", sizes, f"{size[0]}x{size[1]} is not a multiple of the patch size "
+                              f"{ph}x{pw}", "multiples of the patch size, or config.model.pad='zeros'") from None
+
+
+def check_packing(config: ConfigDict, model: VisionTransformer) -> None:
+    """Packed (NaViT) runs: sequence sizes that hold the largest image, and no option that needs a fixed grid."""
+    packing = config.packing
+    for field in ("seq_len", "max_images"):
+        value = packing[field]
+        if not isinstance(value, int) or value <= 0:
+            raise field_error(f"packing.{field}", value, "must be a positive int")
+    if not isinstance(packing.num_bins, int) or packing.num_bins < 0:
+        raise field_error("packing.num_bins", packing.num_bins, "must be a non-negative int (0: the batch size)")
+    if config.flexi.patch_sizes:
+        raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes), "FlexiViT patch sizes need the "
+                          "fixed-grid model; packing.enabled makes a NaViT", "()")
+    if config.eval_image_sizes:
+        raise field_error("eval_image_sizes", tuple(config.eval_image_sizes), "a packed run evaluates every image "
+                          "at its own size (packing.image_sizes)", "()")
+    if config.log_pictures != "none":
+        raise field_error("log_pictures", config.log_pictures, "TensorBoard pictures are drawn for fixed-grid "
+                          "image models; packing.enabled makes a NaViT", "'none'")
+    grid = packing.max_grid or model.posemb_grid
+    if grid is None:
+        raise field_error("packing.max_grid", None, "the largest image grid is needed (or config.model.posemb_grid)",
+                          "(rows, columns)")
+    if model.posemb == "factorized" and (grid[0] > model.posemb_grid[0] or grid[1] > model.posemb_grid[1]):
+        raise field_error("packing.max_grid", tuple(grid), f"larger than the factorized tables' "
+                          f"config.model.posemb_grid {tuple(model.posemb_grid)}", "at most posemb_grid")
+    try:
+        preprocess = packed_preprocess_from_config(config, model)
+    except ValueError as error:
+        raise field_error("packing.image_sizes", tuple(packing.image_sizes), str(error)) from None
+    if preprocess.max_tokens > packing.seq_len:
+        raise field_error("packing.seq_len", packing.seq_len, f"an image can have {preprocess.max_tokens} tokens "
+                          f"(patch {model.patch_size[0]}x{model.patch_size[1]}), more than one sequence holds",
+                          f"at least {preprocess.max_tokens}")
+
+
+def packed_preprocess_from_config(config: ConfigDict, model: VisionTransformer) -> PackedPreprocess:
+    """The per-image preprocessing of a packed run: config.pp at each image's size, then patches."""
+    packing = config.packing
+    drop_rate = packing.drop_rate
+    return PackedPreprocess(
+        base=preprocess_from_config(config), patch_size=tuple(model.patch_size),
+        max_grid=tuple(packing.max_grid or model.posemb_grid),
+        image_sizes=tuple(tuple(size) for size in packing.image_sizes),
+        drop_rate=tuple(drop_rate) if isinstance(drop_rate, (tuple, list)) else drop_rate,
+    )
+
+
+def preprocess_from_config(config: ConfigDict) -> Preprocess:
+    pp = config.pp
+    return Preprocess(
+        image_size=tuple(config.image_size), value_range=tuple(pp.value_range), resize_method=pp.resize_method,
+        train_crop=pp.train_crop, crop_padding=pp.crop_padding, crop_scale=tuple(pp.crop_scale),
+        crop_ratio=tuple(pp.crop_ratio), flip=pp.flip,
+    )
 
 
 def _get(config: ConfigDict, dotted: str) -> Any:

@@ -23,8 +23,7 @@ import numpy as np
 
 from vit_jax.models import create_model
 from vit_jax.models.heads import num_prefix_tokens
-from vit_jax.models.patching import grid_shape
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import VisionTransformer, token_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +95,7 @@ def forward_flops(model: VisionTransformer, image_shape: Sequence[int]) -> float
 
 def summarize(model: VisionTransformer, image_shape: Sequence[int], name: str = "ViT") -> ModelSummary:
     image_shape = tuple(image_shape)
-    grid = grid_shape(image_shape[:2], model.patch_size, model.pad)  # the clear size error, before tracing
+    grid = token_grid(model, image_shape[:2])  # the clear size error, before tracing
     params = param_shapes(model, image_shape)
     return ModelSummary(
         name=name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
@@ -27,14 +28,14 @@ from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
 from vit_jax.checkpoint.pretrained import load_pretrained
 from vit_jax.config import save_config
 from vit_jax.data import pipeline
+from vit_jax.data.packing import PackedPreprocess, empty_sequences, packed_eval_batches, packed_train_iterator
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split
 from vit_jax.flexi import draw_patch_size, flexi_patch_sizes, flexi_probabilities, patch_label
 from vit_jax.interpret.tensorboard import PictureLogger, first_examples
 from vit_jax.metric_writers import MetricWriter
 from vit_jax.models.partitioning import ActivationSharding
-from vit_jax.models.patching import grid_shape
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import VisionTransformer, input_grid
 from vit_jax.optim import learning_rate_schedule, make_optimizer
 from vit_jax.preemption import PreemptionWatcher
 from vit_jax.sharding import (
@@ -78,6 +79,29 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+PACKED_INPUTS = ("patches", "image_ids", "coords", "image_grids")  # NaViT's inputs, in its argument order
+
+
+def model_args(batch: Batch) -> tuple[jax.Array, ...]:
+    """The model's positional inputs in a batch: the images, or a packed batch's sequences (NaViT)."""
+    return tuple(batch[key] for key in PACKED_INPUTS) if "patches" in batch else (batch["image"],)
+
+
+def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array, label_smoothing: float = 0.0
+                        ) -> dict[str, jax.Array]:
+    """Weighted sums of loss, top-1 and top-5 hits, and the weight, over every prediction: logits `labels.shape +
+    (classes,)`, one row per image (a packed batch has K image slots per sequence, weight 0 for empty ones)."""
+    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    labels, weights = labels.reshape(-1), weights.reshape(-1).astype(jnp.float32)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return {
+        "loss": jnp.sum(cross_entropy(logits, labels, label_smoothing) * weights),
+        "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * weights),
+        "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * weights),
+        "count": jnp.sum(weights),
+    }
+
+
 def make_train_step(
     model: VisionTransformer,
     tx: optax.GradientTransformation,
@@ -91,13 +115,17 @@ def make_train_step(
     """One optimizer update on a global batch. The dropout key is folded from the step number, so a step's
     randomness does not depend on history (and a resumed run repeats it exactly). With `accum_steps > 1` the batch
     is cut into micro-batches `batch[i::accum_steps]` (every device keeps an equal share of each), whose gradients
-    are averaged: the same update as one big batch, in less memory."""
+    are averaged: the same update as one big batch, in less memory. A packed batch's loss is the mean over its
+    real images (`mask`)."""
 
-    def loss_and_grads(params: Any, images: jax.Array, labels: jax.Array, rng: jax.Array, patch_size: Any):
+    def loss_and_grads(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
         def loss_fn(p):
-            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng}, patch_size=patch_size)
-            accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-            return jnp.mean(cross_entropy(logits, labels, label_smoothing)), accuracy
+            flexi = {} if patch_size is None else {"patch_size": patch_size}
+            logits = model.apply({"params": p}, *model_args(batch), train=True, rngs={"dropout": rng}, **flexi)
+            weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
+            sums = classification_sums(logits, batch["label"], weights, label_smoothing)
+            count = jnp.maximum(sums["count"], 1.0)
+            return sums["loss"] / count, sums["top1"] / count
 
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, accuracy, grads
@@ -110,12 +138,12 @@ def make_train_step(
 
     def accumulated(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
         def body(carry, micro):
-            index, images, labels = micro
-            loss, accuracy, grads = loss_and_grads(params, images, labels, jax.random.fold_in(rng, index), patch_size)
+            index, micro_batch = micro
+            loss, accuracy, grads = loss_and_grads(params, micro_batch, jax.random.fold_in(rng, index), patch_size)
             return jax.tree.map(jnp.add, carry, (loss, accuracy, grads)), None
 
         zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-        micro = (jnp.arange(accum_steps), micro_batches(batch["image"]), micro_batches(batch["label"]))
+        micro = (jnp.arange(accum_steps), jax.tree.map(micro_batches, batch))
         totals, _ = jax.lax.scan(body, zeros, micro)
         return jax.tree.map(lambda t: t / accum_steps, totals)
 
@@ -123,7 +151,7 @@ def make_train_step(
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(dropout_key, state.step)
         if accum_steps == 1:
-            loss, accuracy, grads = loss_and_grads(state.params, batch["image"], batch["label"], rng, patch_size)
+            loss, accuracy, grads = loss_and_grads(state.params, batch, rng, patch_size)
         else:
             loss, accuracy, grads = accumulated(state.params, batch, rng, patch_size)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -134,6 +162,9 @@ def make_train_step(
             "train/grad_norm": optax.tree.norm(grads),
             "train/learning_rate": schedule(state.step),
         }
+        if "image_ids" in batch:  # how full the packed sequences are
+            metrics["train/padding_fraction"] = jnp.mean(batch["image_ids"] == 0)
+            metrics["train/images_per_sequence"] = jnp.mean(jnp.sum(batch["mask"], axis=-1))
         return new_state, metrics
 
     return train_step
@@ -143,16 +174,9 @@ def make_eval_step(model: VisionTransformer) -> Callable[[Any, Batch], dict[str,
     """Sums over the real (mask = 1) examples of a batch: loss, top-1 and top-5 hits, count."""
 
     def eval_step(params: Any, batch: Batch, patch_size: Any = None) -> dict[str, jax.Array]:
-        logits = model.apply({"params": params}, batch["image"], train=False, patch_size=patch_size)
-        logits = logits.astype(jnp.float32)
-        labels, mask = batch["label"], batch["mask"]
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        return {
-            "loss": jnp.sum(cross_entropy(logits, labels) * mask),
-            "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-            "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-            "count": jnp.sum(mask),
-        }
+        flexi = {} if patch_size is None else {"patch_size": patch_size}
+        logits = model.apply({"params": params}, *model_args(batch), train=False, **flexi)
+        return classification_sums(logits, batch["label"], batch["mask"])
 
     return eval_step
 
@@ -168,24 +192,17 @@ class Setup:
     config: ConfigDict
     mesh: Mesh
     model: VisionTransformer
-    grid: tuple[int, int]  # the model's patch grid at config.image_size
+    grid: tuple[int, ...]  # the model's token grid at config.image_size: (gh, gw), or (gt, gh, gw) for videos
     num_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]  # one model input: (H, W, C), or (T, H, W, C) for videos
     sources: dict[str, Any]  # split field ("train_split", ...) -> random-access source
     preprocess: Preprocess
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     flexi_sizes: tuple[tuple[int, int], ...] = ()  # FlexiViT patch sizes; () trains at the model's own
     flexi_probabilities: np.ndarray | None = None
-
-
-def preprocess_from_config(config: ConfigDict) -> Preprocess:
-    pp = config.pp
-    return Preprocess(
-        image_size=tuple(config.image_size), value_range=tuple(pp.value_range), resize_method=pp.resize_method,
-        train_crop=pp.train_crop, crop_padding=pp.crop_padding, crop_scale=tuple(pp.crop_scale),
-        crop_ratio=tuple(pp.crop_ratio), flip=pp.flip,
-    )
+    packed: PackedPreprocess | None = None  # NaViT runs: images at their own sizes, packed into sequences
+    eval_image_sizes: tuple[tuple[int, int], ...] = ()  # extra evaluation resolutions
 
 
 def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup:
@@ -199,6 +216,8 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
     config_validation.check_init(config)
     builder, spec, sizes = config_validation.check_data(config)
     model = config_validation.check_model(config, spec.num_classes)
+    config_validation.check_video(config, spec, model)
+    image_shape = (*spec.image_shape[:-3], *tuple(config.image_size), spec.image_shape[-1])  # frames resized
 
     sources = {}
     for field in sizes:
@@ -207,6 +226,7 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         if cache is True or (cache == "auto" and fits_in_memory(spec, sizes[field])):
             source = InMemorySource(source)
         sources[field] = source
+    packed = config_validation.packed_preprocess_from_config(config, model) if config.packing.enabled else None
     mesh = make_mesh(config.mesh, devices)
     if mesh.size > 1:  # keep activations split the way parameters and batches are
         model = model.clone(activation_sharding=ActivationSharding(
@@ -215,23 +235,30 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         config=config,
         mesh=mesh,
         model=model,
-        grid=grid_shape(tuple(config.image_size), model.patch_size, model.pad),
+        grid=tuple(model.posemb_grid or (1, 1)) if packed else input_grid(model, image_shape),
         num_classes=spec.num_classes,
-        image_shape=(*tuple(config.image_size), spec.image_shape[-1]),
+        image_shape=image_shape,
         sources=sources,
-        preprocess=preprocess_from_config(config),
+        preprocess=config_validation.preprocess_from_config(config),
         tx=make_optimizer(config.optimizer, config.num_steps),
         schedule=learning_rate_schedule(config.optimizer, config.num_steps),
         flexi_sizes=flexi_patch_sizes(config.flexi.patch_sizes),
         flexi_probabilities=flexi_probabilities(flexi_patch_sizes(config.flexi.patch_sizes),
                                                 config.flexi.probabilities) if config.flexi.patch_sizes else None,
+        packed=packed,
+        eval_image_sizes=tuple(tuple(size) for size in config.eval_image_sizes),
     )
 
 
 def init_state_fn(setup: Setup, key: jax.Array) -> Callable[[], TrainState]:
     def init() -> TrainState:
-        images = jnp.zeros((1, *setup.image_shape), jnp.float32)
-        params = setup.model.init(key, images, train=False)["params"]
+        if setup.packed is None:
+            example = {"image": jnp.zeros((1, *setup.image_shape), jnp.float32)}
+        else:
+            packing = setup.config.packing
+            example = empty_sequences(1, seq_len=packing.seq_len, max_images=packing.max_images,
+                                      patch_dim=math.prod(setup.packed.patch_size) * setup.image_shape[-1])
+        params = setup.model.init(key, *model_args(example), train=False)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
 
     return init
@@ -248,7 +275,7 @@ def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
     return plan_adaptation(
         pretrained.params, abstract_params, old_grid=init.grid or pretrained.grid, new_grid=setup.grid,
         dont_load=tuple(init.dont_load), head=init.head, posemb=init.posemb, posemb_method=init.posemb_method,
-        posemb_antialias=init.posemb_antialias,
+        posemb_antialias=init.posemb_antialias, inflation=init.inflation,
     )
 
 
@@ -316,7 +343,15 @@ class Run:
 
     def evaluate(self, params: Any, split_field: str, prefix: str) -> dict[str, float]:
         """Metrics on a split; a FlexiViT model is evaluated at every patch size (`eval/p4/accuracy`, ...), and
-        `eval/accuracy` (which picks the best checkpoint) is their mean."""
+        `eval/accuracy` (which picks the best checkpoint) is their mean. `config.eval_image_sizes` adds metrics at
+        other resolutions (`eval/r24/accuracy`, ...), the same model resizing its position table at run time."""
+        metrics = self._evaluate_patch_sizes(params, split_field, prefix)
+        for size in self.setup.eval_image_sizes:
+            preprocess = dataclasses.replace(self.setup.preprocess, image_size=size)
+            metrics.update(self._evaluate_at(params, split_field, f"{prefix}/r{patch_label(size)}", None, preprocess))
+        return metrics
+
+    def _evaluate_patch_sizes(self, params: Any, split_field: str, prefix: str) -> dict[str, float]:
         if not self.setup.flexi_sizes:
             return self._evaluate_at(params, split_field, prefix, None)
         metrics = {}
@@ -330,11 +365,19 @@ class Run:
         metrics[f"{prefix}/num_examples"] = metrics[f"{prefix}/p{patch_label(self.setup.flexi_sizes[0])}/num_examples"]
         return metrics
 
-    def _evaluate_at(self, params: Any, split_field: str, prefix: str, patch_size: tuple[int, int] | None
-                     ) -> dict[str, float]:
+    def _evaluate_at(self, params: Any, split_field: str, prefix: str, patch_size: tuple[int, int] | None,
+                     preprocess: Preprocess | None = None) -> dict[str, float]:
         config = self.setup.config
+        if self.setup.packed is not None:
+            batches = in_step(packed_eval_batches(
+                self.setup.sources[split_field], self.setup.packed, batch_size=config.eval_batch_size //
+                jax.process_count(), seq_len=config.packing.seq_len, max_images=config.packing.max_images,
+                process_index=jax.process_index(), process_count=jax.process_count(), num_threads=config.data_threads,
+            ))
+            return evaluate(self.eval_step, params, batches, self.data_sharding, prefix,
+                            top5=self.setup.num_classes > 5)
         batches = pipeline.eval_batches(
-            self.setup.sources[split_field], self.setup.preprocess,
+            self.setup.sources[split_field], preprocess or self.setup.preprocess,
             batch_size=config.eval_batch_size // jax.process_count(), process_index=jax.process_index(),
             process_count=jax.process_count(), num_threads=config.data_threads,
         )
@@ -361,11 +404,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         save_config(config, workdir)
 
     data_sharding = batch_sharding(setup.mesh)
-    train_data = pipeline.train_iterator(
-        setup.sources["train_split"], setup.preprocess, batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=config.data_threads, num_workers=config.data_workers,
-    )
+    train_data = train_iterator(setup)
     if start_step:
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
                                 shardings)
@@ -415,6 +454,37 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         checkpoints.close()
         run.writer.close()
     return results
+
+
+def train_iterator(setup: Setup) -> Any:
+    """This process's endless training batches: preprocessed images, or packed sequences (NaViT)."""
+    config = setup.config
+    common = dict(batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+                  process_index=jax.process_index(), process_count=jax.process_count(),
+                  num_threads=config.data_threads, num_workers=config.data_workers)
+    if setup.packed is None:
+        return pipeline.train_iterator(setup.sources["train_split"], setup.preprocess, **common)
+    return packed_train_iterator(setup.sources["train_split"], setup.packed, seq_len=config.packing.seq_len,
+                                 max_images=config.packing.max_images, num_bins=config.packing.num_bins, **common)
+
+
+def in_step(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Evaluation batches whose number differs between processes (packing): every process runs a step while
+    any has a batch left, with all-padding (mask 0) batches where it has none. One tiny all-gather per step."""
+    if jax.process_count() == 1:
+        yield from batches
+        return
+    iterator, empty = iter(batches), None
+    while True:
+        batch = next(iterator, None)
+        if batch is not None:
+            empty = {key: np.zeros_like(value) for key, value in batch.items()}
+        if not multihost_utils.process_allgather(np.int32(batch is not None)).any():
+            return
+        if batch is None and empty is None:
+            raise RuntimeError("this process has no evaluation images to shape an empty batch on; use a split "
+                               "with at least one image per process")
+        yield batch if batch is not None else empty
 
 
 def train_loop(run: Run, state: TrainState, start_step: int, preemption: PreemptionWatcher
@@ -485,6 +555,9 @@ def final_test(run: Run, state: TrainState) -> dict[str, float]:
     for size in run.setup.flexi_sizes:
         label = patch_label(size)
         run.writer.print(f"test accuracy at patch size {label}: {100 * test[f'test/p{label}/accuracy']:.2f}%")
+    for size in run.setup.eval_image_sizes:
+        label = patch_label(size)
+        run.writer.print(f"test accuracy at {size[0]}x{size[1]} px: {100 * test[f'test/r{label}/accuracy']:.2f}%")
     mean = " (mean over the patch sizes)" if run.setup.flexi_sizes else ""
     run.writer.print(f"final test accuracy: {100 * test['test/accuracy']:.2f}%{mean} on {count} {config.dataset} "
                      f"{config.test_split} images (step {step})")
@@ -506,5 +579,6 @@ def _window_metrics(window: list[dict[str, np.ndarray]], elapsed: float, batch_s
     metrics = {key: float(np.mean([m[key] for m in window])) for key in window[0]}
     metrics["train/learning_rate"] = float(window[-1]["train/learning_rate"])
     metrics["perf/step_seconds"] = elapsed / len(window)
-    metrics["perf/images_per_second"] = batch_size * len(window) / elapsed
+    images_per_example = metrics.get("train/images_per_sequence", 1.0)  # packed: images per sequence
+    metrics["perf/images_per_second"] = images_per_example * batch_size * len(window) / elapsed
     return metrics

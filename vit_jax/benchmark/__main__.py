@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from vit_jax.benchmark.worker import RESULT_PREFIX
-from vit_jax.models.attention import ATTENTION_IMPLS, check_attention_impl
 from vit_jax.benchmark.workload import DTYPES, MODES, Workload
+from vit_jax.models.attention import ATTENTION_IMPLS, check_attention_impl
 from vit_jax.xla_flags import default_xla_flags, with_defaults
 
 MIN_TIMED_STEPS = 10

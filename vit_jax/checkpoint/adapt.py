@@ -1,7 +1,8 @@
 """Fitting loaded weights to a new model: new classes, resolution or patch size, and explicit exclusions.
 
 `plan_adaptation` runs on parameter shapes alone, before anything is compiled: it resizes what can be resized
-(position embeddings to the new grid, the patch kernel to the new patch size by PI-resize), decides what the new
+(position embeddings to the new grid, the patch kernel to the new patch size by PI-resize; an image checkpoint's
+kernel and table are inflated for a video model, see `vit_jax.checkpoint.inflate`), decides what the new
 model initialises itself (a head for another number of classes, `pre_logits` the new model lacks, whatever
 `dont_load` names) and raises one error listing every other missing, extra or differently shaped parameter with
 both shapes. Nothing is skipped silently. `fill_from_init` then takes the rest from the freshly initialised model.
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from vit_jax.checkpoint.inflate import INFLATION_METHODS, inflate_kernel, inflate_posemb
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, stack_encoder_blocks, unstack_encoder_blocks
 from vit_jax.models.patching import pi_resize_kernel
 from vit_jax.models.posemb import resize_posemb
@@ -52,20 +54,25 @@ def plan_adaptation(
     posemb: str = "resize",
     posemb_method: str = "bilinear_align_corners",
     posemb_antialias: bool = False,
+    inflation: str = "central",
 ) -> Adaptation:
     """Loaded params (arrays) fitted to the target's params (arrays or ShapeDtypeStructs).
 
     Args:
       old_grid: the grid the loaded position embeddings were trained for; None infers a square one.
-      new_grid: the target model's patch grid.
+      new_grid: the target model's patch grid; `(gt, gh, gw)` for a video model.
       dont_load: regexes (`re.search` on '/'-joined paths) of parameters to take from the new initialisation.
       head: `auto` re-initialises the head when the number of classes differs; `reinit` always; `load` never.
       posemb: `resize` the learned table to the new grid, or `reinit` it (fresh initialisation).
+      inflation: how an image checkpoint's patch kernel becomes a video model's tubelet kernel: `central` or
+        `average` (see `vit_jax.checkpoint.inflate`).
     """
     if head not in HEAD_POLICIES:
         raise ValueError(f"head must be one of {HEAD_POLICIES}; got {head!r}")
     if posemb not in POSEMB_POLICIES:
         raise ValueError(f"posemb must be one of {POSEMB_POLICIES}; got {posemb!r}")
+    if inflation not in INFLATION_METHODS:
+        raise ValueError(f"inflation must be one of {INFLATION_METHODS}; got {inflation!r}")
     scanned = SCANNED_BLOCKS in target.get(ENCODER, {})
     target_flat = _flat_shapes(jax.eval_shape(unstack_encoder_blocks, target) if scanned else target)
     loaded = unstack_encoder_blocks(loaded) if SCANNED_BLOCKS in loaded.get(ENCODER, {}) else loaded
@@ -87,7 +94,7 @@ def plan_adaptation(
             source.pop(path)
             notes.append(f"{'/'.join(path)}: not loaded (dont_load); the new model has no such parameter")
     _plan_head(source, target_flat, head, from_init, notes)
-    _plan_kernel(source, target_flat, notes)
+    _plan_kernel(source, target_flat, inflation, notes)
     _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, posemb_method,
                  posemb_antialias, from_init, notes)
 
@@ -135,14 +142,19 @@ def _plan_head(source, target_flat, head, from_init, notes) -> None:
                 from_init(path, "re-initialised" + (" (another number of classes)" if differs else ""))
 
 
-def _plan_kernel(source, target_flat, notes) -> None:
+def _plan_kernel(source, target_flat, inflation, notes) -> None:
     if KERNEL not in source or KERNEL not in target_flat:
         return
     kernel, (shape, _) = source[KERNEL], target_flat[KERNEL]
+    inflate = kernel.ndim == 4 and len(shape) == 5  # an image checkpoint for a video model
+    frames, shape = (shape[0], shape[1:]) if inflate else (None, shape)
     if kernel.shape[:2] != shape[:2] and kernel.shape[2:] == shape[2:]:
         source[KERNEL] = pi_resize_kernel(kernel, shape[:2])
         notes.append(f"embedding/kernel: PI-resized from patch {kernel.shape[0]}x{kernel.shape[1]} to "
                      f"{shape[0]}x{shape[1]}")
+    if inflate:
+        source[KERNEL] = inflate_kernel(source[KERNEL], frames, inflation)
+        notes.append(f"embedding/kernel: inflated from an image kernel to {frames}-frame tubelets ({inflation})")
 
 
 def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, method, antialias, from_init,
@@ -154,20 +166,36 @@ def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, me
         return
     table, (shape, _) = source[POSEMB], target_flat[POSEMB]
     new_prefix = 1 if ("cls",) in target_flat else 0
-    old_grid = tuple(old_grid) if old_grid is not None else _square_grid(table.shape[1] - old_prefix)
-    if math.prod(old_grid) != table.shape[1] - old_prefix:
+    rows = table.shape[1] - old_prefix
+    old_grid = tuple(old_grid) if old_grid is not None else _square_grid(rows)
+    if len(old_grid) == 2 and len(new_grid) == 3 and rows != math.prod(old_grid) and rows % math.prod(old_grid) == 0:
+        old_grid = (rows // math.prod(old_grid), *old_grid)  # a video workdir's config tells its spatial grid only
+    if math.prod(old_grid) != rows:
         raise CheckpointMismatchError(
-            f"pos_embedding has {table.shape[1]} rows ({old_prefix} prefix), not a {old_grid[0]}x{old_grid[1]} grid")
-    resized = np.asarray(resize_posemb(table, old_grid, new_grid, old_prefix, method, antialias))
-    if old_grid != new_grid:
-        notes.append(f"pos_embedding: resized from a {old_grid[0]}x{old_grid[1]} to a {new_grid[0]}x{new_grid[1]} "
-                     f"grid ({method}{', antialiased' if antialias else ''})")
+            f"pos_embedding has {table.shape[1]} rows ({old_prefix} prefix), not a {_text(old_grid)} grid")
+    if len(old_grid) == 3 and len(new_grid) == 2:
+        raise CheckpointMismatchError(f"pos_embedding of a video model ({_text(old_grid)} grid) cannot initialise "
+                                      f"an image model ({_text(new_grid)} grid)")
+    how = f"{method}{', antialiased' if antialias else ''}"
+    if len(old_grid) == 2 and len(new_grid) == 3:
+        resized = inflate_posemb(table, old_grid, new_grid, old_prefix, method, antialias)
+        notes.append(f"pos_embedding: inflated from a {_text(old_grid)} image grid to a {_text(new_grid)} video "
+                     f"grid (spatial table {'resized (' + how + ') and ' if old_grid != new_grid[1:] else ''}"
+                     f"repeated over {new_grid[0]} temporal positions)")
+    else:
+        resized = np.asarray(resize_posemb(table, old_grid, new_grid, old_prefix, method, antialias))
+        if old_grid != new_grid:
+            notes.append(f"pos_embedding: resized from a {_text(old_grid)} to a {_text(new_grid)} grid ({how})")
     if old_prefix > new_prefix:  # the class token's row goes with the class token
         resized = resized[:, old_prefix - new_prefix :]
     elif new_prefix > old_prefix:  # big_vision-style tables: no row means a zero row
         resized = np.concatenate([np.zeros((1, new_prefix - old_prefix, resized.shape[2]), resized.dtype), resized], 1)
     if resized.shape[2] == shape[2]:
         source[POSEMB] = resized
+
+
+def _text(grid: Sequence[int]) -> str:
+    return "x".join(map(str, grid))
 
 
 def _square_grid(rows: int) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from typing import Any
 from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
 from vit_jax.checkpoint.npz import load_npz
 from vit_jax.config import CONFIG_FILE, build_model, saved_config
-from vit_jax.models.patching import grid_shape
+from vit_jax.models.vit import token_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,4 +47,4 @@ def _trained_grid(workdir: Path) -> tuple[int, int] | None:
         return None
     config = saved_config(workdir)
     model = build_model(config.model, num_classes=1)
-    return grid_shape(tuple(config.image_size), model.patch_size, model.pad)
+    return token_grid(model, tuple(config.image_size))

@@ -2,8 +2,8 @@
 
 `predict` and `visualize` take either a vit_jax workdir (its config says everything) or an `.npz` file, whose
 architecture is read off the parameter shapes (width, depth, heads, MLP width, patch size, channels, pooling,
-classes), so a file needs no flags beyond what it cannot say: the image size when its position table is not
-square, the value range, and where class names come from.
+classes, a hybrid's ResNet stem), so a file needs no flags beyond what it cannot say: the image size when its
+position table is not square, the value range, and where class names come from.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import DatasetError, dataset_builder, dataset_spec
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, unstack_encoder_blocks
 from vit_jax.models.heads import num_prefix_tokens
-from vit_jax.models.patching import grid_shape
 from vit_jax.models.variants import parse_variant
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +41,7 @@ class TrainedModel:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return grid_shape(self.image_size, self.model.patch_size, self.model.pad)
+        return token_grid(self.model, self.image_size)
 
     @property
     def num_prefix(self) -> int:
@@ -72,7 +71,7 @@ def _from_workdir(workdir: Path, step: int | None) -> TrainedModel:
     model = build_model(config.model, num_classes=_num_classes(params)).clone(scan=False, dtype=None, remat=False)
     image_size = tuple(config.image_size)
     if model.posemb == "learn" and model.posemb_grid is None:
-        model = model.clone(posemb_grid=grid_shape(image_size, model.patch_size, model.pad))
+        model = model.clone(posemb_grid=token_grid(model, image_size))
     preprocess = Preprocess(image_size=image_size, value_range=tuple(config.pp.value_range),
                             resize_method=config.pp.resize_method)
     names = _class_names(config.dataset, config.get("data_dir"), _num_classes(params))
@@ -86,11 +85,11 @@ def _from_npz(path: Path, variant: str | None, image_size: int | Sequence[int] |
     options = architecture_of(params)
     if variant is not None:
         _check_variant(variant, options, path)
-    patch = options["patch_size"]
+    shape_only = VisionTransformer(**options)  # for the token grid; the position table is settled below
     if image_size is None:
-        image_size = _square_image_size(params, patch, options["classifier"], path)
+        image_size = _square_image_size(params, pixel_patch_size(shape_only), options["classifier"], path)
     image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    grid = grid_shape(image_size, patch)
+    grid = token_grid(shape_only, image_size)
     if "posembed_input" in params[ENCODER]:
         options["posemb_grid"] = _table_grid(params, options["classifier"], grid)
     else:
@@ -118,7 +117,21 @@ def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
         num_classes=_num_classes(params), patch_size=(kernel[0], kernel[1]), hidden_size=kernel[3],
         num_layers=len(blocks), mlp_dim=mlp_dim, num_heads=heads, classifier=classifier,
         representation_size=np.shape(params["pre_logits"]["kernel"])[1] if "pre_logits" in params else None,
+        **_stem_of(params),
     )
+
+
+def _stem_of(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A hybrid's ResNet stem (a `conv_root` at the root): units per stage, counted from `block{i}/unit{j}`, and the
+    width factor from the root conv's width (`64 * width_factor`). Empty for a plain ViT."""
+    if "conv_root" not in params:
+        return {}
+    num_layers = []
+    while f"block{len(num_layers) + 1}" in params:
+        stage = params[f"block{len(num_layers) + 1}"]
+        num_layers.append(sum(1 for name in stage if name.startswith("unit")))
+    return dict(resnet_num_layers=tuple(num_layers),
+                resnet_width_factor=np.shape(params["conv_root"]["kernel"])[3] / 64)
 
 
 def _check_variant(variant: str, options: dict[str, Any], path: Path) -> None:
@@ -167,7 +180,8 @@ def _num_classes(params: Mapping[str, Any]) -> int | None:
 
 
 def _channels(params: Mapping[str, Any]) -> int:
-    return int(np.shape(params["embedding"]["kernel"])[2])
+    first_layer = params["conv_root"] if "conv_root" in params else params["embedding"]  # the one that sees pixels
+    return int(np.shape(first_layer["kernel"])[2])
 
 
 def _numbered(num_classes: int | None) -> tuple[str, ...]:

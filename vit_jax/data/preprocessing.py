@@ -5,6 +5,9 @@ Training: optional Inception crop (random area and aspect ratio, as torchvision'
 -> optional horizontal flip -> value range. Evaluation: resize -> value range, so every example is seen whole.
 Randomness comes from the `numpy.random.Generator` grain derives from the pipeline seed and the element's index,
 so an example's augmentation is the same whenever it is read again (resumed runs included).
+
+Videos `(T, H, W, C)` go through the same steps frame by frame, with one crop (and one flip) drawn per clip, so
+that motion inside the clip is left as it was.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ TRAIN_CROPS = ("none", "pad", "inception")
 
 
 def resize(image: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:
-    """`(H, W, C)` uint8 -> `(h, w, C)` uint8 with PIL (which antialiases when it shrinks)."""
+    """`(H, W, C)` uint8 -> `(h, w, C)` uint8 with PIL (which antialiases when it shrinks); `(T, H, W, C)` videos
+    frame by frame."""
     h, w = size
-    if image.shape[:2] == (h, w):
+    if image.shape[-3:-1] == (h, w):
         return image
+    if image.ndim == 4:
+        return np.stack([resize(frame, size, method) for frame in image])
     channels = image.shape[-1]
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
     out = np.asarray(pil.resize((w, h), RESIZE_METHODS[method]))
@@ -43,12 +49,13 @@ def to_value_range(image: np.ndarray, value_range: tuple[float, float]) -> np.nd
 
 
 def pad_and_random_crop(image: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
-    """Zero-pad by `padding` on every side, then cut a random window of the original size."""
-    h, w = image.shape[:2]
+    """Zero-pad by `padding` on every side, then cut a random window of the original size (the same window for
+    every frame of a `(T, H, W, C)` video)."""
+    h, w = image.shape[-3:-1]
     top, left = rng.integers(-padding, padding + 1, size=2)  # where the window starts, in image coordinates
     out = np.zeros_like(image)  # slicing into zeros is ~4x faster than np.pad then slicing
-    out[max(0, -top) : h - max(0, top), max(0, -left) : w - max(0, left)] = image[
-        max(0, top) : h + min(0, top), max(0, left) : w + min(0, left)
+    out[..., max(0, -top) : h - max(0, top), max(0, -left) : w - max(0, left), :] = image[
+        ..., max(0, top) : h + min(0, top), max(0, left) : w + min(0, left), :
     ]
     return out
 
@@ -79,7 +86,8 @@ def inception_crop_box(
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """Turns a decoded TFDS example into `{'image': float32 (h, w, C), 'label': int32}`."""
+    """Turns a decoded TFDS example into `{'image': float32 (h, w, C), 'label': int32}` (`(T, h, w, C)` for a
+    video)."""
 
     image_size: tuple[int, int]
     value_range: tuple[float, float] = (-1.0, 1.0)
@@ -99,13 +107,13 @@ class Preprocess:
     def train(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = example["image"]
         if self.train_crop == "inception":
-            top, left, h, w = inception_crop_box(*image.shape[:2], self.crop_scale, self.crop_ratio, rng)
-            image = image[top : top + h, left : left + w]
+            top, left, h, w = inception_crop_box(*image.shape[-3:-1], self.crop_scale, self.crop_ratio, rng)
+            image = image[..., top : top + h, left : left + w, :]
         image = resize(image, self.image_size, self.resize_method)
         if self.train_crop == "pad" and self.crop_padding:
             image = pad_and_random_crop(image, self.crop_padding, rng)
         if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
+            image = image[..., ::-1, :]
         return self._output(image, example["label"])
 
     def eval(self, example: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
 """Open a split of a TFDS dataset for random access, without TensorFlow.
 
-Any TFDS dataset prepared in ArrayRecord format works by name (`cifar10`, `imagenet2012`, ...). vit_jax builds two
-kinds itself, on first use, with no network: `sklearn_digits` (the default) and `folder:/path/to/images` (a
-user's image folder; see `vit_jax.data.image_folder`).
+Any TFDS dataset prepared in ArrayRecord format works by name (`cifar10`, `imagenet2012`, ...). vit_jax builds
+some itself, on first use, with no network: `sklearn_digits` (the default), `moving_digits` (videos; see
+`vit_jax.data.moving_digits`) and `folder:/path/to/images` (a user's image folder; see
+`vit_jax.data.image_folder`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,8 +21,10 @@ import tensorflow_datasets as tfds
 
 from vit_jax.data.digits import SklearnDigits
 from vit_jax.data.image_folder import build_image_folder
+from vit_jax.data.moving_digits import MovingDigits
 
-BUILT_IN: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {"sklearn_digits": SklearnDigits}
+BUILT_IN: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {"sklearn_digits": SklearnDigits,
+                                                              "moving_digits": MovingDigits}
 FOLDER_PREFIX = "folder:"
 
 
@@ -35,7 +39,8 @@ class DatasetSpec:
     name: str
     num_classes: int
     class_names: tuple[str, ...]
-    image_shape: tuple[int | None, int | None, int]  # (H, W, C); H and W are None for variable-size images
+    # (H, W, C), or (T, H, W, C) for videos; H and W are None for variable-size images
+    image_shape: tuple[int | None, ...]
 
 
 def default_data_dir(data_dir: str | None = None) -> str:
@@ -130,7 +135,8 @@ def dataset_spec(builder: tfds.core.DatasetBuilder) -> DatasetSpec:
 
 
 def open_split(builder: tfds.core.DatasetBuilder, split: str) -> Sequence[dict[str, Any]]:
-    """Random access to the decoded examples (`{'image': uint8 (H, W, C), 'label': int, ...}`) of `split`."""
+    """Random access to the decoded examples (`{'image': uint8 (H, W, C) or (T, H, W, C), 'label': int, ...}`)
+    of `split`."""
     split_size(builder, split)  # the clear error for an unknown split
     return builder.as_data_source(split=split)
 
@@ -153,6 +159,7 @@ class InMemorySource(Sequence[dict[str, Any]]):
 
 
 def fits_in_memory(spec: DatasetSpec, num_examples: int, budget_bytes: int = 512 * 2**20) -> bool:
-    """Whether a split of fixed-size images takes less than `budget_bytes` decoded."""
-    h, w, c = spec.image_shape
-    return h is not None and w is not None and num_examples * h * w * c <= budget_bytes
+    """Whether a split of fixed-size images (or videos) takes less than `budget_bytes` decoded."""
+    if None in spec.image_shape:
+        return False
+    return num_examples * math.prod(spec.image_shape) <= budget_bytes

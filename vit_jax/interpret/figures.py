@@ -108,7 +108,7 @@ def patch_grid_figure(image: np.ndarray, grid: tuple[int, int], patch_size: tupl
     axis.set_ylim(gh * ph, 0)
     axis.set_xlabel("x (pixels)")
     axis.set_ylabel("y (pixels)")
-    prefix = f"; token 0 is the class token" if num_prefix else ""
+    prefix = "; token 0 is the class token" if num_prefix else ""
     axis.set_title(title or f"{gh}x{gw} patches of {ph}x{pw} px -> tokens {num_prefix}-{num_prefix + gh * gw - 1}"
                    f"{prefix}")
     return figure

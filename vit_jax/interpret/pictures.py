@@ -21,9 +21,8 @@ from vit_jax.interpret.patch_filters import principal_filters
 from vit_jax.interpret.posemb_similarity import posemb_similarity
 from vit_jax.models.encoder import ENCODER
 from vit_jax.models.heads import num_prefix_tokens
-from vit_jax.models.patching import grid_shape
 from vit_jax.models.posemb import sincos2d
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
 
 MAX_FILTER_COMPONENTS = 28  # as many as the ViT paper shows
 
@@ -91,16 +90,19 @@ def compute_pictures(model: VisionTransformer, params: Any, images: np.ndarray,
                      value_range: tuple[float, float]) -> Pictures:
     """All the arrays, from a (possibly scanned) model and its parameters, on preprocessed `images`."""
     images = np.asarray(images, np.float32)
-    grid = grid_shape(images.shape[1:3], model.patch_size, model.pad)
+    grid = token_grid(model, images.shape[1:3])
+    patch_size = pixel_patch_size(model)  # image pixels per token (the ResNet stem's stride times the patch)
     num_prefix = num_prefix_tokens(model.classifier)
     table = position_table(model, params, grid)
     similarity = posemb_similarity(*table) if table is not None else None
-    components, explained = principal_filters(np.asarray(params["embedding"]["kernel"]), MAX_FILTER_COMPONENTS)
+    # A hybrid's embedding sees the stem's feature map, not pixels: its root conv is the layer that sees the image.
+    first_layer = params["conv_root"] if "conv_root" in params else params["embedding"]
+    components, explained = principal_filters(np.asarray(first_layer["kernel"]), MAX_FILTER_COMPONENTS)
     weights = attention_weights(model, params, images)
     return Pictures(
-        images=images, value_range=tuple(value_range), grid=grid, patch_size=tuple(model.patch_size),
+        images=images, value_range=tuple(value_range), grid=grid, patch_size=patch_size,
         num_prefix=num_prefix, posemb_grid=None if table is None else table[1], similarity=similarity,
         filter_components=components, filter_explained=explained, weights=weights,
         rollout=attention_rollout(weights[:, 0]),
-        distances=mean_attention_distance(weights, grid, tuple(model.patch_size), num_prefix),
+        distances=mean_attention_distance(weights, grid, patch_size, num_prefix),
     )

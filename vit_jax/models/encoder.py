@@ -21,6 +21,7 @@ from jax import lax
 
 from vit_jax.models.attention import AttentionImpl, attention_function
 from vit_jax.models.mixed_precision import is_bfloat16, mixed_dot_general
+from vit_jax.models.packed_posemb import PackedPositionEmbs, TokenPositions
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.posemb import AddPositionEmbs, PosembKind
 
@@ -73,7 +74,9 @@ class Encoder1DBlock(nn.Module):
     `__call__` returns `(x, None)` so that the same module serves as an `nn.scan` body; `drop_path_rate` is a call
     argument (a float, or this layer's entry of a scanned array) because stochastic depth grows with depth.
     `record_attention` sows each call's softmax weights, `(batch, heads, queries, keys)`, into the
-    `intermediates` collection (`MultiHeadDotProductAttention_0/attention_weights`).
+    `intermediates` collection (`MultiHeadDotProductAttention_0/attention_weights`). `mask` `(B, 1, N, N)`
+    (True: may attend) keeps the images of a packed sequence apart; `qkv_dim` is the attention's inner width
+    (heads x head dim), the token width when None.
     """
 
     mlp_dim: int
@@ -85,15 +88,18 @@ class Encoder1DBlock(nn.Module):
     dtype: Any = None
     attention_impl: AttentionImpl = "einsum"
     record_attention: bool = False
+    qkv_dim: int | None = None
     activation_sharding: ActivationSharding | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool) -> tuple[jax.Array, None]:
+    def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, None]:
         x = constrain_tokens(x, self.activation_sharding)
         y = nn.LayerNorm(dtype=self.dtype)(x)
         mixed = is_bfloat16(self.dtype)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
+            qkv_features=self.qkv_dim,
             dtype=self.dtype,
             qkv_dot_general=mixed_dot_general if mixed else None,
             out_dot_general=mixed_dot_general if mixed else None,
@@ -103,7 +109,7 @@ class Encoder1DBlock(nn.Module):
             broadcast_dropout=False,
             dropout_rate=self.attention_dropout_rate,
             deterministic=deterministic,
-        )(y, y, sow_weights=self.record_attention)
+        )(y, y, mask=mask, sow_weights=self.record_attention)
         y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
         x = x + self._maybe_drop_path(y, drop_path_rate, deterministic)
 
@@ -139,16 +145,21 @@ class Encoder(nn.Module):
       remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute);
         `remat_policy` names a `jax.checkpoint_policies` member to save some intermediates anyway.
       scan: one `nn.scan` over depth instead of a Python loop: compile time independent of depth.
-      attention_impl, record_attention: see `Encoder1DBlock` and `vit_jax.models.attention`.
+      attention_impl, record_attention, qkv_dim: see `Encoder1DBlock` and `vit_jax.models.attention`.
+      embedding_dropout_rate: dropout after the position embeddings; None: `dropout_rate`.
+
+    `__call__(x, train, mask=None, positions=None)`: `mask` `(B, 1, N, N)` restricts attention (packed sequences);
+    `positions` (a `vit_jax.models.packed_posemb.TokenPositions`) places each token of a packed sequence on its
+    own image's grid instead of on `grid`.
     """
 
     num_layers: int
     mlp_dim: int
     num_heads: int
-    grid: tuple[int, int]
+    grid: tuple[int, ...]  # (gh, gw), or (gt, gh, gw) for videos
     num_prefix: int = 1
     posemb: PosembKind = "learn"
-    posemb_grid: tuple[int, int] | None = None
+    posemb_grid: tuple[int, ...] | None = None
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
@@ -156,15 +167,22 @@ class Encoder(nn.Module):
     dtype: Any = None
     attention_impl: AttentionImpl = "einsum"
     record_attention: bool = False
+    qkv_dim: int | None = None
+    embedding_dropout_rate: float | None = None
     remat: bool = False
     remat_policy: str | None = None
     scan: bool = False
     activation_sharding: ActivationSharding | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = AddPositionEmbs(self.posemb, self.grid, self.num_prefix, self.posemb_grid, name="posembed_input")(x)
-        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None,
+                 positions: TokenPositions | None = None) -> jax.Array:
+        if positions is None:
+            x = AddPositionEmbs(self.posemb, self.grid, self.num_prefix, self.posemb_grid, name="posembed_input")(x)
+        else:
+            x = PackedPositionEmbs(self.posemb, self.grid, name="posembed_input")(x, positions)
+        embedding_dropout = self.dropout_rate if self.embedding_dropout_rate is None else self.embedding_dropout_rate
+        x = nn.Dropout(rate=embedding_dropout)(x, deterministic=not train)
 
         block_cls = self._block_class()
         block_args = dict(
@@ -177,6 +195,7 @@ class Encoder(nn.Module):
             dtype=self.dtype,
             attention_impl=self.attention_impl,
             record_attention=self.record_attention,
+            qkv_dim=self.qkv_dim,
             activation_sharding=self.activation_sharding,
         )
         rates = drop_path_rates(self.stochastic_depth, self.num_layers)
@@ -185,13 +204,14 @@ class Encoder(nn.Module):
                 block_cls,
                 variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast),
                 length=self.num_layers,
             )(name=SCANNED_BLOCKS, **block_args)
-            x, _ = blocks(x, jnp.asarray(rates), not train)
+            x, _ = blocks(x, jnp.asarray(rates), not train, mask)
         else:
             for layer in range(self.num_layers):
-                x, _ = block_cls(name=f"{SCANNED_BLOCKS}_{layer}", **block_args)(x, float(rates[layer]), not train)
+                block = block_cls(name=f"{SCANNED_BLOCKS}_{layer}", **block_args)
+                x, _ = block(x, float(rates[layer]), not train, mask)
         return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
     def _block_class(self) -> type[Encoder1DBlock]:

@@ -26,7 +26,11 @@ def num_prefix_tokens(classifier: str) -> int:
 
 
 class MAPHead(nn.Module):
-    """Multihead attention pooling: a learned probe attends over the tokens, then a residual MLP (big_vision)."""
+    """Multihead attention pooling: a learned probe attends over the tokens, then a residual MLP (big_vision).
+
+    `segments` `(B, K, N)` (True where token n belongs to image k of a packed sequence) pools each of K images
+    with its own copy of the probe, attending only to that image's tokens: `(B, K, D)` instead of `(B, D)`.
+    """
 
     num_heads: int
     mlp_dim: int | None = None
@@ -34,19 +38,20 @@ class MAPHead(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, segments: jax.Array | None = None) -> jax.Array:
         b, _, d = x.shape
+        num_queries = 1 if segments is None else segments.shape[1]
         probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
-        probe = jnp.tile(probe.astype(x.dtype), [b, 1, 1])
+        probe = jnp.tile(probe.astype(x.dtype), [b, num_queries, 1])
         x = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform()
-        )(probe, x)
+        )(probe, x, mask=None if segments is None else segments[:, None])
         y = nn.LayerNorm(dtype=self.dtype)(x)
         mlp_dim = 4 * d if self.mlp_dim is None else self.mlp_dim
         x = x + MlpBlock(mlp_dim=mlp_dim, gelu_approximate=self.gelu_approximate, dtype=self.dtype)(
             y, deterministic=True
         )
-        return x[:, 0]
+        return x[:, 0] if segments is None else x
 
 
 def pool_tokens(x: jax.Array, classifier: str) -> jax.Array:
@@ -58,3 +63,11 @@ def pool_tokens(x: jax.Array, classifier: str) -> jax.Array:
     if classifier in ("unpooled", "token_unpooled"):
         return x
     raise ValueError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}")
+
+
+def pool_segments(x: jax.Array, segments: jax.Array) -> jax.Array:
+    """Mean of each image's tokens in packed `(B, N, D)` tokens: `segments` `(B, K, N)` -> `(B, K, D)`
+    (zeros for an empty image slot)."""
+    weights = segments.astype(jnp.float32)
+    counts = jnp.maximum(weights.sum(-1, keepdims=True), 1.0)
+    return (jnp.einsum("bkn,bnd->bkd", weights, x.astype(jnp.float32)) / counts).astype(x.dtype)

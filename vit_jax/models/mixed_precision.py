@@ -99,12 +99,16 @@ def mixed_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, pr
     return out.reshape(*batch_shape, *rhs.shape[k:])
 
 
-def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, **unused: Any) -> jax.Array:
+def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None,
+                    **unused: Any) -> jax.Array:
     """Softmax attention over `(batch, length, heads, head_dim)` bf16 inputs: both products through
-    `mixed_einsum`, the softmax in float32. For flax's `MultiHeadDotProductAttention(attention_fn=...)`; no
-    attention dropout or mask (flax passes those only when set, and the encoder uses neither here)."""
+    `mixed_einsum`, the softmax in float32. For flax's `MultiHeadDotProductAttention(attention_fn=...)`; `mask`
+    (broadcastable to `(batch, heads, queries, keys)`, True: attend) as flax's; no attention dropout (the
+    encoder only picks this function without it)."""
     query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
     logits = mixed_einsum("bqhd,bkhd->bhqk", query, key)
+    if mask is not None:
+        logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
     return mixed_einsum("bhqk,bkhd->bqhd", weights, value)
 

@@ -1,11 +1,14 @@
-"""Position embeddings: learned (`learn`), fixed 2-D sin-cos (`sincos2d`), or `none`.
+"""Position embeddings: learned (`learn`), fixed 2-D sin-cos (`sincos2d`), fixed space-time sin-cos (`sincos3d`,
+videos), or `none`.
 
 Tables are `(1, num_prefix + gh * gw, D)`: the prefix rows (the class token) come first, then the patch positions
-in row-major grid order, matching the token order of `vit_jax.models.patching`.
+in row-major grid order, matching the token order of `vit_jax.models.patching`. Video grids are `(gt, gh, gw)`
+and their tables `(1, num_prefix + gt * gh * gw, D)`, row-major over (t, h, w) as `vit_jax.models.tubelet`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -14,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PosembKind = Literal["learn", "sincos2d", "none"]
-POSEMB_KINDS: tuple[str, ...] = ("learn", "sincos2d", "none")
+PosembKind = Literal["learn", "sincos2d", "sincos3d", "none"]
+POSEMB_KINDS: tuple[str, ...] = ("learn", "sincos2d", "sincos3d", "none")
+FIXED_GRID_DIMS = {"sincos2d": 2, "sincos3d": 3}  # the grid each fixed table is defined on
 
 
 def sincos2d(grid: Sequence[int], width: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -39,8 +43,36 @@ def sincos2d(grid: Sequence[int], width: int, temperature: float = 10_000.0) -> 
     return np.concatenate([np.sin(x_angles), np.cos(x_angles), np.sin(y_angles), np.cos(y_angles)], axis=1)
 
 
+def sincos3d(grid: Sequence[int], width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed space-time sin-cos table `(gt * gh * gw, width)`, row-major over (t, h, w).
+
+    Layout `[sin(t w) | cos(t w) | sincos2d(h, w)]`: the first quarter of the width encodes the frame index t with
+    `width / 8` frequencies `w_k = temperature ** (-k / (width / 8 - 1))`, the other three quarters are this
+    module's `sincos2d` of the spatial position, the same for every frame. The quarter / three-quarters split is
+    MAE-ST's (`get_3d_sincos_pos_embed`, Feichtenhofer et al. 2022), with big_vision's 2-D layout for space.
+    """
+    gt, gh, gw = grid
+    if width % 16 or width < 32:
+        raise ValueError(
+            f"sincos3d position embeddings need a width divisible by 16 and at least 32 (a quarter for time, "
+            f"three quarters split four ways for space); got width {width}"
+        )
+    eighth = width // 8
+    omega = 1.0 / temperature ** (np.arange(eighth) / (eighth - 1))
+    t_angles = np.outer(np.arange(gt), omega)
+    time = np.concatenate([np.sin(t_angles), np.cos(t_angles)], axis=1)  # (gt, width / 4)
+    space = sincos2d((gh, gw), width - width // 4, temperature)  # (gh * gw, 3 width / 4)
+    return np.concatenate([np.repeat(time, gh * gw, axis=0), np.tile(space, (gt, 1))], axis=1)
+
+
+def grid_text(grid: Sequence[int]) -> str:
+    """`(4, 4)` -> `4x4 patch grid`, `(2, 4, 4)` -> `2x4x4 tubelet grid` (for messages)."""
+    return f"{'x'.join(map(str, grid))} {'tubelet' if len(grid) == 3 else 'patch'} grid"
+
+
 class AddPositionEmbs(nn.Module):
-    """Adds position embeddings to `(B, num_prefix + gh * gw, D)` tokens.
+    """Adds position embeddings to `(B, num_prefix + gh * gw, D)` tokens (`(B, num_prefix + gt * gh * gw, D)` for a
+    video's `(gt, gh, gw)` grid).
 
     Named `posembed_input` inside the encoder (`Transformer`). With `learn`, the parameter `pos_embedding`
     `(1, num_prefix + gh * gw, D)` is normal(0.02)-initialised and covers the class token too, exactly as
@@ -54,9 +86,9 @@ class AddPositionEmbs(nn.Module):
     """
 
     kind: PosembKind
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     num_prefix: int = 0
-    table_grid: tuple[int, int] | None = None
+    table_grid: tuple[int, ...] | None = None
     posemb_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
     param_dtype: jnp.dtype = jnp.float32
 
@@ -64,19 +96,22 @@ class AddPositionEmbs(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         if self.kind not in POSEMB_KINDS:
             raise ValueError(f"posemb must be one of {POSEMB_KINDS}; got {self.kind!r}")
-        gh, gw = self.grid
         num_tokens, width = tokens.shape[1:]
-        if num_tokens != self.num_prefix + gh * gw:
+        if num_tokens != self.num_prefix + math.prod(self.grid):
             raise ValueError(
-                f"got {num_tokens} tokens; expected {self.num_prefix} prefix token(s) + a {gh}x{gw} patch grid"
+                f"got {num_tokens} tokens; expected {self.num_prefix} prefix token(s) + a {grid_text(self.grid)}"
             )
         if self.kind == "none":
             return tokens
-        if self.kind == "sincos2d":
-            table = np.concatenate([np.zeros((self.num_prefix, width)), sincos2d(self.grid, width)])[None]
+        if self.kind in FIXED_GRID_DIMS:
+            if len(self.grid) != FIXED_GRID_DIMS[self.kind]:
+                raise ValueError(f"posemb={self.kind!r} needs a {FIXED_GRID_DIMS[self.kind]}-D grid; got a "
+                                 f"{grid_text(self.grid)} (sincos2d: images, sincos3d: videos)")
+            fixed = (sincos2d if self.kind == "sincos2d" else sincos3d)(self.grid, width)
+            table = np.concatenate([np.zeros((self.num_prefix, width)), fixed])[None]
             return tokens + jnp.asarray(table, tokens.dtype)
         table_grid = tuple(self.grid if self.table_grid is None else self.table_grid)
-        table_rows = self.num_prefix + table_grid[0] * table_grid[1]
+        table_rows = self.num_prefix + math.prod(table_grid)
         self._check_stored_table(table_rows, num_tokens)
         table = self.param("pos_embedding", self.posemb_init, (1, table_rows, width), self.param_dtype)
         if table_grid != tuple(self.grid):
@@ -89,10 +124,9 @@ class AddPositionEmbs(nn.Module):
             return
         rows = jnp.shape(nn.unbox(self.get_variable("params", "pos_embedding")))[1]
         if rows != table_rows:
-            gh, gw = self.grid
             raise ValueError(
                 f"pos_embedding has {rows} rows but the input has {num_tokens} tokens "
-                f"({self.num_prefix} prefix + a {gh}x{gw} patch grid): the table was trained for another "
+                f"({self.num_prefix} prefix + a {grid_text(self.grid)}): the table was trained for another "
                 f"resolution or patch size; resize it to the new grid before loading"
             )
 
@@ -122,7 +156,8 @@ def resize_posemb(
     antialias: bool = False,
 ) -> jax.Array:
     """A learned table `(1, num_prefix + gh * gw, D)` resized to a new `(gh', gw')` grid, prefix rows (the class
-    token) unchanged. Grids may be non-square.
+    token) unchanged. Grids may be non-square, and have any number of axes: a video's `(gt, gh, gw)` table is
+    resized over time too (old and new grids must have as many axes).
 
     Methods, named for the convention they match:
       - `bilinear_align_corners` (default): what `scipy.ndimage.zoom(order=1)` computes in vision_transformer and
@@ -135,20 +170,25 @@ def resize_posemb(
     """
     if method not in POSEMB_RESIZE_METHODS:
         raise ValueError(f"posemb resize method must be one of {POSEMB_RESIZE_METHODS}; got {method!r}")
-    (gh, gw), (nh, nw) = tuple(old_grid), tuple(new_grid)
+    old, new = tuple(old_grid), tuple(new_grid)
     width = table.shape[-1]
-    if table.shape[1] != num_prefix + gh * gw:
-        raise ValueError(f"position table has {table.shape[1]} rows; expected {num_prefix} prefix + {gh}x{gw} grid")
-    if (gh, gw) == (nh, nw):
+    if len(old) != len(new):
+        raise ValueError(f"cannot resize a {grid_text(old)} table to a {grid_text(new)}: the grids need as many axes")
+    if table.shape[1] != num_prefix + math.prod(old):
+        raise ValueError(f"position table has {table.shape[1]} rows; expected {num_prefix} prefix + "
+                         f"{'x'.join(map(str, old))} grid")
+    if old == new:
         return table
-    prefix, grid = table[:, :num_prefix], table[:, num_prefix:].reshape(1, gh, gw, width)
+    prefix, grid = table[:, :num_prefix], table[:, num_prefix:].reshape(1, *old, width)
     if method == "bilinear_align_corners":
         if antialias:
             raise ValueError("antialias applies to 'bilinear' and 'bicubic', not to 'bilinear_align_corners'")
-        rows, cols = align_corners_matrix(gh, nh), align_corners_matrix(gw, nw)
-        resized = jnp.einsum("ah,bw,nhwd->nabd", rows, cols, grid.astype(jnp.float32))
+        resized = grid.astype(jnp.float32)
+        for axis, (size_in, size_out) in enumerate(zip(old, new), start=1):  # separable: one matrix per axis
+            resized = jnp.moveaxis(jnp.tensordot(align_corners_matrix(size_in, size_out), resized, ((1,), (axis,))),
+                                   0, axis)
     else:
         kind = "bilinear" if method == "bilinear" else "cubic"
-        resized = jax.image.resize(grid.astype(jnp.float32), (1, nh, nw, width), kind, antialias=antialias)
-    resized = resized.astype(table.dtype).reshape(1, nh * nw, width)
+        resized = jax.image.resize(grid.astype(jnp.float32), (1, *new, width), kind, antialias=antialias)
+    resized = resized.astype(table.dtype).reshape(1, math.prod(new), width)
     return jnp.concatenate([jnp.asarray(prefix), resized], axis=1)

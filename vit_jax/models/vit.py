@@ -7,7 +7,8 @@ The parameter tree has exactly the names of google-research/vision_transformer's
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -24,8 +25,11 @@ from vit_jax.models.patching import (
     PatchEmbedKind,
     PatchPadding,
     as_patch_size,
+    grid_shape,
 )
 from vit_jax.models.posemb import POSEMB_KINDS, PosembKind
+from vit_jax.models.resnet_stem import check_stem_options, resnet_stem, stem_output_hw, stem_stride
+from vit_jax.models.tubelet import TubeletEmbed, as_tubelet_size, tubelet_grid
 
 
 class VisionTransformer(nn.Module):
@@ -33,10 +37,19 @@ class VisionTransformer(nn.Module):
 
     Attributes:
       num_classes: logits per example; `None` or 0 for no `head` (the representation is returned).
-      patch_size: `(ph, pw)` or an int. Image height/width must be multiples of it unless `pad='zeros'`.
+      patch_size: `(ph, pw)` or an int. Image height/width must be multiples of it unless `pad='zeros'`. With a
+        ResNet stem it is in feature-map pixels: R50+ViT-B/16 has patch (1, 1) on a map 16 times smaller.
+      resnet_num_layers: units per stage of the hybrid's ResNet stem, run on the images before the patch
+        embedding (see `vit_jax.models.resnet_stem`): (3, 4, 9) for R50, (2, 2, 2, 2) for R26, () for the root
+        conv alone; None: no stem.
+      resnet_width_factor: the stem's width is `64 * resnet_width_factor` channels (a multiple of 32).
       hidden_size, num_layers, mlp_dim, num_heads: width D, depth, MLP hidden units, attention heads.
       patch_embed: `conv` or `reshape`; same parameters, same outputs (see `vit_jax.models.patching`).
-      posemb: `learn`, `sincos2d` or `none` (see `vit_jax.models.posemb`).
+      tubelet_size: frames per tubelet, for a video model (ViViT's tubelet embedding, spatio-temporal attention
+        over all tokens): inputs are `(B, T, H, W, C)` and `embedding` is a `TubeletEmbed` with kernel
+        `(tubelet_size, ph, pw, C, D)` (see `vit_jax.models.tubelet`); the token grid is `(gt, gh, gw)`. None:
+        images.
+      posemb: `learn`, `sincos2d`, `sincos3d` (videos) or `none` (see `vit_jax.models.posemb`).
       posemb_grid: the grid the learned table is stored at; inputs with another grid (another resolution, or
         another `patch_size` at call time) get it resized in the forward pass. None: the grid of the input the
         model is initialised with, fixed.
@@ -49,6 +62,8 @@ class VisionTransformer(nn.Module):
       dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
       attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
       record_attention: sow every block's attention weights into `intermediates` (for pictures; `einsum` only).
+      qkv_dim: the attention's inner width (heads x head dim, vit-pytorch's `heads * dim_head`); None: hidden_size.
+      embedding_dropout_rate: dropout on the embedded tokens (vit-pytorch's `emb_dropout`); None: dropout_rate.
       remat, remat_policy, scan: memory/compile-time options of the encoder (see `vit_jax.models.encoder`).
       activation_sharding: keeps activations split across devices (set by the trainer from its mesh; see
         `vit_jax.models.partitioning`); None on one device.
@@ -62,8 +77,9 @@ class VisionTransformer(nn.Module):
     num_heads: int
     patch_embed: PatchEmbedKind = "conv"
     pad: PatchPadding = "none"
+    tubelet_size: int | None = None
     posemb: PosembKind = "learn"
-    posemb_grid: tuple[int, int] | None = None
+    posemb_grid: tuple[int, ...] | None = None
     classifier: Classifier = "token"
     representation_size: int | None = None
     head_bias_init: float = 0.0
@@ -74,10 +90,17 @@ class VisionTransformer(nn.Module):
     dtype: Any = None
     attention_impl: AttentionImpl = "einsum"
     record_attention: bool = False
+    qkv_dim: int | None = None
+    embedding_dropout_rate: float | None = None
     remat: bool = False
     remat_policy: str | None = None
     scan: bool = False
     activation_sharding: ActivationSharding | None = None
+    resnet_num_layers: tuple[int, ...] | None = None
+    resnet_width_factor: float = 1.0
+
+    posemb_kinds: ClassVar[tuple[str, ...]] = POSEMB_KINDS
+    classifier_kinds: ClassVar[tuple[str, ...]] = CLASSIFIERS
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -88,28 +111,50 @@ class VisionTransformer(nn.Module):
                  ) -> jax.Array:
         """`patch_size` (static) runs the model with another patch size than its stored kernel's, PI-resizing
         the kernel on the fly (FlexiViT); pair it with `posemb_grid` for learned position embeddings."""
-        grid = PatchEmbed(
-            self.hidden_size,
-            self.patch_size,
-            kind=self.patch_embed,
-            pad=self.pad,
-            output_format="grid",
-            dtype=self.dtype,
-            name="embedding",
-        )(images, patch_size)
-        b, gh, gw, d = grid.shape
-        x = grid.reshape(b, gh * gw, d)
+        if self.resnet_num_layers is not None:
+            images = resnet_stem(images, tuple(self.resnet_num_layers), self.resnet_width_factor, self.dtype)
+        if self.tubelet_size is None:
+            grid = PatchEmbed(
+                self.hidden_size,
+                self.patch_size,
+                kind=self.patch_embed,
+                pad=self.pad,
+                output_format="grid",
+                dtype=self.dtype,
+                name="embedding",
+            )(images, patch_size)
+        elif patch_size is not None:
+            raise ValueError(f"patch_size={patch_size!r} at call time (FlexiViT) is for images; this is a video "
+                             f"model (tubelet_size={self.tubelet_size})")
+        else:
+            grid = TubeletEmbed(self.hidden_size, self.tubelet_size, self.patch_size, kind=self.patch_embed,
+                                output_format="grid", dtype=self.dtype, name="embedding")(images)
+        b, *token_grid_shape, d = grid.shape  # (gh, gw), or (gt, gh, gw) for videos
+        x = grid.reshape(b, -1, d)
 
         num_prefix = num_prefix_tokens(self.classifier)
         if num_prefix:
             cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
             x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
 
-        x = Encoder(
+        x = self.encoder(tuple(token_grid_shape), num_prefix)(x, train=train)
+        self.sow("intermediates", "encoded", x)
+
+        if self.classifier == "map":
+            x = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
+                        dtype=self.dtype, name="MAPHead_0")(x)
+        else:
+            x = pool_tokens(x, self.classifier)
+        return self.classify(x)
+
+    def encoder(self, grid: tuple[int, ...], num_prefix: int) -> Encoder:
+        """The `Transformer` over tokens laid out as `num_prefix` prefix tokens then a row-major `grid`; called
+        from a compact `__call__` (of this class or a subclass), where it binds."""
+        return Encoder(
             num_layers=self.num_layers,
             mlp_dim=self.mlp_dim,
             num_heads=self.num_heads,
-            grid=(gh, gw),
+            grid=grid,
             num_prefix=num_prefix,
             posemb=self.posemb,
             posemb_grid=None if self.posemb_grid is None else tuple(self.posemb_grid),
@@ -120,24 +165,21 @@ class VisionTransformer(nn.Module):
             dtype=self.dtype,
             attention_impl=self.attention_impl,
             record_attention=self.record_attention,
+            qkv_dim=self.qkv_dim,
+            embedding_dropout_rate=self.embedding_dropout_rate,
             remat=self.remat,
             remat_policy=self.remat_policy,
             scan=self.scan,
             activation_sharding=self.activation_sharding,
             name=ENCODER,
-        )(x, train=train)
-        self.sow("intermediates", "encoded", x)
+        )
 
-        if self.classifier == "map":
-            x = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
-                        dtype=self.dtype, name="MAPHead_0")(x)
-        else:
-            x = pool_tokens(x, self.classifier)
-
+    def classify(self, representation: jax.Array) -> jax.Array:
+        """pooled representation -> optional `pre_logits` (Dense + tanh) -> `head` logits (float32)."""
+        x = representation
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
         self.sow("intermediates", "representation", x)
-
         if not self.num_classes:
             return x
         return nn.Dense(
@@ -152,7 +194,8 @@ class VisionTransformer(nn.Module):
 def check_options(model: VisionTransformer) -> None:
     """Reject inconsistent options when the module is built, before any tracing or compilation."""
     as_patch_size(model.patch_size)
-    choices = dict(patch_embed=PATCH_EMBED_KINDS, pad=PATCH_PADDINGS, posemb=POSEMB_KINDS, classifier=CLASSIFIERS)
+    choices = dict(patch_embed=PATCH_EMBED_KINDS, pad=PATCH_PADDINGS, posemb=model.posemb_kinds,
+                   classifier=model.classifier_kinds)
     for field, allowed in choices.items():
         if getattr(model, field) not in allowed:
             raise ValueError(f"{field} must be one of {allowed}; got {getattr(model, field)!r}")
@@ -169,18 +212,79 @@ def check_options(model: VisionTransformer) -> None:
         raise ValueError(
             f"posemb='sincos2d' needs hidden_size divisible by 4 and at least 8; got hidden_size {model.hidden_size}"
         )
-    for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth"):
+    for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth", "embedding_dropout_rate"):
         value = getattr(model, field)
-        if not 0.0 <= value < 1.0:
+        if value is not None and not 0.0 <= value < 1.0:
             raise ValueError(f"{field} must be in [0, 1); got {value!r}")
     check_attention_impl(model.attention_impl, model.dtype, model.attention_dropout_rate, model.record_attention)
-    if model.posemb_grid is not None and (len(model.posemb_grid) != 2 or not all(
+    check_stem_options(model.resnet_num_layers, model.resnet_width_factor)
+    if model.resnet_num_layers is not None and model.tubelet_size is not None:
+        raise ValueError(f"resnet_num_layers={model.resnet_num_layers!r}: the ResNet stem is for images; this is a "
+                         f"video model (tubelet_size={model.tubelet_size})")
+    check_video_options(model)
+    axes = "(rows, columns)" if model.tubelet_size is None else "(frames, rows, columns) for a video model"
+    if model.posemb_grid is not None and (len(model.posemb_grid) != axes.count(",") + 1 or not all(
             isinstance(g, int) and g > 0 for g in model.posemb_grid)):
-        raise ValueError(f"posemb_grid must be None or (rows, columns) of positive ints; got {model.posemb_grid!r}")
+        raise ValueError(f"posemb_grid must be None or {axes} of positive ints; got {model.posemb_grid!r}")
+    if model.qkv_dim is not None and (model.qkv_dim <= 0 or model.qkv_dim % model.num_heads):
+        raise ValueError(f"qkv_dim must be a positive multiple of num_heads {model.num_heads} (heads x head dim) "
+                         f"or None; got {model.qkv_dim!r}")
     if model.representation_size is not None and model.representation_size <= 0:
         raise ValueError(f"representation_size must be a positive int or None; got {model.representation_size!r}")
     if model.num_classes is not None and model.num_classes < 0:
         raise ValueError(f"num_classes must be a positive int (or None/0 for no head); got {model.num_classes!r}")
+
+
+def check_video_options(model: VisionTransformer) -> None:
+    """Options that only make sense for images (pad, sincos2d) or only for videos (sincos3d); the ResNet stem's
+    own check above rejects it for videos."""
+    if model.tubelet_size is None:
+        if model.posemb == "sincos3d":
+            raise ValueError("posemb='sincos3d' is the space-time table of video models (set tubelet_size); "
+                             "images use 'sincos2d'")
+        return
+    as_tubelet_size(model.tubelet_size, model.patch_size)
+    video = f"a video model (tubelet_size={model.tubelet_size})"
+    if model.pad != "none":
+        raise ValueError(f"pad={model.pad!r} is for images; {video} needs frame sizes and a number of frames that "
+                         f"are multiples of the tubelet size")
+    if model.posemb == "sincos2d":
+        raise ValueError(f"posemb='sincos2d' is for images; {video} takes 'sincos3d', 'learn' or 'none'")
+    if model.posemb == "sincos3d" and (model.hidden_size % 16 or model.hidden_size < 32):
+        raise ValueError(f"posemb='sincos3d' needs hidden_size divisible by 16 and at least 32; got hidden_size "
+                         f"{model.hidden_size}")
+
+
+def pixel_patch_size(model: VisionTransformer) -> tuple[int, int]:
+    """The image pixels one token covers: the patch size times the ResNet stem's stride (16x16 for R50+B/16)."""
+    stride = stem_stride(model.resnet_num_layers)
+    ph, pw = as_patch_size(model.patch_size)
+    return ph * stride, pw * stride
+
+
+def token_grid(model: VisionTransformer, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """The `(gh, gw)` token grid of an image: the patch grid of the stem's feature map (of the image itself
+    without a stem), or a ValueError naming the sizes when the patch does not divide it."""
+    if model.resnet_num_layers is None:
+        return grid_shape(image_hw, model.patch_size, model.pad)
+    feature_map = stem_output_hw(image_hw, model.resnet_num_layers)
+    try:
+        return grid_shape(feature_map, model.patch_size, model.pad)
+    except ValueError as error:
+        raise ValueError(f"the ResNet stem turns {image_hw[0]}x{image_hw[1]} images into {feature_map[0]}x"
+                         f"{feature_map[1]} feature maps (stride {stem_stride(model.resnet_num_layers)}): "
+                         f"{error}") from None
+
+
+def input_grid(model: VisionTransformer, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The token grid of one input without its batch axis: `(gh, gw)` for an `(H, W, C)` image, `(gt, gh, gw)`
+    for a video model's `(T, H, W, C)` video; a ValueError naming the sizes when they do not divide."""
+    if model.tubelet_size is None:
+        return token_grid(model, tuple(input_shape[:2]))
+    if len(input_shape) != 4:
+        raise ValueError(f"a video model (tubelet_size={model.tubelet_size}) takes (frames, height, width, "
+                         f"channels) inputs; got shape {tuple(input_shape)}")
+    return tubelet_grid(input_shape[:3], as_tubelet_size(model.tubelet_size, model.patch_size))
 
 
 MODEL_OPTIONS: tuple[str, ...] = tuple(
