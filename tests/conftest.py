@@ -9,11 +9,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
+# Many tests compile the same small programs (the tiny digits run's steps), in this process and in the `main`
+# processes they start: XLA's persistent compilation cache, shared by the xdist workers and inherited by
+# subprocesses through the environment, compiles each once per machine. Keys cover the program, the flags and
+# the jax version, so a cached executable is the one a fresh compile would give.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".pytest_cache" / "jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402  (after the cache settings it reads)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 def perturbed(params: Any, seed: int = 0, scale: float = 0.2) -> Any:

@@ -83,17 +83,20 @@ def unpatchify(patches: jax.Array, patch_size: tuple[int, int], channels: int) -
     return x.reshape(b, gh * ph, gw * pw, channels)
 
 
+CONV_LAYOUTS = {2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}  # by the kernel's window rank
+
+
 def embed_patches_conv(
     images: jax.Array, kernel: jax.Array, bias: jax.Array, precision: jax.lax.PrecisionLike = None
 ) -> jax.Array:
-    """Strided VALID convolution: `(B, H, W, C)` -> `(B, gh, gw, D)`."""
-    ph, pw = kernel.shape[:2]
+    """Strided VALID convolution whose stride is its window: `(B, H, W, C)` -> `(B, gh, gw, D)`; with a
+    `(t, ph, pw, C, D)` tubelet kernel, `(B, T, H, W, C)` videos -> `(B, gt, gh, gw, D)`."""
     y = jax.lax.conv_general_dilated(
         images,
         kernel,
-        window_strides=(ph, pw),
+        window_strides=kernel.shape[:-2],
         padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        dimension_numbers=CONV_LAYOUTS[kernel.ndim - 2],
         precision=precision,
     )
     return y + bias

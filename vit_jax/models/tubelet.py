@@ -20,7 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models.patching import PATCH_EMBED_KINDS, PatchEmbedKind, as_patch_size, grid_shape
+from vit_jax.models.patching import (
+    PATCH_EMBED_KINDS,
+    PatchEmbedKind,
+    as_patch_size,
+    embed_patches_conv,
+    grid_shape,
+)
 
 
 def as_tubelet_size(frames: int, patch_size: int | Sequence[int]) -> tuple[int, int, int]:
@@ -54,19 +60,7 @@ def tubeletify(videos: jax.Array, tubelet: Sequence[int]) -> jax.Array:
     return x.reshape(b, gt, gh, gw, t * ph * pw * c)
 
 
-def embed_tubelets_conv(
-    videos: jax.Array, kernel: jax.Array, bias: jax.Array, precision: jax.lax.PrecisionLike = None
-) -> jax.Array:
-    """Strided VALID 3-D convolution: `(B, T, H, W, C)` -> `(B, gt, gh, gw, D)`."""
-    y = jax.lax.conv_general_dilated(
-        videos,
-        kernel,
-        window_strides=kernel.shape[:3],
-        padding="VALID",
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        precision=precision,
-    )
-    return y + bias
+embed_tubelets_conv = embed_patches_conv  # one strided convolution serves patches and tubelets
 
 
 def embed_tubelets_reshape(
