@@ -22,8 +22,8 @@ from typing import Any
 
 import grain
 import numpy as np
-from absl import flags
 
+from vit_jax.data.pipeline import read
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.models.patching import patchify
 
@@ -196,12 +196,7 @@ def packed_train_iterator(
                          f"{seq_len}: raise seq_len or shrink the largest image size")
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
     dataset = dataset.random_map(preprocess.train)[process_index::process_count]
-    tokens = dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
-    if num_workers > 0:
-        if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
-            flags.FLAGS.mark_as_parsed()
-        tokens = tokens.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    packed = packer(tokens, seq_len=seq_len, max_images=max_images, num_bins=num_bins or batch_size, seed=seed,
+    packed = packer(read(dataset, num_threads, num_workers), seq_len=seq_len, max_images=max_images, num_bins=num_bins or batch_size, seed=seed,
                     shuffle=True)
     return iter(packed.batch(batch_size, drop_remainder=True))
 
@@ -222,8 +217,7 @@ def packed_eval_batches(
     trainer keeps processes in step (`vit_jax.data.pipeline.in_step`)."""
     local = grain.MapDataset.source(source)[process_index::process_count]
     tokens = local.map_with_index(lambda i, example: preprocess.eval(process_index + i * process_count, example))
-    tokens = tokens.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
-    packed = packer(tokens, seq_len=seq_len, max_images=max_images, num_bins=batch_size, seed=0, shuffle=False)
+    packed = packer(read(tokens, num_threads), seq_len=seq_len, max_images=max_images, num_bins=batch_size, seed=0, shuffle=False)
     for batch in packed.batch(batch_size, drop_remainder=False):
         missing = batch_size - len(batch["mask"])
         if missing:
@@ -232,7 +226,3 @@ def packed_eval_batches(
             batch = {key: np.concatenate([value, empty[key]]) for key, value in batch.items()}
         yield batch
 
-
-def max_patch_dim(preprocess: PackedPreprocess, channels: int) -> int:
-    """Values per flattened patch: `ph * pw * C`."""
-    return math.prod(preprocess.patch_size) * channels

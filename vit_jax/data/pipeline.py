@@ -41,13 +41,18 @@ def train_iterator(
     """
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
     dataset = dataset.random_map(preprocess.train)[process_index::process_count]
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return iter(read(dataset.batch(batch_size, drop_remainder=True), num_threads, num_workers))
+
+
+def read(dataset: grain.MapDataset, num_threads: int, num_workers: int = 0) -> grain.IterDataset:
+    """`dataset` read by `num_threads` threads, prefetched, and with `num_workers > 0` in that many worker
+    processes (which read absl flags: run from `app.run`, or flags are marked as parsed here)."""
     iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
             flags.FLAGS.mark_as_parsed()
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return iter(iterable)
+    return iterable
 
 
 def num_eval_steps(num_examples: int, batch_size: int, process_count: int = 1) -> int:
