@@ -156,6 +156,46 @@ def test_downsampling_pi_resize_is_the_least_squares_fit(rng):
         np.testing.assert_allclose(resized[:, :, 0, d].ravel(), best, atol=1e-8)
 
 
+# Old and new patch sizes covering every mix of shrinking, keeping and growing each side, square and not.
+MIXED_RESIZES = [((16, 16), (h, w)) for h in (12, 16, 20) for w in (12, 16, 20) if (h, w) != (16, 16)]
+MIXED_RESIZES += [((8, 12), (6, 16)), ((8, 12), (8, 9)), ((8, 12), (10, 12)), ((8, 12), (4, 24)), ((8, 16), (16, 8)),
+                  ((8, 16), (8, 32)), ((3, 5), (7, 2))]
+
+
+@pytest.fixture(scope="module")
+def timm_resample_patch_embed():
+    from vit_jax.timm_compat import import_timm
+
+    import_timm()
+    from timm.layers import resample_patch_embed
+
+    return resample_patch_embed
+
+
+@pytest.mark.parametrize("old, new", MIXED_RESIZES)
+def test_pi_resize_matches_timms_resample_patch_embed(old, new, rng, timm_resample_patch_embed):
+    import torch
+
+    kernel = rng.standard_normal((*old, 3, 8)).astype(np.float32)
+    expected = timm_resample_patch_embed(torch.from_numpy(kernel.transpose(3, 2, 0, 1)), list(new),
+                                         interpolation="bilinear", antialias=False).numpy().transpose(2, 3, 1, 0)
+    scale = np.abs(expected).max()
+    assert scale < 50  # timm's own result is of the kernel's order (the float32-noise inverse was ~1e9)
+    np.testing.assert_allclose(pi_resize_kernel(kernel, new), expected, atol=2e-5 * scale)
+    traced = jax.jit(lambda k: pi_resize_kernel(k, new))(jnp.asarray(kernel))  # the in-model (jit) path
+    np.testing.assert_allclose(np.asarray(traced), expected, atol=2e-5 * scale)
+
+
+def test_resize_matrix_rows_are_exact_interpolation_weights():
+    # 4 -> 3 half-pixel: output i samples input (i + 0.5) * 4 / 3 - 0.5 = 1/6, 3/2, 17/6.
+    expected_1d = np.array([[5 / 6, 1 / 6, 0, 0], [0, 1 / 2, 1 / 2, 0], [0, 0, 1 / 6, 5 / 6]])
+    np.testing.assert_allclose(bilinear_resize_matrix((4, 1), (3, 1)), expected_1d, atol=1e-15)
+    # Upsampling 2 -> 4: edges clamp (sample -0.25 reads input 0 alone), inside 0.25 / 0.75 weights.
+    expected_up = np.array([[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    np.testing.assert_allclose(bilinear_resize_matrix((1, 2), (1, 4)), expected_up, atol=1e-15)
+    assert bilinear_resize_matrix((4, 1), (3, 1)).dtype == np.float64
+
+
 def test_pi_resize_to_the_same_size_is_the_identity(rng):
     kernel = rng.standard_normal((4, 4, 3, 2)).astype(np.float32)
     np.testing.assert_array_equal(pi_resize_kernel(kernel, 4), kernel)

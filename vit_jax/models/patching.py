@@ -15,7 +15,6 @@ Tokens come out row-major over the patch grid: token `k` is the patch at grid ro
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -168,21 +167,37 @@ class PatchEmbed(nn.Module):
         return grid.reshape(b, gh * gw, d)
 
 
-@functools.lru_cache(maxsize=64)
+def linear_resize_matrix_1d(old: int, new: int) -> np.ndarray:
+    """`(new, old)` weights of half-pixel linear interpolation without antialiasing, edges clamped: one axis of
+    `jax.image.resize(..., "bilinear", antialias=False)` and of PyTorch's `interpolate(mode="bilinear",
+    align_corners=False, antialias=False)`. Exact in float64, so the matrix's rank is its true rank."""
+    source = np.clip((np.arange(new) + 0.5) * old / new - 0.5, 0, old - 1)  # where each output samples the input
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, old - 1)
+    frac = source - low
+    matrix = np.zeros((new, old))
+    np.add.at(matrix, (np.arange(new), low), 1 - frac)
+    np.add.at(matrix, (np.arange(new), high), frac)
+    return matrix
+
+
 def bilinear_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
-    """`B` with `vec(resize(x)) = B @ vec(x)` for half-pixel bilinear resizing without antialiasing
-    (`jax.image.resize(..., "bilinear", antialias=False)`), built column by column from basis images.
-    Evaluated eagerly even while tracing: it is a constant of the compiled program."""
-    basis = np.eye(math.prod(old_hw)).reshape(-1, *old_hw)
-    with jax.ensure_compile_time_eval():
-        columns = jax.vmap(lambda x: jax.image.resize(x, new_hw, "bilinear", antialias=False))(basis)
-    return np.asarray(columns, np.float64).reshape(len(basis), -1).T
+    """`B` with `vec(resize(x)) = B @ vec(x)` (row-major `vec`) for half-pixel bilinear resizing without
+    antialiasing. Bilinear resizing is separable: `B = B_h (x) B_w`, the Kronecker product of the 1-D factors."""
+    return np.kron(linear_resize_matrix_1d(old_hw[0], new_hw[0]), linear_resize_matrix_1d(old_hw[1], new_hw[1]))
 
 
 @functools.lru_cache(maxsize=64)
 def pi_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
-    """`pinv(B^T)`, `(ph' pw', ph pw)`: maps a flattened `(ph, pw)` kernel slice to its PI-resized `(ph', pw')` one."""
-    return np.linalg.pinv(bilinear_resize_matrix(old_hw, new_hw).T)
+    """`pinv(B^T)`, `(ph' pw', ph pw)`: maps a flattened `(ph, pw)` kernel slice to its PI-resized `(ph', pw')` one.
+
+    `pinv(B_h^T (x) B_w^T) = pinv(B_h^T) (x) pinv(B_w^T)`, so each axis is inverted alone. One side shrinking while
+    the other grows makes `B` rank-deficient; inverting the whole float32-built matrix then amplified rounding noise
+    by ~1e9. Each exact 1-D factor has full rank (its smaller side), so its pseudo-inverse is well conditioned.
+    Evaluated eagerly even while tracing: it is a constant of the compiled program."""
+    pinv_h = np.linalg.pinv(linear_resize_matrix_1d(old_hw[0], new_hw[0]).T)
+    pinv_w = np.linalg.pinv(linear_resize_matrix_1d(old_hw[1], new_hw[1]).T)
+    return np.kron(pinv_h, pinv_w)
 
 
 def pi_resize_kernel(kernel: jax.Array, new_patch_size: int | Sequence[int]) -> jax.Array:
