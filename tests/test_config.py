@@ -1,4 +1,6 @@
+import dataclasses
 import re
+import sys
 
 import jax.numpy as jnp
 import pytest
@@ -77,3 +79,56 @@ def test_every_sweep_config_documents_its_command_and_result(path):
     docstring = re.match(r'\s*"""(.*?)"""', path.read_text(), re.S).group(1)
     assert f"python -m vit_jax.sweep --config=configs/sweeps/{path.name}" in docstring
     assert "Result" in docstring and "%" in docstring
+
+
+def a_value_unlike(default, annotation: str):
+    """A command-line value for a field, different from its default, chosen by the field's annotation as written
+    (`int | None`, `tuple[int, ...] | None`, `bool`, a Literal alias, ...)."""
+    if "tuple" in annotation:
+        return (3, 5)
+    if "bool" in annotation:
+        return not default
+    if "float" in annotation:
+        return 0.25
+    if "int" in annotation:
+        return 7
+    return "bfloat16" if default == "float32" else "some_choice"
+
+
+def none_defaulted_fields(config, prefix=""):
+    """Every field of `config` (nested) whose default is None, with the type ml-collections holds for it."""
+    for key in config:
+        value = config[key]
+        if hasattr(value, "items") and key != "model":
+            yield from none_defaulted_fields(value, f"{prefix}{key}.")
+        elif value is None and key not in config.get("model", {}):
+            yield f"{prefix}{key}", config.get_ref(key).get_type()
+
+
+def test_every_model_option_and_every_none_default_can_be_set_from_the_command_line(monkeypatch):
+    """Through the real flag parser `vit_jax.main` uses: each value arrives with its type."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    import vit_jax.models.vit as vit
+
+    wanted = {f"model.{field.name}": a_value_unlike(field.default, field.type)
+              for field in dataclasses.fields(vit.VisionTransformer)
+              if field.name in model_config("S/16")}
+    assert len(wanted) == len(model_config("S/16")) - 1  # every option but the variant
+    samples = {int: 11, tuple: (2, 6), str: "/some/dir"}
+    wanted.update({path: samples[kind] for path, kind in none_defaulted_fields(base_config())})
+    assert {"data_dir", "init.step", "init.grid", "packing.max_grid"} <= set(wanted)
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values)
+    as_flag = lambda v: str(v) if not isinstance(v, str) else v
+    argv = ["main", f"--config={ROOT / 'configs' / 'digits.py'}",
+            *(f"--config.{path}={as_flag(value)}" for path, value in wanted.items())]
+    monkeypatch.setattr(sys, "argv", argv)  # ml-collections finds the `--config.*` overrides in sys.argv
+    flag_values(argv)
+    config = flag_values.config
+    for path, value in wanted.items():
+        arrived = config
+        for part in path.split("."):
+            arrived = arrived[part]
+        assert arrived == value and type(arrived) is type(value), (path, arrived, value)

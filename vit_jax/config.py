@@ -7,8 +7,11 @@ Config files (`configs/*.py`) start from `base_config()` and change what they ne
 from __future__ import annotations
 
 import ast
+import collections.abc
 import dataclasses
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +20,40 @@ from ml_collections import ConfigDict, config_dict
 
 from vit_jax.models import VisionTransformer, create_model
 
-# Model options whose default comes from the variant (or means "off") are typed placeholders, so that
-# `--config.model.hidden_size=64` parses as an int.
-_PLACEHOLDERS = {
-    "hidden_size": int, "num_layers": int, "mlp_dim": int, "num_heads": int, "patch_size": tuple,
-    "representation_size": int, "remat_policy": str, "posemb_grid": tuple, "resnet_num_layers": tuple,
-    "tubelet_size": int,
-}
 CONFIG_FILE = "config.json"  # in a workdir: the config the run used
 # Keys of the short `get_config` argument that are not a config path.
 SHORT_KEYS = {"variant": "model.variant"}
 
 
+def value_type(hint: Any) -> type:
+    """The type a command-line value for a field annotated `hint` must have: `int | None` -> int,
+    `tuple[int, ...]` -> tuple, `Literal['conv', 'reshape']` -> str; `object` when the hint allows several."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return value_type(members[0]) if len(members) == 1 else object
+    if typing.get_origin(hint) is typing.Literal:
+        kinds = {type(choice) for choice in typing.get_args(hint)}
+        return kinds.pop() if len(kinds) == 1 else object
+    origin = typing.get_origin(hint) or hint
+    if isinstance(origin, type) and issubclass(origin, collections.abc.Sequence) and origin is not str:
+        return tuple  # ml-collections parses `(8, 16)` from the command line as a tuple
+    return origin if isinstance(origin, type) else object
+
+
 def model_config(variant: str, **options: Any) -> ConfigDict:
-    """The `model` section: a variant (`"S/16"`) plus every `create_model` option, defaults filled in."""
+    """The `model` section: a variant (`"S/16"`) plus every `create_model` option, defaults filled in. Options
+    whose default comes from the variant or means "off" (None) are placeholders typed from the model's own
+    annotations, so `--config.model.qkv_dim=32` parses as an int without a list to keep."""
     config = ConfigDict()
     config.variant = variant
+    hints = typing.get_type_hints(VisionTransformer)
     for field in dataclasses.fields(VisionTransformer):
         if field.name in ("parent", "name", "num_classes", "activation_sharding"):  # set by the trainer
             continue
-        if field.name in _PLACEHOLDERS:
-            config[field.name] = config_dict.placeholder(_PLACEHOLDERS[field.name])
-        elif field.name == "dtype":
+        if field.name == "dtype":
             config.dtype = "float32"
+        elif field.default is None or field.default is dataclasses.MISSING:
+            config[field.name] = config_dict.placeholder(value_type(hints[field.name]))
         else:
             config[field.name] = field.default
     config.update(options)
