@@ -115,12 +115,21 @@ def test_a_folder_of_images_trains_end_to_end(tmp_path, rng):
     assert "test/accuracy" not in results
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, digits_data_dir):
+@pytest.mark.parametrize("checkpoint_every", [1, 100])
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, digits_data_dir,
+                                                                          checkpoint_every):
     config = tiny_digits_config(
         digits_data_dir,
         "optimizer.name=sgd,optimizer.learning_rate=1e30,optimizer.grad_clip_norm=0.0,optimizer.warmup_steps=0,"
-        "optimizer.schedule=constant,checkpoint_every=1,label_smoothing=0.0",
+        f"optimizer.schedule=constant,checkpoint_every={checkpoint_every},eval_every=100,label_smoothing=0.0",
     )
+    if checkpoint_every == 100:  # diverges before its first checkpoint: nothing to keep, and it says so
+        with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step \d+; stopped without saving\. "
+                                                     r"No checkpoint had been saved yet") as error:
+            train_and_evaluate(config, tmp_path)
+        assert "step None" not in str(error.value)
+        assert TrainCheckpoints(tmp_path / "checkpoints").all_steps() == []
+        return
     with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step (\d+); stopped without saving\. "
                                                  r"The last good checkpoint \(step (\d+)\) is kept") as error:
         train_and_evaluate(config, tmp_path)

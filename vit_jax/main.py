@@ -6,16 +6,14 @@ again resumes where it stopped. Any config field can be overridden as `--config.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from vit_jax.checkpoint.adapt import CheckpointMismatchError
-from vit_jax.config_validation import ConfigError, check_xla_flags
+from vit_jax.config_validation import check_xla_flags
 from vit_jax.console import quiet_logging
 from vit_jax.distributed import MODES, initialize
-from vit_jax.train import NonFiniteLossError, Preempted, train_and_evaluate
+from vit_jax.entry import check_workdir, exit_statuses, parse_flags
+from vit_jax.train import train_and_evaluate
 from vit_jax.xla_flags import apply_xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py or configs/vit.py:variant=S/16")
@@ -28,30 +26,18 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_CONFIG_ERROR = 2
-EXIT_NON_FINITE = 3
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, what the scheduler expects from a process it asked to stop
-
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logging()
-    try:
+    with exit_statuses():
+        workdir = check_workdir(_WORKDIR.value)
         check_xla_flags(_CONFIG.value)
         apply_xla_flags(_CONFIG.value.xla_flags, _CONFIG.value.model.get("dtype"))  # before the backend starts
         initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, CheckpointMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_NON_FINITE)
-    except Preempted as error:
-        print(str(error), file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        train_and_evaluate(_CONFIG.value, workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

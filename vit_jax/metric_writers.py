@@ -14,8 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import tqdm
-from tensorboardX import SummaryWriter
 
+
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch: `tensorboardX.writer` imports torch whenever it is
+    installed (1.5 s of every run's start-up) only to accept torch tensors, and vit_jax logs floats and arrays."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects without torch
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
+SummaryWriter = _summary_writer_class()
 METRICS_FILE = "metrics.jsonl"
 
 

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import logging
 import re
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +30,7 @@ from ml_collections import ConfigDict, config_flags
 
 from vit_jax.config import set_field
 from vit_jax.console import quiet_logging
+from vit_jax.entry import InputError, check_workdir, exit_statuses, parse_flags
 from vit_jax.train import Preempted, train_and_evaluate
 
 STATUS_FILE = "sweep_point.json"
@@ -71,11 +71,11 @@ def load_sweep(spec: str) -> tuple[Any, str | None]:
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location(f"sweep_{Path(path).stem}", path)
     if module_spec is None or not Path(path).is_file():
-        raise FileNotFoundError(f"sweep config {path!r} not found")
+        raise InputError(f"--config={spec}: no such file; expected a sweep config, e.g. configs/sweeps/patch_size.py")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
-        raise ValueError(f"{path} has no get_sweep(arg): it is a config, not a sweep config")
+        raise InputError(f"--config={spec}: {path} has no get_sweep(arg): it is a config, not a sweep config")
     return module, arg or None
 
 
@@ -135,9 +135,14 @@ def run_point(base: ConfigDict, point: Point, workdir: Path) -> dict[str, Any]:
     return status
 
 
-def run_sweep(base: ConfigDict, points: list[Point], sweep_dir: Path, only: int | None = None) -> list[dict]:
+def check_point(only: int | None, points: list[Point]) -> None:
     if only is not None and not 0 <= only < len(points):
-        raise ValueError(f"--point={only}: the sweep has points 0..{len(points) - 1}")
+        raise InputError(f"--point={only}: no such point; expected 0..{len(points) - 1} (the sweep has "
+                         f"{len(points)} points)")
+
+
+def run_sweep(base: ConfigDict, points: list[Point], sweep_dir: Path, only: int | None = None) -> list[dict]:
+    check_point(only, points)
     selected = points if only is None else [points[only]]
     statuses = []
     for point in selected:
@@ -154,15 +159,13 @@ def main(argv: list[str]) -> None:
     quiet_logging()
     from vit_jax.sweep_report import write_report  # matplotlib only when reporting
 
-    sweep_dir = Path(FLAGS.workdir)
-    module, arg = load_sweep(config_flags.get_config_filename(FLAGS["config"]))
-    points = sweep_points(module, arg)
-    if not FLAGS.collect:
-        try:
+    with exit_statuses():
+        sweep_dir = check_workdir(FLAGS.workdir)
+        module, arg = load_sweep(config_flags.get_config_filename(FLAGS["config"]))
+        points = sweep_points(module, arg)
+        check_point(FLAGS.point, points)
+        if not FLAGS.collect:
             run_sweep(FLAGS.config, points, sweep_dir, FLAGS.point)
-        except Preempted as error:
-            print(str(error), file=sys.stderr)
-            sys.exit(143)
     if jax.process_index() == 0:
         for path in write_report(sweep_dir, points):
             print(f"wrote {path}")
@@ -170,4 +173,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

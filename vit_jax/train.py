@@ -25,6 +25,7 @@ from ml_collections import ConfigDict
 from vit_jax import config_validation
 from vit_jax.checkpoint.adapt import Adaptation, fill_from_init, plan_adaptation
 from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
+from vit_jax.checkpoint.npz import NpzError
 from vit_jax.checkpoint.pretrained import load_pretrained
 from vit_jax.config import save_config
 from vit_jax.data import pipeline
@@ -272,6 +273,8 @@ def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
         pretrained = load_pretrained(init.path, init.step)
     except FileNotFoundError as error:
         raise config_validation.field_error("init.step", init.step, str(error)) from None
+    except NpzError as error:
+        raise config_validation.field_error("init.path", init.path, str(error)) from None
     return plan_adaptation(
         pretrained.params, abstract_params, old_grid=init.grid or pretrained.grid, new_grid=setup.grid,
         dont_load=tuple(init.dont_load), head=init.head, posemb=init.posemb, posemb_method=init.posemb_method,
@@ -567,9 +570,11 @@ def final_test(run: Run, state: TrainState) -> dict[str, float]:
 def _check_finite(step: int, loss: jax.Array, checkpoints: TrainCheckpoints) -> None:
     value = float(loss)
     if not math.isfinite(value):
+        last = checkpoints.latest_step()
+        kept = (f"The last good checkpoint (step {last}) is kept in {checkpoints.directory}" if last is not None
+                else "No checkpoint had been saved yet, so the run will start from scratch when run again")
         raise NonFiniteLossError(
-            f"training loss is {value} at step {step}; stopped without saving. The last good checkpoint "
-            f"(step {checkpoints.latest_step()}) is kept in {checkpoints.directory}. Lower "
+            f"training loss is {value} at step {step}; stopped without saving. {kept}. Lower "
             f"config.optimizer.learning_rate, or set config.optimizer.grad_clip_norm"
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,33 @@ def linen_names(tree: Any) -> Any:
     return renamed
 
 
+class NpzError(ValueError):
+    """A file that is not an `.npz` archive of plain arrays."""
+
+
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """The flat `{'/'-joined path: array}` contents, read without unpickling."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: np.asarray(data[key]) for key in data.files}
+    """The flat `{'/'-joined path: array}` contents, read without unpickling: object arrays are refused."""
+    unreadable = NpzError(f"{path}: not a readable .npz file; expected a zip archive of .npy arrays (what "
+                          f"numpy.savez writes, as the released vision_transformer and big_vision checkpoints are)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):  # numpy calls any unknown bytes "pickled data"
+        raise unreadable from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise NpzError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+    arrays = {}
+    with archive:
+        for key in archive.files:
+            try:
+                arrays[key] = np.asarray(archive[key])
+            except ValueError as error:
+                if "allow_pickle" not in str(error) and "pickled" not in str(error):
+                    raise unreadable from None
+                raise NpzError(f"{path}: array {key!r} is an object array; object arrays are refused (loading one "
+                               f"means unpickling, which can run code; vit_jax never unpickles)") from None
+            except (OSError, EOFError, zipfile.BadZipFile):
+                raise unreadable from None
+    return arrays
 
 
 def load_npz(path: str | Path) -> dict[str, Any]:

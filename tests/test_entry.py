@@ -1,0 +1,70 @@
+"""Bad input on the command line is one line naming the value and what was expected, exit status 2, before
+anything compiles; never a traceback."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from vit_jax.checkpoint.npz import NpzError, read_npz
+
+
+def random_bytes_file(path):
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return path
+
+
+def object_array_npz(path):
+    np.savez(path, **{"embedding/kernel": np.array([{"a": 1}, None], dtype=object)})
+    return path
+
+
+# (command, arguments given the test's tmp_path and data dir, the one line expected on stderr)
+CASES = {
+    "workdir_is_a_file": (
+        "main", lambda tmp, data: ["--config=configs/digits.py", f"--workdir={(tmp / 'file').touch() or tmp / 'file'}"],
+        r"error: --workdir=.*/file: an existing file; expected a directory \(a new one, or a run's to resume\)"),
+    "config_file_missing": (
+        "main", lambda tmp, data: ["--config=configs/nope.py", f"--workdir={tmp / 'run'}"],
+        r"error: --config=configs/nope.py: no such file; expected a config file, e.g. configs/digits.py"),
+    "unknown_config_field": (
+        "main", lambda tmp, data: ["--config=configs/digits.py", f"--workdir={tmp / 'run'}", "--config.bogus=1"],
+        r"error: --config.bogus=1: unknown config field 'bogus'"),
+    "unparsable_value": (
+        "main", lambda tmp, data: ["--config=configs/digits.py", f"--workdir={tmp / 'run'}", "--config.num_steps=x"],
+        r"error: --config.num_steps=x: invalid literal for int\(\) with base 10: 'x'"),
+    "init_npz_not_a_zip": (
+        "main", lambda tmp, data: [f"--config=configs/finetune.py:init={random_bytes_file(tmp / 'w.npz')},"
+                                   f"variant=Ti/4,res=16", f"--config.data_dir={data}", f"--workdir={tmp / 'run'}"],
+        r"error: config.init.path = '.*/w.npz': .*/w.npz: not a readable .npz file; expected a zip archive of .npy "
+        r"arrays"),
+    "init_npz_object_array": (
+        "main", lambda tmp, data: [f"--config=configs/finetune.py:init={object_array_npz(tmp / 'o.npz')},"
+                                   f"variant=Ti/4,res=16", f"--config.data_dir={data}", f"--workdir={tmp / 'run'}"],
+        r"error: config.init.path = .*: array 'embedding/kernel' is an object array; object arrays are refused"),
+    "sweep_point_out_of_range": (
+        "sweep", lambda tmp, data: ["--config=configs/sweeps/patch_size.py", f"--workdir={tmp / 'sweep'}",
+                                    "--point=99"],
+        r"error: --point=99: no such point; expected 0\.\.7 \(the sweep has 8 points\)"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_command_lines_are_one_line_and_exit_status_2(case, tmp_path, digits_data_dir):
+    command, arguments, expected = CASES[case]
+    result = subprocess.run([sys.executable, "-m", f"vit_jax.{command}", *arguments(tmp_path, digits_data_dir)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(expected + ".*", last), last
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_plain_npy_array_is_not_taken_for_an_npz(tmp_path):
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(NpzError, match=r"one.npy: a single .npy array, not an .npz archive"):
+        read_npz(tmp_path / "one.npy")

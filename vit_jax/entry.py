@@ -1,0 +1,94 @@
+"""What the commands (`vit_jax.main`, `vit_jax.sweep`) share: flags whose errors are one line, and exit statuses.
+
+A bad flag, path or config value is one line naming it and what was expected, with exit status 2, before anything
+compiles; a non-finite loss exits 3; preemption 143 (128 + SIGTERM, what a scheduler expects from a process it
+asked to stop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from absl import flags
+from ml_collections import ConfigDict
+
+from vit_jax.checkpoint.adapt import CheckpointMismatchError
+from vit_jax.checkpoint.npz import NpzError
+from vit_jax.config_validation import ConfigError
+from vit_jax.train import NonFiniteLossError, Preempted
+
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+EXIT_PREEMPTED = 143
+
+
+class InputError(ValueError):
+    """A command-line value that cannot work (a flag, a path)."""
+
+
+BAD_INPUT = (ConfigError, CheckpointMismatchError, NpzError, InputError)
+
+
+def fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """`app.run`'s flags parser: a missing or unloadable config file, an unknown `--config.` field or a value that
+    does not parse is one line and exit status 2, like a bad config value (absl prints a traceback or a usage
+    message with status 1)."""
+    config_file = _flag_value(argv, "config")
+    if config_file is not None and not Path(config_file.partition(":")[0]).is_file():
+        fail(f"--config={config_file}: no such file; expected a config file, e.g. configs/digits.py[:key=value,...]")
+    try:
+        rest = flags.FLAGS(list(argv))
+        config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+        if config is not None and not isinstance(config, ConfigDict):  # ml-collections reports load errors lazily
+            config.keys()
+    except flags.Error as error:
+        fail(str(error).removeprefix("flag "))
+    except (AttributeError, KeyError) as error:  # ml-collections looking up a `--config.` field that does not exist
+        name = str(error).strip("'\"")
+        named = [arg for arg in argv if arg.startswith("--config.") and name in arg.partition("=")[0].split(".")]
+        fail(f"{named[0] if named else name}: unknown config field {name!r}; expected a field of the config "
+             f"(vit_jax/config.py lists them)")
+    except (OSError, ValueError) as error:  # the config file itself failed to load
+        fail(f"--config={config_file}: {str(error).splitlines()[0]}")
+    return rest
+
+
+def _flag_value(argv: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.partition("=")[2]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def check_workdir(workdir: str | Path) -> Path:
+    """A run's directory: new, or one to resume; never an existing file."""
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--workdir={workdir}: an existing file; expected a directory (a new one, or a run's to "
+                         f"resume)")
+    return path
+
+
+@contextlib.contextmanager
+def exit_statuses() -> Iterator[None]:
+    """Turns the errors a user can cause into one line and the command's exit status."""
+    try:
+        yield
+    except BAD_INPUT as error:
+        fail(str(error))
+    except NonFiniteLossError as error:
+        fail(str(error), EXIT_NON_FINITE)
+    except Preempted as error:
+        print(str(error), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
