@@ -49,6 +49,28 @@ def test_restoring_the_iterator_state_continues_exactly(rng):
         np.testing.assert_array_equal(expected["label"], got["label"])
 
 
+def global_batches(source, steps, process_count, start=0, batch_size=12):
+    """The global batches of `process_count` processes (process 0's share first, as the trainer lays them out)."""
+    shards = [take(train_iterator(source, AUGMENTED, batch_size=batch_size // process_count, seed=5, start=start,
+                                  process_index=p, process_count=process_count), steps) for p in range(process_count)]
+    return [{key: np.concatenate([shard[step][key] for shard in shards]) for key in ("image", "label")}
+            for step in range(steps)]
+
+
+@pytest.mark.parametrize("saved_by, resumed_by", [(2, 1), (1, 2), (2, 3), (3, 2)])
+def test_a_position_saved_by_some_processes_resumes_on_others_where_an_uninterrupted_run_would_be(saved_by,
+                                                                                                 resumed_by):
+    source = toy_source(30)  # an epoch is 2.5 global batches of 12: the resumed steps cross epochs
+    uninterrupted = global_batches(source, 7, resumed_by)
+    before = global_batches(source, 4, saved_by)  # the saved run's 4 steps consumed 4 x 12 examples
+    assert sorted(np.concatenate([b["label"] for b in before])) == sorted(
+        np.concatenate([b["label"] for b in uninterrupted[:4]]))
+    resumed = global_batches(source, 3, resumed_by, start=4 * 12)
+    for expected, got in zip(uninterrupted[4:], resumed):
+        np.testing.assert_array_equal(got["label"], expected["label"])
+        np.testing.assert_array_equal(got["image"], expected["image"])  # augmentation too
+
+
 @pytest.mark.parametrize("process_count", [2, 4])
 def test_process_shards_make_up_the_single_process_global_batch(process_count):
     source = toy_source(64)

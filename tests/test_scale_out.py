@@ -97,27 +97,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_process_with_their_devices(tmp_path, digits_data_dir):
-    run = ["--config=configs/digits.py:num_steps=10,log_every=1,eval_every=10,checkpoint_every=5",
-           f"--config.data_dir={digits_data_dir}"]
+def main_in_processes(workdir, steps: int, data_dir: str, processes: int) -> list[str]:
+    """`python -m vit_jax.main` on the digits with 4 CPU devices in all: one process of 4, or two of 2 on
+    127.0.0.1. A constant learning rate, so that stopping at `steps` and going on later changes no update."""
+    run = [f"--config=configs/digits.py:num_steps={steps},log_every=1,eval_every=6,checkpoint_every=6,"
+           "optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none", f"--config.data_dir={data_dir}",
+           f"--workdir={workdir}"]
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
     port = free_port()
-    two_devices = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "vit_jax.main", *run, f"--workdir={tmp_path / 'two'}",
-                          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-                         cwd=ROOT, env=two_devices, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
-    assert "final test accuracy" in outputs[0][0] and "final test accuracy" not in outputs[1][0]  # process 0 speaks
-    four = subprocess.run([sys.executable, "-m", "vit_jax.main", *run, f"--workdir={tmp_path / 'four'}"], cwd=ROOT,
-                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
-                          capture_output=True, text=True, timeout=600)
-    assert four.returncode == 0, four.stderr[-3000:]
-    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "four"), rtol=1e-5)
-    # The checkpoint the two processes wrote together restores here, in one process with one device.
-    assert_close(params(tmp_path / "two", 10), params(tmp_path / "four", 10), atol=2e-4)
-    data_state = sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "10" / "data").glob("process_*"))
-    assert data_state == ["process_0-of-2.json", "process_1-of-2.json"]  # each process's data position
+    flags = [[f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}", f"--process_id={i}"]
+             for i in range(processes)] if processes > 1 else [[]]
+    started = [subprocess.Popen([sys.executable, "-m", "vit_jax.main", *run, *f], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f in flags]
+    outputs = [p.communicate(timeout=600) for p in started]
+    assert [p.returncode for p in started] == [0] * processes, "".join(err[-3000:] for _, err in outputs)
+    return [out for out, _ in outputs]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_and_resume_on_another_process_count(tmp_path, digits_data_dir):
+    chain = tmp_path / "chain"
+    outputs = main_in_processes(chain, 6, digits_data_dir, processes=2)
+    assert "final test accuracy" in outputs[0] and "final test accuracy" not in outputs[1]  # process 0 speaks
+    main_in_processes(chain, 12, digits_data_dir, processes=1)  # saved by 2 processes, resumed in 1
+    main_in_processes(chain, 18, digits_data_dir, processes=2)  # saved by 1 process, resumed in 2
+    main_in_processes(tmp_path / "one", 18, digits_data_dir, processes=1)  # never interrupted
+    # Steps 1-6 on two processes, 7-12 in one, 13-18 on two again: each step's loss is the uninterrupted run's,
+    # so every resumed step read the global batch it would have read (a wrong position gives other batches).
+    assert [r["step"] for r in read_metrics(chain) if "train/loss" in r] == list(range(1, 19))
+    np.testing.assert_allclose(losses(chain), losses(tmp_path / "one"), rtol=2e-5)
+    assert_close(params(chain, 18), params(tmp_path / "one", 18), atol=2e-4)
+    position = TrainCheckpoints(chain / "checkpoints").position(18)
+    assert position == {"step": 18, "examples": 18 * 128, "process_count": 2, "global_batch_size": 128}
+    assert not (chain / "checkpoints" / "18" / "data").exists()  # no per-process iterator files to match

@@ -51,6 +51,18 @@ def test_parameter_counts_follow_the_architecture(options, formula):
     assert count(model) == expected
 
 
+# big_vision's `vit.py` `decode_variant` (width, depth, MLP, heads), transcribed: the source SIZES cites.
+BIG_VISION = {"mu": (32, 1, 128, 2), "Ti": (192, 12, 768, 3), "S": (384, 12, 1536, 6), "M": (512, 12, 2048, 8),
+              "B": (768, 12, 3072, 12), "L": (1024, 24, 4096, 16), "So400m": (1152, 27, 4304, 16),
+              "H": (1280, 32, 5120, 16), "g": (1408, 40, 6144, 16), "G": (1664, 48, 8192, 16),
+              "e": (1792, 56, 15360, 16)}
+
+
+def test_sizes_are_big_visions():
+    assert {name: tuple(size) for name, size in SIZES.items()} == BIG_VISION
+    assert count(create_model("mu/16", num_classes=1000)) == formula_count(32, 1, 128, (16, 16), 1000, 196)
+
+
 def test_sizes_and_patch_parsing():
     assert parse_variant("B/16") == dict(hidden_size=768, num_layers=12, mlp_dim=3072, num_heads=12, patch_size=(16, 16))
     assert parse_variant("S/8x16")["patch_size"] == (8, 16)

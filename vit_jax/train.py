@@ -343,6 +343,18 @@ class Run:
     checkpoints: TrainCheckpoints
     writer: MetricWriter
     pictures: PictureLogger
+    start_step: int = 0  # where this invocation started, and
+    start_examples: int = 0  # the examples of the global training stream consumed by then
+
+    def save(self, step: int, state: TrainState, metrics: dict[str, float] | None = None) -> None:
+        """Checkpoints `step` with where the data stands: the examples of the global stream consumed, which any
+        process count resumes from. A packed run's position is its packers' state: grain's, per process."""
+        config = self.setup.config
+        position = {"step": step, "process_count": jax.process_count(), "global_batch_size": config.batch_size}
+        if self.setup.packed is None:
+            position["examples"] = self.start_examples + (step - self.start_step) * config.batch_size
+        packers = self.train_data if self.setup.packed is not None else None
+        self.checkpoints.save(step, state, packers, metrics=metrics, position=position)
 
     def evaluate(self, params: Any, split_field: str, prefix: str) -> dict[str, float]:
         """Metrics on a split; a FlexiViT model is evaluated at every patch size (`eval/p4/accuracy`, ...), and
@@ -401,17 +413,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
     shardings = state_shardings(abstract_state, config, setup.mesh)
     checkpoints = TrainCheckpoints(workdir / CHECKPOINT_DIR, keep=config.keep)
     start_step = checkpoints.latest_step() or 0
+    start_examples = resumed_examples(checkpoints, start_step, setup)
     adaptation = plan_init(setup, abstract_state.params) if config.init.path and not start_step else None
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         save_config(config, workdir)
 
     data_sharding = batch_sharding(setup.mesh)
-    train_data = train_iterator(setup)
+    train_data = train_iterator(setup, start_examples)
     if start_step:
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
                                 shardings)
-        state = checkpoints.restore(start_step, abstract, train_data)
+        state = checkpoints.restore(start_step, abstract, train_data if setup.packed is not None else None)
     else:
         state = jax.jit(init, out_shardings=shardings)()
         if adaptation is not None:
@@ -440,6 +453,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         writer=writer,
         pictures=PictureLogger(setup.model, picture_images, tuple(config.pp.value_range), config.log_pictures,
                                writer),
+        start_step=start_step,
+        start_examples=start_examples,
     )
     if start_step:
         run.writer.print(f"resumed from step {start_step} in {checkpoints.directory}")
@@ -459,14 +474,35 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
     return results
 
 
-def train_iterator(setup: Setup) -> Any:
-    """This process's endless training batches: preprocessed images, or packed sequences (NaViT)."""
+def resumed_examples(checkpoints: TrainCheckpoints, step: int, setup: Setup) -> int:
+    """Examples of the global training stream consumed by checkpoint `step` (0 for a new run). A packed run
+    restores its packers' per-process state instead, so only onto the process count that saved it."""
+    if not step:
+        return 0
+    saved = checkpoints.position(step) or {}
+    if setup.packed is not None:
+        count = saved.get("process_count", jax.process_count())
+        if count != jax.process_count():
+            raise config_validation.ConfigError(
+                f"checkpoint step {step} in {checkpoints.directory} was saved by {count} processes and this run has "
+                f"{jax.process_count()}: a packed (NaViT) run's data position is each process's packer state, "
+                f"restorable only onto {count} processes. Run with {count} processes, or fine-tune from it in a new "
+                f"workdir (config.init.path)")
+        return 0
+    # Checkpoints from before positions were saved: every step consumed one global batch.
+    return saved.get("examples", step * setup.config.batch_size)
+
+
+def train_iterator(setup: Setup, start_examples: int = 0) -> Any:
+    """This process's endless training batches: preprocessed images (from `start_examples` on), or packed
+    sequences (NaViT)."""
     config = setup.config
     common = dict(batch_size=config.batch_size // jax.process_count(), seed=config.seed,
                   process_index=jax.process_index(), process_count=jax.process_count(),
                   num_threads=config.data_threads, num_workers=config.data_workers)
     if setup.packed is None:
-        return pipeline.train_iterator(setup.sources["train_split"], setup.preprocess, **common)
+        return pipeline.train_iterator(setup.sources["train_split"], setup.preprocess, start=start_examples,
+                                       **common)
     return packed_train_iterator(setup.sources["train_split"], setup.packed, seq_len=config.packing.seq_len,
                                  max_images=config.packing.max_images, num_bins=config.packing.num_bins, **common)
 
@@ -535,11 +571,11 @@ def train_loop(run: Run, state: TrainState, start_step: int, preemption: Preempt
             run.pictures.after_eval(step, state.params, is_last)
         if eval_metrics is not None or step % config.checkpoint_every == 0 or is_last:
             _check_finite(*pending_loss, checkpoints)
-            checkpoints.save(step, state, run.train_data, metrics=eval_metrics)
+            run.save(step, state, metrics=eval_metrics)
         if preemption.reached(step) and not is_last:
             _check_finite(*pending_loss, checkpoints)
             if checkpoints.latest_step() != step:
-                checkpoints.save(step, state, run.train_data)
+                run.save(step, state)
             checkpoints.wait()
             raise Preempted(f"SIGTERM received: saved step {step} in {checkpoints.directory}; run the same "
                             f"command again to resume")

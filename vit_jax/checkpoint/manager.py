@@ -1,6 +1,7 @@
-"""Training checkpoints with orbax: the train state and the data iterator's position, saved together.
+"""Training checkpoints with orbax: the train state and the data's position, saved together.
 
-Layout: `DIR/checkpoints/<step>/{state,data}`. Saves are asynchronous (training continues while arrays are
+Layout: `DIR/checkpoints/<step>/{state,position}` (+ `data`, grain's per-process iterator state, for iterators
+whose position only they know, such as packing). Saves are asynchronous (training continues while arrays are
 written); orbax writes each step into a temporary directory and renames it only when complete, so a save cut
 short (the process killed mid-save) is never picked up: the previous step is restored, and the leftover
 temporary directory is removed when the manager opens. Kept: the last `keep` steps plus the best by
@@ -21,6 +22,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 CHECKPOINT_DIR = "checkpoints"  # inside a workdir
 STATE = "state"
 DATA = "data"
+POSITION = "position"
 BEST_METRIC = "eval/accuracy"
 
 
@@ -46,7 +48,8 @@ class TrainCheckpoints:
             self._opened = ocp.CheckpointManager(
                 self.directory.absolute(),
                 # Built with its item handlers: otherwise item_metadata() is None and restores cannot inspect items.
-                item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler()},
+                item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler(),
+                               POSITION: ocp.JsonCheckpointHandler()},
                 options=ocp.CheckpointManagerOptions(
                     preservation_policy=policy,
                     enable_async_checkpointing=self._async_save,
@@ -61,12 +64,24 @@ class TrainCheckpoints:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps()) if self.directory.is_dir() else []
 
-    def save(self, step: int, state: Any, data_iterator: Any, metrics: dict[str, float] | None = None) -> None:
-        """Starts saving `step` (returns once arrays are copied off the devices; writing goes on behind)."""
+    def save(self, step: int, state: Any, data_iterator: Any = None, metrics: dict[str, float] | None = None,
+             position: dict[str, Any] | None = None) -> None:
+        """Starts saving `step` (returns once arrays are copied off the devices; writing goes on behind).
+        `position`: where the data stands, as JSON (written once, by process 0); `data_iterator`: a grain
+        iterator whose own state is saved, one file per process."""
         items = {STATE: ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+        if position is not None:
+            items[POSITION] = ocp.args.JsonSave(position)
         self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+    def position(self, step: int) -> dict[str, Any] | None:
+        """The data position saved with `step`; None for checkpoints saved without one."""
+        if not (self.directory / str(step) / POSITION).is_dir():
+            return None
+        return dict(self._manager.restore(step, args=ocp.args.Composite(**{POSITION: ocp.args.JsonRestore()}))[
+            POSITION])
 
     def restore(self, step: int, abstract_state: Any = None, data_iterator: Any = None) -> Any:
         """The state at `step`, laid out as `abstract_state` (ShapeDtypeStructs with shardings; None: as saved,

@@ -2,7 +2,8 @@
 
 Multi-host: every process builds the same globally shuffled stream and keeps every `process_count`-th element
 from its `process_index`, so the processes' per-process batches together make exactly the global batch a single
-process would read. Evaluation shards the split the same way and pads with masked examples so that every process
+process would read. A position in that stream (examples consumed) means the same for any number of processes, so
+a run resumes on another process count where an uninterrupted run on that layout would be. Evaluation shards the split the same way and pads with masked examples so that every process
 runs the same number of steps and every example is counted exactly once.
 """
 
@@ -29,18 +30,20 @@ def train_iterator(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    start: int = 0,
     num_threads: int = 2,
     num_workers: int = 0,
 ) -> grain.DatasetIterator:
     """Endless per-process batches `{'image', 'label'}` of `batch_size` (the global batch / process_count).
 
     Each epoch is reshuffled (seeded by `seed` and the epoch); augmentation randomness is seeded by the element's
-    global index. `get_state()`/`set_state()` (or orbax with `grain.checkpoint`) resume mid-epoch exactly.
-    `num_workers > 0` moves preprocessing to that many worker processes (which read absl flags: run from
-    `app.run`, or mark flags as parsed first).
+    global index. `start`: examples of the global stream already consumed (a resumed run's position, saved under
+    any process count): the batches are those an uninterrupted run would read next. `num_workers > 0` moves
+    preprocessing to that many worker processes (which read absl flags: run from `app.run`, or mark flags as
+    parsed first).
     """
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-    dataset = dataset.random_map(preprocess.train)[process_index::process_count]
+    dataset = dataset.random_map(preprocess.train)[start:][process_index::process_count]
     return iter(read(dataset.batch(batch_size, drop_remainder=True), num_threads, num_workers))
 
 

@@ -20,7 +20,7 @@ class Size(NamedTuple):
 
 # Width / depth / MLP / heads of the ViT paper (Ti, S from DeiT/AugReg) and big_vision's extra sizes.
 SIZES: dict[str, Size] = {
-    "mu": Size(144, 6, 576, 2),
+    "mu": Size(32, 1, 128, 2),
     "Ti": Size(192, 12, 768, 3),
     "S": Size(384, 12, 1536, 6),
     "M": Size(512, 12, 2048, 8),
