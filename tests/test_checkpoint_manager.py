@@ -1,11 +1,15 @@
 import shutil
+from types import SimpleNamespace
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vit_jax.checkpoint import TrainCheckpoints
+from vit_jax.config_validation import ConfigError
+from vit_jax.train import resumed_examples
 
 
 def iterator():
@@ -63,3 +67,21 @@ def test_a_save_cut_short_is_never_picked_up(tmp_path):
     reopened.wait()
     assert not partial.exists()  # removed in the background once the manager opened
     assert reopened.all_steps() == [5, 6]
+
+
+def test_a_saved_position_comes_back_and_decides_where_a_resumed_stream_starts(tmp_path):
+    checkpoints = TrainCheckpoints(tmp_path)
+    checkpoints.save(3, state_at(3), position={"step": 3, "examples": 300, "process_count": 2})
+    checkpoints.save(4, state_at(4))  # saved without a position, as before positions existed
+    checkpoints.wait()
+    assert checkpoints.position(3) == {"step": 3, "examples": 300, "process_count": 2}
+    assert checkpoints.position(4) is None
+    images = SimpleNamespace(packed=None, config=SimpleNamespace(batch_size=64))
+    assert resumed_examples(checkpoints, 3, images) == 300  # whatever this run's process count
+    assert resumed_examples(checkpoints, 4, images) == 4 * 64  # one global batch per step
+    assert resumed_examples(checkpoints, 0, images) == 0
+    packed = SimpleNamespace(packed=object(), config=images.config)  # packers' state is per process
+    with pytest.raises(ConfigError, match=r"checkpoint step 3 in .* was saved by 2 processes and this run has 1: a "
+                                          r"packed \(NaViT\) run's data position .* restorable only onto 2 processes"):
+        resumed_examples(checkpoints, 3, packed)
+    checkpoints.close()
