@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models.interpolation import half_pixel_matrix
+
 PatchEmbedKind = Literal["conv", "reshape"]
 PatchPadding = Literal["none", "zeros"]
 PATCH_EMBED_KINDS: tuple[str, ...] = ("conv", "reshape")
@@ -167,24 +169,11 @@ class PatchEmbed(nn.Module):
         return grid.reshape(b, gh * gw, d)
 
 
-def linear_resize_matrix_1d(old: int, new: int) -> np.ndarray:
-    """`(new, old)` weights of half-pixel linear interpolation without antialiasing, edges clamped: one axis of
-    `jax.image.resize(..., "bilinear", antialias=False)` and of PyTorch's `interpolate(mode="bilinear",
-    align_corners=False, antialias=False)`. Exact in float64, so the matrix's rank is its true rank."""
-    source = np.clip((np.arange(new) + 0.5) * old / new - 0.5, 0, old - 1)  # where each output samples the input
-    low = np.floor(source).astype(int)
-    high = np.minimum(low + 1, old - 1)
-    frac = source - low
-    matrix = np.zeros((new, old))
-    np.add.at(matrix, (np.arange(new), low), 1 - frac)
-    np.add.at(matrix, (np.arange(new), high), frac)
-    return matrix
-
-
 def bilinear_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
     """`B` with `vec(resize(x)) = B @ vec(x)` (row-major `vec`) for half-pixel bilinear resizing without
-    antialiasing. Bilinear resizing is separable: `B = B_h (x) B_w`, the Kronecker product of the 1-D factors."""
-    return np.kron(linear_resize_matrix_1d(old_hw[0], new_hw[0]), linear_resize_matrix_1d(old_hw[1], new_hw[1]))
+    antialiasing, exact in float64. Bilinear resizing is separable: `B = B_h (x) B_w`, the Kronecker product of the
+    1-D factors."""
+    return np.kron(half_pixel_matrix(old_hw[0], new_hw[0]), half_pixel_matrix(old_hw[1], new_hw[1]))
 
 
 @functools.lru_cache(maxsize=64)
@@ -195,8 +184,8 @@ def pi_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.nda
     the other grows makes `B` rank-deficient; inverting the whole float32-built matrix then amplified rounding noise
     by ~1e9. Each exact 1-D factor has full rank (its smaller side), so its pseudo-inverse is well conditioned.
     Evaluated eagerly even while tracing: it is a constant of the compiled program."""
-    pinv_h = np.linalg.pinv(linear_resize_matrix_1d(old_hw[0], new_hw[0]).T)
-    pinv_w = np.linalg.pinv(linear_resize_matrix_1d(old_hw[1], new_hw[1]).T)
+    pinv_h = np.linalg.pinv(half_pixel_matrix(old_hw[0], new_hw[0]).T)
+    pinv_w = np.linalg.pinv(half_pixel_matrix(old_hw[1], new_hw[1]).T)
     return np.kron(pinv_h, pinv_w)
 
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models.interpolation import align_corners_matrix
+
 PosembKind = Literal["learn", "sincos2d", "sincos3d", "none"]
 POSEMB_KINDS: tuple[str, ...] = ("learn", "sincos2d", "sincos3d", "none")
 FIXED_GRID_DIMS = {"sincos2d": 2, "sincos3d": 3}  # the grid each fixed table is defined on
@@ -132,19 +134,6 @@ class AddPositionEmbs(nn.Module):
 
 
 POSEMB_RESIZE_METHODS: tuple[str, ...] = ("bilinear_align_corners", "bilinear", "bicubic")
-
-
-def align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """`(size_out, size_in)` weights of 1-D linear interpolation with the end points aligned: output `i` samples
-    input coordinate `i * (size_in - 1) / (size_out - 1)` (`scipy.ndimage.zoom(order=1)`'s mapping)."""
-    positions = np.arange(size_out) * ((size_in - 1) / (size_out - 1)) if size_out > 1 else np.zeros(1)
-    low = np.clip(np.floor(positions).astype(int), 0, size_in - 1)
-    high = np.minimum(low + 1, size_in - 1)
-    frac = positions - low
-    weights = np.zeros((size_out, size_in))
-    np.add.at(weights, (np.arange(size_out), low), 1 - frac)
-    np.add.at(weights, (np.arange(size_out), high), frac)
-    return weights
 
 
 def resize_posemb(
