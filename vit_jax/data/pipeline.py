@@ -1,10 +1,11 @@
 """grain pipelines: an endless, seeded, checkpointable training iterator and a padded, masked evaluation pass.
 
-Multi-host: every process builds the same globally shuffled stream and keeps every `process_count`-th element
-from its `process_index`, so the processes' per-process batches together make exactly the global batch a single
-process would read. A position in that stream (examples consumed) means the same for any number of processes, so
-a run resumes on another process count where an uninterrupted run on that layout would be. Evaluation shards the split the same way and pads with masked examples so that every process
-runs the same number of steps and every example is counted exactly once.
+Multi-host: every process builds the same globally shuffled stream and keeps every `process_count`-th element from
+its `process_index`, so the processes' per-process batches together make exactly the global batch a single process
+would read. A position in that stream (examples consumed) means the same for any number of processes, so a run
+resumes on another process count where an uninterrupted run on that layout would be. Evaluation shards the split the
+same way and pads with masked examples so that every process runs the same number of steps and every example is
+counted exactly once.
 """
 
 from __future__ import annotations
