@@ -17,8 +17,9 @@ from pathlib import Path
 import jax
 
 from tests.conftest import tiny_digits_config
+from vit_jax.build import init_state_fn, set_up, state_shardings
 from vit_jax.param_paths import path_string
-from vit_jax.train import init_state_fn, set_up, state_shardings, train_and_evaluate
+from vit_jax.train import train_and_evaluate
 
 RUNS = {
     "one_device": dict(arg="", devices=1),

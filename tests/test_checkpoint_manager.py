@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vit_jax.build import resumed_examples
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.config_validation import ConfigError
-from vit_jax.train import resumed_examples
 
 
 def iterator():

@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import run_main, tiny_digits_config
 from vit_jax import config_validation as cv
-from vit_jax.train import set_up
+from vit_jax.build import set_up
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import load_config_file
+from vit_jax.build import set_up
 from vit_jax.config_validation import ConfigError
 from vit_jax.data.packing import (
     PackedPreprocess,
@@ -21,7 +22,7 @@ from vit_jax.data.packing import (
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import dataset_builder, open_split
 from vit_jax.models.patching import patchify
-from vit_jax.train import set_up, train_and_evaluate
+from vit_jax.train import train_and_evaluate
 
 SIZES = ((8, 8), (12, 16), (16, 12), (20, 20), (8, 16))
 RATES = (0.0, 0.5)

@@ -7,12 +7,13 @@ import pytest
 
 from tests.conftest import load_config_file, perturbed, tiny_digits_config
 from vit_jax import config_validation as cv
+from vit_jax.build import set_up
 from vit_jax.checkpoint.npz import save_npz
 from vit_jax.config import build_model
 from vit_jax.metric_writers import read_metrics
 from vit_jax.models import create_model
 from vit_jax.models.vit import input_grid
-from vit_jax.train import set_up, train_and_evaluate
+from vit_jax.train import train_and_evaluate
 
 TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4)
 

@@ -76,6 +76,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This process's slice of a batch -> arrays of the global batch, split as `sharding` says (over `data`)."""
+    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

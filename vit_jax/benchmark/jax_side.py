@@ -1,4 +1,4 @@
-"""vit_jax's side of a benchmark cell: the real train step (`vit_jax.train.make_train_step`, AdamW, clipping) or
+"""vit_jax's side of a benchmark cell: the real train step (`vit_jax.steps.make_train_step`, AdamW, clipping) or
 the inference forward pass, jitted over all local devices, timed after compilation."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from vit_jax.models import create_model
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.optim import learning_rate_schedule, make_optimizer
 from vit_jax.sharding import batch_sharding, make_mesh, replicated
-from vit_jax.train import TrainState, make_train_step
+from vit_jax.steps import TrainState, make_train_step
 
 NUM_CLASSES = 1000
 

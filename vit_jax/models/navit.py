@@ -92,6 +92,10 @@ class NaViT(VisionTransformer):
             raise ValueError("NaViT packs image patches; a ResNet stem or video tubelets are not supported with it")
         super().__post_init__()
 
+    def inputs(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+        """A packed batch's sequences (`vit_jax.data.packing`), in `__call__`'s order."""
+        return batch["patches"], batch["image_ids"], batch["coords"], batch["image_grids"]
+
     @nn.compact
     def __call__(self, patches: jax.Array, image_ids: jax.Array, coords: jax.Array, image_grids: jax.Array, *,
                  train: bool) -> jax.Array:

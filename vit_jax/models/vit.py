@@ -147,6 +147,10 @@ class VisionTransformer(nn.Module):
             x = pool_tokens(x, self.classifier)
         return self.classify(x)
 
+    def inputs(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+        """The positional arguments of `__call__` in a data batch, so a trainer needs no per-model branch."""
+        return (batch["image"],)
+
     def encoder(self, grid: tuple[int, ...], num_prefix: int) -> Encoder:
         """The `Transformer` over tokens laid out as `num_prefix` prefix tokens then a row-major `grid`; called
         from a compact `__call__` (of this class or a subclass), where it binds."""

@@ -1,0 +1,56 @@
+"""The loss and the steps (`vit_jax.steps`) against hand-computed values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tests.conftest import perturbed
+from vit_jax.models import create_model
+from vit_jax.steps import TrainState, cross_entropy, make_eval_step, make_train_step
+
+
+def test_cross_entropy_is_the_negative_log_likelihood_of_smoothed_targets():
+    logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
+    labels = jnp.array([0, 1])
+    log_p = np.log(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(cross_entropy(logits, labels), -log_p[[0, 1], [0, 1]], rtol=1e-6)
+    smoothed = np.full((2, 3), 0.1 / 3) + 0.9 * np.eye(3)[[0, 1]]
+    np.testing.assert_allclose(cross_entropy(logits, labels, 0.1), -(smoothed * log_p).sum(-1), rtol=1e-6)
+
+
+def tiny_model_and_state(rng):
+    model = create_model("Ti/4", num_classes=5, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2)
+    params = perturbed(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)["params"])
+    tx = optax.sgd(0.1, momentum=0.9)  # linear in the gradient, so equal gradients give equal updates
+    return model, tx, TrainState(jnp.array(0), params, tx.init(params))
+
+
+def test_gradient_accumulation_gives_the_same_update_as_one_batch(rng):
+    model, tx, state = tiny_model_and_state(rng)
+    batch = {"image": jnp.asarray(rng.standard_normal((8, 8, 8, 1)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 5, 8), jnp.int32)}
+    step = lambda accum: jax.jit(make_train_step(model, tx, lambda s: 1e-2, dropout_key=jax.random.key(1),
+                                                 accum_steps=accum))(state, batch)
+    (one, metrics_one), (four, metrics_four) = step(1), step(4)
+    np.testing.assert_allclose(metrics_four["train/loss"], metrics_one["train/loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics_four["train/grad_norm"], metrics_one["train/grad_norm"], rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), four.params, one.params)
+    moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params)))
+    assert moved > 1e-3
+    assert int(four.step) == 1
+
+
+def test_eval_step_counts_only_unmasked_examples(rng):
+    model, _, state = tiny_model_and_state(rng)
+    images = rng.standard_normal((6, 8, 8, 1)).astype(np.float32)
+    labels = rng.integers(0, 5, 6).astype(np.int32)
+    mask = np.array([1, 1, 1, 1, 0, 0], np.float32)
+    sums = jax.jit(make_eval_step(model))(state.params, {"image": images, "label": labels, "mask": mask})
+    logits = np.asarray(model.apply({"params": state.params}, images[:4], train=False))
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert float(sums["count"]) == 4
+    np.testing.assert_allclose(sums["loss"], -log_p[np.arange(4), labels[:4]].sum(), rtol=1e-5)
+    assert float(sums["top1"]) == (logits.argmax(-1) == labels[:4]).sum()
+    top5 = np.argsort(-logits, -1)[:, :5]
+    assert float(sums["top5"]) == sum(labels[i] in top5[i] for i in range(4)) == 4  # 5 classes: always a hit

@@ -1,0 +1,192 @@
+"""A run built from its config, before anything compiles: checks, data sources, model, optimizer, mesh, the
+initial (or fine-tuning, or resumed) state's shardings, and the training stream at its position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from vit_jax import config_validation
+from vit_jax.checkpoint.adapt import Adaptation, fill_from_init, plan_adaptation
+from vit_jax.checkpoint.manager import TrainCheckpoints
+from vit_jax.checkpoint.npz import NpzError
+from vit_jax.checkpoint.pretrained import load_pretrained
+from vit_jax.data import pipeline
+from vit_jax.data.packing import PackedPreprocess, empty_sequences, packed_train_iterator
+from vit_jax.data.preprocessing import Preprocess
+from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split
+from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
+from vit_jax.models.partitioning import ActivationSharding
+from vit_jax.models.vit import VisionTransformer, input_grid
+from vit_jax.optim import learning_rate_schedule, make_optimizer
+from vit_jax.sharding import (
+    DATA_AXIS,
+    MODEL_AXIS,
+    ShardingError,
+    make_mesh,
+    mirrored_shardings,
+    replicated,
+    tree_shardings,
+)
+from vit_jax.steps import TrainState
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run needs, validated and built before anything compiles."""
+
+    config: ConfigDict
+    mesh: Mesh
+    model: VisionTransformer
+    grid: tuple[int, ...]  # the model's token grid at config.image_size: (gh, gw), or (gt, gh, gw) for videos
+    num_classes: int
+    image_shape: tuple[int, ...]  # one model input: (H, W, C), or (T, H, W, C) for videos
+    sources: dict[str, Any]  # split field ("train_split", ...) -> random-access source
+    preprocess: Preprocess
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    flexi_sizes: tuple[tuple[int, int], ...] = ()  # FlexiViT patch sizes; () trains at the model's own
+    flexi_probabilities: np.ndarray | None = None
+    packed: PackedPreprocess | None = None  # NaViT runs: images at their own sizes, packed into sequences
+    eval_image_sizes: tuple[tuple[int, int], ...] = ()  # extra evaluation resolutions
+
+
+def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup:
+    """Checks the config against itself, the devices and the dataset, then builds data sources, model and
+    optimizer. Raises `ConfigError` (one line) on the first problem; nothing is compiled yet."""
+    devices = jax.devices() if devices is None else devices
+    config_validation.check_choices(config)
+    config_validation.check_numbers(config)
+    config_validation.check_patterns(config)
+    config_validation.check_devices(config, len(devices), jax.process_count())
+    config_validation.check_init(config)
+    builder, spec, sizes = config_validation.check_data(config)
+    model = config_validation.check_model(config, spec.num_classes)
+    config_validation.check_video(config, spec, model)
+    image_shape = (*spec.image_shape[:-3], *tuple(config.image_size), spec.image_shape[-1])  # frames resized
+
+    sources = {}
+    for field in sizes:
+        source = open_split(builder, config[field])
+        cache = config.cache_in_memory
+        if cache is True or (cache == "auto" and fits_in_memory(spec, sizes[field])):
+            source = InMemorySource(source)
+        sources[field] = source
+    packed = config_validation.packed_preprocess_from_config(config, model) if config.packing.enabled else None
+    mesh = make_mesh(config.mesh, devices)
+    if mesh.size > 1:  # keep activations split the way parameters and batches are
+        model = model.clone(activation_sharding=ActivationSharding(
+            mesh, DATA_AXIS, MODEL_AXIS if mesh.shape.get(MODEL_AXIS, 1) > 1 else None))
+    return Setup(
+        config=config,
+        mesh=mesh,
+        model=model,
+        grid=tuple(model.posemb_grid or (1, 1)) if packed else input_grid(model, image_shape),
+        num_classes=spec.num_classes,
+        image_shape=image_shape,
+        sources=sources,
+        preprocess=config_validation.preprocess_from_config(config),
+        tx=make_optimizer(config.optimizer, config.num_steps),
+        schedule=learning_rate_schedule(config.optimizer, config.num_steps),
+        flexi_sizes=flexi_patch_sizes(config.flexi.patch_sizes),
+        flexi_probabilities=flexi_probabilities(flexi_patch_sizes(config.flexi.patch_sizes),
+                                                config.flexi.probabilities) if config.flexi.patch_sizes else None,
+        packed=packed,
+        eval_image_sizes=tuple(tuple(size) for size in config.eval_image_sizes),
+    )
+
+
+def init_state_fn(setup: Setup, key: jax.Array) -> Callable[[], TrainState]:
+    def init() -> TrainState:
+        if setup.packed is None:
+            example = {"image": jnp.zeros((1, *setup.image_shape), jnp.float32)}
+        else:
+            packing = setup.config.packing
+            example = empty_sequences(1, seq_len=packing.seq_len, max_images=packing.max_images,
+                                      patch_dim=math.prod(setup.packed.patch_size) * setup.image_shape[-1])
+        params = setup.model.init(key, *setup.model.inputs(example), train=False)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
+
+    return init
+
+
+def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
+    """Loads `config.init.path` and fits it to the model's parameter shapes; every mismatch is raised here,
+    before anything compiles."""
+    init = setup.config.init
+    try:
+        pretrained = load_pretrained(init.path, init.step)
+    except FileNotFoundError as error:
+        raise config_validation.field_error("init.step", init.step, str(error)) from None
+    except NpzError as error:
+        raise config_validation.field_error("init.path", init.path, str(error)) from None
+    return plan_adaptation(
+        pretrained.params, abstract_params, old_grid=init.grid or pretrained.grid, new_grid=setup.grid,
+        dont_load=tuple(init.dont_load), head=init.head, posemb=init.posemb, posemb_method=init.posemb_method,
+        posemb_antialias=init.posemb_antialias, inflation=init.inflation,
+    )
+
+
+def start_from(adaptation: Adaptation, fresh: TrainState, tx: optax.GradientTransformation,
+               shardings: TrainState) -> TrainState:
+    """Step 0 with the adapted parameters (the rest from `fresh`) and a fresh optimizer state."""
+    params = fill_from_init(adaptation, jax.device_get(fresh.params))
+    new_state = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
+    return jax.jit(new_state, in_shardings=(shardings.params,), out_shardings=shardings)(params)
+
+
+def state_shardings(abstract_state: TrainState, config: ConfigDict, mesh: Mesh) -> TrainState:
+    """Parameters by `config.sharding_rules`, optimizer state like the parameters it mirrors, the step replicated.
+    A rule that cannot apply (a split that does not divide a dimension) is a ConfigError."""
+    try:
+        params = tree_shardings(abstract_state.params, config.sharding_rules, mesh, config.fsdp_min_size)
+    except ShardingError as error:
+        raise config_validation.field_error("sharding_rules", tuple(config.sharding_rules), str(error)) from None
+    return TrainState(
+        step=replicated(mesh),
+        params=params,
+        opt_state=mirrored_shardings(abstract_state.opt_state, params, abstract_state.params, mesh),
+    )
+
+
+def resumed_examples(checkpoints: TrainCheckpoints, step: int, setup: Setup) -> int:
+    """Examples of the global training stream consumed by checkpoint `step` (0 for a new run). A packed run
+    restores its packers' per-process state instead, so only onto the process count that saved it."""
+    if not step:
+        return 0
+    saved = checkpoints.position(step) or {}
+    if setup.packed is not None:
+        count = saved.get("process_count", jax.process_count())
+        if count != jax.process_count():
+            raise config_validation.ConfigError(
+                f"checkpoint step {step} in {checkpoints.directory} was saved by {count} processes and this run has "
+                f"{jax.process_count()}: a packed (NaViT) run's data position is each process's packer state, "
+                f"restorable only onto {count} processes. Run with {count} processes, or fine-tune from it in a new "
+                f"workdir (config.init.path)")
+        return 0
+    # Checkpoints from before positions were saved: every step consumed one global batch.
+    return saved.get("examples", step * setup.config.batch_size)
+
+
+def train_iterator(setup: Setup, start_examples: int = 0) -> Any:
+    """This process's endless training batches: preprocessed images (from `start_examples` on), or packed
+    sequences (NaViT)."""
+    config = setup.config
+    common = dict(batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+                  process_index=jax.process_index(), process_count=jax.process_count(),
+                  num_threads=config.data_threads, num_workers=config.data_workers)
+    if setup.packed is None:
+        return pipeline.train_iterator(setup.sources["train_split"], setup.preprocess, start=start_examples,
+                                       **common)
+    return packed_train_iterator(setup.sources["train_split"], setup.packed, seq_len=config.packing.seq_len,
+                                 max_images=config.packing.max_images, num_bins=config.packing.num_bins, **common)

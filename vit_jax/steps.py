@@ -1,0 +1,131 @@
+"""The loss and the jit-able steps: one optimizer update on a global batch, and evaluation sums.
+
+Models say how a batch becomes their inputs (`model.inputs(batch)`: the images, or NaViT's packed sequences), so
+the steps serve every model without a branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.sharding import DATA_AXIS
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels, in float32."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array, label_smoothing: float = 0.0
+                        ) -> dict[str, jax.Array]:
+    """Weighted sums of loss, top-1 and top-5 hits, and the weight, over every prediction: logits `labels.shape +
+    (classes,)`, one row per image (a packed batch has K image slots per sequence, weight 0 for empty ones)."""
+    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    labels, weights = labels.reshape(-1), weights.reshape(-1).astype(jnp.float32)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return {
+        "loss": jnp.sum(cross_entropy(logits, labels, label_smoothing) * weights),
+        "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * weights),
+        "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * weights),
+        "count": jnp.sum(weights),
+    }
+
+
+def make_train_step(
+    model: VisionTransformer,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    dropout_key: jax.Array,
+    accum_steps: int = 1,
+    label_smoothing: float = 0.0,
+    mesh: Mesh | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """One optimizer update on a global batch. The dropout key is folded from the step number, so a step's
+    randomness does not depend on history (and a resumed run repeats it exactly). With `accum_steps > 1` the batch
+    is cut into micro-batches `batch[i::accum_steps]` (every device keeps an equal share of each), whose gradients
+    are averaged: the same update as one big batch, in less memory. A packed batch's loss is the mean over its
+    real images (`mask`)."""
+
+    def loss_and_grads(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
+        def loss_fn(p):
+            flexi = {} if patch_size is None else {"patch_size": patch_size}
+            logits = model.apply({"params": p}, *model.inputs(batch), train=True, rngs={"dropout": rng}, **flexi)
+            weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
+            sums = classification_sums(logits, batch["label"], weights, label_smoothing)
+            count = jnp.maximum(sums["count"], 1.0)
+            return sums["loss"] / count, sums["top1"] / count
+
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, accuracy, grads
+
+    def micro_batches(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+        if mesh is not None:
+            x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)))
+        return x
+
+    def accumulated(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
+        def body(carry, micro):
+            index, micro_batch = micro
+            loss, accuracy, grads = loss_and_grads(params, micro_batch, jax.random.fold_in(rng, index), patch_size)
+            return jax.tree.map(jnp.add, carry, (loss, accuracy, grads)), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        micro = (jnp.arange(accum_steps), jax.tree.map(micro_batches, batch))
+        totals, _ = jax.lax.scan(body, zeros, micro)
+        return jax.tree.map(lambda t: t / accum_steps, totals)
+
+    def train_step(state: TrainState, batch: Batch, patch_size: Any = None
+                   ) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(dropout_key, state.step)
+        if accum_steps == 1:
+            loss, accuracy, grads = loss_and_grads(state.params, batch, rng, patch_size)
+        else:
+            loss, accuracy, grads = accumulated(state.params, batch, rng, patch_size)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+        metrics = {
+            "train/loss": loss,
+            "train/accuracy": accuracy,
+            "train/grad_norm": optax.tree.norm(grads),
+            "train/learning_rate": schedule(state.step),
+        }
+        if "image_ids" in batch:  # how full the packed sequences are
+            metrics["train/padding_fraction"] = jnp.mean(batch["image_ids"] == 0)
+            metrics["train/images_per_sequence"] = jnp.mean(jnp.sum(batch["mask"], axis=-1))
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: VisionTransformer) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """Sums over the real (mask = 1) examples of a batch: loss, top-1 and top-5 hits, count."""
+
+    def eval_step(params: Any, batch: Batch, patch_size: Any = None) -> dict[str, jax.Array]:
+        flexi = {} if patch_size is None else {"patch_size": patch_size}
+        logits = model.apply({"params": params}, *model.inputs(batch), train=False, **flexi)
+        return classification_sums(logits, batch["label"], batch["mask"])
+
+    return eval_step
