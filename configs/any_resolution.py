@@ -16,17 +16,13 @@ Every resolution is one model and one set of parameters; fine-tuning at a new si
 the gap there.
 """
 
-import importlib.util
 from pathlib import Path
 
-from vit_jax.config import apply_overrides
+from vit_jax.config import apply_overrides, load_config_file
 
 
 def get_config(arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("configs_digits", Path(__file__).resolve().parent / "digits.py")
-    digits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(digits)
-    config = digits.get_config()
+    config = load_config_file(Path(__file__).resolve().parent / "digits.py")
     config.model.posemb_grid = (4, 4)  # 16x16 images, 4x4 patches
     config.eval_image_sizes = ((12, 12), (20, 20), (24, 24), (16, 24), (32, 32))
     config.pp.train_crop = "inception"  # scale augmentation: digits seen larger and smaller than 16 px

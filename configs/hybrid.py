@@ -11,17 +11,14 @@ map of 128 channels, which the embedding cuts into 1x1 patches: 16 tokens, each 
 4x4 patches of configs/digits.py do.
 """
 
-import importlib.util
 from pathlib import Path
 
-from vit_jax.config import apply_overrides, model_config
+from vit_jax.config import apply_overrides, load_config_file, model_config
 
 
 def get_config(arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("configs_digits", Path(__file__).resolve().parent / "digits.py")
-    digits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(digits)
-    config = digits.get_config()  # data, preprocessing, optimizer and loop of the digits run
+    # the data, preprocessing, optimizer and loop of the digits run
+    config = load_config_file(Path(__file__).resolve().parent / "digits.py")
     config.model = model_config("Ti/1", hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128, classifier="gap",
                                 resnet_num_layers=(1,), resnet_width_factor=0.5)
     config.num_steps = 500  # 1000 steps: 99.4% test (seed 0)

@@ -8,18 +8,14 @@ Result: 99.44% test accuracy (360 held-out images; configs/digits.py's own model
 2 CPU cores.
 """
 
-import importlib.util
 from pathlib import Path
 
-from vit_jax.config import apply_overrides, model_config
+from vit_jax.config import apply_overrides, load_config_file, model_config
 from vit_jax.models.vit_pytorch_style import vit_pytorch_options
 
 
 def get_config(arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("configs_digits", Path(__file__).resolve().parent / "digits.py")
-    digits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(digits)
-    config = digits.get_config()
+    config = load_config_file(Path(__file__).resolve().parent / "digits.py")
     options = vit_pytorch_options(image_size=16, patch_size=4, num_classes=10, dim=64, depth=4, heads=4,
                                   mlp_dim=128, pool="mean", channels=1, dim_head=16, emb_dropout=0.1)
     del options["num_classes"]  # the trainer sets it from the dataset

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -41,10 +40,9 @@ def rng() -> np.random.Generator:
 
 def load_config_file(name: str, arg: str | None = None):
     """`get_config(arg)` of `configs/<name>.py`, loaded by path as `--config=configs/<name>.py:arg` does."""
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    from vit_jax.config import load_config_file as load_by_path
+
+    return load_by_path(ROOT / "configs" / f"{name}.py", arg)
 
 
 @pytest.fixture(scope="session")

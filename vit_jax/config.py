@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import collections.abc
 import dataclasses
+import importlib.util
 import json
 import types
 import typing
@@ -242,6 +243,23 @@ def apply_overrides(config: ConfigDict, arg: str | None) -> ConfigDict:
         except ValueError as error:
             raise ValueError(f"{error} (in {arg!r})") from None
     return config
+
+
+def config_module(path: str | Path) -> types.ModuleType:
+    """A config file (`configs/digits.py`, a sweep config) loaded by path, as `--config=path` loads it."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"configs_{path.stem}", path)
+    if spec is None or not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config_file(path: str | Path, arg: str | None = None) -> ConfigDict:
+    """`get_config(arg)` of a config file; configs build on each other with it
+    (`load_config_file(Path(__file__).parent / "digits.py")`)."""
+    return config_module(path).get_config(arg)
 
 
 def save_config(config: ConfigDict, workdir: str | Path) -> None:

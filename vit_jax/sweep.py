@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import json
 import logging
 import re
@@ -28,7 +27,7 @@ import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from vit_jax.config import set_field
+from vit_jax.config import config_module, set_field
 from vit_jax.console import quiet_logging
 from vit_jax.entry import InputError, check_workdir, exit_statuses, parse_flags
 from vit_jax.train import Preempted, train_and_evaluate
@@ -69,11 +68,9 @@ def point_name(overrides: dict[str, Any]) -> str:
 def load_sweep(spec: str) -> tuple[Any, str | None]:
     """The sweep module at `path[:arg]`, and `arg`."""
     path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(f"sweep_{Path(path).stem}", path)
-    if module_spec is None or not Path(path).is_file():
+    if not Path(path).is_file():
         raise InputError(f"--config={spec}: no such file; expected a sweep config, e.g. configs/sweeps/patch_size.py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = config_module(path)
     if not hasattr(module, "get_sweep"):
         raise InputError(f"--config={spec}: {path} has no get_sweep(arg): it is a config, not a sweep config")
     return module, arg or None

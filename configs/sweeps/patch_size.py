@@ -24,25 +24,18 @@ model, given the training steps of the four dedicated ones together, matches the
 dedicated patch-1 model by 12 points, while its single-token patch-8 mode trails.
 """
 
-import importlib.util
 from pathlib import Path
+
+from vit_jax.config import load_config_file
 
 PATCH_SIZES = (1, 2, 4, 8)
 SEEDS = (0, 1)
 STEPS = 1200
 
 
-def _digits_config():
-    path = Path(__file__).resolve().parent.parent / "digits.py"
-    spec = importlib.util.spec_from_file_location("configs_digits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config(arg: str | None = None):
     del arg  # the sweep's argument selects points, not the base
-    config = _digits_config()
+    config = load_config_file(Path(__file__).resolve().parent.parent / "digits.py")
     config.image_size = (8, 8)  # native resolution: patch 1 is 64 tokens, patch 8 a single one
     config.pp.crop_padding = 1
     config.num_steps = STEPS
