@@ -33,6 +33,15 @@ def perturbed(params: Any, seed: int = 0, scale: float = 0.2) -> Any:
     return jax.tree.unflatten(treedef, noisy)
 
 
+def live_params(model: Any, *inputs: Any, seed: int = 0) -> Any:
+    """`model`'s parameters initialised on `inputs` (inference mode), then `perturbed`."""
+    return perturbed(model.init(jax.random.key(seed), *inputs, train=False)["params"], seed=seed)
+
+
+# The tiny ViT most model tests build: fast to trace, every part present.
+TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

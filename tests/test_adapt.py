@@ -3,12 +3,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import TINY
 from vit_jax.checkpoint.adapt import CheckpointMismatchError, fill_from_init, plan_adaptation
 from vit_jax.models import create_model, stack_encoder_blocks, unstack_encoder_blocks
 from vit_jax.models.patching import pi_resize_kernel
 from vit_jax.models.posemb import resize_posemb
-
-TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4)
 
 
 def shapes(model, image_hw):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from tests.conftest import perturbed
+from tests.conftest import live_params
 from tests.numpy_reference import vit_forward
 from vit_jax.models import create_model
 from vit_jax.models.attention import attention_function
@@ -15,7 +15,7 @@ TINY = dict(hidden_size=16, num_layers=2, mlp_dim=32, num_heads=4)
 def _setup(**options):
     images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 3)), jnp.float32)
     model = create_model("Ti/8", num_classes=5, **TINY, **options)
-    params = perturbed(model.init(jax.random.key(0), images, train=False)["params"])
+    params = live_params(model, images)
     return model, params, images
 
 

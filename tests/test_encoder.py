@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import perturbed
+from tests.conftest import live_params, perturbed
 from tests.numpy_reference import encoder_block, gelu, layer_norm
 from vit_jax.models.encoder import (
     Encoder,
@@ -38,7 +38,7 @@ def test_block_is_pre_layernorm_attention_and_mlp(gelu_approximate, rng):
 def test_encoder_applies_blocks_then_final_norm(rng):
     x = tokens(rng)
     encoder = tiny_encoder(posemb="none")
-    params = perturbed(encoder.init(jax.random.key(0), x, train=False)["params"])
+    params = live_params(encoder, x)
     expected = x.astype(np.float64)
     for layer in range(3):
         expected = encoder_block(expected, params[f"encoderblock_{layer}"])
@@ -62,7 +62,7 @@ def test_gelu_tanh_and_exact_are_the_two_named_conventions():
 def test_scan_gives_the_same_output_as_layers(rng):
     x = tokens(rng)
     layered = tiny_encoder()
-    params = perturbed(layered.init(jax.random.key(0), x, train=False)["params"])
+    params = live_params(layered, x)
     expected = layered.apply({"params": params}, x, train=False)
     for options in [dict(scan=True), dict(scan=True, remat=True), dict(remat=True, remat_policy="dots_saveable")]:
         model = tiny_encoder(**options)
@@ -140,7 +140,7 @@ def test_dropout_is_active_in_training_only(scan, rng):
 def test_remat_gives_the_same_gradients(rng):
     x = tokens(rng)
     model = tiny_encoder()
-    params = perturbed(model.init(jax.random.key(0), x, train=False)["params"])
+    params = live_params(model, x)
     loss = lambda m: jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x, train=True) ** 2))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
                  loss(model.clone(remat=True)), loss(model))

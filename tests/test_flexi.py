@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import perturbed
+from tests.conftest import live_params
 from vit_jax.flexi import draw_patch_size, flexi_patch_sizes, flexi_probabilities, patch_label
 from vit_jax.models import create_model
 from vit_jax.models.patching import pi_resize_kernel
@@ -36,7 +36,7 @@ def test_draws_depend_on_seed_and_step_only_and_follow_the_probabilities():
 @pytest.fixture
 def flexible_model_and_params():
     model = create_model("Ti/4", num_classes=5, **TINY, posemb_grid=(4, 4))  # 16x16 images: a 4x4 grid
-    params = perturbed(model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)["params"])
+    params = live_params(model, jnp.zeros((1, 16, 16, 3)))
     return model, params
 
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import perturbed
+from tests.conftest import live_params, perturbed
 from tests.numpy_reference import map_head
 from vit_jax.models import create_model
 from vit_jax.models.heads import MAPHead, num_prefix_tokens, pool_tokens
@@ -15,7 +15,7 @@ def tiny(**overrides):
 
 
 def run(model, images, params=None):
-    params = params or perturbed(model.init(jax.random.key(0), images, train=False)["params"])
+    params = params or live_params(model, images)
     logits, state = model.apply({"params": params}, images, train=False, mutable=["intermediates"])
     return params, np.asarray(logits), np.asarray(state["intermediates"]["encoded"][0])
 

@@ -3,14 +3,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import perturbed
+from tests.conftest import TINY, perturbed
 from vit_jax.checkpoint.adapt import CheckpointMismatchError, fill_from_init, plan_adaptation
 from vit_jax.checkpoint.inflate import inflate_kernel, inflate_posemb
 from vit_jax.models import create_model
 from vit_jax.models.patching import pi_resize_kernel
 from vit_jax.models.posemb import resize_posemb
 
-TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4, classifier="gap")
+GAP = {**TINY, "classifier": "gap"}  # the tiny ViT, pooled by average (video models have no class token)
 IMAGE_HW, FRAMES = (16, 12), 6  # a 4x3 patch grid at patch 4
 
 
@@ -34,7 +34,7 @@ def inflated(image_params, video_model, tubelet, inflation, frames=FRAMES):
 
 
 def image_and_video_models(tubelet):
-    image = create_model("Ti/4", num_classes=5, **TINY)
+    image = create_model("Ti/4", num_classes=5, **GAP)
     return image, image.clone(tubelet_size=tubelet)
 
 
@@ -99,9 +99,9 @@ def test_central_inflation_ignores_every_frame_but_each_tubelets_central_one(rng
 
 
 def test_inflation_after_pi_resize_when_the_patch_size_differs_too():
-    image_model = create_model("Ti/8", num_classes=5, **TINY)
+    image_model = create_model("Ti/8", num_classes=5, **GAP)
     image_params = init_params(image_model, (16, 16, 1))
-    video_model = create_model("Ti/4", num_classes=5, tubelet_size=2, **TINY)
+    video_model = create_model("Ti/4", num_classes=5, tubelet_size=2, **GAP)
     target = jax.eval_shape(lambda: video_model.init(jax.random.key(0), jnp.zeros((1, 4, 16, 16, 1)),
                                                      train=False))["params"]
     plan = plan_adaptation(image_params, target, old_grid=(2, 2), new_grid=(2, 4, 4), inflation="average")
@@ -114,7 +114,7 @@ def test_inflation_after_pi_resize_when_the_patch_size_differs_too():
 
 
 def test_a_video_checkpoint_loads_into_a_video_model_with_its_table_resized_over_time():
-    video_model = create_model("Ti/4", num_classes=5, tubelet_size=2, **TINY)
+    video_model = create_model("Ti/4", num_classes=5, tubelet_size=2, **GAP)
     video_params = init_params(video_model, (4, 8, 8, 1))  # a 2x2x2 grid
     target = jax.eval_shape(lambda: video_model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 8, 1)),
                                                      train=False))["params"]
@@ -128,9 +128,9 @@ def test_a_video_checkpoint_loads_into_a_video_model_with_its_table_resized_over
 
 
 def test_a_video_checkpoint_cannot_initialise_an_image_model():
-    video_model = create_model("Ti/4", num_classes=5, tubelet_size=2, **TINY)
+    video_model = create_model("Ti/4", num_classes=5, tubelet_size=2, **GAP)
     video_params = init_params(video_model, (4, 8, 8, 1))
-    image_model = create_model("Ti/4", num_classes=5, **TINY)
+    image_model = create_model("Ti/4", num_classes=5, **GAP)
     target = jax.eval_shape(lambda: image_model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)),
                                                      train=False))["params"]
     with pytest.raises(CheckpointMismatchError, match=r"video model \(2x2x2 grid\) cannot initialise an image model"):

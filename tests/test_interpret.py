@@ -1,11 +1,10 @@
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import perturbed
+from tests.conftest import live_params
 from tests.numpy_reference import vit_forward
 from vit_jax.interpret.attention import (
     attention_rollout,
@@ -108,7 +107,7 @@ def test_query_row_follows_the_class_token_or_the_mean_token_and_maps_to_the_gri
 def test_attention_weights_are_the_models_own_softmax(scan):
     images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 12, 1)), jnp.float32)
     model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=3, mlp_dim=32, num_heads=2)
-    params = perturbed(model.init(jax.random.key(0), images, train=False)["params"])
+    params = live_params(model, images)
     expected = []
     vit_forward(params, np.asarray(images), record_attention=expected)
     if scan:

@@ -6,14 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import perturbed
+from tests.conftest import TINY, live_params, perturbed
 from vit_jax.models import create_model
 from vit_jax.models.navit import NaViT
 from vit_jax.models.packed_posemb import bilinear_sample_rows, sincos2d_at
 from vit_jax.models.patching import patchify
 from vit_jax.models.posemb import resize_posemb, sincos2d
 
-TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4)
 PATCH = (4, 4)
 
 
@@ -49,7 +48,7 @@ def images():
 def test_packed_images_give_what_each_image_gives_alone(images, classifier, posemb):
     model = navit(classifier=classifier, posemb=posemb, posemb_grid=(4, 4))
     packed = pack(images, seq_len=40, max_images=4, pad_value=5.0)  # 9 + 8 + 4 tokens, then noisy padding
-    params = perturbed(model.init(jax.random.key(0), *packed, train=False)["params"])
+    params = live_params(model, *packed)
     together = model.apply({"params": params}, *packed, train=False)[0]
     for slot, image in enumerate(images):
         alone = model.apply({"params": params}, *pack([image], seq_len=16, max_images=1), train=False)[0, 0]
@@ -104,7 +103,7 @@ def test_factorized_embedding_is_row_plus_column():
 def test_bfloat16_packed_model_masks_like_float32(images):
     model = navit()
     packed = pack(images, seq_len=40, max_images=4, pad_value=5.0)
-    params = perturbed(model.init(jax.random.key(0), *packed, train=False)["params"])
+    params = live_params(model, *packed)
     f32 = model.apply({"params": params}, *packed, train=False)[0, :3]
     bf16 = model.clone(dtype=jnp.bfloat16).apply({"params": params}, *packed, train=False)[0, :3]
     np.testing.assert_allclose(bf16, f32, atol=0.1)

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from tests.conftest import TINY
 from vit_jax.checkpoint.npz import linen_names, load_npz, read_npz, save_npz
 from vit_jax.models import create_model, stack_encoder_blocks
 from vit_jax.timm_compat import import_timm
-
-TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4)
 
 
 def random_params(model, image_hw=(16, 16), seed=0):

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import perturbed
+from tests.conftest import live_params
 from tests.numpy_reference import patch_tokens, sincos2d_table
 from vit_jax.models import create_model
 from vit_jax.models.posemb import AddPositionEmbs, resize_posemb, sincos2d, sincos3d
@@ -64,7 +64,7 @@ def test_wrong_token_count_is_a_clear_error():
 def test_model_adds_learned_table_after_prepending_the_class_token(rng):
     model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2)
     images = rng.standard_normal((2, 8, 12, 3)).astype(np.float32)
-    params = perturbed(model.init(jax.random.key(0), images, train=False)["params"])
+    params = live_params(model, images)
     _, state = model.apply({"params": params}, images, train=False, capture_intermediates=True)
     seen = state["intermediates"]["Transformer"]["posembed_input"]["__call__"][0]
 
@@ -81,7 +81,7 @@ def test_fixed_and_no_posemb_have_no_parameter(posemb, classifier, rng):
     model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2,
                          posemb=posemb, classifier=classifier)
     images = rng.standard_normal((2, 8, 12, 3)).astype(np.float32)
-    params = perturbed(model.init(jax.random.key(0), images, train=False)["params"])
+    params = live_params(model, images)
     assert "posembed_input" not in params["Transformer"]
     _, state = model.apply({"params": params}, images, train=False, capture_intermediates=True)
     seen = state["intermediates"]["Transformer"]["posembed_input"]["__call__"][0]
@@ -170,7 +170,7 @@ def test_resize_errors_name_the_problem():
 def test_sincos2d_is_recomputed_for_the_new_grid_not_resized(rng):
     model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2,
                          posemb="sincos2d", classifier="gap")
-    params = perturbed(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)["params"])
+    params = live_params(model, jnp.zeros((1, 8, 8, 3)))
     images = rng.standard_normal((1, 12, 16, 3)).astype(np.float32)  # another resolution, same parameters
     _, state = model.apply({"params": params}, images, train=False, capture_intermediates=True)
     seen = state["intermediates"]["Transformer"]["posembed_input"]["__call__"][0]

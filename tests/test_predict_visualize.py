@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import perturbed, tiny_digits_config
+from tests.conftest import live_params, tiny_digits_config
 from tests.numpy_reference import vit_forward
-from tests.test_metric_writers import tensorboard_images
+from tests.tensorboard_events import tensorboard_images
 from vit_jax import predict, visualize
 from vit_jax.checkpoint.npz import save_npz
 from vit_jax.checkpoint.trained_model import architecture_of, load_trained_model
@@ -126,7 +126,7 @@ def _hand_built_npz(tmp_path):
     onehot(row) ++ onehot(column): the similarity map is known."""
     model = create_model("Ti/2", num_classes=3, hidden_size=8, num_layers=2, mlp_dim=16, num_heads=2)
     images = jnp.zeros((1, 8, 8, 3))
-    params = perturbed(model.init(jax.random.key(0), images, train=False)["params"])
+    params = live_params(model, images)
     table = [np.full(8, 0.3)] + [np.concatenate([np.eye(4)[i], np.eye(4)[j]]) for i in range(4) for j in range(4)]
     params["Transformer"]["posembed_input"]["pos_embedding"] = np.stack(table)[None].astype(np.float32)
     path = tmp_path / "hand.npz"

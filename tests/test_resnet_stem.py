@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 from PIL import Image
 
 from tests.conftest import TINY_RUN, load_config_file, perturbed
-from tests.test_metric_writers import tensorboard_images
+from tests.tensorboard_events import tensorboard_images
 from vit_jax import predict
 from vit_jax.checkpoint.npz import load_npz, read_npz, save_npz
 from vit_jax.checkpoint.trained_model import architecture_of, load_trained_model

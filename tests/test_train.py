@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_main, tiny_digits_config
-from tests.test_metric_writers import tensorboard_scalars
+from tests.tensorboard_events import tensorboard_scalars
 from vit_jax import predict, visualize
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.config import saved_config

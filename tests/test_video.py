@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import load_config_file, perturbed, tiny_digits_config
+from tests.conftest import TINY, load_config_file, perturbed, tiny_digits_config
 from vit_jax import config_validation as cv
 from vit_jax.build import set_up
 from vit_jax.checkpoint.npz import save_npz
@@ -14,8 +14,6 @@ from vit_jax.metric_writers import read_metrics
 from vit_jax.models import create_model
 from vit_jax.models.vit import input_grid
 from vit_jax.train import train_and_evaluate
-
-TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4)
 
 
 def video_config(data_dir: str, arg: str = ""):

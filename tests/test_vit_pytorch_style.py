@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import perturbed
+from tests.conftest import live_params
 from vit_jax.models.vit_pytorch_style import ViT
 
 
@@ -47,7 +47,7 @@ def test_embedding_dropout_acts_on_the_tokens_alone(rng):
     model = ViT(image_size=8, patch_size=4, num_classes=3, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8,
                 channels=1, emb_dropout=0.5)
     images = rng.standard_normal((2, 8, 8, 1)).astype(np.float32)
-    params = perturbed(model.init(jax.random.key(0), images, train=False)["params"])
+    params = live_params(model, images)
     train = lambda seed: model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(seed)})
     assert not np.allclose(train(0), train(1))
     no_dropout = model.clone(embedding_dropout_rate=0.0)
