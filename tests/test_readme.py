@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def readme_commands() -> list[str]:
@@ -21,8 +22,20 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert ci == [setup[1]]
 
 
+def test_the_readme_is_a_front_door_and_its_links_resolve():
+    assert len((ROOT / "README.md").read_text().encode()) <= 12 * 1024
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            assert path.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+    linked = set(re.findall(r"\]\(docs/([^)#]+)", (ROOT / "README.md").read_text()))
+    assert {p.name for p in (ROOT / "docs").glob("*.md")} <= linked, "every docs page is linked from the README"
+
+
 @pytest.mark.slow
-def test_readme_variants_table_is_current():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts/update_readme.py"), "--check"],
+def test_docs_variants_table_is_current():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/update_docs.py"), "--check"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
