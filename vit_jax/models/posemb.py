@@ -24,6 +24,19 @@ POSEMB_KINDS: tuple[str, ...] = ("learn", "sincos2d", "sincos3d", "none")
 FIXED_GRID_DIMS = {"sincos2d": 2, "sincos3d": 3}  # the grid each fixed table is defined on
 
 
+# Fixed tables split the width evenly: (multiple, least width, how the width is split).
+SINCOS_WIDTHS = {"sincos2d": (4, 8, "a quarter each for sin x, cos x, sin y, cos y"),
+                 "sincos3d": (16, 32, "a quarter for time, three quarters split four ways for space")}
+
+
+def check_sincos_width(kind: str, width: int, name: str = "width") -> None:
+    """The width a fixed sin-cos table needs; `name` is what the width is called where it was set."""
+    multiple, least, split = SINCOS_WIDTHS[kind]
+    if width % multiple or width < least:
+        raise ValueError(f"posemb={kind!r} needs {name} divisible by {multiple} and at least {least} ({split}); "
+                         f"got {name} {width}")
+
+
 def sincos2d(grid: Sequence[int], width: int, temperature: float = 10_000.0) -> np.ndarray:
     """Fixed 2-D sin-cos table `(gh * gw, width)`, row-major over the grid.
 
@@ -32,11 +45,7 @@ def sincos2d(grid: Sequence[int], width: int, temperature: float = 10_000.0) -> 
     SimpleViT computes the same table). Computed in float64 numpy, so it is a constant of the compiled program.
     """
     gh, gw = grid
-    if width % 4 or width < 8:
-        raise ValueError(
-            f"sincos2d position embeddings need a width divisible by 4 and at least 8 "
-            f"(a quarter each for sin x, cos x, sin y, cos y); got width {width}"
-        )
+    check_sincos_width("sincos2d", width)
     quarter = width // 4
     omega = 1.0 / temperature ** (np.arange(quarter) / (quarter - 1))
     y, x = np.mgrid[:gh, :gw]
@@ -54,11 +63,7 @@ def sincos3d(grid: Sequence[int], width: int, temperature: float = 10_000.0) -> 
     MAE-ST's (`get_3d_sincos_pos_embed`, Feichtenhofer et al. 2022), with big_vision's 2-D layout for space.
     """
     gt, gh, gw = grid
-    if width % 16 or width < 32:
-        raise ValueError(
-            f"sincos3d position embeddings need a width divisible by 16 and at least 32 (a quarter for time, "
-            f"three quarters split four ways for space); got width {width}"
-        )
+    check_sincos_width("sincos3d", width)
     eighth = width // 8
     omega = 1.0 / temperature ** (np.arange(eighth) / (eighth - 1))
     t_angles = np.outer(np.arange(gt), omega)

@@ -27,7 +27,7 @@ from vit_jax.models.patching import (
     as_patch_size,
     grid_shape,
 )
-from vit_jax.models.posemb import POSEMB_KINDS, PosembKind
+from vit_jax.models.posemb import POSEMB_KINDS, SINCOS_WIDTHS, PosembKind, check_sincos_width
 from vit_jax.models.resnet_stem import check_stem_options, resnet_stem, stem_output_hw, stem_stride
 from vit_jax.models.tubelet import TubeletEmbed, as_tubelet_size, tubelet_grid
 
@@ -212,10 +212,6 @@ def check_options(model: VisionTransformer) -> None:
             f"hidden_size {model.hidden_size} is not divisible by num_heads {model.num_heads}; "
             f"each head gets hidden_size / num_heads channels"
         )
-    if model.posemb == "sincos2d" and (model.hidden_size % 4 or model.hidden_size < 8):
-        raise ValueError(
-            f"posemb='sincos2d' needs hidden_size divisible by 4 and at least 8; got hidden_size {model.hidden_size}"
-        )
     for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth", "embedding_dropout_rate"):
         value = getattr(model, field)
         if value is not None and not 0.0 <= value < 1.0:
@@ -226,6 +222,8 @@ def check_options(model: VisionTransformer) -> None:
         raise ValueError(f"resnet_num_layers={model.resnet_num_layers!r}: the ResNet stem is for images; this is a "
                          f"video model (tubelet_size={model.tubelet_size})")
     check_video_options(model)
+    if model.posemb in SINCOS_WIDTHS:  # after the image / video split, which says which table applies
+        check_sincos_width(model.posemb, model.hidden_size, "hidden_size")
     axes = "(rows, columns)" if model.tubelet_size is None else "(frames, rows, columns) for a video model"
     if model.posemb_grid is not None and (len(model.posemb_grid) != axes.count(",") + 1 or not all(
             isinstance(g, int) and g > 0 for g in model.posemb_grid)):
@@ -254,9 +252,6 @@ def check_video_options(model: VisionTransformer) -> None:
                          f"are multiples of the tubelet size")
     if model.posemb == "sincos2d":
         raise ValueError(f"posemb='sincos2d' is for images; {video} takes 'sincos3d', 'learn' or 'none'")
-    if model.posemb == "sincos3d" and (model.hidden_size % 16 or model.hidden_size < 32):
-        raise ValueError(f"posemb='sincos3d' needs hidden_size divisible by 16 and at least 32; got hidden_size "
-                         f"{model.hidden_size}")
 
 
 def pixel_patch_size(model: VisionTransformer) -> tuple[int, int]:
