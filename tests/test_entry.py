@@ -45,6 +45,10 @@ CASES = {
         "main", lambda tmp, data: [f"--config=configs/finetune.py:init={object_array_npz(tmp / 'o.npz')},"
                                    f"variant=Ti/4,res=16", f"--config.data_dir={data}", f"--workdir={tmp / 'run'}"],
         r"error: config.init.path = .*: array 'embedding/kernel' is an object array; object arrays are refused"),
+    "sweep_bad_xla_flag": (  # the sweep starts its process as main does: XLA flags checked before XLA sees them
+        "sweep", lambda tmp, data: ["--config=configs/sweeps/patch_size.py", f"--workdir={tmp / 'sweep'}",
+                                    "--config.xla_flags=--not_a_flag"],
+        r"error: config.xla_flags = '--not_a_flag': is not an XLA flag"),
     "sweep_point_out_of_range": (
         "sweep", lambda tmp, data: ["--config=configs/sweeps/patch_size.py", f"--workdir={tmp / 'sweep'}",
                                     "--point=99"],

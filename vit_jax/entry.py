@@ -1,4 +1,5 @@
-"""What the commands (`vit_jax.main`, `vit_jax.sweep`) share: flags whose errors are one line, and exit statuses.
+"""What the commands (`vit_jax.main`, `vit_jax.sweep`) share: the process start (XLA flags, `jax.distributed`),
+flags whose errors are one line, and exit statuses.
 
 A bad flag, path or config value is one line naming it and what was expected, with exit status 2, before anything
 compiles; a non-finite loss exits 3; preemption 143 (128 + SIGTERM, what a scheduler expects from a process it
@@ -18,8 +19,10 @@ from ml_collections import ConfigDict
 
 from vit_jax.checkpoint.adapt import CheckpointMismatchError
 from vit_jax.checkpoint.npz import NpzError
-from vit_jax.config_validation import ConfigError
+from vit_jax.config_validation import ConfigError, check_xla_flags
+from vit_jax.distributed import MODES, initialize
 from vit_jax.train import NonFiniteLossError, Preempted
+from vit_jax.xla_flags import apply_xla_flags
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
@@ -31,6 +34,26 @@ class InputError(ValueError):
 
 
 BAD_INPUT = (ConfigError, CheckpointMismatchError, NpzError, InputError)
+
+
+def define_process_flags() -> None:
+    """`--distributed` and the coordinator's flags, defined by each command."""
+    flags.DEFINE_enum("distributed", "auto", list(MODES),
+                      "jax.distributed: 'auto' starts it when the run is multi-process (flags below, "
+                      "JAX_COORDINATOR_ADDRESS, a SLURM job or a multi-host TPU slice).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+
+
+def start_process(config: ConfigDict) -> None:
+    """Before the backend starts: `config.xla_flags` checked (XLA aborts the process on a malformed flag) and
+    applied, then `jax.distributed` when the run is multi-process. A process applies one config's flags: a sweep
+    applies its base config's."""
+    check_xla_flags(config)
+    apply_xla_flags(config.xla_flags, config.model.get("dtype"))
+    initialize(flags.FLAGS.distributed, flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+               flags.FLAGS.process_id)
 
 
 def fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:

@@ -9,21 +9,13 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from vit_jax.config_validation import check_xla_flags
 from vit_jax.console import quiet_logging
-from vit_jax.distributed import MODES, initialize
-from vit_jax.entry import check_workdir, exit_statuses, parse_flags
+from vit_jax.entry import check_workdir, define_process_flags, exit_statuses, parse_flags, start_process
 from vit_jax.train import train_and_evaluate
-from vit_jax.xla_flags import apply_xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py or configs/vit.py:variant=S/16")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics (resumed if it has them).")
-_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", list(MODES),
-                                 "jax.distributed: 'auto' starts it when the run is multi-process (flags below, "
-                                 "JAX_COORDINATOR_ADDRESS, a SLURM job or a multi-host TPU slice).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+define_process_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,9 +25,7 @@ def main(argv: list[str]) -> None:
     quiet_logging()
     with exit_statuses():
         workdir = check_workdir(_WORKDIR.value)
-        check_xla_flags(_CONFIG.value)
-        apply_xla_flags(_CONFIG.value.xla_flags, _CONFIG.value.model.get("dtype"))  # before the backend starts
-        initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        start_process(_CONFIG.value)
         train_and_evaluate(_CONFIG.value, workdir)
 
 

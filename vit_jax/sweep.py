@@ -29,7 +29,14 @@ from ml_collections import ConfigDict, config_flags
 
 from vit_jax.config import config_module, set_field
 from vit_jax.console import quiet_logging
-from vit_jax.entry import InputError, check_workdir, exit_statuses, parse_flags
+from vit_jax.entry import (
+    InputError,
+    check_workdir,
+    define_process_flags,
+    exit_statuses,
+    parse_flags,
+    start_process,
+)
 from vit_jax.train import Preempted, train_and_evaluate
 
 STATUS_FILE = "sweep_point.json"
@@ -43,6 +50,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Directory of the sweep; point K runs in DIR/<name of K>.")
     flags.DEFINE_integer("point", None, "Run only this point (0-based), e.g. one point per machine.")
     flags.DEFINE_bool("collect", False, "Only write the report from the points already run.")
+    define_process_flags()
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -161,6 +169,7 @@ def main(argv: list[str]) -> None:
         module, arg = load_sweep(config_flags.get_config_filename(FLAGS["config"]))
         points = sweep_points(module, arg)
         check_point(FLAGS.point, points)
+        start_process(FLAGS.config)
         if not FLAGS.collect:
             run_sweep(FLAGS.config, points, sweep_dir, FLAGS.point)
     if jax.process_index() == 0:
