@@ -1,5 +1,6 @@
-"""A run built from its config, before anything compiles: checks, data sources, model, optimizer, mesh, the
-initial (or fine-tuning, or resumed) state's shardings, and the training stream at its position.
+"""A run set up from its config, before anything compiles: the config validated, then data sources, model,
+optimizer and mesh built (`vit_jax.from_config`), the initial (or fine-tuning, or resumed) state's shardings, and
+the training stream at its position.
 """
 
 from __future__ import annotations
@@ -24,8 +25,15 @@ from vit_jax.checkpoint.pretrained import load_pretrained
 from vit_jax.data import pipeline
 from vit_jax.data.packing import PackedPreprocess, empty_sequences, packed_train_iterator
 from vit_jax.data.preprocessing import Preprocess
-from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split
+from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split, split_size
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
+from vit_jax.from_config import (
+    SPLIT_FIELDS,
+    model_from_config,
+    open_dataset,
+    packed_preprocess_from_config,
+    preprocess_from_config,
+)
 from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.vit import VisionTransformer, input_grid
 from vit_jax.optim import learning_rate_schedule, make_optimizer
@@ -65,24 +73,21 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
     """Checks the config against itself, the devices and the dataset, then builds data sources, model and
     optimizer. Raises `ConfigError` (one line) on the first problem; nothing is compiled yet."""
     devices = jax.devices() if devices is None else devices
-    config_validation.check_choices(config)
-    config_validation.check_numbers(config)
-    config_validation.check_patterns(config)
-    config_validation.check_devices(config, len(devices), jax.process_count())
-    config_validation.check_init(config)
-    builder, spec, sizes = config_validation.check_data(config)
-    model = config_validation.check_model(config, spec.num_classes)
-    config_validation.check_video(config, spec, model)
+    config_validation.validate(config, len(devices), jax.process_count())
+    builder, spec = open_dataset(config)
+    model = model_from_config(config, spec.num_classes)
     image_shape = (*spec.image_shape[:-3], *tuple(config.image_size), spec.image_shape[-1])  # frames resized
 
     sources = {}
-    for field in sizes:
+    for field in SPLIT_FIELDS:
+        if not config[field]:  # no test split
+            continue
         source = open_split(builder, config[field])
         cache = config.cache_in_memory
-        if cache is True or (cache == "auto" and fits_in_memory(spec, sizes[field])):
+        if cache is True or (cache == "auto" and fits_in_memory(spec, split_size(builder, config[field]))):
             source = InMemorySource(source)
         sources[field] = source
-    packed = config_validation.packed_preprocess_from_config(config, model) if config.packing.enabled else None
+    packed = packed_preprocess_from_config(config, model) if config.packing.enabled else None
     mesh = make_mesh(config.mesh, devices)
     if mesh.size > 1:  # keep activations split the way parameters and batches are
         model = model.clone(activation_sharding=ActivationSharding(
@@ -95,7 +100,7 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         num_classes=spec.num_classes,
         image_shape=image_shape,
         sources=sources,
-        preprocess=config_validation.preprocess_from_config(config),
+        preprocess=preprocess_from_config(config),
         tx=make_optimizer(config.optimizer, config.num_steps),
         schedule=learning_rate_schedule(config.optimizer, config.num_steps),
         flexi_sizes=flexi_patch_sizes(config.flexi.patch_sizes),

@@ -1,5 +1,6 @@
 """Config checks that run before anything compiles: each failure is one line naming the field, the value and what
-is allowed."""
+is allowed. `validate` runs them all and only raises; what the checks build to look at (the model, the dataset)
+comes from `vit_jax.from_config`, the same factories the run is built with."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from vit_jax.checkpoint.adapt import HEAD_POLICIES, POSEMB_POLICIES
 from vit_jax.checkpoint.inflate import INFLATION_METHODS
 from vit_jax.checkpoint.pretrained import is_workdir
 from vit_jax.config import build_model
-from vit_jax.data.packing import PackedPreprocess
-from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS, Preprocess
-from vit_jax.data.sources import DatasetError, DatasetSpec, dataset_builder, dataset_spec, split_size
+from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
+from vit_jax.data.sources import DatasetError, DatasetSpec, split_size
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
+from vit_jax.from_config import SPLIT_FIELDS, open_dataset, packed_preprocess_from_config
 from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
@@ -29,6 +30,20 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 class ConfigError(ValueError):
     """A config value that cannot work; raised before compilation or training."""
+
+
+def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
+    """Every check, in the order a user would fix them: the config against itself, the devices, the checkpoint to
+    start from, the dataset, the model. Raises the first `ConfigError`; returns nothing."""
+    check_xla_flags(config)
+    check_choices(config)
+    check_numbers(config)
+    check_patterns(config)
+    check_devices(config, num_devices, process_count)
+    check_init(config)
+    spec = check_data(config)
+    model = check_model(config, spec.num_classes)
+    check_video(config, spec, model)
 
 
 def field_error(field: str, value: Any, problem: str, allowed: Any = None) -> ConfigError:
@@ -115,24 +130,23 @@ def check_devices(config: ConfigDict, num_devices: int, process_count: int) -> d
     return shape
 
 
-def check_data(config: ConfigDict) -> tuple[Any, DatasetSpec, dict[str, int]]:
-    """Opens the dataset (building vit_jax's own on first use); returns the builder, its spec and split sizes."""
+def check_data(config: ConfigDict) -> DatasetSpec:
+    """The dataset opens (vit_jax's own are built on first use) and has the named splits; returns what its
+    examples hold, for the checks that depend on it."""
     try:
-        builder = dataset_builder(config.dataset, config.data_dir, strict=config.image_folder_strict)
-        spec = dataset_spec(builder)
+        builder, spec = open_dataset(config)
     except (DatasetError, FileNotFoundError, ValueError) as error:
         raise field_error("dataset", config.dataset, str(error)) from None
-    sizes = {}
-    for field in ("train_split", "eval_split", "test_split"):
+    for field in SPLIT_FIELDS:
         split = config[field]
         if not split and field == "test_split":
             continue
         try:
-            sizes[field] = split_size(builder, split)
+            split_size(builder, split)
         except DatasetError:
             raise field_error(field, split, f"unknown split of {config.dataset!r}",
                               f"{sorted(builder.info.splits)} or slices such as 'train[:90%]'") from None
-    return builder, spec, sizes
+    return spec
 
 
 def check_init(config: ConfigDict) -> None:
@@ -144,8 +158,9 @@ def check_init(config: ConfigDict) -> None:
 
 
 def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
-    """The model the config describes; FlexiViT runs store their position table at the base grid."""
-    try:
+    """The model builds, and the image sizes, FlexiViT patch sizes and packing fit it; returns the model checked,
+    for the checks that depend on it."""
+    try:  # as configured: the table grid `from_config.model_from_config` defaults to is only known valid after this
         model = build_model(config.model, num_classes, packed=config.packing.enabled)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.model (variant {config.model.variant!r}): {error}") from None
@@ -154,7 +169,7 @@ def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
         return model
     image_size = tuple(config.image_size)
     try:
-        base_grid = token_grid(model, image_size)
+        token_grid(model, image_size)
     except ValueError:
         ph, pw = pixel_patch_size(model)  # in image pixels: a hybrid's patch times its ResNet stem's stride
         raise field_error(
@@ -163,9 +178,14 @@ def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
             "multiples of the patch size, or config.model.pad='zeros'",
         ) from None
     check_eval_image_sizes(config, model)
-    if not config.flexi.patch_sizes:
-        return model if model.posemb_grid is not None or not config.eval_image_sizes else model.clone(
-            posemb_grid=base_grid)
+    if config.flexi.patch_sizes:
+        check_flexi(config, model)
+    return model
+
+
+def check_flexi(config: ConfigDict, model: VisionTransformer) -> None:
+    """FlexiViT: image models, known probabilities, and patch sizes that divide the images."""
+    image_size = tuple(config.image_size)
     if model.tubelet_size is not None:
         raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes),
                           f"FlexiViT patch sizes are for images; config.model.tubelet_size = "
@@ -182,7 +202,6 @@ def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
             raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes),
                               f"patch size {size[0]}x{size[1]} does not divide config.image_size {image_size}",
                               "divisors of the image size, or config.model.pad='zeros'") from None
-    return model if model.posemb_grid is not None else model.clone(posemb_grid=base_grid)
 
 
 def check_video(config: ConfigDict, spec: DatasetSpec, model: VisionTransformer) -> None:
@@ -259,27 +278,6 @@ def check_packing(config: ConfigDict, model: VisionTransformer) -> None:
         raise field_error("packing.seq_len", packing.seq_len, f"an image can have {preprocess.max_tokens} tokens "
                           f"(patch {model.patch_size[0]}x{model.patch_size[1]}), more than one sequence holds",
                           f"at least {preprocess.max_tokens}")
-
-
-def packed_preprocess_from_config(config: ConfigDict, model: VisionTransformer) -> PackedPreprocess:
-    """The per-image preprocessing of a packed run: config.pp at each image's size, then patches."""
-    packing = config.packing
-    drop_rate = packing.drop_rate
-    return PackedPreprocess(
-        base=preprocess_from_config(config), patch_size=tuple(model.patch_size),
-        max_grid=tuple(packing.max_grid or model.posemb_grid),
-        image_sizes=tuple(tuple(size) for size in packing.image_sizes),
-        drop_rate=tuple(drop_rate) if isinstance(drop_rate, (tuple, list)) else drop_rate,
-    )
-
-
-def preprocess_from_config(config: ConfigDict) -> Preprocess:
-    pp = config.pp
-    return Preprocess(
-        image_size=tuple(config.image_size), value_range=tuple(pp.value_range), resize_method=pp.resize_method,
-        train_crop=pp.train_crop, crop_padding=pp.crop_padding, crop_scale=tuple(pp.crop_scale),
-        crop_ratio=tuple(pp.crop_ratio), flip=pp.flip,
-    )
 
 
 def _get(config: ConfigDict, dotted: str) -> Any:

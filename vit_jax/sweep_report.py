@@ -23,9 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from vit_jax.config import CONFIG_FILE, saved_config  # noqa: E402
-from vit_jax.config_validation import check_model  # noqa: E402
 from vit_jax.data.sources import dataset_builder, dataset_spec  # noqa: E402
 from vit_jax.flexi import flexi_patch_sizes, patch_label  # noqa: E402
+from vit_jax.from_config import model_from_config  # noqa: E402
 from vit_jax.metric_writers import read_metrics  # noqa: E402
 from vit_jax.summary import summarize  # noqa: E402
 
@@ -55,7 +55,7 @@ def point_result(point_dir: Path, name: str) -> PointResult:
     base["seed"] = config.seed
     records = read_metrics(point_dir)
     spec = dataset_spec(dataset_builder(config.dataset, config.data_dir))
-    model = check_model(config, spec.num_classes)
+    model = model_from_config(config, spec.num_classes)
     image_shape = (*config.image_size, spec.image_shape[-1])
     sizes = flexi_patch_sizes(config.flexi.patch_sizes) or (tuple(model.patch_size),)
     flexi = bool(config.flexi.patch_sizes)
