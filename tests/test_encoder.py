@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ from tests.numpy_reference import encoder_block, gelu, layer_norm
 from vit_jax.models.encoder import (
     Encoder,
     Encoder1DBlock,
+    EncoderOptions,
     MlpBlock,
     drop_path,
     drop_path_rates,
@@ -19,7 +22,9 @@ TINY = dict(mlp_dim=32, num_heads=4)
 
 
 def tiny_encoder(**kwargs) -> Encoder:
-    return Encoder(**{**dict(num_layers=3, grid=(2, 3), num_prefix=1, **TINY), **kwargs})
+    layout = {key: kwargs.pop(key) for key in ("grid", "num_prefix", "posemb", "posemb_grid") if key in kwargs}
+    options = EncoderOptions(**{**dict(num_layers=3, **TINY), **kwargs})
+    return Encoder(options, **{**dict(grid=(2, 3), num_prefix=1), **layout})
 
 
 def tokens(rng, batch: int = 2) -> np.ndarray:
@@ -29,7 +34,7 @@ def tokens(rng, batch: int = 2) -> np.ndarray:
 @pytest.mark.parametrize("gelu_approximate", [True, False])
 def test_block_is_pre_layernorm_attention_and_mlp(gelu_approximate, rng):
     x = tokens(rng)
-    block = Encoder1DBlock(**TINY, gelu_approximate=gelu_approximate)
+    block = Encoder1DBlock(EncoderOptions(num_layers=1, **TINY, gelu_approximate=gelu_approximate))
     params = perturbed(block.init(jax.random.key(0), x, 0.0, True)["params"])
     out, _ = block.apply({"params": params}, x, 0.0, True)
     np.testing.assert_allclose(out, encoder_block(x, params, gelu_approximate), atol=1e-4, rtol=1e-4)
@@ -66,7 +71,7 @@ def test_scan_gives_the_same_output_as_layers(rng):
     expected = layered.apply({"params": params}, x, train=False)
     for options in [dict(scan=True), dict(scan=True, remat=True), dict(remat=True, remat_policy="dots_saveable")]:
         model = tiny_encoder(**options)
-        converted = stack_encoder_blocks({"Transformer": params})["Transformer"] if model.scan else params
+        converted = stack_encoder_blocks({"Transformer": params})["Transformer"] if model.options.scan else params
         np.testing.assert_allclose(model.apply({"params": converted}, x, train=False), expected, atol=1e-5)
 
 
@@ -133,7 +138,8 @@ def test_dropout_is_active_in_training_only(scan, rng):
     assert np.abs(np.asarray(train(1)) - np.asarray(evaluated)).max() > 1e-3
     assert np.abs(np.asarray(train(1)) - np.asarray(train(2))).max() > 1e-3
     np.testing.assert_array_equal(train(1), train(1))
-    without = model.clone(dropout_rate=0.0, attention_dropout_rate=0.0, stochastic_depth=0.0)
+    without = model.clone(options=dataclasses.replace(model.options, dropout_rate=0.0, attention_dropout_rate=0.0,
+                                                      stochastic_depth=0.0))
     np.testing.assert_allclose(without.apply({"params": params}, x, train=True), evaluated, atol=1e-6)
 
 
@@ -143,7 +149,7 @@ def test_remat_gives_the_same_gradients(rng):
     params = live_params(model, x)
     loss = lambda m: jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x, train=True) ** 2))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
-                 loss(model.clone(remat=True)), loss(model))
+                 loss(model.clone(options=dataclasses.replace(model.options, remat=True))), loss(model))
 
 
 def test_unknown_remat_policy_lists_the_valid_ones(rng):

@@ -9,6 +9,7 @@ whose parameters carry a leading depth axis (big_vision's layout); `stack_encode
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -68,6 +69,43 @@ def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Arra
     return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderOptions:
+    """The encoder's options, declared once: the encoder and each block read them from here, and
+    `VisionTransformer` (which a config and the command line set by name) hands over its fields of these names.
+
+    Attributes:
+      num_layers, mlp_dim, num_heads: depth, MLP hidden units, attention heads.
+      dropout_rate, attention_dropout_rate: dropout after attention and in the MLP; on the attention weights.
+      stochastic_depth: the drop-path rate of the last block, rising linearly from 0 at the first.
+      gelu_approximate: tanh GELU (vision_transformer, big_vision) or exact erf GELU (timm, PyTorch).
+      dtype: computation dtype; attention_impl, record_attention: see `vit_jax.models.attention`.
+      qkv_dim: the attention's inner width (heads x head dim); None: the token width.
+      embedding_dropout_rate: dropout after the position embeddings; None: `dropout_rate`.
+      remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute); `remat_policy` names
+        a `jax.checkpoint_policies` member to save some intermediates anyway.
+      scan: one `nn.scan` over depth instead of a Python loop: compile time independent of depth.
+      activation_sharding: sharding constraints on activations (set by the trainer from its mesh).
+    """
+
+    num_layers: int
+    mlp_dim: int
+    num_heads: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    stochastic_depth: float = 0.0
+    gelu_approximate: bool = True
+    dtype: Any = None
+    attention_impl: AttentionImpl = "einsum"
+    record_attention: bool = False
+    qkv_dim: int | None = None
+    embedding_dropout_rate: float | None = None
+    remat: bool = False
+    remat_policy: str | None = None
+    scan: bool = False
+    activation_sharding: ActivationSharding | None = None
+
+
 class Encoder1DBlock(nn.Module):
     """LayerNorm -> self-attention -> residual; LayerNorm -> MLP -> residual.
 
@@ -79,52 +117,42 @@ class Encoder1DBlock(nn.Module):
     (heads x head dim), the token width when None.
     """
 
-    mlp_dim: int
-    num_heads: int
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_depth: bool = False
-    gelu_approximate: bool = True
-    dtype: Any = None
-    attention_impl: AttentionImpl = "einsum"
-    record_attention: bool = False
-    qkv_dim: int | None = None
-    activation_sharding: ActivationSharding | None = None
+    options: EncoderOptions
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool,
                  mask: jax.Array | None = None) -> tuple[jax.Array, None]:
-        x = constrain_tokens(x, self.activation_sharding)
-        y = nn.LayerNorm(dtype=self.dtype)(x)
-        mixed = is_bfloat16(self.dtype)
+        o = self.options
+        x = constrain_tokens(x, o.activation_sharding)
+        y = nn.LayerNorm(dtype=o.dtype)(x)
+        mixed = is_bfloat16(o.dtype)
         y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads,
-            qkv_features=self.qkv_dim,
-            dtype=self.dtype,
+            num_heads=o.num_heads,
+            qkv_features=o.qkv_dim,
+            dtype=o.dtype,
             qkv_dot_general=mixed_dot_general if mixed else None,
             out_dot_general=mixed_dot_general if mixed else None,
-            attention_fn=attention_function(self.attention_impl, self.dtype, self.attention_dropout_rate,
-                                            self.record_attention),
+            attention_fn=attention_function(o.attention_impl, o.dtype, o.attention_dropout_rate, o.record_attention),
             kernel_init=nn.initializers.xavier_uniform(),
             broadcast_dropout=False,
-            dropout_rate=self.attention_dropout_rate,
+            dropout_rate=o.attention_dropout_rate,
             deterministic=deterministic,
-        )(y, y, mask=mask, sow_weights=self.record_attention)
-        y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
+        )(y, y, mask=mask, sow_weights=o.record_attention)
+        y = nn.Dropout(rate=o.dropout_rate)(y, deterministic=deterministic)
         x = x + self._maybe_drop_path(y, drop_path_rate, deterministic)
 
-        y = nn.LayerNorm(dtype=self.dtype)(x)
+        y = nn.LayerNorm(dtype=o.dtype)(x)
         y = MlpBlock(
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            gelu_approximate=self.gelu_approximate,
-            dtype=self.dtype,
-            activation_sharding=self.activation_sharding,
+            mlp_dim=o.mlp_dim,
+            dropout_rate=o.dropout_rate,
+            gelu_approximate=o.gelu_approximate,
+            dtype=o.dtype,
+            activation_sharding=o.activation_sharding,
         )(y, deterministic=deterministic)
         return x + self._maybe_drop_path(y, drop_path_rate, deterministic), None
 
     def _maybe_drop_path(self, y: jax.Array, rate: float | jax.Array, deterministic: bool) -> jax.Array:
-        if deterministic or not self.stochastic_depth:
+        if deterministic or not self.options.stochastic_depth:
             return y
         return drop_path(y, rate, self.make_rng("dropout"))
 
@@ -141,38 +169,18 @@ class Encoder(nn.Module):
     position embeddings: `num_prefix` class-token rows, then a row-major `grid` of patches; `posemb_grid` is the
     grid a learned table is stored at, if that may differ (see `AddPositionEmbs.table_grid`).
 
-    Attributes:
-      remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute);
-        `remat_policy` names a `jax.checkpoint_policies` member to save some intermediates anyway.
-      scan: one `nn.scan` over depth instead of a Python loop: compile time independent of depth.
-      attention_impl, record_attention, qkv_dim: see `Encoder1DBlock` and `vit_jax.models.attention`.
-      embedding_dropout_rate: dropout after the position embeddings; None: `dropout_rate`.
+    `options` (`EncoderOptions`) are the depth, widths, regularisation and memory options.
 
     `__call__(x, train, mask=None, positions=None)`: `mask` `(B, 1, N, N)` restricts attention (packed sequences);
     `positions` (a `vit_jax.models.packed_posemb.TokenPositions`) places each token of a packed sequence on its
     own image's grid instead of on `grid`.
     """
 
-    num_layers: int
-    mlp_dim: int
-    num_heads: int
+    options: EncoderOptions
     grid: tuple[int, ...]  # (gh, gw), or (gt, gh, gw) for videos
     num_prefix: int = 1
     posemb: PosembKind = "learn"
     posemb_grid: tuple[int, ...] | None = None
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_depth: float = 0.0
-    gelu_approximate: bool = True
-    dtype: Any = None
-    attention_impl: AttentionImpl = "einsum"
-    record_attention: bool = False
-    qkv_dim: int | None = None
-    embedding_dropout_rate: float | None = None
-    remat: bool = False
-    remat_policy: str | None = None
-    scan: bool = False
-    activation_sharding: ActivationSharding | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None,
@@ -181,51 +189,40 @@ class Encoder(nn.Module):
             x = AddPositionEmbs(self.posemb, self.grid, self.num_prefix, self.posemb_grid, name="posembed_input")(x)
         else:
             x = PackedPositionEmbs(self.posemb, self.grid, name="posembed_input")(x, positions)
-        embedding_dropout = self.dropout_rate if self.embedding_dropout_rate is None else self.embedding_dropout_rate
+        o = self.options
+        embedding_dropout = o.dropout_rate if o.embedding_dropout_rate is None else o.embedding_dropout_rate
         x = nn.Dropout(rate=embedding_dropout)(x, deterministic=not train)
 
         block_cls = self._block_class()
-        block_args = dict(
-            mlp_dim=self.mlp_dim,
-            num_heads=self.num_heads,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            stochastic_depth=self.stochastic_depth > 0,
-            gelu_approximate=self.gelu_approximate,
-            dtype=self.dtype,
-            attention_impl=self.attention_impl,
-            record_attention=self.record_attention,
-            qkv_dim=self.qkv_dim,
-            activation_sharding=self.activation_sharding,
-        )
-        rates = drop_path_rates(self.stochastic_depth, self.num_layers)
-        if self.scan:
+        rates = drop_path_rates(o.stochastic_depth, o.num_layers)
+        if o.scan:
             blocks = nn.scan(
                 block_cls,
                 variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(0, nn.broadcast, nn.broadcast),
-                length=self.num_layers,
-            )(name=SCANNED_BLOCKS, **block_args)
+                length=o.num_layers,
+            )(o, name=SCANNED_BLOCKS)
             x, _ = blocks(x, jnp.asarray(rates), not train, mask)
         else:
-            for layer in range(self.num_layers):
-                block = block_cls(name=f"{SCANNED_BLOCKS}_{layer}", **block_args)
+            for layer in range(o.num_layers):
+                block = block_cls(o, name=f"{SCANNED_BLOCKS}_{layer}")
                 x, _ = block(x, float(rates[layer]), not train, mask)
-        return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+        return nn.LayerNorm(dtype=o.dtype, name="encoder_norm")(x)
 
     def _block_class(self) -> type[Encoder1DBlock]:
-        if not self.remat:
+        o = self.options
+        if not o.remat:
             return Encoder1DBlock
         policy = None
-        if self.remat_policy is not None:
-            policy = getattr(jax.checkpoint_policies, self.remat_policy, None)
+        if o.remat_policy is not None:
+            policy = getattr(jax.checkpoint_policies, o.remat_policy, None)
             if policy is None:
                 valid = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
-                raise ValueError(f"remat_policy {self.remat_policy!r} is not a jax.checkpoint_policies member: {valid}")
+                raise ValueError(f"remat_policy {o.remat_policy!r} is not a jax.checkpoint_policies member: {valid}")
         # static_argnums counts self: 0=self, 1=x, 2=drop_path_rate, 3=deterministic. CSE prevention is only
         # needed outside scan (scan already keeps XLA from merging the recomputation back).
-        return nn.remat(Encoder1DBlock, prevent_cse=not self.scan, static_argnums=(3,), policy=policy)
+        return nn.remat(Encoder1DBlock, prevent_cse=not o.scan, static_argnums=(3,), policy=policy)
 
 
 def stack_encoder_blocks(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models.attention import AttentionImpl, check_attention_impl
-from vit_jax.models.encoder import ENCODER, Encoder
+from vit_jax.models.encoder import ENCODER, Encoder, EncoderOptions
 from vit_jax.models.heads import CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
 from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.patching import (
@@ -57,7 +57,9 @@ class VisionTransformer(nn.Module):
       representation_size: if set, a `pre_logits` Dense of this width + tanh before the head.
       head_bias_init: the head's bias initial value (its kernel starts at zero, as in ViT fine-tuning).
       dropout_rate, attention_dropout_rate, stochastic_depth: regularisation; stochastic depth is the drop-path
-        rate of the last block, rising linearly from 0 at the first.
+        rate of the last block, rising linearly from 0 at the first. These and the other encoder options (widths,
+        GELU, dtype, attention, remat, scan) reach the encoder as one `EncoderOptions`, taken by name from these
+        fields (`vit_jax.models.encoder`).
       gelu_approximate: tanh GELU (vision_transformer, big_vision) or exact erf GELU (timm, PyTorch).
       dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
       attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
@@ -154,29 +156,10 @@ class VisionTransformer(nn.Module):
     def encoder(self, grid: tuple[int, ...], num_prefix: int) -> Encoder:
         """The `Transformer` over tokens laid out as `num_prefix` prefix tokens then a row-major `grid`; called
         from a compact `__call__` (of this class or a subclass), where it binds."""
-        return Encoder(
-            num_layers=self.num_layers,
-            mlp_dim=self.mlp_dim,
-            num_heads=self.num_heads,
-            grid=grid,
-            num_prefix=num_prefix,
-            posemb=self.posemb,
-            posemb_grid=None if self.posemb_grid is None else tuple(self.posemb_grid),
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            stochastic_depth=self.stochastic_depth,
-            gelu_approximate=self.gelu_approximate,
-            dtype=self.dtype,
-            attention_impl=self.attention_impl,
-            record_attention=self.record_attention,
-            qkv_dim=self.qkv_dim,
-            embedding_dropout_rate=self.embedding_dropout_rate,
-            remat=self.remat,
-            remat_policy=self.remat_policy,
-            scan=self.scan,
-            activation_sharding=self.activation_sharding,
-            name=ENCODER,
-        )
+        options = EncoderOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EncoderOptions)})
+        posemb_grid = None if self.posemb_grid is None else tuple(self.posemb_grid)
+        return Encoder(options, grid=grid, num_prefix=num_prefix, posemb=self.posemb, posemb_grid=posemb_grid,
+                       name=ENCODER)
 
     def classify(self, representation: jax.Array) -> jax.Array:
         """pooled representation -> optional `pre_logits` (Dense + tanh) -> `head` logits (float32)."""
