@@ -4,7 +4,8 @@ import json
 import pytest
 
 from tests.conftest import ROOT
-from vit_jax.sweep import format_value, load_sweep, point_name, run_sweep, sweep_points
+from vit_jax.sweep import load_sweep, run_sweep
+from vit_jax.sweep_points import format_value, point_name, sweep_points
 from vit_jax.sweep_report import write_report
 
 SWEEP = '''

@@ -14,10 +14,7 @@ overridden as `--config.field=value`, as for `vit_jax.main`.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
-import re
 import time
 import traceback
 from pathlib import Path
@@ -37,9 +34,8 @@ from vit_jax.entry import (
     parse_flags,
     start_process,
 )
+from vit_jax.sweep_points import Point, read_status, sweep_points, write_status
 from vit_jax.train import Preempted, train_and_evaluate
-
-STATUS_FILE = "sweep_point.json"
 
 FLAGS = flags.FLAGS
 
@@ -54,25 +50,6 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-@dataclasses.dataclass(frozen=True)
-class Point:
-    name: str
-    overrides: dict[str, Any]
-
-
-def format_value(value: Any) -> str:
-    """`(2, 2)` -> `2`, `(2, 4)` -> `2x4`, `0.001` -> `0.001`: values as they read in a folder name."""
-    if isinstance(value, (tuple, list)):
-        return str(value[0]) if len(set(value)) == 1 else "x".join(map(format_value, value))
-    return str(value)
-
-
-def point_name(overrides: dict[str, Any]) -> str:
-    """`{"model.patch_size": (2, 2), "seed": 0}` -> `patch_size-2_seed-0`."""
-    parts = [f"{key.rsplit('.', 1)[-1]}-{format_value(value)}" for key, value in overrides.items()]
-    return re.sub(r"[^A-Za-z0-9_.=+-]", "", "_".join(parts)) or "base"
-
-
 def load_sweep(spec: str) -> tuple[Any, str | None]:
     """The sweep module at `path[:arg]`, and `arg`."""
     path, _, arg = spec.partition(":")
@@ -84,35 +61,11 @@ def load_sweep(spec: str) -> tuple[Any, str | None]:
     return module, arg or None
 
 
-def sweep_points(module: Any, arg: str | None) -> list[Point]:
-    points = []
-    for overrides in module.get_sweep(arg):
-        overrides = dict(overrides)
-        name = overrides.pop("name", None) or point_name(overrides)
-        points.append(Point(name, overrides))
-    names = [p.name for p in points]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"sweep points share folder names {duplicates}; give them a 'name'")
-    return points
-
-
 def point_config(base: ConfigDict, point: Point) -> ConfigDict:
     config = copy.deepcopy(base)
     for key, value in point.overrides.items():
         set_field(config, key, value)
     return config
-
-
-def read_status(workdir: Path) -> dict[str, Any]:
-    path = workdir / STATUS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def write_status(workdir: Path, status: dict[str, Any]) -> None:
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / STATUS_FILE).write_text(json.dumps(status, indent=2, default=str) + "\n")
 
 
 def run_point(base: ConfigDict, point: Point, workdir: Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from vit_jax.flexi import flexi_patch_sizes, patch_label  # noqa: E402
 from vit_jax.from_config import model_from_config  # noqa: E402
 from vit_jax.metric_writers import read_metrics  # noqa: E402
 from vit_jax.summary import summarize  # noqa: E402
+from vit_jax.sweep_points import Point, read_status  # noqa: E402
 
 COLUMNS = ("point", "kind", "seed", "patch_size", "status", "final_eval_accuracy", "best_eval_accuracy",
            "test_accuracy", "params", "tokens_per_image", "gflops_per_image", "images_per_second", "wall_seconds",
@@ -43,8 +44,6 @@ class PointResult:
 
 
 def point_result(point_dir: Path, name: str) -> PointResult:
-    from vit_jax.sweep import read_status
-
     status = read_status(point_dir)
     base = {"point": name, "status": status.get("status", "pending"), "error": status.get("error") or "",
             "wall_seconds": round(status.get("wall_seconds", 0.0), 1),
@@ -84,7 +83,7 @@ def point_result(point_dir: Path, name: str) -> PointResult:
     return PointResult(rows, curves)
 
 
-def write_report(sweep_dir: Path, points: Sequence[Any]) -> list[Path]:
+def write_report(sweep_dir: Path, points: Sequence[Point]) -> list[Path]:
     """Writes results.csv, results.md and the plots; returns their paths."""
     results = {point.name: point_result(sweep_dir / point.name, point.name) for point in points}
     rows = [row for result in results.values() for row in result.rows]
