@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 from vit_jax.checkpoint.npz import NpzError, read_npz
+from vit_jax.entry import dashes_as_underscores
 
 
 def random_bytes_file(path):
@@ -72,3 +73,12 @@ def test_a_plain_npy_array_is_not_taken_for_an_npz(tmp_path):
     np.save(tmp_path / "one.npy", np.zeros(3))
     with pytest.raises(NpzError, match=r"one.npy: a single .npy array, not an .npz archive"):
         read_npz(tmp_path / "one.npy")
+
+
+def test_multi_word_flags_take_dashes_and_keep_their_underscore_spelling():
+    names = {"coordinator_address", "num_processes", "workdir", "config"}
+    argv = ["main", "--coordinator-address=127.0.0.1:5", "--num_processes=2", "--num-processes", "3",
+            "--config.model.qkv_dim=8", "--config=configs/digits.py:model.posemb_grid=(2,2)", "--unknown-flag=1"]
+    assert dashes_as_underscores(argv, names) == [
+        "main", "--coordinator_address=127.0.0.1:5", "--num_processes=2", "--num_processes", "3",
+        "--config.model.qkv_dim=8", "--config=configs/digits.py:model.posemb_grid=(2,2)", "--unknown-flag=1"]

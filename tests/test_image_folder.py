@@ -64,7 +64,7 @@ def test_folder_dataset_by_path_in_a_config_is_built_once_then_reused(tmp_path, 
 
 def test_cli_builds_and_reports(tmp_path, rng, capsys):
     write_images(tmp_path / "imgs", ["x", "y"], 1, rng)
-    assert main([str(tmp_path / "imgs"), "--name", "xy", "--data_dir", str(tmp_path / "tfds")]) == 0
+    assert main([str(tmp_path / "imgs"), "--name", "xy", "--data-dir", str(tmp_path / "tfds")]) == 0  # old: --data_dir
     out = capsys.readouterr().out
     assert "dataset 'xy'" in out and "(train: 2)" in out and "--config.dataset=xy" in out
     with pytest.raises(SystemExit) as exit_info:

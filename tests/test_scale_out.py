@@ -105,7 +105,7 @@ def main_in_processes(workdir, steps: int, data_dir: str, processes: int) -> lis
            f"--workdir={workdir}"]
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
     port = free_port()
-    flags = [[f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}", f"--process_id={i}"]
+    flags = [[f"--coordinator-address=127.0.0.1:{port}", f"--num-processes={processes}", f"--process-id={i}"]
              for i in range(processes)] if processes > 1 else [[]]
     started = [subprocess.Popen([sys.executable, "-m", "vit_jax.main", *run, *f], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f in flags]

@@ -1,9 +1,9 @@
 """Starting JAX's multi-controller runtime: one process per host, all running the same command.
 
 `jax.distributed.initialize` is called when the run is multi-process: with the coordinator given by flags
-(`--coordinator_address`, `--num_processes`, `--process_id`) or by JAX's environment variables, or detected by
-JAX itself on a cluster it knows (a multi-host TPU slice, a SLURM job with several tasks). `--distributed=on` forces
-the call (JAX then finds the cluster itself), `off` never makes it.
+(`--coordinator-address`, `--num-processes`, `--process-id`; the underscore spellings work too) or by JAX's
+environment variables, or detected by JAX itself on a cluster it knows (a multi-host TPU slice, a SLURM job with
+several tasks). `--distributed=on` forces the call (JAX then finds the cluster itself), `off` never makes it.
 """
 
 from __future__ import annotations

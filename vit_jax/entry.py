@@ -65,6 +65,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     """`app.run`'s flags parser: a missing or unloadable config file, an unknown `--config.` field or a value that
     does not parse is one line and exit status 2, like a bad config value (absl prints a traceback or a usage
     message with status 1)."""
+    argv = dashes_as_underscores(argv, set(flags.FLAGS))
     config_file = _flag_value(argv, "config")
     if config_file is not None and not Path(config_file.partition(":")[0]).is_file():
         fail(f"--config={config_file}: no such file; expected a config file, e.g. configs/digits.py[:key=value,...]")
@@ -83,6 +84,19 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     except (OSError, ValueError) as error:  # the config file itself failed to load
         fail(f"--config={config_file}: {str(error).splitlines()[0]}")
     return rest
+
+
+def dashes_as_underscores(argv: Sequence[str], names: set[str]) -> list[str]:
+    """Every vit_jax command spells multi-word flags with dashes (`--coordinator-address`, as the argparse
+    commands do); absl names them with underscores, and that spelling keeps working. `--config.` paths are config
+    fields and stay as written."""
+    spelled = []
+    for arg in argv:
+        name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name and not name.startswith("config") and name.replace("-", "_") in names:
+            arg = f"--{name.replace('-', '_')}{sep}{value}"
+        spelled.append(arg)
+    return spelled
 
 
 def _flag_value(argv: Sequence[str], name: str) -> str | None:

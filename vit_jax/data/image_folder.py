@@ -1,6 +1,6 @@
 """A user's own images as a TFDS dataset: a folder with one subfolder per class, built once, then read like any other.
 
-    python -m vit_jax.data.image_folder /path/to/flowers --name flowers [--data_dir DIR] [--channels 3] [--strict]
+    python -m vit_jax.data.image_folder /path/to/flowers --name flowers [--data-dir DIR] [--channels 3] [--strict]
 
 Layouts: `ROOT/<class>/<image>` gives one `train` split (take a validation split by slicing, e.g.
 `train[:90%]` / `train[90%:]`); `ROOT/<split>/<class>/<image>` with splits among `train`, `validation` (or `val`),
@@ -144,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_jax.data.image_folder", description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--name", required=True, help="dataset name to use in configs (snake_case)")
-    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
+                        help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     args = parser.parse_args(argv)
