@@ -33,7 +33,14 @@ def params(workdir, step):
 
 
 def assert_close(a, b, atol):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol), a, b)
+    """Every parameter within `atol`, except attention key biases when `atol` > 0: softmax ignores a shift shared by
+    all keys, so their gradient is exactly zero and what they hold is rounding noise that Adam scales up to
+    learning-rate-sized steps (seen: 2.9e-4 apart after 18 steps on an AVX2 machine)."""
+    def check(path, x, y):
+        if atol and jax.tree_util.keystr(path).endswith("['key']['bias']"):
+            return
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, err_msg=jax.tree_util.keystr(path))
+    jax.tree_util.tree_map_with_path(check, a, b)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from vit_jax.checkpoint.adapt import HEAD_POLICIES, POSEMB_POLICIES
-from vit_jax.checkpoint.inflate import INFLATION_METHODS
+from vit_jax.checkpoint.adapt import ADAPTATION_CHOICES, UnknownChoiceError, check_adaptation_choices
 from vit_jax.checkpoint.pretrained import is_workdir
 from vit_jax.config import build_model
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
@@ -20,7 +19,6 @@ from vit_jax.data.sources import DatasetError, DatasetSpec, split_size
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.from_config import SPLIT_FIELDS, open_dataset, packed_preprocess_from_config
 from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
-from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
 from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
 from vit_jax.optim import OPTIMIZERS, SCHEDULES
 from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
@@ -56,13 +54,17 @@ def check_choices(config: ConfigDict) -> None:
     choices = {
         "optimizer.name": OPTIMIZERS, "optimizer.schedule": SCHEDULES, "pp.train_crop": TRAIN_CROPS,
         "pp.resize_method": tuple(RESIZE_METHODS), "model.dtype": DTYPES, "cache_in_memory": ("auto", True, False),
-        "log_pictures": PICTURE_SCHEDULES, "init.head": HEAD_POLICIES, "init.posemb": POSEMB_POLICIES,
-        "init.posemb_method": POSEMB_RESIZE_METHODS, "init.inflation": INFLATION_METHODS,
+        "log_pictures": PICTURE_SCHEDULES,
     }
     for field, allowed in choices.items():
         value = _get(config, field)
         if value not in allowed:
             raise field_error(field, value, "unknown value", ", ".join(map(repr, allowed)))
+    try:  # the fine-tuning choices, checked by the adaptation that takes them
+        check_adaptation_choices(**{name: config.init[name] for name in ADAPTATION_CHOICES})
+    except UnknownChoiceError as error:
+        raise field_error(f"init.{error.name}", error.value, "unknown value",
+                          ", ".join(map(repr, error.allowed))) from None
 
 
 def check_xla_flags(config: ConfigDict) -> None:

@@ -23,10 +23,28 @@ from flax import traverse_util
 from vit_jax.checkpoint.inflate import INFLATION_METHODS, inflate_kernel, inflate_posemb
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, stack_encoder_blocks, unstack_encoder_blocks
 from vit_jax.models.patching import pi_resize_kernel
-from vit_jax.models.posemb import resize_posemb
+from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, resize_posemb
 
 HEAD_POLICIES = ("auto", "reinit", "load")
 POSEMB_POLICIES = ("resize", "reinit")
+# The named choices of `plan_adaptation` (a config's `init.<name>`), each with its allowed values.
+ADAPTATION_CHOICES: dict[str, tuple[str, ...]] = dict(
+    head=HEAD_POLICIES, posemb=POSEMB_POLICIES, posemb_method=POSEMB_RESIZE_METHODS, inflation=INFLATION_METHODS)
+
+
+class UnknownChoiceError(ValueError):
+    """A named adaptation choice outside its allowed values; carries both so a config check can name its field."""
+
+    def __init__(self, name: str, value: Any, allowed: tuple[str, ...]):
+        super().__init__(f"{name} must be one of {allowed}; got {value!r}")
+        self.name, self.value, self.allowed = name, value, allowed
+
+
+def check_adaptation_choices(**choices: Any) -> None:
+    """Each of `choices` (names of `ADAPTATION_CHOICES`) is one of its allowed values, else `UnknownChoiceError`."""
+    for name, value in choices.items():
+        if value not in ADAPTATION_CHOICES[name]:
+            raise UnknownChoiceError(name, value, ADAPTATION_CHOICES[name])
 POSEMB = (ENCODER, "posembed_input", "pos_embedding")
 KERNEL = ("embedding", "kernel")
 FROM_INIT = None  # marks a leaf the new model initialises itself
@@ -67,12 +85,7 @@ def plan_adaptation(
       inflation: how an image checkpoint's patch kernel becomes a video model's tubelet kernel: `central` or
         `average` (see `vit_jax.checkpoint.inflate`).
     """
-    if head not in HEAD_POLICIES:
-        raise ValueError(f"head must be one of {HEAD_POLICIES}; got {head!r}")
-    if posemb not in POSEMB_POLICIES:
-        raise ValueError(f"posemb must be one of {POSEMB_POLICIES}; got {posemb!r}")
-    if inflation not in INFLATION_METHODS:
-        raise ValueError(f"inflation must be one of {INFLATION_METHODS}; got {inflation!r}")
+    check_adaptation_choices(head=head, posemb=posemb, posemb_method=posemb_method, inflation=inflation)
     scanned = SCANNED_BLOCKS in target.get(ENCODER, {})
     target_flat = _flat_shapes(jax.eval_shape(unstack_encoder_blocks, target) if scanned else target)
     loaded = unstack_encoder_blocks(loaded) if SCANNED_BLOCKS in loaded.get(ENCODER, {}) else loaded

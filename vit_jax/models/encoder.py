@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from vit_jax.models.attention import AttentionImpl, attention_function
+from vit_jax.models.attention import AttentionImpl, attention_function, check_attention_impl
 from vit_jax.models.mixed_precision import is_bfloat16, mixed_dot_general
 from vit_jax.models.packed_posemb import PackedPositionEmbs, TokenPositions
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
@@ -69,23 +69,32 @@ def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Arra
     return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(kw_only=True, unsafe_hash=True)
 class EncoderOptions:
-    """The encoder's options, declared once: the encoder and each block read them from here, and
-    `VisionTransformer` (which a config and the command line set by name) hands over its fields of these names.
+    """The encoder's options, declared once: `VisionTransformer` inherits them as its own fields (so a config and
+    the command line set them by name), and hands the encoder and each block one `EncoderOptions` of them. An
+    option added here is a model option everywhere: configs, `create_model`, the command line.
+
+    Keyword-only and hashable rather than frozen: a frozen dataclass cannot be the base of a flax Module, and
+    Modules freeze their attributes themselves.
 
     Attributes:
       num_layers, mlp_dim, num_heads: depth, MLP hidden units, attention heads.
       dropout_rate, attention_dropout_rate: dropout after attention and in the MLP; on the attention weights.
       stochastic_depth: the drop-path rate of the last block, rising linearly from 0 at the first.
       gelu_approximate: tanh GELU (vision_transformer, big_vision) or exact erf GELU (timm, PyTorch).
-      dtype: computation dtype; attention_impl, record_attention: see `vit_jax.models.attention`.
-      qkv_dim: the attention's inner width (heads x head dim); None: the token width.
-      embedding_dropout_rate: dropout after the position embeddings; None: `dropout_rate`.
+      dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
+      attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
+      record_attention: sow every block's attention weights into `intermediates` (for pictures; `einsum` only).
+      qkv_dim: the attention's inner width (heads x head dim, vit-pytorch's `heads * dim_head`); None: the token
+        width.
+      embedding_dropout_rate: dropout after the position embeddings (vit-pytorch's `emb_dropout`); None:
+        `dropout_rate`.
       remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute); `remat_policy` names
         a `jax.checkpoint_policies` member to save some intermediates anyway.
       scan: one `nn.scan` over depth instead of a Python loop: compile time independent of depth.
-      activation_sharding: sharding constraints on activations (set by the trainer from its mesh).
+      activation_sharding: keeps activations split across devices (set by the trainer from its mesh; see
+        `vit_jax.models.partitioning`); None on one device.
     """
 
     num_layers: int
@@ -105,6 +114,35 @@ class EncoderOptions:
     scan: bool = False
     activation_sharding: ActivationSharding | None = None
 
+
+
+def check_encoder_options(options: EncoderOptions) -> None:
+    """Reject inconsistent encoder options when a model is built, before any tracing or compilation."""
+    for field in ("num_layers", "mlp_dim", "num_heads"):
+        value = getattr(options, field)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{field} must be a positive int; got {value!r}")
+    for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth", "embedding_dropout_rate"):
+        value = getattr(options, field)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"{field} must be in [0, 1); got {value!r}")
+    check_attention_impl(options.attention_impl, options.dtype, options.attention_dropout_rate,
+                         options.record_attention)
+    if options.qkv_dim is not None and (options.qkv_dim <= 0 or options.qkv_dim % options.num_heads):
+        raise ValueError(f"qkv_dim must be a positive multiple of num_heads {options.num_heads} (heads x head dim) "
+                         f"or None; got {options.qkv_dim!r}")
+    remat_policy(options.remat_policy)
+
+
+def remat_policy(name: str | None) -> Any:
+    """The `jax.checkpoint_policies` member called `name` (None: save nothing), or a ValueError listing them."""
+    if name is None:
+        return None
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        valid = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
+        raise ValueError(f"remat_policy {name!r} is not a jax.checkpoint_policies member: {valid}")
+    return policy
 
 class Encoder1DBlock(nn.Module):
     """LayerNorm -> self-attention -> residual; LayerNorm -> MLP -> residual.
@@ -214,12 +252,7 @@ class Encoder(nn.Module):
         o = self.options
         if not o.remat:
             return Encoder1DBlock
-        policy = None
-        if o.remat_policy is not None:
-            policy = getattr(jax.checkpoint_policies, o.remat_policy, None)
-            if policy is None:
-                valid = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
-                raise ValueError(f"remat_policy {o.remat_policy!r} is not a jax.checkpoint_policies member: {valid}")
+        policy = remat_policy(o.remat_policy)
         # static_argnums counts self: 0=self, 1=x, 2=drop_path_rate, 3=deterministic. CSE prevention is only
         # needed outside scan (scan already keeps XLA from merging the recomputation back).
         return nn.remat(Encoder1DBlock, prevent_cse=not o.scan, static_argnums=(3,), policy=policy)

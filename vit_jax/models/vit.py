@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models.attention import AttentionImpl, check_attention_impl
-from vit_jax.models.encoder import ENCODER, Encoder, EncoderOptions
+from vit_jax.models.encoder import ENCODER, Encoder, EncoderOptions, check_encoder_options
 from vit_jax.models.heads import CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
-from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.patching import (
     PATCH_EMBED_KINDS,
     PATCH_PADDINGS,
@@ -32,7 +30,7 @@ from vit_jax.models.resnet_stem import check_stem_options, resnet_stem, stem_out
 from vit_jax.models.tubelet import TubeletEmbed, as_tubelet_size, tubelet_grid
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(nn.Module, EncoderOptions):
     """ViT over `(B, H, W, C)` images; returns `(B, num_classes)` logits (`(B, N, ...)` for `*unpooled`).
 
     Attributes:
@@ -43,7 +41,10 @@ class VisionTransformer(nn.Module):
         embedding (see `vit_jax.models.resnet_stem`): (3, 4, 9) for R50, (2, 2, 2, 2) for R26, () for the root
         conv alone; None: no stem.
       resnet_width_factor: the stem's width is `64 * resnet_width_factor` channels (a multiple of 32).
-      hidden_size, num_layers, mlp_dim, num_heads: width D, depth, MLP hidden units, attention heads.
+      hidden_size: the token width D.
+      num_layers, mlp_dim, num_heads, dropout and stochastic depth, GELU, dtype, attention, remat, scan,
+        activation sharding: the encoder's options, inherited from `EncoderOptions`
+        (`vit_jax.models.encoder`), where each is declared and documented once; keyword-only.
       patch_embed: `conv` or `reshape`; same parameters, same outputs (see `vit_jax.models.patching`).
       tubelet_size: frames per tubelet, for a video model (ViViT's tubelet embedding, spatio-temporal attention
         over all tokens): inputs are `(B, T, H, W, C)` and `embedding` is a `TubeletEmbed` with kernel
@@ -56,27 +57,11 @@ class VisionTransformer(nn.Module):
       classifier: `token`, `gap`, `map`, `unpooled` or `token_unpooled` (see `vit_jax.models.heads`).
       representation_size: if set, a `pre_logits` Dense of this width + tanh before the head.
       head_bias_init: the head's bias initial value (its kernel starts at zero, as in ViT fine-tuning).
-      dropout_rate, attention_dropout_rate, stochastic_depth: regularisation; stochastic depth is the drop-path
-        rate of the last block, rising linearly from 0 at the first. These and the other encoder options (widths,
-        GELU, dtype, attention, remat, scan) reach the encoder as one `EncoderOptions`, taken by name from these
-        fields (`vit_jax.models.encoder`).
-      gelu_approximate: tanh GELU (vision_transformer, big_vision) or exact erf GELU (timm, PyTorch).
-      dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
-      attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
-      record_attention: sow every block's attention weights into `intermediates` (for pictures; `einsum` only).
-      qkv_dim: the attention's inner width (heads x head dim, vit-pytorch's `heads * dim_head`); None: hidden_size.
-      embedding_dropout_rate: dropout on the embedded tokens (vit-pytorch's `emb_dropout`); None: dropout_rate.
-      remat, remat_policy, scan: memory/compile-time options of the encoder (see `vit_jax.models.encoder`).
-      activation_sharding: keeps activations split across devices (set by the trainer from its mesh; see
-        `vit_jax.models.partitioning`); None on one device.
     """
 
     num_classes: int | None
     patch_size: tuple[int, int]
     hidden_size: int
-    num_layers: int
-    mlp_dim: int
-    num_heads: int
     patch_embed: PatchEmbedKind = "conv"
     pad: PatchPadding = "none"
     tubelet_size: int | None = None
@@ -85,19 +70,6 @@ class VisionTransformer(nn.Module):
     classifier: Classifier = "token"
     representation_size: int | None = None
     head_bias_init: float = 0.0
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_depth: float = 0.0
-    gelu_approximate: bool = True
-    dtype: Any = None
-    attention_impl: AttentionImpl = "einsum"
-    record_attention: bool = False
-    qkv_dim: int | None = None
-    embedding_dropout_rate: float | None = None
-    remat: bool = False
-    remat_policy: str | None = None
-    scan: bool = False
-    activation_sharding: ActivationSharding | None = None
     resnet_num_layers: tuple[int, ...] | None = None
     resnet_width_factor: float = 1.0
 
@@ -186,20 +158,14 @@ def check_options(model: VisionTransformer) -> None:
     for field, allowed in choices.items():
         if getattr(model, field) not in allowed:
             raise ValueError(f"{field} must be one of {allowed}; got {getattr(model, field)!r}")
-    for field in ("hidden_size", "num_layers", "mlp_dim", "num_heads"):
-        value = getattr(model, field)
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{field} must be a positive int; got {value!r}")
+    check_encoder_options(model)
+    if not isinstance(model.hidden_size, int) or model.hidden_size <= 0:
+        raise ValueError(f"hidden_size must be a positive int; got {model.hidden_size!r}")
     if model.hidden_size % model.num_heads:
         raise ValueError(
             f"hidden_size {model.hidden_size} is not divisible by num_heads {model.num_heads}; "
             f"each head gets hidden_size / num_heads channels"
         )
-    for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth", "embedding_dropout_rate"):
-        value = getattr(model, field)
-        if value is not None and not 0.0 <= value < 1.0:
-            raise ValueError(f"{field} must be in [0, 1); got {value!r}")
-    check_attention_impl(model.attention_impl, model.dtype, model.attention_dropout_rate, model.record_attention)
     check_stem_options(model.resnet_num_layers, model.resnet_width_factor)
     if model.resnet_num_layers is not None and model.tubelet_size is not None:
         raise ValueError(f"resnet_num_layers={model.resnet_num_layers!r}: the ResNet stem is for images; this is a "
@@ -211,9 +177,6 @@ def check_options(model: VisionTransformer) -> None:
     if model.posemb_grid is not None and (len(model.posemb_grid) != axes.count(",") + 1 or not all(
             isinstance(g, int) and g > 0 for g in model.posemb_grid)):
         raise ValueError(f"posemb_grid must be None or {axes} of positive ints; got {model.posemb_grid!r}")
-    if model.qkv_dim is not None and (model.qkv_dim <= 0 or model.qkv_dim % model.num_heads):
-        raise ValueError(f"qkv_dim must be a positive multiple of num_heads {model.num_heads} (heads x head dim) "
-                         f"or None; got {model.qkv_dim!r}")
     if model.representation_size is not None and model.representation_size <= 0:
         raise ValueError(f"representation_size must be a positive int or None; got {model.representation_size!r}")
     if model.num_classes is not None and model.num_classes < 0:
