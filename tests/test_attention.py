@@ -21,7 +21,7 @@ def _setup(**options):
 
 def _loss_and_grads(model, params, images):
     loss = lambda p: jnp.sum(model.apply({"params": p}, images, train=False) ** 2)
-    return jax.value_and_grad(loss)(params)
+    return jax.jit(jax.value_and_grad(loss))(params)
 
 
 def test_xla_attention_gives_the_einsum_models_outputs_and_gradients():

@@ -104,12 +104,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+BATCH = 64
+
+
 def main_in_processes(workdir, steps: int, data_dir: str, processes: int) -> list[str]:
     """`python -m vit_jax.main` on the digits with 4 CPU devices in all: one process of 4, or two of 2 on
     127.0.0.1. A constant learning rate, so that stopping at `steps` and going on later changes no update."""
-    run = [f"--config=configs/digits.py:num_steps={steps},log_every=1,eval_every=6,checkpoint_every=6,"
-           "optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none", f"--config.data_dir={data_dir}",
-           f"--workdir={workdir}"]
+    run = [f"--config=configs/digits.py:num_steps={steps},batch_size={BATCH},log_every=1,eval_every=6,"
+           "checkpoint_every=6,optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none",
+           f"--config.data_dir={data_dir}", f"--workdir={workdir}"]
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
     port = free_port()
     flags = [[f"--coordinator-address=127.0.0.1:{port}", f"--num-processes={processes}", f"--process-id={i}"]
@@ -135,5 +138,5 @@ def test_two_processes_train_like_one_process_and_resume_on_another_process_coun
     np.testing.assert_allclose(losses(chain), losses(tmp_path / "one"), rtol=2e-5)
     assert_close(params(chain, 18), params(tmp_path / "one", 18), atol=2e-4)
     position = TrainCheckpoints(chain / "checkpoints").position(18)
-    assert position == {"step": 18, "examples": 18 * 128, "process_count": 2, "global_batch_size": 128}
+    assert position == {"step": 18, "examples": 18 * BATCH, "process_count": 2, "global_batch_size": BATCH}
     assert not (chain / "checkpoints" / "18" / "data").exists()  # no per-process iterator files to match

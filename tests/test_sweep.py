@@ -20,6 +20,7 @@ def get_config(arg=None):
     c.model = model_config("Ti/4", hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, classifier="gap")
     c.num_steps, c.batch_size, c.eval_batch_size = 10, 32, 64
     c.log_every = c.eval_every = c.checkpoint_every = 5
+    c.log_pictures = "none"
     c.optimizer.warmup_steps = 2
     return c
 

@@ -88,7 +88,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 # ---------------------------------------------------------------------------------------------------------------
 # Whole runs in fresh processes: the command a user types.
 
-RUN = "--config=configs/digits.py:num_steps=30,log_every=1,eval_every=10,checkpoint_every=5"
+RUN = "--config=configs/digits.py:num_steps=30,log_every=1,eval_every=10,checkpoint_every=5,log_pictures=none"
 
 
 def final_params(workdir, step=30):
