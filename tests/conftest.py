@@ -40,6 +40,8 @@ def live_params(model: Any, *inputs: Any, seed: int = 0) -> Any:
 
 # The tiny ViT most model tests build: fast to trace, every part present.
 TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4)
+# Smaller still, for tests of shapes and wiring: one block of width 16.
+MINI = dict(hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2)
 
 
 @pytest.fixture
@@ -76,6 +78,16 @@ def moving_digits_data_dir(tmp_path_factory) -> str:
 
 # batch 128: the tiny runs' assertions (which checkpoints are kept, accuracies after a few hundred steps) were set
 # at configs/digits.py's earlier batch size.
+@pytest.fixture(scope="session")
+def readme_run(tmp_path_factory, digits_data_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's main command (configs/digits.py, 2,000 steps), run once: its test checks the output, and its
+    workdir is the trained model the fine-tuning tests start from. Tests using it share the xdist group
+    `readme_run`, so one worker runs it."""
+    workdir = tmp_path_factory.mktemp("readme_run")
+    return workdir, run_main(workdir, "--config=configs/digits.py", f"--config.data_dir={digits_data_dir}",
+                             timeout=900)
+
+
 TINY_RUN = ("num_steps=20,batch_size=128,log_every=5,eval_every=10,checkpoint_every=5,log_pictures=none,"
             "model.num_layers=2")
 

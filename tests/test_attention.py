@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from tests.conftest import live_params
+from tests.conftest import MINI, live_params
 from tests.numpy_reference import vit_forward
 from vit_jax.models import create_model
 from vit_jax.models.attention import attention_function
 
-TINY = dict(hidden_size=16, num_layers=2, mlp_dim=32, num_heads=4)
+TINY = {**MINI, "num_layers": 2, "num_heads": 4}
 
 
 def _setup(**options):

@@ -8,15 +8,14 @@ from vit_jax.config_validation import ConfigError
 from vit_jax.metric_writers import read_metrics
 from vit_jax.train import train_and_evaluate
 
-pytestmark = pytest.mark.xdist_group("digits_16")  # one worker builds the module fixture
+pytestmark = pytest.mark.xdist_group("readme_run")  # the worker that runs the README's main command
 
 
 @pytest.fixture(scope="module")
-def digits_16(tmp_path_factory, digits_data_dir):
-    """The default digits model, trained briefly at 16x16 (patch 4, a 4x4 grid)."""
-    workdir = tmp_path_factory.mktemp("digits_16")
-    config = tiny_digits_config(digits_data_dir, "num_steps=500,eval_every=250,checkpoint_every=250")
-    train_and_evaluate(config, workdir)
+def digits_16(readme_run):
+    """The default digits model, trained at 16x16 (patch 4, a 4x4 grid): the README main command's run."""
+    workdir, result = readme_run
+    assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
 

@@ -3,13 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import live_params
+from tests.conftest import MINI, live_params
 from vit_jax.flexi import draw_patch_size, flexi_patch_sizes, flexi_probabilities, patch_label
 from vit_jax.models import create_model
 from vit_jax.models.patching import pi_resize_kernel
 from vit_jax.models.posemb import resize_posemb
 
-TINY = dict(hidden_size=16, num_layers=2, mlp_dim=32, num_heads=2)
+TINY = {**MINI, "num_layers": 2}
 
 
 def test_sizes_probabilities_and_labels():

@@ -3,14 +3,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import live_params, perturbed
+from tests.conftest import MINI, live_params, perturbed
 from tests.numpy_reference import map_head
 from vit_jax.models import create_model
 from vit_jax.models.heads import MAPHead, num_prefix_tokens, pool_tokens
 
 
 def tiny(**overrides):
-    options = dict(hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2, **overrides)
+    options = dict(**MINI, **overrides)
     return create_model("Ti/4", num_classes=5, **options)
 
 
@@ -83,7 +83,7 @@ def test_head_starts_at_zero_kernel_and_the_configured_bias(images):
 
 
 def test_no_head_returns_the_representation(images):
-    model = create_model("Ti/4", num_classes=None, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2)
+    model = create_model("Ti/4", num_classes=None, **MINI)
     params, out, encoded = run(model, images)
     assert "head" not in params
     np.testing.assert_allclose(out, encoded[:, 0], atol=1e-6)

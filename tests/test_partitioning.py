@@ -1,7 +1,7 @@
 import jax
 import numpy as np
 
-from tests.conftest import live_params
+from tests.conftest import MINI, live_params
 from vit_jax.models import create_model
 from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.sharding import make_mesh
@@ -9,7 +9,7 @@ from vit_jax.sharding import make_mesh
 
 def test_a_model_with_activation_constraints_computes_the_same_logits(rng):
     # Wiring only: on one device the constraints are no-ops; tests/test_scale_out.py runs them on 8 devices.
-    model = create_model("Ti/4", num_classes=5, hidden_size=16, num_layers=2, mlp_dim=32, num_heads=2)
+    model = create_model("Ti/4", num_classes=5, **{**MINI, "num_layers": 2})
     images = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
     params = live_params(model, images)
     mesh = make_mesh((("data", -1), ("model", 1)), jax.devices()[:1])

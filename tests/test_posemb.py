@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import live_params
+from tests.conftest import MINI, live_params
 from tests.numpy_reference import patch_tokens, sincos2d_table
 from vit_jax.models import create_model
 from vit_jax.models.posemb import AddPositionEmbs, resize_posemb, sincos2d, sincos3d
@@ -62,7 +62,7 @@ def test_wrong_token_count_is_a_clear_error():
 
 
 def test_model_adds_learned_table_after_prepending_the_class_token(rng):
-    model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2)
+    model = create_model("Ti/4", num_classes=3, **MINI)
     images = rng.standard_normal((2, 8, 12, 3)).astype(np.float32)
     params = live_params(model, images)
     _, state = model.apply({"params": params}, images, train=False, capture_intermediates=True)
@@ -78,7 +78,7 @@ def test_model_adds_learned_table_after_prepending_the_class_token(rng):
 @pytest.mark.parametrize("posemb", ["sincos2d", "none"])
 @pytest.mark.parametrize("classifier", ["token", "gap"])
 def test_fixed_and_no_posemb_have_no_parameter(posemb, classifier, rng):
-    model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2,
+    model = create_model("Ti/4", num_classes=3, **MINI,
                          posemb=posemb, classifier=classifier)
     images = rng.standard_normal((2, 8, 12, 3)).astype(np.float32)
     params = live_params(model, images)
@@ -95,7 +95,7 @@ def test_fixed_and_no_posemb_have_no_parameter(posemb, classifier, rng):
 
 
 def test_table_trained_at_another_resolution_is_a_clear_error():
-    model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2)
+    model = create_model("Ti/4", num_classes=3, **MINI)
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)["params"]
     with pytest.raises(ValueError, match=r"pos_embedding has 5 rows but the input has 10 tokens .*3x3 patch grid"):
         model.apply({"params": params}, jnp.zeros((1, 12, 12, 3)), train=False)
@@ -168,7 +168,7 @@ def test_resize_errors_name_the_problem():
 
 
 def test_sincos2d_is_recomputed_for_the_new_grid_not_resized(rng):
-    model = create_model("Ti/4", num_classes=3, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2,
+    model = create_model("Ti/4", num_classes=3, **MINI,
                          posemb="sincos2d", classifier="gap")
     params = live_params(model, jnp.zeros((1, 8, 8, 3)))
     images = rng.standard_normal((1, 12, 16, 3)).astype(np.float32)  # another resolution, same parameters

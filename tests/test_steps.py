@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tests.conftest import live_params
+from tests.conftest import MINI, live_params
 from vit_jax.models import create_model
 from vit_jax.steps import TrainState, cross_entropy, make_eval_step, make_train_step
 
@@ -20,7 +20,7 @@ def test_cross_entropy_is_the_negative_log_likelihood_of_smoothed_targets():
 
 
 def tiny_model_and_state(rng):
-    model = create_model("Ti/4", num_classes=5, hidden_size=16, num_layers=1, mlp_dim=32, num_heads=2)
+    model = create_model("Ti/4", num_classes=5, **MINI)
     params = live_params(model, jnp.zeros((1, 8, 8, 1)))
     tx = optax.sgd(0.1, momentum=0.9)  # linear in the gradient, so equal gradients give equal updates
     return model, tx, TrainState(jnp.array(0), params, tx.init(params))

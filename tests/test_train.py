@@ -153,20 +153,21 @@ def test_sigterm_saves_exits_143_and_resumes(tmp_path, uninterrupted, digits_dat
 
 
 @pytest.mark.slow
-def test_readme_main_command_trains_digits_to_97_percent(tmp_path, digits_data_dir, capsys):
-    result = run_main(tmp_path, "--config=configs/digits.py", f"--config.data_dir={digits_data_dir}", timeout=900)
+@pytest.mark.xdist_group("readme_run")
+def test_readme_main_command_trains_digits_to_97_percent(readme_run, tmp_path, capsys):
+    workdir, result = readme_run
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(re.search(r"final test accuracy: ([\d.]+)% on 360 sklearn_digits test images", result.stdout)[1])
     assert accuracy >= 97.0
-    assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "metrics.jsonl").exists()
-    assert TrainCheckpoints(tmp_path / "checkpoints").latest_step() == 2000
+    assert list(workdir.glob("events.out.tfevents.*")) and (workdir / "metrics.jsonl").exists()
+    assert TrainCheckpoints(workdir / "checkpoints").latest_step() == 2000
 
     # the README's predict and visualize commands on that run (their main functions), with the README's digit
     capsys.readouterr()
     digit = str(ROOT / "docs" / "pictures" / "digit_3.png")
-    assert predict.main([f"--workdir={tmp_path}", digit]) == 0
+    assert predict.main([f"--workdir={workdir}", digit]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[1] == "3"  # the top class
-    assert visualize.main([f"--workdir={tmp_path}", f"--image={digit}", f"--out={tmp_path / 'pictures'}"]) == 0
+    assert visualize.main([f"--workdir={workdir}", f"--image={digit}", f"--out={tmp_path / 'pictures'}"]) == 0
     assert len(list((tmp_path / "pictures").glob("*.png"))) == 6
 
 

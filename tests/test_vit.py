@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from tests.conftest import perturbed
+from tests.conftest import MINI, perturbed
 from tests.numpy_reference import vit_forward
 from vit_jax.models import create_model, stack_encoder_blocks
 from vit_jax.models.posemb import resize_posemb
 
-TINY = dict(hidden_size=16, num_layers=2, mlp_dim=32, num_heads=4)
+TINY = {**MINI, "num_layers": 2, "num_heads": 4}
 
 
 def init(model, images, seed=0):
