@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,3 +137,20 @@ def test_a_new_patch_size_that_changes_the_grid_resizes_kernel_and_table_togethe
     np.testing.assert_allclose(merged["Transformer"]["posembed_input"]["pos_embedding"],
                                resize_posemb(table, (2, 2), (4, 4)), atol=1e-6)
     assert len(plan.notes) == 2
+
+
+@pytest.mark.parametrize("name, bad", [("head", "keep"), ("posemb", "resample"), ("posemb_method", "nearest"),
+                                       ("inflation", "middle")])
+def test_each_adaptation_choice_is_checked_once_for_the_api_and_the_config(name, bad):
+    from vit_jax.checkpoint.adapt import ADAPTATION_CHOICES
+    from vit_jax.config import base_config
+    from vit_jax.config_validation import ConfigError, check_choices
+
+    allowed = ADAPTATION_CHOICES[name]
+    with pytest.raises(ValueError, match=rf"^{name} must be one of {re.escape(str(allowed))}; got '{bad}'$"):
+        plan_adaptation({}, {}, old_grid=None, new_grid=(2, 2), **{name: bad})
+    config = base_config()
+    config.init[name] = bad
+    listed = re.escape(", ".join(map(repr, allowed)))
+    with pytest.raises(ConfigError, match=rf"^config.init.{name} = '{bad}': unknown value; allowed: {listed}$"):
+        check_choices(config)

@@ -155,3 +155,20 @@ def test_remat_gives_the_same_gradients(rng):
 def test_unknown_remat_policy_lists_the_valid_ones(rng):
     with pytest.raises(ValueError, match="remat_policy 'fastest' is not a jax.checkpoint_policies member: .*dots_saveable"):
         tiny_encoder(remat=True, remat_policy="fastest").init(jax.random.key(0), tokens(rng), train=False)
+
+
+def test_each_encoder_option_is_declared_once_and_is_a_model_and_config_option():
+    from vit_jax.config import model_config
+    from vit_jax.models.encoder import EncoderOptions
+    from vit_jax.models.vit import MODEL_OPTIONS, VisionTransformer
+
+    model_fields = {f.name: f for f in dataclasses.fields(VisionTransformer)}
+    config = model_config("Ti/4")
+    for option in dataclasses.fields(EncoderOptions):
+        assert option.name not in VisionTransformer.__annotations__, option.name  # inherited, not redeclared
+        assert model_fields[option.name].default == option.default and option.name in MODEL_OPTIONS
+        assert option.name in config or option.name == "activation_sharding", option.name  # the trainer sets it
+    model = VisionTransformer(num_classes=3, patch_size=(4, 4), hidden_size=16, num_layers=2, mlp_dim=32,
+                              num_heads=2, stochastic_depth=0.1)
+    with pytest.raises(ValueError, match=r"remat_policy 'fastest' is not a jax.checkpoint_policies member"):
+        model.clone(remat=True, remat_policy="fastest")  # checked where the option is defined, at build time
