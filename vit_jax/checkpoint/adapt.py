@@ -27,6 +27,9 @@ from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, resize_posemb
 
 HEAD_POLICIES = ("auto", "reinit", "load")
 POSEMB_POLICIES = ("resize", "reinit")
+POSEMB = (ENCODER, "posembed_input", "pos_embedding")
+KERNEL = ("embedding", "kernel")
+FROM_INIT = None  # marks a leaf the new model initialises itself
 # The named choices of `plan_adaptation` (a config's `init.<name>`), each with its allowed values.
 ADAPTATION_CHOICES: dict[str, tuple[str, ...]] = dict(
     head=HEAD_POLICIES, posemb=POSEMB_POLICIES, posemb_method=POSEMB_RESIZE_METHODS, inflation=INFLATION_METHODS)
@@ -45,9 +48,6 @@ def check_adaptation_choices(**choices: Any) -> None:
     for name, value in choices.items():
         if value not in ADAPTATION_CHOICES[name]:
             raise UnknownChoiceError(name, value, ADAPTATION_CHOICES[name])
-POSEMB = (ENCODER, "posembed_input", "pos_embedding")
-KERNEL = ("embedding", "kernel")
-FROM_INIT = None  # marks a leaf the new model initialises itself
 
 
 class CheckpointMismatchError(ValueError):

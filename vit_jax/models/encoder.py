@@ -115,7 +115,6 @@ class EncoderOptions:
     activation_sharding: ActivationSharding | None = None
 
 
-
 def check_encoder_options(options: EncoderOptions) -> None:
     """Reject inconsistent encoder options when a model is built, before any tracing or compilation."""
     for field in ("num_layers", "mlp_dim", "num_heads"):
@@ -143,6 +142,7 @@ def remat_policy(name: str | None) -> Any:
         valid = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
         raise ValueError(f"remat_policy {name!r} is not a jax.checkpoint_policies member: {valid}")
     return policy
+
 
 class Encoder1DBlock(nn.Module):
     """LayerNorm -> self-attention -> residual; LayerNorm -> MLP -> residual.
