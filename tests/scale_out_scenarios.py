@@ -3,8 +3,9 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.scale_out_scenarios SCENARIO OUT DATA_DIR
 
 `meshes`: the same 10 steps on 1 device, data parallel over 8, FSDP over 8 and data x model (4 x 2, tensor
-parallel + FSDP); `reshard`: 10 steps data parallel over 8, then resumed to 15 on 1 device and, separately, with
-FSDP. Each run's workdir is OUT/<run>; OUT/placements.json holds each parameter's PartitionSpec as placed.
+parallel + FSDP); then the data-parallel run's step-10 checkpoint resumed to 15 on 1 device and, separately, with
+FSDP (one process for both, so the data-parallel run is trained once). Each run's workdir is OUT/<run>;
+OUT/placements.json holds each parameter's PartitionSpec as placed.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def meshes(out: Path, data_dir: str) -> None:
         train_and_evaluate(config, out / run, devices)
         placed[run] = placements(config, devices)
     (out / "placements.json").write_text(json.dumps(placed, indent=1))
+    reshard(out, data_dir)
 
 
 def reshard(out: Path, data_dir: str) -> None:
-    train_and_evaluate(config_for("data", data_dir), out / "data", jax.devices())
+    """The data-parallel run (OUT/data, trained by `meshes`) resumed on other meshes."""
     for run, devices in (("one_device", jax.devices()[:1]), ("fsdp", jax.devices())):
         shutil.copytree(out / "data", out / f"resumed_{run}")
         config = config_for(run, data_dir, TEN_STEPS.replace("num_steps=10", "num_steps=15"))
@@ -68,4 +70,4 @@ def reshard(out: Path, data_dir: str) -> None:
 if __name__ == "__main__":
     scenario, out, data_dir = sys.argv[1:4]
     assert jax.device_count() == 8, f"run with 8 devices; got {jax.device_count()}"
-    {"meshes": meshes, "reshard": reshard}[scenario](Path(out), data_dir)
+    {"meshes": meshes}[scenario](Path(out), data_dir)

@@ -86,16 +86,16 @@ def test_parameters_are_placed_as_the_rules_say(meshes):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_saved_under_one_mesh_restores_under_another(tmp_path, digits_data_dir):
-    run_scenario("reshard", tmp_path, digits_data_dir)
-    saved = params(tmp_path / "data", 10)
+@pytest.mark.xdist_group("scale_out_meshes")
+def test_a_checkpoint_saved_under_one_mesh_restores_under_another(meshes):
+    saved = params(meshes / "data", 10)
     for run in ("resumed_one_device", "resumed_fsdp"):
-        records = read_metrics(tmp_path / run)
+        records = read_metrics(meshes / run)
         assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 16))  # resumed at 10, not redone
-        assert_close(params(tmp_path / run, 10), saved, atol=0)  # the step-10 checkpoint itself is untouched
+        assert_close(params(meshes / run, 10), saved, atol=0)  # the step-10 checkpoint itself is untouched
     # 8 devices data parallel -> 1 device, and -> FSDP: the five further steps agree
-    np.testing.assert_allclose(losses(tmp_path / "resumed_fsdp"), losses(tmp_path / "resumed_one_device"), rtol=1e-5)
-    assert_close(params(tmp_path / "resumed_fsdp", 15), params(tmp_path / "resumed_one_device", 15), atol=2e-4)
+    np.testing.assert_allclose(losses(meshes / "resumed_fsdp"), losses(meshes / "resumed_one_device"), rtol=1e-5)
+    assert_close(params(meshes / "resumed_fsdp", 15), params(meshes / "resumed_one_device", 15), atol=2e-4)
 
 
 def free_port() -> int:
