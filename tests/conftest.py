@@ -76,8 +76,6 @@ def moving_digits_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-# batch 128: the tiny runs' assertions (which checkpoints are kept, accuracies after a few hundred steps) were set
-# at configs/digits.py's earlier batch size.
 @pytest.fixture(scope="session")
 def readme_run(tmp_path_factory, digits_data_dir) -> tuple[Path, subprocess.CompletedProcess]:
     """The README's main command (configs/digits.py, 2,000 steps), run once: its test checks the output, and its
@@ -88,6 +86,8 @@ def readme_run(tmp_path_factory, digits_data_dir) -> tuple[Path, subprocess.Comp
                              timeout=900)
 
 
+# batch 128: the tiny runs' assertions (which checkpoints are kept, accuracies after a few hundred steps) were set
+# at configs/digits.py's earlier batch size.
 TINY_RUN = ("num_steps=20,batch_size=128,log_every=5,eval_every=10,checkpoint_every=5,log_pictures=none,"
             "model.num_layers=2")
 
