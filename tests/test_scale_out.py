@@ -2,7 +2,6 @@
 processes of 2 devices on 127.0.0.1)."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -11,16 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, xla_env
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.metric_writers import read_metrics
-
-EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
 def run_scenario(name, out, data_dir):
     result = subprocess.run([sys.executable, "-m", "tests.scale_out_scenarios", name, str(out), data_dir], cwd=ROOT,
-                            env={**os.environ, **EIGHT_DEVICES}, capture_output=True, text=True, timeout=900)
+                            env=xla_env("--xla_force_host_platform_device_count=8"), capture_output=True, text=True,
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -113,7 +111,7 @@ def main_in_processes(workdir, steps: int, data_dir: str, processes: int) -> lis
     run = [f"--config=configs/digits.py:num_steps={steps},batch_size={BATCH},log_every=1,eval_every=6,"
            "checkpoint_every=6,optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none",
            f"--config.data_dir={data_dir}", f"--workdir={workdir}"]
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
+    env = xla_env(f"--xla_force_host_platform_device_count={4 // processes}")
     port = free_port()
     flags = [[f"--coordinator-address=127.0.0.1:{port}", f"--num-processes={processes}", f"--process-id={i}"]
              for i in range(processes)] if processes > 1 else [[]]
