@@ -56,14 +56,16 @@ def test_packed_images_give_what_each_image_gives_alone(images, classifier, pose
     assert together.shape == (4, 7)
 
 
-@pytest.mark.parametrize("classifier", ["gap", "map"])
-def test_one_image_at_the_table_grid_equals_the_fixed_grid_vit(images, classifier):
-    """The same parameters in the fixed-grid VisionTransformer: its output is the reference."""
+@pytest.mark.parametrize("classifier,posemb", [("gap", "learn"), ("map", "learn"), ("gap", "rope_mixed")])
+def test_one_image_at_the_table_grid_equals_the_fixed_grid_vit(images, classifier, posemb):
+    """The same parameters in the fixed-grid VisionTransformer: its output is the reference (for RoPE: each packed
+    token rotated by its own row and column, as the ViT rotates its grid)."""
     image = images[0]  # 12x12: the 3x3 table grid
-    vit = create_model("Ti/4", num_classes=7, classifier=classifier, **TINY)
+    vit = create_model("Ti/4", num_classes=7, classifier=classifier, posemb=posemb, **TINY)
     params = perturbed(vit.init(jax.random.key(1), image[None], train=False)["params"])
     expected = vit.apply({"params": params}, image[None], train=False)[0]
-    got = navit(classifier=classifier).apply({"params": params}, *pack([image], 24, 2), train=False)[0, 0]
+    got = navit(classifier=classifier, posemb=posemb).apply({"params": params}, *pack([image], 24, 2),
+                                                            train=False)[0, 0]
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=2e-5)
 
 
@@ -115,5 +117,4 @@ def test_packed_options_are_checked_when_built():
     with pytest.raises(ValueError, match="classifier must be one of \\('gap', 'map'\\); got 'token'"):
         navit(classifier="token")
     with pytest.raises(ValueError, match="posemb must be one of"):
-        VIT_ONLY = "factorized"
-        create_model("Ti/4", num_classes=3, posemb=VIT_ONLY)
+        navit(posemb="sincos3d")  # the video table: the fixed-grid ViT's only

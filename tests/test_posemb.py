@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import MINI, live_params
+from tests.conftest import MINI, live_params, perturbed
 from tests.numpy_reference import patch_tokens, sincos2d_table
 from vit_jax.models import create_model
 from vit_jax.models.posemb import AddPositionEmbs, resize_posemb, sincos2d, sincos3d
@@ -233,3 +233,42 @@ def test_sincos3d_layout_time_quarter_then_sincos2d_of_space():
         sincos3d(grid, 24)
     with pytest.raises(ValueError, match=r"posemb='sincos3d' needs a 3-D grid; got a 2x2 patch grid"):
         AddPositionEmbs("sincos3d", grid=(2, 2)).init(jax.random.key(0), jnp.zeros((1, 4, 32)))
+
+
+def test_factorized_adds_row_plus_column_and_nothing_to_the_prefix(rng):
+    tokens = jnp.asarray(rng.standard_normal((2, 1 + 6, 8)), jnp.float32)
+    module = AddPositionEmbs("factorized", grid=(2, 3), num_prefix=1)
+    params = perturbed(module.init(jax.random.key(0), tokens)["params"])
+    rows, cols = params["pos_embedding_row"], params["pos_embedding_col"]
+    assert rows.shape == (2, 8) and cols.shape == (3, 8)
+    added = module.apply({"params": params}, tokens) - tokens
+    np.testing.assert_allclose(added[:, 0], 0.0)
+    for r in range(2):
+        for c in range(3):
+            np.testing.assert_allclose(added[:, 1 + 3 * r + c], np.broadcast_to(rows[r] + cols[c], (2, 8)), atol=1e-6)
+
+
+def test_factorized_tables_resized_each_along_its_axis_equal_the_resized_full_table(rng):
+    """Bilinear resizing is separable and linear: resize(rows) + resize(cols) is the whole row + column table
+    resized as `learn` resizes its table."""
+    tokens = jnp.zeros((1, 5 * 2, 8))
+    module = AddPositionEmbs("factorized", grid=(5, 2), num_prefix=0, table_grid=(3, 4))
+    params = perturbed(module.init(jax.random.key(0), tokens)["params"])
+    full = (params["pos_embedding_row"][:, None] + params["pos_embedding_col"][None]).reshape(1, 12, 8)
+    expected = resize_posemb(full, (3, 4), (5, 2), num_prefix=0, method="bilinear", antialias=True)
+    np.testing.assert_allclose(module.apply({"params": params}, tokens), expected, atol=1e-5)
+
+
+def test_fine_tuning_at_a_new_grid_resizes_the_factorized_tables():
+    from vit_jax.checkpoint.adapt import plan_adaptation
+
+    model = create_model("Ti/4", num_classes=3, posemb="factorized", **MINI)
+    trained = live_params(model, jnp.zeros((1, 12, 8, 3)))  # a 3x2 grid
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 20, 16, 3)), train=False)["params"])
+    adaptation = plan_adaptation(trained, target, old_grid=(3, 2), new_grid=(5, 4), posemb_method="bilinear")
+    rows = adaptation.flat[("Transformer", "posembed_input", "pos_embedding_row")]
+    expected = resize_posemb(trained["Transformer"]["posembed_input"]["pos_embedding_row"][None], (3,), (5,), 0,
+                             "bilinear")[0]
+    np.testing.assert_allclose(rows, expected, atol=1e-6)
+    assert adaptation.flat[("Transformer", "posembed_input", "pos_embedding_col")].shape == (4, 16)
+    assert "pos_embedding_row: resized from 3 to 5 positions (bilinear)" in adaptation.notes

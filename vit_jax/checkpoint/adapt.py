@@ -28,6 +28,8 @@ from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, resize_posemb
 HEAD_POLICIES = ("auto", "reinit", "load")
 POSEMB_POLICIES = ("resize", "reinit")
 POSEMB = (ENCODER, "posembed_input", "pos_embedding")
+FACTORIZED = ((ENCODER, "posembed_input", "pos_embedding_row"), (ENCODER, "posembed_input", "pos_embedding_col"))
+REGISTERS = (ENCODER, "registers")
 KERNEL = ("embedding", "kernel")
 FROM_INIT = None  # marks a leaf the new model initialises itself
 # The named choices of `plan_adaptation` (a config's `init.<name>`), each with its allowed values.
@@ -110,6 +112,12 @@ def plan_adaptation(
     _plan_kernel(source, target_flat, inflation, notes)
     _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, posemb_method,
                  posemb_antialias, from_init, notes)
+    _plan_factorized(source, target_flat, posemb, posemb_method, posemb_antialias, from_init, notes)
+    if REGISTERS in target_flat and REGISTERS not in source:
+        from_init(REGISTERS, "initialised (the checkpoint has no register tokens)")
+    for path in target_flat:  # RoPE-Mixed's learned frequencies, for a checkpoint trained with another encoding
+        if path[-1] == "rope_frequencies" and path not in source:
+            from_init(path, "initialised (the checkpoint has no RoPE-Mixed frequencies)")
 
     _check_match(source, {path: shape for path, shape in target_flat.items() if path not in plan})
     for path, (_, dtype) in target_flat.items():
@@ -205,6 +213,21 @@ def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, me
         resized = np.concatenate([np.zeros((1, new_prefix - old_prefix, resized.shape[2]), resized.dtype), resized], 1)
     if resized.shape[2] == shape[2]:
         source[POSEMB] = resized
+
+
+def _plan_factorized(source, target_flat, policy, method, antialias, from_init, notes) -> None:
+    """`factorized` row and column tables, each resized along its own axis to the new grid's rows / columns."""
+    for path in FACTORIZED:
+        if path not in source or path not in target_flat:
+            continue
+        if policy == "reinit":
+            from_init(path, "re-initialised (posemb='reinit')")
+            continue
+        old, new = source[path].shape[0], target_flat[path][0][0]
+        if old != new and source[path].shape[1:] == target_flat[path][0][1:]:
+            source[path] = np.asarray(resize_posemb(source[path][None], (old,), (new,), 0, method, antialias))[0]
+            notes.append(f"{path[-1]}: resized from {old} to {new} positions "
+                         f"({method}{', antialiased' if antialias else ''})")
 
 
 def _text(grid: Sequence[int]) -> str:

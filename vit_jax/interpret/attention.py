@@ -89,8 +89,11 @@ def token_map(row: np.ndarray, grid: tuple[int, int], num_prefix: int) -> np.nda
     return np.asarray(row)[num_prefix:].reshape(grid)
 
 
-def query_row(matrix: np.ndarray, num_prefix: int) -> np.ndarray:
-    """The row the pictures follow: the class token's when there is one, else the mean over patch tokens (for
-    `gap` models, whose output is that mean). `matrix`: `(..., tokens, tokens)`; returns `(..., tokens)`."""
+def query_row(matrix: np.ndarray, num_prefix: int, class_token: bool | None = None) -> np.ndarray:
+    """The row the pictures follow: the class token's when there is one, else the mean over the patch tokens'
+    rows (for `gap` models, whose output is that mean; register tokens, among the `num_prefix` prefix tokens, are
+    left out). `class_token` None: there is one when there are prefix tokens. `matrix`: `(..., tokens, tokens)`;
+    returns `(..., tokens)`."""
     matrix = np.asarray(matrix)
-    return matrix[..., 0, :] if num_prefix else matrix.mean(axis=-2)
+    class_token = bool(num_prefix) if class_token is None else class_token
+    return matrix[..., 0, :] if class_token else matrix[..., num_prefix:, :].mean(axis=-2)

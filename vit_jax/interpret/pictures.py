@@ -35,7 +35,8 @@ class Pictures:
     value_range: tuple[float, float]
     grid: tuple[int, int]
     patch_size: tuple[int, int]
-    num_prefix: int
+    num_prefix: int  # tokens before the patches: the class token, then any registers
+    class_token: bool
     posemb_grid: tuple[int, int] | None  # the grid the similarity map is drawn at; None: no position embeddings
     similarity: np.ndarray | None  # (gh, gw, gh, gw)
     filter_components: np.ndarray  # (k, ph, pw, C)
@@ -46,15 +47,15 @@ class Pictures:
 
     @property
     def query(self) -> str:
-        return "class token" if self.num_prefix else "mean token"
+        return "class token" if self.class_token else "mean token"
 
     def attention_maps(self) -> np.ndarray:
         """`(layers, heads, gh, gw)`: the query's attention onto the patches, for images[0]."""
-        rows = query_row(self.weights[:, 0], self.num_prefix)  # (layers, heads, tokens)
+        rows = query_row(self.weights[:, 0], self.num_prefix, self.class_token)  # (layers, heads, tokens)
         return np.asarray(rows)[..., self.num_prefix:].reshape(*rows.shape[:2], *self.grid)
 
     def rollout_map(self) -> np.ndarray:
-        return token_map(query_row(self.rollout, self.num_prefix), self.grid, self.num_prefix)
+        return token_map(query_row(self.rollout, self.num_prefix, self.class_token), self.grid, self.num_prefix)
 
     def figures(self, title_suffix: str = "") -> dict[str, Figure]:
         """File stem -> figure."""
@@ -76,11 +77,15 @@ class Pictures:
 
 def position_table(model: VisionTransformer, params: Any, grid: tuple[int, int]
                    ) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """The table the model adds and the grid it is laid out on: the learned one as stored, the fixed sin-cos
-    one at the input grid; None for `posemb='none'`."""
+    """The table the model adds and the grid it is laid out on: the learned one as stored (row + column for
+    `factorized`), the fixed sin-cos one at the input grid; None for `none` and RoPE (no table)."""
     if model.posemb == "learn":
         table = np.asarray(params[ENCODER]["posembed_input"]["pos_embedding"])
         return table, tuple(model.posemb_grid) if model.posemb_grid is not None else grid
+    if model.posemb == "factorized":
+        tables = params[ENCODER]["posembed_input"]
+        rows, cols = np.asarray(tables["pos_embedding_row"]), np.asarray(tables["pos_embedding_col"])
+        return (rows[:, None] + cols[None]).reshape(-1, rows.shape[-1]), (len(rows), len(cols))
     if model.posemb == "sincos2d":
         return np.asarray(sincos2d(grid, model.hidden_size)), grid
     return None
@@ -92,7 +97,8 @@ def compute_pictures(model: VisionTransformer, params: Any, images: np.ndarray,
     images = np.asarray(images, np.float32)
     grid = token_grid(model, images.shape[1:3])
     patch_size = pixel_patch_size(model)  # image pixels per token (the ResNet stem's stride times the patch)
-    num_prefix = num_prefix_tokens(model.classifier)
+    class_tokens = num_prefix_tokens(model.classifier)
+    num_prefix = class_tokens + model.num_registers  # registers sit between the class token and the patches
     table = position_table(model, params, grid)
     similarity = posemb_similarity(*table) if table is not None else None
     # A hybrid's embedding sees the stem's feature map, not pixels: its root conv is the layer that sees the image.
@@ -101,7 +107,8 @@ def compute_pictures(model: VisionTransformer, params: Any, images: np.ndarray,
     weights = attention_weights(model, params, images)
     return Pictures(
         images=images, value_range=tuple(value_range), grid=grid, patch_size=patch_size,
-        num_prefix=num_prefix, posemb_grid=None if table is None else table[1], similarity=similarity,
+        num_prefix=num_prefix, class_token=bool(class_tokens), posemb_grid=None if table is None else table[1],
+        similarity=similarity,
         filter_components=components, filter_explained=explained, weights=weights,
         rollout=attention_rollout(weights[:, 0]),
         distances=mean_attention_distance(weights, grid, patch_size, num_prefix),

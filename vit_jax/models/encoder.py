@@ -25,6 +25,19 @@ from vit_jax.models.mixed_precision import is_bfloat16, mixed_dot_general
 from vit_jax.models.packed_posemb import PackedPositionEmbs, TokenPositions
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.posemb import AddPositionEmbs, PosembKind
+from vit_jax.models.rope import (
+    DEFAULT_THETA,
+    RopeAxisOrder,
+    RopeCoordinates,
+    RopePairing,
+    augment_coordinates,
+    axial_frequencies,
+    grid_coordinates,
+    init_mixed_frequencies,
+    is_rope,
+    rotating_attention,
+    token_coordinates,
+)
 
 ENCODER = "Transformer"
 SCANNED_BLOCKS = "encoderblock"
@@ -95,6 +108,19 @@ class EncoderOptions:
       scan: one `nn.scan` over depth instead of a Python loop: compile time independent of depth.
       activation_sharding: keeps activations split across devices (set by the trainer from its mesh; see
         `vit_jax.models.partitioning`); None on one device.
+      num_registers: learned register tokens (Darcet et al. 2024; timm's `reg_tokens`, DINOv2-reg, DINOv3), parameter
+        `Transformer/registers` `(1, R, D)`: placed after the class token once the position embeddings are added
+        (they get none, and RoPE leaves them unrotated), attended to in every block, and dropped after the final
+        LayerNorm, so pooling and the patch maps never see them.
+      patch_dropout: the fraction of patch tokens dropped in training (FLIP, Li et al. 2023; timm's
+        `PatchDropout`): each example keeps its own random `max(1, int(N (1 - rate)))` patches, prefix tokens always,
+        and each kept token keeps its own position (table row or rotary coordinates); off at evaluation.
+      rope_theta, rope_coordinates, rope_pairing, rope_axis_order: the conventions of rotary position encodings
+        (`posemb='rope_axial'` or `'rope_mixed'`), each named for the codebase it matches in
+        `vit_jax.models.rope`; rope_grid: interpolated RoPE, `index` coordinates rescaled so every input grid
+        spans this grid (EVA's `ref_feat_shape`; None: a patch's coordinates are its row and column at any
+        resolution); rope_shift, rope_jitter, rope_rescale: DINOv3's train-time augmentation of the rotary
+        coordinates (None: off).
     """
 
     num_layers: int
@@ -113,6 +139,16 @@ class EncoderOptions:
     remat_policy: str | None = None
     scan: bool = False
     activation_sharding: ActivationSharding | None = None
+    num_registers: int = 0
+    patch_dropout: float = 0.0
+    rope_theta: float | None = None
+    rope_coordinates: RopeCoordinates = "index"
+    rope_pairing: RopePairing = "interleaved"
+    rope_axis_order: RopeAxisOrder = "xy"
+    rope_grid: tuple[int, ...] | None = None
+    rope_shift: float | None = None
+    rope_jitter: float | None = None
+    rope_rescale: float | None = None
 
 
 def check_encoder_options(options: EncoderOptions) -> None:
@@ -121,7 +157,8 @@ def check_encoder_options(options: EncoderOptions) -> None:
         value = getattr(options, field)
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{field} must be a positive int; got {value!r}")
-    for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth", "embedding_dropout_rate"):
+    for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth", "embedding_dropout_rate",
+                  "patch_dropout"):
         value = getattr(options, field)
         if value is not None and not 0.0 <= value < 1.0:
             raise ValueError(f"{field} must be in [0, 1); got {value!r}")
@@ -131,6 +168,8 @@ def check_encoder_options(options: EncoderOptions) -> None:
         raise ValueError(f"qkv_dim must be a positive multiple of num_heads {options.num_heads} (heads x head dim) "
                          f"or None; got {options.qkv_dim!r}")
     remat_policy(options.remat_policy)
+    if not isinstance(options.num_registers, int) or options.num_registers < 0:
+        raise ValueError(f"num_registers must be an int >= 0; got {options.num_registers!r}")
 
 
 def remat_policy(name: str | None) -> Any:
@@ -156,21 +195,27 @@ class Encoder1DBlock(nn.Module):
     """
 
     options: EncoderOptions
+    rope: str | None = None  # `rope_axial` or `rope_mixed`: rotate the patch tokens' queries and keys
+    num_prefix: int = 0  # tokens before the patches (class token, registers), never rotated
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool,
-                 mask: jax.Array | None = None) -> tuple[jax.Array, None]:
+                 mask: jax.Array | None = None, coords: jax.Array | None = None) -> tuple[jax.Array, None]:
         o = self.options
         x = constrain_tokens(x, o.activation_sharding)
         y = nn.LayerNorm(dtype=o.dtype)(x)
         mixed = is_bfloat16(o.dtype)
+        attention_fn = attention_function(o.attention_impl, o.dtype, o.attention_dropout_rate, o.record_attention)
+        if self.rope is not None:
+            attention_fn = rotating_attention(attention_fn, self._rotary_angles(coords, x.shape[-1]),
+                                              self.num_prefix, o.rope_pairing)
         y = nn.MultiHeadDotProductAttention(
             num_heads=o.num_heads,
             qkv_features=o.qkv_dim,
             dtype=o.dtype,
             qkv_dot_general=mixed_dot_general if mixed else None,
             out_dot_general=mixed_dot_general if mixed else None,
-            attention_fn=attention_function(o.attention_impl, o.dtype, o.attention_dropout_rate, o.record_attention),
+            attention_fn=attention_fn,
             kernel_init=nn.initializers.xavier_uniform(),
             broadcast_dropout=False,
             dropout_rate=o.attention_dropout_rate,
@@ -189,10 +234,39 @@ class Encoder1DBlock(nn.Module):
         )(y, deterministic=deterministic)
         return x + self._maybe_drop_path(y, drop_path_rate, deterministic), None
 
+    def _rotary_angles(self, coords: jax.Array, width: int) -> jax.Array:
+        """`(B or 1, N_patches, H or 1, head_dim / 2)`: how far each patch token's channel pairs turn in this
+        block; `rope_mixed` learns this block's `rope_frequencies` `(2, num_heads, head_dim / 2)` over (x, y)."""
+        o = self.options
+        head_dim = (o.qkv_dim or width) // o.num_heads
+        theta = DEFAULT_THETA[self.rope] if o.rope_theta is None else o.rope_theta
+        if self.rope == "rope_axial":
+            frequencies = jnp.asarray(axial_frequencies(head_dim, coords.shape[-1], theta, o.rope_axis_order),
+                                      jnp.float32)[:, None, :]  # (axes, 1, pairs): the same for every head
+        else:
+            xy = self.param("rope_frequencies", init_mixed_frequencies(theta), (2, o.num_heads, head_dim // 2),
+                            jnp.float32)
+            frequencies = xy[::-1]  # (x, y) -> grid order (row, column)
+        return jnp.einsum("bna,ahp->bnhp", coords, frequencies)
+
     def _maybe_drop_path(self, y: jax.Array, rate: float | jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or not self.options.stochastic_depth:
             return y
         return drop_path(y, rate, self.make_rng("dropout"))
+
+
+def drop_patches(x: jax.Array, coords: jax.Array | None, num_prefix: int, rate: float, rng: jax.Array
+                 ) -> tuple[jax.Array, jax.Array | None]:
+    """Patch dropout: each example keeps a random `max(1, int(N (1 - rate)))` of its N patch tokens (timm's
+    `PatchDropout` rule, in random order as timm's default), after its `num_prefix` prefix tokens; `coords`
+    `(1 or B, N, axes)`, the tokens' rotary coordinates, are gathered alike."""
+    b, n = x.shape[0], x.shape[1] - num_prefix
+    keep = max(1, int(n * (1.0 - rate)))
+    kept = jnp.argsort(jax.random.uniform(rng, (b, n)), axis=1)[:, :keep]
+    patches = jnp.take_along_axis(x[:, num_prefix:], kept[..., None], axis=1)
+    if coords is not None:
+        coords = jnp.take_along_axis(jnp.broadcast_to(coords, (b, *coords.shape[1:])), kept[..., None], axis=1)
+    return jnp.concatenate([x[:, :num_prefix], patches], axis=1), coords
 
 
 def drop_path_rates(stochastic_depth: float, num_layers: int) -> np.ndarray:
@@ -223,11 +297,18 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None,
                  positions: TokenPositions | None = None) -> jax.Array:
+        rope = self.posemb if is_rope(self.posemb) else None
+        table = "none" if rope else self.posemb
         if positions is None:
-            x = AddPositionEmbs(self.posemb, self.grid, self.num_prefix, self.posemb_grid, name="posembed_input")(x)
+            x = AddPositionEmbs(table, self.grid, self.num_prefix, self.posemb_grid, name="posembed_input")(x)
         else:
-            x = PackedPositionEmbs(self.posemb, self.grid, name="posembed_input")(x, positions)
+            x = PackedPositionEmbs(table, self.grid, name="posembed_input")(x, positions)
         o = self.options
+        coords = self._rotary_coordinates(positions, train) if rope else None
+        if train and o.patch_dropout:
+            x, coords = drop_patches(x, coords, self.num_prefix, o.patch_dropout, self.make_rng("dropout"))
+        x = self._insert_registers(x)
+        prefix = self.num_prefix + o.num_registers  # tokens before the patches: never rotated
         embedding_dropout = o.dropout_rate if o.embedding_dropout_rate is None else o.embedding_dropout_rate
         x = nn.Dropout(rate=embedding_dropout)(x, deterministic=not train)
 
@@ -238,23 +319,48 @@ class Encoder(nn.Module):
                 block_cls,
                 variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=o.num_layers,
-            )(o, name=SCANNED_BLOCKS)
-            x, _ = blocks(x, jnp.asarray(rates), not train, mask)
+            )(o, rope, prefix, name=SCANNED_BLOCKS)
+            x, _ = blocks(x, jnp.asarray(rates), not train, mask, coords)
         else:
             for layer in range(o.num_layers):
-                block = block_cls(o, name=f"{SCANNED_BLOCKS}_{layer}")
-                x, _ = block(x, float(rates[layer]), not train, mask)
-        return nn.LayerNorm(dtype=o.dtype, name="encoder_norm")(x)
+                block = block_cls(o, rope, prefix, name=f"{SCANNED_BLOCKS}_{layer}")
+                x, _ = block(x, float(rates[layer]), not train, mask, coords)
+        x = nn.LayerNorm(dtype=o.dtype, name="encoder_norm")(x)
+        return jnp.concatenate([x[:, :self.num_prefix], x[:, prefix:]], axis=1) if o.num_registers else x
+
+    def _insert_registers(self, x: jax.Array) -> jax.Array:
+        """`num_registers` learned tokens after the prefix (the class token): `registers` `(1, R, D)`,
+        normal(1e-6)-initialised as timm and DINOv2."""
+        r = self.options.num_registers
+        if not r:
+            return x
+        registers = self.param("registers", nn.initializers.normal(stddev=1e-6), (1, r, x.shape[-1]), jnp.float32)
+        registers = jnp.tile(registers.astype(x.dtype), (x.shape[0], 1, 1))
+        return jnp.concatenate([x[:, :self.num_prefix], registers, x[:, self.num_prefix:]], axis=1)
+
+    def _rotary_coordinates(self, positions: TokenPositions | None, train: bool) -> jax.Array:
+        """`(1, N_patches, axes)` coordinates of the patch tokens on `grid` (`(B, L, 2)`, each token on its own
+        image's grid, for packed sequences), augmented in training when `rope_shift` / `_jitter` / `_rescale` ask."""
+        o = self.options
+        reference = None if o.rope_grid is None else tuple(o.rope_grid)
+        if positions is None:
+            coords = jnp.asarray(grid_coordinates(self.grid, o.rope_coordinates, reference), jnp.float32)[None]
+        else:
+            coords = token_coordinates(positions.coords, positions.grids, o.rope_coordinates, reference)
+        if train and any(v is not None for v in (o.rope_shift, o.rope_jitter, o.rope_rescale)):
+            coords = augment_coordinates(coords, self.make_rng("dropout"), o.rope_shift, o.rope_jitter,
+                                         o.rope_rescale)
+        return coords
 
     def _block_class(self) -> type[Encoder1DBlock]:
         o = self.options
         if not o.remat:
             return Encoder1DBlock
         policy = remat_policy(o.remat_policy)
-        # static_argnums counts self: 0=self, 1=x, 2=drop_path_rate, 3=deterministic. CSE prevention is only
-        # needed outside scan (scan already keeps XLA from merging the recomputation back).
+        # static_argnums counts self: 0=self, 1=x, 2=drop_path_rate, 3=deterministic (4=mask, 5=coords: arrays).
+        # CSE prevention is only needed outside scan (scan already keeps XLA from merging the recomputation back).
         return nn.remat(Encoder1DBlock, prevent_cse=not o.scan, static_argnums=(3,), policy=policy)
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from vit_jax.models.heads import MAPHead, pool_segments
 from vit_jax.models.packed_posemb import PACKED_POSEMB_KINDS, TokenPositions
 from vit_jax.models.patching import as_patch_size
+from vit_jax.models.rope import ROPE_KINDS
 from vit_jax.models.vit import VisionTransformer
 
 
@@ -75,13 +76,14 @@ class NaViT(VisionTransformer):
 
     Options are `VisionTransformer`'s, with these differences:
       posemb: `learn` (a table stored at `posemb_grid`, sampled at each image's own grid), `factorized`
-        (row + column tables up to `posemb_grid`), `sincos2d` or `none` (see `vit_jax.models.packed_posemb`).
+        (row + column tables up to `posemb_grid`), `sincos2d` or `none` (see `vit_jax.models.packed_posemb`), or
+        `rope_axial` / `rope_mixed` (each token rotated by its place in its own image: `vit_jax.models.rope`).
       posemb_grid: required for `learn` and `factorized`.
       classifier: `gap` or `map` (per image); there is no class token.
       patch_embed, pad, resnet stem, tubelets: not used (the data pipeline patchifies).
     """
 
-    posemb_kinds: ClassVar[tuple[str, ...]] = PACKED_POSEMB_KINDS
+    posemb_kinds: ClassVar[tuple[str, ...]] = PACKED_POSEMB_KINDS + ROPE_KINDS
     classifier_kinds: ClassVar[tuple[str, ...]] = ("gap", "map")
 
     def __post_init__(self) -> None:
@@ -90,6 +92,12 @@ class NaViT(VisionTransformer):
                              f"learned table is stored at ('learn') or the largest image grid ('factorized')")
         if getattr(self, "resnet_num_layers", None) is not None or getattr(self, "tubelet_size", None) is not None:
             raise ValueError("NaViT packs image patches; a ResNet stem or video tubelets are not supported with it")
+        if self.num_registers:
+            raise ValueError(f"num_registers={self.num_registers}: registers are prefix tokens of one image; NaViT's "
+                             f"packed sequences hold several images and no prefix tokens")
+        if self.patch_dropout:
+            raise ValueError(f"patch_dropout={self.patch_dropout}: NaViT drops tokens as it packs them "
+                             f"(config.packing.drop_rate)")
         super().__post_init__()
 
     def inputs(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:

@@ -1,5 +1,5 @@
-"""Position embeddings: learned (`learn`), fixed 2-D sin-cos (`sincos2d`), fixed space-time sin-cos (`sincos3d`,
-videos), or `none`.
+"""Position embeddings: learned (`learn`), learned row + column tables (`factorized`), fixed 2-D sin-cos
+(`sincos2d`), fixed space-time sin-cos (`sincos3d`, videos), or `none`.
 
 Tables are `(1, num_prefix + gh * gw, D)`: the prefix rows (the class token) come first, then the patch positions
 in row-major grid order, matching the token order of `vit_jax.models.patching`. Video grids are `(gt, gh, gw)`
@@ -19,9 +19,9 @@ import numpy as np
 
 from vit_jax.models.interpolation import align_corners_matrix
 
-PosembKind = Literal["learn", "sincos2d", "sincos3d", "none"]
-POSEMB_KINDS: tuple[str, ...] = ("learn", "sincos2d", "sincos3d", "none")
-FIXED_GRID_DIMS = {"sincos2d": 2, "sincos3d": 3}  # the grid each fixed table is defined on
+PosembKind = Literal["learn", "factorized", "sincos2d", "sincos3d", "none"]
+POSEMB_KINDS: tuple[str, ...] = ("learn", "factorized", "sincos2d", "sincos3d", "none")
+FIXED_GRID_DIMS = {"sincos2d": 2, "sincos3d": 3, "factorized": 2}  # the grid each kind is defined on
 
 
 # Fixed tables split the width evenly: (multiple, least width, how the width is split).
@@ -86,6 +86,10 @@ class AddPositionEmbs(nn.Module):
     google-research/vision_transformer. With `sincos2d`, the prefix rows are zeros (MAE's convention; equivalently
     big_vision, which adds the table before prepending the class token).
 
+    With `factorized` (NaViT's factorised embeddings, here on the fixed grid), `pos_embedding_row` `(gh, D)` +
+    `pos_embedding_col` `(gw, D)`: a patch gets its row's and its column's vectors, prefix tokens get none; for
+    another grid each table is resized along its own axis (the same resize as `learn`'s).
+
     `table_grid`: the grid the learned table is stored at. Inputs with another grid get the table resized in the
     forward pass (half-pixel bilinear, antialiased when shrinking: `jax.image.resize`, as FlexiViT does), so one
     table serves every patch size and resolution; each input shape compiles once. None: the table has the
@@ -110,10 +114,12 @@ class AddPositionEmbs(nn.Module):
             )
         if self.kind == "none":
             return tokens
-        if self.kind in FIXED_GRID_DIMS:
-            if len(self.grid) != FIXED_GRID_DIMS[self.kind]:
-                raise ValueError(f"posemb={self.kind!r} needs a {FIXED_GRID_DIMS[self.kind]}-D grid; got a "
-                                 f"{grid_text(self.grid)} (sincos2d: images, sincos3d: videos)")
+        if self.kind in FIXED_GRID_DIMS and len(self.grid) != FIXED_GRID_DIMS[self.kind]:
+            raise ValueError(f"posemb={self.kind!r} needs a {FIXED_GRID_DIMS[self.kind]}-D grid; got a "
+                             f"{grid_text(self.grid)} (sincos2d, factorized: images; sincos3d: videos)")
+        if self.kind == "factorized":
+            return tokens + self._factorized(width).astype(tokens.dtype)
+        if self.kind in ("sincos2d", "sincos3d"):
             fixed = (sincos2d if self.kind == "sincos2d" else sincos3d)(self.grid, width)
             table = np.concatenate([np.zeros((self.num_prefix, width)), fixed])[None]
             return tokens + jnp.asarray(table, tokens.dtype)
@@ -124,6 +130,18 @@ class AddPositionEmbs(nn.Module):
         if table_grid != tuple(self.grid):
             table = resize_posemb(table, table_grid, self.grid, self.num_prefix, method="bilinear", antialias=True)
         return tokens + table.astype(tokens.dtype)
+
+    def _factorized(self, width: int) -> jax.Array:
+        """`(1, num_prefix + gh * gw, D)`: zeros for the prefix, row + column vectors for the patches."""
+        gh, gw = self.grid
+        th, tw = tuple(self.grid if self.table_grid is None else self.table_grid)
+        rows = self.param("pos_embedding_row", self.posemb_init, (th, width), self.param_dtype)
+        cols = self.param("pos_embedding_col", self.posemb_init, (tw, width), self.param_dtype)
+        if (th, tw) != (gh, gw):
+            rows = jax.image.resize(rows, (gh, width), "bilinear", antialias=True)
+            cols = jax.image.resize(cols, (gw, width), "bilinear", antialias=True)
+        patches = (rows[:, None, :] + cols[None, :, :]).reshape(gh * gw, width)
+        return jnp.concatenate([jnp.zeros((self.num_prefix, width), patches.dtype), patches])[None]
 
     def _check_stored_table(self, table_rows: int, num_tokens: int) -> None:
         """A table restored from a checkpoint trained at another resolution: say so instead of a shape error."""

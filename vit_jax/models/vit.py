@@ -27,6 +27,7 @@ from vit_jax.models.patching import (
 )
 from vit_jax.models.posemb import POSEMB_KINDS, SINCOS_WIDTHS, PosembKind, check_sincos_width
 from vit_jax.models.resnet_stem import check_stem_options, resnet_stem, stem_output_hw, stem_stride
+from vit_jax.models.rope import ROPE_KINDS, check_rope_options
 from vit_jax.models.tubelet import TubeletEmbed, as_tubelet_size, tubelet_grid
 
 
@@ -50,10 +51,12 @@ class VisionTransformer(nn.Module, EncoderOptions):
         over all tokens): inputs are `(B, T, H, W, C)` and `embedding` is a `TubeletEmbed` with kernel
         `(tubelet_size, ph, pw, C, D)` (see `vit_jax.models.tubelet`); the token grid is `(gt, gh, gw)`. None:
         images.
-      posemb: `learn`, `sincos2d`, `sincos3d` (videos) or `none` (see `vit_jax.models.posemb`).
-      posemb_grid: the grid the learned table is stored at; inputs with another grid (another resolution, or
-        another `patch_size` at call time) get it resized in the forward pass. None: the grid of the input the
-        model is initialised with, fixed.
+      posemb: `learn`, `factorized`, `sincos2d`, `sincos3d` (videos) or `none` (added tables: see
+        `vit_jax.models.posemb`), or
+        `rope_axial` / `rope_mixed` (rotary encodings in every block: see `vit_jax.models.rope`).
+      posemb_grid: the grid the learned tables (`learn`, `factorized`) are stored at; inputs with another grid
+        (another resolution, or another `patch_size` at call time) get them resized in the forward pass. None: the
+        grid of the input the model is initialised with, fixed. (RoPE's counterpart is `rope_grid`.)
       classifier: `token`, `gap`, `map`, `unpooled` or `token_unpooled` (see `vit_jax.models.heads`).
       representation_size: if set, a `pre_logits` Dense of this width + tanh before the head.
       head_bias_init: the head's bias initial value (its kernel starts at zero, as in ViT fine-tuning).
@@ -73,7 +76,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
     resnet_num_layers: tuple[int, ...] | None = None
     resnet_width_factor: float = 1.0
 
-    posemb_kinds: ClassVar[tuple[str, ...]] = POSEMB_KINDS
+    posemb_kinds: ClassVar[tuple[str, ...]] = POSEMB_KINDS + ROPE_KINDS
     classifier_kinds: ClassVar[tuple[str, ...]] = CLASSIFIERS
 
     def __post_init__(self) -> None:
@@ -171,6 +174,8 @@ def check_options(model: VisionTransformer) -> None:
         raise ValueError(f"resnet_num_layers={model.resnet_num_layers!r}: the ResNet stem is for images; this is a "
                          f"video model (tubelet_size={model.tubelet_size})")
     check_video_options(model)
+    grid_axes = 2 if model.tubelet_size is None else 3
+    check_rope_options(model.posemb, (model.qkv_dim or model.hidden_size) // model.num_heads, grid_axes, model)
     if model.posemb in SINCOS_WIDTHS:  # after the image / video split, which says which table applies
         check_sincos_width(model.posemb, model.hidden_size, "hidden_size")
     axes = "(rows, columns)" if model.tubelet_size is None else "(frames, rows, columns) for a video model"
@@ -196,8 +201,9 @@ def check_video_options(model: VisionTransformer) -> None:
     if model.pad != "none":
         raise ValueError(f"pad={model.pad!r} is for images; {video} needs frame sizes and a number of frames that "
                          f"are multiples of the tubelet size")
-    if model.posemb == "sincos2d":
-        raise ValueError(f"posemb='sincos2d' is for images; {video} takes 'sincos3d', 'learn' or 'none'")
+    if model.posemb in ("sincos2d", "factorized"):
+        raise ValueError(f"posemb={model.posemb!r} is for images; {video} takes 'sincos3d', 'learn', 'rope_axial' "
+                         f"or 'none'")
 
 
 def pixel_patch_size(model: VisionTransformer) -> tuple[int, int]:

@@ -1,0 +1,138 @@
+"""Rotary position encodings: the rotation's algebra, timm's RoPE-ViTs and DINOv3's angles, prefix tokens."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.timm_reference import perturb_timm, timm_logits, timm_vit_params
+from vit_jax.models.rope import (
+    axial_frequencies,
+    grid_coordinates,
+    init_mixed_frequencies,
+    rotate,
+    rotating_attention,
+)
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.timm_compat import import_timm
+
+
+def angles_at(coords, frequencies):
+    """`(N, H, pairs)` angles of `coords` `(N, axes)` under `(axes, H, pairs)` frequencies (axes in grid order)."""
+    return jnp.einsum("na,ahp->nhp", coords, frequencies)
+
+
+@pytest.mark.parametrize("pairing", ["interleaved", "halves"])
+@pytest.mark.parametrize("kind", ["axial", "mixed"])
+def test_the_rotation_keeps_norms_and_makes_q_dot_k_depend_on_the_coordinate_difference_only(pairing, kind, rng):
+    heads, head_dim = 3, 16
+    if kind == "axial":
+        frequencies = np.broadcast_to(axial_frequencies(head_dim, 2, 100.0, "xy")[:, None], (2, heads, head_dim // 2))
+    else:
+        frequencies = np.asarray(init_mixed_frequencies(10.0)(jax.random.key(1), (2, heads, head_dim // 2)))[::-1]
+    coords = rng.uniform(-5, 5, (6, 2))
+    shift = rng.uniform(-3, 3, (1, 2))
+    q, k = (jnp.asarray(rng.standard_normal((1, 6, heads, head_dim)), jnp.float32) for _ in range(2))
+
+    def logits(c):
+        angles = angles_at(jnp.asarray(c, jnp.float32), jnp.asarray(frequencies, jnp.float32))[None]
+        rq, rk = rotate(q, angles, pairing), rotate(k, angles, pairing)
+        np.testing.assert_allclose(jnp.linalg.norm(rq, axis=-1), jnp.linalg.norm(q, axis=-1), rtol=1e-5)
+        return jnp.einsum("bihd,bjhd->bhij", rq, rk)
+
+    np.testing.assert_allclose(logits(coords + shift), logits(coords), atol=2e-4)
+    plain = jnp.einsum("bihd,bjhd->bhij", q, k)
+    assert not np.allclose(logits(coords), plain, atol=1e-2)  # it does rotate
+    # the diagonal (a token with itself, coordinate difference 0) is the plain q . k
+    np.testing.assert_allclose(jnp.diagonal(logits(coords), axis1=2, axis2=3),
+                               jnp.diagonal(plain, axis1=2, axis2=3), rtol=1e-4, atol=1e-4)
+
+
+def test_interleaved_pairs_turn_by_the_angle_as_complex_numbers_do(rng):
+    x = rng.standard_normal((1, 2, 1, 4)).astype(np.float32)
+    angles = rng.uniform(-3, 3, (1, 2, 1, 2)).astype(np.float32)
+    complex_x = x[..., 0::2] + 1j * x[..., 1::2]
+    expected = complex_x * np.exp(1j * angles)
+    got = np.asarray(rotate(jnp.asarray(x), jnp.asarray(angles), "interleaved"))
+    np.testing.assert_allclose(got[..., 0::2] + 1j * got[..., 1::2], expected, rtol=1e-5)
+    halves = np.asarray(rotate(jnp.asarray(x), jnp.asarray(angles), "halves"))
+    np.testing.assert_allclose(halves[..., :2] + 1j * halves[..., 2:], (x[..., :2] + 1j * x[..., 2:])
+                               * np.exp(1j * angles), rtol=1e-5)
+
+
+def test_prefix_tokens_are_not_rotated(rng):
+    seen = {}
+
+    def capture(query, key, value, **unused):
+        seen.update(query=query, key=key)
+        return value
+
+    q = jnp.asarray(rng.standard_normal((2, 5, 2, 8)), jnp.float32)
+    angles = jnp.asarray(rng.uniform(-3, 3, (1, 3, 1, 4)), jnp.float32)
+    rotating_attention(capture, angles, num_prefix=2, pairing="interleaved")(q, q, q)
+    np.testing.assert_array_equal(seen["query"][:, :2], q[:, :2])
+    np.testing.assert_allclose(seen["key"][:, 2:], rotate(q[:, 2:], angles, "interleaved"), rtol=1e-6)
+
+
+def test_dinov3_convention_gives_timms_dinov3_angles():
+    """`centered` coordinates, rows first (`ij`), theta 100: the angles of timm's `RotaryEmbeddingDinoV3` (a port
+    of facebookresearch/dinov3's `RopePositionEmbedding`), on a non-square grid."""
+    import_timm()
+    from timm.layers.pos_embed_sincos import RotaryEmbeddingDinoV3
+
+    head_dim, grid = 16, (3, 5)
+    reference = RotaryEmbeddingDinoV3(dim=head_dim, temperature=100.0).get_embed(list(grid)).numpy()
+    sin, cos = np.split(reference, 2, axis=-1)  # (N, head_dim) each, halves layout: [a, a]
+    coords = grid_coordinates(grid, "centered")
+    angles = coords @ axial_frequencies(head_dim, 2, 100.0, "ij")
+    np.testing.assert_allclose(sin, np.sin(np.concatenate([angles, angles], -1)), atol=1e-5)
+    np.testing.assert_allclose(cos, np.cos(np.concatenate([angles, angles], -1)), atol=1e-5)
+
+
+TIMM_ROPE = {"rope_axial": "vit_small_patch16_rope_224", "rope_mixed": "vit_small_patch16_rope_mixed_224"}
+
+
+@pytest.mark.parametrize("posemb,registers", [("rope_axial", 0), ("rope_mixed", 2)])
+def test_the_same_weights_give_timms_rope_vit_logits_at_the_training_and_another_resolution(posemb, registers, rng):
+    """timm's naver RoPE-ViTs (Eva), f32 and exact GELU, layer scale set to 1; with registers, three prefix tokens
+    stay unrotated."""
+    timm = import_timm()
+    width, depth, heads = 32, 2, 2
+    reference = timm.create_model(TIMM_ROPE[posemb], pretrained=False, embed_dim=width, depth=depth,
+                                  num_heads=heads, img_size=32, patch_size=8, num_classes=5, dynamic_img_size=True,
+                                  num_reg_tokens=registers)
+    model = VisionTransformer(num_classes=5, patch_size=(8, 8), hidden_size=width, num_layers=depth, num_heads=heads,
+                              mlp_dim=4 * width, posemb=posemb, gelu_approximate=False, num_registers=registers)
+    params = timm_vit_params(perturb_timm(reference), depth, heads)
+    for hw in ((32, 32), (48, 24)):  # the training grid 4x4, then 6x3: rows and columns told apart
+        images = rng.standard_normal((2, *hw, 3)).astype(np.float32)
+        np.testing.assert_allclose(model.apply({"params": params}, images, train=False), timm_logits(reference, images),
+                                   atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(hidden_size=24, num_heads=4), "posemb='rope_axial' needs a head dimension .* divisible by 4 .* got head "
+                                        "dimension 6"),
+    (dict(tubelet_size=2, posemb="rope_mixed"), "posemb='rope_mixed' is for images .* takes 'rope_axial'"),
+    (dict(rope_pairing="halves", posemb="rope_mixed"), "pairs channels 'interleaved'"),
+    (dict(rope_coordinates="pixels"), r"rope_coordinates must be one of \('index', 'centered'\); got 'pixels'"),
+    (dict(rope_jitter=0.5), "rope_jitter must be None .* or a number >= 1; got 0.5"),
+])
+def test_rope_options_that_cannot_work_are_refused_when_the_model_is_built(options, message):
+    with pytest.raises(ValueError, match=message):
+        VisionTransformer(**{**dict(num_classes=3, patch_size=(4, 4), hidden_size=16, num_layers=1, mlp_dim=32,
+                                    num_heads=2, posemb="rope_axial"), **options})
+
+
+def test_a_rope_run_with_registers_patch_dropout_and_coordinate_augmentation_trains_from_the_config(
+        tmp_path, digits_data_dir):
+    from tests.conftest import tiny_digits_config
+    from vit_jax.metric_writers import read_metrics
+    from vit_jax.train import train_and_evaluate
+
+    config = tiny_digits_config(digits_data_dir, "num_steps=6,log_every=3,eval_every=6,checkpoint_every=6,"
+                                "model.posemb=rope_mixed,model.num_registers=2,model.patch_dropout=0.25,"
+                                "model.rope_shift=0.5,model.rope_jitter=1.2,model.rope_rescale=1.5")
+    results = train_and_evaluate(config, tmp_path)
+    losses = [r["train/loss"] for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and 0 <= results["test/accuracy"] <= 1
