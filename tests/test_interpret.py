@@ -101,6 +101,21 @@ def test_query_row_follows_the_class_token_or_the_mean_token_and_maps_to_the_gri
     np.testing.assert_allclose(query_row(matrix, 1), matrix[0])
     np.testing.assert_allclose(query_row(matrix[1:, 1:], 0), matrix[1:, 1:].mean(0))
     np.testing.assert_allclose(token_map(matrix[0], (2, 2), 1), [[1, 2], [3, 4]])
+    # registers (prefix tokens that are not a class token): the mean over the patch queries, registers left out
+    np.testing.assert_allclose(query_row(matrix, 1, class_token=False), matrix[1:].mean(0))
+
+
+def test_pictures_of_a_model_with_registers_map_the_patches_only(rng):
+    from vit_jax.interpret.pictures import compute_pictures
+
+    model = create_model("Ti/4", num_classes=3, classifier="gap", num_registers=2, hidden_size=16, num_layers=1,
+                         mlp_dim=32, num_heads=2)
+    images = rng.standard_normal((2, 8, 12, 3)).astype(np.float32)  # a 2x3 grid
+    pictures = compute_pictures(model, live_params(model, jnp.asarray(images)), images, (-1.0, 1.0))
+    assert pictures.weights.shape[-1] == 2 + 6 and pictures.query == "mean token"
+    weights = pictures.weights[0, 0]  # (heads, tokens, tokens) of images[0], layer 0
+    np.testing.assert_allclose(pictures.attention_maps()[0], weights[:, 2:, 2:].mean(1).reshape(2, 2, 3), rtol=1e-6)
+    assert pictures.rollout_map().shape == (2, 3)
 
 
 @pytest.mark.parametrize("scan", [False, True])

@@ -89,22 +89,25 @@ def test_dinov3_convention_gives_timms_dinov3_angles():
     np.testing.assert_allclose(cos, np.cos(np.concatenate([angles, angles], -1)), atol=1e-5)
 
 
-TIMM_ROPE = {"rope_axial": "vit_small_patch16_rope_224", "rope_mixed": "vit_small_patch16_rope_mixed_224"}
+TIMM_ROPE = {"rope_axial": "vit_small_patch16_rope_224", "rope_mixed": "vit_small_patch16_rope_mixed_224",
+             "rope_mixed_ape": "vit_small_patch16_rope_mixed_ape_224"}
 
 
-@pytest.mark.parametrize("posemb,registers", [("rope_axial", 0), ("rope_mixed", 2)])
-def test_the_same_weights_give_timms_rope_vit_logits_at_the_training_and_another_resolution(posemb, registers, rng):
+@pytest.mark.parametrize("name,registers", [("rope_axial", 0), ("rope_mixed", 2), ("rope_mixed_ape", 0)])
+def test_the_same_weights_give_timms_rope_vit_logits_at_the_training_and_another_resolution(name, registers, rng):
     """timm's naver RoPE-ViTs (Eva), f32 and exact GELU, layer scale set to 1; with registers, three prefix tokens
-    stay unrotated."""
+    stay unrotated. The `_ape` model (plus a learned table, resized bicubic by timm) at its training grid only."""
     timm = import_timm()
     width, depth, heads = 32, 2, 2
-    reference = timm.create_model(TIMM_ROPE[posemb], pretrained=False, embed_dim=width, depth=depth,
+    reference = timm.create_model(TIMM_ROPE[name], pretrained=False, embed_dim=width, depth=depth,
                                   num_heads=heads, img_size=32, patch_size=8, num_classes=5, dynamic_img_size=True,
                                   num_reg_tokens=registers)
+    ape = name.endswith("_ape")
     model = VisionTransformer(num_classes=5, patch_size=(8, 8), hidden_size=width, num_layers=depth, num_heads=heads,
-                              mlp_dim=4 * width, posemb=posemb, gelu_approximate=False, num_registers=registers)
+                              mlp_dim=4 * width, posemb=name.removesuffix("_ape"), rope_ape=ape,
+                              gelu_approximate=False, num_registers=registers)
     params = timm_vit_params(perturb_timm(reference), depth, heads)
-    for hw in ((32, 32), (48, 24)):  # the training grid 4x4, then 6x3: rows and columns told apart
+    for hw in ((32, 32),) if ape else ((32, 32), (48, 24)):  # the training grid 4x4, then 6x3: rows, columns apart
         images = rng.standard_normal((2, *hw, 3)).astype(np.float32)
         np.testing.assert_allclose(model.apply({"params": params}, images, train=False), timm_logits(reference, images),
                                    atol=2e-4, rtol=1e-4)
@@ -136,3 +139,30 @@ def test_a_rope_run_with_registers_patch_dropout_and_coordinate_augmentation_tra
     results = train_and_evaluate(config, tmp_path)
     losses = [r["train/loss"] for r in read_metrics(tmp_path) if "train/loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses)) and 0 <= results["test/accuracy"] <= 1
+
+
+def test_rope_gives_the_same_logits_scanned_rematerialised_through_the_xla_kernel_and_close_in_bfloat16(rng):
+    from tests.conftest import TINY, live_params
+    from vit_jax.models.encoder import stack_encoder_blocks
+
+    images = jnp.asarray(rng.standard_normal((2, 16, 12, 3)), jnp.float32)
+    model = VisionTransformer(num_classes=3, patch_size=(4, 4), posemb="rope_mixed", num_registers=1, **TINY)
+    params = live_params(model, images)
+    expected = model.apply({"params": params}, images, train=False)
+    scanned = model.clone(scan=True, remat=True, attention_impl="xla")
+    np.testing.assert_allclose(scanned.apply({"params": stack_encoder_blocks(params)}, images, train=False),
+                               expected, atol=1e-5)
+    half = model.clone(dtype=jnp.bfloat16).apply({"params": params}, images, train=False)
+    np.testing.assert_allclose(half, expected, atol=0.1 * float(jnp.abs(expected).max()))
+
+
+def test_videos_turn_frames_rows_and_columns_each_on_their_own_pairs():
+    frequencies = axial_frequencies(64, 3, 100.0, "xy")  # 32 pairs: 10 per axis, 2 left unrotated
+    owner = [tuple(np.flatnonzero(frequencies[:, p])) for p in range(32)]
+    assert owner == [(0,)] * 10 + [(2,)] * 10 + [(1,)] * 10 + [()] * 2  # frames, columns, rows (xy)
+    np.testing.assert_allclose(frequencies[0, :10], 100.0 ** (-np.arange(10) / 10))
+    assert [tuple(np.flatnonzero(f)) for f in axial_frequencies(8, 2, 100.0, "ij").T] == [(0,), (0,), (1,), (1,)]
+    model = VisionTransformer(num_classes=3, patch_size=(4, 4), tubelet_size=2, posemb="rope_axial", hidden_size=24,
+                              num_layers=1, mlp_dim=32, num_heads=2)  # head_dim 12: 2 pairs per axis
+    video = jnp.ones((1, 4, 8, 8, 3))
+    assert model.apply(model.init(jax.random.key(0), video, train=False), video, train=False).shape == (1, 3)

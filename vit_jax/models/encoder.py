@@ -120,7 +120,8 @@ class EncoderOptions:
         `vit_jax.models.rope`; rope_grid: interpolated RoPE, `index` coordinates rescaled so every input grid
         spans this grid (EVA's `ref_feat_shape`; None: a patch's coordinates are its row and column at any
         resolution); rope_shift, rope_jitter, rope_rescale: DINOv3's train-time augmentation of the rotary
-        coordinates (None: off).
+        coordinates (None: off); rope_ape: a learned absolute table (as `posemb='learn'`) added as well, timm's
+        `vit_*_rope_*_ape` models.
     """
 
     num_layers: int
@@ -146,6 +147,7 @@ class EncoderOptions:
     rope_pairing: RopePairing = "interleaved"
     rope_axis_order: RopeAxisOrder = "xy"
     rope_grid: tuple[int, ...] | None = None
+    rope_ape: bool = False
     rope_shift: float | None = None
     rope_jitter: float | None = None
     rope_rescale: float | None = None
@@ -298,12 +300,12 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None,
                  positions: TokenPositions | None = None) -> jax.Array:
         rope = self.posemb if is_rope(self.posemb) else None
-        table = "none" if rope else self.posemb
+        o = self.options
+        table = ("learn" if o.rope_ape else "none") if rope else self.posemb
         if positions is None:
             x = AddPositionEmbs(table, self.grid, self.num_prefix, self.posemb_grid, name="posembed_input")(x)
         else:
             x = PackedPositionEmbs(table, self.grid, name="posembed_input")(x, positions)
-        o = self.options
         coords = self._rotary_coordinates(positions, train) if rope else None
         if train and o.patch_dropout:
             x, coords = drop_patches(x, coords, self.num_prefix, o.patch_dropout, self.make_rng("dropout"))

@@ -87,7 +87,7 @@ class NaViT(VisionTransformer):
     classifier_kinds: ClassVar[tuple[str, ...]] = ("gap", "map")
 
     def __post_init__(self) -> None:
-        if self.posemb in ("learn", "factorized") and self.posemb_grid is None:
+        if (self.posemb in ("learn", "factorized") or self.rope_ape) and self.posemb_grid is None:
             raise ValueError(f"NaViT with posemb={self.posemb!r} needs posemb_grid (rows, columns): the grid the "
                              f"learned table is stored at ('learn') or the largest image grid ('factorized')")
         if getattr(self, "resnet_num_layers", None) is not None or getattr(self, "tubelet_size", None) is not None:

@@ -73,6 +73,9 @@ def check_rope_options(posemb: str, head_dim: int, grid_axes: int, options: Any)
         if value is not None and not (math.isfinite(value) and value >= least):
             raise ValueError(f"{field} must be None (off) or a number >= {least:g}; got {value!r}")
     if not is_rope(posemb):
+        if options.rope_ape:
+            raise ValueError(f"rope_ape adds a learned table to a rotary encoding; posemb={posemb!r} is not one "
+                             f"({ROPE_KINDS})")
         return
     if head_dim % 4:
         raise ValueError(f"posemb={posemb!r} needs a head dimension (hidden_size / num_heads, or qkv_dim / num_heads) "
