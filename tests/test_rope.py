@@ -142,11 +142,12 @@ def test_a_rope_run_with_registers_patch_dropout_and_coordinate_augmentation_tra
 
 
 def test_rope_gives_the_same_logits_scanned_rematerialised_through_the_xla_kernel_and_close_in_bfloat16(rng):
-    from tests.conftest import TINY, live_params
+    from tests.conftest import live_params
     from vit_jax.models.encoder import stack_encoder_blocks
 
-    images = jnp.asarray(rng.standard_normal((2, 16, 12, 3)), jnp.float32)
-    model = VisionTransformer(num_classes=3, patch_size=(4, 4), posemb="rope_mixed", num_registers=1, **TINY)
+    images = jnp.asarray(rng.standard_normal((2, 8, 12, 3)), jnp.float32)
+    model = VisionTransformer(num_classes=3, patch_size=(4, 4), posemb="rope_mixed", num_registers=1, hidden_size=16,
+                              num_layers=2, mlp_dim=32, num_heads=2)
     params = live_params(model, images)
     expected = model.apply({"params": params}, images, train=False)
     scanned = model.clone(scan=True, remat=True, attention_impl="xla")
@@ -166,3 +167,12 @@ def test_videos_turn_frames_rows_and_columns_each_on_their_own_pairs():
                               num_layers=1, mlp_dim=32, num_heads=2)  # head_dim 12: 2 pairs per axis
     video = jnp.ones((1, 4, 8, 8, 3))
     assert model.apply(model.init(jax.random.key(0), video, train=False), video, train=False).shape == (1, 3)
+
+
+def test_coordinates_index_the_grid_centre_it_for_dinov3_or_span_the_training_grid_when_interpolated():
+    np.testing.assert_array_equal(grid_coordinates((2, 3), "index"), [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]])
+    np.testing.assert_allclose(grid_coordinates((1, 4), "centered")[:, 1] / (2 * np.pi), [-0.75, -0.25, 0.25, 0.75])
+    # interpolated: an 8x2 grid read on a 4x4 training grid (EVA's ref_feat_shape: t / size * reference)
+    interpolated = grid_coordinates((8, 2), "index", reference_grid=(4, 4))
+    np.testing.assert_allclose(np.unique(interpolated[:, 0]), np.arange(8) * 0.5)
+    np.testing.assert_allclose(np.unique(interpolated[:, 1]), [0.0, 2.0])
