@@ -66,7 +66,7 @@ def test_bad_options_exit_2_naming_the_value(capsys, args, message):
 @pytest.mark.slow
 def test_the_command_measures_both_sides_and_writes_json(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
-    argv = ["--variants", "Ti/16", "--image-size", "32", "--batch-sizes", "4", "--modes", "infer",
+    argv = ["--variants", "mu/16", "--image-size", "32", "--batch-sizes", "4", "--modes", "infer",
             "--dtypes", "f32", "--ceiling-size", "256", "--vs-timm", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", ["vit_jax.benchmark", *argv])
     assert cli.main(argv) == 0
