@@ -120,6 +120,9 @@ def test_the_same_weights_give_timms_rope_vit_logits_at_the_training_and_another
     (dict(rope_pairing="halves", posemb="rope_mixed"), "pairs channels 'interleaved'"),
     (dict(rope_coordinates="pixels"), r"rope_coordinates must be one of \('index', 'centered'\); got 'pixels'"),
     (dict(rope_jitter=0.5), "rope_jitter must be None .* or a number >= 1; got 0.5"),
+    (dict(rope_grid=(4,)), r"rope_grid must be None or 2 positive ints \(the training grid\); got \(4,\)"),
+    (dict(posemb="learn", rope_theta=10.0, rope_ape=True), "rope_theta, rope_ape set, but posemb='learn' is not a "
+                                                            "rotary encoding"),
 ])
 def test_rope_options_that_cannot_work_are_refused_when_the_model_is_built(options, message):
     with pytest.raises(ValueError, match=message):

@@ -72,10 +72,16 @@ def check_rope_options(posemb: str, head_dim: int, grid_axes: int, options: Any)
         value = getattr(options, field)
         if value is not None and not (math.isfinite(value) and value >= least):
             raise ValueError(f"{field} must be None (off) or a number >= {least:g}; got {value!r}")
+    if options.rope_grid is not None and (len(options.rope_grid) != grid_axes or not all(
+            isinstance(g, int) and g > 0 for g in options.rope_grid)):
+        raise ValueError(f"rope_grid must be None or {grid_axes} positive ints (the training grid); got "
+                         f"{options.rope_grid!r}")
     if not is_rope(posemb):
-        if options.rope_ape:
-            raise ValueError(f"rope_ape adds a learned table to a rotary encoding; posemb={posemb!r} is not one "
-                             f"({ROPE_KINDS})")
+        unused = [f for f in ("rope_theta", "rope_grid", "rope_shift", "rope_jitter", "rope_rescale")
+                  if getattr(options, f) is not None] + (["rope_ape"] if options.rope_ape else [])
+        if unused:
+            raise ValueError(f"{', '.join(unused)} set, but posemb={posemb!r} is not a rotary encoding "
+                             f"({', '.join(ROPE_KINDS)})")
         return
     if head_dim % 4:
         raise ValueError(f"posemb={posemb!r} needs a head dimension (hidden_size / num_heads, or qkv_dim / num_heads) "
