@@ -41,7 +41,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,28 +186,6 @@ def rotate(x: jax.Array, angles: jax.Array, pairing: RopePairing) -> jax.Array:
         a, b = y[..., :half], y[..., half:]
         rotated = jnp.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
     return rotated.astype(x.dtype)
-
-
-class RotaryAngles(nn.Module):
-    """The angles `(B or 1, N_patches, H or 1, head_dim / 2)` one block turns its patch tokens' queries and keys by,
-    from their coordinates `(B or 1, N_patches, axes)`. `rope_mixed` owns the block's learned `rope_frequencies`."""
-
-    kind: str
-    num_heads: int
-    head_dim: int
-    theta: float
-    axis_order: RopeAxisOrder = "xy"
-
-    @nn.compact
-    def __call__(self, coords: jax.Array) -> jax.Array:
-        axes = coords.shape[-1]
-        if self.kind == "rope_axial":
-            frequencies = jnp.asarray(axial_frequencies(self.head_dim, axes, self.theta, self.axis_order), jnp.float32)
-            return jnp.einsum("bna,ap->bnp", coords, frequencies)[:, :, None, :]
-        frequencies = self.param("rope_frequencies", init_mixed_frequencies(self.theta),
-                                 (2, self.num_heads, self.head_dim // 2), jnp.float32)
-        x, y = coords[..., 1], coords[..., 0]  # (row, column) -> x the column, y the row
-        return (x[..., None, None] * frequencies[0] + y[..., None, None] * frequencies[1])
 
 
 def rotating_attention(attention_fn: Callable[..., jax.Array], angles: jax.Array, num_prefix: int,
