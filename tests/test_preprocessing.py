@@ -82,3 +82,22 @@ def test_a_video_gets_each_frame_the_images_treatment_with_one_draw_per_clip(tra
             np.testing.assert_array_equal(out[frame], alone)
     evaluated = pp.eval({"image": video, "label": 2})["image"]
     np.testing.assert_allclose(evaluated, np.stack([resize(f, (16, 16)) for f in video]) / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("train_crop", ["none", "pad", "inception"])
+def test_a_source_resized_once_gives_the_examples_of_resizing_on_every_read(rng, train_crop):
+    from vit_jax.data.sources import InMemorySource
+
+    examples = [{"image": rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), "label": i} for i in range(5)]
+    preprocess = Preprocess(image_size=(16, 16), train_crop=train_crop, crop_padding=2, flip=True)
+    assert preprocess.resize_once(training=False)  # evaluation resizes first, always
+    assert preprocess.resize_once(training=True) == (train_crop != "inception")  # nothing random before it
+    once = InMemorySource(examples, chunk=2, transform=preprocess.resized)
+    assert once[0]["image"].shape == (16, 16, 1) and examples[0]["image"].shape == (8, 8, 1)  # source untouched
+    for i, example in enumerate(examples):
+        np.testing.assert_array_equal(preprocess.eval(once[i])["image"], preprocess.eval(example)["image"])
+        if preprocess.resize_once(training=True):
+            a = preprocess.train(once[i], np.random.default_rng(i))
+            b = preprocess.train(example, np.random.default_rng(i))
+            np.testing.assert_array_equal(a["image"], b["image"])
+            assert a["label"] == b["label"] == i

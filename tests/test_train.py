@@ -10,23 +10,37 @@ import pytest
 
 from tests.conftest import ROOT, run_main, tiny_digits_config
 from tests.tensorboard_events import tensorboard_scalars
+import vit_jax.train
 from vit_jax import predict, visualize
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.config import saved_config
 from vit_jax.metric_writers import read_metrics
+from vit_jax.sharding import to_global
 from vit_jax.train import NonFiniteLossError, train_and_evaluate
 
 
-def test_training_writes_metrics_tensorboard_checkpoints_and_resumes(tmp_path, digits_data_dir):
+def test_training_writes_metrics_tensorboard_checkpoints_and_resumes(tmp_path, digits_data_dir, monkeypatch):
     config = tiny_digits_config(digits_data_dir)
+    reads = []
+
+    def slow_input_after_step_10(batch, sharding):  # the input pipeline falls behind for the last two windows
+        reads.append(1)
+        if len(reads) > 10:
+            time.sleep(0.2)
+        return to_global(batch, sharding)
+
+    monkeypatch.setattr(vit_jax.train, "to_global", slow_input_after_step_10)
     results = train_and_evaluate(config, tmp_path)
     assert results["eval/num_examples"] == 180 and results["test/num_examples"] == 360
     records = read_metrics(tmp_path)
     train_steps = [r["step"] for r in records if "train/loss" in r]
     assert train_steps == [5, 10, 15, 20]
     for key in ("train/accuracy", "train/learning_rate", "train/grad_norm", "perf/images_per_second",
-                "perf/step_seconds"):
+                "perf/step_seconds", "perf/data_wait_fraction"):
         assert key in records[1], key
+    waits = {r["step"]: r["perf/data_wait_fraction"] for r in records if "perf/data_wait_fraction" in r}
+    assert all(0 <= wait <= 1 for wait in waits.values())
+    assert waits[15] > 0.5 and waits[20] > 0.5  # 0.2 s waits against tiny steps: the loop mostly waited
     assert [r["step"] for r in records if "eval/accuracy" in r] == [10, 20]
     assert [r["step"] for r in records if "test/accuracy" in r] == [20]
     assert "eval/top5_accuracy" in records[-2]

@@ -78,16 +78,21 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
     model = model_from_config(config, spec.num_classes)
     image_shape = (*spec.image_shape[:-3], *tuple(config.image_size), spec.image_shape[-1])  # frames resized
 
+    packed = packed_preprocess_from_config(config, model) if config.packing.enabled else None
+    preprocess = preprocess_from_config(config)
     sources = {}
     for field in SPLIT_FIELDS:
         if not config[field]:  # no test split
             continue
         source = open_split(builder, config[field])
+        size = split_size(builder, config[field])
         cache = config.cache_in_memory
-        if cache is True or (cache == "auto" and fits_in_memory(spec, split_size(builder, config[field]))):
-            source = InMemorySource(source)
+        if cache is True or (cache == "auto" and fits_in_memory(spec, size)):
+            resize_once = (packed is None and preprocess.resize_once(training=field == "train_split")
+                           and not (field != "train_split" and config.eval_image_sizes)  # those resize the source
+                           and fits_in_memory(dataclasses.replace(spec, image_shape=image_shape), size))
+            source = InMemorySource(source, transform=preprocess.resized if resize_once else None)
         sources[field] = source
-    packed = packed_preprocess_from_config(config, model) if config.packing.enabled else None
     mesh = make_mesh(config.mesh, devices)
     if mesh.size > 1:  # keep activations split the way parameters and batches are
         model = model.clone(activation_sharding=ActivationSharding(
@@ -100,7 +105,7 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         num_classes=spec.num_classes,
         image_shape=image_shape,
         sources=sources,
-        preprocess=preprocess_from_config(config),
+        preprocess=preprocess,
         tx=make_optimizer(config.optimizer, config.num_steps),
         schedule=learning_rate_schedule(config.optimizer, config.num_steps),
         flexi_sizes=flexi_patch_sizes(config.flexi.patch_sizes),

@@ -7,6 +7,7 @@ the latest checkpoint, data position included.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -38,6 +39,9 @@ from vit_jax.metric_writers import MetricWriter
 from vit_jax.preemption import PreemptionWatcher
 from vit_jax.sharding import batch_sharding, replicated, to_global
 from vit_jax.steps import TrainState, make_eval_step, make_train_step
+
+
+MAX_STEPS_AHEAD = 2  # steps the host may dispatch before the oldest has finished
 
 
 class NonFiniteLossError(RuntimeError):
@@ -158,16 +162,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
 def train_loop(run: Run, state: TrainState, start_step: int, preemption: PreemptionWatcher
                ) -> tuple[TrainState, dict[str, float]]:
     """Steps `start_step + 1 .. num_steps`, with logging, evaluation and checkpoints; returns the final state and
-    the last eval metrics."""
+    the last eval metrics. The host never reads a step's results before `log_every` (or an evaluation or save)
+    asks for them: it only waits for the step `MAX_STEPS_AHEAD` back to finish, so the next batch is read and
+    placed while the device computes, and at most that many batches are in flight."""
     config, writer, checkpoints = run.setup.config, run.writer, run.checkpoints
     compiled: dict[tuple[int, int] | None, Callable] = {}  # one compiled step per (FlexiViT) patch size
     results: dict[str, float] = {}
     window: list[dict[str, jax.Array]] = []
-    window_start = time.perf_counter()
-    pending_loss: tuple[int, jax.Array] | None = None  # checked one step late, so the host never waits on a step
+    window_start, data_wait = time.perf_counter(), 0.0
+    unchecked: list[tuple[int, jax.Array]] = []  # losses not yet checked for NaN: checked before anything is saved
+    in_flight: collections.deque[jax.Array] = collections.deque()
 
     for step in range(start_step + 1, config.num_steps + 1):
+        wait_start = time.perf_counter()
         batch = to_global(next(run.train_data), run.data_sharding)
+        data_wait += time.perf_counter() - wait_start
         patch_size = None
         if run.setup.flexi_sizes:  # drawn for the update that takes the state from step - 1 to step
             patch_size = draw_patch_size(config.seed, step, run.setup.flexi_sizes, run.setup.flexi_probabilities)
@@ -179,43 +188,50 @@ def train_loop(run: Run, state: TrainState, start_step: int, preemption: Preempt
                 record["flexi/compiled_patch_size"] = float(patch_size[0])
             writer.write(step - 1, record)
             window_start += time.perf_counter() - compile_start  # compile time is not step time
-        train_step = compiled[patch_size]
-        state, metrics = train_step(state, batch)
+        state, metrics = compiled[patch_size](state, batch)
         window.append(metrics)
-        if pending_loss is not None:
-            _check_finite(*pending_loss, checkpoints)
-        pending_loss = (step, metrics["train/loss"])
+        unchecked.append((step, metrics["train/loss"]))
+        in_flight.append(metrics["train/loss"])
+        if len(in_flight) > MAX_STEPS_AHEAD:
+            in_flight.popleft().block_until_ready()  # a wait, not a transfer: bounds the batches in flight
         writer.advance()
 
         is_last = step == config.num_steps
         if step % config.log_every == 0 or is_last:
+            _check_finite(unchecked, checkpoints)
             writer.write(step, _window_metrics(jax.device_get(window), time.perf_counter() - window_start,
-                                               config.batch_size))
+                                               data_wait, config.batch_size))
             window = []
         eval_metrics = None
         if step % config.eval_every == 0 or is_last:
-            _check_finite(*pending_loss, checkpoints)
+            _check_finite(unchecked, checkpoints)
             eval_metrics = results = run.evaluator.split_metrics(state.params, "eval_split", "eval")
             writer.write(step, eval_metrics)
             run.pictures.after_eval(step, state.params, is_last)
         if eval_metrics is not None or step % config.checkpoint_every == 0 or is_last:
-            _check_finite(*pending_loss, checkpoints)
+            _check_finite(unchecked, checkpoints)
             run.save(step, state, metrics=eval_metrics)
         if preemption.reached(step) and not is_last:
-            _check_finite(*pending_loss, checkpoints)
+            _check_finite(unchecked, checkpoints)
             if checkpoints.latest_step() != step:
                 run.save(step, state)
             checkpoints.wait()
             raise Preempted(f"SIGTERM received: saved step {step} in {checkpoints.directory}; run the same "
                             f"command again to resume")
         if eval_metrics is not None or step % config.log_every == 0:
-            window_start = time.perf_counter()  # evaluation and logging time is not step time
+            window_start, data_wait = time.perf_counter(), 0.0  # evaluation and logging time is not step time
     return state, dict(results)
 
 
-def _check_finite(step: int, loss: jax.Array, checkpoints: TrainCheckpoints) -> None:
-    value = float(loss)
-    if not math.isfinite(value):
+def _check_finite(unchecked: list[tuple[int, jax.Array]], checkpoints: TrainCheckpoints) -> None:
+    """Raises at the first non-finite loss among `unchecked` (which it empties)."""
+    losses = jax.device_get([loss for _, loss in unchecked])
+    steps = [step for step, _ in unchecked]
+    unchecked.clear()
+    for step, value in zip(steps, losses):
+        value = float(value)
+        if math.isfinite(value):
+            continue
         last = checkpoints.latest_step()
         kept = (f"The last good checkpoint (step {last}) is kept in {checkpoints.directory}" if last is not None
                 else "No checkpoint had been saved yet, so the run will start from scratch when run again")
@@ -225,11 +241,14 @@ def _check_finite(step: int, loss: jax.Array, checkpoints: TrainCheckpoints) -> 
         )
 
 
-def _window_metrics(window: list[dict[str, np.ndarray]], elapsed: float, batch_size: int) -> dict[str, float]:
-    """Means over the steps since the last log (learning rate: the latest), and throughput."""
+def _window_metrics(window: list[dict[str, np.ndarray]], elapsed: float, data_wait: float, batch_size: int
+                    ) -> dict[str, float]:
+    """Means over the steps since the last log (learning rate: the latest), throughput, and the share of the time
+    the loop waited for input (`perf/data_wait_fraction`: near 0 when the input pipeline keeps ahead)."""
     metrics = {key: float(np.mean([m[key] for m in window])) for key in window[0]}
     metrics["train/learning_rate"] = float(window[-1]["train/learning_rate"])
     metrics["perf/step_seconds"] = elapsed / len(window)
     images_per_example = metrics.get("train/images_per_sequence", 1.0)  # packed: images per sequence
     metrics["perf/images_per_second"] = images_per_example * batch_size * len(window) / elapsed
+    metrics["perf/data_wait_fraction"] = min(data_wait / elapsed, 1.0) if elapsed > 0 else 0.0
     return metrics

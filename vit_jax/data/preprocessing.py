@@ -104,6 +104,15 @@ class Preprocess:
         if self.train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {self.train_crop!r}")
 
+    def resized(self, example: dict[str, Any]) -> dict[str, Any]:
+        """`example` with its image at `image_size`: the deterministic first step of `eval`, and of `train` unless
+        it crops first (Inception crop). A source held in memory applies it once (`resize_once`), not per read."""
+        return {**example, "image": resize(example["image"], self.image_size, self.resize_method)}
+
+    def resize_once(self, training: bool) -> bool:
+        """Whether this path's resize may be done once per example ahead of time: nothing random comes before it."""
+        return not (training and self.train_crop == "inception")
+
     def train(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = example["image"]
         if self.train_crop == "inception":

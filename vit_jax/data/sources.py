@@ -13,7 +13,7 @@ import dataclasses
 import fcntl
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,14 +142,17 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str) -> Sequence[dict[s
 
 
 class InMemorySource(Sequence[dict[str, Any]]):
-    """A split read and decoded once into memory: small datasets then cost no decoding per step."""
+    """A split read and decoded once into memory: small datasets then cost no decoding per step. `transform`: a
+    deterministic per-example step (the resize to the training size) done once here instead of on every read."""
 
-    def __init__(self, source: Sequence[dict[str, Any]], chunk: int = 1024):
+    def __init__(self, source: Sequence[dict[str, Any]], chunk: int = 1024,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
         getitems = getattr(source, "__getitems__", None)
         self._examples: list[dict[str, Any]] = []
         for start in range(0, len(source), chunk):
             indices = list(range(start, min(start + chunk, len(source))))
-            self._examples.extend(getitems(indices) if getitems else [source[i] for i in indices])
+            examples = getitems(indices) if getitems else [source[i] for i in indices]
+            self._examples.extend(map(transform, examples) if transform else examples)
 
     def __len__(self) -> int:
         return len(self._examples)
