@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+import vit_jax.train
 from tests.conftest import ROOT, run_main, tiny_digits_config
 from tests.tensorboard_events import tensorboard_scalars
-import vit_jax.train
 from vit_jax import predict, visualize
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.config import saved_config

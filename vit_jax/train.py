@@ -40,7 +40,6 @@ from vit_jax.preemption import PreemptionWatcher
 from vit_jax.sharding import batch_sharding, replicated, to_global
 from vit_jax.steps import TrainState, make_eval_step, make_train_step
 
-
 MAX_STEPS_AHEAD = 2  # steps the host may dispatch before the oldest has finished
 
 
