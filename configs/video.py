@@ -10,11 +10,13 @@ Tubelets of 2 frames x 4x4 pixels make a 4x4x4 grid of 64 tokens, with spatio-te
 (`config.model.tubelet_size`; see `vit_jax.models.tubelet`). A single frame says nothing about the direction (the
 digit starts anywhere and wraps around the edges), so the model has to compare frames.
 
-Starting from an image model instead (ViViT's inflation, `vit_jax.checkpoint.inflate`): train configs/digits.py,
-then give its workdir; its 4x4 patch kernel becomes a 2x4x4 tubelet kernel and its position table is repeated
-over the 4 temporal positions (the 10-class head is re-initialised for the 4 directions):
+Starting from an image model instead (ViViT's inflation, `vit_jax.checkpoint.inflate`): train configs/digits.py
+with this model's depth (4 layers; the default digits run trains 2), then give its workdir; its 4x4 patch kernel
+becomes a 2x4x4 tubelet kernel and its position table is repeated over the 4 temporal positions (the 10-class
+head is re-initialised for the 4 directions):
 
-    python -m vit_jax.main --config=configs/digits.py --workdir=/tmp/digits_run
+    python -m vit_jax.main --config=configs/digits.py:model.num_layers=4,num_steps=2000,pp.crop_padding=2 \
+        --workdir=/tmp/digits_run
     python -m vit_jax.main --config=configs/video.py:init.path=/tmp/digits_run,init.inflation=central \\
         --workdir=/tmp/video_inflated
 
@@ -35,7 +37,7 @@ def get_config(arg: str | None = None):
     config.pp.crop_padding = 2
     config.pp.flip = False  # a flip would turn left into right: the label is the direction
 
-    # The digits config's model, with tubelets: inflating a configs/digits.py checkpoint fits it exactly.
+    # The digits model at 4 layers, with tubelets: a configs/digits.py checkpoint at that depth inflates into it.
     config.model = model_config("Ti/4", hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128, classifier="gap",
                                 tubelet_size=2)
 

@@ -85,7 +85,7 @@ def moving_digits_data_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def readme_run(tmp_path_factory, digits_data_dir) -> tuple[Path, subprocess.CompletedProcess]:
-    """The README's main command (configs/digits.py, 2,000 steps), run once: its test checks the output, and its
+    """The README's main command (configs/digits.py, 1,200 steps), run once: its test checks the output, and its
     workdir is the trained model the fine-tuning tests start from. Tests using it share the xdist group
     `readme_run`, so one worker runs it."""
     workdir = tmp_path_factory.mktemp("readme_run")

@@ -168,13 +168,13 @@ def test_sigterm_saves_exits_143_and_resumes(tmp_path, uninterrupted, digits_dat
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("readme_run")
-def test_readme_main_command_trains_digits_to_97_percent(readme_run, tmp_path, capsys):
+def test_readme_main_command_trains_digits_to_98_percent(readme_run, tmp_path, capsys):
     workdir, result = readme_run
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(re.search(r"final test accuracy: ([\d.]+)% on 360 sklearn_digits test images", result.stdout)[1])
-    assert accuracy >= 97.0
+    assert accuracy >= 98.0
     assert list(workdir.glob("events.out.tfevents.*")) and (workdir / "metrics.jsonl").exists()
-    assert TrainCheckpoints(workdir / "checkpoints").latest_step() == 2000
+    assert TrainCheckpoints(workdir / "checkpoints").latest_step() == 1200
 
     # the README's predict and visualize commands on that run (their main functions), with the README's digit
     capsys.readouterr()

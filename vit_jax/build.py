@@ -116,6 +116,17 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
     )
 
 
+# XLA:CPU options for programs that run once (the state's init): compiling fast beats running fast. The digits
+# model's init compiles in 4.2 s instead of 6.7 s (2-core AMD EPYC Zen 1) and still runs in milliseconds.
+RUN_ONCE_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def compile_run_once(jitted: Any, *args: Any) -> Any:
+    """`jitted` compiled for `args` at the lowest XLA:CPU optimization level (other backends: their defaults)."""
+    options = RUN_ONCE_CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    return jitted.lower(*args).compile(compiler_options=options)
+
+
 def init_state_fn(setup: Setup, key: jax.Array) -> Callable[[], TrainState]:
     def init() -> TrainState:
         if setup.packed is None:

@@ -8,6 +8,7 @@ the latest checkpoint, data position included.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import math
 import time
@@ -22,6 +23,7 @@ from ml_collections import ConfigDict
 
 from vit_jax.build import (
     Setup,
+    compile_run_once,
     init_state_fn,
     plan_init,
     resumed_examples,
@@ -98,14 +100,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
 
     data_sharding = batch_sharding(setup.mesh)
     train_data = train_iterator(setup, start_examples)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
+                            shardings)
+    background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="init")
+    state: TrainState | concurrent.futures.Future[TrainState]
     if start_step:
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
-                                shardings)
         state = checkpoints.restore(start_step, abstract, train_data if setup.packed is not None else None)
-    else:
-        state = jax.jit(init, out_shardings=shardings)()
+    else:  # compiled and run beside the train step's compile (XLA compiles one program per thread)
+        state = background.submit(lambda: compile_run_once(jax.jit(init, out_shardings=shardings))())
         if adaptation is not None:
-            state = start_from(adaptation, state, setup.tx, shardings)
+            state = start_from(adaptation, state.result(), setup.tx, shardings)
 
     writer = MetricWriter(workdir, total_steps=config.num_steps, start_step=start_step,
                           enabled=jax.process_index() == 0)
@@ -147,21 +151,23 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
                 run.writer.print(f"init from {config.init.path}: {note}")
             run.writer.write(0, run.evaluator.split_metrics(state.params, "eval_split", "eval"))  # before any fine-tuning step
         with PreemptionWatcher() as preemption:
-            state, results = train_loop(run, state, start_step, preemption)
+            state, results = train_loop(run, state, abstract, start_step, preemption)
         if config.test_split:
             results.update(final_test(run.evaluator, state.params, int(state.step), run.writer,
                                       f"{config.dataset} {config.test_split}"))
     finally:
+        background.shutdown(cancel_futures=True)
         checkpoints.wait()
         checkpoints.close()
         run.writer.close()
     return results
 
 
-def train_loop(run: Run, state: TrainState, start_step: int, preemption: PreemptionWatcher
-               ) -> tuple[TrainState, dict[str, float]]:
+def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainState], abstract_state: TrainState,
+               start_step: int, preemption: PreemptionWatcher) -> tuple[TrainState, dict[str, float]]:
     """Steps `start_step + 1 .. num_steps`, with logging, evaluation and checkpoints; returns the final state and
-    the last eval metrics. The host never reads a step's results before `log_every` (or an evaluation or save)
+    the last eval metrics. The train step compiles against `abstract_state`, so a fresh `state` may still be
+    compiling and initialising (a future) meanwhile. The host never reads a step's results before `log_every` (or an evaluation or save)
     asks for them: it only waits for the step `MAX_STEPS_AHEAD` back to finish, so the next batch is read and
     placed while the device computes, and at most that many batches are in flight."""
     config, writer, checkpoints = run.setup.config, run.writer, run.checkpoints
@@ -181,12 +187,14 @@ def train_loop(run: Run, state: TrainState, start_step: int, preemption: Preempt
             patch_size = draw_patch_size(config.seed, step, run.setup.flexi_sizes, run.setup.flexi_probabilities)
         if patch_size not in compiled:
             compile_start = time.perf_counter()
-            compiled[patch_size] = run.train_step.lower(state, batch, patch_size).compile()
+            compiled[patch_size] = run.train_step.lower(abstract_state, batch, patch_size).compile()
             record = {"perf/compile_seconds": time.perf_counter() - compile_start}
             if patch_size is not None:
                 record["flexi/compiled_patch_size"] = float(patch_size[0])
             writer.write(step - 1, record)
-            window_start += time.perf_counter() - compile_start  # compile time is not step time
+            if isinstance(state, concurrent.futures.Future):
+                state = state.result()
+            window_start += time.perf_counter() - compile_start  # compile (and init) time is not step time
         state, metrics = compiled[patch_size](state, batch)
         window.append(metrics)
         unchecked.append((step, metrics["train/loss"]))

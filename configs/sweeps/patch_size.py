@@ -3,7 +3,7 @@
     python -m vit_jax.sweep --config=configs/sweeps/patch_size.py --workdir=workdirs/patch_size_sweep
     python -m vit_jax.sweep --config=configs/sweeps/patch_size.py:flexi --workdir=workdirs/patch_size_sweep
 
-The first command trains the 8 dedicated models (the model of configs/digits.py, 1,200 steps each); the second
+The first command trains the 8 dedicated models (configs/digits.py's model at 4 layers, 1,200 steps each); the second
 adds one FlexiViT model, trained with a patch size drawn each step from {1, 2, 4, 8} for 4 x 1,200 steps (the
 training compute of the four dedicated models of one seed) and evaluated at each size (the dedicated points are
 already done, so they are skipped). Both write results.csv, results.md and the
@@ -37,6 +37,7 @@ def get_config(arg: str | None = None):
     del arg  # the sweep's argument selects points, not the base
     config = load_config_file(Path(__file__).resolve().parent.parent / "digits.py")
     config.image_size = (8, 8)  # native resolution: patch 1 is 64 tokens, patch 8 a single one
+    config.model.num_layers = 4  # the results above were measured with configs/digits.py's earlier, 4-layer model
     config.pp.crop_padding = 1
     config.num_steps = STEPS
     config.eval_every = 400
