@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from vit_jax.data.in_memory import batchable, shift
 from vit_jax.data.pipeline import eval_batches, num_eval_steps, pad_batch, train_iterator
-from vit_jax.data.preprocessing import Preprocess
+from vit_jax.data.preprocessing import Preprocess, pad_and_random_crop, resize
+from vit_jax.data.sources import InMemorySource
 
 PLAIN = Preprocess(image_size=(2, 2), value_range=(0.0, 255.0))  # no augmentation: pixels identify examples
 AUGMENTED = Preprocess(image_size=(4, 4), train_crop="pad", crop_padding=1, flip=True)
@@ -17,9 +19,21 @@ def take(iterator, steps):
     return [next(iterator) for _ in range(steps)]
 
 
-def test_same_seed_same_batches_other_seed_other_order():
-    source = [{"image": np.random.default_rng(i).integers(0, 256, (4, 4, 1), dtype=np.uint8), "label": i}
-              for i in range(50)]
+# The stream's properties hold for both training paths: image by image (any source), and a batch at a time (a
+# split held in memory at the training size: vit_jax.data.in_memory).
+PATHS = ("per_image", "in_memory")
+
+
+def on_path(path, examples, preprocess=AUGMENTED):
+    source = InMemorySource(examples, transform=preprocess.resized) if path == "in_memory" else examples
+    assert batchable(source, preprocess) == (path == "in_memory")
+    return source
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_same_seed_same_batches_other_seed_other_order(path):
+    source = on_path(path, [{"image": np.random.default_rng(i).integers(0, 256, (4, 4, 1), dtype=np.uint8),
+                             "label": i} for i in range(50)])
     a = take(train_iterator(source, AUGMENTED, batch_size=8, seed=1), 9)
     b = take(train_iterator(source, AUGMENTED, batch_size=8, seed=1), 9)
     c = take(train_iterator(source, AUGMENTED, batch_size=8, seed=2), 9)
@@ -29,15 +43,18 @@ def test_same_seed_same_batches_other_seed_other_order():
     assert any(not np.array_equal(x["label"], z["label"]) for x, z in zip(a, c))
 
 
-def test_each_epoch_is_a_fresh_permutation_of_every_example():
-    labels = np.concatenate([b["label"] for b in take(train_iterator(toy_source(40), PLAIN, batch_size=8, seed=0), 10)])
+@pytest.mark.parametrize("path", PATHS)
+def test_each_epoch_is_a_fresh_permutation_of_every_example(path):
+    source = on_path(path, toy_source(40), PLAIN)
+    labels = np.concatenate([b["label"] for b in take(train_iterator(source, PLAIN, batch_size=8, seed=0), 10)])
     first, second = labels[:40], labels[40:]
     assert sorted(first) == sorted(second) == list(range(40))
     assert not np.array_equal(first, second)
 
 
-def test_restoring_the_iterator_state_continues_exactly(rng):
-    source = toy_source(30)
+@pytest.mark.parametrize("path", PATHS)
+def test_restoring_the_iterator_state_continues_exactly(rng, path):
+    source = on_path(path, toy_source(30))
     uninterrupted = take(train_iterator(source, AUGMENTED, batch_size=4, seed=3), 12)
     first = train_iterator(source, AUGMENTED, batch_size=4, seed=3)
     take(first, 5)
@@ -57,10 +74,11 @@ def global_batches(source, steps, process_count, start=0, batch_size=12):
             for step in range(steps)]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("saved_by, resumed_by", [(2, 1), (1, 2), (2, 3), (3, 2)])
 def test_a_position_saved_by_some_processes_resumes_on_others_where_an_uninterrupted_run_would_be(saved_by,
-                                                                                                 resumed_by):
-    source = toy_source(30)  # an epoch is 2.5 global batches of 12: the resumed steps cross epochs
+                                                                                                 resumed_by, path):
+    source = on_path(path, toy_source(30))  # an epoch is 2.5 global batches of 12: the resumed steps cross epochs
     uninterrupted = global_batches(source, 7, resumed_by)
     before = global_batches(source, 4, saved_by)  # the saved run's 4 steps consumed 4 x 12 examples
     assert sorted(np.concatenate([b["label"] for b in before])) == sorted(
@@ -71,9 +89,10 @@ def test_a_position_saved_by_some_processes_resumes_on_others_where_an_uninterru
         np.testing.assert_array_equal(got["image"], expected["image"])  # augmentation too
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("process_count", [2, 4])
-def test_process_shards_make_up_the_single_process_global_batch(process_count):
-    source = toy_source(64)
+def test_process_shards_make_up_the_single_process_global_batch(process_count, path):
+    source = on_path(path, toy_source(64))
     single = take(train_iterator(source, AUGMENTED, batch_size=16, seed=0), 6)
     shards = [take(train_iterator(source, AUGMENTED, batch_size=16 // process_count, seed=0,
                                   process_index=p, process_count=process_count), 6) for p in range(process_count)]
@@ -109,9 +128,46 @@ def test_pad_batch_masks_the_padding():
     assert batch["label"].dtype == np.int32
 
 
-def test_worker_processes_give_the_same_batches():
-    source = toy_source(40)
+@pytest.mark.parametrize("path", PATHS)
+def test_worker_processes_give_the_same_batches(path):
+    source = on_path(path, toy_source(40))
     threads = take(train_iterator(source, AUGMENTED, batch_size=8, seed=0), 6)
     workers = take(train_iterator(source, AUGMENTED, batch_size=8, seed=0, num_workers=2), 6)
     for a, b in zip(threads, workers):
         np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_batch_shift_is_pad_and_crop_for_every_offset(rng):
+    images = rng.integers(1, 256, (12, 5, 6, 2), dtype=np.uint8)
+    top, left = rng.integers(-2, 3, 12), rng.integers(-2, 3, 12)
+    shifted = shift(images, top, left, 2)
+    for i in range(12):  # pad_and_random_crop with a generator that draws exactly (top, left)
+        draws = type("Draws", (), {"integers": lambda self, lo, hi, size: np.array([top[i], left[i]])})()
+        np.testing.assert_array_equal(shifted[i], pad_and_random_crop(images[i], 2, draws))
+
+
+def test_in_memory_batches_are_valid_augmentations_drawn_evenly(rng):
+    """Every image is one of the 9 shifts x 2 flips of its (resized) source image, each variant about equally
+    often over many draws, the draws independent of each other."""
+    examples = [{"image": rng.integers(1, 256, (3, 3, 1), dtype=np.uint8), "label": i} for i in range(20)]
+    source = on_path("in_memory", examples)
+    variants = {}
+    for i, example in enumerate(examples):
+        image = resize(example["image"], (4, 4))
+        for top in (-1, 0, 1):
+            for left in (-1, 0, 1):
+                for flip in (False, True):
+                    out = shift(image[None], np.array([top]), np.array([left]), 1)[0]
+                    out = out[:, ::-1] if flip else out
+                    variants[(i, out.tobytes())] = (top, left, flip)
+    counts = {}
+    for batch in take(train_iterator(source, AUGMENTED, batch_size=10, seed=4), 180):  # 1,800 draws
+        raw = np.rint((batch["image"] + 1) * 127.5).astype(np.uint8)  # back from [-1, 1]
+        for image, label in zip(raw, batch["label"]):
+            key = variants.get((int(label), image.tobytes()))
+            assert key is not None, f"image of example {label} is no shift/flip of it"
+            counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 18
+    expected = 1800 / 18
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 40.8  # the 99.9th percentile of chi-square with 17 degrees of freedom

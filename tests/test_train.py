@@ -12,24 +12,23 @@ import vit_jax.train
 from tests.conftest import ROOT, run_main, tiny_digits_config
 from tests.tensorboard_events import tensorboard_scalars
 from vit_jax import predict, visualize
+from vit_jax.build import train_iterator
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.config import saved_config
 from vit_jax.metric_writers import read_metrics
-from vit_jax.sharding import to_global
 from vit_jax.train import NonFiniteLossError, train_and_evaluate
 
 
 def test_training_writes_metrics_tensorboard_checkpoints_and_resumes(tmp_path, digits_data_dir, monkeypatch):
     config = tiny_digits_config(digits_data_dir)
-    reads = []
 
-    def slow_input_after_step_10(batch, sharding):  # the input pipeline falls behind for the last two windows
-        reads.append(1)
-        if len(reads) > 10:
-            time.sleep(0.2)
-        return to_global(batch, sharding)
+    def slow_after_step_10(setup, start_examples):  # the input pipeline falls behind for the last two windows
+        for read, batch in enumerate(train_iterator(setup, start_examples)):
+            if read >= 10:
+                time.sleep(0.2)
+            yield batch
 
-    monkeypatch.setattr(vit_jax.train, "to_global", slow_input_after_step_10)
+    monkeypatch.setattr(vit_jax.train, "train_iterator", slow_after_step_10)
     results = train_and_evaluate(config, tmp_path)
     assert results["eval/num_examples"] == 180 and results["test/num_examples"] == 360
     records = read_metrics(tmp_path)

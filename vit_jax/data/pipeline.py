@@ -18,6 +18,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from vit_jax.data.in_memory import batchable, batched_train_dataset
 from vit_jax.data.preprocessing import Preprocess
 
 Batch = dict[str, np.ndarray]
@@ -43,6 +44,10 @@ def train_iterator(
     preprocessing to that many worker processes (which read absl flags: run from `app.run`, or mark flags as
     parsed first).
     """
+    if batchable(source, preprocess):  # the same stream semantics, a batch at a time (vit_jax.data.in_memory)
+        batches = batched_train_dataset(source, preprocess, batch_size=batch_size, seed=seed,
+                                        process_index=process_index, process_count=process_count, start=start)
+        return iter(read(batches, num_threads, num_workers))
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
     dataset = dataset.random_map(preprocess.train)[start:][process_index::process_count]
     return iter(read(dataset.batch(batch_size, drop_remainder=True), num_threads, num_workers))
