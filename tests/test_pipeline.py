@@ -142,7 +142,8 @@ def test_batch_shift_is_pad_and_crop_for_every_offset(rng):
     top, left = rng.integers(-2, 3, 12), rng.integers(-2, 3, 12)
     shifted = shift(images, top, left, 2)
     for i in range(12):  # pad_and_random_crop with a generator that draws exactly (top, left)
-        draws = type("Draws", (), {"integers": lambda self, lo, hi, size: np.array([top[i], left[i]])})()
+        drawn = np.array([top[i], left[i]])
+        draws = type("Draws", (), {"integers": lambda self, lo, hi, size, drawn=drawn: drawn})()
         np.testing.assert_array_equal(shifted[i], pad_and_random_crop(images[i], 2, draws))
 
 
