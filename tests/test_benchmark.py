@@ -89,3 +89,19 @@ def test_the_command_measures_both_sides_and_writes_json(tmp_path, monkeypatch, 
         r["key"]: pytest.approx(r["images_per_second_median"] / timm[r["key"]]["images_per_second_median"])
         for r in ours}
     assert "vit_jax / timm" in capsys.readouterr().out
+
+
+def test_largest_batch_under_a_budget_solves_the_affine_fit_and_steps_down_when_the_fit_is_optimistic():
+    from vit_jax.benchmark.memory import largest_batch
+
+    compiled = []
+
+    def affine(batch):  # 1,000 fixed + 100 per example: 40 fit in 5,000 exactly
+        compiled.append(batch)
+        return 1000 + 100 * batch
+
+    assert largest_batch(affine, 5000, probe=4) == (40, 5000)
+    assert compiled == [4, 8, 40]  # two probes and the check
+    # peaks that jump past batch 16: the check finds the solved batch over, and bisection finds 16
+    assert largest_batch(lambda b: 1000 + 100 * b + (b > 16) * 10 * b * b, 5000, probe=4) == (16, 2600)
+    assert largest_batch(lambda b: 9000 + b, 5000, probe=4) == (0, 0)  # nothing fits
