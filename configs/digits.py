@@ -2,8 +2,8 @@
 
     python -m vit_jax.main --config=configs/digits.py --workdir=workdirs/digits
 
-Result: 98.89% test accuracy for each of seeds 0, 1 and 2 (360 held-out images; at least 98%) in about a minute on
-2 CPU cores, start-up, dataset build and compile included (BENCHMARKS.md has the figures and the machine). Model
+Result: 98.89%, 98.06% and 98.33% test accuracy for seeds 0, 1 and 2 (360 held-out images; at least 98%) in about
+a minute on 2 CPU cores, start-up, dataset build and compile included (BENCHMARKS.md: figures and machine). Model
 selection uses the validation split; the test split is evaluated once, at the end. The recipe was chosen for that
 minute: 2 layers and 1,200 steps reach 98.9% where 4 layers need 2,000 steps (99.2%, twice the time), and a
 1-pixel shift (at 16x16: half a digit pixel) learns faster in 1,200 steps than a 2-pixel one (98.1-98.9%).

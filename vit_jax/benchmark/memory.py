@@ -11,6 +11,7 @@ under the budget is solved from two compiles and then checked by compiling at it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 from pathlib import Path
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     budget = int(args.budget_gib * 2**30)
     rows = []
     for name in args.settings:
-        peak_at = lambda batch, name=name: step_peak_bytes(args.variant, batch, args.image_size, args.dtype,
-                                                           **SETTINGS[name])
+        peak_at = functools.cache(lambda batch, name=name: step_peak_bytes(
+            args.variant, batch, args.image_size, args.dtype, **SETTINGS[name]))  # batch 32 is also the first probe
         peak = peak_at(args.batch_size)
         batch, batch_peak = largest_batch(peak_at, budget, args.batch_size)
         rows.append({"setting": name, "batch_size": args.batch_size, "peak_gib": round(peak / 2**30, 2),
