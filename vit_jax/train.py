@@ -167,9 +167,9 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
                start_step: int, preemption: PreemptionWatcher) -> tuple[TrainState, dict[str, float]]:
     """Steps `start_step + 1 .. num_steps`, with logging, evaluation and checkpoints; returns the final state and
     the last eval metrics. The train step compiles against `abstract_state`, so a fresh `state` may still be
-    compiling and initialising (a future) meanwhile. The host never reads a step's results before `log_every` (or an evaluation or save)
-    asks for them: it only waits for the step `MAX_STEPS_AHEAD` back to finish, so the next batch is read and
-    placed while the device computes, and at most that many batches are in flight."""
+    compiling and initialising (a future) meanwhile. The host never reads a step's results before logging, an
+    evaluation or a save asks for them: it only waits for the step `MAX_STEPS_AHEAD` back to finish, so the next
+    batch is read and placed while the device computes, and at most that many batches are in flight."""
     config, writer, checkpoints = run.setup.config, run.writer, run.checkpoints
     compiled: dict[tuple[int, int] | None, Callable] = {}  # one compiled step per (FlexiViT) patch size
     results: dict[str, float] = {}
@@ -228,6 +228,8 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
                             f"command again to resume")
         if eval_metrics is not None or step % config.log_every == 0:
             window_start, data_wait = time.perf_counter(), 0.0  # evaluation and logging time is not step time
+    if isinstance(state, concurrent.futures.Future):  # no step ran (num_steps = 0)
+        state = state.result()
     return state, dict(results)
 
 
