@@ -126,7 +126,7 @@ class Preprocess:
         return self._output(image, example["label"])
 
     def eval(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
-        return self._output(resize(example["image"], self.image_size, self.resize_method), example["label"])
+        return self._output(self.resized(example)["image"], example["label"])
 
     def _output(self, image: np.ndarray, label: Any) -> dict[str, np.ndarray]:
         return {"image": to_value_range(image, self.value_range), "label": np.int32(label)}
