@@ -23,7 +23,8 @@ at batch 128; it now trains at 64, 98.9-99.4% at 16x16, and this table has not b
 | patch 8 (kernel PI-resized from 4) |  | 98.06% | 61.39% | 98.89% |
 """
 
-from vit_jax.checkpoint.pretrained import is_workdir
+from vit_jax.checkpoint.hub import is_timm_spec
+from vit_jax.checkpoint.pretrained import is_workdir, timm_architecture
 from vit_jax.config import apply_overrides, base_config, model_config, model_config_from, saved_config, split_top_level
 
 # Short arguments of this config; the rest are config paths.
@@ -43,6 +44,13 @@ def get_config(arg: str | None = None):
         for field in ("dataset", "data_dir", "train_split", "eval_split", "test_split", "image_size"):
             config[field] = tuple(source[field]) if isinstance(source[field], list) else source[field]
         config.pp.update({k: tuple(v) if isinstance(v, list) else v for k, v in source.pp.items()})
+    elif init and is_timm_spec(init):
+        arch = timm_architecture(init)
+        config.model = model_config(arch.variant, **arch.model_options)
+        config.image_size = arch.image_size
+        config.pp.update(arch.preprocessing)
+        config.pp.channels = arch.channels
+        config.init.posemb_method, config.init.posemb_antialias = "bicubic", True  # timm's resampling
     else:
         config.model = model_config(short.get("variant", "B/16"))
     if "variant" in short:

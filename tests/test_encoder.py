@@ -7,16 +7,9 @@ import pytest
 
 from tests.conftest import live_params, perturbed
 from tests.numpy_reference import encoder_block, gelu, layer_norm
-from vit_jax.models.encoder import (
-    Encoder,
-    Encoder1DBlock,
-    EncoderOptions,
-    MlpBlock,
-    drop_path,
-    drop_path_rates,
-    stack_encoder_blocks,
-    unstack_encoder_blocks,
-)
+from vit_jax.models.block import Encoder1DBlock, MlpBlock, drop_path
+from vit_jax.models.encoder import Encoder, drop_path_rates, stack_encoder_blocks, unstack_encoder_blocks
+from vit_jax.models.encoder_options import EncoderOptions
 
 TINY = dict(mlp_dim=32, num_heads=4)
 
@@ -177,7 +170,6 @@ def test_unknown_remat_policy_lists_the_valid_ones(rng):
 
 def test_each_encoder_option_is_declared_once_and_is_a_model_and_config_option():
     from vit_jax.config import model_config
-    from vit_jax.models.encoder import EncoderOptions
     from vit_jax.models.vit import MODEL_OPTIONS, VisionTransformer
 
     model_fields = {f.name: f for f in dataclasses.fields(VisionTransformer)}

@@ -76,7 +76,8 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
     config_validation.validate(config, len(devices), jax.process_count())
     builder, spec = open_dataset(config)
     model = model_from_config(config, spec.num_classes)
-    image_shape = (*spec.image_shape[:-3], *tuple(config.image_size), spec.image_shape[-1])  # frames resized
+    channels = config.pp.channels or spec.image_shape[-1]  # pp.channels=3: grayscale made RGB
+    image_shape = (*spec.image_shape[:-3], *tuple(config.image_size), channels)  # frames resized
 
     packed = packed_preprocess_from_config(config, model) if config.packing.enabled else None
     preprocess = preprocess_from_config(config)

@@ -102,6 +102,9 @@ def base_config() -> ConfigDict:
     c.pp.crop_scale = (0.08, 1.0)
     c.pp.crop_ratio = (3 / 4, 4 / 3)
     c.pp.flip = True
+    c.pp.mean = config_dict.placeholder(tuple)  # per channel, after value_range: (x - mean) / std (timm's models)
+    c.pp.std = config_dict.placeholder(tuple)
+    c.pp.channels = config_dict.placeholder(int)  # 3: grayscale images become RGB (for RGB checkpoints)
 
     c.model = model_config("B/16")
 

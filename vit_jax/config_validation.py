@@ -12,7 +12,8 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from vit_jax.checkpoint.adapt import ADAPTATION_CHOICES, UnknownChoiceError, check_adaptation_choices
-from vit_jax.checkpoint.pretrained import is_workdir
+from vit_jax.checkpoint.hub import is_timm_spec
+from vit_jax.checkpoint.pretrained import is_workdir, timm_architecture
 from vit_jax.config import build_model
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
 from vit_jax.data.sources import DatasetError, DatasetSpec, split_size
@@ -152,11 +153,18 @@ def check_data(config: ConfigDict) -> DatasetSpec:
 
 
 def check_init(config: ConfigDict) -> None:
-    """The checkpoint to fine-tune from exists."""
+    """The checkpoint to fine-tune from exists (a timm checkpoint's header and config.json are also read: a missing
+    or corrupt file, or an architecture vit_jax cannot run, fails here)."""
     path = config.init.path
-    if path and not (Path(path).expanduser().is_file() or is_workdir(Path(path).expanduser())):
+    if path and is_timm_spec(path):
+        try:
+            timm_architecture(path)
+        except (OSError, ValueError) as error:
+            raise field_error("init.path", path, str(error)) from None
+    elif path and not (Path(path).expanduser().is_file() or is_workdir(Path(path).expanduser())):
         raise field_error("init.path", path, "neither an .npz file nor a vit_jax workdir (a directory with "
-                                             "checkpoints/)")
+                                             "checkpoints/) nor a timm checkpoint (hf-hub:REPO, a .safetensors "
+                                             "file or a directory with model.safetensors)")
 
 
 def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:

@@ -36,8 +36,13 @@ def preprocess_from_config(config: ConfigDict) -> Preprocess:
     return Preprocess(
         image_size=tuple(config.image_size), value_range=tuple(pp.value_range), resize_method=pp.resize_method,
         train_crop=pp.train_crop, crop_padding=pp.crop_padding, crop_scale=tuple(pp.crop_scale),
-        crop_ratio=tuple(pp.crop_ratio), flip=pp.flip,
+        crop_ratio=tuple(pp.crop_ratio), flip=pp.flip, mean=_optional_tuple(pp.mean), std=_optional_tuple(pp.std),
+        channels=pp.channels,
     )
+
+
+def _optional_tuple(value: Any) -> tuple[float, ...] | None:
+    return None if value is None else tuple(value)
 
 
 def packed_preprocess_from_config(config: ConfigDict, model: VisionTransformer) -> PackedPreprocess:

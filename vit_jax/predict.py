@@ -2,10 +2,12 @@
 
     python -m vit_jax.predict --workdir=workdirs/digits IMAGE [IMAGE ...]
     python -m vit_jax.predict --npz=ViT-B_16.npz [--variant=B/16] [--dataset=NAME] IMAGE [IMAGE ...]
+    python -m vit_jax.predict --checkpoint=hf-hub:timm/vit_small_patch14_dinov2.lvd142m IMAGE [IMAGE ...]
 
 Each image is decoded in the model's channel mode and preprocessed exactly as evaluation does (resize to the
 training resolution with the run's method, value range), so a file gets the prediction its dataset example
-would. Class names come from the dataset's metadata when known (`--dataset` for an `.npz`). A missing or
+would; a timm checkpoint is fed what its `pretrained_cfg` says (mean, std, size). Class names come from the
+dataset's metadata when known (`--dataset` for an `.npz`). A missing or
 unreadable file is reported on its own line and the others are still predicted; the exit status is then 1.
 """
 
@@ -30,6 +32,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a vit_jax run directory (its latest checkpoint, or --step)")
     source.add_argument("--npz", help="an .npz file (vision_transformer, big_vision or vit_jax export)")
+    source.add_argument("--checkpoint", help="any of those, or a timm checkpoint: hf-hub:timm/NAME, a Hub-layout "
+                                             "directory or a .safetensors file")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
     parser.add_argument("--variant", default=None, help="npz: e.g. B/16, checked against the file's shapes")
     parser.add_argument("--image-size", type=int, nargs="+", default=None,
@@ -46,7 +50,7 @@ def load_from_arguments(args: argparse.Namespace) -> TrainedModel:
         if len(args.image_size) not in (1, 2) or min(args.image_size) <= 0:
             raise ValueError(f"--image-size {args.image_size}: expected one or two positive integers (H [W])")
         image_size = tuple(args.image_size) * (3 - len(args.image_size))
-    return load_trained_model(args.workdir, args.npz, step=args.step, variant=args.variant, image_size=image_size,
+    return load_trained_model(args.checkpoint, workdir=args.workdir, npz=args.npz, step=args.step, variant=args.variant, image_size=image_size,
                               value_range=tuple(args.value_range), dataset=args.dataset, data_dir=args.data_dir)
 
 

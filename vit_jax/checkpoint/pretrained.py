@@ -1,4 +1,5 @@
-"""Where fine-tuning starts from: the parameters of a vit_jax workdir (orbax) or of an `.npz` file."""
+"""Where fine-tuning starts from: the parameters of a vit_jax workdir (orbax), an `.npz` file, or a timm checkpoint
+(`hf-hub:timm/NAME`, a Hub-layout directory, a `.safetensors` file)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from vit_jax.checkpoint.hub import is_timm_spec, read_timm_checkpoint
 from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
 from vit_jax.checkpoint.npz import load_npz
+from vit_jax.checkpoint.timm_layout import TimmArchitecture, architecture_from_timm, params_from_timm
 from vit_jax.config import CONFIG_FILE, build_model, saved_config
 from vit_jax.models.vit import token_grid
 
@@ -24,8 +27,14 @@ def is_workdir(path: str | Path) -> bool:
 
 
 def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
-    """Parameters from `path`: a workdir (its latest checkpoint, or `step`) or an `.npz` file (any layout
-    `load_npz` reads). A workdir also tells the grid its position embeddings were trained for."""
+    """Parameters from `path`: a workdir (its latest checkpoint, or `step`), an `.npz` file (any layout `load_npz`
+    reads) or a timm checkpoint (see `vit_jax.checkpoint.hub`). Workdirs and timm checkpoints also tell the grid
+    their position embeddings were trained for."""
+    if is_timm_spec(path):
+        checkpoint = read_timm_checkpoint(path)
+        arch = architecture_from_timm(checkpoint.state, checkpoint.config, checkpoint.source)
+        return Pretrained(params_from_timm(checkpoint.state, arch), arch.options.get("posemb_grid"),
+                          checkpoint.source)
     path = Path(path).expanduser()
     if is_workdir(path):
         checkpoints = TrainCheckpoints(path / CHECKPOINT_DIR)
@@ -39,7 +48,14 @@ def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
         return Pretrained(params, _trained_grid(path), f"{path} step {step}")
     if path.is_file():
         return Pretrained(load_npz(path), None, str(path))
-    raise FileNotFoundError(f"{str(path)!r} is neither an .npz file nor a vit_jax workdir (with {CHECKPOINT_DIR}/)")
+    raise FileNotFoundError(f"{str(path)!r} is neither an .npz file nor a vit_jax workdir (with {CHECKPOINT_DIR}/) "
+                            f"nor a timm checkpoint (hf-hub:REPO, .safetensors, a directory with model.safetensors)")
+
+
+def timm_architecture(spec: str | Path) -> TimmArchitecture:
+    """The vit_jax model of a timm checkpoint, from its config.json and tensor shapes (no weights are read)."""
+    checkpoint = read_timm_checkpoint(spec, shapes_only=True)
+    return architecture_from_timm(checkpoint.state, checkpoint.config, checkpoint.source)
 
 
 def _trained_grid(workdir: Path) -> tuple[int, int] | None:

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax.checkpoint.pretrained import is_workdir, load_pretrained
+from vit_jax.checkpoint.hub import is_timm_spec
+from vit_jax.checkpoint.pretrained import is_workdir, load_pretrained, timm_architecture
 from vit_jax.config import CONFIG_FILE, build_model, saved_config
-from vit_jax.data.preprocessing import Preprocess
+from vit_jax.data.preprocessing import RESIZE_METHODS, Preprocess
 from vit_jax.data.sources import DatasetError, dataset_builder, dataset_spec
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, unstack_encoder_blocks
 from vit_jax.models.heads import num_prefix_tokens
@@ -48,18 +49,39 @@ class TrainedModel:
         return num_prefix_tokens(self.model.classifier)
 
 
-def load_trained_model(workdir: str | Path | None = None, npz: str | Path | None = None, *, step: int | None = None,
-                       variant: str | None = None, image_size: int | Sequence[int] | None = None,
+def load_trained_model(checkpoint: str | Path | None = None, *, workdir: str | Path | None = None,
+                       npz: str | Path | None = None, step: int | None = None, variant: str | None = None,
+                       image_size: int | Sequence[int] | None = None,
                        value_range: tuple[float, float] = (-1.0, 1.0), dataset: str | None = None,
                        data_dir: str | None = None) -> TrainedModel:
-    """Exactly one of `workdir` and `npz`. The other options serve `.npz` files: `variant` (checked against the
+    """The model of `checkpoint`: a vit_jax workdir, an `.npz` file, or a timm checkpoint (`hf-hub:timm/NAME`, a
+    Hub-layout directory, a `.safetensors` file; see `vit_jax.checkpoint.hub`). `workdir=` and `npz=` say which
+    explicitly; give exactly one of the three. The other options serve `.npz` files: `variant` (checked against the
     file's shapes), `image_size` (default: the position table's square grid times the patch size), `value_range`,
-    and `dataset` (class names from its metadata)."""
-    if (workdir is None) == (npz is None):
-        raise ValueError("give exactly one of a workdir and an .npz file")
+    and `dataset` (class names from its metadata). A timm checkpoint brings its preprocessing (`pretrained_cfg`)."""
+    if sum(spec is not None for spec in (checkpoint, workdir, npz)) != 1:
+        raise ValueError("give exactly one checkpoint: a workdir, an .npz file or a timm checkpoint")
+    if checkpoint is not None:
+        if is_timm_spec(checkpoint):
+            return _from_timm(str(checkpoint), dataset, data_dir)
+        path = Path(checkpoint).expanduser()
+        workdir, npz = (path, None) if is_workdir(path) else (None, path)
     if workdir is not None:
         return _from_workdir(Path(workdir).expanduser(), step)
     return _from_npz(Path(npz).expanduser(), variant, image_size, value_range, dataset, data_dir)
+
+
+def _from_timm(spec: str, dataset: str | None, data_dir: str | None) -> TrainedModel:
+    pretrained = load_pretrained(spec)
+    arch = timm_architecture(spec)
+    model = VisionTransformer(**arch.options)
+    pp = arch.preprocessing
+    interpolation = arch.pretrained_cfg.get("interpolation", "bicubic")
+    preprocess = Preprocess(image_size=arch.image_size, value_range=pp["value_range"], mean=pp["mean"],
+                            std=pp["std"], resize_method=interpolation if interpolation in RESIZE_METHODS else "bilinear")
+    num_classes = _num_classes(pretrained.params)
+    names = _class_names(dataset, data_dir, num_classes) if dataset else _numbered(num_classes)
+    return TrainedModel(model, pretrained.params, preprocess, arch.channels, names, pretrained.source)
 
 
 def _from_workdir(workdir: Path, step: int | None) -> TrainedModel:
@@ -72,8 +94,9 @@ def _from_workdir(workdir: Path, step: int | None) -> TrainedModel:
     image_size = tuple(config.image_size)
     if model.posemb == "learn" and model.posemb_grid is None:
         model = model.clone(posemb_grid=token_grid(model, image_size))
+    optional = lambda name: None if config.pp.get(name) is None else tuple(config.pp[name])
     preprocess = Preprocess(image_size=image_size, value_range=tuple(config.pp.value_range),
-                            resize_method=config.pp.resize_method)
+                            resize_method=config.pp.resize_method, mean=optional("mean"), std=optional("std"))
     names = _class_names(config.dataset, config.get("data_dir"), _num_classes(params))
     return TrainedModel(model, params, preprocess, _channels(params), names, pretrained.source)
 

@@ -19,7 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from vit_jax.data.preprocessing import Preprocess, to_value_range
+from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import InMemorySource
 
 MASK64 = (1 << 64) - 1
@@ -96,7 +96,7 @@ class InMemoryBatches:
         if pp.flip:
             flipped = ((bits >> np.uint64(42)) & np.uint64(1)).astype(bool)
             images[flipped] = images[flipped, :, ::-1]
-        return {"image": to_value_range(images, pp.value_range), "label": self.labels[indices]}
+        return {"image": pp.pixels(images), "label": self.labels[indices]}
 
 
 def batched_train_dataset(source: InMemorySource, preprocess: Preprocess, *, batch_size: int, seed: int,

@@ -87,7 +87,12 @@ def inception_crop_box(
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """Turns a decoded TFDS example into `{'image': float32 (h, w, C), 'label': int32}` (`(T, h, w, C)` for a
-    video)."""
+    video).
+
+    Pixels go 0..255 -> `value_range`, then, for checkpoints trained that way (timm's ImageNet or CLIP
+    statistics), `(x - mean) / std` per channel; `channels=3` turns grayscale images into RGB ones (the gray value
+    in every channel), so RGB checkpoints fine-tune on grayscale data as timm feeds them.
+    """
 
     image_size: tuple[int, int]
     value_range: tuple[float, float] = (-1.0, 1.0)
@@ -97,12 +102,33 @@ class Preprocess:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int | None = None  # None: as stored
 
     def __post_init__(self) -> None:
         if self.resize_method not in RESIZE_METHODS:
             raise ValueError(f"resize_method must be one of {tuple(RESIZE_METHODS)}; got {self.resize_method!r}")
         if self.train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {self.train_crop!r}")
+        if (self.mean is None) != (self.std is None) or (self.std is not None and (
+                len(self.mean) != len(self.std) or min(self.std) <= 0)):
+            raise ValueError(f"mean and std must be given together, as many of each, std > 0; got mean={self.mean!r}, "
+                             f"std={self.std!r}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be None (as stored), 1 or 3; got {self.channels!r}")
+
+    def pixels(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (any leading axes, channels last) -> the float32 values the model takes."""
+        x = to_value_range(images, self.value_range)
+        if self.channels is not None and x.shape[-1] != self.channels:
+            if x.shape[-1] != 1:
+                raise ValueError(f"channels={self.channels}: cannot turn {x.shape[-1]}-channel images into "
+                                 f"{self.channels}-channel ones (only grayscale is converted)")
+            x = np.repeat(x, self.channels, axis=-1)
+        if self.mean is not None:
+            x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return x.astype(np.float32)
 
     def resized(self, example: dict[str, Any]) -> dict[str, Any]:
         """`example` with its image at `image_size`: the deterministic first step of `eval`, and of `train` unless
@@ -129,4 +155,4 @@ class Preprocess:
         return self._output(self.resized(example)["image"], example["label"])
 
     def _output(self, image: np.ndarray, label: Any) -> dict[str, np.ndarray]:
-        return {"image": to_value_range(image, self.value_range), "label": np.int32(label)}
+        return {"image": self.pixels(image), "label": np.int32(label)}

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models.encoder import MlpBlock
+from vit_jax.models.block import MlpBlock
 
 Classifier = Literal["token", "gap", "map", "unpooled", "token_unpooled"]
 CLASSIFIERS: tuple[str, ...] = ("token", "gap", "map", "unpooled", "token_unpooled")
@@ -35,6 +35,8 @@ class MAPHead(nn.Module):
     num_heads: int
     mlp_dim: int | None = None
     gelu_approximate: bool = True
+    quick_gelu: bool = False
+    layer_norm_epsilon: float = 1e-6
     dtype: Any = None
 
     @nn.compact
@@ -46,11 +48,10 @@ class MAPHead(nn.Module):
         x = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform()
         )(probe, x, mask=None if segments is None else segments[:, None])
-        y = nn.LayerNorm(dtype=self.dtype)(x)
+        y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
         mlp_dim = 4 * d if self.mlp_dim is None else self.mlp_dim
-        x = x + MlpBlock(mlp_dim=mlp_dim, gelu_approximate=self.gelu_approximate, dtype=self.dtype)(
-            y, deterministic=True
-        )
+        x = x + MlpBlock(mlp_dim=mlp_dim, gelu_approximate=self.gelu_approximate, quick_gelu=self.quick_gelu,
+                         dtype=self.dtype)(y, deterministic=True)
         return x[:, 0] if segments is None else x
 
 

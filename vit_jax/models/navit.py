@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models.heads import MAPHead, pool_segments
+from vit_jax.models.heads import pool_segments
 from vit_jax.models.packed_posemb import PACKED_POSEMB_KINDS, TokenPositions
 from vit_jax.models.patching import as_patch_size
 from vit_jax.models.rope import ROPE_KINDS
@@ -38,6 +38,7 @@ class PatchProjection(nn.Module):
     hidden_size: int
     patch_size: tuple[int, int]
     dtype: jnp.dtype | None = None
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, patches: jax.Array) -> jax.Array:
@@ -48,7 +49,8 @@ class PatchProjection(nn.Module):
         channels = patches.shape[-1] // (ph * pw)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (ph, pw, channels, self.hidden_size),
                             jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,), jnp.float32)
+        bias = (self.param("bias", nn.initializers.zeros, (self.hidden_size,), jnp.float32) if self.use_bias
+                else jnp.zeros((self.hidden_size,), jnp.float32))
         patches, kernel, bias = nn.dtypes.promote_dtype(patches, kernel, bias, dtype=self.dtype)
         return jnp.dot(patches, kernel.reshape(-1, self.hidden_size)) + bias
 
@@ -107,7 +109,8 @@ class NaViT(VisionTransformer):
     @nn.compact
     def __call__(self, patches: jax.Array, image_ids: jax.Array, coords: jax.Array, image_grids: jax.Array, *,
                  train: bool) -> jax.Array:
-        x = PatchProjection(self.hidden_size, self.patch_size, dtype=self.dtype, name="embedding")(patches)
+        x = PatchProjection(self.hidden_size, self.patch_size, dtype=self.dtype, use_bias=self.patch_bias,
+                            name="embedding")(patches)
         num_images = image_grids.shape[1]
         grid = tuple(self.posemb_grid) if self.posemb_grid is not None else (1, 1)
         positions = TokenPositions(coords, token_grids(image_ids, image_grids))
@@ -116,8 +119,7 @@ class NaViT(VisionTransformer):
 
         segments = image_segments(image_ids, num_images)
         if self.classifier == "map":
-            x = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
-                        dtype=self.dtype, name="MAPHead_0")(x, segments)
+            x = self.map_head()(x, segments)
         else:
             x = pool_segments(x, segments)
         return self.classify(x)

@@ -126,6 +126,7 @@ class PatchEmbed(nn.Module):
       pad: `none` rejects images whose size is not a multiple of the patch size; `zeros` pads bottom/right.
       output_format: `tokens` for `(B, gh * gw, D)` in row-major grid order, `grid` for `(B, gh, gw, D)`.
       dtype: computation dtype (inputs and kernel are cast to it); parameters stay `param_dtype`.
+      use_bias: False for no `bias` parameter (CLIP, whose patch embedding is followed by a LayerNorm).
     """
 
     hidden_size: int
@@ -138,6 +139,7 @@ class PatchEmbed(nn.Module):
     precision: jax.lax.PrecisionLike = None
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, images: jax.Array, patch_size: int | Sequence[int] | None = None) -> jax.Array:
@@ -157,7 +159,8 @@ class PatchEmbed(nn.Module):
 
         channels = images.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (*stored, channels, self.hidden_size), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.hidden_size,), self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.hidden_size,), self.param_dtype) if self.use_bias
+                else jnp.zeros((self.hidden_size,), self.param_dtype))
         kernel = pi_resize_kernel(kernel, patch_size)
         images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
 

@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models.encoder import ENCODER, Encoder, EncoderOptions, check_encoder_options
+from vit_jax.models.encoder import ENCODER, Encoder
+from vit_jax.models.encoder_options import EncoderOptions, check_encoder_options
 from vit_jax.models.heads import CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
 from vit_jax.models.patching import (
     PATCH_EMBED_KINDS,
@@ -47,6 +48,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
         activation sharding: the encoder's options, inherited from `EncoderOptions`
         (`vit_jax.models.encoder`), where each is declared and documented once; keyword-only.
       patch_embed: `conv` or `reshape`; same parameters, same outputs (see `vit_jax.models.patching`).
+      patch_bias: False: the patch embedding has no bias (CLIP, whose `pre_norm` follows it).
       tubelet_size: frames per tubelet, for a video model (ViViT's tubelet embedding, spatio-temporal attention
         over all tokens): inputs are `(B, T, H, W, C)` and `embedding` is a `TubeletEmbed` with kernel
         `(tubelet_size, ph, pw, C, D)` (see `vit_jax.models.tubelet`); the token grid is `(gt, gh, gw)`. None:
@@ -66,6 +68,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
     patch_size: tuple[int, int]
     hidden_size: int
     patch_embed: PatchEmbedKind = "conv"
+    patch_bias: bool = True
     pad: PatchPadding = "none"
     tubelet_size: int | None = None
     posemb: PosembKind = "learn"
@@ -98,6 +101,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
                 pad=self.pad,
                 output_format="grid",
                 dtype=self.dtype,
+                use_bias=self.patch_bias,
                 name="embedding",
             )(images, patch_size)
         elif patch_size is not None:
@@ -117,11 +121,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
         x = self.encoder(tuple(token_grid_shape), num_prefix)(x, train=train)
         self.sow("intermediates", "encoded", x)
 
-        if self.classifier == "map":
-            x = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
-                        dtype=self.dtype, name="MAPHead_0")(x)
-        else:
-            x = pool_tokens(x, self.classifier)
+        x = self.map_head()(x) if self.classifier == "map" else pool_tokens(x, self.classifier)
         return self.classify(x)
 
     def inputs(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
@@ -136,9 +136,18 @@ class VisionTransformer(nn.Module, EncoderOptions):
         return Encoder(options, grid=grid, num_prefix=num_prefix, posemb=self.posemb, posemb_grid=posemb_grid,
                        name=ENCODER)
 
+    def map_head(self) -> MAPHead:
+        """The attention-pooling head of `classifier='map'`, with the encoder's MLP and LayerNorm conventions."""
+        return MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
+                       quick_gelu=self.quick_gelu, layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                       name="MAPHead_0")
+
     def classify(self, representation: jax.Array) -> jax.Array:
-        """pooled representation -> optional `pre_logits` (Dense + tanh) -> `head` logits (float32)."""
+        """pooled representation -> `fc_norm` (with that option) -> optional `pre_logits` (Dense + tanh) -> `head`
+        logits (float32)."""
         x = representation
+        if self.fc_norm:
+            x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name="fc_norm")(x)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
         self.sow("intermediates", "representation", x)
@@ -170,6 +179,11 @@ def check_options(model: VisionTransformer) -> None:
             f"each head gets hidden_size / num_heads channels"
         )
     check_stem_options(model.resnet_num_layers, model.resnet_width_factor)
+    if not model.patch_bias and model.tubelet_size is not None:
+        raise ValueError(f"patch_bias=False is for images; this is a video model (tubelet_size={model.tubelet_size})")
+    if model.fc_norm and model.classifier in ("unpooled", "token_unpooled"):
+        raise ValueError(f"fc_norm normalises the pooled representation; classifier={model.classifier!r} pools "
+                         f"nothing")
     if model.resnet_num_layers is not None and model.tubelet_size is not None:
         raise ValueError(f"resnet_num_layers={model.resnet_num_layers!r}: the ResNet stem is for images; this is a "
                          f"video model (tubelet_size={model.tubelet_size})")

@@ -1,0 +1,250 @@
+"""timm / Hugging Face Hub checkpoints in and out, against timm itself: each family's small model (random weights,
+every parameter perturbed) saved in the Hub layout by `timm.models.save_for_hf`, read by vit_jax, and compared
+logit for logit; exports loaded back by timm strictly; the `hf-hub:` path through an offline Hub cache."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from tests.timm_reference import timm_logits
+from vit_jax.checkpoint.adapt import fill_from_init, plan_adaptation
+from vit_jax.checkpoint.hub import read_timm_checkpoint
+from vit_jax.checkpoint.pretrained import load_pretrained, timm_architecture
+from vit_jax.checkpoint.timm_export import export_timm, params_to_timm
+from vit_jax.checkpoint.trained_model import load_trained_model
+from vit_jax.data.preprocessing import Preprocess
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.timm_compat import import_timm
+
+SMALL = dict(depth=2, embed_dim=32, num_heads=2, num_classes=5)
+# family -> (timm architecture, arguments, the vit_jax options it must map to)
+FAMILIES = {
+    "augreg": ("vit_base_patch16_224", dict(img_size=32), dict(classifier="token")),
+    "dinov2": ("vit_small_patch14_dinov2", dict(img_size=28), dict(layer_scale=1e-5)),
+    "dinov2_reg4": ("vit_small_patch14_reg4_dinov2", dict(img_size=28), dict(num_registers=4, layer_scale=1e-5)),
+    "deit3": ("deit3_small_patch16_224", dict(img_size=32), dict(layer_scale=1e-5)),
+    "clip": ("vit_base_patch16_clip_224", dict(img_size=32),
+             dict(pre_norm=True, patch_bias=False, layer_norm_epsilon=1e-5, quick_gelu=False)),
+    "clip_quickgelu": ("vit_base_patch16_clip_quickgelu_224", dict(img_size=32), dict(quick_gelu=True)),
+    "siglip": ("vit_base_patch16_siglip_224", dict(img_size=32), dict(classifier="map")),
+    "siglip_gap": ("vit_base_patch16_siglip_gap_224", dict(img_size=32), dict(classifier="gap", fc_norm=False)),
+    "gap_fc_norm": ("vit_base_patch16_224", dict(img_size=32, global_pool="avg", class_token=False, fc_norm=True),
+                    dict(classifier="gap", fc_norm=True)),
+    "registers_with_positions": ("vit_base_patch16_224", dict(img_size=32, reg_tokens=2), dict(num_registers=2)),
+    "headless": ("vit_small_patch14_dinov2", dict(img_size=28, num_classes=0), dict(num_classes=None)),
+}
+
+
+def perturbed_timm(name, **kwargs):
+    """A timm model with Gaussian noise on every parameter (layer scales, registers and zero biases included)."""
+    timm = import_timm()
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **{**SMALL, **kwargs})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """family -> (timm model, its Hub-layout directory)."""
+    timm = import_timm()
+    root = tmp_path_factory.mktemp("timm_hub_layout")
+    out = {}
+    for family, (name, kwargs, _) in FAMILIES.items():
+        model = perturbed_timm(name, **kwargs)
+        timm.models.save_for_hf(model, root / family, safe_serialization=True)
+        out[family] = (model, root / family)
+    return out
+
+
+def images(size, n=2, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, *size, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_loads_with_its_options_and_gives_timms_logits(saved, family):
+    model, directory = saved[family]
+    trained = load_trained_model(directory)
+    for option, value in FAMILIES[family][2].items():
+        assert getattr(trained.model, option) == value, option
+    x = images(trained.image_size)
+    ours = np.asarray(trained.model.apply({"params": trained.params}, x, train=False))
+    np.testing.assert_allclose(ours, timm_logits(model, x), atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip", "siglip", "registers_with_positions"])
+def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits(saved, family):
+    """timm resamples its table (bicubic, antialiased) when `dynamic_img_size=True`; fine-tuning resizes ours the
+    same way (`init.posemb_method=bicubic`, antialiased), which configs/finetune.py picks for timm checkpoints."""
+    model, directory = saved[family]
+    name, kwargs, _ = FAMILIES[family]
+    dynamic = perturbed_timm(name, **kwargs, dynamic_img_size=True)
+    dynamic.load_state_dict(model.state_dict(), strict=True)
+    arch = timm_architecture(directory)
+    pretrained = load_pretrained(directory)
+    patch = arch.options["patch_size"][0]
+    new_size = (arch.image_size[0] + 2 * patch, arch.image_size[1] + patch)  # another, non-square grid
+    target = VisionTransformer(**{**arch.options, "posemb_grid": None})
+    shapes = jax.eval_shape(lambda: target.init(jax.random.key(0), jnp.zeros((1, *new_size, 3)), train=False))
+    plan = plan_adaptation(pretrained.params, shapes["params"], old_grid=pretrained.grid,
+                           new_grid=(new_size[0] // patch, new_size[1] // patch), posemb_method="bicubic",
+                           posemb_antialias=True)
+    params = fill_from_init(plan, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]))
+    x = images(new_size, seed=1)
+    np.testing.assert_allclose(np.asarray(target.apply({"params": params}, x, train=False)), timm_logits(dynamic, x),
+                               atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip_quickgelu", "siglip", "gap_fc_norm"])
+def test_an_export_loads_strictly_in_timm_and_reads_back_the_same(saved, family, tmp_path):
+    timm = import_timm()
+    model, directory = saved[family]
+    out = export_timm(str(directory), tmp_path / "export")
+    reloaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # strict: every tensor, no extras
+    x = images(load_trained_model(directory).image_size, seed=2)
+    np.testing.assert_allclose(timm_logits(reloaded, x), timm_logits(model, x), atol=1e-5, rtol=1e-5)
+    assert reloaded.pretrained_cfg["mean"] == pytest.approx(model.pretrained_cfg["mean"])
+    first, second = load_trained_model(directory), load_trained_model(out)
+    np.testing.assert_allclose(np.asarray(second.model.apply({"params": second.params}, x, train=False)),
+                               np.asarray(first.model.apply({"params": first.params}, x, train=False)), atol=1e-5)
+
+
+def test_a_vit_jax_model_with_registers_pre_norm_and_no_patch_bias_exports_exactly(tmp_path):
+    """vit_jax layouts timm lacks go through identities: registers get zero position rows, a patch bias before a
+    pre-norm moves into the table, a tanh GELU is timm's `gelu_tanh`; grayscale and [-1, 1] inputs are timm's
+    `in_chans=1` and mean = std = 0.5."""
+    timm = import_timm()
+    import torch
+    from safetensors.numpy import save_file
+
+    model = VisionTransformer(num_classes=3, patch_size=(4, 4), hidden_size=32, num_layers=1, mlp_dim=64,
+                              num_heads=2, num_registers=2, pre_norm=True, layer_scale=0.1, posemb_grid=(4, 4))
+    x = images((16, 16))[..., :1]
+    params = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(0).standard_normal(a.shape).astype(np.float32),
+                          model.init(jax.random.key(0), x, train=False)["params"])
+    from vit_jax.checkpoint.timm_export import timm_config
+
+    config = timm_config(model, Preprocess(image_size=(16, 16)), channels=1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file(params_to_timm(params, model), str(tmp_path / "model.safetensors"))
+    reference = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    assert reference.pretrained_cfg["mean"] == [0.5] and reference.pretrained_cfg["std"] == [0.5]
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(np.asarray(model.apply({"params": params}, x, train=False)), theirs, atol=2e-5)
+
+
+def test_preprocessing_from_the_config_is_timms_mean_and_std_and_grayscale_becomes_rgb():
+    pp = Preprocess(image_size=(2, 2), value_range=(0.0, 1.0), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5),
+                    channels=3)
+    gray = np.array([[[0], [51]], [[255], [102]]], np.uint8)
+    out = pp.pixels(gray)
+    expected = (np.repeat(gray / 255.0, 3, axis=-1) - [0.5, 0.4, 0.3]) / [0.2, 0.25, 0.5]
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="mean and std must be given together"):
+        Preprocess(image_size=(2, 2), mean=(0.5,))
+
+
+def write_hub_cache(home, repo_id, files):
+    """huggingface_hub's cache layout under HF_HOME: refs/main -> a snapshot holding `files`."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        shutil.copy(source, snapshot / name)
+    return snapshot
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return tmp_path / "hf"
+
+
+def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line(saved, offline_hub, tmp_path):
+    _, directory = saved["dinov2_reg4"]
+    write_hub_cache(offline_hub, "timm/tiny_dinov2_reg4", {n: directory / n for n in ("config.json", "model.safetensors")})
+    trained = load_trained_model("hf-hub:timm/tiny_dinov2_reg4")
+    assert trained.model.num_registers == 4 and trained.source == "hf-hub:timm/tiny_dinov2_reg4"
+
+    write_hub_cache(offline_hub, "timm/no_weights", {"config.json": directory / "config.json"})
+    with pytest.raises(FileNotFoundError, match=r"^hf-hub:timm/no_weights: no model.safetensors") as error:
+        load_trained_model("hf-hub:timm/no_weights")
+    assert "\n" not in str(error.value)
+    with pytest.raises(FileNotFoundError, match=r"^hf-hub:timm/absent: no config.json .*HF_HUB_OFFLINE"):
+        load_trained_model("hf-hub:timm/absent")
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    shutil.copy(directory / "config.json", corrupt / "config.json")
+    (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file") as error:
+        load_trained_model(corrupt)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name, kwargs, reason", [
+    ("deit_tiny_distilled_patch16_224", dict(img_size=32), "DeiT's distillation token"),
+    ("vit_base_patch16_224", dict(img_size=32, qk_norm=True), "query/key normalisation"),
+    ("vit_small_patch16_dinov3", dict(img_size=32), "Eva layout"),
+])
+def test_families_vit_jax_cannot_run_are_refused_naming_the_tensor(name, kwargs, reason, tmp_path):
+    from safetensors.torch import save_file
+
+    model = perturbed_timm(name, **kwargs)
+    save_file(model.state_dict(), str(tmp_path / "weights.safetensors"))
+    with pytest.raises(ValueError, match=reason):
+        load_pretrained(tmp_path / "weights.safetensors")
+
+
+def test_a_bare_safetensors_file_reads_its_architecture_off_the_tensors(saved, tmp_path):
+    """No config.json: width 32 is no standard size, so the heads are asked for; with `num_heads` in model_args
+    (a config.json beside the file) it loads."""
+    _, directory = saved["augreg"]
+    shutil.copy(directory / "model.safetensors", tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"width-32 ViT .* pass num_heads="):
+        load_pretrained(tmp_path / "model.safetensors")
+    checkpoint = read_timm_checkpoint(directory / "model.safetensors", shapes_only=True)
+    assert checkpoint.config["model_args"]["num_heads"] == 2  # found beside the file
+    assert all(a.strides == (0,) * a.ndim for a in checkpoint.state.values())  # no tensor was read
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digits(saved, tmp_path, digits_data_dir):
+    """`configs/finetune.py:init=hf-hub:...` through the command line, offline against a Hub cache, at a new
+    resolution and patch size: the kernel PI-resized, the table resized bicubically as timm does, a new head,
+    grayscale digits fed as RGB with the checkpoint's mean and std."""
+    _, directory = saved["dinov2_reg4"]  # 28x28 in 14x14 patches
+    hf_home = tmp_path / "hf"
+    write_hub_cache(hf_home, "timm/tiny_dinov2_reg4", {n: directory / n for n in ("config.json", "model.safetensors")})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
+    for init, workdir in (("hf-hub:timm/tiny_dinov2_reg4", tmp_path / "from_hub"),
+                          (str(directory / "model.safetensors"), tmp_path / "from_file")):
+        command = [sys.executable, "-m", "vit_jax.main", f"--workdir={workdir}",
+                   f"--config=configs/finetune.py:init={init},res=16,patch=4,steps=4",
+                   f"--config.data_dir={digits_data_dir}", "--config.log_every=2", "--config.test_split="]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "embedding/kernel: PI-resized from patch 14x14 to 4x4" in result.stdout + result.stderr
+        assert "pos_embedding: resized from a 2x2 to a 4x4 grid (bicubic, antialiased)" in result.stdout + result.stderr
+        saved_config = json.loads((workdir / "config.json").read_text())
+        assert saved_config["pp"]["mean"] == [0.485, 0.456, 0.406] and saved_config["pp"]["channels"] == 3
+        assert saved_config["model"]["num_registers"] == 4 and saved_config["model"]["layer_scale"] == 1e-5

@@ -1,0 +1,150 @@
+"""Where timm checkpoints live: `hf-hub:` repos, Hub-layout directories, `.safetensors` files.
+
+A SPEC is
+- `hf-hub:timm/NAME` (optionally `@REVISION`): the repo's `config.json` and `model.safetensors`, resolved by
+  `huggingface_hub` (its cache, `HF_HOME`, `HF_HUB_OFFLINE=1`);
+- a directory in that layout (what `timm.models.save_for_hf` writes);
+- a `.safetensors` file, with the `config.json` beside it when there is one.
+PyTorch pickles (`.bin`, `.pth`) are read only through `torch.load(weights_only=True)`, which refuses code; without
+torch they are refused with the conversion to do. Nothing is unpickled otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HF_PREFIX = "hf-hub:"
+WEIGHTS = "model.safetensors"
+PICKLED_WEIGHTS = ("pytorch_model.bin",)
+CONFIG = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmCheckpoint:
+    state: dict[str, np.ndarray]  # timm's tensor names -> float arrays
+    config: dict[str, Any]  # config.json ({} when there is none)
+    source: str  # for messages: the SPEC, or the file
+
+
+def is_timm_spec(spec: str | Path) -> bool:
+    """Whether SPEC names a timm checkpoint (rather than a vit_jax workdir or an `.npz`)."""
+    text = str(spec)
+    if text.startswith(HF_PREFIX):
+        return True
+    path = Path(text).expanduser()
+    if path.suffix in (".safetensors", ".bin", ".pth"):
+        return True
+    return path.is_dir() and any((path / name).exists() for name in (WEIGHTS, *PICKLED_WEIGHTS))
+
+
+def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmCheckpoint:
+    """The checkpoint SPEC names. `shapes_only`: the tensors are zero-memory placeholders of the right shapes (a
+    safetensors header is all that is read), for building the model before loading anything."""
+    text = str(spec)
+    if text.startswith(HF_PREFIX):
+        weights, config = _from_hub(text[len(HF_PREFIX):])
+    else:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            weights = path / WEIGHTS
+            if not weights.exists():
+                pickled = [path / name for name in PICKLED_WEIGHTS if (path / name).exists()]
+                if not pickled:
+                    raise FileNotFoundError(f"{path} has no {WEIGHTS} (expected the Hub layout: {WEIGHTS} + {CONFIG})")
+                weights = pickled[0]
+            config = path / CONFIG
+        elif path.is_file():
+            weights, config = path, path.parent / CONFIG
+        else:
+            raise FileNotFoundError(f"{text!r}: no such file or directory (expected a .safetensors file, a Hub-layout "
+                                    f"directory or hf-hub:REPO)")
+    state = read_shapes(weights) if shapes_only else read_weights(weights)
+    return TimmCheckpoint(state, read_config(config) if config and config.exists() else {}, text)
+
+
+def _from_hub(repo: str) -> tuple[Path, Path | None]:
+    """The repo's weights and config through huggingface_hub's cache (offline mode and HF_HOME honoured)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo_id, _, revision = repo.partition("@")
+    download = lambda name: Path(hf_hub_download(repo_id, name, revision=revision or None))
+    try:
+        config = download(CONFIG)
+    except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError) as error:
+        raise FileNotFoundError(f"hf-hub:{repo}: no {CONFIG} ({type(error).__name__}: {_first_line(error)}); offline "
+                                f"(HF_HUB_OFFLINE=1) only the cache under HF_HOME is searched") from None
+    try:
+        weights = download(WEIGHTS)
+    except (EntryNotFoundError, LocalEntryNotFoundError) as error:
+        raise FileNotFoundError(f"hf-hub:{repo}: no {WEIGHTS} ({type(error).__name__}: {_first_line(error)}); "
+                                f"vit_jax reads the safetensors weights of timm's Hub repos") from None
+    return weights, config
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object (timm's config.json); got {type(config).__name__}")
+    return config
+
+
+def read_shapes(path: Path) -> dict[str, np.ndarray]:
+    """Each tensor as a zero-memory float32 array of its shape (only the header of a safetensors file is read)."""
+    if path.suffix != ".safetensors":
+        return read_weights(path)
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "np") as f:
+            return {k: np.broadcast_to(np.float32(0), f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    """A state dict as float32 numpy arrays: safetensors directly, PyTorch pickles only with `weights_only=True`."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return {k: _float32(v) for k, v in load_file(path).items()}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+        except TypeError as error:  # safetensors.numpy cannot hold bfloat16: go through torch when it is there
+            return _through_torch(path, error)
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{path} is a PyTorch pickle; vit_jax never unpickles without torch's weights_only "
+                         f"loader: install torch, or convert it to safetensors "
+                         f"(safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors'))"
+                         ) from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}
+
+
+def _through_torch(path: Path, error: Exception) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ValueError(f"{path}: {error}; bfloat16 safetensors need torch installed to be read") from None
+    return {k: v.float().numpy() for k, v in load_file(path).items()}
+
+
+def _float32(value: np.ndarray) -> np.ndarray:
+    return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value

@@ -1,0 +1,191 @@
+"""A vit_jax model as a timm checkpoint: `model.safetensors` + `config.json` in the Hugging Face Hub layout.
+
+    python -m vit_jax.checkpoint.timm_export --checkpoint=workdirs/digits --out=exported/digits
+    python -c "import timm; m = timm.create_model('local-dir:exported/digits', pretrained=True)"
+
+The config names a timm architecture and every `model_args` that differ from it, so timm builds exactly this model
+and loads the weights strictly; its `pretrained_cfg` carries the preprocessing (input size, mean and std that
+reproduce vit_jax's value range, interpolation). Where timm's layout lacks a vit_jax parameter the mapping uses an
+exact identity instead: register tokens get zero position rows, a patch bias before a pre-norm folds into the
+position table, no patch bias where timm keeps one is a zero bias. What timm's `VisionTransformer` cannot run
+(ResNet stems, videos, `pre_logits`, sin-cos, factorized or rotary position encodings) is refused by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vit_jax.checkpoint.timm_layout import ATTENTION, BLOCK, MAP_HEAD
+from vit_jax.data.preprocessing import Preprocess
+from vit_jax.models.encoder import ENCODER
+from vit_jax.models.heads import num_prefix_tokens
+from vit_jax.models.vit import VisionTransformer, token_grid
+
+_POOLS = {"token": "token", "gap": "avg", "map": "map", "unpooled": "", "token_unpooled": ""}
+
+
+def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int) -> dict[str, Any]:
+    """config.json: `architecture`, `model_args` (everything that makes timm's model this one) and
+    `pretrained_cfg`."""
+    refuse = {"resnet_num_layers": model.resnet_num_layers is not None, "tubelet_size": model.tubelet_size is not None,
+              "representation_size": model.representation_size is not None,
+              "posemb": model.posemb not in ("learn", "none"), "qkv_dim": model.qkv_dim not in (None, model.hidden_size)}
+    for option, refused in refuse.items():
+        if refused:
+            raise ValueError(f"{option}={getattr(model, option)!r}: timm's VisionTransformer has no counterpart")
+    if int(model.hidden_size * (model.mlp_dim / model.hidden_size)) != model.mlp_dim:  # timm's rule for the width
+        raise ValueError(f"mlp_dim {model.mlp_dim} is not int({model.hidden_size} * mlp_ratio) for a float mlp_ratio")
+    if model.layer_norm_epsilon not in (1e-6, 1e-5):
+        raise ValueError(f"layer_norm_epsilon={model.layer_norm_epsilon}: timm's ViTs use 1e-6 or (CLIP) 1e-5")
+    image_size = tuple(preprocess.image_size)
+    token_grid(model, image_size)  # the image size fits the patches
+    activation = "quick_gelu" if model.quick_gelu else "gelu_tanh" if model.gelu_approximate else "gelu"
+    model_args = dict(
+        img_size=list(image_size), patch_size=list(model.patch_size), in_chans=channels,
+        num_classes=model.num_classes or 0, global_pool=_POOLS[model.classifier], embed_dim=model.hidden_size,
+        depth=model.num_layers, num_heads=model.num_heads, mlp_ratio=model.mlp_dim / model.hidden_size,
+        qkv_bias=True, init_values=model.layer_scale, class_token=num_prefix_tokens(model.classifier) > 0,
+        pos_embed="learn" if model.posemb == "learn" else "none", no_embed_class=False,
+        reg_tokens=model.num_registers, pre_norm=model.pre_norm, fc_norm=model.fc_norm, act_layer=activation,
+    )
+    lo, hi = preprocess.value_range
+    mean = np.zeros(channels) if preprocess.mean is None else np.asarray(preprocess.mean, float)
+    std = np.ones(channels) if preprocess.std is None else np.asarray(preprocess.std, float)
+    # vit_jax feeds (lo + (hi - lo) x - mean) / std for pixels x in [0, 1], timm (x - mean') / std':
+    pretrained_cfg = dict(
+        input_size=[channels, *image_size], interpolation=preprocess.resize_method, crop_pct=1.0, crop_mode="squash",
+        mean=((mean - lo) / (hi - lo)).tolist(), std=(std / (hi - lo)).tolist(), num_classes=model.num_classes or 0,
+        first_conv="patch_embed.proj", classifier="head",
+    )
+    architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
+    return dict(architecture=architecture, num_classes=model.num_classes or 0, num_features=model.hidden_size,
+                global_pool=model_args["global_pool"], model_args=model_args, pretrained_cfg=pretrained_cfg)
+
+
+def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str, np.ndarray]:
+    """vit_jax's tree (per-layer blocks) -> timm's state dict, float32 numpy; the inverse of
+    `vit_jax.checkpoint.timm_layout.params_from_timm` for the layouts timm_config writes."""
+    p = _numpy(params)
+    encoder = p[ENCODER]
+    width = model.hidden_size
+    state: dict[str, np.ndarray] = {"patch_embed.proj.weight": p["embedding"]["kernel"].transpose(3, 2, 0, 1)}
+    patch_bias = p["embedding"].get("bias", np.zeros(width, np.float32))
+    prefix = num_prefix_tokens(model.classifier)
+    if "posembed_input" in encoder:
+        table = encoder["posembed_input"]["pos_embedding"]
+        if model.pre_norm:  # timm has no patch bias before its pre-norm: the constant moves into the patch rows
+            table = np.concatenate([table[:, :prefix], table[:, prefix:] + patch_bias], axis=1)
+        if model.num_registers:  # vit_jax's registers get no position: zero rows in timm's table
+            zeros = np.zeros((1, model.num_registers, width), np.float32)
+            table = np.concatenate([table[:, :prefix], zeros, table[:, prefix:]], axis=1)
+        state["pos_embed"] = table
+    elif model.pre_norm and np.any(patch_bias):
+        raise ValueError("a patch bias before pre_norm without a position table to fold it into has no timm layout")
+    if not model.pre_norm:
+        state["patch_embed.proj.bias"] = patch_bias
+    if prefix:
+        state["cls_token"] = p["cls"]
+    if model.num_registers:
+        state["reg_token"] = encoder["registers"]
+    if model.pre_norm:
+        state.update(_norm("norm_pre", encoder["pre_norm"]))
+    for i in range(model.num_layers):
+        state.update(_block_to_timm(encoder[BLOCK.format(i)], f"blocks.{i}.", width))
+    if model.fc_norm:
+        state.update(_norm("fc_norm", p["fc_norm"]))
+    else:
+        state.update(_norm("norm", encoder["encoder_norm"]))
+    if model.classifier == "map":
+        state.update(_map_head_to_timm(p[MAP_HEAD], width))
+    if "head" in p:
+        state.update(_dense("head", p["head"]))
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
+
+
+def _numpy(tree: Any) -> Any:
+    return {k: _numpy(v) for k, v in tree.items()} if isinstance(tree, dict) else np.asarray(tree, np.float32)
+
+
+def _norm(name: str, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{name}.weight": p["scale"], f"{name}.bias": p["bias"]}
+
+
+def _dense(name: str, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{name}.weight": p["kernel"].T, f"{name}.bias": p["bias"]}
+
+
+def _heads_in(p: dict[str, np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """kernel `(D, H, hd)`, bias `(H, hd)` -> a `(H * hd, D)` weight and its bias."""
+    return p["kernel"].reshape(width, -1).T, p["bias"].reshape(-1)
+
+
+def _heads_out(name: str, p: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    return {f"{name}.weight": p["kernel"].reshape(-1, width).T, f"{name}.bias": p["bias"]}
+
+
+def _block_to_timm(block: dict[str, Any], b: str, width: int) -> dict[str, np.ndarray]:
+    attention = block[ATTENTION]
+    q, k, v = (_heads_in(attention[name], width) for name in ("query", "key", "value"))
+    state = {b + "attn.qkv.weight": np.concatenate([q[0], k[0], v[0]]),
+             b + "attn.qkv.bias": np.concatenate([q[1], k[1], v[1]]),
+             **_heads_out(b + "attn.proj", attention["out"], width),
+             **_norm(b + "norm1", block["LayerNorm_0"]), **_norm(b + "norm2", block["LayerNorm_1"]),
+             **_dense(b + "mlp.fc1", block["MlpBlock_0"]["Dense_0"]),
+             **_dense(b + "mlp.fc2", block["MlpBlock_0"]["Dense_1"])}
+    if "LayerScale_0" in block:
+        state[b + "ls1.gamma"] = block["LayerScale_0"]["scale"]
+        state[b + "ls2.gamma"] = block["LayerScale_1"]["scale"]
+    return state
+
+
+def _map_head_to_timm(head: dict[str, Any], width: int) -> dict[str, np.ndarray]:
+    attention = head[ATTENTION]
+    q, k, v = (_heads_in(attention[name], width) for name in ("query", "key", "value"))
+    return {"attn_pool.latent": head["probe"], "attn_pool.q.weight": q[0], "attn_pool.q.bias": q[1],
+            "attn_pool.kv.weight": np.concatenate([k[0], v[0]]), "attn_pool.kv.bias": np.concatenate([k[1], v[1]]),
+            **_heads_out("attn_pool.proj", attention["out"], width), **_norm("attn_pool.norm", head["LayerNorm_0"]),
+            **_dense("attn_pool.mlp.fc1", head["MlpBlock_0"]["Dense_0"]),
+            **_dense("attn_pool.mlp.fc2", head["MlpBlock_0"]["Dense_1"])}
+
+
+def export_timm(checkpoint: str, out: str | Path, step: int | None = None) -> Path:
+    """Writes `out/model.safetensors` and `out/config.json` for the model of `checkpoint` (anything
+    `load_trained_model` reads). Checks before writing anything."""
+    from safetensors.numpy import save_file
+
+    from vit_jax.checkpoint.hub import CONFIG, WEIGHTS
+    from vit_jax.checkpoint.trained_model import load_trained_model
+
+    trained = load_trained_model(checkpoint, step=step)
+    config = timm_config(trained.model, trained.preprocess, trained.channels)
+    state = params_to_timm(trained.params, trained.model)
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / WEIGHTS))
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vit_jax.checkpoint.timm_export", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz or a timm checkpoint")
+    parser.add_argument("--out", required=True, help="the directory to write model.safetensors and config.json to")
+    parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_timm(args.checkpoint, args.out, args.step)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

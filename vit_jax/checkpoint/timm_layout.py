@@ -1,0 +1,265 @@
+"""timm's ViT weights (the Hugging Face Hub's `model.safetensors` of `timm/vit_*`) <-> vit_jax's tree.
+
+timm's `VisionTransformer` state dict maps tensor by tensor onto vision_transformer's names: `(out, in)` Linear
+weights transposed, the fused `qkv` split into query/key/value heads, `(D, C, ph, pw)` convolutions to
+`(ph, pw, C, D)`. Every architectural difference between the families is a `VisionTransformer` option read off the
+tensors (layer scale, registers, pre-norm, patch bias, `fc_norm`, MAP head, class token) or, for what tensors
+cannot say (heads, LayerNorm epsilon, QuickGELU), off the architecture name and `model_args` of `config.json`.
+
+Two timm layouts become vit_jax's by exact identities rather than options: a table without class rows
+(`no_embed_class`, DeiT-III, DINOv2-reg) is a zero class row, because the class token then gets no position;
+and the position rows of register tokens are constants added to constant tokens, so they fold into the registers.
+Families vit_jax cannot run yet are refused with the tensor that says why (DeiT's distillation token, SwiGLU MLPs,
+query/key norms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from vit_jax.models.encoder import ENCODER
+from vit_jax.models.heads import num_prefix_tokens
+from vit_jax.models.variants import SIZES
+
+BLOCK = "encoderblock_{}"
+ATTENTION = "MultiHeadDotProductAttention_0"
+MAP_HEAD = "MAPHead_0"
+# Tensors of families vit_jax does not run (yet), and the one-line reason.
+_REFUSED = {
+    "dist_token": "DeiT's distillation token (a second prefix token with its own head)",
+    "blocks.0.mlp.fc1_g.weight": "a SwiGLU MLP",
+    "blocks.0.mlp.w12.weight": "a SwiGLU MLP",
+    "blocks.0.attn.q_norm.weight": "query/key normalisation (qk_norm)",
+    "blocks.0.attn.norm.weight": "a normalisation inside attention (scale_attn_norm)",
+    "blocks.0.norm.weight": "a normalisation inside the MLP (scale_mlp_norm)",
+    "attn_pool.pos_embed": "a position table inside the attention-pooling head",
+}
+# timm's heads per width for its standard ViT sizes (ti, s, m, b, l, h, g, G, so400m, dinov2-g), for checkpoints
+# whose config.json does not record `num_heads`.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's defaults
+HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1536: 24, 1664: 16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmArchitecture:
+    """A timm ViT as vit_jax builds it: `options` are `VisionTransformer` keyword arguments; `image_size` is the
+    resolution the weights were made for; `no_embed_class` and `register_rows` say how timm's table is laid out."""
+
+    name: str  # timm's architecture, e.g. "vit_small_patch14_reg4_dinov2"
+    options: dict[str, Any]
+    image_size: tuple[int, int]
+    channels: int
+    no_embed_class: bool = False
+    pretrained_cfg: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        """The nearest vit_jax variant name ("S/14"); `options` set every size exactly anyway."""
+        by_width = {size.hidden_size: name for name, size in SIZES.items()}
+        ph, pw = self.options["patch_size"]
+        return f"{by_width.get(self.options['hidden_size'], 'B')}/{ph}" + (f"x{pw}" if pw != ph else "")
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """`options` for a model config: without the class count (the dataset's) and the table's grid (the
+        input's; the loaded table is resized to it)."""
+        return {k: v for k, v in self.options.items() if k not in ("num_classes", "posemb_grid")}
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """`config.pp` fields the weights expect: timm's mean and std (`pretrained_cfg`) on 0..1 pixels."""
+        cfg = self.pretrained_cfg
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        return dict(value_range=(0.0, 1.0), mean=tuple(mean), std=tuple(std))
+
+
+def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], where: str
+                           ) -> TimmArchitecture:
+    """The vit_jax model of a timm checkpoint: tensor names and shapes, plus `config` (the Hub's `config.json`:
+    `architecture`, `model_args`, `pretrained_cfg`; may be empty). `where` names the checkpoint in errors."""
+    for key, reason in _REFUSED.items():
+        if key in state:
+            raise ValueError(f"{where}: {reason} (tensor {key!r}) is not supported by vit_jax's ViT")
+    if "rope.freqs" in state or "blocks.0.gamma_1" in state or "blocks.0.attn.q_proj.weight" in state:
+        raise ValueError(f"{where}: timm's Eva layout (DINOv3, the RoPE-ViTs, EVA; tensors 'rope.*', 'gamma_1', "
+                         f"'q_proj') is not read yet; vit_jax reads timm's VisionTransformer layout")
+    fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
+    if fc1 is not None and fc2 is not None and fc1.shape[0] != fc2.shape[1]:
+        raise ValueError(f"{where}: a gated (GLU / SwiGLU) MLP: mlp.fc1 has {fc1.shape[0]} outputs, mlp.fc2 "
+                         f"{fc2.shape[1]} inputs; vit_jax's MLP is not gated")
+    if "patch_embed.proj.weight" not in state or "blocks.0.attn.qkv.weight" not in state:
+        found = ", ".join(sorted(state)[:6])
+        raise ValueError(f"{where} is not a timm VisionTransformer state dict: expected 'patch_embed.proj.weight' and "
+                         f"'blocks.0.attn.qkv.weight'; found {found}, ...")
+    name = str(config.get("architecture", ""))
+    args = dict(config.get("model_args") or {})
+    pretrained_cfg = dict(config.get("pretrained_cfg") or {})
+    width, channels, ph, pw = state["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    has_cls = "cls_token" in state
+    registers = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
+    classifier = _classifier(state, config, args, has_cls, where)
+    options: dict[str, Any] = dict(
+        num_classes=int(state["head.weight"].shape[0]) if "head.weight" in state else None,
+        patch_size=(int(ph), int(pw)), hidden_size=int(width), num_layers=depth,
+        mlp_dim=int(state["blocks.0.mlp.fc1.weight"].shape[0]), num_heads=_num_heads(args, int(width), name, where),
+        classifier=classifier, gelu_approximate=False, quick_gelu=_quick_gelu(name, args),
+        layer_norm_epsilon=1e-5 if "_clip_" in name else 1e-6,
+        layer_scale=1e-5 if "blocks.0.ls1.gamma" in state else None,
+        pre_norm="norm_pre.weight" in state, patch_bias="patch_embed.proj.bias" in state,
+        fc_norm="fc_norm.weight" in state, num_registers=registers,
+        posemb="learn" if "pos_embed" in state else "none",
+    )
+    image_size = _image_size(args, pretrained_cfg, state, (int(ph), int(pw)), has_cls + registers, where)
+    grid = (image_size[0] // ph, image_size[1] // pw)
+    no_embed_class = False
+    if "pos_embed" in state:
+        rows, patches = state["pos_embed"].shape[1], grid[0] * grid[1]
+        if rows not in (patches, patches + has_cls + registers):
+            raise ValueError(f"{where}: the position table has {rows} rows; a {image_size[0]}x{image_size[1]} image "
+                             f"in {ph}x{pw} patches has {patches} (+ {has_cls + registers} prefix tokens)")
+        no_embed_class = rows == patches and has_cls + registers > 0
+        options["posemb_grid"] = grid
+    return TimmArchitecture(name, options, image_size, int(channels), no_embed_class, pretrained_cfg)
+
+
+def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args: Mapping[str, Any], has_cls: bool,
+                where: str) -> str:
+    if "attn_pool.latent" in state:
+        if state["attn_pool.latent"].shape[1] != 1:
+            raise ValueError(f"{where}: an attention-pooling head with {state['attn_pool.latent'].shape[1]} latent "
+                             f"queries; vit_jax's MAP head has one")
+        return "map"
+    pool = args.get("global_pool", config.get("global_pool", "token" if has_cls else "avg"))
+    if pool == "token":
+        if not has_cls:
+            raise ValueError(f"{where}: global_pool 'token' without a class token")
+        return "token"
+    if pool == "avg" and not has_cls:
+        return "gap"
+    if pool == "" and not args.get("num_classes", 1):
+        return "token_unpooled" if has_cls else "unpooled"
+    raise ValueError(f"{where}: global_pool {pool!r} {'with' if has_cls else 'without'} a class token is not one of "
+                     f"vit_jax's classifiers (token with a class token, avg without, map)")
+
+
+def _num_heads(args: Mapping[str, Any], width: int, name: str, where: str) -> int:
+    if "num_heads" in args:
+        return int(args["num_heads"])
+    if width in HEADS_BY_WIDTH:
+        return HEADS_BY_WIDTH[width]
+    raise ValueError(f"{where}: the number of attention heads of {name or 'this'} width-{width} ViT is not in its "
+                     f"config.json's model_args nor a standard timm size; pass num_heads=")
+
+
+def _quick_gelu(name: str, args: Mapping[str, Any]) -> bool:
+    return "quickgelu" in name or args.get("act_layer") == "quick_gelu"
+
+
+def _image_size(args: Mapping[str, Any], pretrained_cfg: Mapping[str, Any], state: Mapping[str, np.ndarray],
+                patch: tuple[int, int], num_prefix: int, where: str) -> tuple[int, int]:
+    """The training resolution: `model_args.img_size`, else `pretrained_cfg.input_size`, else the square grid of
+    the position table."""
+    size = args.get("img_size") or (pretrained_cfg.get("input_size") or [None])[1:]
+    if size:
+        return (int(size), int(size)) if isinstance(size, int | float) else (int(size[0]), int(size[-1]))
+    if "pos_embed" not in state:
+        raise ValueError(f"{where}: no image size in config.json and no position table to read it from: pass "
+                         f"image_size=")
+    rows = state["pos_embed"].shape[1]
+    for patch_rows in (rows, rows - num_prefix):
+        side = math.isqrt(patch_rows)
+        if side * side == patch_rows:
+            return side * patch[0], side * patch[1]
+    raise ValueError(f"{where}: the position table's {rows} rows are not a square grid: pass image_size=")
+
+
+def params_from_timm(state: Mapping[str, np.ndarray], arch: TimmArchitecture) -> dict[str, Any]:
+    """timm tensors -> vit_jax's parameter tree (per-layer encoder blocks), float32 numpy."""
+    w = {k: np.asarray(v, np.float32) for k, v in state.items()}
+    o = arch.options
+    heads, width = o["num_heads"], o["hidden_size"]
+    encoder: dict[str, Any] = {}
+    for i in range(o["num_layers"]):
+        encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, width)
+    if not o["fc_norm"]:
+        encoder["encoder_norm"] = _norm(w, "norm")
+    if o["pre_norm"]:
+        encoder["pre_norm"] = _norm(w, "norm_pre")
+    params: dict[str, Any] = {"embedding": {"kernel": w["patch_embed.proj.weight"].transpose(2, 3, 1, 0)},
+                              ENCODER: encoder}
+    if o["patch_bias"]:
+        params["embedding"]["bias"] = w["patch_embed.proj.bias"]
+    prefix = num_prefix_tokens(o["classifier"])
+    if prefix:
+        params["cls"] = w["cls_token"]
+    registers = w.get("reg_token")
+    if "pos_embed" in w:
+        table = w["pos_embed"]
+        if arch.no_embed_class:  # the class token gets no position: a zero row
+            table = np.concatenate([np.zeros_like(table[:, :prefix]), table], axis=1)
+        elif registers is not None:  # register rows are constants added to constant tokens: fold them in
+            r = registers.shape[1]
+            registers = registers + table[:, prefix:prefix + r]
+            table = np.concatenate([table[:, :prefix], table[:, prefix + r:]], axis=1)
+        encoder["posembed_input"] = {"pos_embedding": table}
+    if registers is not None:
+        encoder["registers"] = registers
+    if o["fc_norm"]:
+        params["fc_norm"] = _norm(w, "fc_norm")
+    if o["classifier"] == "map":
+        params[MAP_HEAD] = _map_head_from_timm(w, heads, width)
+    if "head.weight" in w:
+        params["head"] = {"kernel": w["head.weight"].T, "bias": w["head.bias"]}
+    return params
+
+
+def _norm(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    return {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}
+
+
+def _dense(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    return {"kernel": w[f"{name}.weight"].T, "bias": w[f"{name}.bias"]}
+
+
+def _heads_in(weight: np.ndarray, bias: np.ndarray | None, heads: int) -> dict[str, np.ndarray]:
+    """A `(H * hd, D)` projection onto heads: kernel `(D, H, hd)`, bias `(H, hd)`."""
+    out = {"kernel": weight.T.reshape(weight.shape[1], heads, -1)}
+    if bias is not None:
+        out["bias"] = bias.reshape(heads, -1)
+    return out
+
+
+def _heads_out(w: Mapping[str, np.ndarray], name: str, heads: int) -> dict[str, np.ndarray]:
+    """A `(D, H * hd)` projection from heads: kernel `(H, hd, D)`."""
+    weight = w[f"{name}.weight"]
+    return {"kernel": weight.T.reshape(heads, -1, weight.shape[0]), "bias": w[f"{name}.bias"]}
+
+
+def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, width: int) -> dict[str, Any]:
+    qkv_w = w[b + "attn.qkv.weight"].reshape(3, -1, width)
+    qkv_b = w[b + "attn.qkv.bias"].reshape(3, -1) if b + "attn.qkv.bias" in w else [None] * 3
+    attention = {name: _heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
+    attention["out"] = _heads_out(w, b + "attn.proj", heads)
+    block = {"LayerNorm_0": _norm(w, b + "norm1"), ATTENTION: attention, "LayerNorm_1": _norm(w, b + "norm2"),
+             "MlpBlock_0": {"Dense_0": _dense(w, b + "mlp.fc1"), "Dense_1": _dense(w, b + "mlp.fc2")}}
+    if b + "ls1.gamma" in w:
+        block["LayerScale_0"] = {"scale": w[b + "ls1.gamma"]}
+        block["LayerScale_1"] = {"scale": w[b + "ls2.gamma"]}
+    return block
+
+
+def _map_head_from_timm(w: Mapping[str, np.ndarray], heads: int, width: int) -> dict[str, Any]:
+    kv_w = w["attn_pool.kv.weight"].reshape(2, -1, width)
+    kv_b = w["attn_pool.kv.bias"].reshape(2, -1)
+    attention = {"query": _heads_in(w["attn_pool.q.weight"], w["attn_pool.q.bias"], heads),
+                 "key": _heads_in(kv_w[0], kv_b[0], heads), "value": _heads_in(kv_w[1], kv_b[1], heads),
+                 "out": _heads_out(w, "attn_pool.proj", heads)}
+    return {"probe": w["attn_pool.latent"], ATTENTION: attention, "LayerNorm_0": _norm(w, "attn_pool.norm"),
+            "MlpBlock_0": {"Dense_0": _dense(w, "attn_pool.mlp.fc1"), "Dense_1": _dense(w, "attn_pool.mlp.fc2")}}

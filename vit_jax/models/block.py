@@ -1,0 +1,151 @@
+"""One encoder block: LayerNorm -> self-attention -> residual; LayerNorm -> MLP -> residual (pre-norm ViT).
+
+Parameter names are vision_transformer's (`LayerNorm_0`, `MultiHeadDotProductAttention_0/{query,key,value,out}`,
+`LayerNorm_1`, `MlpBlock_0/Dense_{0,1}`), plus `LayerScale_{0,1}/scale` when the model has layer scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from vit_jax.models.attention import attention_function
+from vit_jax.models.encoder_options import EncoderOptions
+from vit_jax.models.mixed_precision import is_bfloat16, mixed_dot_general
+from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
+from vit_jax.models.rope import DEFAULT_THETA, axial_frequencies, init_mixed_frequencies, rotating_attention
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU -> dropout -> Dense -> dropout, xavier-uniform kernels and normal(1e-6) biases as in ViT.
+
+    `gelu_approximate=True` is the tanh approximation (flax's default, used by vision_transformer and big_vision);
+    `False` is the exact erf GELU of timm/PyTorch. The two differ by at most 4.7e-4 per activation.
+    """
+
+    mlp_dim: int
+    out_dim: int | None = None
+    dropout_rate: float = 0.0
+    gelu_approximate: bool = True
+    quick_gelu: bool = False
+    dtype: Any = None
+    activation_sharding: ActivationSharding | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        dense = lambda features: nn.Dense(
+            features,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6),
+            dot_general=mixed_dot_general if is_bfloat16(self.dtype) else lax.dot_general,
+        )
+        out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
+        x = constrain_hidden(dense(self.mlp_dim)(x), self.activation_sharding)
+        x = quick_gelu(x) if self.quick_gelu else nn.gelu(x, approximate=self.gelu_approximate)
+        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        x = dense(out_dim)(x)
+        return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's GELU approximation, `x * sigmoid(1.702 x)`: its checkpoints were trained with it."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+class LayerScale(nn.Module):
+    """A learned per-channel factor on a residual branch (CaiT; timm's `ls1` / `ls2`, their `gamma`)."""
+
+    init_value: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.constant(self.init_value), (x.shape[-1],), jnp.float32)
+        return x * scale.astype(x.dtype)
+
+
+def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Array:
+    """Stochastic depth: zero a whole example's residual branch with probability `rate`, rescale the rest."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+class Encoder1DBlock(nn.Module):
+    """LayerNorm -> self-attention -> residual; LayerNorm -> MLP -> residual.
+
+    `__call__` returns `(x, None)` so that the same module serves as an `nn.scan` body; `drop_path_rate` is a call
+    argument (a float, or this layer's entry of a scanned array) because stochastic depth grows with depth.
+    `record_attention` sows each call's softmax weights, `(batch, heads, queries, keys)`, into the
+    `intermediates` collection (`MultiHeadDotProductAttention_0/attention_weights`). `mask` `(B, 1, N, N)`
+    (True: may attend) keeps the images of a packed sequence apart; `qkv_dim` is the attention's inner width
+    (heads x head dim), the token width when None.
+    """
+
+    options: EncoderOptions
+    rope: str | None = None  # `rope_axial` or `rope_mixed`: rotate the patch tokens' queries and keys
+    num_prefix: int = 0  # tokens before the patches (class token, registers), never rotated
+
+    @nn.compact
+    def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool,
+                 mask: jax.Array | None = None, coords: jax.Array | None = None) -> tuple[jax.Array, None]:
+        o = self.options
+        x = constrain_tokens(x, o.activation_sharding)
+        y = nn.LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
+        mixed = is_bfloat16(o.dtype)
+        attention_fn = attention_function(o.attention_impl, o.dtype, o.attention_dropout_rate, o.record_attention)
+        if self.rope is not None:
+            attention_fn = rotating_attention(attention_fn, self._rotary_angles(coords, x.shape[-1]),
+                                              self.num_prefix, o.rope_pairing)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=o.num_heads,
+            qkv_features=o.qkv_dim,
+            dtype=o.dtype,
+            qkv_dot_general=mixed_dot_general if mixed else None,
+            out_dot_general=mixed_dot_general if mixed else None,
+            attention_fn=attention_fn,
+            kernel_init=nn.initializers.xavier_uniform(),
+            broadcast_dropout=False,
+            dropout_rate=o.attention_dropout_rate,
+            deterministic=deterministic,
+        )(y, y, mask=mask, sow_weights=o.record_attention)
+        y = nn.Dropout(rate=o.dropout_rate)(y, deterministic=deterministic)
+        x = x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic)
+
+        y = nn.LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
+        y = MlpBlock(
+            mlp_dim=o.mlp_dim,
+            dropout_rate=o.dropout_rate,
+            gelu_approximate=o.gelu_approximate,
+            quick_gelu=o.quick_gelu,
+            dtype=o.dtype,
+            activation_sharding=o.activation_sharding,
+        )(y, deterministic=deterministic)
+        return x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic), None
+
+    def _maybe_scale(self, y: jax.Array) -> jax.Array:
+        return y if self.options.layer_scale is None else LayerScale(self.options.layer_scale)(y)
+
+    def _rotary_angles(self, coords: jax.Array, width: int) -> jax.Array:
+        """`(B or 1, N_patches, H or 1, head_dim / 2)`: how far each patch token's channel pairs turn in this
+        block; `rope_mixed` learns this block's `rope_frequencies` `(2, num_heads, head_dim / 2)` over (x, y)."""
+        o = self.options
+        head_dim = (o.qkv_dim or width) // o.num_heads
+        theta = DEFAULT_THETA[self.rope] if o.rope_theta is None else o.rope_theta
+        if self.rope == "rope_axial":
+            frequencies = jnp.asarray(axial_frequencies(head_dim, coords.shape[-1], theta, o.rope_axis_order),
+                                      jnp.float32)[:, None, :]  # (axes, 1, pairs): the same for every head
+        else:
+            xy = self.param("rope_frequencies", init_mixed_frequencies(theta), (2, o.num_heads, head_dim // 2),
+                            jnp.float32)
+            frequencies = xy[::-1]  # (x, y) -> grid order (row, column)
+        return jnp.einsum("bna,ahp->bnhp", coords, frequencies)
+
+    def _maybe_drop_path(self, y: jax.Array, rate: float | jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or not self.options.stochastic_depth:
+            return y
+        return drop_path(y, rate, self.make_rng("dropout"))

@@ -1,0 +1,134 @@
+"""The encoder's options, declared once: depth and widths, regularisation, memory, attention, rotary encodings,
+and the architectural switches that published checkpoint families differ by (layer scale, pre-norm, QuickGELU...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from vit_jax.models.attention import AttentionImpl, check_attention_impl
+from vit_jax.models.partitioning import ActivationSharding
+from vit_jax.models.rope import RopeAxisOrder, RopeCoordinates, RopePairing
+
+
+@dataclasses.dataclass(kw_only=True, unsafe_hash=True)
+class EncoderOptions:
+    """The encoder's options, declared once: `VisionTransformer` inherits them as its own fields (so a config and
+    the command line set them by name), and hands the encoder and each block one `EncoderOptions` of them. An
+    option added here is a model option everywhere: configs, `create_model`, the command line.
+
+    Keyword-only and hashable rather than frozen: a frozen dataclass cannot be the base of a flax Module, and
+    Modules freeze their attributes themselves.
+
+    Attributes:
+      num_layers, mlp_dim, num_heads: depth, MLP hidden units, attention heads.
+      dropout_rate, attention_dropout_rate: dropout after attention and in the MLP; on the attention weights.
+      stochastic_depth: the drop-path rate of the last block, rising linearly from 0 at the first.
+      gelu_approximate: tanh GELU (vision_transformer, big_vision) or exact erf GELU (timm, PyTorch).
+      quick_gelu: the MLPs use OpenAI CLIP's QuickGELU, `x * sigmoid(1.702 x)`, instead of a GELU.
+      layer_norm_epsilon: every LayerNorm's epsilon (1e-6 as vision_transformer and timm; CLIP's is 1e-5).
+      layer_scale: LayerScale (CaiT, DeiT-III, DINOv2/v3): each residual branch is multiplied channel-wise by a
+        learned `LayerScale_{0,1}/scale` `(D,)` initialised to this value; None: no layer scale.
+      pre_norm: a LayerNorm `Transformer/pre_norm` on the tokens before the first block (CLIP; timm's `norm_pre`).
+      fc_norm: the final LayerNorm moves after pooling, as `fc_norm` (MAE / BEiT-style average pooling; timm's
+        `fc_norm`): no `Transformer/encoder_norm`.
+      dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
+      attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
+      record_attention: sow every block's attention weights into `intermediates` (for pictures; `einsum` only).
+      qkv_dim: the attention's inner width (heads x head dim, vit-pytorch's `heads * dim_head`); None: the token
+        width.
+      embedding_dropout_rate: dropout after the position embeddings (vit-pytorch's `emb_dropout`); None:
+        `dropout_rate`.
+      remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute); `remat_policy` names
+        a `jax.checkpoint_policies` member to save some intermediates anyway.
+      scan: one `nn.scan` over depth instead of a Python loop: compile time independent of depth.
+      activation_sharding: keeps activations split across devices (set by the trainer from its mesh; see
+        `vit_jax.models.partitioning`); None on one device.
+      num_registers: learned register tokens (Darcet et al. 2024; timm's `reg_tokens`, DINOv2-reg, DINOv3), parameter
+        `Transformer/registers` `(1, R, D)`: placed after the class token once the position embeddings are added
+        (they get none, and RoPE leaves them unrotated), attended to in every block, and dropped after the final
+        LayerNorm, so pooling and the patch maps never see them.
+      patch_dropout: the fraction of patch tokens dropped in training (FLIP, Li et al. 2023; timm's
+        `PatchDropout`): each example keeps its own random `max(1, int(N (1 - rate)))` patches, prefix tokens always,
+        and each kept token keeps its own position (table row or rotary coordinates); off at evaluation.
+      rope_theta, rope_coordinates, rope_pairing, rope_axis_order: the conventions of rotary position encodings
+        (`posemb='rope_axial'` or `'rope_mixed'`), each named for the codebase it matches in
+        `vit_jax.models.rope`; rope_grid: interpolated RoPE, `index` coordinates rescaled so every input grid
+        spans this grid (EVA's `ref_feat_shape`; None: a patch's coordinates are its row and column at any
+        resolution); rope_shift, rope_jitter, rope_rescale: DINOv3's train-time augmentation of the rotary
+        coordinates (None: off); rope_ape: a learned absolute table (as `posemb='learn'`) added as well, timm's
+        `vit_*_rope_*_ape` models.
+    """
+
+    num_layers: int
+    mlp_dim: int
+    num_heads: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    stochastic_depth: float = 0.0
+    gelu_approximate: bool = True
+    quick_gelu: bool = False
+    layer_norm_epsilon: float = 1e-6
+    layer_scale: float | None = None
+    pre_norm: bool = False
+    fc_norm: bool = False
+    dtype: Any = None
+    attention_impl: AttentionImpl = "einsum"
+    record_attention: bool = False
+    qkv_dim: int | None = None
+    embedding_dropout_rate: float | None = None
+    remat: bool = False
+    remat_policy: str | None = None
+    scan: bool = False
+    activation_sharding: ActivationSharding | None = None
+    num_registers: int = 0
+    patch_dropout: float = 0.0
+    rope_theta: float | None = None
+    rope_coordinates: RopeCoordinates = "index"
+    rope_pairing: RopePairing = "interleaved"
+    rope_axis_order: RopeAxisOrder = "xy"
+    rope_grid: tuple[int, ...] | None = None
+    rope_ape: bool = False
+    rope_shift: float | None = None
+    rope_jitter: float | None = None
+    rope_rescale: float | None = None
+
+
+def check_encoder_options(options: EncoderOptions) -> None:
+    """Reject inconsistent encoder options when a model is built, before any tracing or compilation."""
+    for field in ("num_layers", "mlp_dim", "num_heads"):
+        value = getattr(options, field)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{field} must be a positive int; got {value!r}")
+    for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth", "embedding_dropout_rate",
+                  "patch_dropout"):
+        value = getattr(options, field)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"{field} must be in [0, 1); got {value!r}")
+    check_attention_impl(options.attention_impl, options.dtype, options.attention_dropout_rate,
+                         options.record_attention)
+    if options.qkv_dim is not None and (options.qkv_dim <= 0 or options.qkv_dim % options.num_heads):
+        raise ValueError(f"qkv_dim must be a positive multiple of num_heads {options.num_heads} (heads x head dim) "
+                         f"or None; got {options.qkv_dim!r}")
+    remat_policy(options.remat_policy)
+    if not isinstance(options.layer_norm_epsilon, float | int) or not options.layer_norm_epsilon > 0:
+        raise ValueError(f"layer_norm_epsilon must be a positive number; got {options.layer_norm_epsilon!r}")
+    if options.layer_scale is not None and not isinstance(options.layer_scale, float | int):
+        raise ValueError(f"layer_scale must be a number (LayerScale's initial value) or None; got "
+                         f"{options.layer_scale!r}")
+    if not isinstance(options.num_registers, int) or options.num_registers < 0:
+        raise ValueError(f"num_registers must be an int >= 0; got {options.num_registers!r}")
+
+
+def remat_policy(name: str | None) -> Any:
+    """The `jax.checkpoint_policies` member called `name` (None: save nothing), or a ValueError listing them."""
+    if name is None:
+        return None
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        valid = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
+        raise ValueError(f"remat_policy {name!r} is not a jax.checkpoint_policies member: {valid}")
+    return policy
