@@ -2,21 +2,24 @@
 
     python -m vit_jax.main --config=configs/finetune.py:init=workdirs/digits,res=32,steps=300 --workdir=workdirs/digits_ft32
 
-Arguments: `init` (a vit_jax workdir, or an `.npz` in vision_transformer's or big_vision's layout), `res` (the new
+    python -m vit_jax.main --config=configs/finetune.py:init=hf-hub:timm/vit_small_patch14_dinov2.lvd142m,res=448,dataset=NAME --workdir=workdirs/dinov2_448
+
+Arguments: `init` (a vit_jax workdir, an `.npz` in vision_transformer's or big_vision's layout, or a timm checkpoint:
+`hf-hub:timm/NAME`, a Hub-layout directory or a `.safetensors` file, docs/hub_checkpoints.md), `res` (the new
 resolution), `patch` (a new patch size: the kernel is PI-resized), `steps` (0 evaluates without training),
 `variant` (the architecture of an `.npz`; a workdir brings its own), `dataset`, and any config path
 (`init.posemb=reinit`, `optimizer.learning_rate=0.003`, ...). From a workdir, the dataset, splits and
-preprocessing of the original run are the defaults. The position embeddings are resized to the new grid
-(`init.posemb_method`, default align-corners bilinear as vision_transformer and big_vision); a head for another
-number of classes is re-initialised; the step-0 evaluation logged in metrics.jsonl is the loaded model before any
+preprocessing of the original run are the defaults; a timm checkpoint brings its architecture, resolution and
+mean/std (grayscale images are fed as RGB). The position embeddings are resized to the new grid
+(`init.posemb_method`, default align-corners bilinear as vision_transformer and big_vision; for a timm checkpoint
+bicubic with antialiasing, as timm's `resample_abs_pos_embed`); a head for another number of classes, or for a
+checkpoint without one, is initialised afresh; the step-0 evaluation logged in metrics.jsonl is the loaded model before any
 fine-tuning step. Recipe: SGD with momentum, cosine decay, no weight decay, clipping at 1 (vision_transformer's).
 
 Result: the digits demonstration (`python scripts/finetune_demo.py`; the model of configs/digits.py trained at
 16x16 with patch 4, then moved), test accuracy on the 360 held-out images (measured when configs/digits.py trained
 at batch 128; it now trains at 64, 98.9-99.4% at 16x16, and this table has not been re-measured since):
 
-| | 16x16 (trained) | 32x32, posemb resized | 32x32, posemb re-initialised | after 300 steps at 32x32 |
-|---|---:|---:|---:|---:|
 | | 16x16 (trained) | 32x32, posemb resized | 32x32, posemb re-initialised | after 300 steps at 32x32 |
 |---|---:|---:|---:|---:|
 | patch 4 | 99.72% | 76.94% | 43.06% | 99.72% |

@@ -50,6 +50,19 @@ def test_new_resolution_resizes_posemb_keeps_the_class_row_and_reinits_a_new_hea
     assert any("resized from a 2x2 to a 4x3 grid" in note for note in plan.notes)
 
 
+def test_a_checkpoint_without_a_head_gets_a_fresh_one_unless_told_to_load_it():
+    """Feature extractors (timm's num_classes=0: DINOv2, CLIP image towers) fine-tune with a new head."""
+    source = values(create_model("Ti/8", num_classes=None, **TINY), (16, 16), 0)
+    target = create_model("Ti/8", num_classes=4, **TINY)
+    plan, merged, fresh = adapt(source, target, (16, 16), (2, 2), dont_load=("head",))
+    jax.tree.map(np.testing.assert_array_equal, merged["head"], fresh["head"])
+    np.testing.assert_array_equal(merged["cls"], source["cls"])
+    assert plan.notes == ("head/bias: initialised (the checkpoint has no head)",
+                          "head/kernel: initialised (the checkpoint has no head)")
+    with pytest.raises(CheckpointMismatchError, match="missing from the checkpoint: head/bias"):
+        adapt(source, target, (16, 16), (2, 2), head="load")
+
+
 def test_new_patch_size_pi_resizes_the_kernel():
     source = values(create_model("Ti/8", num_classes=10, **TINY), (16, 16), 0)
     target = create_model("Ti/16", num_classes=10, **TINY)

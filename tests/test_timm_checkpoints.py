@@ -216,11 +216,11 @@ def test_families_vit_jax_cannot_run_are_refused_naming_the_tensor(name, kwargs,
 
 
 def test_a_bare_safetensors_file_reads_its_architecture_off_the_tensors(saved, tmp_path):
-    """No config.json: width 32 is no standard size, so the heads are asked for; with `num_heads` in model_args
-    (a config.json beside the file) it loads."""
+    """No config.json: width 32 is no standard size, so the heads are asked for; with the config.json beside the
+    file they are read from its model_args, and the architecture from the header alone."""
     _, directory = saved["augreg"]
     shutil.copy(directory / "model.safetensors", tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match=r"width-32 ViT .* pass num_heads="):
+    with pytest.raises(ValueError, match=r"width-32 ViT .* config.json with \{\"model_args\": \{\"num_heads\": H\}\}"):
         load_pretrained(tmp_path / "model.safetensors")
     checkpoint = read_timm_checkpoint(directory / "model.safetensors", shapes_only=True)
     assert checkpoint.config["model_args"]["num_heads"] == 2  # found beside the file

@@ -101,6 +101,9 @@ def plan_adaptation(
         plan[path] = FROM_INIT
         notes.append(f"{'/'.join(path)}: {why}")
 
+    if head != "load" and not any(p[0] == "head" for p in source):  # a feature extractor (DINOv2, MAE, CLIP...)
+        for path in [p for p in target_flat if p[0] == "head"]:
+            from_init(path, "initialised (the checkpoint has no head)")
     patterns = [re.compile(p) for p in dont_load]
     for path in list(source):
         if any(p.search("/".join(path)) for p in patterns) and path in target_flat:

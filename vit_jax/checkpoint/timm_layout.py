@@ -154,8 +154,9 @@ def _num_heads(args: Mapping[str, Any], width: int, name: str, where: str) -> in
         return int(args["num_heads"])
     if width in HEADS_BY_WIDTH:
         return HEADS_BY_WIDTH[width]
-    raise ValueError(f"{where}: the number of attention heads of {name or 'this'} width-{width} ViT is not in its "
-                     f"config.json's model_args nor a standard timm size; pass num_heads=")
+    raise ValueError(f"{where}: the number of attention heads of {name or 'this'} width-{width} ViT is neither in "
+                     f"a config.json's model_args nor known for a standard timm size; put a config.json with "
+                     f'{{"model_args": {{"num_heads": H}}}} beside the weights')
 
 
 def _quick_gelu(name: str, args: Mapping[str, Any]) -> bool:
@@ -170,14 +171,15 @@ def _image_size(args: Mapping[str, Any], pretrained_cfg: Mapping[str, Any], stat
     if size:
         return (int(size), int(size)) if isinstance(size, int | float) else (int(size[0]), int(size[-1]))
     if "pos_embed" not in state:
-        raise ValueError(f"{where}: no image size in config.json and no position table to read it from: pass "
-                         f"image_size=")
+        raise ValueError(f"{where}: no image size in a config.json and no position table to read it from; put a "
+                         f'config.json with {{"model_args": {{"img_size": [H, W]}}}} beside the weights')
     rows = state["pos_embed"].shape[1]
     for patch_rows in (rows, rows - num_prefix):
         side = math.isqrt(patch_rows)
         if side * side == patch_rows:
             return side * patch[0], side * patch[1]
-    raise ValueError(f"{where}: the position table's {rows} rows are not a square grid: pass image_size=")
+    raise ValueError(f"{where}: the position table's {rows} rows are not a square grid; put a config.json with "
+                     f'{{"model_args": {{"img_size": [H, W]}}}} beside the weights')
 
 
 def params_from_timm(state: Mapping[str, np.ndarray], arch: TimmArchitecture) -> dict[str, Any]:
