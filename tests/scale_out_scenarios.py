@@ -31,7 +31,8 @@ RUNS = {
 }
 # Batch 32: 4 examples per device on the 8-device meshes, what the equivalence needs and no more. One checkpoint,
 # at step 10 (the one the tests compare and resume from).
-TEN_STEPS = "num_steps=10,batch_size=32,eval_batch_size=64,log_every=1,eval_every=10,checkpoint_every=10"
+TEN_STEPS = ("num_steps=10,batch_size=32,eval_batch_size=64,log_every=1,eval_every=10,checkpoint_every=10,"
+             "optimizer.schedule=constant,optimizer.warmup_steps=0")
 
 
 def config_for(run: str, data_dir: str, steps: str = TEN_STEPS):
