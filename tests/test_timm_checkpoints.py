@@ -39,6 +39,8 @@ FAMILIES = {
     "gap_fc_norm": ("vit_base_patch16_224", dict(img_size=32, global_pool="avg", class_token=False, fc_norm=True),
                     dict(classifier="gap", fc_norm=True)),
     "registers_with_positions": ("vit_base_patch16_224", dict(img_size=32, reg_tokens=2), dict(num_registers=2)),
+    "no_qkv_bias_embed_norm": ("vit_base_patch16_224", dict(img_size=32, qkv_bias=False, embed_norm_layer="layernorm"),
+                               dict(qkv_bias=False, embedding_norm=True)),
     "headless": ("vit_small_patch14_dinov2", dict(img_size=28, num_classes=0), dict(num_classes=None)),
 }
 
@@ -107,7 +109,8 @@ def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits
                                atol=5e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip_quickgelu", "siglip", "gap_fc_norm"])
+@pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip_quickgelu", "siglip", "gap_fc_norm",
+                                    "no_qkv_bias_embed_norm"])
 def test_an_export_loads_strictly_in_timm_and_reads_back_the_same(saved, family, tmp_path):
     timm = import_timm()
     model, directory = saved[family]
@@ -155,6 +158,39 @@ def test_preprocessing_from_the_config_is_timms_mean_and_std_and_grayscale_becom
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="mean and std must be given together"):
         Preprocess(image_size=(2, 2), mean=(0.5,))
+
+
+@pytest.mark.parametrize("mode, size, pct, interpolation", [
+    ("center", 32, 0.9, "bicubic"), ("center", (32, 48), 0.875, "bilinear"), ("squash", 32, 0.95, "bicubic"),
+    ("border", 32, 0.9, "bilinear"),
+])
+def test_a_photo_is_fed_to_the_model_as_timms_eval_transform_feeds_it(tmp_path, mode, size, pct, interpolation):
+    """pretrained_cfg's input size, interpolation, crop_pct and crop_mode: `predict`'s view of an odd-sized
+    photo equals timm's resolve_data_config + create_transform on the same file, and a 1,000-class head is named
+    as timm names ImageNet's classes."""
+    from PIL import Image
+
+    from vit_jax.predict import preprocessed
+
+    timm = import_timm()
+    import timm.data
+
+    overlay = dict(input_size=(3, *((size, size) if isinstance(size, int) else size)), crop_pct=pct,
+                   crop_mode=mode, interpolation=interpolation, mean=(0.45, 0.4, 0.5), std=(0.2, 0.3, 0.25))
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, **{**SMALL, "num_classes": 1000},
+                              img_size=size, pretrained_cfg_overlay=overlay)
+    timm.models.save_for_hf(model, tmp_path / "hub", safe_serialization=True)
+    y, x = np.mgrid[0:45, 0:71]
+    photo = np.stack([(y * 5) % 256, (x * 3 + y) % 256, (x * y) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+
+    config = timm.data.resolve_data_config({}, model=model)
+    expected = timm.data.create_transform(**config)(Image.open(tmp_path / "photo.png").convert("RGB"))
+    trained = load_trained_model(checkpoint=tmp_path / "hub")
+    got = preprocessed(trained, tmp_path / "photo.png")
+    np.testing.assert_allclose(got, expected.numpy().transpose(1, 2, 0), atol=1e-5)
+    info = timm.data.ImageNetInfo()
+    assert trained.class_names[::250] == tuple(info.index_to_description(i) for i in range(0, 1000, 250))
 
 
 def write_hub_cache(home, repo_id, files):

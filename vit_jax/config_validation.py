@@ -200,6 +200,10 @@ def check_flexi(config: ConfigDict, model: VisionTransformer) -> None:
         raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes),
                           f"FlexiViT patch sizes are for images; config.model.tubelet_size = "
                           f"{model.tubelet_size} makes a video model", "() for video models")
+    if model.patch_norm:
+        raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes),
+                          "config.model.patch_norm normalises the pixels of one patch size",
+                          "() or config.model.patch_norm=False")
     try:
         sizes = flexi_patch_sizes(config.flexi.patch_sizes)
         flexi_probabilities(sizes, config.flexi.probabilities)

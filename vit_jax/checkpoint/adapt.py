@@ -173,6 +173,10 @@ def _plan_kernel(source, target_flat, inflation, notes) -> None:
     inflate = kernel.ndim == 4 and len(shape) == 5  # an image checkpoint for a video model
     frames, shape = (shape[0], shape[1:]) if inflate else (None, shape)
     if kernel.shape[:2] != shape[:2] and kernel.shape[2:] == shape[2:]:
+        if ("embedding", "patch_norm", "scale") in source:
+            raise CheckpointMismatchError(
+                f"embedding/patch_norm normalises the pixels of {kernel.shape[0]}x{kernel.shape[1]} patches: this "
+                f"checkpoint cannot move to patch {shape[0]}x{shape[1]}; keep its patch size")
         source[KERNEL] = pi_resize_kernel(kernel, shape[:2])
         notes.append(f"embedding/kernel: PI-resized from patch {kernel.shape[0]}x{kernel.shape[1]} to "
                      f"{shape[0]}x{shape[1]}")

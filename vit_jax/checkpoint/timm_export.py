@@ -35,7 +35,8 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     `pretrained_cfg`."""
     refuse = {"resnet_num_layers": model.resnet_num_layers is not None, "tubelet_size": model.tubelet_size is not None,
               "representation_size": model.representation_size is not None,
-              "posemb": model.posemb not in ("learn", "none"), "qkv_dim": model.qkv_dim not in (None, model.hidden_size)}
+              "posemb": model.posemb not in ("learn", "none"), "qkv_dim": model.qkv_dim not in (None, model.hidden_size),
+              "patch_norm": model.patch_norm}
     for option, refused in refuse.items():
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's VisionTransformer has no counterpart")
@@ -43,6 +44,9 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
         raise ValueError(f"mlp_dim {model.mlp_dim} is not int({model.hidden_size} * mlp_ratio) for a float mlp_ratio")
     if model.layer_norm_epsilon not in (1e-6, 1e-5):
         raise ValueError(f"layer_norm_epsilon={model.layer_norm_epsilon}: timm's ViTs use 1e-6 or (CLIP) 1e-5")
+    if model.embedding_norm and model.layer_norm_epsilon != 1e-6:
+        raise ValueError(f"embedding_norm with layer_norm_epsilon={model.layer_norm_epsilon}: timm's "
+                         f"embed_norm_layer='layernorm' has epsilon 1e-6")
     image_size = tuple(preprocess.image_size)
     token_grid(model, image_size)  # the image size fits the patches
     activation = "quick_gelu" if model.quick_gelu else "gelu_tanh" if model.gelu_approximate else "gelu"
@@ -50,10 +54,12 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
         img_size=list(image_size), patch_size=list(model.patch_size), in_chans=channels,
         num_classes=model.num_classes or 0, global_pool=_POOLS[model.classifier], embed_dim=model.hidden_size,
         depth=model.num_layers, num_heads=model.num_heads, mlp_ratio=model.mlp_dim / model.hidden_size,
-        qkv_bias=True, init_values=model.layer_scale, class_token=num_prefix_tokens(model.classifier) > 0,
+        qkv_bias=model.qkv_bias, init_values=model.layer_scale, class_token=num_prefix_tokens(model.classifier) > 0,
         pos_embed="learn" if model.posemb == "learn" else "none", no_embed_class=False,
         reg_tokens=model.num_registers, pre_norm=model.pre_norm, fc_norm=model.fc_norm, act_layer=activation,
     )
+    if model.embedding_norm:
+        model_args["embed_norm_layer"] = "layernorm"
     lo, hi = preprocess.value_range
     mean = np.zeros(channels) if preprocess.mean is None else np.asarray(preprocess.mean, float)
     std = np.ones(channels) if preprocess.std is None else np.asarray(preprocess.std, float)
@@ -76,6 +82,9 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
     width = model.hidden_size
     state: dict[str, np.ndarray] = {"patch_embed.proj.weight": p["embedding"]["kernel"].transpose(3, 2, 0, 1)}
     patch_bias = p["embedding"].get("bias", np.zeros(width, np.float32))
+    if model.pre_norm and model.embedding_norm and np.any(patch_bias):
+        raise ValueError("a patch bias before embedding_norm and pre_norm has no timm layout (timm's pre-norm models "
+                         "have no patch bias)")
     prefix = num_prefix_tokens(model.classifier)
     if "posembed_input" in encoder:
         table = encoder["posembed_input"]["pos_embedding"]
@@ -85,7 +94,9 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
             zeros = np.zeros((1, model.num_registers, width), np.float32)
             table = np.concatenate([table[:, :prefix], zeros, table[:, prefix:]], axis=1)
         state["pos_embed"] = table
-    elif model.pre_norm and np.any(patch_bias):
+    if model.embedding_norm:
+        state.update(_norm("patch_embed.norm", p["embedding"]["embedding_norm"]))
+    if "posembed_input" not in encoder and model.pre_norm and np.any(patch_bias):
         raise ValueError("a patch bias before pre_norm without a position table to fold it into has no timm layout")
     if not model.pre_norm:
         state["patch_embed.proj.bias"] = patch_bias
@@ -120,9 +131,9 @@ def _dense(name: str, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {f"{name}.weight": p["kernel"].T, f"{name}.bias": p["bias"]}
 
 
-def _heads_in(p: dict[str, np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """kernel `(D, H, hd)`, bias `(H, hd)` -> a `(H * hd, D)` weight and its bias."""
-    return p["kernel"].reshape(width, -1).T, p["bias"].reshape(-1)
+def _heads_in(p: dict[str, np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """kernel `(D, H, hd)`, bias `(H, hd)` -> a `(H * hd, D)` weight and its bias (None without one)."""
+    return p["kernel"].reshape(width, -1).T, p["bias"].reshape(-1) if "bias" in p else None
 
 
 def _heads_out(name: str, p: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
@@ -133,11 +144,12 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int) -> dict[str, np.nd
     attention = block[ATTENTION]
     q, k, v = (_heads_in(attention[name], width) for name in ("query", "key", "value"))
     state = {b + "attn.qkv.weight": np.concatenate([q[0], k[0], v[0]]),
-             b + "attn.qkv.bias": np.concatenate([q[1], k[1], v[1]]),
              **_heads_out(b + "attn.proj", attention["out"], width),
              **_norm(b + "norm1", block["LayerNorm_0"]), **_norm(b + "norm2", block["LayerNorm_1"]),
              **_dense(b + "mlp.fc1", block["MlpBlock_0"]["Dense_0"]),
              **_dense(b + "mlp.fc2", block["MlpBlock_0"]["Dense_1"])}
+    if q[1] is not None:
+        state[b + "attn.qkv.bias"] = np.concatenate([q[1], k[1], v[1]])
     if "LayerScale_0" in block:
         state[b + "ls1.gamma"] = block["LayerScale_0"]["scale"]
         state[b + "ls2.gamma"] = block["LayerScale_1"]["scale"]

@@ -72,6 +72,17 @@ class TimmArchitecture:
         return {k: v for k, v in self.options.items() if k not in ("num_classes", "posemb_grid")}
 
     @property
+    def evaluation(self) -> dict[str, Any]:
+        """`Preprocess` fields for the view timm evaluates at (`resolve_data_config`): `input_size`,
+        `interpolation`, `crop_pct` and `crop_mode` from `pretrained_cfg`, timm's defaults where it has none (0.875,
+        center, bicubic; the training resolution for the size)."""
+        cfg = self.pretrained_cfg
+        size = cfg.get("input_size")
+        return dict(image_size=tuple(int(s) for s in size[1:]) if size else self.image_size,
+                    resize_method=cfg.get("interpolation") or "bicubic", crop_pct=float(cfg.get("crop_pct") or 0.875),
+                    crop_mode=cfg.get("crop_mode") or "center")
+
+    @property
     def preprocessing(self) -> dict[str, Any]:
         """`config.pp` fields the weights expect: timm's mean and std (`pretrained_cfg`) on 0..1 pixels."""
         cfg = self.pretrained_cfg
@@ -113,6 +124,7 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         layer_norm_epsilon=1e-5 if "_clip_" in name else 1e-6,
         layer_scale=1e-5 if "blocks.0.ls1.gamma" in state else None,
         pre_norm="norm_pre.weight" in state, patch_bias="patch_embed.proj.bias" in state,
+        embedding_norm="patch_embed.norm.weight" in state, qkv_bias="blocks.0.attn.qkv.bias" in state,
         fc_norm="fc_norm.weight" in state, num_registers=registers,
         posemb="learn" if "pos_embed" in state else "none",
     )
@@ -191,13 +203,15 @@ def params_from_timm(state: Mapping[str, np.ndarray], arch: TimmArchitecture) ->
     for i in range(o["num_layers"]):
         encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, width)
     if not o["fc_norm"]:
-        encoder["encoder_norm"] = _norm(w, "norm")
+        encoder["encoder_norm"] = norm_params(w, "norm")
     if o["pre_norm"]:
-        encoder["pre_norm"] = _norm(w, "norm_pre")
+        encoder["pre_norm"] = norm_params(w, "norm_pre")
     params: dict[str, Any] = {"embedding": {"kernel": w["patch_embed.proj.weight"].transpose(2, 3, 1, 0)},
                               ENCODER: encoder}
     if o["patch_bias"]:
         params["embedding"]["bias"] = w["patch_embed.proj.bias"]
+    if o["embedding_norm"]:
+        params["embedding"]["embedding_norm"] = norm_params(w, "patch_embed.norm")
     prefix = num_prefix_tokens(o["classifier"])
     if prefix:
         params["cls"] = w["cls_token"]
@@ -214,7 +228,7 @@ def params_from_timm(state: Mapping[str, np.ndarray], arch: TimmArchitecture) ->
     if registers is not None:
         encoder["registers"] = registers
     if o["fc_norm"]:
-        params["fc_norm"] = _norm(w, "fc_norm")
+        params["fc_norm"] = norm_params(w, "fc_norm")
     if o["classifier"] == "map":
         params[MAP_HEAD] = _map_head_from_timm(w, heads, width)
     if "head.weight" in w:
@@ -222,15 +236,15 @@ def params_from_timm(state: Mapping[str, np.ndarray], arch: TimmArchitecture) ->
     return params
 
 
-def _norm(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+def norm_params(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
     return {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}
 
 
-def _dense(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+def dense_params(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
     return {"kernel": w[f"{name}.weight"].T, "bias": w[f"{name}.bias"]}
 
 
-def _heads_in(weight: np.ndarray, bias: np.ndarray | None, heads: int) -> dict[str, np.ndarray]:
+def heads_in(weight: np.ndarray, bias: np.ndarray | None, heads: int) -> dict[str, np.ndarray]:
     """A `(H * hd, D)` projection onto heads: kernel `(D, H, hd)`, bias `(H, hd)`."""
     out = {"kernel": weight.T.reshape(weight.shape[1], heads, -1)}
     if bias is not None:
@@ -238,7 +252,7 @@ def _heads_in(weight: np.ndarray, bias: np.ndarray | None, heads: int) -> dict[s
     return out
 
 
-def _heads_out(w: Mapping[str, np.ndarray], name: str, heads: int) -> dict[str, np.ndarray]:
+def heads_out(w: Mapping[str, np.ndarray], name: str, heads: int) -> dict[str, np.ndarray]:
     """A `(D, H * hd)` projection from heads: kernel `(H, hd, D)`."""
     weight = w[f"{name}.weight"]
     return {"kernel": weight.T.reshape(heads, -1, weight.shape[0]), "bias": w[f"{name}.bias"]}
@@ -247,10 +261,10 @@ def _heads_out(w: Mapping[str, np.ndarray], name: str, heads: int) -> dict[str, 
 def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, width: int) -> dict[str, Any]:
     qkv_w = w[b + "attn.qkv.weight"].reshape(3, -1, width)
     qkv_b = w[b + "attn.qkv.bias"].reshape(3, -1) if b + "attn.qkv.bias" in w else [None] * 3
-    attention = {name: _heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
-    attention["out"] = _heads_out(w, b + "attn.proj", heads)
-    block = {"LayerNorm_0": _norm(w, b + "norm1"), ATTENTION: attention, "LayerNorm_1": _norm(w, b + "norm2"),
-             "MlpBlock_0": {"Dense_0": _dense(w, b + "mlp.fc1"), "Dense_1": _dense(w, b + "mlp.fc2")}}
+    attention = {name: heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
+    attention["out"] = heads_out(w, b + "attn.proj", heads)
+    block = {"LayerNorm_0": norm_params(w, b + "norm1"), ATTENTION: attention, "LayerNorm_1": norm_params(w, b + "norm2"),
+             "MlpBlock_0": {"Dense_0": dense_params(w, b + "mlp.fc1"), "Dense_1": dense_params(w, b + "mlp.fc2")}}
     if b + "ls1.gamma" in w:
         block["LayerScale_0"] = {"scale": w[b + "ls1.gamma"]}
         block["LayerScale_1"] = {"scale": w[b + "ls2.gamma"]}
@@ -260,8 +274,8 @@ def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, width: int
 def _map_head_from_timm(w: Mapping[str, np.ndarray], heads: int, width: int) -> dict[str, Any]:
     kv_w = w["attn_pool.kv.weight"].reshape(2, -1, width)
     kv_b = w["attn_pool.kv.bias"].reshape(2, -1)
-    attention = {"query": _heads_in(w["attn_pool.q.weight"], w["attn_pool.q.bias"], heads),
-                 "key": _heads_in(kv_w[0], kv_b[0], heads), "value": _heads_in(kv_w[1], kv_b[1], heads),
-                 "out": _heads_out(w, "attn_pool.proj", heads)}
-    return {"probe": w["attn_pool.latent"], ATTENTION: attention, "LayerNorm_0": _norm(w, "attn_pool.norm"),
-            "MlpBlock_0": {"Dense_0": _dense(w, "attn_pool.mlp.fc1"), "Dense_1": _dense(w, "attn_pool.mlp.fc2")}}
+    attention = {"query": heads_in(w["attn_pool.q.weight"], w["attn_pool.q.bias"], heads),
+                 "key": heads_in(kv_w[0], kv_b[0], heads), "value": heads_in(kv_w[1], kv_b[1], heads),
+                 "out": heads_out(w, "attn_pool.proj", heads)}
+    return {"probe": w["attn_pool.latent"], ATTENTION: attention, "LayerNorm_0": norm_params(w, "attn_pool.norm"),
+            "MlpBlock_0": {"Dense_0": dense_params(w, "attn_pool.mlp.fc1"), "Dense_1": dense_params(w, "attn_pool.mlp.fc2")}}

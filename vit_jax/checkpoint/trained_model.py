@@ -19,7 +19,8 @@ import numpy as np
 from vit_jax.checkpoint.hub import is_timm_spec
 from vit_jax.checkpoint.pretrained import is_workdir, load_pretrained, timm_architecture
 from vit_jax.config import CONFIG_FILE, build_model, saved_config
-from vit_jax.data.preprocessing import RESIZE_METHODS, Preprocess
+from vit_jax.data.imagenet_classes import imagenet_class_names
+from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import DatasetError, dataset_builder, dataset_spec
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, unstack_encoder_blocks
 from vit_jax.models.heads import num_prefix_tokens
@@ -75,12 +76,10 @@ def _from_timm(spec: str, dataset: str | None, data_dir: str | None) -> TrainedM
     pretrained = load_pretrained(spec)
     arch = timm_architecture(spec)
     model = VisionTransformer(**arch.options)
-    pp = arch.preprocessing
-    interpolation = arch.pretrained_cfg.get("interpolation", "bicubic")
-    preprocess = Preprocess(image_size=arch.image_size, value_range=pp["value_range"], mean=pp["mean"],
-                            std=pp["std"], resize_method=interpolation if interpolation in RESIZE_METHODS else "bilinear")
+    preprocess = Preprocess(**arch.preprocessing, **arch.evaluation)
     num_classes = _num_classes(pretrained.params)
-    names = _class_names(dataset, data_dir, num_classes) if dataset else _numbered(num_classes)
+    names = (_class_names(dataset, data_dir, num_classes) if dataset else imagenet_class_names(num_classes)
+             or _numbered(num_classes))
     return TrainedModel(model, pretrained.params, preprocess, arch.channels, names, pretrained.source)
 
 

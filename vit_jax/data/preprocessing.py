@@ -2,7 +2,9 @@
 
 Training: optional Inception crop (random area and aspect ratio, as torchvision's RandomResizedCrop) -> resize to
 `image_size` -> optional pad-and-crop (zero padding, then a random window of the original size, the CIFAR recipe)
--> optional horizontal flip -> value range. Evaluation: resize -> value range, so every example is seen whole.
+-> optional horizontal flip -> value range. Evaluation: resize -> value range, so every example is seen whole; or, for
+checkpoints evaluated that way (timm's `crop_pct`, `crop_mode`), resize larger then the central crop
+(`vit_jax.data.eval_crop`).
 Randomness comes from the `numpy.random.Generator` grain derives from the pipeline seed and the element's index,
 so an example's augmentation is the same whenever it is read again (resumed runs included).
 
@@ -19,11 +21,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vit_jax.data.eval_crop import check_crop, eval_view
+
 RESIZE_METHODS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
 TRAIN_CROPS = ("none", "pad", "inception")
 
@@ -91,7 +97,8 @@ class Preprocess:
 
     Pixels go 0..255 -> `value_range`, then, for checkpoints trained that way (timm's ImageNet or CLIP
     statistics), `(x - mean) / std` per channel; `channels=3` turns grayscale images into RGB ones (the gray value
-    in every channel), so RGB checkpoints fine-tune on grayscale data as timm feeds them.
+    in every channel), so RGB checkpoints fine-tune on grayscale data as timm feeds them. `crop_pct` < 1 and
+    `crop_mode` shape the evaluation view as timm's `transforms_imagenet_eval` (training is not affected).
     """
 
     image_size: tuple[int, int]
@@ -105,6 +112,8 @@ class Preprocess:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     channels: int | None = None  # None: as stored
+    crop_pct: float = 1.0
+    crop_mode: str = "squash"
 
     def __post_init__(self) -> None:
         if self.resize_method not in RESIZE_METHODS:
@@ -117,6 +126,7 @@ class Preprocess:
                              f"std={self.std!r}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be None (as stored), 1 or 3; got {self.channels!r}")
+        check_crop(self.crop_pct, self.crop_mode)
 
     def pixels(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (any leading axes, channels last) -> the float32 values the model takes."""
@@ -131,20 +141,31 @@ class Preprocess:
         return x.astype(np.float32)
 
     def resized(self, example: dict[str, Any]) -> dict[str, Any]:
-        """`example` with its image at `image_size`: the deterministic first step of `eval`, and of `train` unless
-        it crops first (Inception crop). A source held in memory applies it once (`resize_once`), not per read."""
-        return {**example, "image": resize(example["image"], self.image_size, self.resize_method)}
+        """`example` with its image at `image_size` (evaluation's view: with `crop_pct`, the central crop of a
+        larger resize): the deterministic first step of `eval`, and of `train` unless it crops first (Inception
+        crop). A source held in memory applies it once (`resize_once`), not per read."""
+        method = self.resize_method
+        if self.crop_pct == 1.0 and self.crop_mode == "squash":
+            return {**example, "image": resize(example["image"], self.image_size, method)}
+        lo, hi = self.value_range
+        fill = (0.0,) if self.mean is None else tuple((m - lo) / (hi - lo) for m in self.mean)  # the mean colour
+        view = eval_view(example["image"], tuple(self.image_size), self.crop_pct, self.crop_mode,
+                         lambda image, size: resize(image, size, method), fill)
+        return {**example, "image": view}
 
     def resize_once(self, training: bool) -> bool:
-        """Whether this path's resize may be done once per example ahead of time: nothing random comes before it."""
-        return not (training and self.train_crop == "inception")
+        """Whether this path's resize may be done once per example ahead of time: nothing random comes before it,
+        and doing it again changes nothing (a central crop of a larger resize would crop twice)."""
+        if training:
+            return self.train_crop != "inception" and self.crop_pct == 1.0 and self.crop_mode == "squash"
+        return self.crop_pct == 1.0
 
     def train(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = example["image"]
         if self.train_crop == "inception":
             top, left, h, w = inception_crop_box(*image.shape[-3:-1], self.crop_scale, self.crop_ratio, rng)
             image = image[..., top : top + h, left : left + w, :]
-        image = resize(image, self.image_size, self.resize_method)
+        image = resize(image, self.image_size, self.resize_method)  # training squashes: crop_pct is evaluation's
         if self.train_crop == "pad" and self.crop_padding:
             image = pad_and_random_crop(image, self.crop_padding, rng)
         if self.flip and rng.random() < 0.5:

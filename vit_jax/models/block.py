@@ -18,6 +18,7 @@ from vit_jax.models.encoder_options import EncoderOptions
 from vit_jax.models.mixed_precision import is_bfloat16, mixed_dot_general
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.rope import DEFAULT_THETA, axial_frequencies, init_mixed_frequencies, rotating_attention
+from vit_jax.models.self_attention import MultiHeadDotProductAttention
 
 
 class MlpBlock(nn.Module):
@@ -101,18 +102,16 @@ class Encoder1DBlock(nn.Module):
         if self.rope is not None:
             attention_fn = rotating_attention(attention_fn, self._rotary_angles(coords, x.shape[-1]),
                                               self.num_prefix, o.rope_pairing)
-        y = nn.MultiHeadDotProductAttention(
+        y = MultiHeadDotProductAttention(
             num_heads=o.num_heads,
             qkv_features=o.qkv_dim,
+            qkv_bias=o.qkv_bias,
             dtype=o.dtype,
             qkv_dot_general=mixed_dot_general if mixed else None,
             out_dot_general=mixed_dot_general if mixed else None,
             attention_fn=attention_fn,
-            kernel_init=nn.initializers.xavier_uniform(),
-            broadcast_dropout=False,
             dropout_rate=o.attention_dropout_rate,
-            deterministic=deterministic,
-        )(y, y, mask=mask, sow_weights=o.record_attention)
+        )(y, deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
         y = nn.Dropout(rate=o.dropout_rate)(y, deterministic=deterministic)
         x = x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic)
 

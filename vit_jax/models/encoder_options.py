@@ -38,6 +38,8 @@ class EncoderOptions:
       dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
       attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
       record_attention: sow every block's attention weights into `intermediates` (for pictures; `einsum` only).
+      qkv_bias: False: the query/key/value projections have no bias (vit-pytorch; timm's `qkv_bias=False`); the
+        output projection keeps its own.
       qkv_dim: the attention's inner width (heads x head dim, vit-pytorch's `heads * dim_head`); None: the token
         width.
       embedding_dropout_rate: dropout after the position embeddings (vit-pytorch's `emb_dropout`); None:
@@ -78,6 +80,7 @@ class EncoderOptions:
     dtype: Any = None
     attention_impl: AttentionImpl = "einsum"
     record_attention: bool = False
+    qkv_bias: bool = True
     qkv_dim: int | None = None
     embedding_dropout_rate: float | None = None
     remat: bool = False

@@ -127,6 +127,11 @@ class PatchEmbed(nn.Module):
       output_format: `tokens` for `(B, gh * gw, D)` in row-major grid order, `grid` for `(B, gh, gw, D)`.
       dtype: computation dtype (inputs and kernel are cast to it); parameters stay `param_dtype`.
       use_bias: False for no `bias` parameter (CLIP, whose patch embedding is followed by a LayerNorm).
+      patch_norm: a LayerNorm `patch_norm` over each patch's `ph * pw * C` pixels (flattened as `patchify` does)
+        before the projection, as vit-pytorch's `to_patch_embedding`; its parameters are per pixel of the stored
+        patch, so the patch size is fixed.
+      embedding_norm: a LayerNorm `embedding_norm` on each token right after the projection (vit-pytorch; timm's
+        `embed_norm_layer`). norm_epsilon: both norms' epsilon.
     """
 
     hidden_size: int
@@ -140,6 +145,9 @@ class PatchEmbed(nn.Module):
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
     use_bias: bool = True
+    patch_norm: bool = False
+    embedding_norm: bool = False
+    norm_epsilon: float = 1e-6
 
     @nn.compact
     def __call__(self, images: jax.Array, patch_size: int | Sequence[int] | None = None) -> jax.Array:
@@ -158,6 +166,13 @@ class PatchEmbed(nn.Module):
             images = pad_to_patch_multiple(images, patch_size)
 
         channels = images.shape[-1]
+        if self.patch_norm:
+            if patch_size != stored:
+                raise ValueError(f"patch_size {patch_size} at call time: this patch embedding normalises the pixels "
+                                 f"of its stored {stored} patches (patch_norm), so it takes no other patch size")
+            patches = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="patch_norm")(
+                patchify(images, patch_size))
+            images = unpatchify(patches, patch_size, channels)
         kernel = self.param("kernel", self.kernel_init, (*stored, channels, self.hidden_size), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.hidden_size,), self.param_dtype) if self.use_bias
                 else jnp.zeros((self.hidden_size,), self.param_dtype))
@@ -166,6 +181,8 @@ class PatchEmbed(nn.Module):
 
         embed = embed_patches_conv if self.kind == "conv" else embed_patches_reshape
         grid = embed(images, kernel, bias, self.precision)
+        if self.embedding_norm:
+            grid = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="embedding_norm")(grid)
         if self.output_format == "grid":
             return grid
         b, gh, gw, d = grid.shape

@@ -49,6 +49,9 @@ class VisionTransformer(nn.Module, EncoderOptions):
         (`vit_jax.models.encoder`), where each is declared and documented once; keyword-only.
       patch_embed: `conv` or `reshape`; same parameters, same outputs (see `vit_jax.models.patching`).
       patch_bias: False: the patch embedding has no bias (CLIP, whose `pre_norm` follows it).
+      patch_norm, embedding_norm: LayerNorms before the patch projection (over each patch's pixels) and after it
+        (on each token), as vit-pytorch has (`embedding/patch_norm`, `embedding/embedding_norm`; see
+        `vit_jax.models.patching.PatchEmbed`).
       tubelet_size: frames per tubelet, for a video model (ViViT's tubelet embedding, spatio-temporal attention
         over all tokens): inputs are `(B, T, H, W, C)` and `embedding` is a `TubeletEmbed` with kernel
         `(tubelet_size, ph, pw, C, D)` (see `vit_jax.models.tubelet`); the token grid is `(gt, gh, gw)`. None:
@@ -69,6 +72,8 @@ class VisionTransformer(nn.Module, EncoderOptions):
     hidden_size: int
     patch_embed: PatchEmbedKind = "conv"
     patch_bias: bool = True
+    patch_norm: bool = False
+    embedding_norm: bool = False
     pad: PatchPadding = "none"
     tubelet_size: int | None = None
     posemb: PosembKind = "learn"
@@ -102,6 +107,9 @@ class VisionTransformer(nn.Module, EncoderOptions):
                 output_format="grid",
                 dtype=self.dtype,
                 use_bias=self.patch_bias,
+                patch_norm=self.patch_norm,
+                embedding_norm=self.embedding_norm,
+                norm_epsilon=self.layer_norm_epsilon,
                 name="embedding",
             )(images, patch_size)
         elif patch_size is not None:
@@ -179,8 +187,10 @@ def check_options(model: VisionTransformer) -> None:
             f"each head gets hidden_size / num_heads channels"
         )
     check_stem_options(model.resnet_num_layers, model.resnet_width_factor)
-    if not model.patch_bias and model.tubelet_size is not None:
-        raise ValueError(f"patch_bias=False is for images; this is a video model (tubelet_size={model.tubelet_size})")
+    for option, default in (("patch_bias", True), ("patch_norm", False), ("embedding_norm", False)):
+        if getattr(model, option) != default and model.tubelet_size is not None:
+            raise ValueError(f"{option}={getattr(model, option)!r} is for images; this is a video model "
+                             f"(tubelet_size={model.tubelet_size})")
     if model.fc_norm and model.classifier in ("unpooled", "token_unpooled"):
         raise ValueError(f"fc_norm normalises the pooled representation; classifier={model.classifier!r} pools "
                          f"nothing")

@@ -5,9 +5,10 @@ architecture, as a `VisionTransformer` (vision_transformer's parameter names, so
 work with it). Differences to know:
 
 - Inputs are channels-last `(B, H, W, C)` (JAX's convention), not `(B, C, H, W)`.
-- The patch embedding is the ViT paper's linear projection of each patch; current vit-pytorch adds a LayerNorm
-  before and after it (and has no biases on q, k, v). Set `posemb`/`classifier` etc. through `**options`.
-- GELU is exact (erf), as PyTorch's `nn.GELU()`; `dropout` also drops attention weights, as vit-pytorch does.
+- The architecture is vit-pytorch 1.x's, parameter for parameter: LayerNorms before and after the patch projection
+  (`patch_norm`, `embedding_norm`), no query/key/value bias (`qkv_bias=False`), LayerNorm epsilon 1e-5 (PyTorch's),
+  exact (erf) GELU, `dropout` on the attention weights too. `vit_jax.checkpoint.vit_pytorch.load_vit_pytorch`
+  loads a vit-pytorch `state_dict` into it. Any other vit_jax option goes through `**options`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def vit_pytorch_options(*, image_size: int | tuple[int, int], patch_size: int | 
         raise ValueError(f"channels must be a positive int; got {channels!r}")
     if not isinstance(dim_head, int) or dim_head <= 0:
         raise ValueError(f"dim_head must be a positive int; got {dim_head!r}")
+    if heads == 1 and dim_head == dim:
+        raise ValueError(f"heads=1 with dim_head=dim={dim}: vit-pytorch then drops the attention's output "
+                         f"projection, which vit_jax's attention always has; use another dim_head")
     size, patch = _pair("image_size", image_size), _pair("patch_size", patch_size)
     if size[0] % patch[0] or size[1] % patch[1]:
         raise ValueError(f"Image dimensions must be divisible by the patch size: image_size {size[0]}x{size[1]}, "
@@ -42,7 +46,8 @@ def vit_pytorch_options(*, image_size: int | tuple[int, int], patch_size: int | 
         num_classes=num_classes, patch_size=patch, hidden_size=dim, num_layers=depth, num_heads=heads,
         mlp_dim=mlp_dim, classifier=POOLS[pool], qkv_dim=heads * dim_head, dropout_rate=dropout,
         attention_dropout_rate=dropout, embedding_dropout_rate=emb_dropout, gelu_approximate=False,
-        posemb_grid=grid_shape(size, patch),
+        posemb_grid=grid_shape(size, patch), qkv_bias=False, patch_norm=True, embedding_norm=True,
+        layer_norm_epsilon=1e-5,
     )
 
 

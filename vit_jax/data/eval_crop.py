@@ -1,0 +1,70 @@
+"""The evaluation view of an image as timm makes it (`transforms_imagenet_eval`): resize to `size / crop_pct`, then
+the central `size`, so a timm checkpoint sees in vit_jax what it sees in timm, pixel for pixel (PIL resampling on
+uint8 images both sides).
+
+`crop_mode` is timm's: `squash` resizes both sides to `size / crop_pct` (aspect ratio not kept); `center` resizes
+the shorter side (the aspect ratio is kept; the long side is cut); `border` resizes the longer side and pads the
+short one with the mean colour. With `crop_pct=1` and `squash` the view is the plain resize.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+CROP_MODES = ("squash", "center", "border")
+
+Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+
+
+def check_crop(crop_pct: float, crop_mode: str) -> None:
+    if not isinstance(crop_pct, float | int) or not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1] (the fraction of the resized image kept); got {crop_pct!r}")
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {CROP_MODES}; got {crop_mode!r}")
+
+
+def eval_view(image: np.ndarray, size: tuple[int, int], crop_pct: float, crop_mode: str, resize: Resize,
+              fill: Sequence[float] = (0.0,)) -> np.ndarray:
+    """`(..., H, W, C)` uint8 -> `(..., h, w, C)`; `resize(image, (h, w))` resamples; `fill` (per channel, 0..1)
+    pads in `border` mode (timm pads with the mean)."""
+    scale = tuple(math.floor(s / crop_pct) for s in size)
+    h, w = image.shape[-3:-1]
+    if crop_mode == "squash":
+        image = resize(image, scale)
+    elif crop_mode == "center":
+        if scale[0] == scale[1]:  # torchvision's Resize(int): the shorter side to it, the longer in proportion
+            short, long = min(h, w), max(h, w)
+            new_long = int(scale[0] * long / short)
+            image = resize(image, (new_long, scale[0]) if w <= h else (scale[0], new_long))
+        else:
+            image = resize(image, _keep_ratio((h, w), scale, longest=False))
+    else:
+        image = resize(image, _keep_ratio((h, w), scale, longest=True))
+    return center_crop_or_pad(image, size, fill)
+
+
+def _keep_ratio(hw: tuple[int, int], target: tuple[int, int], longest: bool) -> tuple[int, int]:
+    """timm's `ResizeKeepRatio`: one factor for both sides, the one that fits the longer (or shorter) side."""
+    ratios = (hw[0] / target[0], hw[1] / target[1])
+    ratio = max(ratios) if longest else min(ratios)
+    return round(hw[0] / ratio), round(hw[1] / ratio)
+
+
+def center_crop_or_pad(image: np.ndarray, size: tuple[int, int], fill: Sequence[float] = (0.0,)) -> np.ndarray:
+    """The central `size` window (torchvision's `center_crop`: offsets rounded half to even), after padding with
+    `fill` where the image is smaller (split as timm's `center_crop_or_pad` splits it)."""
+    h, w = image.shape[-3:-1]
+    th, tw = size
+    if th > h or tw > w:
+        top, left = (th - h) // 2 if th > h else 0, (tw - w) // 2 if tw > w else 0
+        bottom, right = (th - h + 1) // 2 if th > h else 0, (tw - w + 1) // 2 if tw > w else 0
+        colour = np.round(255 * np.broadcast_to(np.asarray(fill, np.float64), (image.shape[-1],))).astype(image.dtype)
+        padded = np.empty((*image.shape[:-3], h + top + bottom, w + left + right, image.shape[-1]), image.dtype)
+        padded[...] = colour
+        padded[..., top:top + h, left:left + w, :] = image
+        image, (h, w) = padded, padded.shape[-3:-1]
+    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    return image[..., top:top + th, left:left + tw, :]

@@ -1,0 +1,26 @@
+"""ImageNet-1k class names, so a checkpoint with a 1,000-class head (timm's, the Hub's) names its predictions.
+
+`imagenet1k_classes.tsv` is timm's table (`timm/data/_info`): the WordNet synset of each class in the standard
+index order, and its lemmas, which are what timm prints (`ImageNetInfo.index_to_description`).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+IMAGENET_1K_CLASSES = 1000
+
+
+@functools.cache
+def _table() -> tuple[tuple[str, str], ...]:
+    text = resources.files(__package__).joinpath("imagenet1k_classes.tsv").read_text("utf-8")
+    return tuple(tuple(line.split("\t", 1)) for line in text.splitlines())  # type: ignore[misc]
+
+
+def imagenet_class_names(num_classes: int | None) -> tuple[str, ...] | None:
+    """The 1,000 class names (lemmas) for a 1,000-class head; None for any other head (no names to guess)."""
+    if num_classes != IMAGENET_1K_CLASSES:
+        return None
+    return tuple(lemmas for _, lemmas in _table())
+
