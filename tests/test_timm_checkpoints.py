@@ -42,6 +42,15 @@ FAMILIES = {
     "no_qkv_bias_embed_norm": ("vit_base_patch16_224", dict(img_size=32, qkv_bias=False, embed_norm_layer="layernorm"),
                                dict(qkv_bias=False, embedding_norm=True)),
     "headless": ("vit_small_patch14_dinov2", dict(img_size=28, num_classes=0), dict(num_classes=None)),
+    # timm's Eva class: the naver RoPE-ViTs and DINOv3
+    "rope_axial": ("vit_small_patch16_rope_224", dict(img_size=32), dict(posemb="rope_axial", layer_scale=1e-5)),
+    "rope_mixed_ape": ("vit_small_patch16_rope_mixed_ape_224", dict(img_size=32, num_reg_tokens=1),
+                       dict(posemb="rope_mixed", rope_ape=True, rope_theta=10.0, num_registers=1)),
+    "dinov3": ("vit_small_patch16_dinov3", dict(img_size=32, global_pool="token"),
+               dict(posemb="rope_axial", rope_coordinates="centered", rope_pairing="halves", rope_axis_order="ij",
+                    num_registers=4, qkv_bias=False, layer_norm_epsilon=1e-5, classifier="token")),
+    "dinov3_qkvb_avg": ("vit_small_patch16_dinov3_qkvb", dict(img_size=32),
+                        dict(qkv_bias=True, classifier="token_gap", fc_norm=False)),
 }
 
 
@@ -86,7 +95,8 @@ def test_each_family_loads_with_its_options_and_gives_timms_logits(saved, family
     np.testing.assert_allclose(ours, timm_logits(model, x), atol=5e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip", "siglip", "registers_with_positions"])
+@pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip", "siglip", "registers_with_positions",
+                                    "rope_axial", "dinov3"])
 def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits(saved, family):
     """timm resamples its table (bicubic, antialiased) when `dynamic_img_size=True`; fine-tuning resizes ours the
     same way (`init.posemb_method=bicubic`, antialiased), which configs/finetune.py picks for timm checkpoints."""
@@ -110,7 +120,8 @@ def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits
 
 
 @pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip_quickgelu", "siglip", "gap_fc_norm",
-                                    "no_qkv_bias_embed_norm"])
+                                    "no_qkv_bias_embed_norm", "rope_axial", "rope_mixed_ape", "dinov3",
+                                    "dinov3_qkvb_avg"])
 def test_an_export_loads_strictly_in_timm_and_reads_back_the_same(saved, family, tmp_path):
     timm = import_timm()
     model, directory = saved[family]
@@ -228,6 +239,15 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     with pytest.raises(FileNotFoundError, match=r"^hf-hub:timm/absent: no config.json .*HF_HUB_OFFLINE"):
         load_trained_model("hf-hub:timm/absent")
 
+    config = json.loads((directory / "config.json").read_text())
+    config["model_args"]["img_size"] = [56, 56]  # the wrong architecture for these weights' 2x2 table
+    (tmp_path / "wrong.json").write_text(json.dumps(config))
+    write_hub_cache(offline_hub, "timm/wrong", {"config.json": tmp_path / "wrong.json",
+                                                 "model.safetensors": directory / "model.safetensors"})
+    with pytest.raises(ValueError, match=r"^hf-hub:timm/wrong: the position table has 4 rows; a 56x56 image in 14x14 "
+                                         r"patches has 16 \(\+ 5 prefix tokens\)$"):
+        load_trained_model("hf-hub:timm/wrong")
+
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     shutil.copy(directory / "config.json", corrupt / "config.json")
@@ -237,18 +257,26 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("name, kwargs, reason", [
-    ("deit_tiny_distilled_patch16_224", dict(img_size=32), "DeiT's distillation token"),
-    ("vit_base_patch16_224", dict(img_size=32, qk_norm=True), "query/key normalisation"),
-    ("vit_small_patch16_dinov3", dict(img_size=32), "Eva layout"),
+@pytest.mark.parametrize("name, kwargs, config, reason", [
+    ("deit_tiny_distilled_patch16_224", dict(img_size=32), False, "DeiT's distillation token"),
+    ("vit_base_patch16_224", dict(img_size=32, qk_norm=True), False, "query/key normalisation"),
+    ("vit_small_plus_patch16_dinov3", dict(img_size=32), True, "a SwiGLU MLP"),
+    ("vit_small_patch16_dinov3", dict(img_size=32), False, "no position table and Eva tensors .'blocks.0.gamma_1'.,"
+                                                           " so a rotary encoding whose conventions are not in the"),
+    ("vit_medium_patch16_rope_reg1_gap_256", dict(img_size=32), True, "other than the naver RoPE-ViTs and DINOv3"),
 ])
-def test_families_vit_jax_cannot_run_are_refused_naming_the_tensor(name, kwargs, reason, tmp_path):
+def test_families_vit_jax_cannot_run_are_refused_naming_the_tensor(name, kwargs, config, reason, tmp_path):
+    """Refused in one line; a bare safetensors file (no config.json) of a rotary model among them, whose rotary
+    conventions no tensor records."""
     from safetensors.torch import save_file
 
     model = perturbed_timm(name, **kwargs)
-    save_file(model.state_dict(), str(tmp_path / "weights.safetensors"))
+    if config:
+        import_timm().models.save_for_hf(model, tmp_path, safe_serialization=True)
+    else:
+        save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=reason):
-        load_pretrained(tmp_path / "weights.safetensors")
+        load_pretrained(tmp_path / "model.safetensors")
 
 
 def test_a_bare_safetensors_file_reads_its_architecture_off_the_tensors(saved, tmp_path):

@@ -8,7 +8,8 @@ and loads the weights strictly; its `pretrained_cfg` carries the preprocessing (
 reproduce vit_jax's value range, interpolation). Where timm's layout lacks a vit_jax parameter the mapping uses an
 exact identity instead: register tokens get zero position rows, a patch bias before a pre-norm folds into the
 position table, no patch bias where timm keeps one is a zero bias. What timm's `VisionTransformer` cannot run
-(ResNet stems, videos, `pre_logits`, sin-cos, factorized or rotary position encodings) is refused by name.
+(ResNet stems, videos, `pre_logits`, sin-cos or factorized position encodings) is refused by name. Rotary models
+are written as timm's `Eva` (the naver RoPE-ViTs, DINOv3: `vit_jax.checkpoint.timm_rope`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from typing import Any
 import numpy as np
 
 from vit_jax.checkpoint.timm_layout import ATTENTION, BLOCK, MAP_HEAD
+from vit_jax.checkpoint.timm_rope import rope_architecture
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.models.encoder import ENCODER
 from vit_jax.models.heads import num_prefix_tokens
+from vit_jax.models.rope import ROPE_KINDS, is_rope
 from vit_jax.models.vit import VisionTransformer, token_grid
 
-_POOLS = {"token": "token", "gap": "avg", "map": "map", "unpooled": "", "token_unpooled": ""}
+_POOLS = {"token": "token", "gap": "avg", "token_gap": "avg", "map": "map", "unpooled": "", "token_unpooled": ""}
 
 
 def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int) -> dict[str, Any]:
@@ -35,7 +38,8 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     `pretrained_cfg`."""
     refuse = {"resnet_num_layers": model.resnet_num_layers is not None, "tubelet_size": model.tubelet_size is not None,
               "representation_size": model.representation_size is not None,
-              "posemb": model.posemb not in ("learn", "none"), "qkv_dim": model.qkv_dim not in (None, model.hidden_size),
+              "posemb": model.posemb not in ("learn", "none", *ROPE_KINDS),
+              "qkv_dim": model.qkv_dim not in (None, model.hidden_size),
               "patch_norm": model.patch_norm}
     for option, refused in refuse.items():
         if refused:
@@ -60,19 +64,38 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     )
     if model.embedding_norm:
         model_args["embed_norm_layer"] = "layernorm"
+    architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
+    if is_rope(model.posemb):
+        architecture, model_args = _eva(model, model_args)
     lo, hi = preprocess.value_range
     mean = np.zeros(channels) if preprocess.mean is None else np.asarray(preprocess.mean, float)
     std = np.ones(channels) if preprocess.std is None else np.asarray(preprocess.std, float)
     # vit_jax feeds (lo + (hi - lo) x - mean) / std for pixels x in [0, 1], timm (x - mean') / std':
     pretrained_cfg = dict(
-        input_size=[channels, *image_size], interpolation=preprocess.resize_method, crop_pct=1.0, crop_mode="squash",
+        input_size=[channels, *image_size], interpolation=preprocess.resize_method, crop_pct=preprocess.crop_pct,
+        crop_mode=preprocess.crop_mode,
         mean=((mean - lo) / (hi - lo)).tolist(), std=(std / (hi - lo)).tolist(), num_classes=model.num_classes or 0,
         first_conv="patch_embed.proj", classifier="head",
     )
-    architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
     return dict(architecture=architecture, num_classes=model.num_classes or 0, num_features=model.hidden_size,
                 global_pool=model_args["global_pool"], model_args=model_args, pretrained_cfg=pretrained_cfg)
 
+
+
+def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A rotary model is timm's `Eva` (the naver RoPE-ViTs, DINOv3): its architecture and `model_args`."""
+    architecture, rope_args = rope_architecture(_rope_options(model))
+    epsilon = 1e-5 if "dinov3" in architecture else 1e-6
+    refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != epsilon, "gelu_approximate": model.gelu_approximate,
+              "quick_gelu": model.quick_gelu, "embedding_norm": model.embedding_norm,
+              "classifier": model.classifier == "map"}
+    for option, refused in refuse.items():
+        if refused:
+            raise ValueError(f"{option}={getattr(model, option)!r}: timm's Eva ({architecture}) has no counterpart")
+    keep = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
+            "mlp_ratio", "qkv_bias", "init_values", "class_token", "no_embed_class")
+    return architecture, dict({k: vit_args[k] for k in keep}, num_reg_tokens=model.num_registers,
+                              use_pre_transformer_norm=model.pre_norm, use_fc_norm=model.fc_norm, **rope_args)
 
 def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str, np.ndarray]:
     """vit_jax's tree (per-layer blocks) -> timm's state dict, float32 numpy; the inverse of
@@ -107,7 +130,10 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
     if model.pre_norm:
         state.update(_norm("norm_pre", encoder["pre_norm"]))
     for i in range(model.num_layers):
-        state.update(_block_to_timm(encoder[BLOCK.format(i)], f"blocks.{i}.", width))
+        state.update(_block_to_timm(encoder[BLOCK.format(i)], f"blocks.{i}.", width, _attention_layout(model)))
+    if model.posemb == "rope_mixed":  # Eva's (2, depth, heads, pairs)
+        state["rope.freqs"] = np.stack([encoder[BLOCK.format(i)]["rope_frequencies"]
+                                        for i in range(model.num_layers)], axis=1)
     if model.fc_norm:
         state.update(_norm("fc_norm", p["fc_norm"]))
     else:
@@ -140,7 +166,19 @@ def _heads_out(name: str, p: dict[str, np.ndarray], width: int) -> dict[str, np.
     return {f"{name}.weight": p["kernel"].reshape(-1, width).T, f"{name}.bias": p["bias"]}
 
 
-def _block_to_timm(block: dict[str, Any], b: str, width: int) -> dict[str, np.ndarray]:
+def _attention_layout(model: VisionTransformer) -> str:
+    """`vit` (timm's VisionTransformer), or an Eva's `attn_type`: `rope` (fused `qkv.bias`) or `eva` (`q_bias`,
+    `v_bias`); Eva's layer scales are `gamma_1` / `gamma_2`."""
+    return rope_architecture(_rope_options(model))[1]["attn_type"] if is_rope(model.posemb) else "vit"
+
+
+def _rope_options(model: VisionTransformer) -> dict[str, Any]:
+    return {f: getattr(model, f) for f in ("posemb", "rope_theta", "rope_ape", "rope_coordinates", "rope_pairing",
+                                           "rope_axis_order", "rope_grid")}
+
+
+def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit") -> dict[str, np.ndarray]:
+    """timm's block names in `layout` (see `_attention_layout`)."""
     attention = block[ATTENTION]
     q, k, v = (_heads_in(attention[name], width) for name in ("query", "key", "value"))
     state = {b + "attn.qkv.weight": np.concatenate([q[0], k[0], v[0]]),
@@ -148,11 +186,16 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int) -> dict[str, np.nd
              **_norm(b + "norm1", block["LayerNorm_0"]), **_norm(b + "norm2", block["LayerNorm_1"]),
              **_dense(b + "mlp.fc1", block["MlpBlock_0"]["Dense_0"]),
              **_dense(b + "mlp.fc2", block["MlpBlock_0"]["Dense_1"])}
-    if q[1] is not None:
+    if q[1] is not None and layout == "eva":
+        if np.any(k[1]):  # Eva has none; under RoPE a key bias is not softmax-invariant
+            raise ValueError(f"{b}: a non-zero key bias has no place in timm's Eva layout (q_bias, v_bias only)")
+        state[b + "attn.q_bias"], state[b + "attn.v_bias"] = q[1], v[1]
+    elif q[1] is not None:
         state[b + "attn.qkv.bias"] = np.concatenate([q[1], k[1], v[1]])
     if "LayerScale_0" in block:
-        state[b + "ls1.gamma"] = block["LayerScale_0"]["scale"]
-        state[b + "ls2.gamma"] = block["LayerScale_1"]["scale"]
+        names = ("ls1.gamma", "ls2.gamma") if layout == "vit" else ("gamma_1", "gamma_2")
+        state[b + names[0]] = block["LayerScale_0"]["scale"]
+        state[b + names[1]] = block["LayerScale_1"]["scale"]
     return state
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.checkpoint.timm_rope import DINOV3, rope_family, rope_options_from_timm
 from vit_jax.models.encoder import ENCODER
 from vit_jax.models.heads import num_prefix_tokens
 from vit_jax.models.variants import SIZES
@@ -97,19 +98,31 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
     for key, reason in _REFUSED.items():
         if key in state:
             raise ValueError(f"{where}: {reason} (tensor {key!r}) is not supported by vit_jax's ViT")
-    if "rope.freqs" in state or "blocks.0.gamma_1" in state or "blocks.0.attn.q_proj.weight" in state:
-        raise ValueError(f"{where}: timm's Eva layout (DINOv3, the RoPE-ViTs, EVA; tensors 'rope.*', 'gamma_1', "
-                         f"'q_proj') is not read yet; vit_jax reads timm's VisionTransformer layout")
+    if "blocks.0.gamma_1" in state and "blocks.0.gamma_2" not in state:
+        raise ValueError(f"{where}: layer scale on the attention branch only (attn_only_layer_scale) is not one of "
+                         f"vit_jax's options")
+    if "fc_norm.weight" in state and "norm.weight" in state:
+        raise ValueError(f"{where}: a final norm both before and after pooling (norm and fc_norm)")
     fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
     if fc1 is not None and fc2 is not None and fc1.shape[0] != fc2.shape[1]:
         raise ValueError(f"{where}: a gated (GLU / SwiGLU) MLP: mlp.fc1 has {fc1.shape[0]} outputs, mlp.fc2 "
                          f"{fc2.shape[1]} inputs; vit_jax's MLP is not gated")
-    if "patch_embed.proj.weight" not in state or "blocks.0.attn.qkv.weight" not in state:
+    if "patch_embed.proj.weight" not in state or not any(f"blocks.0.attn.{p}.weight" in state
+                                                          for p in ("qkv", "q_proj")):
         found = ", ".join(sorted(state)[:6])
-        raise ValueError(f"{where} is not a timm VisionTransformer state dict: expected 'patch_embed.proj.weight' and "
-                         f"'blocks.0.attn.qkv.weight'; found {found}, ...")
+        raise ValueError(f"{where} is not a timm VisionTransformer (or Eva) state dict: expected "
+                         f"'patch_embed.proj.weight' and 'blocks.0.attn.qkv.weight'; found {found}, ...")
     name = str(config.get("architecture", ""))
     args = dict(config.get("model_args") or {})
+    if args.get("use_post_norm") or args.get("num_kv_heads"):
+        raise ValueError(f"{where}: Eva's use_post_norm / num_kv_heads are not vit_jax options")
+    rope = rope_options_from_timm(name, args, state, where)
+    eva = [k for k in ("blocks.0.gamma_1", "blocks.0.attn.q_bias", "rope.freqs", "blocks.0.attn.q_proj.weight")
+           if k in state]
+    if not rope and "pos_embed" not in state and (eva or not config):
+        raise ValueError(f"{where}: no position table{f' and Eva tensors ({eva[0]!r})' if eva else ''}, so a rotary "
+                         f"encoding whose conventions are not in the tensors; put its config.json (architecture, "
+                         f"model_args) beside the weights")
     pretrained_cfg = dict(config.get("pretrained_cfg") or {})
     width, channels, ph, pw = state["patch_embed.proj.weight"].shape
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
@@ -121,13 +134,15 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         patch_size=(int(ph), int(pw)), hidden_size=int(width), num_layers=depth,
         mlp_dim=int(state["blocks.0.mlp.fc1.weight"].shape[0]), num_heads=_num_heads(args, int(width), name, where),
         classifier=classifier, gelu_approximate=False, quick_gelu=_quick_gelu(name, args),
-        layer_norm_epsilon=1e-5 if "_clip_" in name else 1e-6,
-        layer_scale=1e-5 if "blocks.0.ls1.gamma" in state else None,
+        layer_norm_epsilon=1e-5 if "_clip_" in name or rope_family(name, args, where) == DINOV3 else 1e-6,
+        layer_scale=1e-5 if "blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state else None,
         pre_norm="norm_pre.weight" in state, patch_bias="patch_embed.proj.bias" in state,
-        embedding_norm="patch_embed.norm.weight" in state, qkv_bias="blocks.0.attn.qkv.bias" in state,
+        embedding_norm="patch_embed.norm.weight" in state,
+        qkv_bias=any(f"blocks.0.attn.{b}" in state for b in ("qkv.bias", "q_bias", "q_proj.bias")),
         fc_norm="fc_norm.weight" in state, num_registers=registers,
         posemb="learn" if "pos_embed" in state else "none",
     )
+    options.update(rope)
     image_size = _image_size(args, pretrained_cfg, state, (int(ph), int(pw)), has_cls + registers, where)
     grid = (image_size[0] // ph, image_size[1] // pw)
     no_embed_class = False
@@ -153,12 +168,12 @@ def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args
         if not has_cls:
             raise ValueError(f"{where}: global_pool 'token' without a class token")
         return "token"
-    if pool == "avg" and not has_cls:
-        return "gap"
+    if pool == "avg":
+        return "token_gap" if has_cls else "gap"
     if pool == "" and not args.get("num_classes", 1):
         return "token_unpooled" if has_cls else "unpooled"
     raise ValueError(f"{where}: global_pool {pool!r} {'with' if has_cls else 'without'} a class token is not one of "
-                     f"vit_jax's classifiers (token with a class token, avg without, map)")
+                     f"vit_jax's classifiers (token, avg, map)")
 
 
 def _num_heads(args: Mapping[str, Any], width: int, name: str, where: str) -> int:
@@ -202,6 +217,8 @@ def params_from_timm(state: Mapping[str, np.ndarray], arch: TimmArchitecture) ->
     encoder: dict[str, Any] = {}
     for i in range(o["num_layers"]):
         encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, width)
+        if "rope.freqs" in w:  # rope_mixed: (2, depth, heads, pairs), each block's (x, y) frequencies
+            encoder[BLOCK.format(i)]["rope_frequencies"] = w["rope.freqs"][:, i]
     if not o["fc_norm"]:
         encoder["encoder_norm"] = norm_params(w, "norm")
     if o["pre_norm"]:
@@ -259,16 +276,33 @@ def heads_out(w: Mapping[str, np.ndarray], name: str, heads: int) -> dict[str, n
 
 
 def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, width: int) -> dict[str, Any]:
-    qkv_w = w[b + "attn.qkv.weight"].reshape(3, -1, width)
-    qkv_b = w[b + "attn.qkv.bias"].reshape(3, -1) if b + "attn.qkv.bias" in w else [None] * 3
+    qkv_w, qkv_b = _qkv(w, b + "attn.")
     attention = {name: heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
     attention["out"] = heads_out(w, b + "attn.proj", heads)
     block = {"LayerNorm_0": norm_params(w, b + "norm1"), ATTENTION: attention, "LayerNorm_1": norm_params(w, b + "norm2"),
              "MlpBlock_0": {"Dense_0": dense_params(w, b + "mlp.fc1"), "Dense_1": dense_params(w, b + "mlp.fc2")}}
-    if b + "ls1.gamma" in w:
-        block["LayerScale_0"] = {"scale": w[b + "ls1.gamma"]}
-        block["LayerScale_1"] = {"scale": w[b + "ls2.gamma"]}
+    for j, (timm_name, eva_name) in enumerate((("ls1.gamma", "gamma_1"), ("ls2.gamma", "gamma_2"))):
+        if b + timm_name in w or b + eva_name in w:
+            block[f"LayerScale_{j}"] = {"scale": w.get(b + timm_name, w.get(b + eva_name))}
     return block
+
+
+def _qkv(w: Mapping[str, np.ndarray], a: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """Query, key and value weights `(H * hd, D)` and biases (None without): timm's fused `qkv` (+ `qkv.bias`),
+    or Eva's fused `qkv` with `q_bias` / `v_bias` (the key's bias is zero), or Eva's `q_proj` / `k_proj` / `v_proj`."""
+    if a + "q_proj.weight" in w:
+        weights = [w[f"{a}{p}_proj.weight"] for p in "qkv"]
+        biases = [w.get(f"{a}{p}_proj.bias") for p in "qkv"]
+    else:
+        weights = list(np.split(w[a + "qkv.weight"], 3))
+        biases = list(np.split(w[a + "qkv.bias"], 3)) if a + "qkv.bias" in w else [w.get(a + "q_bias"), None,
+                                                                                     w.get(a + "v_bias")]
+    if biases[0] is not None and biases[1] is None:
+        biases[1] = np.zeros_like(biases[0])
+    if weights[0].shape != weights[1].shape or weights[0].shape != weights[2].shape:
+        raise ValueError(f"{a}: queries, keys and values of different widths (grouped-query attention) are not "
+                         f"vit_jax's attention")
+    return weights, biases
 
 
 def _map_head_from_timm(w: Mapping[str, np.ndarray], heads: int, width: int) -> dict[str, Any]:

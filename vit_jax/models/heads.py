@@ -2,6 +2,8 @@
 
 - `token`: the class token (parameter `cls`, prepended before the encoder), as the ViT paper.
 - `gap`: the mean over all tokens (no class token).
+- `token_gap`: a class token in the sequence, but the mean over the patch tokens pooled (timm's `global_pool='avg'`
+  with `class_token=True`; timm's DINOv3 default).
 - `map`: multi-head attention pooling with a learned probe (big_vision's `MAPHead`, named `MAPHead_0`).
 - `unpooled`: every token (no class token); `token_unpooled`: every token, class token included.
 """
@@ -16,13 +18,13 @@ import jax.numpy as jnp
 
 from vit_jax.models.block import MlpBlock
 
-Classifier = Literal["token", "gap", "map", "unpooled", "token_unpooled"]
-CLASSIFIERS: tuple[str, ...] = ("token", "gap", "map", "unpooled", "token_unpooled")
+Classifier = Literal["token", "gap", "token_gap", "map", "unpooled", "token_unpooled"]
+CLASSIFIERS: tuple[str, ...] = ("token", "gap", "token_gap", "map", "unpooled", "token_unpooled")
 
 
 def num_prefix_tokens(classifier: str) -> int:
     """How many tokens the model prepends to the patch tokens (the class token, or none)."""
-    return 1 if classifier in ("token", "token_unpooled") else 0
+    return 1 if classifier in ("token", "token_gap", "token_unpooled") else 0
 
 
 class MAPHead(nn.Module):
@@ -56,11 +58,14 @@ class MAPHead(nn.Module):
 
 
 def pool_tokens(x: jax.Array, classifier: str) -> jax.Array:
-    """The representation for non-learned pools: `token` -> `x[:, 0]`, `gap` -> mean, `*unpooled` -> `x`."""
+    """The representation for non-learned pools: `token` -> `x[:, 0]`, `gap` -> mean, `token_gap` -> mean after the
+    class token, `*unpooled` -> `x`."""
     if classifier == "token":
         return x[:, 0]
     if classifier == "gap":
         return jnp.mean(x, axis=1)
+    if classifier == "token_gap":
+        return jnp.mean(x[:, 1:], axis=1)
     if classifier in ("unpooled", "token_unpooled"):
         return x
     raise ValueError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}")
