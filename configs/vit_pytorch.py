@@ -3,9 +3,11 @@
     python -m vit_jax.main --config=configs/vit_pytorch.py --workdir=workdirs/vit_pytorch
 
 `ViT(image_size=16, patch_size=4, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128, pool='mean', channels=1,
-dim_head=16, emb_dropout=0.1)` as vit-pytorch would write it, trained with configs/digits.py's recipe at batch 128.
-Result: 99.44% test accuracy (360 held-out images; configs/digits.py's own model at that batch: 99.72%), about 2
-minutes on 2 CPU cores.
+dim_head=16, emb_dropout=0.1)` as vit-pytorch would write it (its architecture exactly: LayerNorms around the patch
+projection, no query/key/value bias, epsilon 1e-5), trained with configs/digits.py's recipe at batch 128.
+Result: 98.33% and 98.89% test accuracy for seeds 0 and 1 (360 held-out images), 1 min 35 s on 2 cores of an AMD
+EPYC (Zen 4). Before the architecture was vit-pytorch's exactly (no patch norms, q/k/v biases, epsilon 1e-6) the
+same recipe gave 99.44%; configs/digits.py's own model at that batch: 99.72%.
 """
 
 from pathlib import Path

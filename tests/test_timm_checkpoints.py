@@ -119,9 +119,7 @@ def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits
                                atol=5e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip_quickgelu", "siglip", "gap_fc_norm",
-                                    "no_qkv_bias_embed_norm", "rope_axial", "rope_mixed_ape", "dinov3",
-                                    "dinov3_qkvb_avg"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_an_export_loads_strictly_in_timm_and_reads_back_the_same(saved, family, tmp_path):
     timm = import_timm()
     model, directory = saved[family]
