@@ -272,3 +272,27 @@ def test_fine_tuning_at_a_new_grid_resizes_the_factorized_tables():
     np.testing.assert_allclose(rows, expected, atol=1e-6)
     assert adaptation.flat[("Transformer", "posembed_input", "pos_embedding_col")].shape == (4, 16)
     assert "pos_embedding_row: resized from 3 to 5 positions (bilinear)" in adaptation.notes
+
+
+@pytest.mark.parametrize("method", ["bilinear_align_corners", "bilinear", "bicubic"])
+@pytest.mark.parametrize("kind", ["learn", "factorized"])
+def test_posemb_resize_in_the_forward_pass_is_the_offline_resize_of_the_table(kind, method, rng):
+    """`posemb_resize` picks how a table stored at `posemb_grid` meets another grid: the same as resizing the
+    table once (`resize_posemb`, antialiased unless align-corners) and running at that grid."""
+    model = create_model("Ti/4", num_classes=3, posemb=kind, posemb_grid=(4, 4), posemb_resize=method, **MINI)
+    params = live_params(model, jnp.zeros((1, 16, 16, 3)))
+    images = rng.standard_normal((2, 24, 20, 3)).astype(np.float32)  # a 6x5 grid: up one way, less the other
+    fixed = model.clone(posemb_grid=None)
+    resize = lambda table, old, new, prefix: resize_posemb(table, old, new, prefix, method=method,
+                                                          antialias=method != "bilinear_align_corners")
+    tables = params["Transformer"]["posembed_input"]
+    if kind == "learn":
+        resized = {"pos_embedding": resize(tables["pos_embedding"], (4, 4), (6, 5), 1)}
+    else:
+        resized = {"pos_embedding_row": resize(tables["pos_embedding_row"][None], (4,), (6,), 0)[0],
+                   "pos_embedding_col": resize(tables["pos_embedding_col"][None], (4,), (5,), 0)[0]}
+    moved = {**params, "Transformer": {**params["Transformer"], "posembed_input": resized}}
+    np.testing.assert_allclose(model.apply({"params": params}, images, train=False),
+                               fixed.apply({"params": moved}, images, train=False), atol=1e-5)
+    with pytest.raises(ValueError, match="posemb_resize must be one of .*; got 'nearest'"):
+        create_model("Ti/4", num_classes=3, posemb_resize="nearest", **MINI)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import TINY, live_params
 from tests.timm_reference import perturb_timm, timm_logits, timm_vit_params
 from vit_jax.models.rope import (
     axial_frequencies,
@@ -179,3 +180,21 @@ def test_coordinates_index_the_grid_centre_it_for_dinov3_or_span_the_training_gr
     interpolated = grid_coordinates((8, 2), "index", reference_grid=(4, 4))
     np.testing.assert_allclose(np.unique(interpolated[:, 0]), np.arange(8) * 0.5)
     np.testing.assert_allclose(np.unique(interpolated[:, 1]), [0.0, 2.0])
+
+
+@pytest.mark.parametrize("posemb", ["rope_axial", "rope_mixed"])
+def test_flexivit_patch_size_at_call_time_rotates_by_the_calls_grid(posemb, rng):
+    """FlexiViT with RoPE: run at patch 8, a patch-4 model equals the same model built at patch 8 with its
+    kernel PI-resized: the rotary coordinates come from the call's 2x2 grid, not the stored 4x4 one."""
+    from vit_jax.models import create_model
+    from vit_jax.models.patching import pi_resize_kernel
+
+    model = create_model("Ti/4", num_classes=3, posemb=posemb, **TINY)
+    params = live_params(model, jnp.zeros((1, 16, 16, 3)))
+    images = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
+    flexi = model.apply({"params": params}, images, train=False, patch_size=(8, 8))
+    kernel = pi_resize_kernel(params["embedding"]["kernel"], (8, 8))
+    built = model.clone(patch_size=(8, 8)).apply({"params": {**params, "embedding": {**params["embedding"],
+                                                                                      "kernel": kernel}}},
+                                                 images, train=False)
+    np.testing.assert_allclose(flexi, built, atol=1e-5)

@@ -182,7 +182,7 @@ def test_a_photo_is_fed_to_the_model_as_timms_eval_transform_feeds_it(tmp_path, 
     from vit_jax.predict import preprocessed
 
     timm = import_timm()
-    import timm.data
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
     overlay = dict(input_size=(3, *((size, size) if isinstance(size, int) else size)), crop_pct=pct,
                    crop_mode=mode, interpolation=interpolation, mean=(0.45, 0.4, 0.5), std=(0.2, 0.3, 0.25))
@@ -193,12 +193,12 @@ def test_a_photo_is_fed_to_the_model_as_timms_eval_transform_feeds_it(tmp_path, 
     photo = np.stack([(y * 5) % 256, (x * 3 + y) % 256, (x * y) % 256], axis=-1).astype(np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
 
-    config = timm.data.resolve_data_config({}, model=model)
-    expected = timm.data.create_transform(**config)(Image.open(tmp_path / "photo.png").convert("RGB"))
+    config = resolve_data_config({}, model=model)
+    expected = create_transform(**config)(Image.open(tmp_path / "photo.png").convert("RGB"))
     trained = load_trained_model(checkpoint=tmp_path / "hub")
     got = preprocessed(trained, tmp_path / "photo.png")
     np.testing.assert_allclose(got, expected.numpy().transpose(1, 2, 0), atol=1e-5)
-    info = timm.data.ImageNetInfo()
+    info = ImageNetInfo()
     assert trained.class_names[::250] == tuple(info.index_to_description(i) for i in range(0, 1000, 250))
 
 

@@ -7,7 +7,9 @@ product of patch sizes and seeds; a dict may name its point with a `name` key). 
 Running the sweep again skips finished points and resumes unfinished ones (each point resumes from its own
 checkpoints); a point that fails is recorded with its error in `DIR/<name>/sweep_point.json` and the others run.
 `--point=K` runs only point K (one per process or machine); `--collect` only writes the report:
-`DIR/results.csv`, `DIR/results.md` and `DIR/*.png` (see `vit_jax.sweep_report`). Base-config fields can be
+`DIR/results.csv`, `DIR/results.md` and `DIR/*.png` (see `vit_jax.sweep_report`). A sweep config with
+`get_study(arg)` is a resolution-transfer study: each trained point is also evaluated at other resolutions (and
+fine-tuned there), and its report is the study's (see `vit_jax.resolution_study`). Base-config fields can be
 overridden as `--config.field=value`, as for `vit_jax.main`.
 """
 
@@ -115,18 +117,26 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logging()
+    from vit_jax import resolution_study
     from vit_jax.sweep_report import write_report  # matplotlib only when reporting
 
     with exit_statuses():
         sweep_dir = check_workdir(FLAGS.workdir)
         module, arg = load_sweep(config_flags.get_config_filename(FLAGS["config"]))
         points = sweep_points(module, arg)
+        study = resolution_study.study_of(module, arg)
         check_point(FLAGS.point, points)
         start_process(FLAGS.config)
         if not FLAGS.collect:
-            run_sweep(FLAGS.config, points, sweep_dir, FLAGS.point)
+            statuses = run_sweep(FLAGS.config, points, sweep_dir, FLAGS.point)
+            selected = points if FLAGS.point is None else [points[FLAGS.point]]
+            for point, status in zip(selected, statuses, strict=True):
+                if study is not None and status.get("status") == "done":
+                    print(f"  evaluating {point.name} at {len(study.sizes)} resolutions", flush=True)
+                    resolution_study.evaluate_point(sweep_dir / point.name, study)
     if jax.process_index() == 0:
-        for path in write_report(sweep_dir, points):
+        report = write_report if study is None else resolution_study.write_report  # a study reports transfer
+        for path in report(sweep_dir, points):
             print(f"wrote {path}")
 
 

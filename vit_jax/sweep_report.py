@@ -110,7 +110,8 @@ def _percent(value: Any) -> str:
     return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "–"
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """`97.08 ± 1.37` (percent; the sample std over seeds), or the mean alone for one value."""
     if not values:
         return "–"
     mean = 100 * statistics.mean(values)
@@ -141,8 +142,8 @@ def write_markdown(rows: list[dict], path: Path) -> Path:
             cells = [patch, str(some["tokens_per_image"]), f"{some['gflops_per_image']:.4f}"]
             for kind in kinds:
                 group = groups.get((kind, patch), [])
-                cells += [_mean_std([r["final_eval_accuracy"] for r in group]),
-                          _mean_std([r["test_accuracy"] for r in group if r["test_accuracy"] != ""])]
+                cells += [mean_std([r["final_eval_accuracy"] for r in group]),
+                          mean_std([r["test_accuracy"] for r in group if r["test_accuracy"] != ""])]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["| point | kind | patch | status | final val | best val | test | params | tokens | GFLOPs | "
@@ -189,7 +190,7 @@ def plot_accuracy_vs_patch_size(rows: list[dict], path: Path) -> list[Path]:
         means = _means(group, "final_eval_accuracy")
         ax.plot(list(means), [100 * v for v in means.values()], marker="o", label=f"{kind} (mean)")
     _patch_axis(ax, rows)
-    return [_finish(fig, ax, "validation accuracy (%)", "Accuracy vs patch size", path)]
+    return [finish_plot(fig, ax, "validation accuracy (%)", "Accuracy vs patch size", path)]
 
 
 def plot_accuracy_vs_gflops(rows: list[dict], path: Path) -> list[Path]:
@@ -206,7 +207,7 @@ def plot_accuracy_vs_gflops(rows: list[dict], path: Path) -> list[Path]:
                         fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("GFLOPs per image (forward pass, XLA cost analysis)")
-    return [_finish(fig, ax, "validation accuracy (%, mean over seeds)", "Accuracy vs compute", path)]
+    return [finish_plot(fig, ax, "validation accuracy (%, mean over seeds)", "Accuracy vs compute", path)]
 
 
 def plot_throughput(rows: list[dict], path: Path) -> list[Path]:
@@ -221,7 +222,7 @@ def plot_throughput(rows: list[dict], path: Path) -> list[Path]:
         ax.plot(list(means), list(means.values()), marker="o", label=kind)
     _patch_axis(ax, rows)
     ax.set_yscale("log")
-    return [_finish(fig, ax, "training throughput (images/s)", "Training throughput vs patch size", path)]
+    return [finish_plot(fig, ax, "training throughput (images/s)", "Training throughput vs patch size", path)]
 
 
 def plot_curves(results: dict[str, PointResult], path: Path) -> list[Path]:
@@ -249,7 +250,7 @@ def _means(rows: list[dict], key: str) -> dict[float, float]:
     return {x: statistics.mean(v) for x, v in sorted(values.items())}
 
 
-def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> Path:
+def finish_plot(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> Path:
     """Labels, grid, a legend with each label once, and the file."""
     ax.set_ylabel(ylabel)
     ax.set_title(title)

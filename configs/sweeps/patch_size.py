@@ -33,8 +33,21 @@ SEEDS = (0, 1)
 STEPS = 1200
 
 
+CLUTTERED_PATCH_SIZES = (4, 8, 16)  # at 32x32: 64, 16 and 4 tokens
+
+
+def _words(arg: str | None) -> set[str]:
+    words = set(filter(None, (arg or "").split("+")))
+    if words - {"flexi", "cluttered"}:
+        raise ValueError(f"unknown sweep argument {arg!r}; use nothing, 'flexi', 'cluttered' or 'cluttered+flexi'")
+    return words
+
+
 def get_config(arg: str | None = None):
-    del arg  # the sweep's argument selects points, not the base
+    if "cluttered" in _words(arg):  # the 64x64 multi-scale task, trained at 32x32 (configs/cluttered_digits.py)
+        config = load_config_file(Path(__file__).resolve().parent.parent / "cluttered_digits.py")
+        config.log_pictures = "none"
+        return config
     config = load_config_file(Path(__file__).resolve().parent.parent / "digits.py")
     config.image_size = (8, 8)  # native resolution: patch 1 is 64 tokens, patch 8 a single one
     config.model.num_layers = 4  # the results above were measured with configs/digits.py's earlier, 4-layer model
@@ -47,12 +60,14 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    """Dedicated models for every patch size x seed; with `flexi`, also one FlexiViT model per seed."""
-    points = [{"model.patch_size": (p, p), "seed": s} for p in PATCH_SIZES for s in SEEDS]
-    if arg == "flexi":  # one model for all four sizes, with the training steps of the four dedicated models
-        points.append({"name": "flexivit", "flexi.patch_sizes": PATCH_SIZES, "model.patch_size": (4, 4),
-                       "model.posemb_grid": (4, 4), "num_steps": len(PATCH_SIZES) * STEPS,
-                       "eval_every": 1200, "checkpoint_every": 1200, "seed": 0})
-    elif arg:
-        raise ValueError(f"unknown sweep argument {arg!r}; use nothing or 'flexi'")
+    """Dedicated models for every patch size x seed; with `flexi`, also one FlexiViT model (seed 0) trained with
+    the steps of one seed's dedicated models together; `cluttered`: on cluttered_digits at 32x32."""
+    words = _words(arg)
+    sizes, steps = (CLUTTERED_PATCH_SIZES, 1500) if "cluttered" in words else (PATCH_SIZES, STEPS)
+    points = [{"model.patch_size": (p, p), "seed": s} for p in sizes for s in SEEDS]
+    if "flexi" in words:  # one model for all sizes, with the training steps of the dedicated models
+        stored, grid = (8, 4) if "cluttered" in words else (4, 4)  # the kernel's patch size, the table's grid
+        points.append({"name": "flexivit", "flexi.patch_sizes": sizes, "model.patch_size": (stored, stored),
+                       "model.posemb_grid": (grid, grid), "num_steps": len(sizes) * steps,
+                       "eval_every": steps, "checkpoint_every": steps, "seed": 0})
     return points

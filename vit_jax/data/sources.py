@@ -1,8 +1,9 @@
 """Open a split of a TFDS dataset for random access, without TensorFlow.
 
 Any TFDS dataset prepared in ArrayRecord format works by name (`cifar10`, `imagenet2012`, ...). vit_jax builds
-some itself, on first use, with no network: `sklearn_digits` (the default), `moving_digits` (videos; see
-`vit_jax.data.moving_digits`) and `folder:/path/to/images` (a user's image folder; see
+some itself, on first use, with no network: `sklearn_digits` (the default), `cluttered_digits` (64x64, detail at
+several scales: `vit_jax.data.cluttered_digits`), `moving_digits` (videos; see `vit_jax.data.moving_digits`) and
+`folder:/path/to/images` (a user's image folder; see
 `vit_jax.data.image_folder`).
 """
 
@@ -19,11 +20,13 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from vit_jax.data.cluttered_digits import ClutteredDigits
 from vit_jax.data.digits import SklearnDigits
 from vit_jax.data.image_folder import build_image_folder
 from vit_jax.data.moving_digits import MovingDigits
 
 BUILT_IN: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {"sklearn_digits": SklearnDigits,
+                                                              "cluttered_digits": ClutteredDigits,
                                                               "moving_digits": MovingDigits}
 FOLDER_PREFIX = "folder:"
 

@@ -75,7 +75,8 @@ class Encoder(nn.Module):
         o = self.options
         table = ("learn" if o.rope_ape else "none") if rope else self.posemb
         if positions is None:
-            x = AddPositionEmbs(table, self.grid, self.num_prefix, self.posemb_grid, name="posembed_input")(x)
+            x = AddPositionEmbs(table, self.grid, self.num_prefix, self.posemb_grid, resize=o.posemb_resize,
+                                name="posembed_input")(x)
         else:
             x = PackedPositionEmbs(table, self.grid, name="posembed_input")(x, positions)
         coords = self._rotary_coordinates(positions, train) if rope else None

@@ -11,6 +11,7 @@ import jax
 
 from vit_jax.models.attention import AttentionImpl, check_attention_impl
 from vit_jax.models.partitioning import ActivationSharding
+from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
 from vit_jax.models.rope import RopeAxisOrder, RopeCoordinates, RopePairing
 
 
@@ -49,6 +50,9 @@ class EncoderOptions:
       scan: one `nn.scan` over depth instead of a Python loop: compile time independent of depth.
       activation_sharding: keeps activations split across devices (set by the trainer from its mesh; see
         `vit_jax.models.partitioning`); None on one device.
+      posemb_resize: how a learned table (`learn`, `factorized`, RoPE's `rope_ape`) stored at `posemb_grid` is resized
+        in the forward pass for another grid: `bilinear` or `bicubic` (half-pixel, antialiased when shrinking;
+        timm's resample is `bicubic`), or `bilinear_align_corners` (vision_transformer's fine-tuning resize).
       num_registers: learned register tokens (Darcet et al. 2024; timm's `reg_tokens`, DINOv2-reg, DINOv3), parameter
         `Transformer/registers` `(1, R, D)`: placed after the class token once the position embeddings are added
         (they get none, and RoPE leaves them unrotated), attended to in every block, and dropped after the final
@@ -87,6 +91,7 @@ class EncoderOptions:
     remat_policy: str | None = None
     scan: bool = False
     activation_sharding: ActivationSharding | None = None
+    posemb_resize: str = "bilinear"
     num_registers: int = 0
     patch_dropout: float = 0.0
     rope_theta: float | None = None
@@ -122,6 +127,8 @@ def check_encoder_options(options: EncoderOptions) -> None:
     if options.layer_scale is not None and not isinstance(options.layer_scale, float | int):
         raise ValueError(f"layer_scale must be a number (LayerScale's initial value) or None; got "
                          f"{options.layer_scale!r}")
+    if options.posemb_resize not in POSEMB_RESIZE_METHODS:
+        raise ValueError(f"posemb_resize must be one of {POSEMB_RESIZE_METHODS}; got {options.posemb_resize!r}")
     if not isinstance(options.num_registers, int) or options.num_registers < 0:
         raise ValueError(f"num_registers must be an int >= 0; got {options.num_registers!r}")
 

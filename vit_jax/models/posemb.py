@@ -91,15 +91,16 @@ class AddPositionEmbs(nn.Module):
     another grid each table is resized along its own axis (the same resize as `learn`'s).
 
     `table_grid`: the grid the learned table is stored at. Inputs with another grid get the table resized in the
-    forward pass (half-pixel bilinear, antialiased when shrinking: `jax.image.resize`, as FlexiViT does), so one
-    table serves every patch size and resolution; each input shape compiles once. None: the table has the
-    input's grid, and any other grid is an error.
+    forward pass by `resize` (`resize_posemb`'s methods; `bilinear` and `bicubic` antialiased when shrinking:
+    half-pixel bilinear is FlexiViT's), so one table serves every patch size and resolution; each input shape
+    compiles once. None: the table has the input's grid, and any other grid is an error.
     """
 
     kind: PosembKind
     grid: tuple[int, ...]
     num_prefix: int = 0
     table_grid: tuple[int, ...] | None = None
+    resize: str = "bilinear"
     posemb_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
     param_dtype: jnp.dtype = jnp.float32
 
@@ -128,7 +129,8 @@ class AddPositionEmbs(nn.Module):
         self._check_stored_table(table_rows, num_tokens)
         table = self.param("pos_embedding", self.posemb_init, (1, table_rows, width), self.param_dtype)
         if table_grid != tuple(self.grid):
-            table = resize_posemb(table, table_grid, self.grid, self.num_prefix, method="bilinear", antialias=True)
+            table = resize_posemb(table, table_grid, self.grid, self.num_prefix, method=self.resize,
+                                  antialias=self.resize != "bilinear_align_corners")
         return tokens + table.astype(tokens.dtype)
 
     def _factorized(self, width: int) -> jax.Array:
@@ -137,9 +139,11 @@ class AddPositionEmbs(nn.Module):
         th, tw = tuple(self.grid if self.table_grid is None else self.table_grid)
         rows = self.param("pos_embedding_row", self.posemb_init, (th, width), self.param_dtype)
         cols = self.param("pos_embedding_col", self.posemb_init, (tw, width), self.param_dtype)
-        if (th, tw) != (gh, gw):
-            rows = jax.image.resize(rows, (gh, width), "bilinear", antialias=True)
-            cols = jax.image.resize(cols, (gw, width), "bilinear", antialias=True)
+        aa = self.resize != "bilinear_align_corners"
+        if th != gh:  # each table along its own axis: a 1-D grid
+            rows = resize_posemb(rows[None], (th,), (gh,), 0, method=self.resize, antialias=aa)[0]
+        if tw != gw:
+            cols = resize_posemb(cols[None], (tw,), (gw,), 0, method=self.resize, antialias=aa)[0]
         patches = (rows[:, None, :] + cols[None, :, :]).reshape(gh * gw, width)
         return jnp.concatenate([jnp.zeros((self.num_prefix, width), patches.dtype), patches])[None]
 
@@ -177,8 +181,9 @@ def resize_posemb(
       - `bilinear`: half-pixel bilinear (`jax.image.resize`), with or without `antialias` (which only acts when
         shrinking).
       - `bicubic`: half-pixel Keys cubic (`jax.image.resize`, a = -0.5), with or without `antialias`; timm's
-        `resample_abs_pos_embed` defaults to bicubic with antialiasing, but through PyTorch's a = -0.75 kernel, so
-        the two agree closely, not exactly.
+        `resample_abs_pos_embed` defaults to bicubic with antialiasing, which PyTorch computes with the same
+        a = -0.5 kernel: the two agree to float rounding (tested against timm). Without antialiasing PyTorch's
+        bicubic uses a = -0.75 and differs.
     """
     if method not in POSEMB_RESIZE_METHODS:
         raise ValueError(f"posemb resize method must be one of {POSEMB_RESIZE_METHODS}; got {method!r}")
