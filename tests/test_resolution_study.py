@@ -121,3 +121,22 @@ def test_a_rerun_measures_nothing_again_and_the_report_has_a_row_per_encoding_an
     assert "| encoding | 8x8 | 16x16 |" in table
     csv_rows = (out / "transfer.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 1 + sum(len(r) for r in results.values())
+
+
+@pytest.mark.xdist_group("study")
+def test_fine_tuning_a_model_that_resizes_its_table_at_run_time_keeps_the_table_at_its_grid(study, tmp_path):
+    """configs/finetune.py from a workdir whose table is stored at `posemb_grid` (4x4), at another resolution:
+    the table loads as stored (no resize at load: the model resizes it in the forward pass) and trains."""
+    from tests.conftest import ROOT
+    from vit_jax.checkpoint.pretrained import load_pretrained
+    from vit_jax.config import load_config_file
+    from vit_jax.train import train_and_evaluate
+
+    source = study[0] / "posemb-learn_seed-0"
+    config = load_config_file(ROOT / "configs" / "finetune.py", f"init={source},res=8,steps=1")
+    config.log_pictures, config.test_split = "none", ""
+    assert tuple(config.model.posemb_grid) == (4, 4)
+    train_and_evaluate(config, tmp_path / "ft")
+    tuned = load_pretrained(tmp_path / "ft")
+    assert tuned.grid == (4, 4)
+    assert tuned.params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 16, 64)  # gap: no class row

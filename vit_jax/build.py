@@ -153,7 +153,8 @@ def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
     except NpzError as error:
         raise config_validation.field_error("init.path", init.path, str(error)) from None
     return plan_adaptation(
-        pretrained.params, abstract_params, old_grid=init.grid or pretrained.grid, new_grid=setup.grid,
+        pretrained.params, abstract_params, old_grid=init.grid or pretrained.grid,
+        new_grid=tuple(setup.model.posemb_grid or setup.grid),  # the grid the new model stores its table at
         dont_load=tuple(init.dont_load), head=init.head, posemb=init.posemb, posemb_method=init.posemb_method,
         posemb_antialias=init.posemb_antialias, inflation=init.inflation,
     )

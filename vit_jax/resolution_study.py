@@ -115,6 +115,7 @@ def finetune(point_dir: Path, size: tuple[int, int], steps: int) -> Path:
     folder = point_dir / f"finetune_{size[0]}x{size[1]}"
     config = load_config_file(FINETUNE_CONFIG, f"init={point_dir},res={size[0]},steps={steps}")
     config.image_size = size
+    config.model.posemb_grid = None  # fine-tuned at `size`'s grid: a learned table is resized once, at load
     config.log_pictures = "none"
     train_and_evaluate(config, folder)
     return folder

@@ -22,6 +22,14 @@ Result (2 CPU cores: the dedicated sweep took 12 min 26 s, the FlexiViT point 6 
 At a fixed budget of steps the smaller patches (more tokens) learn slower on these tiny images; the one FlexiViT
 model, given the training steps of the four dedicated ones together, matches them at patch 2 and 4 and beats the
 dedicated patch-1 model by 12 points, while its single-token patch-8 mode trails.
+
+    python -m vit_jax.sweep --config=configs/sweeps/patch_size.py:cluttered+flexi --workdir=workdirs/patch_size_cluttered
+
+The same on `cluttered_digits` (64x64 canvases with detail at several scales, trained at 32x32 with
+configs/cluttered_digits.py's recipe, 1,500 steps): patches 4, 8, 16 (64, 16, 4 tokens), 2 seeds, and a FlexiViT
+model with the three models' steps (patch 8 stored). 5 min 42 s on 2 cores of an AMD EPYC Zen 4. Test accuracy in
+%: dedicated 66.32 ± 1.47 / 60.52 ± 0.74 / 27.43 ± 2.36, FlexiViT 68.61 / 67.71 / 47.92 at patch 4 / 8 / 16. Here
+the published trade-off appears: more tokens, more accuracy (for about 4x the GFLOPs per halving of the patch).
 """
 
 from pathlib import Path

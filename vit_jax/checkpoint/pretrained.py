@@ -59,8 +59,12 @@ def timm_architecture(spec: str | Path) -> TimmArchitecture:
 
 
 def _trained_grid(workdir: Path) -> tuple[int, int] | None:
+    """The grid the workdir's position table is stored at: its `posemb_grid` when set (the table is resized in
+    the forward pass from there), else the training images' token grid."""
     if not (workdir / CONFIG_FILE).exists():
         return None
     config = saved_config(workdir)
     model = build_model(config.model, num_classes=1)
+    if model.posemb_grid is not None:
+        return tuple(model.posemb_grid)
     return token_grid(model, tuple(config.image_size))
