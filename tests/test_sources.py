@@ -30,7 +30,7 @@ def test_unknown_split_lists_the_splits(digits_data_dir):
 
 
 def test_unknown_and_unprepared_datasets_are_clear_errors(tmp_path):
-    with pytest.raises(DatasetError, match=r"unknown dataset 'no_such_set': .* vit_jax builds \['moving_digits', 'sklearn_digits'\]"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'no_such_set': .* vit_jax builds \['cluttered_digits', 'moving_digits', 'sklearn_digits'\]"):
         dataset_builder("no_such_set", str(tmp_path))
     with pytest.raises(DatasetError, match=r"dataset 'cifar10' is not prepared under .*; prepare it once in "
                                            r"ArrayRecord format .*tfds build cifar10 --file_format=array_record"):
