@@ -72,3 +72,18 @@ def test_cli_builds_and_reports(tmp_path, rng, capsys):
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
         main([str(tmp_path / "imgs"), "--name", "Bad-Name", "--data_dir", str(tmp_path / "tfds")])
+
+
+def test_a_folder_dataset_reads_in_grain_worker_processes(tmp_path, rng):
+    """The data source is pickled to each worker, which rebuilds the builder from its arguments."""
+    from vit_jax.data.pipeline import train_iterator
+    from vit_jax.data.preprocessing import Preprocess
+
+    write_images(tmp_path / "pets", ["cat", "dog"], 4, rng, size=(20, 16), suffix=".jpg")
+    source = open_split(dataset_builder(f"folder:{tmp_path / 'pets'}", str(tmp_path / "tfds")), "train")
+    preprocess = Preprocess(image_size=(8, 8), train_crop="inception", flip=True)
+    batches = [train_iterator(source, preprocess, batch_size=4, seed=0, num_workers=workers) for workers in (0, 1)]
+    for _ in range(3):
+        in_process, in_worker = next(batches[0]), next(batches[1])
+        np.testing.assert_array_equal(in_worker["image"], in_process["image"])
+        np.testing.assert_array_equal(in_worker["label"], in_process["label"])

@@ -93,6 +93,8 @@ class _ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         self._split_dirs = find_splits(self._folder)
         self._classes = class_names(self._split_dirs)
         super().__init__(**kwargs)
+        # TFDS rebuilds a pickled builder (a data source sent to grain's worker processes) from these arguments
+        self._original_state.update(folder=str(self._folder), channels=channels, strict=strict)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
