@@ -75,14 +75,16 @@ def test_cli_builds_and_reports(tmp_path, rng, capsys):
 
 
 def test_a_folder_dataset_reads_in_grain_worker_processes(tmp_path, rng):
-    """The data source is pickled to each worker, which rebuilds the builder from its arguments."""
+    """The data source is pickled to each worker, which rebuilds the builder from its arguments; images kept
+    encoded (the training path from disk) give the same batches as decoded ones."""
     from vit_jax.data.pipeline import train_iterator
     from vit_jax.data.preprocessing import Preprocess
 
     write_images(tmp_path / "pets", ["cat", "dog"], 4, rng, size=(20, 16), suffix=".jpg")
-    source = open_split(dataset_builder(f"folder:{tmp_path / 'pets'}", str(tmp_path / "tfds")), "train")
+    builder = dataset_builder(f"folder:{tmp_path / 'pets'}", str(tmp_path / "tfds"))
     preprocess = Preprocess(image_size=(8, 8), train_crop="inception", flip=True)
-    batches = [train_iterator(source, preprocess, batch_size=4, seed=0, num_workers=workers) for workers in (0, 1)]
+    batches = [train_iterator(open_split(builder, "train", keep_encoded=encoded), preprocess, batch_size=4, seed=0,
+                              num_workers=workers) for workers, encoded in ((0, False), (1, True))]
     for _ in range(3):
         in_process, in_worker = next(batches[0]), next(batches[1])
         np.testing.assert_array_equal(in_worker["image"], in_process["image"])

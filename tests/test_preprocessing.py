@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax.data.preprocessing import Preprocess, inception_crop_box, pad_and_random_crop, resize, to_value_range
+import io
+
+from vit_jax.data.encoded_image import EncodedImage
+from vit_jax.data.preprocessing import Preprocess, inception_crop_box, pad_and_random_crop, resize
 
 
 def test_resize_is_pil_and_keeps_channels(rng):
@@ -15,10 +18,37 @@ def test_resize_is_pil_and_keeps_channels(rng):
     assert resize(rgb, (5, 7)) is rgb  # already the right size: untouched
 
 
-def test_value_range_maps_0_and_255_to_the_ends():
-    out = to_value_range(np.array([0, 51, 255], np.uint8), (-1.0, 1.0))
-    np.testing.assert_allclose(out, [-1.0, -0.6, 1.0], atol=1e-6)
+def test_value_range_maps_0_and_255_to_the_ends_then_mean_and_std():
+    out = Preprocess((1, 1)).pixels(np.array([0, 51, 255], np.uint8)[:, None])
+    np.testing.assert_allclose(out[:, 0], [-1.0, -0.6, 1.0], atol=1e-6)
     assert out.dtype == np.float32
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    image = np.array([[[0, 128, 255], [17, 200, 3]]], np.uint8)
+    out = Preprocess((1, 2), value_range=(0.0, 1.0), mean=mean, std=std).pixels(image)
+    np.testing.assert_allclose(out, (image / 255.0 - mean) / std, rtol=1e-6, atol=1e-6)  # torchvision's Normalize
+    gray = Preprocess((1, 2), channels=3).pixels(image[..., :1])
+    np.testing.assert_allclose(gray, np.repeat(image[..., :1] / 127.5 - 1, 3, axis=-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,fmt", [("RGB", "JPEG"), ("L", "PNG")])
+def test_an_encoded_image_trains_and_evaluates_as_its_decoded_array(rng, mode, fmt):
+    """Training crops the decoded PIL picture (vit_jax.data.encoded_image): the same pixels as the array path."""
+    channels = 3 if mode == "RGB" else 1
+    pixels = rng.integers(0, 256, (37, 53, channels)[: 3 if channels == 3 else 2], dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format=fmt)
+    encoded = EncodedImage(buffer.getvalue(), channels)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+    decoded = decoded[:, :, None] if channels == 1 else decoded
+    np.testing.assert_array_equal(encoded.array(), decoded)
+    preprocess = Preprocess((16, 16), train_crop="inception", flip=True, crop_scale=(0.2, 1.0))
+    for seed in range(8):
+        from_bytes = preprocess.train({"image": encoded, "label": 3}, np.random.default_rng(seed))
+        from_array = preprocess.train({"image": decoded, "label": 3}, np.random.default_rng(seed))
+        np.testing.assert_array_equal(from_bytes["image"], from_array["image"])
+        assert from_bytes["image"].shape == (16, 16, channels) and from_bytes["label"] == 3
+    np.testing.assert_array_equal(preprocess.eval({"image": encoded, "label": 1})["image"],
+                                  preprocess.eval({"image": decoded, "label": 1})["image"])
 
 
 def test_pad_and_random_crop_equals_numpy_pad_then_crop(rng):
@@ -101,3 +131,14 @@ def test_a_source_resized_once_gives_the_examples_of_resizing_on_every_read(rng,
             b = preprocess.train(example, np.random.default_rng(i))
             np.testing.assert_array_equal(a["image"], b["image"])
             assert a["label"] == b["label"] == i
+
+
+def test_train_view_then_pixels_is_train(rng):
+    preprocess = Preprocess((6, 6), train_crop="inception", flip=True, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))
+    image = rng.integers(0, 256, (11, 9, 3), dtype=np.uint8)
+    for seed in range(4):
+        view = preprocess.train_view({"image": image, "label": 2}, np.random.default_rng(seed))
+        full = preprocess.train({"image": image, "label": 2}, np.random.default_rng(seed))
+        assert view["image"].dtype == np.uint8 and view["label"] == full["label"] == 2
+        np.testing.assert_array_equal(preprocess.pixels(view["image"]), full["image"])
+        np.testing.assert_allclose(np.asarray(preprocess.pixels_on_device(view["image"])), full["image"], atol=1e-6)

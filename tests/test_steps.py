@@ -54,3 +54,29 @@ def test_eval_step_counts_only_unmasked_examples(rng):
     assert float(sums["top1"]) == (logits.argmax(-1) == labels[:4]).sum()
     top5 = np.argsort(-logits, -1)[:, :5]
     assert float(sums["top5"]) == sum(labels[i] in top5[i] for i in range(4)) == 4  # 5 classes: always a hit
+
+
+def test_uint8_images_are_turned_into_the_models_values_inside_the_step(rng):
+    """A pipeline that ships uint8 (`Preprocess.train_view`) trains exactly as one that ships `Preprocess.pixels`."""
+    from vit_jax.data.preprocessing import Preprocess
+
+    model = create_model("Ti/4", num_classes=5, **MINI)
+    params = live_params(model, jnp.zeros((1, 8, 8, 3)))
+    tx = optax.sgd(0.1)
+    state = TrainState(jnp.array(0), params, tx.init(params))
+    preprocess = Preprocess((8, 8), value_range=(0.0, 1.0), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), channels=3)
+    images = rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)  # grayscale, made RGB by the preprocessing
+    labels = rng.integers(0, 5, 6).astype(np.int32)
+    step = jax.jit(make_train_step(model, tx, lambda s: 0.1, dropout_key=jax.random.key(1),
+                                   pixels=preprocess.pixels_on_device))
+    on_host, host_metrics = step(state, {"image": preprocess.pixels(images), "label": labels})
+    on_device, device_metrics = step(state, {"image": images, "label": labels})
+    np.testing.assert_allclose(device_metrics["train/loss"], host_metrics["train/loss"], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), on_device.params, on_host.params)
+    without = jax.jit(make_train_step(model, tx, lambda s: 0.1, dropout_key=jax.random.key(1)))
+    try:
+        without(state, {"image": images, "label": labels})
+    except ValueError as error:
+        assert "pixels_on_device" in str(error)
+    else:
+        raise AssertionError("uint8 images without `pixels` must be refused")

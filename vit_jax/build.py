@@ -85,10 +85,13 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
     for field in SPLIT_FIELDS:
         if not config[field]:  # no test split
             continue
-        source = open_split(builder, config[field])
         size = split_size(builder, config[field])
         cache = config.cache_in_memory
-        if cache is True or (cache == "auto" and fits_in_memory(spec, size)):
+        in_memory = cache is True or (cache == "auto" and fits_in_memory(spec, size))
+        # training images read from disk stay encoded until the per-example preprocessing crops them
+        source = open_split(builder, config[field],
+                            keep_encoded=field == "train_split" and not in_memory and packed is None)
+        if in_memory:
             resize_once = (packed is None and preprocess.resize_once(training=field == "train_split")
                            and not (field != "train_split" and config.eval_image_sizes)  # those resize the source
                            and fits_in_memory(dataclasses.replace(spec, image_shape=image_shape), size))
@@ -210,6 +213,6 @@ def train_iterator(setup: Setup, start_examples: int = 0) -> Any:
                   num_threads=config.data_threads, num_workers=config.data_workers)
     if setup.packed is None:
         return pipeline.train_iterator(setup.sources["train_split"], setup.preprocess, start=start_examples,
-                                       **common)
+                                       uint8=True, **common)  # the step does the pixel arithmetic
     return packed_train_iterator(setup.sources["train_split"], setup.packed, seq_len=config.packing.seq_len,
                                  max_images=config.packing.max_images, num_bins=config.packing.num_bins, **common)

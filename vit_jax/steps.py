@@ -61,14 +61,21 @@ def make_train_step(
     accum_steps: int = 1,
     label_smoothing: float = 0.0,
     mesh: Mesh | None = None,
+    pixels: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """One optimizer update on a global batch. The dropout key is folded from the step number, so a step's
     randomness does not depend on history (and a resumed run repeats it exactly). With `accum_steps > 1` the batch
     is cut into micro-batches `batch[i::accum_steps]` (every device keeps an equal share of each), whose gradients
     are averaged: the same update as one big batch, in less memory. A packed batch's loss is the mean over its
-    real images (`mask`)."""
+    real images (`mask`). uint8 images (a pipeline that leaves the pixel arithmetic to the step) become the
+    model's values through `pixels` (`Preprocess.pixels_on_device`)."""
 
     def loss_and_grads(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
+        if batch["image"].dtype == jnp.uint8:
+            if pixels is None:
+                raise ValueError("uint8 training images need make_train_step(pixels=Preprocess.pixels_on_device)")
+            batch = {**batch, "image": pixels(batch["image"])}
+
         def loss_fn(p):
             flexi = {} if patch_size is None else {"patch_size": patch_size}
             logits = model.apply({"params": p}, *model.inputs(batch), train=True, rngs={"dropout": rng}, **flexi)

@@ -3,12 +3,15 @@
     python -m vit_jax.benchmark.input_pipeline --workers 1 2 --out docs/benchmark_input_pipeline.json
 
 Both sides read the same ImageNet-like JPEGs (built once, offline: see `write_jpeg_folder`), take an Inception crop
-(torchvision's RandomResizedCrop: area 8-100%, aspect 3/4-4/3) resized bilinearly to 224², flip half of them,
-normalize with ImageNet's mean and std into float32, and batch them, in the same number of worker processes.
-vit_jax reads the TFDS ArrayRecord dataset built from the folder (`dataset='folder:DIR'`, the path `vit_jax.main`
-takes) through `vit_jax.data.pipeline.train_iterator`; torchvision reads the folder with `ImageFolder` +
-`DataLoader` (the `bench` extra). Each side runs in a fresh process; after `--warmup` batches, `--batches` are
-timed. Reported per side and worker count: images/s (wall), and images per CPU-second of the whole process tree
+(torchvision's RandomResizedCrop: area 8-100%, aspect 3/4-4/3) resized bilinearly to 224², flip half of them and
+batch them, in the same number of worker processes. Two outputs each: uint8 batches, normalised later on the
+accelerator (`grain`: what `vit_jax.main` does, its train step applies `Preprocess.pixels_on_device`;
+`torchvision_uint8`: `PILToTensor`, as timm's PrefetchLoader feeds a GPU), and float32 batches normalised with
+ImageNet's mean and std in the workers (`grain_float32`, `torchvision`: `ToTensor` + `Normalize`). vit_jax reads
+the TFDS ArrayRecord dataset built from the folder (`dataset='folder:DIR'`, the path `vit_jax.main` takes) through
+`vit_jax.data.pipeline.train_iterator`; torchvision reads the folder with `ImageFolder` + `DataLoader` (the `bench`
+extra). Each cell runs `--repeats` times in fresh processes; after `--warmup` batches, `--batches` are timed.
+Reported per side and worker count (medians): images/s (wall), and images per CPU-second of the whole process tree
 (the main process and its workers): the rate one core sustains, which says how many cores an accelerator needs.
 """
 
@@ -32,7 +35,10 @@ import numpy as np
 from vit_jax.benchmark.worker import RESULT_PREFIX
 from vit_jax.checkpoint.timm_layout import IMAGENET_MEAN, IMAGENET_STD
 
-SIDES = ("grain", "torchvision")
+# each side's uint8 variant ships the augmented uint8 images (normalised on the accelerator: vit_jax's train step,
+# timm's PrefetchLoader); the float32 variants normalise in the workers
+SIDES = ("grain", "torchvision_uint8", "grain_float32", "torchvision")
+REFERENCE = {"grain": "torchvision_uint8", "grain_float32": "torchvision"}
 IMAGE_SIZE = 224
 LONGER_SIDE = 500  # most ImageNet training images are 500 pixels on their longer side
 NUM_CLASSES = 8
@@ -83,33 +89,33 @@ def process_tree_cpu_seconds() -> float:
     return total
 
 
-def grain_batches(root: Path, data_dir: str, batch_size: int, workers: int, threads: int) -> Iterator[Any]:
+def grain_batches(root: Path, data_dir: str, batch_size: int, workers: int, threads: int, uint8: bool
+                  ) -> Iterator[Any]:
     from vit_jax.data.pipeline import train_iterator
     from vit_jax.data.preprocessing import Preprocess
     from vit_jax.data.sources import dataset_builder, open_split
 
-    source = open_split(dataset_builder(f"folder:{root}", data_dir), "train")
+    source = open_split(dataset_builder(f"folder:{root}", data_dir), "train", keep_encoded=True)
     preprocess = Preprocess(image_size=(IMAGE_SIZE, IMAGE_SIZE), value_range=(0.0, 1.0), train_crop="inception",
                             flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     iterator = train_iterator(source, preprocess, batch_size=batch_size, seed=0, num_threads=threads,
-                              num_workers=workers)
+                              num_workers=workers, uint8=uint8)
     for batch in iterator:
         yield batch["image"]
 
 
-def torchvision_batches(root: Path, batch_size: int, workers: int) -> Iterator[Any]:
+def torchvision_batches(root: Path, batch_size: int, workers: int, uint8: bool) -> Iterator[Any]:
     from vit_jax.timm_compat import import_timm
 
     import_timm()  # torchvision's import on a CPU-only torch (see vit_jax.timm_compat)
     import torch
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(IMAGE_SIZE),  # bilinear, area (0.08, 1), ratio (3/4, 4/3)
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    augment = [transforms.RandomResizedCrop(IMAGE_SIZE),  # bilinear, area (0.08, 1), ratio (3/4, 4/3)
+               transforms.RandomHorizontalFlip()]
+    to_tensor = ([transforms.PILToTensor()] if uint8
+                 else [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = transforms.Compose(augment + to_tensor)
     loader = torch.utils.data.DataLoader(
         datasets.ImageFolder(str(root / "train"), transform=transform), batch_size=batch_size, shuffle=True,
         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
@@ -121,10 +127,10 @@ def torchvision_batches(root: Path, batch_size: int, workers: int) -> Iterator[A
 def measure(side: str, root: Path, data_dir: str, batch_size: int, workers: int, threads: int, warmup: int,
             batches: int) -> dict[str, Any]:
     """Throughput of one side in this process: `warmup` untimed batches (workers start), then `batches` timed."""
-    if side == "grain":
-        stream = grain_batches(root, data_dir, batch_size, workers, threads)
+    if side.startswith("grain"):
+        stream = grain_batches(root, data_dir, batch_size, workers, threads, uint8=side == "grain")
     else:
-        stream = torchvision_batches(root, batch_size, workers)
+        stream = torchvision_batches(root, batch_size, workers, uint8=side == "torchvision_uint8")
     for _ in range(warmup):
         first = next(stream)
     shape, dtype = tuple(first.shape), str(first.dtype)
@@ -133,7 +139,7 @@ def measure(side: str, root: Path, data_dir: str, batch_size: int, workers: int,
         next(stream)
     wall, cpu = time.perf_counter() - wall_start, process_tree_cpu_seconds() - cpu_start
     images = batches * batch_size
-    return {"side": side, "workers": workers, "threads": threads if side == "grain" else 1, "batch_size": batch_size,
+    return {"side": side, "workers": workers, "threads": threads if side.startswith("grain") else 1, "batch_size": batch_size,
             "batch_shape": shape, "dtype": dtype, "images": images, "wall_s": wall, "cpu_s": cpu,
             "images_per_s": images / wall, "images_per_cpu_s": images / cpu}
 
@@ -172,6 +178,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="grain's reading threads per worker process")
     parser.add_argument("--warmup", type=int, default=4, help="untimed batches (workers starting)")
     parser.add_argument("--batches", type=int, default=20, help="timed batches")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per cell (the median is reported)")
     parser.add_argument("--num-images", type=int, default=2048, help="JPEGs written on first use")
     parser.add_argument("--images", type=Path, default=Path("~/tensorflow_datasets/vit_jax_jpeg_benchmark"),
                         help="folder for the JPEGs (written once)")
@@ -182,7 +189,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     errors = [f"--workers {w}: expected >= 0" for w in args.workers if w < 0]
     errors += [f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer"
-               for name in ("batch_size", "threads", "batches", "num_images") if getattr(args, name) <= 0]
+               for name in ("batch_size", "threads", "batches", "repeats", "num_images") if getattr(args, name) <= 0]
     if args.warmup < 1:
         errors.append(f"--warmup {args.warmup}: expected >= 1 (the first batch starts the workers)")
     if errors:
@@ -206,21 +213,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vit_jax.data.sources import dataset_builder
 
         dataset_builder(f"folder:{args.images}", args.data_dir)
-    results = []
+    results, summary = [], []
     for workers in args.workers:
+        medians = {}
         for side in args.sides:
-            result = run_in_fresh_process(args, side, workers)
-            results.append(result)
-            print(f"{side:>11} workers={workers}: {result['images_per_s']:7.1f} img/s, "
-                  f"{result['images_per_cpu_s']:6.1f} img per CPU-s ({result['cpu_s']:.1f} CPU-s over "
-                  f"{result['wall_s']:.1f} s)", flush=True)
-        by_side = {r["side"]: r for r in results if r["workers"] == workers}
-        if len(by_side) == 2:
-            print(f"{'':>11} grain / torchvision: {by_side['grain']['images_per_s'] / by_side['torchvision']['images_per_s']:.2f}x "
-                  f"img/s, {by_side['grain']['images_per_cpu_s'] / by_side['torchvision']['images_per_cpu_s']:.2f}x "
-                  f"per CPU-s", flush=True)
+            runs = [run_in_fresh_process(args, side, workers) for _ in range(args.repeats)]
+            results.extend(runs)
+            medians[side] = {key: float(np.median([r[key] for r in runs])) for key in ("images_per_s",
+                                                                                        "images_per_cpu_s")}
+            rates = sorted(r["images_per_s"] for r in runs)
+            print(f"{side:>17} workers={workers}: {medians[side]['images_per_s']:6.1f} img/s "
+                  f"({rates[0]:.1f}-{rates[-1]:.1f}), {medians[side]['images_per_cpu_s']:6.1f} img per CPU-s",
+                  flush=True)
+        for side, median in medians.items():
+            row = {"side": side, "workers": workers, **median}
+            reference = medians.get(REFERENCE.get(side, ""))
+            if reference:
+                row["vs_torchvision"] = median["images_per_s"] / reference["images_per_s"]
+                row["vs_torchvision_per_cpu_s"] = median["images_per_cpu_s"] / reference["images_per_cpu_s"]
+                print(f"{side:>17} / {REFERENCE[side]}: {row['vs_torchvision']:.2f}x img/s, "
+                      f"{row['vs_torchvision_per_cpu_s']:.2f}x per CPU-s", flush=True)
+            summary.append(row)
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(), "command": " ".join(sys.argv),
-              "num_images": args.num_images, "image_size": IMAGE_SIZE, "results": results}
+              "num_images": args.num_images, "image_size": IMAGE_SIZE, "summary": summary,
+              "results": results}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0

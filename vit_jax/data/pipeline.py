@@ -35,6 +35,7 @@ def train_iterator(
     start: int = 0,
     num_threads: int = 2,
     num_workers: int = 0,
+    uint8: bool = False,
 ) -> grain.DatasetIterator:
     """Endless per-process batches `{'image', 'label'}` of `batch_size` (the global batch / process_count).
 
@@ -42,14 +43,16 @@ def train_iterator(
     global index. `start`: examples of the global stream already consumed (a resumed run's position, saved under
     any process count): the batches are those an uninterrupted run would read next. `num_workers > 0` moves
     preprocessing to that many worker processes (which read absl flags: run from `app.run`, or mark flags as
-    parsed first).
+    parsed first). `uint8`: per-image pipelines yield the augmented uint8 images, for the step to turn into the
+    model's values (`Preprocess.pixels_on_device`); a split served a batch at a time yields float32 either way.
     """
     if batchable(source, preprocess):  # the same stream semantics, a batch at a time (vit_jax.data.in_memory)
         batches = batched_train_dataset(source, preprocess, batch_size=batch_size, seed=seed,
                                         process_index=process_index, process_count=process_count, start=start)
         return iter(read(batches, num_threads, num_workers))
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-    dataset = dataset.random_map(preprocess.train)[start:][process_index::process_count]
+    dataset = dataset.random_map(preprocess.train_view if uint8 else preprocess.train)
+    dataset = dataset[start:][process_index::process_count]
     return iter(read(dataset.batch(batch_size, drop_remainder=True), num_threads, num_workers))
 
 

@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from vit_jax.data.cluttered_digits import ClutteredDigits
 from vit_jax.data.digits import SklearnDigits
+from vit_jax.data.encoded_image import KeepEncoded, keeps_encoded
 from vit_jax.data.image_folder import build_image_folder
 from vit_jax.data.moving_digits import MovingDigits
 
@@ -137,11 +138,14 @@ def dataset_spec(builder: tfds.core.DatasetBuilder) -> DatasetSpec:
     return DatasetSpec(builder.name, len(names), names, tuple(features["image"].shape))  # type: ignore[arg-type]
 
 
-def open_split(builder: tfds.core.DatasetBuilder, split: str) -> Sequence[dict[str, Any]]:
+def open_split(builder: tfds.core.DatasetBuilder, split: str, *, keep_encoded: bool = False
+               ) -> Sequence[dict[str, Any]]:
     """Random access to the decoded examples (`{'image': uint8 (H, W, C) or (T, H, W, C), 'label': int, ...}`)
-    of `split`."""
+    of `split`. `keep_encoded`: still images come as `EncodedImage`s (their file bytes), which the training
+    preprocessing crops after decoding without a whole-image array (`vit_jax.data.encoded_image`)."""
     split_size(builder, split)  # the clear error for an unknown split
-    return builder.as_data_source(split=split)
+    keep = keep_encoded and keeps_encoded(builder.info.features["image"])
+    return builder.as_data_source(split=split, decoders={"image": KeepEncoded()} if keep else None)
 
 
 class InMemorySource(Sequence[dict[str, Any]]):
