@@ -182,7 +182,12 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
     for step in range(start_step + 1, config.num_steps + 1):
         wait_start = time.perf_counter()
         local_batch = next(run.train_data)  # blocks only when the input pipeline has fallen behind
-        data_wait += time.perf_counter() - wait_start
+        waited = time.perf_counter() - wait_start
+        if step == start_step + 1:  # the pipeline starting (worker processes, first reads): start-up, not starving
+            writer.write(step - 1, {"perf/first_batch_seconds": waited})
+            window_start += waited
+        else:
+            data_wait += waited
         batch = to_global(local_batch, run.data_sharding)
         patch_size = None
         if run.setup.flexi_sizes:  # drawn for the update that takes the state from step - 1 to step
