@@ -8,7 +8,10 @@ import pytest
 from jax import lax
 
 from vit_jax.models import create_model
-from vit_jax.models.mixed_precision import mixed_attention, mixed_dot_general, mixed_einsum
+import flax.linen as nn
+
+from vit_jax.models.mixed_precision import (MixedDense, MixedDenseGeneral, add_bias, mixed_attention,
+                                            mixed_dot_general, mixed_einsum)
 
 SPECS = [
     ("mk,kn->mn", (24, 16), (16, 8)),  # a dense layer
@@ -51,6 +54,37 @@ def test_mixed_dot_general_serves_dense_layers_and_leaves_other_forms_to_xla(rng
     batched = (((2,), (1,)), ((0,), (0,)))
     y32 = jnp.asarray(rng.standard_normal((2, 6, 4)), jnp.float32)
     np.testing.assert_array_equal(mixed_dot_general(x32, y32, batched), lax.dot_general(x32, y32, batched))
+
+
+def test_add_bias_gradient_is_the_sum_over_the_leading_axes(rng):
+    y, bias = _bf16(rng, (4, 9, 2, 3)), _bf16(rng, (2, 3))
+    g = _bf16(rng, (4, 9, 2, 3))
+    out, pullback = jax.vjp(add_bias, y, bias)
+    np.testing.assert_array_equal(out, y + bias)
+    dy, dbias = pullback(g)
+    np.testing.assert_array_equal(dy, g)
+    assert dbias.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(dbias, np.float64), np.asarray(g, np.float64).sum((0, 1)), rtol=1e-2,
+                               atol=2e-2)
+
+
+@pytest.mark.parametrize("ours, flax_layer, kwargs, shape", [
+    (MixedDense, nn.Dense, dict(features=5), (3, 4, 6)),
+    (MixedDenseGeneral, nn.DenseGeneral, dict(features=(2, 3), axis=-1), (3, 4, 6)),  # query/key/value
+    (MixedDenseGeneral, nn.DenseGeneral, dict(features=6, axis=(-2, -1)), (3, 4, 2, 3)),  # out
+])
+def test_mixed_dense_layers_are_flax_layers_with_product_bias_gradients(rng, ours, flax_layer, kwargs, shape):
+    kwargs = dict(kwargs, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(0.5))
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    reference = flax_layer(**kwargs).init(jax.random.key(3), x)
+    params = ours(**kwargs).init(jax.random.key(3), x)
+    jax.tree.map(np.testing.assert_array_equal, params, reference)  # the same names, shapes and initial values
+    loss = lambda layer: lambda p: jnp.sum(jnp.sin(layer.apply(p, x)))
+    np.testing.assert_allclose(ours(**kwargs).apply(params, x), flax_layer(**kwargs).apply(params, x), rtol=1e-6)
+    grads, expected = jax.grad(loss(ours(**kwargs)))(params), jax.grad(loss(flax_layer(**kwargs)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, expected)
+    with pytest.raises(ValueError, match="trailing axes"):
+        MixedDenseGeneral(features=2, axis=0).init(jax.random.key(0), x)
 
 
 def test_mixed_attention_is_softmax_attention(rng):

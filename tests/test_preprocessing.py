@@ -1,8 +1,8 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
-
-import io
 
 from vit_jax.data.encoded_image import EncodedImage
 from vit_jax.data.preprocessing import Preprocess, inception_crop_box, pad_and_random_crop, resize

@@ -15,7 +15,7 @@ from jax import lax
 
 from vit_jax.models.attention import attention_function
 from vit_jax.models.encoder_options import EncoderOptions
-from vit_jax.models.mixed_precision import is_bfloat16, mixed_dot_general
+from vit_jax.models.mixed_precision import MixedDense, is_bfloat16, mixed_dot_general
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.rope import DEFAULT_THETA, axial_frequencies, init_mixed_frequencies, rotating_attention
 from vit_jax.models.self_attention import MultiHeadDotProductAttention
@@ -38,18 +38,20 @@ class MlpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        dense = lambda features: nn.Dense(
+        mixed = is_bfloat16(self.dtype)
+        dense = lambda features, name: (MixedDense if mixed else nn.Dense)(
             features,
             dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
-            dot_general=mixed_dot_general if is_bfloat16(self.dtype) else lax.dot_general,
+            dot_general=mixed_dot_general if mixed else lax.dot_general,
+            name=name,
         )
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
-        x = constrain_hidden(dense(self.mlp_dim)(x), self.activation_sharding)
+        x = constrain_hidden(dense(self.mlp_dim, "Dense_0")(x), self.activation_sharding)
         x = quick_gelu(x) if self.quick_gelu else nn.gelu(x, approximate=self.gelu_approximate)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-        x = dense(out_dim)(x)
+        x = dense(out_dim, "Dense_1")(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 

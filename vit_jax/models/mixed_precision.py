@@ -6,7 +6,8 @@ keeps all three products of a dense layer (forward, input gradient, kernel gradi
 accumulation, the form the fast bf16 kernels take, and rounds each result once to the operands' dtype, as
 PyTorch's bf16 autocast does. It serves any contraction of trailing input dimensions with leading kernel dimensions
 (flax's `Dense` and `DenseGeneral`, the attention projections); other dimension numbers fall back to
-`lax.dot_general`.
+`lax.dot_general`. `MixedDense` / `MixedDenseGeneral` are flax's layers with bias gradients taken as products
+(`add_bias`), the form XLA:CPU runs fast in bf16.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import math
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -116,3 +118,65 @@ def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
 def is_bfloat16(dtype: Any) -> bool:
     """Whether a module's computation `dtype` asks for these products."""
     return dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """`y + bias` (bias over `y`'s trailing axes) whose bias gradient is a product with a ones vector, accumulated
+    in float32. XLA:CPU reduces a bf16 cotangent over the batch and tokens through a tree of `reduce-window`s:
+    ~10x slower than the product (ViT-Ti/16 at batch 32: 9.6 vs 0.9 ms per bias; BENCHMARKS.md)."""
+    return y + bias
+
+
+def _add_bias_fwd(y: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+    return y + bias, bias.shape
+
+
+def _add_bias_bwd(shape: tuple[int, ...], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    rows = g.reshape(-1, math.prod(shape))
+    ones = jnp.ones((1, rows.shape[0]), g.dtype)
+    grad = lax.dot_general(ones, rows, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return g, grad.reshape(shape).astype(g.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class MixedDense(nn.Dense):
+    """flax's `Dense` (same parameters, initialisers and names) with `add_bias`: for bf16 layers."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        dot_general = self.dot_general or lax.dot_general
+        y = dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        return y if bias is None else add_bias(y, bias)
+
+
+class MixedDenseGeneral(nn.DenseGeneral):
+    """flax's `DenseGeneral` over trailing input axes (no batch dimensions), with `add_bias`: for bf16 layers.
+    Parameters, initialisers (on the flattened kernel, as flax's) and names are flax's."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        features = tuple(self.features) if isinstance(self.features, (tuple, list)) else (self.features,)
+        axis = tuple(self.axis) if isinstance(self.axis, (tuple, list)) else (self.axis,)
+        axis = tuple(a % inputs.ndim for a in axis)
+        if axis != tuple(range(inputs.ndim - len(axis), inputs.ndim)) or self.batch_dims:
+            raise ValueError(f"MixedDenseGeneral contracts trailing axes without batch dimensions; got axis="
+                             f"{self.axis!r}, batch_dims={self.batch_dims!r} for inputs of shape {inputs.shape}")
+        in_shape = tuple(inputs.shape[a] for a in axis)
+        flat = (math.prod(in_shape), math.prod(features))
+        kernel = self.param("kernel", lambda rng, shape, dtype: self.kernel_init(rng, flat, dtype).reshape(shape),
+                            in_shape + features, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", lambda rng, shape, dtype: self.bias_init(rng, flat[1:], dtype).reshape(shape),
+                              features, self.param_dtype)
+        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        dot_general = self.dot_general or lax.dot_general
+        contract = (axis, tuple(range(len(axis))))
+        y = dot_general(inputs, kernel, (contract, ((), ())), precision=self.precision)
+        return y if bias is None else add_bias(y, bias)

@@ -17,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from vit_jax.models.mixed_precision import MixedDenseGeneral
+
 
 class MultiHeadDotProductAttention(nn.Module):
     """Self-attention over `(B, N, D)` tokens; the name gives the vision_transformer path
@@ -45,7 +47,8 @@ class MultiHeadDotProductAttention(nn.Module):
                  sow_weights: bool = False) -> jax.Array:
         width = x.shape[-1]
         qkv_features = self.qkv_features or width
-        heads = nn.DenseGeneral  # one partial per projection keeps flax's argument set in one place
+        # bf16 projections (a `dot_general` given): bias gradients as products (vit_jax.models.mixed_precision)
+        heads = MixedDenseGeneral if self.qkv_dot_general is not None else nn.DenseGeneral
         common = dict(dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
         query, key, value = (
             heads((self.num_heads, qkv_features // self.num_heads), axis=-1, use_bias=self.qkv_bias,
