@@ -1,6 +1,7 @@
 """bf16 products with float32 accumulation: values and gradients against float64 NumPy, and a bf16 model that
 trains on XLA:CPU's default flags (where an unsupported bf16 dot form fails at run time)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,10 +9,14 @@ import pytest
 from jax import lax
 
 from vit_jax.models import create_model
-import flax.linen as nn
-
-from vit_jax.models.mixed_precision import (MixedDense, MixedDenseGeneral, add_bias, mixed_attention,
-                                            mixed_dot_general, mixed_einsum)
+from vit_jax.models.mixed_precision import (
+    MixedDense,
+    MixedDenseGeneral,
+    add_bias,
+    mixed_attention,
+    mixed_dot_general,
+    mixed_einsum,
+)
 
 SPECS = [
     ("mk,kn->mn", (24, 16), (16, 8)),  # a dense layer

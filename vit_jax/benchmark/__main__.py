@@ -30,6 +30,7 @@ from typing import Any
 from vit_jax.benchmark.worker import RESULT_PREFIX
 from vit_jax.benchmark.workload import DTYPES, MODES, Workload
 from vit_jax.models.attention import ATTENTION_IMPLS, check_attention_impl
+from vit_jax.models.blas import MATMUL_IMPLS
 from vit_jax.xla_flags import default_xla_flags, with_defaults
 
 MIN_TIMED_STEPS = 10
@@ -48,6 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scan", choices=("off", "on", "both"), default="off", help="nn.scan over layers")
     parser.add_argument("--attention-impl", choices=ATTENTION_IMPLS, default="einsum",
                         help="attention kernel (cudnn: NVIDIA GPUs, bf16); see vit_jax.models.attention")
+    parser.add_argument("--matmul", choices=MATMUL_IMPLS, default="xla",
+                        help="float32 cells' dense-layer products (blas: OpenBLAS through an XLA FFI call)")
     parser.add_argument("--steps", type=int, default=MIN_TIMED_STEPS, help=f"timed steps (>= {MIN_TIMED_STEPS})")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the compiling one")
     parser.add_argument("--ceiling-size", type=int, default=2048, help="n of the n x n x n matmul ceiling")
@@ -102,7 +105,8 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     scans = {"off": [False], "on": [True], "both": [False, True]}[args.scan]
     return [
         Workload("vit_jax", variant, batch, args.image_size, dtype, mode, scan, args.steps, args.warmup,
-                 args.ceiling_size, attention_impl=args.attention_impl)
+                 args.ceiling_size, attention_impl=args.attention_impl,
+                 matmul=args.matmul if dtype == "f32" else "xla")
         for variant in variants(args) for batch in args.batch_sizes for mode in args.modes
         for dtype in args.dtypes for scan in scans
     ]

@@ -233,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{side:>17} / {REFERENCE[side]}: {row['vs_torchvision']:.2f}x img/s, "
                       f"{row['vs_torchvision_per_cpu_s']:.2f}x per CPU-s", flush=True)
             summary.append(row)
-    report = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(), "command": " ".join(sys.argv),
+    command = "python -m vit_jax.benchmark.input_pipeline " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(), "command": command,
               "num_images": args.num_images, "image_size": IMAGE_SIZE, "summary": summary,
               "results": results}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -29,13 +29,16 @@ class Workload:
     flops: float | None = None
     xla_flags: str = ""
     attention_impl: str = "einsum"  # vit_jax only: see vit_jax.models.attention
+    matmul: str = "xla"  # vit_jax only: see vit_jax.models.blas
 
     @property
     def key(self) -> str:
         """The cell both sides share, for ratios."""
         scan = ",scan" if self.scan else ""
         attention = f",{self.attention_impl}" if self.attention_impl != "einsum" else ""
-        return f"{self.variant} {self.mode} {self.dtype} b{self.batch_size} {self.image_size}px{scan}{attention}"
+        matmul = f",{self.matmul}" if self.matmul != "xla" else ""
+        return (f"{self.variant} {self.mode} {self.dtype} b{self.batch_size} {self.image_size}px{scan}{attention}"
+                f"{matmul}")
 
 
 @dataclasses.dataclass

@@ -11,11 +11,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from vit_jax.models.attention import attention_function
+from vit_jax.models.blas import dense_dot_general
 from vit_jax.models.encoder_options import EncoderOptions
-from vit_jax.models.mixed_precision import MixedDense, is_bfloat16, mixed_dot_general
+from vit_jax.models.mixed_precision import MixedDense, is_bfloat16
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.rope import DEFAULT_THETA, axial_frequencies, init_mixed_frequencies, rotating_attention
 from vit_jax.models.self_attention import MultiHeadDotProductAttention
@@ -34,17 +34,17 @@ class MlpBlock(nn.Module):
     gelu_approximate: bool = True
     quick_gelu: bool = False
     dtype: Any = None
+    matmul: str = "xla"  # see vit_jax.models.blas
     activation_sharding: ActivationSharding | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        mixed = is_bfloat16(self.dtype)
-        dense = lambda features, name: (MixedDense if mixed else nn.Dense)(
+        dense = lambda features, name: (MixedDense if is_bfloat16(self.dtype) else nn.Dense)(
             features,
             dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
-            dot_general=mixed_dot_general if mixed else lax.dot_general,
+            dot_general=dense_dot_general(self.dtype, self.matmul),
             name=name,
         )
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
@@ -99,7 +99,7 @@ class Encoder1DBlock(nn.Module):
         o = self.options
         x = constrain_tokens(x, o.activation_sharding)
         y = nn.LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
-        mixed = is_bfloat16(o.dtype)
+        dot_general = dense_dot_general(o.dtype, o.matmul)
         attention_fn = attention_function(o.attention_impl, o.dtype, o.attention_dropout_rate, o.record_attention)
         if self.rope is not None:
             attention_fn = rotating_attention(attention_fn, self._rotary_angles(coords, x.shape[-1]),
@@ -109,8 +109,8 @@ class Encoder1DBlock(nn.Module):
             qkv_features=o.qkv_dim,
             qkv_bias=o.qkv_bias,
             dtype=o.dtype,
-            qkv_dot_general=mixed_dot_general if mixed else None,
-            out_dot_general=mixed_dot_general if mixed else None,
+            qkv_dot_general=dot_general,
+            out_dot_general=dot_general,
             attention_fn=attention_fn,
             dropout_rate=o.attention_dropout_rate,
         )(y, deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
@@ -124,6 +124,7 @@ class Encoder1DBlock(nn.Module):
             gelu_approximate=o.gelu_approximate,
             quick_gelu=o.quick_gelu,
             dtype=o.dtype,
+            matmul=o.matmul,
             activation_sharding=o.activation_sharding,
         )(y, deterministic=deterministic)
         return x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic), None

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 
 from vit_jax.models.attention import AttentionImpl, check_attention_impl
+from vit_jax.models.blas import check_matmul
 from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
 from vit_jax.models.rope import RopeAxisOrder, RopeCoordinates, RopePairing
@@ -38,6 +39,8 @@ class EncoderOptions:
         `fc_norm`): no `Transformer/encoder_norm`.
       dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
       attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
+      matmul: the dense layers' products (MLPs, attention projections): `xla`, or `blas` (float32 through the
+        OpenBLAS numpy ships, an XLA FFI call; one CPU device; see `vit_jax.models.blas`).
       record_attention: sow every block's attention weights into `intermediates` (for pictures; `einsum` only).
       qkv_bias: False: the query/key/value projections have no bias (vit-pytorch; timm's `qkv_bias=False`); the
         output projection keeps its own.
@@ -83,6 +86,7 @@ class EncoderOptions:
     fc_norm: bool = False
     dtype: Any = None
     attention_impl: AttentionImpl = "einsum"
+    matmul: str = "xla"
     record_attention: bool = False
     qkv_bias: bool = True
     qkv_dim: int | None = None
@@ -118,6 +122,7 @@ def check_encoder_options(options: EncoderOptions) -> None:
             raise ValueError(f"{field} must be in [0, 1); got {value!r}")
     check_attention_impl(options.attention_impl, options.dtype, options.attention_dropout_rate,
                          options.record_attention)
+    check_matmul(options.matmul, options.dtype)
     if options.qkv_dim is not None and (options.qkv_dim <= 0 or options.qkv_dim % options.num_heads):
         raise ValueError(f"qkv_dim must be a positive multiple of num_heads {options.num_heads} (heads x head dim) "
                          f"or None; got {options.qkv_dim!r}")

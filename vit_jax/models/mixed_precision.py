@@ -78,7 +78,7 @@ def _mixed_einsum_bwd(spec: str, residuals: tuple[jax.Array, jax.Array], g: jax.
 mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 
-def _contracts_trailing_with_leading(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> int:
+def contracted_trailing_axes(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> int:
     """How many trailing `lhs` dimensions meet as many leading `rhs` dimensions, in order (0: another form)."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     k = len(lhs_contract)
@@ -92,7 +92,7 @@ def _contracts_trailing_with_leading(lhs: jax.Array, rhs: jax.Array, dimension_n
 def mixed_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,
                       preferred_element_type: Any = None, **kwargs: Any) -> jax.Array:
     """A drop-in `dot_general` for flax layers whose operands are bf16 (see the module docstring)."""
-    k = _contracts_trailing_with_leading(lhs, rhs, dimension_numbers)
+    k = contracted_trailing_axes(lhs, rhs, dimension_numbers)
     if k == 0 or lhs.dtype != jnp.bfloat16 or rhs.dtype != jnp.bfloat16:
         return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
     batch_shape, contracted = lhs.shape[: lhs.ndim - k], lhs.shape[lhs.ndim - k:]

@@ -17,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from vit_jax.models.mixed_precision import MixedDenseGeneral
+from vit_jax.models.mixed_precision import MixedDenseGeneral, mixed_dot_general
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -48,7 +48,7 @@ class MultiHeadDotProductAttention(nn.Module):
         width = x.shape[-1]
         qkv_features = self.qkv_features or width
         # bf16 projections (a `dot_general` given): bias gradients as products (vit_jax.models.mixed_precision)
-        heads = MixedDenseGeneral if self.qkv_dot_general is not None else nn.DenseGeneral
+        heads = MixedDenseGeneral if self.qkv_dot_general is mixed_dot_general else nn.DenseGeneral
         common = dict(dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
         query, key, value = (
             heads((self.num_heads, qkv_features // self.num_heads), axis=-1, use_bias=self.qkv_bias,

@@ -1,0 +1,119 @@
+"""Dense-layer products through a library GEMM: an XLA FFI custom call (`vit_jax/native/gemm.cc`) to the OpenBLAS
+numpy ships, forward and backward.
+
+XLA:CPU's own float32 products are fast on square matrices but uneven on a ViT's shapes: on a Zen 4, 82-213
+GFLOP/s for the products of a ViT-Ti/16 step against ~200 for OpenBLAS on every one of them (BENCHMARKS.md).
+`blas_dot_general` takes a dense layer's contraction (trailing input axes with leading kernel axes) in float32 to
+one `sgemm`, and its gradients to two more (`g B^T`, `A^T g`); anything else, or where the library is missing
+(the extension did not build, numpy without its bundled OpenBLAS) or the backend is not the CPU, goes to
+`lax.dot_general` unchanged. For one device: a custom call is not partitioned across a mesh.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from vit_jax.models.mixed_precision import contracted_trailing_axes, is_bfloat16, mixed_dot_general
+
+TARGET = "vit_jax_sgemm"
+
+
+def _numpy_openblas() -> tuple[ctypes.CDLL, str] | None:
+    """numpy's bundled OpenBLAS (64-bit integers) and its sgemm's symbol, if this numpy has one."""
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    for path in sorted(libs.glob("libscipy_openblas64_*.so*")):
+        library = ctypes.CDLL(str(path))
+        if hasattr(library, "scipy_cblas_sgemm64_"):
+            return library, "scipy_cblas_sgemm64_"
+    return None
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the custom call is registered: extension built, a BLAS found, a CPU backend."""
+    if jax.default_backend() != "cpu":
+        return False
+    spec = importlib.util.find_spec("vit_jax.native._gemm")
+    blas = _numpy_openblas()
+    if spec is None or spec.origin is None or blas is None:
+        logging.warning("model.matmul='blas': %s; using XLA's products",
+                        "the native extension was not built" if spec is None else "numpy has no bundled OpenBLAS")
+        return False
+    extension = ctypes.CDLL(spec.origin)
+    library, symbol = blas
+    set_threads_local = getattr(library, "openblas_set_num_threads_local", None)  # each XLA thread runs one
+    extension.vit_jax_set_sgemm(ctypes.cast(getattr(library, symbol), ctypes.c_void_p), ctypes.c_int(1),
+                                ctypes.cast(set_threads_local, ctypes.c_void_p) if set_threads_local else None)
+    available.library = library  # kept alive with the function pointer handed over
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(extension.VitJaxSgemm), platform="cpu")
+    return True
+
+
+def sgemm(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
+    """`op(a) @ op(b)` for 2-D float32 arrays through the library."""
+    if not available():
+        raise RuntimeError("vit_jax's BLAS product is not available here (see vit_jax.models.blas.available)")
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32))
+    return call(a, b, trans_a=np.int32(trans_a), trans_b=np.int32(trans_b))
+
+
+@jax.custom_vjp
+def blas_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`a @ b` (2-D, float32) with both gradients through the library too."""
+    return sgemm(a, b)
+
+
+def _blas_matmul_fwd(a: jax.Array, b: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return sgemm(a, b), (a, b)
+
+
+def _blas_matmul_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    a, b = residuals
+    return sgemm(g, b, trans_b=True), sgemm(a, g, trans_a=True)
+
+
+blas_matmul.defvjp(_blas_matmul_fwd, _blas_matmul_bwd)
+
+
+def blas_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,
+                     preferred_element_type: Any = None, **kwargs: Any) -> jax.Array:
+    """A drop-in `dot_general` for flax's dense layers (see the module docstring)."""
+    k = contracted_trailing_axes(lhs, rhs, dimension_numbers)
+    if (k == 0 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
+            or preferred_element_type not in (None, jnp.float32) or not available()):
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
+    batch_shape, size = lhs.shape[: lhs.ndim - k], int(np.prod(lhs.shape[lhs.ndim - k:]))
+    out = blas_matmul(lhs.reshape(-1, size), rhs.reshape(size, -1))
+    return out.reshape(*batch_shape, *rhs.shape[k:])
+
+
+MATMUL_IMPLS = ("xla", "blas")
+
+
+def check_matmul(matmul: str, dtype: Any) -> None:
+    """`model.matmul` is one of `MATMUL_IMPLS`; `blas` computes in float32 (bf16 layers have their own products)."""
+    if matmul not in MATMUL_IMPLS:
+        raise ValueError(f"matmul must be one of {MATMUL_IMPLS}; got {matmul!r}")
+    if matmul == "blas" and dtype is not None and jnp.dtype(dtype) != jnp.float32:
+        raise ValueError(f"matmul='blas' is float32 (OpenBLAS's sgemm); got dtype={jnp.dtype(dtype).name}: bf16 "
+                         f"layers use vit_jax.models.mixed_precision's products, leave matmul='xla'")
+
+
+def dense_dot_general(dtype: Any, matmul: str) -> Any:
+    """The `dot_general` of a dense layer: bf16 products with float32 accumulation for bf16 layers, the library
+    GEMM for `matmul='blas'`, XLA's otherwise."""
+    if is_bfloat16(dtype):
+        return mixed_dot_general
+    return blas_dot_general if matmul == "blas" else lax.dot_general

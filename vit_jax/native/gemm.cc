@@ -1,0 +1,129 @@
+// A float32 matrix product as an XLA FFI custom call, computed by a BLAS `cblas_sgemm` whose address Python hands
+// over at load time (vit_jax/models/blas.py): numpy's bundled OpenBLAS, so nothing is linked at build time.
+//
+// C = op(A) op(B), row-major, op = transpose when `trans_a` / `trans_b` is 1. The rows of C are split over XLA's
+// own intra-op threads, each running a single-threaded sgemm: BLAS threads of their own would compete with XLA's
+// for the same cores.
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum CblasConstant : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+
+// cblas_sgemm with 64-bit integers (OpenBLAS's INTERFACE64, as numpy ships it) or 32-bit ones (LP64).
+using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                         int64_t, float, float*, int64_t);
+using Sgemm32 = void (*)(int, int, int, int32_t, int32_t, int32_t, float, const float*, int32_t, const float*,
+                         int32_t, float, float*, int32_t);
+
+using SetThreadsLocal = int (*)(int);
+
+void* g_sgemm = nullptr;
+int g_int64 = 1;
+SetThreadsLocal g_set_threads_local = nullptr;  // OpenBLAS's per-thread thread count, if it has one
+
+// Runs `run(0 .. chunks - 1)` on the calling thread and the pool's; chunks are claimed from a counter, so tasks
+// the pool starts late find nothing left and the caller never waits for a task that has not started.
+struct Chunks {
+  std::function<void(int64_t)> run;
+  int64_t count = 0;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mutex;
+  std::condition_variable finished;
+
+  void Drain() {
+    if (g_set_threads_local != nullptr) g_set_threads_local(1);
+    for (int64_t i; (i = next.fetch_add(1)) < count;) {
+      run(i);
+      if (done.fetch_add(1) + 1 == count) {
+        std::lock_guard<std::mutex> lock(mutex);
+        finished.notify_all();
+      }
+    }
+  }
+};
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> run) {
+  auto chunks = std::make_shared<Chunks>();
+  chunks->run = std::move(run);
+  chunks->count = count;
+  for (int64_t t = 1; t < count; ++t) pool.Schedule([chunks]() { chunks->Drain(); });
+  chunks->Drain();
+  std::unique_lock<std::mutex> lock(chunks->mutex);
+  chunks->finished.wait(lock, [&]() { return chunks->done.load() == chunks->count; });
+}
+
+void CallSgemm(int op_a, int op_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+               int64_t ldb, float* c, int64_t ldc) {
+  if (g_int64) {
+    reinterpret_cast<Sgemm64>(g_sgemm)(kRowMajor, op_a, op_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+  } else {
+    reinterpret_cast<Sgemm32>(g_sgemm)(kRowMajor, op_a, op_b, static_cast<int32_t>(m), static_cast<int32_t>(n),
+                                       static_cast<int32_t>(k), 1.0f, a, static_cast<int32_t>(lda), b,
+                                       static_cast<int32_t>(ldb), 0.0f, c, static_cast<int32_t>(ldc));
+  }
+}
+
+ffi::Error Sgemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                 ffi::ResultBuffer<ffi::F32> c, int32_t trans_a, int32_t trans_b) {
+  if (g_sgemm == nullptr) {
+    return ffi::Error::Internal("vit_jax_sgemm: no BLAS was set (vit_jax.models.blas loads one)");
+  }
+  auto ad = a.dimensions();
+  auto bd = b.dimensions();
+  if (ad.size() != 2 || bd.size() != 2) {
+    return ffi::Error::InvalidArgument("vit_jax_sgemm: expected 2-D operands");
+  }
+  const int64_t m = trans_a ? ad[1] : ad[0];
+  const int64_t k = trans_a ? ad[0] : ad[1];
+  const int64_t k_b = trans_b ? bd[1] : bd[0];
+  const int64_t n = trans_b ? bd[0] : bd[1];
+  if (k != k_b) {
+    return ffi::Error::InvalidArgument("vit_jax_sgemm: the contracted dimensions differ");
+  }
+  const int op_a = trans_a ? kTrans : kNoTrans;
+  const int op_b = trans_b ? kTrans : kNoTrans;
+  const float* a_data = a.typed_data();
+  const float* b_data = b.typed_data();
+  float* c_data = c->typed_data();
+  const int64_t lda = ad[1], ldb = bd[1];
+  // rows of C per chunk: whole multiples of 16, at most one chunk per thread
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), m / 16));
+  const int64_t rows = ((m + threads - 1) / threads + 15) / 16 * 16;
+  const int64_t chunks = (m + rows - 1) / rows;
+  ParallelFor(pool, chunks, [=](int64_t i) {
+    const int64_t first = i * rows, count = std::min(rows, m - first);
+    const float* a_rows = trans_a ? a_data + first : a_data + first * lda;  // op(A)'s rows: A's columns if transposed
+    CallSgemm(op_a, op_b, count, n, k, a_rows, lda, b_data, ldb, c_data + first * n, n);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" void vit_jax_set_sgemm(void* sgemm, int int64, void* set_threads_local) {
+  g_sgemm = sgemm;
+  g_int64 = int64;
+  g_set_threads_local = reinterpret_cast<SetThreadsLocal>(set_threads_local);
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxSgemm, Sgemm,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("trans_a")
+                                  .Attr<int32_t>("trans_b"));
