@@ -20,13 +20,13 @@ import datetime
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vit_jax.benchmark.machine import machine
 from vit_jax.benchmark.worker import RESULT_PREFIX
 from vit_jax.benchmark.workload import DTYPES, MODES, Workload
 from vit_jax.models.attention import ATTENTION_IMPLS, check_attention_impl
@@ -154,17 +154,6 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
     timm = {r["key"]: r for r in results if r["side"] == "timm" and "error" not in r}
     return {r["key"]: r["images_per_second_median"] / timm[r["key"]]["images_per_second_median"]
             for r in results if r["side"] == "vit_jax" and "error" not in r and r["key"] in timm}
-
-
-def machine() -> dict[str, Any]:
-    model = platform.processor()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": model, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

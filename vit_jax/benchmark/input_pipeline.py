@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.benchmark.machine import cpu_description
 from vit_jax.benchmark.worker import RESULT_PREFIX
 from vit_jax.checkpoint.timm_layout import IMAGENET_MEAN, IMAGENET_STD
 
@@ -155,19 +154,6 @@ def run_in_fresh_process(args: argparse.Namespace, side: str, workers: int) -> d
     return json.loads(results[-1])
 
 
-def cpu_name() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    extras = [name for name, flag in (("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags]
-    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
-            f"{', ' + ', '.join(extras) if extras else ''}; {os.cpu_count()} cores)")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vit_jax.benchmark.input_pipeline",
                                      description=__doc__.splitlines()[0])
@@ -234,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{row['vs_torchvision_per_cpu_s']:.2f}x per CPU-s", flush=True)
             summary.append(row)
     command = "python -m vit_jax.benchmark.input_pipeline " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(), "command": command,
+    report = {"date": datetime.date.today().isoformat(), "cpu": cpu_description(), "command": command,
               "num_images": args.num_images, "image_size": IMAGE_SIZE, "summary": summary,
               "results": results}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.benchmark.jax_side import NUM_CLASSES
+from vit_jax.benchmark.machine import cpu_description
 from vit_jax.config import base_config
 from vit_jax.models import create_model
 from vit_jax.optim import learning_rate_schedule, make_optimizer
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
               f"GiB)", flush=True)
     if args.out:
         result = {"variant": args.variant, "dtype": args.dtype, "image_size": args.image_size,
-                  "budget_gib": args.budget_gib, "backend": jax.default_backend(), "machine": platform.machine(),
+                  "budget_gib": args.budget_gib, "backend": jax.default_backend(), "machine": platform.machine(), "cpu": cpu_description(),
                   "rows": rows}
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
