@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,19 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from vit_jax.benchmark.machine import cpu_description
 from vit_jax.metric_writers import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(config_arg: str, seed: int, workdir: Path, data_dir: str | None) -> dict:
@@ -82,7 +71,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as workdir:
             runs.append(run(args.config_arg, seed, Path(workdir), args.data_dir))
         print("  ".join(f"{key}={value}" for key, value in runs[-1].items() if key != "command"), flush=True)
-    result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPU cores", "runs": runs}
+    result = {"machine": cpu_description(), "runs": runs}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(result["machine"])
 
