@@ -71,7 +71,7 @@ def make_train_step(
     model's values through `pixels` (`Preprocess.pixels_on_device`)."""
 
     def loss_and_grads(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
-        if batch["image"].dtype == jnp.uint8:
+        if "image" in batch and batch["image"].dtype == jnp.uint8:  # packed (NaViT) batches carry patches
             if pixels is None:
                 raise ValueError("uint8 training images need make_train_step(pixels=Preprocess.pixels_on_device)")
             batch = {**batch, "image": pixels(batch["image"])}
