@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vit_jax import native
 from vit_jax.models.mixed_precision import contracted_trailing_axes, is_bfloat16, mixed_dot_general
 
 TARGET = "vit_jax_sgemm"
@@ -41,15 +41,13 @@ def _numpy_openblas() -> tuple[ctypes.CDLL, str] | None:
 @functools.cache
 def available() -> bool:
     """Whether the custom call is registered: extension built, a BLAS found, a CPU backend."""
-    if jax.default_backend() != "cpu":
-        return False
-    spec = importlib.util.find_spec("vit_jax.native._gemm")
+    extension = native.extension()
     blas = _numpy_openblas()
-    if spec is None or spec.origin is None or blas is None:
-        logging.warning("model.matmul='blas': %s; using XLA's products",
-                        "the native extension was not built" if spec is None else "numpy has no bundled OpenBLAS")
+    if extension is None or blas is None:
+        if jax.default_backend() == "cpu":
+            logging.warning("model.matmul='blas': %s; using XLA's products", "the native extension was not built"
+                            if extension is None else "numpy has no bundled OpenBLAS")
         return False
-    extension = ctypes.CDLL(spec.origin)
     library, symbol = blas
     set_threads_local = getattr(library, "openblas_set_num_threads_local", None)  # each XLA thread runs one
     extension.vit_jax_set_sgemm(ctypes.cast(getattr(library, symbol), ctypes.c_void_p), ctypes.c_int(1),

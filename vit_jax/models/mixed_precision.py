@@ -21,14 +21,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vit_jax import native
+
 
 def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    """`jnp.einsum(spec, a, b)` as one `[batch, m, k] x [batch, k, n]` bf16 product with float32 accumulation.
+    """`jnp.einsum(spec, a, b)` as one `[batch, m, k] x [batch, k, n]` (or `[batch, n, k]`, when `b` comes that
+    way) bf16 product with float32 accumulation.
 
-    The operands are transposed into that form behind an optimisation barrier: XLA would otherwise fold the
-    transposes into the dot's dimension numbers, and XLA:CPU's fast bf16 kernels do not take a contraction over
-    a leading dimension (the backward products), which then fail at run time ("Unsupported element type for
-    DotThunk::Execute: BF16 x BF16 = F32")."""
+    The operands are transposed into that form where XLA cannot fold the transposes into the dot's dimension
+    numbers (XLA:CPU's fast bf16 kernels do not take a contraction over a leading dimension, as the weight
+    gradients have): by vit_jax's native transpose (`vit_jax.native`) for a 2-D swap, after which the product
+    stays bf16, else behind an optimisation barrier, after which XLA:CPU computes the product in float32
+    (correct, about 2.5x slower: BENCHMARKS.md, experiment 17)."""
     operands, out = spec.split("->")
     a_spec, b_spec = operands.split(",")
     batch = [i for i in out if i in a_spec and i in b_spec]
@@ -40,14 +44,23 @@ def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
 
     def arranged(x: jax.Array, x_spec: str, order: list[str], shape: tuple[int, ...]) -> jax.Array:
         permutation = [x_spec.index(i) for i in order]
-        if permutation != sorted(permutation):
-            x = lax.optimization_barrier(jnp.transpose(x, permutation))
-        return x.reshape(shape)
+        if permutation == sorted(permutation):
+            return x.reshape(shape)
+        split = next((s for s in range(1, len(x_spec)) if order == list(x_spec[s:] + x_spec[:s])), None)
+        if split is not None and native.available():  # a 2-D transpose XLA cannot see through: stays bf16
+            return native.transpose(x.reshape(math.prod(x.shape[:split]), -1)).reshape(shape)
+        return lax.optimization_barrier(jnp.transpose(x, permutation)).reshape(shape)
 
     lead = (size(batch),) if batch else ()
     a2 = arranged(a, a_spec, batch + a_free + contracted, (*lead, size(a_free), size(contracted)))
-    b2 = arranged(b, b_spec, batch + contracted + b_free, (*lead, size(contracted), size(b_free)))
-    dims = (((len(lead) + 1,), (len(lead),)), ((0,), (0,)) if batch else ((), ()))
+    if [b_spec.index(i) for i in batch + b_free + contracted] == list(range(len(b_spec))):
+        # `b` already [batch, n, k]: contracting the trailing axes of both runs in bf16 as it is, while the
+        # barrier would make XLA:CPU upcast the product to float32 (about 3x slower; BENCHMARKS.md, experiment 17)
+        b2 = b.reshape(*lead, size(b_free), size(contracted))
+        dims = (((len(lead) + 1,), (len(lead) + 1,)), ((0,), (0,)) if batch else ((), ()))
+    else:
+        b2 = arranged(b, b_spec, batch + contracted + b_free, (*lead, size(contracted), size(b_free)))
+        dims = (((len(lead) + 1,), (len(lead),)), ((0,), (0,)) if batch else ((), ()))
     result = lax.dot_general(a2, b2, dims, preferred_element_type=jnp.float32)
     result = result.reshape([sizes[i] for i in batch + a_free + b_free])
     result = jnp.transpose(result, [(batch + a_free + b_free).index(i) for i in out])

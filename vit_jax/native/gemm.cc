@@ -1,5 +1,11 @@
-// A float32 matrix product as an XLA FFI custom call, computed by a BLAS `cblas_sgemm` whose address Python hands
-// over at load time (vit_jax/models/blas.py): numpy's bundled OpenBLAS, so nothing is linked at build time.
+// XLA FFI custom calls for the CPU (registered by vit_jax/native/__init__.py):
+//
+// vit_jax_transpose: a 2-D transpose of 2- or 4-byte elements that XLA cannot fold into the product that follows
+// (vit_jax/models/mixed_precision.py: XLA:CPU runs a bf16 product fast only on operands laid out [m, k] x [k, n],
+// and turns products of folded or barrier-separated transposes into float32 ones).
+//
+// vit_jax_sgemm: a float32 matrix product computed by a BLAS `cblas_sgemm` whose address Python hands over at load
+// time (vit_jax/models/blas.py): numpy's bundled OpenBLAS, so nothing is linked at build time.
 //
 // C = op(A) op(B), row-major, op = transpose when `trans_a` / `trans_b` is 1. The rows of C are split over XLA's
 // own intra-op threads, each running a single-threaded sgemm: BLAS threads of their own would compete with XLA's
@@ -111,7 +117,49 @@ ffi::Error Sgemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi:
   return ffi::Error::Success();
 }
 
+template <typename T>
+void TransposeRows(const T* in, T* out, int64_t rows, int64_t cols, int64_t first_col, int64_t last_col) {
+  constexpr int64_t kTile = 32;  // out[j, i] = in[i, j], tile by tile for both caches
+  for (int64_t j0 = first_col; j0 < last_col; j0 += kTile) {
+    const int64_t j1 = std::min(j0 + kTile, last_col);
+    for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+      const int64_t i1 = std::min(i0 + kTile, rows);
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t i = i0; i < i1; ++i) out[j * rows + i] = in[i * cols + j];
+      }
+    }
+  }
+}
+
+ffi::Error Transpose(ffi::ThreadPool pool, ffi::AnyBuffer in, ffi::Result<ffi::AnyBuffer> out) {
+  auto dims = in.dimensions();
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("vit_jax_transpose: expected a 2-D operand");
+  const int64_t rows = dims[0], cols = dims[1];
+  const size_t bytes = ffi::ByteWidth(in.element_type());
+  if (bytes != 2 && bytes != 4) {
+    return ffi::Error::InvalidArgument("vit_jax_transpose: expected 2- or 4-byte elements");
+  }
+  // output rows (input columns) split over the threads, in multiples of the tile
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), cols / 32));
+  const int64_t per = ((cols + threads - 1) / threads + 31) / 32 * 32;
+  const int64_t chunks = (cols + per - 1) / per;
+  const void* src = in.untyped_data();
+  void* dst = out->untyped_data();
+  ParallelFor(pool, chunks, [=](int64_t i) {
+    const int64_t first = i * per, last = std::min(cols, first + per);
+    if (bytes == 2) {
+      TransposeRows(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), rows, cols, first, last);
+    } else {
+      TransposeRows(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), rows, cols, first, last);
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxTranspose, Transpose,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 
 extern "C" void vit_jax_set_sgemm(void* sgemm, int int64, void* set_threads_local) {
   g_sgemm = sgemm;
