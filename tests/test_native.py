@@ -38,3 +38,16 @@ def test_bf16_weight_gradients_transpose_natively(rng):
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     expected = a64.T @ (2 * (a64 @ b64))
     np.testing.assert_allclose(np.asarray(db, np.float64), expected, rtol=3e-2, atol=3e-2 * np.abs(expected).max())
+
+
+def test_without_the_extension_bf16_gradients_are_the_same(rng, monkeypatch):
+    """Where the extension did not build, the transposes go behind an optimisation barrier: same values."""
+    a, b = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in ((24, 8), (8, 5)))
+    loss = lambda a, b: jnp.sum(jnp.sin(mixed_einsum("mk,kn->mn", a, b).astype(jnp.float32)))
+    with_native = jax.grad(loss, argnums=(0, 1))(a, b)
+    monkeypatch.setattr(native, "available", lambda: False)
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(a, b).as_text()
+    assert native.TRANSPOSE not in lowered and "optimization_barrier" in lowered
+    without = jax.grad(loss, argnums=(0, 1))(a, b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                                                         rtol=1e-2, atol=1e-2), without, with_native)
