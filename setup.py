@@ -12,7 +12,7 @@ setup(
             "vit_jax.native._gemm",
             sources=["vit_jax/native/gemm.cc"],
             include_dirs=["vit_jax/native/include"],  # XLA's FFI headers (Apache-2.0), as jaxlib ships them
-            extra_compile_args=["-std=c++17", "-O2"],
+            extra_compile_args=["-std=c++17", "-O3"],
             language="c++",
             optional=True,
         )

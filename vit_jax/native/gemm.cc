@@ -119,11 +119,21 @@ ffi::Error Sgemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi:
 
 template <typename T>
 void TransposeRows(const T* in, T* out, int64_t rows, int64_t cols, int64_t first_col, int64_t last_col) {
-  constexpr int64_t kTile = 32;  // out[j, i] = in[i, j], tile by tile for both caches
+  constexpr int64_t kTile = 16;  // out[j, i] = in[i, j], tile by tile for both caches
   for (int64_t j0 = first_col; j0 < last_col; j0 += kTile) {
     const int64_t j1 = std::min(j0 + kTile, last_col);
     for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
       const int64_t i1 = std::min(i0 + kTile, rows);
+      if (i1 - i0 == kTile && j1 - j0 == kTile) {  // a full tile: fixed trip counts, which the compiler unrolls
+        T tile[kTile][kTile];
+        for (int64_t i = 0; i < kTile; ++i) {
+          for (int64_t j = 0; j < kTile; ++j) tile[j][i] = in[(i0 + i) * cols + j0 + j];
+        }
+        for (int64_t j = 0; j < kTile; ++j) {
+          for (int64_t i = 0; i < kTile; ++i) out[(j0 + j) * rows + i0 + i] = tile[j][i];
+        }
+        continue;
+      }
       for (int64_t j = j0; j < j1; ++j) {
         for (int64_t i = i0; i < i1; ++i) out[j * rows + i] = in[i * cols + j];
       }
