@@ -10,9 +10,10 @@ setup(
     ext_modules=[
         Extension(
             "vit_jax.native._gemm",
-            sources=["vit_jax/native/gemm.cc"],
-            include_dirs=["vit_jax/native/include"],  # XLA's FFI headers (Apache-2.0), as jaxlib ships them
+            sources=["vit_jax/native/gemm.cc", "vit_jax/native/onednn_matmul.cc"],
+            include_dirs=["vit_jax/native/include"],  # XLA's FFI and oneDNN 3.2's C API headers (both Apache-2.0)
             extra_compile_args=["-std=c++17", "-O3"],
+            libraries=["dl"],  # oneDNN is opened at run time
             language="c++",
             optional=True,
         )

@@ -7,6 +7,7 @@ import pytest
 
 from vit_jax import native
 from vit_jax.models.mixed_precision import mixed_einsum
+from vit_jax.native import onednn
 
 
 def test_the_extension_is_built_and_registered():
@@ -27,9 +28,10 @@ def test_transpose_refuses_what_it_cannot_do():
         native.transpose(jnp.zeros((2, 3), jnp.int8))
 
 
-def test_bf16_weight_gradients_transpose_natively(rng):
-    """The weight gradient contracts the tokens, a leading axis: its operand is transposed by the custom call, so
-    XLA keeps the product in bf16 instead of folding the transpose and computing in float32."""
+def test_bf16_weight_gradients_transpose_natively(rng, monkeypatch):
+    """Without oneDNN, the weight gradient contracts the tokens, a leading axis: its operand is transposed by the
+    custom call, so XLA keeps the product in bf16 instead of folding the transpose and computing in float32."""
+    monkeypatch.setattr(onednn, "usable", lambda: False)
     a, b = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in ((40, 8), (8, 6)))
     loss = lambda a, b: jnp.sum(mixed_einsum("mk,kn->mn", a, b).astype(jnp.float32) ** 2)
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(a, b).as_text()
@@ -42,6 +44,7 @@ def test_bf16_weight_gradients_transpose_natively(rng):
 
 def test_without_the_extension_bf16_gradients_are_the_same(rng, monkeypatch):
     """Where the extension did not build, the transposes go behind an optimisation barrier: same values."""
+    monkeypatch.setattr(onednn, "usable", lambda: False)
     a, b = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in ((24, 8), (8, 5)))
     loss = lambda a, b: jnp.sum(jnp.sin(mixed_einsum("mk,kn->mn", a, b).astype(jnp.float32)))
     with_native = jax.grad(loss, argnums=(0, 1))(a, b)

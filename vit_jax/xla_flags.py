@@ -6,8 +6,9 @@ anything asks for a device. A flag the user already put in `XLA_FLAGS` is left a
 
 - float32: the YNNPACK fusions off. XLA:CPU sends dots, reductions and convolutions to YNNPACK by default; its
   reductions are slow on ViT's shapes (ViT-Ti/16 inference 39 -> 56 img/s, training 12.8 -> 14.4 img/s).
-- bfloat16: YNNPACK kept: it runs the bf16 x bf16 -> f32 products of `vit_jax.models.mixed_precision` well
-  (ViT-Ti/16 inference 79 img/s with it, 49 without).
+- bfloat16: YNNPACK off too where oneDNN computes the products (`vit_jax.native.onednn`; ViT-Ti/16 training
+  25.0 -> 27.7 img/s); kept without oneDNN, where it runs the bf16 x bf16 -> f32 products of
+  `vit_jax.models.mixed_precision` well (ViT-Ti/16 inference 79 img/s with it, 49 without).
 Small models differ: the digits model's step is 36 ms with YNNPACK and 41 ms without, so configs/digits.py sets
 `xla_flags=""` (XLA's own defaults).
 """
@@ -15,6 +16,8 @@ Small models differ: the digits model's step is 36 ms with YNNPACK and 41 ms wit
 from __future__ import annotations
 
 import os
+
+from vit_jax.native import onednn
 
 YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type"
 DEFAULTS: dict[str, tuple[str, ...]] = {
@@ -24,6 +27,8 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
 
 
 def default_xla_flags(dtype: str | None) -> tuple[str, ...]:
+    if onednn.installed():
+        return DEFAULTS["float32"]
     return DEFAULTS.get(dtype or "float32", ())
 
 

@@ -15,6 +15,7 @@ from vit_jax.benchmark.workload import Workload, matmul_flops_per_second, time_s
 from vit_jax.config import base_config
 from vit_jax.models import create_model
 from vit_jax.models.vit import VisionTransformer
+from vit_jax.native import onednn
 from vit_jax.optim import learning_rate_schedule, make_optimizer
 from vit_jax.sharding import batch_sharding, make_mesh, replicated
 from vit_jax.steps import TrainState, make_train_step
@@ -55,10 +56,11 @@ def _functions(model: VisionTransformer, mode: str, images: Any, labels: Any, me
 
 def step_flops(workload: Workload, images: Any, labels: Any, mesh: Any) -> float:
     """FLOPs of one step by XLA's cost analysis, of the unscanned model with XLA's products (a scanned body is
-    counted once, a custom call's products not at all)."""
-    xla_products = dataclasses.replace(workload, matmul="xla")
-    function, args = _functions(build_model(xla_products, scan=False), workload.mode, images, labels, mesh)
-    return float(function.lower(*args).cost_analysis()["flops"])
+    counted once, a custom call's products, oneDNN's or the BLAS's, not at all)."""
+    xla = dataclasses.replace(workload, matmul="xla")
+    with onednn.xla_products():
+        function, args = _functions(build_model(xla, scan=False), workload.mode, images, labels, mesh)
+        return float(function.lower(*args).cost_analysis()["flops"])
 
 
 def run(workload: Workload) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models.mixed_precision import is_bfloat16, mixed_attention
+from vit_jax.native import onednn
 
 AttentionImpl = Literal["einsum", "xla", "cudnn"]
 ATTENTION_IMPLS: tuple[str, ...] = ("einsum", "xla", "cudnn")
@@ -60,6 +61,6 @@ def attention_function(impl: AttentionImpl, dtype: Any, attention_dropout_rate: 
     the one that sows the softmax weights."""
     if impl != "einsum":
         return _fused(impl)
-    if is_bfloat16(dtype) and not attention_dropout_rate and not record_weights:
+    if (is_bfloat16(dtype) or onednn.usable()) and not attention_dropout_rate and not record_weights:
         return mixed_attention
     return nn.dot_product_attention

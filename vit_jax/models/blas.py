@@ -24,6 +24,7 @@ from jax import lax
 
 from vit_jax import native
 from vit_jax.models.mixed_precision import contracted_trailing_axes, is_bfloat16, mixed_dot_general
+from vit_jax.native import onednn
 
 TARGET = "vit_jax_sgemm"
 
@@ -112,6 +113,6 @@ def check_matmul(matmul: str, dtype: Any) -> None:
 def dense_dot_general(dtype: Any, matmul: str) -> Any:
     """The `dot_general` of a dense layer: bf16 products with float32 accumulation for bf16 layers, the library
     GEMM for `matmul='blas'`, XLA's otherwise."""
-    if is_bfloat16(dtype):
+    if is_bfloat16(dtype) or (matmul == "xla" and onednn.usable()):
         return mixed_dot_general
     return blas_dot_general if matmul == "blas" else lax.dot_general

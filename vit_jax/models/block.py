@@ -12,9 +12,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models.activations import gelu, quick_gelu
 from vit_jax.models.attention import attention_function
 from vit_jax.models.blas import dense_dot_general
 from vit_jax.models.encoder_options import EncoderOptions
+from vit_jax.models.layer_norm import LayerNorm
 from vit_jax.models.mixed_precision import MixedDense, is_bfloat16
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.rope import DEFAULT_THETA, axial_frequencies, init_mixed_frequencies, rotating_attention
@@ -49,15 +51,10 @@ class MlpBlock(nn.Module):
         )
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
         x = constrain_hidden(dense(self.mlp_dim, "Dense_0")(x), self.activation_sharding)
-        x = quick_gelu(x) if self.quick_gelu else nn.gelu(x, approximate=self.gelu_approximate)
+        x = quick_gelu(x) if self.quick_gelu else gelu(x, approximate=self.gelu_approximate)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         x = dense(out_dim, "Dense_1")(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-
-
-def quick_gelu(x: jax.Array) -> jax.Array:
-    """OpenAI CLIP's GELU approximation, `x * sigmoid(1.702 x)`: its checkpoints were trained with it."""
-    return x * jax.nn.sigmoid(1.702 * x)
 
 
 class LayerScale(nn.Module):
@@ -98,7 +95,7 @@ class Encoder1DBlock(nn.Module):
                  mask: jax.Array | None = None, coords: jax.Array | None = None) -> tuple[jax.Array, None]:
         o = self.options
         x = constrain_tokens(x, o.activation_sharding)
-        y = nn.LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
+        y = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
         dot_general = dense_dot_general(o.dtype, o.matmul)
         attention_fn = attention_function(o.attention_impl, o.dtype, o.attention_dropout_rate, o.record_attention)
         if self.rope is not None:
@@ -117,7 +114,7 @@ class Encoder1DBlock(nn.Module):
         y = nn.Dropout(rate=o.dropout_rate)(y, deterministic=deterministic)
         x = x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic)
 
-        y = nn.LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
+        y = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
         y = MlpBlock(
             mlp_dim=o.mlp_dim,
             dropout_rate=o.dropout_rate,

@@ -20,6 +20,7 @@ import numpy as np
 
 from vit_jax.models.block import Encoder1DBlock
 from vit_jax.models.encoder_options import EncoderOptions, remat_policy
+from vit_jax.models.layer_norm import LayerNorm
 from vit_jax.models.packed_posemb import PackedPositionEmbs, TokenPositions
 from vit_jax.models.posemb import AddPositionEmbs, PosembKind
 from vit_jax.models.rope import augment_coordinates, grid_coordinates, is_rope, token_coordinates
@@ -87,7 +88,7 @@ class Encoder(nn.Module):
         embedding_dropout = o.dropout_rate if o.embedding_dropout_rate is None else o.embedding_dropout_rate
         x = nn.Dropout(rate=embedding_dropout)(x, deterministic=not train)
         if o.pre_norm:
-            x = nn.LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, name="pre_norm")(x)
+            x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, name="pre_norm")(x)
 
         block_cls = self._block_class()
         rates = drop_path_rates(o.stochastic_depth, o.num_layers)
@@ -105,7 +106,7 @@ class Encoder(nn.Module):
                 block = block_cls(o, rope, prefix, name=f"{SCANNED_BLOCKS}_{layer}")
                 x, _ = block(x, float(rates[layer]), not train, mask, coords)
         if not o.fc_norm:  # else the model normalises after pooling
-            x = nn.LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, name="encoder_norm")(x)
+            x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, name="encoder_norm")(x)
         return jnp.concatenate([x[:, :self.num_prefix], x[:, prefix:]], axis=1) if o.num_registers else x
 
     def _insert_registers(self, x: jax.Array) -> jax.Array:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models.block import MlpBlock
+from vit_jax.models.layer_norm import LayerNorm
 
 Classifier = Literal["token", "gap", "token_gap", "map", "unpooled", "token_unpooled"]
 CLASSIFIERS: tuple[str, ...] = ("token", "gap", "token_gap", "map", "unpooled", "token_unpooled")
@@ -50,7 +51,7 @@ class MAPHead(nn.Module):
         x = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform()
         )(probe, x, mask=None if segments is None else segments[:, None])
-        y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
+        y = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
         mlp_dim = 4 * d if self.mlp_dim is None else self.mlp_dim
         x = x + MlpBlock(mlp_dim=mlp_dim, gelu_approximate=self.gelu_approximate, quick_gelu=self.quick_gelu,
                          dtype=self.dtype)(y, deterministic=True)

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from vit_jax import native
+from vit_jax.models.softmax import softmax
+from vit_jax.native import onednn
 
 
 def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -33,6 +35,9 @@ def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     gradients have): by vit_jax's native transpose (`vit_jax.native`) for a 2-D swap, after which the product
     stays bf16, else behind an optimisation barrier, after which XLA:CPU computes the product in float32
     (correct, about 2.5x slower: BENCHMARKS.md, experiment 17)."""
+    library = onednn.einsum(spec, a, b, a.dtype)
+    if library is not None:
+        return library
     operands, out = spec.split("->")
     a_spec, b_spec = operands.split(",")
     batch = [i for i in out if i in a_spec and i in b_spec]
@@ -106,7 +111,8 @@ def mixed_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, pr
                       preferred_element_type: Any = None, **kwargs: Any) -> jax.Array:
     """A drop-in `dot_general` for flax layers whose operands are bf16 (see the module docstring)."""
     k = contracted_trailing_axes(lhs, rhs, dimension_numbers)
-    if k == 0 or lhs.dtype != jnp.bfloat16 or rhs.dtype != jnp.bfloat16:
+    library = lhs.dtype == rhs.dtype == jnp.float32 and onednn.usable()
+    if k == 0 or not (library or lhs.dtype == rhs.dtype == jnp.bfloat16):
         return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
     batch_shape, contracted = lhs.shape[: lhs.ndim - k], lhs.shape[lhs.ndim - k:]
     size = math.prod(contracted)
@@ -124,7 +130,7 @@ def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
     logits = mixed_einsum("bqhd,bkhd->bhqk", query, key)
     if mask is not None:
         logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+    weights = softmax(logits, value.dtype)
     return mixed_einsum("bhqk,bkhd->bqhd", weights, value)
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.interpolation import half_pixel_matrix
+from vit_jax.models.layer_norm import LayerNorm
 
 PatchEmbedKind = Literal["conv", "reshape"]
 PatchPadding = Literal["none", "zeros"]
@@ -170,7 +171,7 @@ class PatchEmbed(nn.Module):
             if patch_size != stored:
                 raise ValueError(f"patch_size {patch_size} at call time: this patch embedding normalises the pixels "
                                  f"of its stored {stored} patches (patch_norm), so it takes no other patch size")
-            patches = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="patch_norm")(
+            patches = LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="patch_norm")(
                 patchify(images, patch_size))
             images = unpatchify(patches, patch_size, channels)
         kernel = self.param("kernel", self.kernel_init, (*stored, channels, self.hidden_size), self.param_dtype)
@@ -182,7 +183,7 @@ class PatchEmbed(nn.Module):
         embed = embed_patches_conv if self.kind == "conv" else embed_patches_reshape
         grid = embed(images, kernel, bias, self.precision)
         if self.embedding_norm:
-            grid = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="embedding_norm")(grid)
+            grid = LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="embedding_norm")(grid)
         if self.output_format == "grid":
             return grid
         b, gh, gw, d = grid.shape

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from vit_jax.models.encoder import ENCODER, Encoder
 from vit_jax.models.encoder_options import EncoderOptions, check_encoder_options
 from vit_jax.models.heads import CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
+from vit_jax.models.layer_norm import LayerNorm
 from vit_jax.models.patching import (
     PATCH_EMBED_KINDS,
     PATCH_PADDINGS,
@@ -155,7 +156,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
         logits (float32)."""
         x = representation
         if self.fc_norm:
-            x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name="fc_norm")(x)
+            x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name="fc_norm")(x)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
         self.sow("intermediates", "representation", x)

@@ -12,16 +12,13 @@
 // for the same cores.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <mutex>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using vit_jax::ParallelFor;
 
 namespace {
 
@@ -38,38 +35,6 @@ using SetThreadsLocal = int (*)(int);
 void* g_sgemm = nullptr;
 int g_int64 = 1;
 SetThreadsLocal g_set_threads_local = nullptr;  // OpenBLAS's per-thread thread count, if it has one
-
-// Runs `run(0 .. chunks - 1)` on the calling thread and the pool's; chunks are claimed from a counter, so tasks
-// the pool starts late find nothing left and the caller never waits for a task that has not started.
-struct Chunks {
-  std::function<void(int64_t)> run;
-  int64_t count = 0;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::mutex mutex;
-  std::condition_variable finished;
-
-  void Drain() {
-    if (g_set_threads_local != nullptr) g_set_threads_local(1);
-    for (int64_t i; (i = next.fetch_add(1)) < count;) {
-      run(i);
-      if (done.fetch_add(1) + 1 == count) {
-        std::lock_guard<std::mutex> lock(mutex);
-        finished.notify_all();
-      }
-    }
-  }
-};
-
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> run) {
-  auto chunks = std::make_shared<Chunks>();
-  chunks->run = std::move(run);
-  chunks->count = count;
-  for (int64_t t = 1; t < count; ++t) pool.Schedule([chunks]() { chunks->Drain(); });
-  chunks->Drain();
-  std::unique_lock<std::mutex> lock(chunks->mutex);
-  chunks->finished.wait(lock, [&]() { return chunks->done.load() == chunks->count; });
-}
 
 void CallSgemm(int op_a, int op_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                int64_t ldb, float* c, int64_t ldc) {
@@ -110,6 +75,7 @@ ffi::Error Sgemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi:
   const int64_t rows = ((m + threads - 1) / threads + 15) / 16 * 16;
   const int64_t chunks = (m + rows - 1) / rows;
   ParallelFor(pool, chunks, [=](int64_t i) {
+    if (g_set_threads_local != nullptr) g_set_threads_local(1);
     const int64_t first = i * rows, count = std::min(rows, m - first);
     const float* a_rows = trans_a ? a_data + first : a_data + first * lda;  // op(A)'s rows: A's columns if transposed
     CallSgemm(op_a, op_b, count, n, k, a_rows, lda, b_data, ldb, c_data + first * n, n);

@@ -1,0 +1,70 @@
+"""Products through oneDNN (`vit_jax.native.onednn`): every layout the models hand it against float64 NumPy, and
+whole models against XLA's own products (values and gradients)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.models import create_model
+from vit_jax.native import onednn
+
+pytestmark = pytest.mark.skipif(not onednn.usable(), reason="oneDNN is not installed here")
+
+LAYOUTS = [
+    ("mk,kn->mn", (37, 24), (24, 19)),  # a dense layer
+    ("mn,kn->mk", (37, 19), (24, 19)),  # its input gradient
+    ("mk,mn->kn", (37, 24), (37, 19)),  # its weight gradient: contracts a leading axis
+    ("bld,dhk->blhk", (2, 5, 24), (24, 3, 8)),  # the attention projections
+    ("bqhd,bkhd->bhqk", (2, 5, 3, 8), (2, 7, 3, 8)),  # attention logits, heads strided
+    ("bhqk,bkhd->bqhd", (2, 3, 5, 7), (2, 7, 3, 8)),  # weighted values, written back strided
+    ("bqhd,bhqk->bkhd", (2, 5, 3, 8), (2, 3, 5, 7)),  # value gradient: a transposed result, computed swapped
+    ("bhqk,bqhd->bkhd", (2, 3, 5, 7), (2, 5, 3, 8)),  # key gradient
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("spec, a_shape, b_shape", LAYOUTS)
+def test_einsum_is_numpys_for_every_layout(rng, spec, a_shape, b_shape, dtype):
+    a, b = (jnp.asarray(rng.standard_normal(s), dtype) for s in (a_shape, b_shape))
+    got = jax.jit(lambda a, b: onednn.einsum(spec, a, b, jnp.float32))(a, b)
+    expected = np.einsum(spec, np.asarray(a, np.float64), np.asarray(b, np.float64))
+    assert got.shape == expected.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_einsum_declines_what_it_cannot_read_in_place(rng):
+    a = jnp.ones((4, 6), jnp.float32)
+    assert onednn.einsum("mk,kn->mn", a.astype(jnp.float16), a.T.astype(jnp.float16), jnp.float32) is None
+    assert onednn.einsum("mk,k->m", a, a[0], jnp.float32) is not None  # a vector: one free side of size 1
+    assert onednn.einsum("mkk,kn->mn", jnp.ones((4, 6, 6)), a.T, jnp.float32) is None  # a diagonal
+
+
+def _tiny(dtype):
+    return create_model("Ti/4", num_classes=5, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(None, 1e-4), (jnp.bfloat16, 0.05)])
+def test_a_model_on_onednn_matches_xlas_products(rng, dtype, tolerance):
+    """The same model, loss and gradients with oneDNN's products and with XLA's (oneDNN switched off)."""
+    model = _tiny(dtype)
+    images = jnp.asarray(rng.uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 5, 4))
+    params = model.init(jax.random.key(0), images[:1], train=False)["params"]
+
+    def loss(p):
+        logits = model.apply({"params": p}, images, train=False).astype(jnp.float32)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    text = jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
+    assert onednn.MATMUL in text
+    library = jax.jit(jax.value_and_grad(loss))(params)
+    with onednn.xla_products():
+        text = jax.jit(jax.value_and_grad(lambda p: loss(p))).lower(params).as_text()
+        xla = jax.jit(jax.value_and_grad(lambda p: loss(p)))(params)
+    assert onednn.MATMUL not in text
+    assert abs(float(library[0]) - float(xla[0])) <= tolerance * abs(float(xla[0]))
+    for path, g in jax.tree_util.tree_leaves_with_path(xla[1]):
+        got = dict(jax.tree_util.tree_leaves_with_path(library[1]))[path]
+        scale = float(jnp.abs(g).max()) + 1e-6
+        assert float(jnp.abs(got - g).max()) <= tolerance * scale, jax.tree_util.keystr(path)

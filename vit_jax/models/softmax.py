@@ -1,0 +1,42 @@
+"""Attention's softmax, with a backward pass that needs only its output.
+
+`jax.nn.softmax` (unless `jax_softmax_custom_jvp` is set, which is off by default in this JAX) differentiates
+`exp(x - max) / sum`: its backward keeps the exponentials and the sums, and XLA:CPU materialises the broadcasts
+of `1 / sum²` over the whole `(batch, heads, queries, keys)` tensor. The softmax's own derivative,
+`dx = y * (g - sum(g * y))`, is one pass over the saved output `y`: for bf16 attention that output is the bf16
+weights the value product keeps anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def softmax(logits: jax.Array, dtype: Any = None) -> jax.Array:
+    """Softmax over the last axis, computed in float32 (at least) and returned in `dtype` (None: the logits')."""
+    return _softmax(logits, jnp.dtype(logits.dtype), jnp.dtype(dtype or logits.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _softmax(logits: jax.Array, logits_dtype: Any, dtype: Any) -> jax.Array:
+    x = logits.astype(jnp.promote_types(logits_dtype, jnp.float32))
+    unnormalized = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    return (unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)).astype(dtype)
+
+
+def _softmax_fwd(logits: jax.Array, logits_dtype: Any, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    weights = _softmax(logits, logits_dtype, dtype)
+    return weights, weights
+
+
+def _softmax_bwd(logits_dtype: Any, dtype: Any, weights: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    compute = jnp.promote_types(dtype, jnp.float32)
+    y, g = weights.astype(compute), g.astype(compute)
+    return ((y * (g - jnp.sum(g * y, axis=-1, keepdims=True))).astype(logits_dtype),)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)

@@ -1,0 +1,147 @@
+"""Two-operand einsums as oneDNN matrix products (`onednn_matmul.cc`), the CPU's fast bf16 path.
+
+XLA:CPU's bf16 products run at about half of what oneDNN's AVX512-BF16 (and AMX) kernels reach on ViT's shapes, and
+its batched attention products at a quarter (BENCHMARKS.md, experiment 19). oneDNN comes from the
+`onednn-cpu-gomp` wheel (a dependency on x86-64 Linux); the extension opens it at run time, so where either is
+missing, on another backend, or over several devices (a custom call is not partitioned over a mesh) `einsum`
+returns None and the caller keeps XLA's product.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import importlib.metadata
+import importlib.util
+import math
+import os
+import threading
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import native
+
+MATMUL = "vit_jax_matmul"
+DISTRIBUTION = "onednn-cpu-gomp"
+SWITCH = "VIT_JAX_ONEDNN"  # "0": keep XLA's products
+
+
+def library_path() -> str | None:
+    """libdnnl.so.3 as the `onednn-cpu-gomp` wheel installed it, or None."""
+    try:
+        files = importlib.metadata.distribution(DISTRIBUTION).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [f for f in files if f.name.startswith("libdnnl.so")]
+    found.sort(key=lambda f: len(f.name))  # libdnnl.so before its versioned names: any of them is the library
+    return str(found[0].locate()) if found else None
+
+
+def installed() -> bool:
+    """Whether the extension and oneDNN are installed and not switched off (`VIT_JAX_ONEDNN=0`); asks nothing of
+    JAX, so XLA's flags can be chosen by it before the backend starts."""
+    return (os.environ.get(SWITCH, "1") != "0" and importlib.util.find_spec("vit_jax.native._gemm") is not None
+            and library_path() is not None)
+
+
+@functools.cache
+def loaded() -> bool:
+    """Whether products go to oneDNN in this process (its custom call registered; the CPU backend)."""
+    library = native.extension()
+    path = library_path()
+    if library is None or path is None or not installed():
+        return False
+    if not library.vit_jax_load_onednn(ctypes.c_char_p(path.encode())):
+        return False
+    jax.ffi.register_ffi_target(MATMUL, jax.ffi.pycapsule(library.VitJaxMatmul), platform="cpu")
+    return True
+
+
+_switched_off = threading.local()
+
+
+@contextlib.contextmanager
+def xla_products() -> Iterator[None]:
+    """Functions traced inside use XLA's products (to count FLOPs: XLA's cost analysis sees none in a custom
+    call; or to compare the two)."""
+    previous = getattr(_switched_off, "value", False)
+    _switched_off.value = True
+    try:
+        yield
+    finally:
+        _switched_off.value = previous
+
+
+def usable() -> bool:
+    """oneDNN is loaded and this process computes on one CPU device (a mesh of several keeps XLA's products), and
+    no `xla_products()` is in force."""
+    return not getattr(_switched_off, "value", False) and loaded() and jax.device_count() == 1
+
+
+def _strides(shape: Sequence[int]) -> list[int]:
+    return [math.prod(shape[i + 1:]) for i in range(len(shape))]
+
+
+def _group(indices: list[str], strides: list[dict[str, int]], sizes: dict[str, int]
+           ) -> tuple[int, list[int]] | None:
+    """`indices` as one matrix dimension: its size and its stride in each operand (of those that hold all of
+    them), or None when they are not evenly spaced in some operand (then they cannot be one dimension)."""
+    if not indices:
+        return 1, [0] * len(strides)
+    for outer, inner in zip(indices, indices[1:]):
+        for operand in strides:
+            if operand.get(outer, 0) != sizes[inner] * operand.get(inner, 0):
+                return None
+    return math.prod(sizes[i] for i in indices), [operand.get(indices[-1], 0) for operand in strides]
+
+
+def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped: bool = False) -> jax.Array | None:
+    """`jnp.einsum(spec, a, b)` accumulated in float32 and written as `out_dtype`, by oneDNN, reading both
+    operands and writing the result in place whatever their layouts; None where that is not possible (see the
+    module docstring, or index groups that are not evenly strided, or more than two batch groups)."""
+    if not usable() or a.dtype != b.dtype or a.dtype not in (jnp.bfloat16, jnp.float32):
+        return None
+    operands, out = spec.replace(" ", "").split("->")
+    a_spec, b_spec = operands.split(",")
+    sizes = {**dict(zip(a_spec, a.shape)), **dict(zip(b_spec, b.shape))}
+    out_shape = tuple(sizes[i] for i in out)
+    if min((*a.shape, *b.shape, 1)) == 0 or any(spec.count(i) > 1 for spec in (a_spec, b_spec, out) for i in spec):
+        return None
+    strides = [dict(zip(s, _strides(x.shape))) for s, x in ((a_spec, a), (b_spec, b))]
+    strides.append(dict(zip(out, _strides(out_shape))))
+    batch = [i for i in out if i in a_spec and i in b_spec]
+    rows = [i for i in out if i in a_spec and i not in b_spec]
+    columns = [i for i in out if i in b_spec and i not in a_spec]
+    contracted = [i for i in a_spec if i in b_spec and i not in out]
+    if any(i not in out and i not in contracted for i in a_spec + b_spec):
+        return None  # an index summed inside one operand
+    batch_groups: list[list[str]] = []
+    for index in batch:  # consecutive batch indices merge where they can; at most two groups
+        merged = batch_groups[-1] + [index] if batch_groups else None
+        if merged is not None and _group(merged, strides, sizes) is not None:
+            batch_groups[-1] = merged
+        else:
+            batch_groups.append([index])
+    groups = [_group(g, strides, sizes) for g in ([[]] * (2 - len(batch_groups)) + batch_groups)]
+    groups += [_group(rows, strides, sizes), _group(contracted, strides, sizes), _group(columns, strides, sizes)]
+    if len(batch_groups) > 2 or any(g is None for g in groups):
+        return None
+    (b1, s1), (b2, s2), (m, sm), (k, sk), (n, sn) = groups  # type: ignore[misc]
+    if n > 1 and sn[2] != 1:  # oneDNN writes a transposed result slowly (a reference kernel): C^T = B^T A^T
+        return None if swapped else einsum(f"{b_spec},{a_spec}->{out}", b, a, out_dtype, swapped=True)
+    a_strides = [s1[0], s2[0], sm[0], sk[0]]
+    b_strides = [s1[1], s2[1], sk[1], sn[1]]
+    c_strides = [s1[2], s2[2], sm[2], sn[2]]
+    dims = [b1, b2, m, k, n]
+    # a dimension of size 1 gets the stride a dense layout would give it (oneDNN checks them)
+    a_strides = [s if d > 1 else e for s, d, e in zip(a_strides, (b1, b2, m, k), _strides((b1, b2, m, k)))]
+    b_strides = [s if d > 1 else e for s, d, e in zip(b_strides, (b1, b2, k, n), _strides((b1, b2, k, n)))]
+    c_strides = [s if d > 1 else e for s, d, e in zip(c_strides, (b1, b2, m, n), _strides((b1, b2, m, n)))]
+    as_attr = lambda values: np.asarray(values, np.int64)
+    call = jax.ffi.ffi_call(MATMUL, jax.ShapeDtypeStruct(out_shape, out_dtype), vmap_method="sequential")
+    return call(a, b, dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),
+                c_strides=as_attr(c_strides))
