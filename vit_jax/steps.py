@@ -117,6 +117,10 @@ def make_train_step(
             "train/loss": loss,
             "train/accuracy": accuracy,
             "train/grad_norm": optax.tree.norm(grads),
+            # the largest change to any parameter (a norm would overflow first): non-finite where a finite loss
+            # still broke the parameters; checked with the loss before anything is saved (vit_jax.train)
+            "train/update_max": jax.tree.reduce(jnp.maximum, jax.tree.map(lambda u: jnp.max(jnp.abs(u)), updates),
+                                                jnp.zeros((), jnp.float32)),
             "train/learning_rate": schedule(state.step),
         }
         if "image_ids" in batch:  # how full the packed sequences are

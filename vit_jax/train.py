@@ -46,7 +46,11 @@ MAX_STEPS_AHEAD = 2  # steps the host may dispatch before the oldest has finishe
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops without saving the broken state."""
+    """The training loss, or the update it made to the parameters, became NaN or infinite; the run stops without
+    saving the broken state."""
+
+
+CHECKED = {"train/loss": "training loss", "train/update_max": "the largest parameter update"}
 
 
 class Preempted(RuntimeError):
@@ -176,7 +180,8 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
     results: dict[str, float] = {}
     window: list[dict[str, jax.Array]] = []
     window_start, data_wait = time.perf_counter(), 0.0
-    unchecked: list[tuple[int, jax.Array]] = []  # losses not yet checked for NaN: checked before anything is saved
+    # (step, metrics) not yet checked for NaN or infinity: checked before anything is saved
+    unchecked: list[tuple[int, dict[str, jax.Array]]] = []
     in_flight: collections.deque[jax.Array] = collections.deque()
 
     for step in range(start_step + 1, config.num_steps + 1):
@@ -204,7 +209,7 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
             window_start += time.perf_counter() - compile_start  # compile (and init) time is not step time
         state, metrics = compiled[patch_size](state, batch)
         window.append(metrics)
-        unchecked.append((step, metrics["train/loss"]))
+        unchecked.append((step, {k: metrics[k] for k in CHECKED if k in metrics}))
         in_flight.append(metrics["train/loss"])
         if len(in_flight) > MAX_STEPS_AHEAD:
             in_flight.popleft().block_until_ready()  # a wait, not a transfer: bounds the batches in flight
@@ -239,20 +244,21 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
     return state, dict(results)
 
 
-def _check_finite(unchecked: list[tuple[int, jax.Array]], checkpoints: TrainCheckpoints) -> None:
-    """Raises at the first non-finite loss among `unchecked` (which it empties)."""
-    losses = jax.device_get([loss for _, loss in unchecked])
+def _check_finite(unchecked: list[tuple[int, dict[str, jax.Array]]], checkpoints: TrainCheckpoints) -> None:
+    """Raises at the first non-finite loss or parameter update among `unchecked` (which it empties)."""
+    values = jax.device_get([metrics for _, metrics in unchecked])
     steps = [step for step, _ in unchecked]
     unchecked.clear()
-    for step, value in zip(steps, losses):
-        value = float(value)
-        if math.isfinite(value):
+    for step, metrics in zip(steps, values):
+        bad = [(CHECKED[name], float(value)) for name, value in metrics.items() if not math.isfinite(float(value))]
+        if not bad:
             continue
+        what, value = bad[0]
         last = checkpoints.latest_step()
         kept = (f"The last good checkpoint (step {last}) is kept in {checkpoints.directory}" if last is not None
                 else "No checkpoint had been saved yet, so the run will start from scratch when run again")
         raise NonFiniteLossError(
-            f"training loss is {value} at step {step}; stopped without saving. {kept}. Lower "
+            f"{what} is {value} at step {step}; stopped without saving. {kept}. Lower "
             f"config.optimizer.learning_rate, or set config.optimizer.grad_clip_norm"
         )
 

@@ -39,8 +39,10 @@ class EncoderOptions:
         `fc_norm`): no `Transformer/encoder_norm`.
       dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
       attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
-      matmul: the dense layers' products (MLPs, attention projections): `xla`, or `blas` (float32 through the
-        OpenBLAS numpy ships, an XLA FFI call; one CPU device; see `vit_jax.models.blas`).
+      matmul: the dense layers' products (MLPs, attention projections): `xla` (the default: on one CPU device
+        with oneDNN installed, oneDNN's products for these and attention's, see `vit_jax.native.onednn`; XLA's
+        elsewhere), or `blas` (float32 through the OpenBLAS numpy ships, an XLA FFI call; one CPU device; see
+        `vit_jax.models.blas`).
       record_attention: sow every block's attention weights into `intermediates` (for pictures; `einsum` only).
       qkv_bias: False: the query/key/value projections have no bias (vit-pytorch; timm's `qkv_bias=False`); the
         output projection keeps its own.
