@@ -112,7 +112,8 @@ def check_matmul(matmul: str, dtype: Any) -> None:
 
 def dense_dot_general(dtype: Any, matmul: str) -> Any:
     """The `dot_general` of a dense layer: bf16 products with float32 accumulation for bf16 layers, the library
-    GEMM for `matmul='blas'`, XLA's otherwise."""
+    GEMM for `matmul='blas'`; otherwise oneDNN's where it is in use (`vit_jax.native.onednn`, through
+    `mixed_dot_general`, which takes float32 there too), else XLA's."""
     if is_bfloat16(dtype) or (matmul == "xla" and onednn.usable()):
         return mixed_dot_general
     return blas_dot_general if matmul == "blas" else lax.dot_general
