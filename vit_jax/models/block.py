@@ -17,7 +17,7 @@ from vit_jax.models.attention import attention_function
 from vit_jax.models.blas import dense_dot_general
 from vit_jax.models.encoder_options import EncoderOptions
 from vit_jax.models.layer_norm import LayerNorm
-from vit_jax.models.mixed_precision import MixedDense, is_bfloat16
+from vit_jax.models.mixed_precision import MixedDense, mixed_dot_general
 from vit_jax.models.partitioning import ActivationSharding, constrain_hidden, constrain_tokens
 from vit_jax.models.rope import DEFAULT_THETA, axial_frequencies, init_mixed_frequencies, rotating_attention
 from vit_jax.models.self_attention import MultiHeadDotProductAttention
@@ -41,12 +41,14 @@ class MlpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        dense = lambda features, name: (MixedDense if is_bfloat16(self.dtype) else nn.Dense)(
+        dot_general = dense_dot_general(self.dtype, self.matmul)
+        # bias gradients as products wherever the products are vit_jax's own (as in the attention layer)
+        dense = lambda features, name: (MixedDense if dot_general is mixed_dot_general else nn.Dense)(
             features,
             dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
-            dot_general=dense_dot_general(self.dtype, self.matmul),
+            dot_general=dot_general,
             name=name,
         )
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
