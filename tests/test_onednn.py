@@ -68,3 +68,15 @@ def test_a_model_on_onednn_matches_xlas_products(rng, dtype, tolerance):
         got = dict(jax.tree_util.tree_leaves_with_path(library[1]))[path]
         scale = float(jnp.abs(g).max()) + 1e-6
         assert float(jnp.abs(got - g).max()) <= tolerance * scale, jax.tree_util.keystr(path)
+
+
+def test_products_oneDNN_has_only_a_reference_kernel_for_stay_with_xla():
+    """The kernel is asked for at trace time: a result written transposed gets only oneDNN's reference kernel
+    (thousands of times slower), so `einsum` computes it swapped, and would decline it otherwise."""
+    dense, f32 = [48, 48, 6, 1], 3
+    fast = onednn.kernel(tuple([1, 1, 8, 4, 6] + [32, 32, 4, 1] + [24, 24, 6, 1] + dense + [f32] * 3))
+    transposed = onednn.kernel(tuple([1, 1, 8, 4, 6] + [32, 32, 4, 1] + [24, 24, 6, 1] + [48, 48, 1, 8] + [f32] * 3))
+    assert fast.startswith(onednn._FAST) and transposed.startswith("ref")
+    a, b = jnp.ones((4, 8)), jnp.ones((4, 6))
+    assert onednn.einsum("km,kn->nm", a, b, jnp.float32, swapped=True) is None  # the transposed form itself
+    np.testing.assert_array_equal(onednn.einsum("km,kn->nm", a, b, jnp.float32), np.full((6, 8), 4.0))

@@ -82,6 +82,19 @@ def usable() -> bool:
     return not getattr(_switched_off, "value", False) and loaded() and jax.device_count() == 1
 
 
+_DNNL_TYPES = {"bfloat16": 2, "float32": 3}  # oneDNN's dnnl_data_type_t
+_FAST = ("brg", "gemm:jit", "jit")  # kernel names oneDNN gives its optimised implementations
+
+
+@functools.lru_cache(maxsize=4096)
+def kernel(key: tuple[int, ...]) -> str:
+    """The name of oneDNN's kernel for a product (dims, strides, types as the custom call gets them), "" for
+    none; asked at trace time."""
+    name = ctypes.create_string_buffer(256)
+    found = native.extension().vit_jax_onednn_kernel((ctypes.c_int64 * len(key))(*key), name, len(name))
+    return name.value.decode() if found else ""
+
+
 def _strides(shape: Sequence[int]) -> list[int]:
     return [math.prod(shape[i + 1:]) for i in range(len(shape))]
 
@@ -103,7 +116,7 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     """`jnp.einsum(spec, a, b)` accumulated in float32 and written as `out_dtype`, by oneDNN, reading both
     operands and writing the result in place whatever their layouts; None where that is not possible (see the
     module docstring, or index groups that are not evenly strided, or more than two batch groups)."""
-    if not usable() or a.dtype != b.dtype or a.dtype not in (jnp.bfloat16, jnp.float32):
+    if not usable() or a.dtype != b.dtype or any(jnp.dtype(t).name not in _DNNL_TYPES for t in (a.dtype, out_dtype)):
         return None
     operands, out = spec.replace(" ", "").split("->")
     a_spec, b_spec = operands.split(",")
@@ -141,6 +154,9 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     a_strides = [s if d > 1 else e for s, d, e in zip(a_strides, (b1, b2, m, k), _strides((b1, b2, m, k)))]
     b_strides = [s if d > 1 else e for s, d, e in zip(b_strides, (b1, b2, k, n), _strides((b1, b2, k, n)))]
     c_strides = [s if d > 1 else e for s, d, e in zip(c_strides, (b1, b2, m, n), _strides((b1, b2, m, n)))]
+    types = [_DNNL_TYPES[jnp.dtype(t).name] for t in (a.dtype, b.dtype, out_dtype)]
+    if not kernel(tuple(dims + a_strides + b_strides + c_strides + types)).startswith(_FAST):
+        return None  # no kernel, or only a reference one: XLA's product is faster
     as_attr = lambda values: np.asarray(values, np.int64)
     call = jax.ffi.ffi_call(MATMUL, jax.ShapeDtypeStruct(out_shape, out_dtype), vmap_method="sequential")
     return call(a, b, dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),

@@ -39,6 +39,9 @@ struct OneDnn {
   decltype(&dnnl_primitive_attr_set_scratchpad_mode) attr_set_scratchpad_mode;
   decltype(&dnnl_matmul_primitive_desc_create) matmul_primitive_desc_create;
   decltype(&dnnl_primitive_desc_query_md) primitive_desc_query_md;
+  decltype(&dnnl_primitive_desc_query) primitive_desc_query;
+  decltype(&dnnl_primitive_desc_destroy) primitive_desc_destroy;
+  decltype(&dnnl_memory_desc_destroy) memory_desc_destroy;
   decltype(&dnnl_primitive_create) primitive_create;
   decltype(&dnnl_primitive_execute) primitive_execute;
   void (*omp_set_num_threads)(int);
@@ -60,26 +63,32 @@ std::map<std::vector<int64_t>, Product>* g_products = new std::map<std::vector<i
 
 bool Ok(dnnl_status_t status) { return status == dnnl_success; }
 
+// The product's descriptor for `key`, made on the calling thread with one OpenMP thread (nullptr: oneDNN has none).
+dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product) {
+  const int64_t* d = key.data();  // b1, b2, m, k, n, A strides (4), B strides (4), C strides (4), types (3)
+  dnnl_dims_t a_dims = {d[0], d[1], d[2], d[3]}, b_dims = {d[0], d[1], d[3], d[4]}, c_dims = {d[0], d[1], d[2], d[4]};
+  dnnl_dims_t a_strides = {d[5], d[6], d[7], d[8]}, b_strides = {d[9], d[10], d[11], d[12]},
+              c_strides = {d[13], d[14], d[15], d[16]};
+  dnnl_primitive_attr_t attr = nullptr;
+  dnnl_primitive_desc_t desc = nullptr;
+  g_dnnl.omp_set_num_threads(1);  // oneDNN sizes its blocking by the threads it will have
+  bool ok = Ok(g_dnnl.memory_desc_create_with_strides(&product.a, 4, a_dims, dnnl_data_type_t(d[17]), a_strides)) &&
+            Ok(g_dnnl.memory_desc_create_with_strides(&product.b, 4, b_dims, dnnl_data_type_t(d[18]), b_strides)) &&
+            Ok(g_dnnl.memory_desc_create_with_strides(&product.c, 4, c_dims, dnnl_data_type_t(d[19]), c_strides)) &&
+            Ok(g_dnnl.attr_create(&attr)) && Ok(g_dnnl.attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) &&
+            Ok(g_dnnl.matmul_primitive_desc_create(&desc, g_engine, product.a, product.b, nullptr, product.c, attr));
+  if (attr != nullptr) g_dnnl.attr_destroy(attr);
+  return ok ? desc : nullptr;
+}
+
 // The product of `key` (chunk dims, strides, types), created on first use by the calling (single-threaded) thread.
 const Product* GetProduct(const std::vector<int64_t>& key) {
   std::lock_guard<std::mutex> lock(g_products_mutex);
   auto found = g_products->find(key);
   if (found != g_products->end()) return &found->second;
-  const int64_t* d = key.data();  // b1, b2, m, k, n, A strides (4), B strides (4), C strides (4), types (3)
-  dnnl_dims_t a_dims = {d[0], d[1], d[2], d[3]}, b_dims = {d[0], d[1], d[3], d[4]}, c_dims = {d[0], d[1], d[2], d[4]};
-  dnnl_dims_t a_strides = {d[5], d[6], d[7], d[8]}, b_strides = {d[9], d[10], d[11], d[12]},
-              c_strides = {d[13], d[14], d[15], d[16]};
   Product product;
-  dnnl_primitive_attr_t attr = nullptr;
-  dnnl_primitive_desc_t desc = nullptr;
-  bool ok = Ok(g_dnnl.memory_desc_create_with_strides(&product.a, 4, a_dims, dnnl_data_type_t(d[17]), a_strides)) &&
-            Ok(g_dnnl.memory_desc_create_with_strides(&product.b, 4, b_dims, dnnl_data_type_t(d[18]), b_strides)) &&
-            Ok(g_dnnl.memory_desc_create_with_strides(&product.c, 4, c_dims, dnnl_data_type_t(d[19]), c_strides)) &&
-            Ok(g_dnnl.attr_create(&attr)) && Ok(g_dnnl.attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) &&
-            Ok(g_dnnl.matmul_primitive_desc_create(&desc, g_engine, product.a, product.b, nullptr, product.c, attr)) &&
-            Ok(g_dnnl.primitive_create(&product.primitive, desc));
-  if (attr != nullptr) g_dnnl.attr_destroy(attr);
-  if (!ok) return nullptr;
+  dnnl_primitive_desc_t desc = Describe(key, product);
+  if (desc == nullptr || !Ok(g_dnnl.primitive_create(&product.primitive, desc))) return nullptr;
   product.scratchpad = g_dnnl.primitive_desc_query_md(desc, dnnl_query_scratchpad_md, 0);  // desc kept: owns it
   product.scratchpad_bytes = product.scratchpad == nullptr ? 0 : g_dnnl.memory_desc_get_size(product.scratchpad);
   return &g_products->emplace(key, product).first->second;
@@ -87,7 +96,7 @@ const Product* GetProduct(const std::vector<int64_t>& key) {
 
 // Runs one chunk on the calling thread: its own stream and scratchpad, memory objects around XLA's buffers.
 bool Execute(const std::vector<int64_t>& key, const void* a, const void* b, void* c) {
-  g_dnnl.omp_set_num_threads(1);  // before the primitive is made, too: oneDNN sizes its blocking by the threads
+  g_dnnl.omp_set_num_threads(1);  // the chunk runs on this thread alone
   const Product* product = GetProduct(key);
   if (product == nullptr) return false;
   thread_local dnnl_stream_t stream = nullptr;
@@ -193,6 +202,9 @@ extern "C" int vit_jax_load_onednn(const char* path) {
                   Resolve(library, "dnnl_primitive_attr_set_scratchpad_mode", d.attr_set_scratchpad_mode) &&
                   Resolve(library, "dnnl_matmul_primitive_desc_create", d.matmul_primitive_desc_create) &&
                   Resolve(library, "dnnl_primitive_desc_query_md", d.primitive_desc_query_md) &&
+                  Resolve(library, "dnnl_primitive_desc_query", d.primitive_desc_query) &&
+                  Resolve(library, "dnnl_primitive_desc_destroy", d.primitive_desc_destroy) &&
+                  Resolve(library, "dnnl_memory_desc_destroy", d.memory_desc_destroy) &&
                   Resolve(library, "dnnl_primitive_create", d.primitive_create) &&
                   Resolve(library, "dnnl_primitive_execute", d.primitive_execute) &&
                   Resolve(library, "omp_set_num_threads", d.omp_set_num_threads);  // from its OpenMP runtime
@@ -202,6 +214,27 @@ extern "C" int vit_jax_load_onednn(const char* path) {
   g_dnnl = d;
   g_engine = engine;
   return 1;
+}
+
+// The name of the kernel oneDNN picks for the whole product `key` (20 values: dims, strides, types; see
+// GetProduct), copied into `name` (at most `size` bytes with the terminator); 0 when it has none. vit_jax asks
+// at trace time and keeps XLA's product where there is no kernel or only a reference one.
+extern "C" int vit_jax_onednn_kernel(const int64_t* key, char* name, int64_t size) {
+  if (g_engine == nullptr || size < 1) return 0;
+  Product product;
+  dnnl_primitive_desc_t desc = Describe(std::vector<int64_t>(key, key + 20), product);
+  const char* info = nullptr;
+  const bool ok = desc != nullptr && Ok(g_dnnl.primitive_desc_query(desc, dnnl_query_impl_info_str, 0, &info)) &&
+                  info != nullptr;
+  if (ok) {
+    std::strncpy(name, info, size - 1);
+    name[size - 1] = '\0';
+  }
+  if (desc != nullptr) g_dnnl.primitive_desc_destroy(desc);
+  for (dnnl_memory_desc_t md : {product.a, product.b, product.c}) {
+    if (md != nullptr) g_dnnl.memory_desc_destroy(md);
+  }
+  return ok ? 1 : 0;
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxMatmul, Matmul,
