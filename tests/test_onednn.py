@@ -41,7 +41,7 @@ def test_einsum_declines_what_it_cannot_read_in_place(rng):
 
 
 def _tiny(dtype):
-    return create_model("Ti/4", num_classes=5, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, dtype=dtype)
+    return create_model("Ti/4", num_classes=5, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(None, 1e-4), (jnp.bfloat16, 0.05)])
