@@ -14,6 +14,7 @@ import ctypes
 import functools
 import importlib.metadata
 import importlib.util
+import logging
 import math
 import os
 import threading
@@ -56,6 +57,8 @@ def loaded() -> bool:
     if library is None or path is None or not installed():
         return False
     if not library.vit_jax_load_onednn(ctypes.c_char_p(path.encode())):
+        logging.warning("oneDNN at %s did not load (its OpenMP runtime, libgomp, missing?): XLA's products are "
+                        "used", path)
         return False
     jax.ffi.register_ffi_target(MATMUL, jax.ffi.pycapsule(library.VitJaxMatmul), platform="cpu")
     return True
