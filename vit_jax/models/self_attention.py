@@ -52,7 +52,7 @@ class MultiHeadDotProductAttention(nn.Module):
         width = x.shape[-1]
         qkv_features = self.qkv_features or width
         head_shape = (self.num_heads, qkv_features // self.num_heads)
-        # bf16 projections (a `dot_general` given): bias gradients as products (vit_jax.models.mixed_precision)
+        # vit_jax's own products (bf16, or oneDNN's): bias gradients as products too (models/mixed_precision.py)
         mixed = self.qkv_dot_general is mixed_dot_general
         common = dict(dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
         projections = [HeadsProjection(head_shape, self.qkv_bias, self.kernel_init, self.bias_init, name=name)(width)
