@@ -178,6 +178,12 @@ class MixedDense(nn.Dense):
         return y if bias is None else add_bias(y, bias)
 
 
+def on_flat_shape(init: Any, flat: tuple[int, ...]) -> Any:
+    """`init` applied to `flat` and reshaped to the parameter's shape: flax's `DenseGeneral` initialises its
+    kernel as the 2-D matrix it multiplies by (fan-in and fan-out from that), whatever the kernel's own shape."""
+    return lambda rng, shape, dtype: init(rng, flat, dtype).reshape(shape)
+
+
 class MixedDenseGeneral(nn.DenseGeneral):
     """flax's `DenseGeneral` over trailing input axes (no batch dimensions), with `add_bias`: for bf16 layers.
     Parameters, initialisers (on the flattened kernel, as flax's) and names are flax's."""
@@ -192,12 +198,10 @@ class MixedDenseGeneral(nn.DenseGeneral):
                              f"{self.axis!r}, batch_dims={self.batch_dims!r} for inputs of shape {inputs.shape}")
         in_shape = tuple(inputs.shape[a] for a in axis)
         flat = (math.prod(in_shape), math.prod(features))
-        kernel = self.param("kernel", lambda rng, shape, dtype: self.kernel_init(rng, flat, dtype).reshape(shape),
-                            in_shape + features, self.param_dtype)
+        kernel = self.param("kernel", on_flat_shape(self.kernel_init, flat), in_shape + features, self.param_dtype)
         bias = None
         if self.use_bias:
-            bias = self.param("bias", lambda rng, shape, dtype: self.bias_init(rng, flat[1:], dtype).reshape(shape),
-                              features, self.param_dtype)
+            bias = self.param("bias", on_flat_shape(self.bias_init, flat[1:]), features, self.param_dtype)
         inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         dot_general = self.dot_general or lax.dot_general
         contract = (axis, tuple(range(len(axis))))

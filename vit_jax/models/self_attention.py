@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vit_jax.models.mixed_precision import MixedDenseGeneral, add_bias, mixed_dot_general
+from vit_jax.models.mixed_precision import MixedDenseGeneral, add_bias, mixed_dot_general, on_flat_shape
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -83,12 +83,10 @@ class HeadsProjection(nn.Module):
     @nn.compact
     def __call__(self, width: int) -> tuple[jax.Array, jax.Array | None]:
         flat = (width, math.prod(self.head_shape))
-        kernel = self.param("kernel", lambda rng, shape, dtype: self.kernel_init(rng, flat, dtype).reshape(shape),
-                            (width, *self.head_shape), jnp.float32)
+        kernel = self.param("kernel", on_flat_shape(self.kernel_init, flat), (width, *self.head_shape), jnp.float32)
         if not self.use_bias:
             return kernel, None
-        bias = self.param("bias", lambda rng, shape, dtype: self.bias_init(rng, flat[1:], dtype).reshape(shape),
-                          self.head_shape, jnp.float32)
+        bias = self.param("bias", on_flat_shape(self.bias_init, flat[1:]), self.head_shape, jnp.float32)
         return kernel, bias
 
 
