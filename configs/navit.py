@@ -42,6 +42,7 @@ def get_config(arg: str | None = None):
     config.optimizer.weight_decay = 0.05
 
     config.xla_flags = ""
+    config.keep_host_memory = False  # a small model, as configs/digits.py
     config.log_every = 50
     config.eval_every = 200
     config.checkpoint_every = 200

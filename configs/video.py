@@ -49,6 +49,7 @@ def get_config(arg: str | None = None):
     config.optimizer.weight_decay = 0.05
 
     config.xla_flags = ""  # XLA's defaults, as configs/digits.py
+    config.keep_host_memory = False  # a small model, as configs/digits.py
     config.log_every = 50
     config.eval_every = 100
     config.checkpoint_every = 100

@@ -1,5 +1,5 @@
-"""What the commands (`vit_jax.main`, `vit_jax.sweep`) share: the process start (XLA flags, `jax.distributed`),
-flags whose errors are one line, and exit statuses.
+"""What the commands (`vit_jax.main`, `vit_jax.sweep`) share: the process start (XLA flags, malloc's arenas,
+`jax.distributed`), flags whose errors are one line, and exit statuses.
 
 A bad flag, path or config value is one line naming it and what was expected, with exit status 2, before anything
 compiles; a non-finite loss exits 3; preemption 143 (128 + SIGTERM, what a scheduler expects from a process it
@@ -21,6 +21,7 @@ from vit_jax.checkpoint.adapt import CheckpointMismatchError
 from vit_jax.checkpoint.npz import NpzError
 from vit_jax.config_validation import ConfigError, check_xla_flags
 from vit_jax.distributed import MODES, initialize
+from vit_jax.host_memory import share_main_arena
 from vit_jax.train import NonFiniteLossError, Preempted
 from vit_jax.xla_flags import apply_xla_flags
 
@@ -48,9 +49,12 @@ def define_process_flags() -> None:
 
 def start_process(config: ConfigDict) -> None:
     """Before the backend starts: `config.xla_flags` checked (XLA aborts the process on a malformed flag) and
-    applied, then `jax.distributed` when the run is multi-process. A process applies one config's flags: a sweep
-    applies its base config's."""
+    applied, malloc's threads on one arena where `config.keep_host_memory` (`vit_jax.host_memory`), then
+    `jax.distributed` when the run is multi-process. A process applies one config's flags: a sweep applies its
+    base config's."""
     check_xla_flags(config)
+    if config.get("keep_host_memory", True):
+        share_main_arena()
     apply_xla_flags(config.xla_flags, config.model.get("dtype"))
     initialize(flags.FLAGS.distributed, flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                flags.FLAGS.process_id)

@@ -36,6 +36,7 @@ from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
 from vit_jax.config import save_config
 from vit_jax.evaluation import Evaluator, final_test
 from vit_jax.flexi import draw_patch_size
+from vit_jax.host_memory import keep_freed_memory
 from vit_jax.interpret.tensorboard import PictureLogger, first_examples
 from vit_jax.metric_writers import MetricWriter
 from vit_jax.preemption import PreemptionWatcher
@@ -201,6 +202,11 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
             compile_start = time.perf_counter()
             compiled[patch_size] = run.train_step.lower(abstract_state, batch, patch_size).compile()
             record = {"perf/compile_seconds": time.perf_counter() - compile_start}
+            memory = compiled[patch_size].memory_analysis()
+            buffers = MAX_STEPS_AHEAD + 2  # steps in flight, and the one whose buffer is being freed
+            if config.keep_host_memory and memory is not None and keep_freed_memory(
+                    memory.temp_size_in_bytes, buffers, jax.default_backend()):
+                record["perf/keeps_host_memory"] = 1.0
             if patch_size is not None:
                 record["flexi/compiled_patch_size"] = float(patch_size[0])
             writer.write(step - 1, record)

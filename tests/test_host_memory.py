@@ -1,0 +1,61 @@
+"""`vit_jax.host_memory`: the rule for when freed memory is kept, and its effect on the kernel's page-fault count."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from vit_jax.host_memory import keeps
+
+# In a fresh process (malloc's settings are the process's): a program with a 128 MiB temporary (a product's result,
+# which XLA:CPU does not fuse into the sum), run with glibc's defaults, then kept. Prints the temporary size and
+# the minor page faults of each run before and after. XLA allocates a run's buffer before the previous run's is
+# freed, and the heap's holes settle over a few runs: the steady state is the fewest faults of several runs.
+PROGRAM = """
+import json, os, resource
+os.environ["XLA_FLAGS"] = "--xla_cpu_experimental_ynn_fusion_type="  # YNNPACK would fuse the product and the sum
+from vit_jax.host_memory import keep_freed_memory, share_main_arena
+assert share_main_arena()
+import jax, jax.numpy as jnp
+
+def summed_product(x, w):
+    return jnp.tanh(x @ w).sum()
+
+x, w = jnp.ones((8192, 64), jnp.float32), jnp.ones((64, 4096), jnp.float32)
+compiled = jax.jit(summed_product).lower(x, w).compile()
+temp = compiled.memory_analysis().temp_size_in_bytes
+
+def faults(runs=6):
+    counts = []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        jax.block_until_ready(compiled(x, w))
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return counts
+
+default = faults()
+kept = keep_freed_memory(temp, 2, jax.default_backend())
+print(json.dumps({"temp": temp, "default": default, "kept": kept, "after": faults()}))
+"""
+
+
+def test_keeps_copies_within_half_of_available_memory() -> None:
+    gib = 2**30
+    assert keeps(gib, 4, 8 * gib)  # 4 GiB of 8: exactly half
+    assert not keeps(gib, 4, 8 * gib - 1)
+    assert not keeps(gib, 4, None)  # unknown: glibc's defaults
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_kept_memory_is_not_faulted_in_again() -> None:
+    done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout.splitlines()[-1])
+    pages = result["temp"] / 4096
+    assert result["temp"] >= 128 * 2**20  # the product materialised
+    assert min(result["default"]) >= 0.9 * pages  # glibc maps and unmaps a buffer this large every run
+    assert result["kept"]
+    assert min(result["after"]) <= 0.02 * pages  # the heap's pages are reused
