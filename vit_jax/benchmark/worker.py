@@ -1,7 +1,8 @@
 """One benchmark cell in a fresh process (`python -m vit_jax.benchmark.worker '<workload JSON>'`), so that each
-cell gets its own XLA flags and its own peak memory. Prints one line: `RESULT <json>`. Both sides keep
-the host memory they free (`vit_jax.host_memory`; vit_jax where its step's buffers fit, timm always: its steps
-page-fault less with it too)."""
+cell gets its own XLA flags and its own peak memory. Prints one line: `RESULT <json>`. vit_jax's side
+starts as a training process does (`vit_jax.host_memory`, `config.keep_host_memory`'s default); timm's keeps glibc's
+defaults, as its users run it (with vit_jax's settings its bf16 training was 40% slower: BENCHMARKS.md, experiment
+27)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,17 @@ import json
 import sys
 
 from vit_jax.benchmark.workload import Workload
-from vit_jax.host_memory import keep_freed_memory, share_main_arena
+from vit_jax.host_memory import share_main_arena
 
 RESULT_PREFIX = "RESULT "
 
 
 def main(argv: list[str]) -> int:
-    share_main_arena()
     workload = Workload(**json.loads(argv[1]))
     if workload.side == "timm":
-        keep_freed_memory(0, 1, "cpu")
         from vit_jax.benchmark import timm_side as side
     else:
+        share_main_arena()
         from vit_jax.benchmark import jax_side as side
     print(RESULT_PREFIX + json.dumps(side.run(workload)), flush=True)
     return 0
