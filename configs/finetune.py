@@ -47,6 +47,7 @@ def get_config(arg: str | None = None):
         for field in ("dataset", "data_dir", "train_split", "eval_split", "test_split", "image_size"):
             config[field] = tuple(source[field]) if isinstance(source[field], list) else source[field]
         config.pp.update({k: tuple(v) if isinstance(v, list) else v for k, v in source.pp.items()})
+        config.keep_host_memory = source.get("keep_host_memory", True)  # the setting measured for that model's size
     elif init and is_timm_spec(init):
         arch = timm_architecture(init)
         config.model = model_config(arch.variant, **arch.model_options)
