@@ -30,7 +30,7 @@ from vit_jax.models.softmax import softmax
 from vit_jax.native import onednn
 
 
-def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+def _product(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any) -> jax.Array:
     """`jnp.einsum(spec, a, b)` as one `[batch, m, k] x [batch, k, n]` (or `[batch, n, k]`, when `b` comes that
     way) bf16 product with float32 accumulation.
 
@@ -39,7 +39,7 @@ def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     gradients have): by vit_jax's native transpose (`vit_jax.native`) for a 2-D swap, after which the product
     stays bf16, else behind an optimisation barrier, after which XLA:CPU computes the product in float32
     (correct, about 2.5x slower: BENCHMARKS.md, experiment 17)."""
-    library = onednn.einsum(spec, a, b, a.dtype)
+    library = onednn.einsum(spec, a, b, out_dtype)
     if library is not None:
         return library
     operands, out = spec.split("->")
@@ -73,28 +73,29 @@ def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     result = lax.dot_general(a2, b2, dims, preferred_element_type=jnp.float32)
     result = result.reshape([sizes[i] for i in batch + a_free + b_free])
     result = jnp.transpose(result, [(batch + a_free + b_free).index(i) for i in out])
-    return result.astype(a.dtype)
+    return result.astype(out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def mixed_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any = None) -> jax.Array:
     """`jnp.einsum(spec, a, b)` for a two-operand product with no index summed inside one operand: bf16 x bf16
-    with float32 accumulation, rounded to `a.dtype`; its gradients are the two transposed products, in the same
-    form."""
-    return _product(spec, a, b)
+    with float32 accumulation, rounded to `out_dtype` (None: `a.dtype`); its gradients are the two transposed
+    products, in the same form."""
+    return _product(spec, a, b, out_dtype or a.dtype)
 
 
-def _mixed_einsum_fwd(spec: str, a: jax.Array, b: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return mixed_einsum(spec, a, b), (a, b)
+def _mixed_einsum_fwd(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any
+                      ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return mixed_einsum(spec, a, b, out_dtype), (a, b)
 
 
-def _mixed_einsum_bwd(spec: str, residuals: tuple[jax.Array, jax.Array], g: jax.Array
+def _mixed_einsum_bwd(spec: str, out_dtype: Any, residuals: tuple[jax.Array, jax.Array], g: jax.Array
                       ) -> tuple[jax.Array, jax.Array]:
     a, b = residuals
     operands, out = spec.split("->")
     a_spec, b_spec = operands.split(",")
     g = g.astype(a.dtype)
-    return _product(f"{out},{b_spec}->{a_spec}", g, b), _product(f"{a_spec},{out}->{b_spec}", a, g).astype(b.dtype)
+    return _product(f"{out},{b_spec}->{a_spec}", g, b, a.dtype), _product(f"{a_spec},{out}->{b_spec}", a, g, b.dtype)
 
 
 mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
@@ -120,7 +121,7 @@ def mixed_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, pr
         return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
     batch_shape, contracted = lhs.shape[: lhs.ndim - k], lhs.shape[lhs.ndim - k:]
     size = math.prod(contracted)
-    out = mixed_einsum("mk,kn->mn", lhs.reshape(-1, size), rhs.reshape(size, -1))
+    out = mixed_einsum("mk,kn->mn", lhs.reshape(-1, size), rhs.reshape(size, -1), None)
     return out.reshape(*batch_shape, *rhs.shape[k:])
 
 
@@ -131,11 +132,13 @@ def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
     (broadcastable to `(batch, heads, queries, keys)`, True: attend) as flax's; no attention dropout (the
     encoder only picks this function without it)."""
     query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
-    logits = mixed_einsum("bqhd,bkhd->bhqk", query, key)
+    # float32 logits straight from the product: the softmax reads them without a conversion pass over
+    # (batch, heads, queries, keys) (ViT-Ti/16 bf16 inference: 30 of ~400 ms; BENCHMARKS.md, experiment 28)
+    logits = mixed_einsum("bqhd,bkhd->bhqk", query, key, jnp.float32)
     if mask is not None:
-        logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = softmax(logits, value.dtype)
-    return mixed_einsum("bhqk,bkhd->bqhd", weights, value)
+    return mixed_einsum("bhqk,bkhd->bqhd", weights, value, None)
 
 
 def is_bfloat16(dtype: Any) -> bool:
