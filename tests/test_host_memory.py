@@ -13,7 +13,7 @@ from vit_jax.host_memory import keeps
 
 # In a fresh process (malloc's settings are the process's): a program with a 128 MiB temporary (a product's result,
 # which XLA:CPU does not fuse into the sum), run with glibc's defaults, then kept. Prints the temporary size and
-# the minor page faults of each run before and after. XLA allocates a run's buffer before the previous run's is
+# the minor page faults of each run before, while kept and after a call whose buffers cannot fit. XLA allocates a run's buffer before the previous run's is
 # freed, and the heap's holes settle over a few runs: the steady state is the fewest faults of several runs.
 PROGRAM = """
 import json, os, resource
@@ -39,7 +39,10 @@ def faults(runs=6):
 
 default = faults()
 kept = keep_freed_memory(temp, 2, jax.default_backend())
-print(json.dumps({"temp": temp, "default": default, "kept": kept, "after": faults()}))
+after = faults()
+released = not keep_freed_memory(2**62, 2, jax.default_backend())  # buffers that cannot fit: glibc's defaults
+print(json.dumps({"temp": temp, "default": default, "kept": kept, "after": after, "released": released,
+                  "again": faults()}))
 """
 
 
@@ -59,3 +62,4 @@ def test_kept_memory_is_not_faulted_in_again() -> None:
     assert min(result["default"]) >= 0.9 * pages  # glibc maps and unmaps a buffer this large every run
     assert result["kept"]
     assert min(result["after"]) <= 0.02 * pages  # the heap's pages are reused
+    assert result["released"] and min(result["again"]) >= 0.9 * pages  # mapped and unmapped each run again

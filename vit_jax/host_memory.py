@@ -32,6 +32,7 @@ SWITCH = "VIT_JAX_KEEP_HOST_MEMORY"  # "0": glibc's defaults
 M_TRIM_THRESHOLD = -1  # -1 (as size_t: the largest): never return the heap's top to the kernel
 M_MMAP_MAX = -4  # 0: never serve an allocation with its own mmap
 M_ARENA_MAX = -8  # 1: every thread allocates from the main arena
+DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's own
 
 
 @functools.cache
@@ -66,11 +67,22 @@ def keeps(temp_bytes: int, copies: int, available: int | None) -> bool:
     return available is not None and temp_bytes * copies <= available // 2
 
 
+_kept = [False]  # whether this process's malloc keeps freed memory now
+
+
 def keep_freed_memory(temp_bytes: int, copies: int, backend: str) -> bool:
     """Large allocations from malloc's heap, never returned, where `keeps(...)` on the CPU backend (see the module
-    docstring). `copies`: the temporary buffers that can be allocated at once (steps in flight + 1). True where
-    applied; once applied it stays for the process."""
+    docstring); `copies`: the temporary buffers that can be allocated at once (steps in flight + 1). A later call
+    whose buffers do not fit (a sweep's larger model) restores glibc's defaults and returns the heap's free pages.
+    True where in force."""
     mallopt = _mallopt()
-    if mallopt is None or backend != "cpu" or not keeps(temp_bytes, copies, available_bytes()):
+    if mallopt is None or backend != "cpu":
         return False
-    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, -1) == 1
+    if keeps(temp_bytes, copies, available_bytes()):
+        _kept[0] = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, -1) == 1
+    elif _kept[0]:
+        mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        ctypes.CDLL(None).malloc_trim(0)
+        _kept[0] = False
+    return _kept[0]

@@ -63,6 +63,8 @@ std::map<std::vector<int64_t>, Product>* g_products = new std::map<std::vector<i
 
 bool Ok(dnnl_status_t status) { return status == dnnl_success; }
 
+constexpr int64_t kChunksPerThread = 4;
+
 // The product's descriptor for `key`, made on the calling thread with one OpenMP thread (nullptr: oneDNN has none).
 dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product) {
   const int64_t* d = key.data();  // b1, b2, m, k, n, A strides (4), B strides (4), C strides (4), types (3)
@@ -148,8 +150,9 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
   const int64_t b1 = dims[0], m = dims[2];
   const bool by_batch = b1 > 1;
   const int64_t extent = by_batch ? b1 : m, unit = by_batch ? 1 : 16;
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), extent / unit));
-  const int64_t per = ((extent + threads - 1) / threads + unit - 1) / unit * unit;
+  // several chunks per thread: a thread that starts late or is preempted leaves its share to the others
+  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), extent / unit));
+  const int64_t per = ((extent + wanted - 1) / wanted + unit - 1) / unit * unit;
   const int64_t chunks = (extent + per - 1) / per;
   const int axis = by_batch ? 0 : 2;  // the dim the chunks cut
   const char* a_data = static_cast<const char*>(a.untyped_data());
