@@ -204,7 +204,7 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
             record = {"perf/compile_seconds": time.perf_counter() - compile_start}
             memory = compiled[patch_size].memory_analysis()
             buffers = MAX_STEPS_AHEAD + 2  # steps in flight, and the one whose buffer is being freed
-            if config.keep_host_memory and memory is not None and keep_freed_memory(
+            if config.get("keep_host_memory", True) and memory is not None and keep_freed_memory(
                     memory.temp_size_in_bytes, buffers, jax.default_backend()):
                 record["perf/keeps_host_memory"] = 1.0
             if patch_size is not None:
