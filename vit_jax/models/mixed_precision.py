@@ -121,7 +121,7 @@ def mixed_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, pr
         return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
     batch_shape, contracted = lhs.shape[: lhs.ndim - k], lhs.shape[lhs.ndim - k:]
     size = math.prod(contracted)
-    out = mixed_einsum("mk,kn->mn", lhs.reshape(-1, size), rhs.reshape(size, -1), None)
+    out = mixed_einsum("mk,kn->mn", lhs.reshape(-1, size), rhs.reshape(size, -1))
     return out.reshape(*batch_shape, *rhs.shape[k:])
 
 
@@ -133,12 +133,12 @@ def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
     encoder only picks this function without it)."""
     query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
     # float32 logits straight from the product: the softmax reads them without a conversion pass over
-    # (batch, heads, queries, keys) (ViT-Ti/16 bf16 inference: 30 of ~400 ms; BENCHMARKS.md, experiment 28)
+    # (batch, heads, queries, keys) (ViT-Ti/16 bf16 inference: 30 of ~400 ms of op time; BENCHMARKS.md, exp. 28)
     logits = mixed_einsum("bqhd,bkhd->bhqk", query, key, jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = softmax(logits, value.dtype)
-    return mixed_einsum("bhqk,bkhd->bqhd", weights, value, None)
+    return mixed_einsum("bhqk,bkhd->bqhd", weights, value)
 
 
 def is_bfloat16(dtype: Any) -> bool:
