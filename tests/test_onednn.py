@@ -1,10 +1,12 @@
-"""Products through oneDNN (`vit_jax.native.onednn`): every layout the models hand it against float64 NumPy, and
-whole models against XLA's own products (values and gradients)."""
+"""Products and softmax through oneDNN (`vit_jax.native.onednn`): every layout the models hand it, the fused
+epilogues (bias, activations, scale) and the softmax against float64 NumPy / SciPy, and whole models against XLA's
+own computations (values and gradients, and inference with the epilogues fused)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import special
 
 from vit_jax.models import create_model
 from vit_jax.native import onednn
@@ -33,6 +35,45 @@ def test_einsum_is_numpys_for_every_layout(rng, spec, a_shape, b_shape, dtype):
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+EPILOGUES = {  # float64 references
+    None: lambda h: h,
+    "gelu_erf": lambda h: h * 0.5 * (1.0 + special.erf(h / np.sqrt(2.0))),
+    "gelu_tanh": lambda h: 0.5 * h * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (h + 0.044715 * h**3))),
+    "quick_gelu": lambda h: h * special.expit(1.702 * h),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("activation", list(EPILOGUES))
+def test_bias_and_activation_applied_to_the_accumulator(rng, activation, dtype):
+    x, w, bias = (jnp.asarray(rng.standard_normal(s) / np.sqrt(s[0]), dtype) for s in ((37, 24), (24, 19), (19,)))
+    got = jax.jit(lambda x, w, b: onednn.einsum("mk,kn->mn", x, w, dtype, bias=b, activation=activation))(x, w, bias)
+    h = np.asarray(x, np.float64) @ np.asarray(w, np.float64) + np.asarray(bias, np.float64)
+    expected = EPILOGUES[activation](h)
+    rounding = 2.0**-8 if dtype == jnp.bfloat16 else 1e-6  # one rounding of the result (bf16: half an ulp)
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rounding, atol=1e-6)
+    with pytest.raises(ValueError, match="'relu'"):
+        onednn.einsum("mk,kn->mn", x, w, dtype, bias=bias, activation="relu")
+
+
+def test_scale_applied_to_the_accumulator(rng):
+    q, k = (jnp.asarray(rng.standard_normal((2, 5, 3, 8)), jnp.bfloat16) for _ in range(2))
+    got = jax.jit(lambda q, k: onednn.einsum("bqhd,bkhd->bhqk", q, k, jnp.float32, scale=0.3))(q, k)
+    expected = 0.3 * np.einsum("bqhd,bkhd->bhqk", np.asarray(q, np.float64), np.asarray(k, np.float64))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_softmax_is_the_normalised_exponential(rng, out_dtype):
+    logits = rng.standard_normal((2, 3, 5, 197)) * 4
+    logits[0, 0, 0, 7:] = np.finfo(np.float32).min  # a masked row: all weight on its first keys
+    got = jax.jit(lambda x: onednn.softmax(x, out_dtype))(jnp.asarray(logits, jnp.float32))
+    assert got.dtype == out_dtype
+    expected = special.softmax(logits, axis=-1)
+    rounding = 2.0**-8 if out_dtype == jnp.bfloat16 else 1e-6
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rounding, atol=1e-7)
+
+
 def test_einsum_declines_what_it_cannot_read_in_place(rng):
     a = jnp.ones((4, 6), jnp.float32)
     assert onednn.einsum("mk,kn->mn", a.astype(jnp.float16), a.T.astype(jnp.float16), jnp.float32) is None
@@ -46,7 +87,9 @@ def _tiny(dtype):
 
 @pytest.mark.parametrize("dtype, tolerance", [(None, 1e-4), (jnp.bfloat16, 0.05)])
 def test_a_model_on_onednn_matches_xlas_products(rng, dtype, tolerance):
-    """The same model, loss and gradients with oneDNN's products and with XLA's (oneDNN switched off)."""
+    """The same model, loss and gradients with oneDNN's products and with XLA's (oneDNN switched off); and its
+    inference, where the dense layers' bias and GELU are oneDNN's epilogues (differentiated, they are not: the
+    backward pass needs the pre-activation)."""
     model = _tiny(dtype)
     images = jnp.asarray(rng.uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 5, 4))
@@ -57,13 +100,19 @@ def test_a_model_on_onednn_matches_xlas_products(rng, dtype, tolerance):
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
     text = jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
-    assert onednn.MATMUL in text
+    assert onednn.MATMUL in text and onednn.SOFTMAX in text and onednn.MATMUL_BIAS not in text
     library = jax.jit(jax.value_and_grad(loss))(params)
+    infer = jax.jit(lambda p: model.apply({"params": p}, images, train=False))
+    assert onednn.MATMUL_BIAS in infer.lower(params).as_text()
+    fused = infer(params)
     with onednn.xla_products():
         text = jax.jit(jax.value_and_grad(lambda p: loss(p))).lower(params).as_text()
         xla = jax.jit(jax.value_and_grad(lambda p: loss(p)))(params)
-    assert onednn.MATMUL not in text
+        unfused = jax.jit(lambda p: model.apply({"params": p}, images, train=False))(params)
+    assert onednn.MATMUL not in text and onednn.SOFTMAX not in text
     assert abs(float(library[0]) - float(xla[0])) <= tolerance * abs(float(xla[0]))
+    np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(unfused, np.float32), rtol=0,
+                               atol=tolerance * float(jnp.abs(unfused).max()))
     for path, g in jax.tree_util.tree_leaves_with_path(xla[1]):
         got = dict(jax.tree_util.tree_leaves_with_path(library[1]))[path]
         scale = float(jnp.abs(g).max()) + 1e-6
@@ -73,9 +122,10 @@ def test_a_model_on_onednn_matches_xlas_products(rng, dtype, tolerance):
 def test_products_oneDNN_has_only_a_reference_kernel_for_stay_with_xla():
     """The kernel is asked for at trace time: a result written transposed gets only oneDNN's reference kernel
     (thousands of times slower), so `einsum` computes it swapped, and would decline it otherwise."""
-    dense, f32 = [48, 48, 6, 1], 3
-    fast = onednn.kernel(tuple([1, 1, 8, 4, 6] + [32, 32, 4, 1] + [24, 24, 6, 1] + dense + [f32] * 3))
-    transposed = onednn.kernel(tuple([1, 1, 8, 4, 6] + [32, 32, 4, 1] + [24, 24, 6, 1] + [48, 48, 1, 8] + [f32] * 3))
+    dense, f32, plain = [48, 48, 6, 1], 3, [0, 0, int(np.float32(1).view(np.int32))]  # no bias, activation, scale
+    product = [onednn._MATMUL, 1, 1, 8, 4, 6, 32, 32, 4, 1, 24, 24, 6, 1]
+    fast = onednn.kernel(tuple(product + dense + [f32] * 3 + plain))
+    transposed = onednn.kernel(tuple(product + [48, 48, 1, 8] + [f32] * 3 + plain))
     assert fast.startswith(onednn._FAST) and transposed.startswith("ref")
     a, b = jnp.ones((4, 8)), jnp.ones((4, 6))
     assert onednn.einsum("km,kn->nm", a, b, jnp.float32, swapped=True) is None  # the transposed form itself

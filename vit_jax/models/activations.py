@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -75,3 +76,17 @@ def _quick_gelu_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
 
 
 quick_gelu.defvjp(_quick_gelu_fwd, _quick_gelu_bwd)
+
+
+# by name: what a dense layer's fused epilogue (`vit_jax.models.mixed_precision.dense_product`) and oneDNN's
+# post-ops (`vit_jax.native.onednn.ACTIVATIONS`) call them
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_erf": functools.partial(gelu, approximate=False),
+    "gelu_tanh": functools.partial(gelu, approximate=True),
+    "quick_gelu": quick_gelu,
+}
+
+
+def activation_name(approximate: bool, quick: bool) -> str:
+    """The MLP's activation in `ACTIVATIONS`, from the encoder's options."""
+    return "quick_gelu" if quick else ("gelu_tanh" if approximate else "gelu_erf")

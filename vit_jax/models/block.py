@@ -6,13 +6,14 @@ Parameter names are vision_transformer's (`LayerNorm_0`, `MultiHeadDotProductAtt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models.activations import gelu, quick_gelu
+from vit_jax.models.activations import ACTIVATIONS, activation_name
 from vit_jax.models.attention import attention_function
 from vit_jax.models.blas import dense_dot_general
 from vit_jax.models.encoder_options import EncoderOptions
@@ -42,18 +43,19 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         dot_general = dense_dot_general(self.dtype, self.matmul)
-        # bias gradients as products wherever the products are vit_jax's own (as in the attention layer)
-        dense = lambda features, name: (MixedDense if dot_general is mixed_dot_general else nn.Dense)(
-            features,
-            dtype=self.dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6),
-            dot_general=dot_general,
-            name=name,
-        )
+
+        def dense(features: int, name: str, activation: str | None = None) -> Callable[[jax.Array], jax.Array]:
+            kwargs = dict(dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+                          bias_init=nn.initializers.normal(stddev=1e-6), dot_general=dot_general, name=name)
+            if dot_general is mixed_dot_general:  # vit_jax's own products (as in the attention layer): bias
+                # gradients as products, the activation in the product's pass where it can be (`dense_product`)
+                return MixedDense(features, activation=activation, **kwargs)
+            layer = nn.Dense(features, **kwargs)
+            return layer if activation is None else lambda x: ACTIVATIONS[activation](layer(x))
+
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
-        x = constrain_hidden(dense(self.mlp_dim, "Dense_0")(x), self.activation_sharding)
-        x = quick_gelu(x) if self.quick_gelu else gelu(x, approximate=self.gelu_approximate)
+        x = dense(self.mlp_dim, "Dense_0", activation_name(self.gelu_approximate, self.quick_gelu))(x)
+        x = constrain_hidden(x, self.activation_sharding)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         x = dense(out_dim, "Dense_1")(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)

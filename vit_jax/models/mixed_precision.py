@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -26,12 +27,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from vit_jax import native
+from vit_jax.models.activations import ACTIVATIONS
 from vit_jax.models.softmax import softmax
 from vit_jax.native import onednn
 
 
-def _product(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any) -> jax.Array:
-    """`jnp.einsum(spec, a, b)` as one `[batch, m, k] x [batch, k, n]` (or `[batch, n, k]`, when `b` comes that
+def _product(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any, scale: float = 1.0) -> jax.Array:
+    """`scale * jnp.einsum(spec, a, b)` as one `[batch, m, k] x [batch, k, n]` (or `[batch, n, k]`, when `b` comes that
     way) bf16 product with float32 accumulation.
 
     The operands are transposed into that form where XLA cannot fold the transposes into the dot's dimension
@@ -39,7 +41,7 @@ def _product(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any) -> jax.Array
     gradients have): by vit_jax's native transpose (`vit_jax.native`) for a 2-D swap, after which the product
     stays bf16, else behind an optimisation barrier, after which XLA:CPU computes the product in float32
     (correct, about 2.5x slower: BENCHMARKS.md, experiment 17)."""
-    library = onednn.einsum(spec, a, b, out_dtype)
+    library = onednn.einsum(spec, a, b, out_dtype, scale=scale)
     if library is not None:
         return library
     operands, out = spec.split("->")
@@ -73,29 +75,34 @@ def _product(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any) -> jax.Array
     result = lax.dot_general(a2, b2, dims, preferred_element_type=jnp.float32)
     result = result.reshape([sizes[i] for i in batch + a_free + b_free])
     result = jnp.transpose(result, [(batch + a_free + b_free).index(i) for i in out])
-    return result.astype(out_dtype)
+    return (result if scale == 1.0 else result * jnp.float32(scale)).astype(out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any = None) -> jax.Array:
-    """`jnp.einsum(spec, a, b)` for a two-operand product with no index summed inside one operand: bf16 x bf16
-    with float32 accumulation, rounded to `out_dtype` (None: `a.dtype`); its gradients are the two transposed
-    products, in the same form."""
-    return _product(spec, a, b, out_dtype or a.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
+def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any = None, scale: float = 1.0) -> jax.Array:
+    """`scale * jnp.einsum(spec, a, b)` for a two-operand product with no index summed inside one operand: bf16 x
+    bf16 with float32 accumulation, scaled in float32 and rounded to `out_dtype` (None: `a.dtype`); its gradients
+    are the two transposed products, in the same form (and scale)."""
+    return _product(spec, a, b, out_dtype or a.dtype, scale)
 
 
-def _mixed_einsum_fwd(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any
+def _mixed_einsum_fwd(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any, scale: float
                       ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return mixed_einsum(spec, a, b, out_dtype), (a, b)
+    return mixed_einsum(spec, a, b, out_dtype, scale), (a, b)
 
 
-def _mixed_einsum_bwd(spec: str, out_dtype: Any, residuals: tuple[jax.Array, jax.Array], g: jax.Array
-                      ) -> tuple[jax.Array, jax.Array]:
+def _mixed_einsum_bwd(spec: str, out_dtype: Any, scale: float, residuals: tuple[jax.Array, jax.Array],
+                      g: jax.Array) -> tuple[jax.Array, jax.Array]:
     a, b = residuals
     operands, out = spec.split("->")
     a_spec, b_spec = operands.split(",")
     g = g.astype(a.dtype)
-    return _product(f"{out},{b_spec}->{a_spec}", g, b, a.dtype), _product(f"{a_spec},{out}->{b_spec}", a, g, b.dtype)
+    da, db = _product(f"{out},{b_spec}->{a_spec}", g, b, a.dtype), _product(f"{a_spec},{out}->{b_spec}", a, g, b.dtype)
+    if scale == 1.0:
+        return da, db
+    # scaled where XLA fuses it into their consumers: as a post-op on a bf16 result, oneDNN's products run 10-30%
+    # slower (the logits' float32 forward product takes it at no cost)
+    return (da * jnp.asarray(scale, da.dtype)).astype(da.dtype), (db * jnp.asarray(scale, db.dtype)).astype(db.dtype)
 
 
 mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
@@ -131,10 +138,9 @@ def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
     `mixed_einsum`, the softmax in float32. For flax's `MultiHeadDotProductAttention(attention_fn=...)`; `mask`
     (broadcastable to `(batch, heads, queries, keys)`, True: attend) as flax's; no attention dropout (the
     encoder only picks this function without it)."""
-    query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
-    # float32 logits straight from the product: the softmax reads them without a conversion pass over
-    # (batch, heads, queries, keys) (ViT-Ti/16 bf16 inference: 30 of ~400 ms of op time; BENCHMARKS.md, exp. 28)
-    logits = mixed_einsum("bqhd,bkhd->bhqk", query, key, jnp.float32)
+    # float32 logits straight from the product, scaled by 1/sqrt(head_dim) on its float32 accumulator: no pass of
+    # their own for the conversion (BENCHMARKS.md, exp. 28) or for scaling the queries (exp. 30)
+    logits = mixed_einsum("bqhd,bkhd->bhqk", query, key, jnp.float32, 1.0 / math.sqrt(query.shape[-1]))
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = softmax(logits, value.dtype)
@@ -168,17 +174,70 @@ def _add_bias_bwd(shape: tuple[int, ...], g: jax.Array) -> tuple[jax.Array, jax.
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def library_unless_differentiated(unfused: Callable[..., Any], library: Callable[..., Any], operands: tuple) -> Any:
+    """`library(*operands)` where nothing differentiates it and it is not None, else `unfused(*operands)`: the
+    same function, computed in fewer passes where only its value is wanted (inference, evaluation), and in the
+    form whose intermediates the backward pass needs where it is differentiated."""
+    out = library(*operands)
+    return unfused(*operands) if out is None else out
+
+
+def _library_fwd(unfused: Callable[..., Any], library: Callable[..., Any], operands: tuple) -> tuple[Any, Any]:
+    return jax.vjp(unfused, *operands)
+
+
+def _library_bwd(unfused: Callable[..., Any], library: Callable[..., Any], pullback: Any, g: Any) -> tuple[Any]:
+    return (pullback(g),)
+
+
+library_unless_differentiated.defvjp(_library_fwd, _library_bwd)
+
+
+def dense_product(inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None, dot_general: Any,
+                  contracted: int = 1, activation: str | None = None, precision: Any = None) -> jax.Array:
+    """`activation(inputs @ kernel + bias)`, `inputs`' trailing `contracted` axes against `kernel`'s leading ones
+    (`activation` a name in `vit_jax.models.activations.ACTIVATIONS`, or None).
+
+    Evaluated without gradients (inference, evaluation) with vit_jax's products on oneDNN, the bias and the
+    activation are oneDNN post-ops on the float32 accumulator: the layer's output is written once, rounded once,
+    instead of a product, a bias pass and an activation pass over it (the erf GELU alone was ~9% of a ViT-Ti/16
+    bf16 inference step; BENCHMARKS.md, experiment 30). Differentiated, the forward pass is the unfused one, whose
+    pre-activation the backward pass needs."""
+    dims = ((tuple(range(inputs.ndim - contracted, inputs.ndim)), tuple(range(contracted))), ((), ()))
+
+    def unfused(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+        y = dot_general(x, w, dims, precision=precision)
+        if b is not None:
+            y = add_bias(y, b) if dot_general is mixed_dot_general else y + b
+        return y if activation is None else ACTIVATIONS[activation](y)
+
+    if bias is None or dot_general is not mixed_dot_general:
+        return unfused(inputs, kernel, bias)
+
+    def fused(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array | None:
+        size = math.prod(x.shape[x.ndim - contracted:])
+        out = onednn.einsum("mk,kn->mn", x.reshape(-1, size), w.reshape(size, -1), x.dtype, bias=b,
+                            activation=activation)
+        return None if out is None else out.reshape(*x.shape[: x.ndim - contracted], *w.shape[contracted:])
+
+    return library_unless_differentiated(unfused, fused, (inputs, kernel, bias))
+
+
 class MixedDense(nn.Dense):
-    """flax's `Dense` (same parameters, initialisers and names) with `add_bias`: for bf16 layers."""
+    """flax's `Dense` (same parameters, initialisers and names) through `dense_product`: bias gradients as
+    products, and `activation` (a name in `vit_jax.models.activations.ACTIVATIONS`) applied to its output, in
+    the product's pass where it can be. For vit_jax's own products (`mixed_dot_general`)."""
+
+    activation: str | None = None
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        dot_general = self.dot_general or lax.dot_general
-        y = dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision)
-        return y if bias is None else add_bias(y, bias)
+        return dense_product(inputs, kernel, bias, self.dot_general or lax.dot_general, activation=self.activation,
+                             precision=self.precision)
 
 
 def on_flat_shape(init: Any, flat: tuple[int, ...]) -> Any:
@@ -206,7 +265,5 @@ class MixedDenseGeneral(nn.DenseGeneral):
         if self.use_bias:
             bias = self.param("bias", on_flat_shape(self.bias_init, flat[1:]), features, self.param_dtype)
         inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        dot_general = self.dot_general or lax.dot_general
-        contract = (axis, tuple(range(len(axis))))
-        y = dot_general(inputs, kernel, (contract, ((), ())), precision=self.precision)
-        return y if bias is None else add_bias(y, bias)
+        return dense_product(inputs, kernel, bias, self.dot_general or lax.dot_general, contracted=len(axis),
+                             precision=self.precision)

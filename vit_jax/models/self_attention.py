@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vit_jax.models.mixed_precision import MixedDenseGeneral, add_bias, mixed_dot_general, on_flat_shape
+from vit_jax.models.mixed_precision import (
+    MixedDenseGeneral,
+    dense_product,
+    library_unless_differentiated,
+    mixed_dot_general,
+    on_flat_shape,
+)
+from vit_jax.native import onednn
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -57,7 +64,7 @@ class MultiHeadDotProductAttention(nn.Module):
         common = dict(dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
         projections = [HeadsProjection(head_shape, self.qkv_bias, self.kernel_init, self.bias_init, name=name)(width)
                        for name in ("query", "key", "value")]
-        query, key, value = fused_projection(x, projections, self.dtype, self.qkv_dot_general, mixed)
+        query, key, value = fused_projection(x, projections, self.dtype, self.qkv_dot_general)
         dropout = self.dropout_rate > 0.0 and not deterministic
         kwargs = dict(mask=mask, dropout_rng=self.make_rng("dropout") if dropout else None,
                       dropout_rate=self.dropout_rate, broadcast_dropout=False, deterministic=not dropout,
@@ -91,18 +98,31 @@ class HeadsProjection(nn.Module):
 
 
 def fused_projection(x: jax.Array, projections: list[tuple[jax.Array, jax.Array | None]], dtype: Any,
-                     dot_general: Any, mixed: bool) -> list[jax.Array]:
+                     dot_general: Any) -> list[jax.Array]:
     """`x @ kernel + bias` for each `(kernel (D, H, hd), bias)` as one product with the kernels side by side:
     on ViT-Ti's shapes one `6304 x 192 x 576` product runs at 1.7x the speed of three `6304 x 192 x 192` ones
-    (BENCHMARKS.md)."""
-    kernels = [kernel.reshape(kernel.shape[0], -1) for kernel, _ in projections]
-    kernel = jnp.concatenate(kernels, axis=1)
-    biases = [bias for _, bias in projections]
-    bias = None if biases[0] is None else jnp.concatenate([b.reshape(-1) for b in biases])
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
-    y = (dot_general or lax.dot_general)(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-    if bias is not None:
-        y = add_bias(y, bias) if mixed else y + bias
-    splits = list(itertools.accumulate(k.shape[1] for k in kernels))[:-1]
-    return [part.reshape(*x.shape[:-1], *projection[0].shape[1:])
-            for part, projection in zip(jnp.split(y, splits, axis=-1), projections)]
+    (XLA's products; BENCHMARKS.md, experiment 22). Not differentiated, with oneDNN's products, they are three
+    products instead, each writing its own output: oneDNN's narrower products cost less than XLA's copies of
+    the three column slices the attention's products need as whole buffers (experiment 30)."""
+    x, *arrays = nn.dtypes.promote_dtype(x, *itertools.chain.from_iterable(
+        (kernel.reshape(kernel.shape[0], -1), None if bias is None else bias.reshape(-1))
+        for kernel, bias in projections), dtype=dtype)
+    flat = list(zip(arrays[::2], arrays[1::2]))
+    dot_general = dot_general or lax.dot_general
+    shapes = [(*x.shape[:-1], *kernel.shape[1:]) for kernel, _ in projections]
+
+    def side_by_side(x: jax.Array, flat: list[tuple[jax.Array, jax.Array | None]]) -> list[jax.Array]:
+        kernel = jnp.concatenate([k for k, _ in flat], axis=1)
+        bias = None if flat[0][1] is None else jnp.concatenate([b for _, b in flat])
+        y = dense_product(x, kernel, bias, dot_general)
+        splits = list(itertools.accumulate(k.shape[1] for k, _ in flat))[:-1]
+        return [part.reshape(shape) for part, shape in zip(jnp.split(y, splits, axis=-1), shapes)]
+
+    def one_by_one(x: jax.Array, flat: list[tuple[jax.Array, jax.Array | None]]) -> list[jax.Array] | None:
+        rows = x.reshape(-1, x.shape[-1])
+        parts = [onednn.einsum("mk,kn->mn", rows, k, x.dtype, bias=b) for k, b in flat]
+        return None if any(p is None for p in parts) else [p.reshape(s) for p, s in zip(parts, shapes)]
+
+    if dot_general is not mixed_dot_general:
+        return side_by_side(x, flat)
+    return library_unless_differentiated(side_by_side, one_by_one, (x, flat))

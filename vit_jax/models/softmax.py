@@ -5,6 +5,10 @@
 of `1 / sum²` over the whole `(batch, heads, queries, keys)` tensor. The softmax's own derivative,
 `dx = y * (g - sum(g * y))`, is one pass over the saved output `y`: for bf16 attention that output is the bf16
 weights the value product keeps anyway.
+
+Where oneDNN is in use (`vit_jax.native.onednn`), the forward pass is its softmax: one pass over each row, where
+XLA:CPU takes the row maxima and sums through trees of `reduce-window`s, a pass each (ViT-Ti/16 bf16 inference:
+34 of ~270 ms of op time; BENCHMARKS.md, experiment 30).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vit_jax.native import onednn
+
 
 def softmax(logits: jax.Array, dtype: Any = None) -> jax.Array:
     """Softmax over the last axis, computed in float32 (at least) and returned in `dtype` (None: the logits')."""
@@ -23,6 +29,9 @@ def softmax(logits: jax.Array, dtype: Any = None) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _softmax(logits: jax.Array, logits_dtype: Any, dtype: Any) -> jax.Array:
+    library = onednn.softmax(logits, dtype)
+    if library is not None:
+        return library
     x = logits.astype(jnp.promote_types(logits_dtype, jnp.float32))
     unnormalized = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
     return (unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)).astype(dtype)

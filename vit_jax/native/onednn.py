@@ -27,6 +27,8 @@ import numpy as np
 from vit_jax import native
 
 MATMUL = "vit_jax_matmul"
+MATMUL_BIAS = "vit_jax_matmul_bias"  # activation(product + bias) in the product's pass
+SOFTMAX = "vit_jax_softmax"
 DISTRIBUTION = "onednn-cpu-gomp"
 SWITCH = "VIT_JAX_ONEDNN"  # "0": keep XLA's products
 
@@ -61,6 +63,8 @@ def loaded() -> bool:
                         "used", path)
         return False
     jax.ffi.register_ffi_target(MATMUL, jax.ffi.pycapsule(library.VitJaxMatmul), platform="cpu")
+    jax.ffi.register_ffi_target(MATMUL_BIAS, jax.ffi.pycapsule(library.VitJaxMatmulBias), platform="cpu")
+    jax.ffi.register_ffi_target(SOFTMAX, jax.ffi.pycapsule(library.VitJaxSoftmax), platform="cpu")
     return True
 
 
@@ -86,15 +90,18 @@ def usable() -> bool:
 
 
 _DNNL_TYPES = {"bfloat16": 2, "float32": 3}  # oneDNN's dnnl_data_type_t
+# the activations oneDNN applies after the bias (onednn_matmul.cc's codes; `vit_jax.models.activations` names them)
+ACTIVATIONS = {None: 0, "gelu_erf": 1, "gelu_tanh": 2, "quick_gelu": 3}
 _FAST = ("brg", "gemm:jit", "jit")  # kernel names oneDNN gives its optimised implementations
+_MATMUL, _SOFTMAX = 0, 1  # the primitive kinds of onednn_matmul.cc's keys
 
 
 @functools.lru_cache(maxsize=4096)
 def kernel(key: tuple[int, ...]) -> str:
-    """The name of oneDNN's kernel for a product (dims, strides, types as the custom call gets them), "" for
-    none; asked at trace time."""
+    """The name of oneDNN's kernel for a primitive (its kind, then dims, strides, types... as the custom call
+    makes them: onednn_matmul.cc), "" for none; asked at trace time."""
     name = ctypes.create_string_buffer(256)
-    found = native.extension().vit_jax_onednn_kernel((ctypes.c_int64 * len(key))(*key), name, len(name))
+    found = native.extension().vit_jax_onednn_kernel((ctypes.c_int64 * len(key))(*key), len(key), name, len(name))
     return name.value.decode() if found else ""
 
 
@@ -115,12 +122,22 @@ def _group(indices: list[str], strides: list[dict[str, int]], sizes: dict[str, i
     return math.prod(sizes[i] for i in indices), [operand.get(indices[-1], 0) for operand in strides]
 
 
-def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped: bool = False) -> jax.Array | None:
-    """`jnp.einsum(spec, a, b)` accumulated in float32 and written as `out_dtype`, by oneDNN, reading both
+def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped: bool = False,
+           bias: jax.Array | None = None, activation: str | None = None, scale: float = 1.0) -> jax.Array | None:
+    """`scale * jnp.einsum(spec, a, b)` accumulated in float32 and written as `out_dtype`, by oneDNN, reading both
     operands and writing the result in place whatever their layouts; None where that is not possible (see the
-    module docstring, or index groups that are not evenly strided, or more than two batch groups)."""
-    if not usable() or a.dtype != b.dtype or any(jnp.dtype(t).name not in _DNNL_TYPES for t in (a.dtype, out_dtype)):
+    module docstring, or index groups that are not evenly strided, or more than two batch groups). With `bias`
+    (over the result's columns: the indices of `b` alone, flattened) and `activation` (a name in `ACTIVATIONS`),
+    `activation(product + bias)`; the scale, the bias and the activation are applied to the float32 accumulator
+    before the result is written (a scale with a bias is refused: oneDNN would scale the sum)."""
+    types = (a.dtype, out_dtype) if bias is None else (a.dtype, out_dtype, bias.dtype)
+    if not usable() or a.dtype != b.dtype or any(jnp.dtype(t).name not in _DNNL_TYPES for t in types):
         return None
+    if activation not in ACTIVATIONS or (activation is not None and bias is None):
+        raise ValueError(f"activation must be one of {sorted(k for k in ACTIVATIONS if k)} with a bias, or None; "
+                         f"got {activation!r}" + ("" if bias is not None else " without a bias"))
+    if scale != 1.0 and bias is not None:
+        raise ValueError(f"a scale ({scale}) is applied to products without a bias; got a bias of shape {bias.shape}")
     operands, out = spec.replace(" ", "").split("->")
     a_spec, b_spec = operands.split(",")
     sizes = {**dict(zip(a_spec, a.shape)), **dict(zip(b_spec, b.shape))}
@@ -147,8 +164,10 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     if len(batch_groups) > 2 or any(g is None for g in groups):
         return None
     (b1, s1), (b2, s2), (m, sm), (k, sk), (n, sn) = groups  # type: ignore[misc]
+    if bias is not None and (bias.size != n or sn[2] != 1):
+        return None  # the bias runs along the result's contiguous columns only
     if n > 1 and sn[2] != 1:  # oneDNN writes a transposed result slowly (a reference kernel): C^T = B^T A^T
-        return None if swapped else einsum(f"{b_spec},{a_spec}->{out}", b, a, out_dtype, swapped=True)
+        return None if swapped else einsum(f"{b_spec},{a_spec}->{out}", b, a, out_dtype, swapped=True, scale=scale)
     a_strides = [s1[0], s2[0], sm[0], sk[0]]
     b_strides = [s1[1], s2[1], sk[1], sn[1]]
     c_strides = [s1[2], s2[2], sm[2], sn[2]]
@@ -158,9 +177,29 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     b_strides = [s if d > 1 else e for s, d, e in zip(b_strides, (b1, b2, k, n), _strides((b1, b2, k, n)))]
     c_strides = [s if d > 1 else e for s, d, e in zip(c_strides, (b1, b2, m, n), _strides((b1, b2, m, n)))]
     types = [_DNNL_TYPES[jnp.dtype(t).name] for t in (a.dtype, b.dtype, out_dtype)]
-    if not kernel(tuple(dims + a_strides + b_strides + c_strides + types)).startswith(_FAST):
+    scale = float(np.float32(scale))
+    epilogue = [0 if bias is None else _DNNL_TYPES[jnp.dtype(bias.dtype).name], ACTIVATIONS[activation],
+                int(np.float32(scale).view(np.int32))]
+    if not kernel(tuple([_MATMUL] + dims + a_strides + b_strides + c_strides + types + epilogue)).startswith(_FAST):
         return None  # no kernel, or only a reference one: XLA's product is faster
     as_attr = lambda values: np.asarray(values, np.int64)
-    call = jax.ffi.ffi_call(MATMUL, jax.ShapeDtypeStruct(out_shape, out_dtype), vmap_method="sequential")
-    return call(a, b, dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),
-                c_strides=as_attr(c_strides))
+    strides = dict(dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),
+                   c_strides=as_attr(c_strides))
+    result = jax.ShapeDtypeStruct(out_shape, out_dtype)
+    if bias is None:
+        return jax.ffi.ffi_call(MATMUL, result, vmap_method="sequential")(a, b, **strides, scale=np.float32(scale))
+    call = jax.ffi.ffi_call(MATMUL_BIAS, result, vmap_method="sequential")
+    return call(a, b, bias.reshape(-1), **strides, activation=np.int64(ACTIVATIONS[activation]))
+
+
+def softmax(x: jax.Array, out_dtype: jnp.dtype) -> jax.Array | None:
+    """Softmax over the last axis by oneDNN (one pass over each row, float32 inside, written as `out_dtype`);
+    None where oneDNN is not in use or has no optimised kernel for it."""
+    types = [jnp.dtype(t).name for t in (x.dtype, out_dtype)]
+    if not usable() or x.ndim == 0 or x.size == 0 or any(t not in _DNNL_TYPES for t in types):
+        return None
+    n = x.shape[-1]
+    key = (_SOFTMAX, x.size // n, n, _DNNL_TYPES[types[0]], _DNNL_TYPES["float32"])  # float32 out, then rounded
+    if not kernel(key).startswith(_FAST):
+        return None
+    return jax.ffi.ffi_call(SOFTMAX, jax.ShapeDtypeStruct(x.shape, out_dtype), vmap_method="sequential")(x)

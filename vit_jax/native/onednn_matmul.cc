@@ -1,5 +1,8 @@
-// vit_jax_matmul: C[b1, b2, m, n] = sum_k A[b1, b2, m, k] B[b1, b2, k, n] by oneDNN's matmul primitive
-// (registered and driven by vit_jax/native/onednn.py).
+// vit_jax_matmul: C[b1, b2, m, n] = scale sum_k A[b1, b2, m, k] B[b1, b2, k, n] by oneDNN's matmul primitive
+// (registered and driven by vit_jax/native/onednn.py); vit_jax_matmul_bias: C = activation(A B + bias[n]), the
+// bias, the scale and the activation applied by oneDNN to the float32 accumulator before C is written (a dense
+// layer's forward pass in one pass over its output); vit_jax_softmax: a softmax over the last axis by oneDNN's
+// softmax primitive (float32 or bf16 in and out), one pass over each row.
 //
 // Each operand is addressed through four strides (in elements), so an einsum's operands are read where they lie:
 // transposed weight-gradient operands and attention's (batch, tokens, heads, head_dim) layouts need no copies.
@@ -37,7 +40,12 @@ struct OneDnn {
   decltype(&dnnl_primitive_attr_create) attr_create;
   decltype(&dnnl_primitive_attr_destroy) attr_destroy;
   decltype(&dnnl_primitive_attr_set_scratchpad_mode) attr_set_scratchpad_mode;
+  decltype(&dnnl_primitive_attr_set_post_ops) attr_set_post_ops;
+  decltype(&dnnl_post_ops_create) post_ops_create;
+  decltype(&dnnl_post_ops_append_eltwise) post_ops_append_eltwise;
+  decltype(&dnnl_post_ops_destroy) post_ops_destroy;
   decltype(&dnnl_matmul_primitive_desc_create) matmul_primitive_desc_create;
+  decltype(&dnnl_softmax_forward_primitive_desc_create) softmax_primitive_desc_create;
   decltype(&dnnl_primitive_desc_query_md) primitive_desc_query_md;
   decltype(&dnnl_primitive_desc_query) primitive_desc_query;
   decltype(&dnnl_primitive_desc_destroy) primitive_desc_destroy;
@@ -50,10 +58,10 @@ struct OneDnn {
 OneDnn g_dnnl;
 dnnl_engine_t g_engine = nullptr;
 
-// One compiled product: its primitive and the descriptors its memory objects are made from.
+// One compiled primitive (a product or a softmax): its memory objects' descriptors (src a, weights b, dst c).
 struct Product {
   dnnl_primitive_t primitive = nullptr;
-  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr;
+  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr, bias = nullptr;
   const_dnnl_memory_desc_t scratchpad = nullptr;
   size_t scratchpad_bytes = 0;
 };
@@ -64,26 +72,89 @@ std::map<std::vector<int64_t>, Product>* g_products = new std::map<std::vector<i
 bool Ok(dnnl_status_t status) { return status == dnnl_success; }
 
 constexpr int64_t kChunksPerThread = 4;
+// A primitive's key: its kind, then for a product (kMatmulKeySize values) b1, b2, m, k, n, A strides (4), B strides
+// (4), C strides (4), types (3), bias type, activation, the scale's float bits; for a softmax rows, n, types (2).
+enum Kind : int64_t { kMatmul = 0, kSoftmax = 1 };
+constexpr size_t kMatmulKeySize = 24, kSoftmaxKeySize = 5;
+constexpr int64_t kScratchFloats = 64 * 1024;  // a softmax chunk's float32 weights before rounding: 256 KiB
 
-// The product's descriptor for `key`, made on the calling thread with one OpenMP thread (nullptr: oneDNN has none).
-dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product) {
-  const int64_t* d = key.data();  // b1, b2, m, k, n, A strides (4), B strides (4), C strides (4), types (3)
-  dnnl_dims_t a_dims = {d[0], d[1], d[2], d[3]}, b_dims = {d[0], d[1], d[3], d[4]}, c_dims = {d[0], d[1], d[2], d[4]};
-  dnnl_dims_t a_strides = {d[5], d[6], d[7], d[8]}, b_strides = {d[9], d[10], d[11], d[12]},
-              c_strides = {d[13], d[14], d[15], d[16]};
+// vit_jax's activation codes (vit_jax/native/onednn.py's ACTIVATIONS) as oneDNN's eltwise post-ops.
+bool AppendActivation(dnnl_post_ops_t post_ops, int64_t activation) {
+  switch (activation) {
+    case 1: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_gelu_erf, 0.f, 0.f));
+    case 2: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_gelu_tanh, 0.f, 0.f));
+    case 3: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_swish, 1.702f, 0.f));  // quick GELU
+    default: return false;
+  }
+}
+
+// The primitive attributes: a user scratchpad; the scale (1: none) and the activation (0: none) as post-ops.
+bool SetAttributes(dnnl_primitive_attr_t attr, float scale, int64_t activation) {
+  if (!Ok(g_dnnl.attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user))) return false;
+  if (activation == 0 && scale == 1.f) return true;
+  dnnl_post_ops_t post_ops = nullptr;
+  if (!Ok(g_dnnl.post_ops_create(&post_ops))) return false;
+  const bool ok = (scale == 1.f || Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_linear, scale, 0.f))) &&
+                  (activation == 0 || AppendActivation(post_ops, activation)) &&
+                  Ok(g_dnnl.attr_set_post_ops(attr, post_ops));
+  g_dnnl.post_ops_destroy(post_ops);
+  return ok;
+}
+
+int64_t FloatBits(float value) {
+  int32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
+
+float BitsFloat(int64_t bits) {
+  const int32_t narrow = static_cast<int32_t>(bits);
+  float value;
+  std::memcpy(&value, &narrow, sizeof value);
+  return value;
+}
+
+// A softmax over the last axis of contiguous (rows, n) data, `key` = {kSoftmax, rows, n, src type, dst type}.
+dnnl_primitive_desc_t DescribeSoftmax(const std::vector<int64_t>& key, Product& product) {
+  const int64_t* d = key.data() + 1;
+  dnnl_dims_t dims = {d[0], d[1]}, strides = {d[1], 1};
   dnnl_primitive_attr_t attr = nullptr;
   dnnl_primitive_desc_t desc = nullptr;
-  g_dnnl.omp_set_num_threads(1);  // oneDNN sizes its blocking by the threads it will have
-  bool ok = Ok(g_dnnl.memory_desc_create_with_strides(&product.a, 4, a_dims, dnnl_data_type_t(d[17]), a_strides)) &&
-            Ok(g_dnnl.memory_desc_create_with_strides(&product.b, 4, b_dims, dnnl_data_type_t(d[18]), b_strides)) &&
-            Ok(g_dnnl.memory_desc_create_with_strides(&product.c, 4, c_dims, dnnl_data_type_t(d[19]), c_strides)) &&
-            Ok(g_dnnl.attr_create(&attr)) && Ok(g_dnnl.attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) &&
-            Ok(g_dnnl.matmul_primitive_desc_create(&desc, g_engine, product.a, product.b, nullptr, product.c, attr));
+  const bool ok = Ok(g_dnnl.memory_desc_create_with_strides(&product.a, 2, dims, dnnl_data_type_t(d[2]), strides)) &&
+                  Ok(g_dnnl.memory_desc_create_with_strides(&product.c, 2, dims, dnnl_data_type_t(d[3]), strides)) &&
+                  Ok(g_dnnl.attr_create(&attr)) && SetAttributes(attr, 1.f, 0) &&
+                  Ok(g_dnnl.softmax_primitive_desc_create(&desc, g_engine, dnnl_forward_inference,
+                                                          dnnl_softmax_accurate, product.a, product.c, 1, attr));
   if (attr != nullptr) g_dnnl.attr_destroy(attr);
   return ok ? desc : nullptr;
 }
 
-// The product of `key` (chunk dims, strides, types), created on first use by the calling (single-threaded) thread.
+// The primitive's descriptor for `key`, made on the calling thread with one OpenMP thread (nullptr: oneDNN has none).
+dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product) {
+  g_dnnl.omp_set_num_threads(1);  // oneDNN sizes its blocking by the threads it will have
+  if (key.size() == kSoftmaxKeySize && key[0] == kSoftmax) return DescribeSoftmax(key, product);
+  if (key.size() != kMatmulKeySize || key[0] != kMatmul) return nullptr;
+  const int64_t* d = key.data() + 1;  // see kMatmulKeySize
+  dnnl_dims_t a_dims = {d[0], d[1], d[2], d[3]}, b_dims = {d[0], d[1], d[3], d[4]}, c_dims = {d[0], d[1], d[2], d[4]};
+  dnnl_dims_t a_strides = {d[5], d[6], d[7], d[8]}, b_strides = {d[9], d[10], d[11], d[12]},
+              c_strides = {d[13], d[14], d[15], d[16]};
+  dnnl_dims_t bias_dims = {1, 1, 1, d[4]}, bias_strides = {d[4], d[4], d[4], 1};
+  const bool biased = d[20] != dnnl_data_type_undef;
+  dnnl_primitive_attr_t attr = nullptr;
+  dnnl_primitive_desc_t desc = nullptr;
+  bool ok = Ok(g_dnnl.memory_desc_create_with_strides(&product.a, 4, a_dims, dnnl_data_type_t(d[17]), a_strides)) &&
+            Ok(g_dnnl.memory_desc_create_with_strides(&product.b, 4, b_dims, dnnl_data_type_t(d[18]), b_strides)) &&
+            Ok(g_dnnl.memory_desc_create_with_strides(&product.c, 4, c_dims, dnnl_data_type_t(d[19]), c_strides)) &&
+            (!biased || Ok(g_dnnl.memory_desc_create_with_strides(&product.bias, 4, bias_dims,
+                                                                   dnnl_data_type_t(d[20]), bias_strides))) &&
+            Ok(g_dnnl.attr_create(&attr)) && SetAttributes(attr, BitsFloat(d[22]), d[21]) &&
+            Ok(g_dnnl.matmul_primitive_desc_create(&desc, g_engine, product.a, product.b, product.bias, product.c,
+                                                   attr));
+  if (attr != nullptr) g_dnnl.attr_destroy(attr);
+  return ok ? desc : nullptr;
+}
+
+// The primitive of `key` (a chunk's), created on first use by the calling (single-threaded) thread.
 const Product* GetProduct(const std::vector<int64_t>& key) {
   std::lock_guard<std::mutex> lock(g_products_mutex);
   auto found = g_products->find(key);
@@ -96,8 +167,9 @@ const Product* GetProduct(const std::vector<int64_t>& key) {
   return &g_products->emplace(key, product).first->second;
 }
 
-// Runs one chunk on the calling thread: its own stream and scratchpad, memory objects around XLA's buffers.
-bool Execute(const std::vector<int64_t>& key, const void* a, const void* b, void* c) {
+// Runs one chunk on the calling thread: its own stream and scratchpad, memory objects around XLA's buffers
+// (`b`, `bias` nullptr where the primitive has none).
+bool Execute(const std::vector<int64_t>& key, const void* a, const void* b, const void* bias, void* c) {
   g_dnnl.omp_set_num_threads(1);  // the chunk runs on this thread alone
   const Product* product = GetProduct(key);
   if (product == nullptr) return false;
@@ -105,18 +177,21 @@ bool Execute(const std::vector<int64_t>& key, const void* a, const void* b, void
   thread_local std::vector<char> scratch;
   if (stream == nullptr && !Ok(g_dnnl.stream_create(&stream, g_engine, dnnl_stream_default_flags))) return false;
   if (scratch.size() < product->scratchpad_bytes) scratch.resize(product->scratchpad_bytes);
-  dnnl_memory_t memory[4] = {nullptr, nullptr, nullptr, nullptr};
-  bool ok = Ok(g_dnnl.memory_create(&memory[0], product->a, g_engine, const_cast<void*>(a))) &&
-            Ok(g_dnnl.memory_create(&memory[1], product->b, g_engine, const_cast<void*>(b))) &&
-            Ok(g_dnnl.memory_create(&memory[2], product->c, g_engine, c));
-  int args = 3;
-  if (ok && product->scratchpad_bytes > 0) {
-    ok = Ok(g_dnnl.memory_create(&memory[3], product->scratchpad, g_engine, scratch.data()));
-    args = 4;
-  }
+  dnnl_memory_t memory[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  dnnl_exec_arg_t exec[5];
+  int args = 0;
+  auto add = [&](int arg, const_dnnl_memory_desc_t desc, const void* data) {
+    exec[args] = {arg, nullptr};
+    const bool made = Ok(g_dnnl.memory_create(&memory[args], desc, g_engine, const_cast<void*>(data)));
+    exec[args].memory = memory[args];
+    ++args;
+    return made;
+  };
+  bool ok = add(DNNL_ARG_SRC, product->a, a) && add(DNNL_ARG_DST, product->c, c);
+  if (ok && product->b != nullptr) ok = add(DNNL_ARG_WEIGHTS, product->b, b);
+  if (ok && product->bias != nullptr) ok = add(DNNL_ARG_BIAS, product->bias, bias);
+  if (ok && product->scratchpad_bytes > 0) ok = add(DNNL_ARG_SCRATCHPAD, product->scratchpad, scratch.data());
   if (ok) {
-    dnnl_exec_arg_t exec[4] = {{DNNL_ARG_SRC, memory[0]}, {DNNL_ARG_WEIGHTS, memory[1]}, {DNNL_ARG_DST, memory[2]},
-                               {DNNL_ARG_SCRATCHPAD, memory[3]}};
     ok = Ok(g_dnnl.primitive_execute(product->primitive, stream, args, exec)) && Ok(g_dnnl.stream_wait(stream));
   }
   for (dnnl_memory_t m : memory) {
@@ -133,17 +208,25 @@ int64_t DnnlType(ffi::DataType type) {
   }
 }
 
-ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
-                  ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
-                  ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides) {
+// C = activation(scale A B + bias), cut into chunks over XLA's thread pool; `bias` nullptr: none.
+ffi::Error Run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const ffi::AnyBuffer* bias,
+               int64_t activation, float scale, ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims,
+               ffi::Span<const int64_t> a_strides, ffi::Span<const int64_t> b_strides,
+               ffi::Span<const int64_t> c_strides) {
   if (g_engine == nullptr) return ffi::Error::Internal("vit_jax_matmul: oneDNN is not loaded");
   if (dims.size() != 5 || a_strides.size() != 4 || b_strides.size() != 4 || c_strides.size() != 4) {
     return ffi::Error::InvalidArgument("vit_jax_matmul: expected 5 dims (b1, b2, m, k, n) and 4 strides each");
   }
-  const int64_t types[3] = {DnnlType(a.element_type()), DnnlType(b.element_type()), DnnlType(c->element_type())};
-  if (types[0] == dnnl_data_type_undef || types[1] == dnnl_data_type_undef || types[2] == dnnl_data_type_undef) {
+  const int64_t types[5] = {DnnlType(a.element_type()), DnnlType(b.element_type()), DnnlType(c->element_type()),
+                            bias == nullptr ? dnnl_data_type_undef : DnnlType(bias->element_type()), activation};
+  if (types[0] == dnnl_data_type_undef || types[1] == dnnl_data_type_undef || types[2] == dnnl_data_type_undef ||
+      (bias != nullptr && types[3] == dnnl_data_type_undef)) {
     return ffi::Error::InvalidArgument("vit_jax_matmul: expected bf16 or f32 buffers");
   }
+  if (bias != nullptr && bias->element_count() != static_cast<size_t>(dims[4])) {
+    return ffi::Error::InvalidArgument("vit_jax_matmul_bias: expected a bias of n elements");
+  }
+  if (activation < 0 || activation > 3) return ffi::Error::InvalidArgument("vit_jax_matmul: unknown activation");
   const size_t a_bytes = ffi::ByteWidth(a.element_type()), b_bytes = ffi::ByteWidth(b.element_type()),
                c_bytes = ffi::ByteWidth(c->element_type());
   // chunks: over b1 when there is a batch, else over rows of C (multiples of 16)
@@ -157,23 +240,89 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
   const int axis = by_batch ? 0 : 2;  // the dim the chunks cut
   const char* a_data = static_cast<const char*>(a.untyped_data());
   const char* b_data = static_cast<const char*>(b.untyped_data());
+  const void* bias_data = bias == nullptr ? nullptr : bias->untyped_data();
   char* c_data = static_cast<char*>(c->untyped_data());
   std::vector<char> failed(chunks, 0);
   ParallelFor(pool, chunks, [&](int64_t i) {
     const int64_t first = i * per, count = std::min(per, extent - first);
-    std::vector<int64_t> key(dims.begin(), dims.end());
-    key[axis] = count;
+    std::vector<int64_t> key = {kMatmul};
+    key.insert(key.end(), dims.begin(), dims.end());
+    key[1 + axis] = count;
     key.insert(key.end(), a_strides.begin(), a_strides.end());
     key.insert(key.end(), b_strides.begin(), b_strides.end());
     key.insert(key.end(), c_strides.begin(), c_strides.end());
-    key.insert(key.end(), types, types + 3);
+    key.insert(key.end(), types, types + 5);
+    key.push_back(FloatBits(scale));
     const char* a_chunk = a_data + first * a_strides[axis] * a_bytes;
     const char* b_chunk = by_batch ? b_data + first * b_strides[0] * b_bytes : b_data;
     char* c_chunk = c_data + first * c_strides[axis] * c_bytes;
-    failed[i] = !Execute(key, a_chunk, b_chunk, c_chunk);
+    failed[i] = !Execute(key, a_chunk, b_chunk, bias_data, c_chunk);
   });
   if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
     return ffi::Error::Internal("vit_jax_matmul: oneDNN could not create or run the product");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
+                  ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
+                  ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides, float scale) {
+  return Run(pool, a, b, nullptr, 0, scale, c, dims, a_strides, b_strides, c_strides);
+}
+
+ffi::Error MatmulBias(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer bias,
+                      ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims,
+                      ffi::Span<const int64_t> a_strides, ffi::Span<const int64_t> b_strides,
+                      ffi::Span<const int64_t> c_strides, int64_t activation) {
+  return Run(pool, a, b, &bias, activation, 1.f, c, dims, a_strides, b_strides, c_strides);
+}
+
+// float32 -> bf16, rounded to nearest even (NaN stays NaN); compiled for the widest vectors the CPU has.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void RoundToBf16(const float* from, uint16_t* to, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &from[i], sizeof bits);
+    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+    to[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u)
+                : static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  }
+}
+
+// y = softmax(x) over the last axis, rows cut into chunks over XLA's thread pool. oneDNN's softmax writes float32
+// (the chunk's, in a cache-resident scratch buffer, where y is bf16): its own bf16 output is off by one unit in
+// the last place for a quarter of the weights, this is rounded once, to nearest.
+ffi::Error Softmax(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (g_engine == nullptr) return ffi::Error::Internal("vit_jax_softmax: oneDNN is not loaded");
+  const int64_t src = DnnlType(x.element_type()), dst = DnnlType(y->element_type());
+  const auto shape = x.dimensions();
+  if (src == dnnl_data_type_undef || dst == dnnl_data_type_undef || shape.size() == 0 ||
+      x.element_count() != y->element_count()) {
+    return ffi::Error::InvalidArgument("vit_jax_softmax: expected bf16 or f32 buffers of the same shape");
+  }
+  const int64_t n = shape[shape.size() - 1], rows = n == 0 ? 0 : static_cast<int64_t>(x.element_count()) / n;
+  if (rows == 0) return ffi::Error::Success();
+  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), rows));
+  int64_t per = (rows + wanted - 1) / wanted;
+  if (dst != dnnl_f32) per = std::min(per, std::max<int64_t>(1, kScratchFloats / n));  // the scratch stays in cache
+  const int64_t chunks = (rows + per - 1) / per;
+  const char* x_data = static_cast<const char*>(x.untyped_data());
+  char* y_data = static_cast<char*>(y->untyped_data());
+  const size_t x_row = n * ffi::ByteWidth(x.element_type()), y_row = n * ffi::ByteWidth(y->element_type());
+  std::vector<char> failed(chunks, 0);
+  ParallelFor(pool, chunks, [&](int64_t i) {
+    const int64_t first = i * per, count = std::min(per, rows - first);
+    const std::vector<int64_t> key = {kSoftmax, count, n, src, dnnl_f32};
+    if (dst == dnnl_f32) {
+      failed[i] = !Execute(key, x_data + first * x_row, nullptr, nullptr, y_data + first * y_row);
+      return;
+    }
+    thread_local std::vector<float> weights;
+    weights.resize(count * n);
+    failed[i] = !Execute(key, x_data + first * x_row, nullptr, nullptr, weights.data());
+    RoundToBf16(weights.data(), reinterpret_cast<uint16_t*>(y_data + first * y_row), count * n);
+  });
+  if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
+    return ffi::Error::Internal("vit_jax_softmax: oneDNN could not create or run the softmax");
   }
   return ffi::Error::Success();
 }
@@ -203,7 +352,12 @@ extern "C" int vit_jax_load_onednn(const char* path) {
                   Resolve(library, "dnnl_primitive_attr_create", d.attr_create) &&
                   Resolve(library, "dnnl_primitive_attr_destroy", d.attr_destroy) &&
                   Resolve(library, "dnnl_primitive_attr_set_scratchpad_mode", d.attr_set_scratchpad_mode) &&
+                  Resolve(library, "dnnl_primitive_attr_set_post_ops", d.attr_set_post_ops) &&
+                  Resolve(library, "dnnl_post_ops_create", d.post_ops_create) &&
+                  Resolve(library, "dnnl_post_ops_append_eltwise", d.post_ops_append_eltwise) &&
+                  Resolve(library, "dnnl_post_ops_destroy", d.post_ops_destroy) &&
                   Resolve(library, "dnnl_matmul_primitive_desc_create", d.matmul_primitive_desc_create) &&
+                  Resolve(library, "dnnl_softmax_forward_primitive_desc_create", d.softmax_primitive_desc_create) &&
                   Resolve(library, "dnnl_primitive_desc_query_md", d.primitive_desc_query_md) &&
                   Resolve(library, "dnnl_primitive_desc_query", d.primitive_desc_query) &&
                   Resolve(library, "dnnl_primitive_desc_destroy", d.primitive_desc_destroy) &&
@@ -219,13 +373,13 @@ extern "C" int vit_jax_load_onednn(const char* path) {
   return 1;
 }
 
-// The name of the kernel oneDNN picks for the whole product `key` (20 values: dims, strides, types; see
-// GetProduct), copied into `name` (at most `size` bytes with the terminator); 0 when it has none. vit_jax asks
-// at trace time and keeps XLA's product where there is no kernel or only a reference one.
-extern "C" int vit_jax_onednn_kernel(const int64_t* key, char* name, int64_t size) {
-  if (g_engine == nullptr || size < 1) return 0;
+// The name of the kernel oneDNN picks for the whole primitive `key` (`length` values, as kMatmulKeySize or
+// kSoftmaxKeySize describe), copied into `name` (at most `size` bytes with the terminator); 0 when it has none.
+// vit_jax asks at trace time and keeps XLA's computation where there is no kernel or only a reference one.
+extern "C" int vit_jax_onednn_kernel(const int64_t* key, int64_t length, char* name, int64_t size) {
+  if (g_engine == nullptr || size < 1 || length < 1) return 0;
   Product product;
-  dnnl_primitive_desc_t desc = Describe(std::vector<int64_t>(key, key + 20), product);
+  dnnl_primitive_desc_t desc = Describe(std::vector<int64_t>(key, key + length), product);
   const char* info = nullptr;
   const bool ok = desc != nullptr && Ok(g_dnnl.primitive_desc_query(desc, dnnl_query_impl_info_str, 0, &info)) &&
                   info != nullptr;
@@ -234,7 +388,7 @@ extern "C" int vit_jax_onednn_kernel(const int64_t* key, char* name, int64_t siz
     name[size - 1] = '\0';
   }
   if (desc != nullptr) g_dnnl.primitive_desc_destroy(desc);
-  for (dnnl_memory_desc_t md : {product.a, product.b, product.c}) {
+  for (dnnl_memory_desc_t md : {product.a, product.b, product.c, product.bias}) {
     if (md != nullptr) g_dnnl.memory_desc_destroy(md);
   }
   return ok ? 1 : 0;
@@ -249,4 +403,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxMatmul, Matmul,
                                   .Attr<ffi::Span<const int64_t>>("dims")
                                   .Attr<ffi::Span<const int64_t>>("a_strides")
                                   .Attr<ffi::Span<const int64_t>>("b_strides")
-                                  .Attr<ffi::Span<const int64_t>>("c_strides"));
+                                  .Attr<ffi::Span<const int64_t>>("c_strides")
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxMatmulBias, MatmulBias,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("dims")
+                                  .Attr<ffi::Span<const int64_t>>("a_strides")
+                                  .Attr<ffi::Span<const int64_t>>("b_strides")
+                                  .Attr<ffi::Span<const int64_t>>("c_strides")
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxSoftmax, Softmax,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
