@@ -133,7 +133,9 @@ def test_dropout_is_active_in_training_only(scan, rng):
     np.testing.assert_array_equal(train(1), train(1))
     without = model.clone(options=dataclasses.replace(model.options, dropout_rate=0.0, attention_dropout_rate=0.0,
                                                       stochastic_depth=0.0))
-    np.testing.assert_allclose(without.apply({"params": params}, x, train=True), evaluated, atol=1e-6)
+    # without attention dropout the attention is vit_jax's own kernel (oneDNN's softmax where installed), with it
+    # flax's: the same function, summed in other orders
+    np.testing.assert_allclose(without.apply({"params": params}, x, train=True), evaluated, atol=1e-5)
 
 
 def test_remat_gives_the_same_gradients(rng):
