@@ -26,8 +26,7 @@ import numpy as np
 
 from vit_jax import native
 
-MATMUL = "vit_jax_matmul"
-MATMUL_BIAS = "vit_jax_matmul_bias"  # activation(product + bias) in the product's pass
+MATMUL = "vit_jax_matmul"  # activation(scale * product + bias), all in the product's pass
 SOFTMAX = "vit_jax_softmax"
 DISTRIBUTION = "onednn-cpu-gomp"
 SWITCH = "VIT_JAX_ONEDNN"  # "0": keep XLA's products
@@ -63,7 +62,6 @@ def loaded() -> bool:
                         "used", path)
         return False
     jax.ffi.register_ffi_target(MATMUL, jax.ffi.pycapsule(library.VitJaxMatmul), platform="cpu")
-    jax.ffi.register_ffi_target(MATMUL_BIAS, jax.ffi.pycapsule(library.VitJaxMatmulBias), platform="cpu")
     jax.ffi.register_ffi_target(SOFTMAX, jax.ffi.pycapsule(library.VitJaxSoftmax), platform="cpu")
     return True
 
@@ -185,11 +183,9 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     as_attr = lambda values: np.asarray(values, np.int64)
     strides = dict(dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),
                    c_strides=as_attr(c_strides))
-    result = jax.ShapeDtypeStruct(out_shape, out_dtype)
-    if bias is None:
-        return jax.ffi.ffi_call(MATMUL, result, vmap_method="sequential")(a, b, **strides, scale=np.float32(scale))
-    call = jax.ffi.ffi_call(MATMUL_BIAS, result, vmap_method="sequential")
-    return call(a, b, bias.reshape(-1), **strides, activation=np.int64(ACTIVATIONS[activation]))
+    bias = jnp.zeros((0,), a.dtype) if bias is None else bias.reshape(-1)  # empty: none
+    call = jax.ffi.ffi_call(MATMUL, jax.ShapeDtypeStruct(out_shape, out_dtype), vmap_method="sequential")
+    return call(a, b, bias, **strides, activation=np.int64(ACTIVATIONS[activation]), scale=np.float32(scale))
 
 
 def softmax(x: jax.Array, out_dtype: jnp.dtype) -> jax.Array | None:

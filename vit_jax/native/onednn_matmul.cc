@@ -1,8 +1,8 @@
-// vit_jax_matmul: C[b1, b2, m, n] = scale sum_k A[b1, b2, m, k] B[b1, b2, k, n] by oneDNN's matmul primitive
-// (registered and driven by vit_jax/native/onednn.py); vit_jax_matmul_bias: C = activation(A B + bias[n]), the
-// bias, the scale and the activation applied by oneDNN to the float32 accumulator before C is written (a dense
-// layer's forward pass in one pass over its output); vit_jax_softmax: a softmax over the last axis by oneDNN's
-// softmax primitive (float32 or bf16 in and out), one pass over each row.
+// vit_jax_matmul: C[b1, b2, m, n] = activation(scale sum_k A[b1, b2, m, k] B[b1, b2, k, n] + bias[n]) by oneDNN's
+// matmul primitive (registered and driven by vit_jax/native/onednn.py): the scale, the bias (an empty buffer:
+// none) and the activation applied to the float32 accumulator before C is written (a dense layer's forward pass in
+// one pass over its output); vit_jax_softmax: a softmax over the last axis by oneDNN's softmax primitive (float32
+// or bf16 in and out), one pass over each row.
 //
 // Each operand is addressed through four strides (in elements), so an einsum's operands are read where they lie:
 // transposed weight-gradient operands and attention's (batch, tokens, heads, head_dim) layouts need no copies.
@@ -264,17 +264,15 @@ ffi::Error Run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const f
   return ffi::Error::Success();
 }
 
-ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
-                  ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
-                  ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides, float scale) {
-  return Run(pool, a, b, nullptr, 0, scale, c, dims, a_strides, b_strides, c_strides);
-}
-
-ffi::Error MatmulBias(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer bias,
-                      ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims,
-                      ffi::Span<const int64_t> a_strides, ffi::Span<const int64_t> b_strides,
-                      ffi::Span<const int64_t> c_strides, int64_t activation) {
-  return Run(pool, a, b, &bias, activation, 1.f, c, dims, a_strides, b_strides, c_strides);
+ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer bias,
+                  ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
+                  ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides, int64_t activation,
+                  float scale) {
+  if (bias.element_count() == 0 && activation != 0) {
+    return ffi::Error::InvalidArgument("vit_jax_matmul: an activation needs a bias");
+  }
+  return Run(pool, a, b, bias.element_count() == 0 ? nullptr : &bias, activation, scale, c, dims, a_strides,
+             b_strides, c_strides);
 }
 
 // float32 -> bf16, rounded to nearest even (NaN stays NaN); compiled for the widest vectors the CPU has.
@@ -399,25 +397,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxMatmul, Matmul,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("dims")
                                   .Attr<ffi::Span<const int64_t>>("a_strides")
                                   .Attr<ffi::Span<const int64_t>>("b_strides")
                                   .Attr<ffi::Span<const int64_t>>("c_strides")
+                                  .Attr<int64_t>("activation")
                                   .Attr<float>("scale"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxMatmulBias, MatmulBias,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("dims")
-                                  .Attr<ffi::Span<const int64_t>>("a_strides")
-                                  .Attr<ffi::Span<const int64_t>>("b_strides")
-                                  .Attr<ffi::Span<const int64_t>>("c_strides")
-                                  .Attr<int64_t>("activation"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxSoftmax, Softmax,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
