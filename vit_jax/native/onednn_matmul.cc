@@ -275,8 +275,11 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
              b_strides, c_strides);
 }
 
-// float32 -> bf16, rounded to nearest even (NaN stays NaN); compiled for the widest vectors the CPU has.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void RoundToBf16(const float* from, uint16_t* to, int64_t count) {
+// float32 -> bf16, rounded to nearest even (NaN stays NaN); on x86-64 compiled for the widest vectors the CPU has.
+#if defined(__x86_64__) && defined(__GLIBC__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void RoundToBf16(const float* from, uint16_t* to, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     uint32_t bits;
     std::memcpy(&bits, &from[i], sizeof bits);
