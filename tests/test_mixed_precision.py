@@ -120,3 +120,22 @@ def test_a_bfloat16_model_trains_with_gradients_close_to_float32(rng):
         assert g16.dtype == jnp.float32
         scale = float(jnp.abs(g32).max()) + 1e-6
         assert float(jnp.abs(g16 - g32).max()) <= 0.1 * scale, jax.tree_util.keystr(path)
+
+
+def test_scaled_logits_and_their_gradients_carry_the_exact_scale(rng):
+    """1/sqrt(48) is not a bf16 number: the scale must act in float32, forward and backward. Over many elements
+    bf16 rounding averages out, so a scale rounded to bf16 (0.2% off) would show as a biased ratio."""
+    q, k = _bf16(rng, (4, 64, 3, 48)), _bf16(rng, (4, 64, 3, 48))
+    scale = 1.0 / np.sqrt(48.0)
+    spec = "bqhd,bkhd->bhqk"
+    out, pullback = jax.vjp(lambda q, k: mixed_einsum(spec, q, k, jnp.float32, scale), q, k)
+    q64, k64 = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    np.testing.assert_allclose(np.asarray(out), scale * np.einsum(spec, q64, k64), rtol=1e-5, atol=1e-4)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    dq, dk = pullback(jnp.asarray(g))
+    g64 = np.asarray(jnp.asarray(g, jnp.bfloat16), np.float64)  # the backward products take the cotangent in bf16
+    for got, want in ((dq, scale * np.einsum("bhqk,bkhd->bqhd", g64, k64)),
+                      (dk, scale * np.einsum("bhqk,bqhd->bkhd", g64, q64))):
+        got = np.asarray(got, np.float64)
+        ratio = np.sum(got * want) / np.sum(want * want)  # least-squares scale of got against want
+        assert abs(ratio - 1.0) < 5e-4, ratio

@@ -102,7 +102,8 @@ def _mixed_einsum_bwd(spec: str, out_dtype: Any, scale: float, residuals: tuple[
         return da, db
     # scaled where XLA fuses it into their consumers: as a post-op on a bf16 result, oneDNN's products run 10-30%
     # slower (the logits' float32 forward product takes it at no cost)
-    return (da * jnp.asarray(scale, da.dtype)).astype(da.dtype), (db * jnp.asarray(scale, db.dtype)).astype(db.dtype)
+    scaled = lambda x: (x.astype(jnp.float32) * jnp.float32(scale)).astype(x.dtype)  # the forward pass's float32 scale
+    return scaled(da), scaled(db)
 
 
 mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
