@@ -181,11 +181,10 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     if not kernel(tuple([_MATMUL] + dims + a_strides + b_strides + c_strides + types + epilogue)).startswith(_FAST):
         return None  # no kernel, or only a reference one: XLA's product is faster
     as_attr = lambda values: np.asarray(values, np.int64)
-    strides = dict(dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),
-                   c_strides=as_attr(c_strides))
     bias = jnp.zeros((0,), a.dtype) if bias is None else bias.reshape(-1)  # empty: none
     call = jax.ffi.ffi_call(MATMUL, jax.ShapeDtypeStruct(out_shape, out_dtype), vmap_method="sequential")
-    return call(a, b, bias, **strides, activation=np.int64(ACTIVATIONS[activation]), scale=np.float32(scale))
+    return call(a, b, bias, dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),
+                c_strides=as_attr(c_strides), activation=np.int64(ACTIVATIONS[activation]), scale=np.float32(scale))
 
 
 def softmax(x: jax.Array, out_dtype: jnp.dtype) -> jax.Array | None:

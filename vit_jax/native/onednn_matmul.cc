@@ -208,12 +208,16 @@ int64_t DnnlType(ffi::DataType type) {
   }
 }
 
-// C = activation(scale A B + bias), cut into chunks over XLA's thread pool; `bias` nullptr: none.
-ffi::Error Run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const ffi::AnyBuffer* bias,
-               int64_t activation, float scale, ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims,
-               ffi::Span<const int64_t> a_strides, ffi::Span<const int64_t> b_strides,
-               ffi::Span<const int64_t> c_strides) {
+// C = activation(scale A B + bias), cut into chunks over XLA's thread pool; an empty `bias_buffer`: none.
+ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer bias_buffer,
+                  ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
+                  ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides, int64_t activation,
+                  float scale) {
   if (g_engine == nullptr) return ffi::Error::Internal("vit_jax_matmul: oneDNN is not loaded");
+  const ffi::AnyBuffer* bias = bias_buffer.element_count() == 0 ? nullptr : &bias_buffer;
+  if (bias == nullptr && activation != 0) {
+    return ffi::Error::InvalidArgument("vit_jax_matmul: an activation needs a bias");
+  }
   if (dims.size() != 5 || a_strides.size() != 4 || b_strides.size() != 4 || c_strides.size() != 4) {
     return ffi::Error::InvalidArgument("vit_jax_matmul: expected 5 dims (b1, b2, m, k, n) and 4 strides each");
   }
@@ -224,7 +228,7 @@ ffi::Error Run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const f
     return ffi::Error::InvalidArgument("vit_jax_matmul: expected bf16 or f32 buffers");
   }
   if (bias != nullptr && bias->element_count() != static_cast<size_t>(dims[4])) {
-    return ffi::Error::InvalidArgument("vit_jax_matmul_bias: expected a bias of n elements");
+    return ffi::Error::InvalidArgument("vit_jax_matmul: expected a bias of n elements");
   }
   if (activation < 0 || activation > 3) return ffi::Error::InvalidArgument("vit_jax_matmul: unknown activation");
   const size_t a_bytes = ffi::ByteWidth(a.element_type()), b_bytes = ffi::ByteWidth(b.element_type()),
@@ -262,17 +266,6 @@ ffi::Error Run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const f
     return ffi::Error::Internal("vit_jax_matmul: oneDNN could not create or run the product");
   }
   return ffi::Error::Success();
-}
-
-ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer bias,
-                  ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
-                  ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides, int64_t activation,
-                  float scale) {
-  if (bias.element_count() == 0 && activation != 0) {
-    return ffi::Error::InvalidArgument("vit_jax_matmul: an activation needs a bias");
-  }
-  return Run(pool, a, b, bias.element_count() == 0 ? nullptr : &bias, activation, scale, c, dims, a_strides,
-             b_strides, c_strides);
 }
 
 // float32 -> bf16, rounded to nearest even (NaN stays NaN); on x86-64 compiled for the widest vectors the CPU has.
