@@ -3,12 +3,14 @@ run of both sides end to end."""
 
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from vit_jax.benchmark import __main__ as cli
 from vit_jax.benchmark import jax_side
+from vit_jax.benchmark.machine import CpuTime, cpu_load
 from vit_jax.benchmark.workload import StepTimes, Workload, time_steps, utilisation
 
 
@@ -49,6 +51,29 @@ def test_time_steps_compiles_once_warms_up_then_times_each_step():
     assert len(times.seconds) == 10
 
 
+def test_cpu_load_by_hand():
+    # 2 s on 2 CPUs at 100 ticks/s = 400 ticks: 300 busy (this process 2.5 s of it), 60 idle, 40 stolen
+    start, end = CpuTime(10.0, 1.0, 1000, 500, 7), CpuTime(12.0, 3.5, 1300, 560, 47)
+    assert cpu_load(start, end, ticks_per_second=100) == pytest.approx(
+        {"process_cores_busy": 1.25, "other_processes_fraction": 0.125, "steal_fraction": 0.1})
+    assert cpu_load(None, end)["process_cores_busy"] is None
+    short = cpu_load(start, CpuTime(10.1, 1.2, 1015, 504, 7), ticks_per_second=100)  # 19 ticks: too few to split
+    assert short == pytest.approx({"process_cores_busy": 2.0, "other_processes_fraction": None, "steal_fraction": None})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/stat")
+def test_timed_steps_record_the_cores_kept_busy():
+    def spin():
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    asleep = time_steps(lambda: None, lambda: time.sleep(0.05), steps=10, warmup=0).summary(1)
+    busy = time_steps(lambda: None, spin, steps=50, warmup=0).summary(1)  # 1 s: enough ticks for the fractions
+    assert asleep["process_cores_busy"] < 0.2 < busy["process_cores_busy"] <= 1.1  # one thread spins
+    assert 0 <= busy["other_processes_fraction"] <= 1 and 0 <= busy["steal_fraction"] <= 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--steps", "5"], "--steps 5: at least 10"),
     (["--variants", "Q/16"], "--variants Q/16"),
@@ -78,6 +103,7 @@ def test_the_command_measures_both_sides_and_writes_json(tmp_path, monkeypatch, 
         assert r["timed_steps"] == 10
         assert r["step_seconds_min"] <= r["step_seconds_median"] <= r["step_seconds_max"]
         assert r["images_per_second_median"] == pytest.approx(4 / r["step_seconds_median"])
+        assert r["process_cores_busy"] > 0
         assert r["flops_per_step"] > 0 and 0 < r["mfu"] == pytest.approx(
             r["flops_per_step"] / r["step_seconds_median"] / r["ceiling_flops_per_second"])
     ours = [r for r in results if r["side"] == "vit_jax"]

@@ -8,7 +8,8 @@ sets for its dtype (`vit_jax.xla_flags`, plus `--xla-flags`): compile, `--warmup
 timed ones (at least 10). Reported: images/s and step time (median, min, max), compile time, peak memory (XLA's
 buffer assignment, the device's own peak where it has one, the process's peak RSS), FLOPs per step from XLA's cost
 analysis, achieved FLOP/s and MFU against an n^3 matmul measured in the same worker on the same device and dtype
-(bf16: bf16 operands, float32 accumulation). `--vs-timm` (needs `pip install -e ".[bench]"`) runs timm's
+(bf16: bf16 operands, float32 accumulation), and over the timed steps the cores the worker kept busy and the share
+of the machine's CPU time that other processes (`others`) and other virtual machines (`steal`) took. `--vs-timm` (needs `pip install -e ".[bench]"`) runs timm's
 same-size ViT in f32 or bf16 autocast for each cell and prints vit_jax / timm images/s.
 """
 
@@ -142,11 +143,19 @@ def format_row(r: dict[str, Any]) -> str:
     compile_s = f"{r['compile_seconds']:6.1f}" if r.get("compile_seconds") is not None else "     -"
     return (f"{r['side']:<8} {r['key']:<34} {r['images_per_second_median']:8.1f} "
             f"({r['images_per_second_min']:.1f}-{r['images_per_second_max']:.1f}) "
-            f"{1e3 * r['step_seconds_median']:9.1f} {compile_s} {mb:8.0f} {gflops} {mfu}")
+            f"{1e3 * r['step_seconds_median']:9.1f} {compile_s} {mb:8.0f} {gflops} {mfu} {format_load(r)}")
+
+
+def format_load(r: dict[str, Any]) -> str:
+    """Cores this side kept busy, and the machine's CPU time taken by other processes / other machines (steal):
+    a cell slowed by a busy machine shows it here."""
+    percent = lambda key, width: f"{100 * r[key]:{width - 1}.1f}%" if r.get(key) is not None else f"{'-':>{width}}"
+    cores = f"{r['process_cores_busy']:5.2f}" if r.get("process_cores_busy") is not None else f"{'-':>5}"
+    return f"{cores} {percent('other_processes_fraction', 6)} {percent('steal_fraction', 5)}"
 
 
 HEADER = (f"{'side':<8} {'workload':<34} {'img/s':>8} (min-max) {'step ms':>9} {'compile':>6} {'peak MB':>8} "
-          f"{'GFLOP/s':>7} {'MFU':>6}")
+          f"{'GFLOP/s':>7} {'MFU':>6} {'cores':>5} {'others':>6} {'steal':>5}")
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float]:

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vit_jax.benchmark.machine import cpu_load, read_cpu_time
+
 MODES = ("train", "infer")
 DTYPES = ("f32", "bf16")
 
@@ -45,6 +47,7 @@ class Workload:
 class StepTimes:
     compile_seconds: float
     seconds: list[float]
+    load: dict[str, float | None] = dataclasses.field(default_factory=dict)  # over the timed steps: `cpu_load`
 
     def summary(self, batch_size: int) -> dict[str, float]:
         median = statistics.median(self.seconds)
@@ -57,6 +60,7 @@ class StepTimes:
             "images_per_second_min": batch_size / max(self.seconds),
             "images_per_second_max": batch_size / min(self.seconds),
             "timed_steps": len(self.seconds),
+            **self.load,
         }
 
 
@@ -69,11 +73,12 @@ def time_steps(first: Callable[[], Any], step: Callable[[], Any], steps: int, wa
     for _ in range(warmup):
         step()
     seconds = []
+    before = read_cpu_time()
     for _ in range(steps):
         start = time.perf_counter()
         step()
         seconds.append(time.perf_counter() - start)
-    return StepTimes(compile_seconds, seconds)
+    return StepTimes(compile_seconds, seconds, cpu_load(before, read_cpu_time()))
 
 
 def matmul_flops_per_second(product: Callable[[], Any], size: int, repeats: int = 10) -> float:
