@@ -1,5 +1,6 @@
 """LayerNorm, GELU and softmax with hand-written backward passes (`vit_jax.models.layer_norm`, `.activations`,
-`.softmax`): values against the formulas in float64, gradients against JAX's autodiff of the plain formulas."""
+`.softmax`): values against the formulas in float64, gradients (reverse and forward mode, second order) against
+JAX's autodiff of the plain formulas."""
 
 import math
 
@@ -11,7 +12,7 @@ import pytest
 import scipy.special
 
 from vit_jax.models.activations import gelu, quick_gelu
-from vit_jax.models.layer_norm import LayerNorm
+from vit_jax.models.layer_norm import LayerNorm, layer_norm
 from vit_jax.models.softmax import softmax
 
 
@@ -94,3 +95,33 @@ def test_softmax_values_and_gradients(rng, dtype):
     tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
     np.testing.assert_allclose(np.asarray(ours[0], np.float32), np.asarray(theirs[0], np.float32),
                                atol=tolerance * float(jnp.abs(theirs[0].astype(jnp.float32)).max()))
+
+
+def _plain_layer_norm(x, scale, bias):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(jnp.mean((x - mean) ** 2, axis=-1, keepdims=True) + 1e-6) * scale + bias
+
+
+CLOSED_FORMS = {  # (ours, the plain formula), functions of (x, scale, bias)
+    "gelu_tanh": (lambda x, s, b: gelu(x, True), lambda x, s, b: jax.nn.gelu(x, True)),
+    "gelu_erf": (lambda x, s, b: gelu(x, False), lambda x, s, b: jax.nn.gelu(x, False)),
+    "quick_gelu": (lambda x, s, b: quick_gelu(x), lambda x, s, b: x * jax.nn.sigmoid(1.702 * x)),
+    "softmax": (lambda x, s, b: softmax(x), lambda x, s, b: jax.nn.softmax(x, axis=-1)),
+    "layer_norm": (lambda x, s, b: layer_norm(x, s, b, 1e-6, jnp.float32), _plain_layer_norm),
+}
+
+
+@pytest.mark.parametrize("name", CLOSED_FORMS)
+def test_forward_mode_and_hessian_vector_products_match_autodiff_of_the_formula(rng, name):
+    ours, plain = CLOSED_FORMS[name]
+    args = tuple(jnp.asarray(rng.standard_normal(shape) * 2, jnp.float32) for shape in ((3, 4, 16), (16,), (16,)))
+    tangents = tuple(jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in args)
+    weights = jnp.asarray(rng.standard_normal(args[0].shape), jnp.float32)
+    for f in (ours, plain):  # the reference is the second
+        _, jvp = jax.jvp(f, args, tangents)
+        loss = lambda *args: jnp.sum(f(*args) * weights)
+        _, hvp = jax.jvp(jax.grad(loss, argnums=(0, 1, 2)), args, tangents)
+        if f is ours:
+            got = (jvp, hvp)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves((jvp, hvp))):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))

@@ -139,3 +139,36 @@ def test_scaled_logits_and_their_gradients_carry_the_exact_scale(rng):
         got = np.asarray(got, np.float64)
         ratio = np.sum(got * want) / np.sum(want * want)  # least-squares scale of got against want
         assert abs(ratio - 1.0) < 5e-4, ratio
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_forward_mode_hessian_vector_products_and_vmap_of_the_products(rng, dtype):
+    """The product is a primitive with derivative rules of its own kind (as `lax.dot_general`): forward mode,
+    second order and `vmap` work, against float64 NumPy. L(A, B) = sum(tanh(A B) W): with G = (1 - tanh²(C)) W,
+    dL = <G, dC>, dC = TA B + A TB, and the Hessian-vector product's A part is dG B^T + G TB^T, where
+    dG = -2 tanh(C) (1 - tanh²(C)) W dC."""
+    a, b = (jnp.asarray(rng.standard_normal(s) * 0.3, dtype) for s in ((24, 16), (16, 8)))
+    ta, tb = (jnp.asarray(rng.standard_normal(x.shape), dtype) for x in (a, b))
+    w = rng.standard_normal((24, 8))
+    loss = lambda a, b: jnp.sum(jnp.tanh(mixed_einsum("mk,kn->mn", a, b).astype(jnp.float32)) * w)
+    a64, b64, ta64, tb64 = (np.asarray(x, np.float64) for x in (a, b, ta, tb))
+    c = a64 @ b64
+    th = np.tanh(c)
+    g = (1 - th**2) * w
+    dc = ta64 @ b64 + a64 @ tb64
+    dg = -2 * th * (1 - th**2) * w * dc
+    tolerance = 1e-4 if dtype == jnp.float32 else 3e-2
+
+    def close(got, want):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, atol=tolerance * np.abs(want).max())
+
+    _, dl = jax.jvp(loss, (a, b), (ta, tb))
+    close(dl, np.sum(g * dc))
+    _, (hva, hvb) = jax.jvp(jax.grad(loss, argnums=(0, 1)), (a, b), (ta, tb))
+    close(hva, dg @ b64.T + g @ tb64.T)
+    close(hvb, a64.T @ dg + ta64.T @ g)
+
+    stacked = jnp.stack([a, ta])  # vmap over one operand, then over both
+    close(jax.vmap(lambda x: mixed_einsum("mk,kn->mn", x, b))(stacked), np.stack([a64 @ b64, ta64 @ b64]))
+    close(jax.vmap(lambda x, y: mixed_einsum("mk,kn->mn", x, y))(stacked, jnp.stack([b, tb])),
+          np.stack([a64 @ b64, ta64 @ tb64]))

@@ -2,8 +2,9 @@
 
 XLA:CPU evaluates a bf16 elementwise chain op by op, rounding to bf16 after each one: flax's bf16 GELU takes
 2.6x as long as the same GELU computed in float32 and rounded once (ViT-Ti/16's MLP, 32 x 197 x 768: 6.5 vs
-2.5 ms; BENCHMARKS.md), and is less accurate. The backward pass keeps only the pre-activation (in its own dtype)
-and evaluates the closed-form derivative in one float32 pass.
+2.5 ms; BENCHMARKS.md), and is less accurate. The derivative is the closed form, evaluated in one float32 pass
+from the pre-activation (in its own dtype), the only thing the backward pass keeps; as a JVP rule, so forward mode
+and higher orders work too.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _gelu_and_slope(h: jax.Array, approximate: bool) -> tuple[jax.Array, jax.Arr
     return h * cdf, cdf + h * jnp.exp(-0.5 * h * h) * (1.0 / math.sqrt(2.0 * math.pi))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def gelu(x: jax.Array, approximate: bool = True) -> jax.Array:
     """GELU: `approximate=True` the tanh form (flax's default, vision_transformer's and big_vision's), `False`
     the exact erf form (timm's and PyTorch's); in `x`'s dtype."""
@@ -44,38 +45,41 @@ def gelu(x: jax.Array, approximate: bool = True) -> jax.Array:
     return (h * 0.5 * (1.0 + jax.lax.erf(h * (1.0 / math.sqrt(2.0))))).astype(x.dtype)
 
 
-def _gelu_fwd(x: jax.Array, approximate: bool) -> tuple[jax.Array, jax.Array]:
-    return gelu(x, approximate), x
-
-
-def _gelu_bwd(approximate: bool, x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-    # the barrier keeps XLA from sharing the forward pass's tanh / erf with this one: shared, it is written out
-    # as a float32 tensor (ViT-Ti/16: 19 MB per block) instead of being recomputed in registers
+@functools.partial(jax.checkpoint, prevent_cse=False, static_argnums=(2,))
+def _gelu_tangent(x: jax.Array, t: jax.Array, approximate: bool) -> jax.Array:
+    """`gelu'(x) t`, recomputed from `x` where it is needed (checkpointed: the backward pass keeps only the
+    pre-activation, in its own dtype). The barrier keeps XLA from sharing the forward pass's tanh / erf with this
+    one: shared, it is written out as a float32 tensor (ViT-Ti/16: 19 MB per block) instead of being recomputed
+    in registers."""
     _, slope = _gelu_and_slope(_in_float32(jax.lax.optimization_barrier(x)), approximate)
-    return ((_in_float32(g) * slope).astype(x.dtype),)
+    return (_in_float32(t) * slope).astype(x.dtype)
 
 
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
+@gelu.defjvp
+def _gelu_jvp(approximate: bool, primals: tuple[jax.Array], tangents: tuple[jax.Array]
+              ) -> tuple[jax.Array, jax.Array]:
+    (x,), (t,) = primals, tangents
+    return gelu(x, approximate), _gelu_tangent(x, t, approximate)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def quick_gelu(x: jax.Array) -> jax.Array:
     """OpenAI CLIP's GELU approximation, `x * sigmoid(1.702 x)`: its checkpoints were trained with it."""
     h = _in_float32(x)
     return (h * jax.nn.sigmoid(_QUICK * h)).astype(x.dtype)
 
 
-def _quick_gelu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return quick_gelu(x), x
-
-
-def _quick_gelu_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+@functools.partial(jax.checkpoint, prevent_cse=False)
+def _quick_gelu_tangent(x: jax.Array, t: jax.Array) -> jax.Array:
     h = _in_float32(x)
     s = jax.nn.sigmoid(_QUICK * h)
-    return ((_in_float32(g) * (s + _QUICK * h * s * (1.0 - s))).astype(x.dtype),)
+    return (_in_float32(t) * (s + _QUICK * h * s * (1.0 - s))).astype(x.dtype)
 
 
-quick_gelu.defvjp(_quick_gelu_fwd, _quick_gelu_bwd)
+@quick_gelu.defjvp
+def _quick_gelu_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    (x,), (t,) = primals, tangents
+    return quick_gelu(x), _quick_gelu_tangent(x, t)
 
 
 # by name: what a dense layer's fused epilogue (`vit_jax.models.mixed_precision.dense_product`) and oneDNN's

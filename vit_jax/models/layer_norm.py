@@ -4,7 +4,8 @@ initial values, so checkpoints are unchanged.
 Autodiff of flax's `LayerNorm` keeps several full-size intermediates and, on XLA:CPU, materialises the broadcast
 of `rsqrt(var) * scale` over every token before the fused reductions of the backward pass (about 5% of a bf16
 ViT-Ti/16 training step; BENCHMARKS.md). The closed form, `dx = rstd * (g s - mean(g s) - x̂ mean(g s x̂))`,
-needs only the input and two numbers per token. Statistics are float32 (at least) whatever the input dtype, and
+needs only the input and two numbers per token; it is the transpose of the JVP rule below, so forward mode and
+higher orders work too. Statistics are float32 (at least) whatever the input dtype, and
 the variance is the two-pass one, `mean((x - mean)²)` (PyTorch's; flax's default takes `mean(x²) - mean²`).
 """
 
@@ -45,32 +46,31 @@ def _statistics(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array, jax
     return x, mean, rstd
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, dtype: Any) -> jax.Array:
     """`(x - mean) / sqrt(var + epsilon) * scale + bias` over the last axis, returned in `dtype`."""
     x, mean, rstd = _statistics(x, epsilon)
     return ((x - mean) * rstd * scale + bias).astype(dtype)
 
 
-def _layer_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, dtype: Any
-                    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+@functools.partial(jax.checkpoint, prevent_cse=False, static_argnums=(7,))
+def _layer_norm_tangent(x: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array, t_x: jax.Array,
+                        t_scale: jax.Array, t_bias: jax.Array, dtype: Any) -> jax.Array:
+    """The closed form's JVP, `rstd (t - mean(t) - x̂ mean(t x̂)) scale + x̂ t_scale + t_bias`; its transpose is
+    the backward pass above (the operator on `t` is symmetric). Checkpointed: the backward pass keeps the input
+    and two numbers per token, nothing computed from them."""
+    compute = jnp.promote_types(t_x.dtype, jnp.float32)
+    normalized = (x.astype(compute) - mean) * rstd
+    t = t_x.astype(compute)
+    t_normalized = rstd * (t - jnp.mean(t, axis=-1, keepdims=True)
+                           - normalized * jnp.mean(t * normalized, axis=-1, keepdims=True))
+    return (t_normalized * scale + normalized * t_scale + t_bias).astype(dtype)
+
+
+@layer_norm.defjvp
+def _layer_norm_jvp(epsilon: float, dtype: Any, primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
+                    ) -> tuple[jax.Array, jax.Array]:
+    x, scale, bias = primals
     x32, mean, rstd = _statistics(x, epsilon)
     y = ((x32 - mean) * rstd * scale + bias).astype(dtype)
-    return y, (x, mean, rstd, scale)
-
-
-def _layer_norm_bwd(epsilon: float, dtype: Any, residuals: tuple[jax.Array, ...], g: jax.Array
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    x, mean, rstd, scale = residuals
-    g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-    normalized = (x.astype(g.dtype) - mean) * rstd
-    scaled = g * scale
-    dx = rstd * (scaled - jnp.mean(scaled, axis=-1, keepdims=True)
-                 - normalized * jnp.mean(scaled * normalized, axis=-1, keepdims=True))
-    rows = tuple(range(g.ndim - 1))
-    dscale = jnp.sum(g * normalized, axis=rows).astype(scale.dtype)
-    dbias = jnp.sum(g, axis=rows).astype(scale.dtype)
-    return dx.astype(x.dtype), dscale, dbias
-
-
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+    return y, _layer_norm_tangent(x, mean, rstd, scale, *tangents, dtype)

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import functools
 import math
+import string
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.interpreters import ad, batching, mlir
 
 from vit_jax import native
 from vit_jax.models.activations import ACTIVATIONS
@@ -78,35 +82,81 @@ def _product(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any, scale: float
     return (result if scale == 1.0 else result * jnp.float32(scale)).astype(out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
 def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any = None, scale: float = 1.0) -> jax.Array:
     """`scale * jnp.einsum(spec, a, b)` for a two-operand product with no index summed inside one operand: bf16 x
     bf16 with float32 accumulation, scaled in float32 and rounded to `out_dtype` (None: `a.dtype`); its gradients
-    are the two transposed products, in the same form (and scale)."""
-    return _product(spec, a, b, out_dtype or a.dtype, scale)
+    are the two transposed products, in the same form (and scale).
+
+    A JAX primitive, bilinear like `lax.dot_general`: its derivative rules are products of the same kind, so every
+    transformation applies to any order (forward mode, Hessian-vector products, `vmap`), where a `custom_vjp`
+    would allow reverse mode only."""
+    return _mixed_einsum_p.bind(a, b, spec=spec, out_dtype=jnp.dtype(out_dtype or a.dtype), scale=float(scale))
 
 
-def _mixed_einsum_fwd(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any, scale: float
-                      ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return mixed_einsum(spec, a, b, out_dtype, scale), (a, b)
-
-
-def _mixed_einsum_bwd(spec: str, out_dtype: Any, scale: float, residuals: tuple[jax.Array, jax.Array],
-                      g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    a, b = residuals
+def _einsum_shape(spec: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, ...]:
     operands, out = spec.split("->")
     a_spec, b_spec = operands.split(",")
-    g = g.astype(a.dtype)
-    da, db = _product(f"{out},{b_spec}->{a_spec}", g, b, a.dtype), _product(f"{a_spec},{out}->{b_spec}", a, g, b.dtype)
+    sizes = {**dict(zip(a_spec, a_shape)), **dict(zip(b_spec, b_shape))}
+    return tuple(sizes[i] for i in out)
+
+
+def _mixed_einsum_abstract(a: Any, b: Any, *, spec: str, out_dtype: Any, scale: float) -> jax.core.ShapedArray:
+    return jax.core.ShapedArray(_einsum_shape(spec, a.shape, b.shape), out_dtype)
+
+
+def _mixed_einsum_lowered(a: jax.Array, b: jax.Array, *, spec: str, out_dtype: Any, scale: float) -> jax.Array:
+    return _product(spec, a, b, out_dtype, scale)
+
+
+def _transposed_product(spec: str, scale: float, ct: jax.Array, other: jax.Array, wanted: Any, lhs: bool
+                        ) -> jax.Array:
+    """The cotangent of one operand: the product of the output's cotangent with the other operand, unscaled, then
+    scaled in float32 (as a post-op on a bf16 result oneDNN's products ran 10-30% slower; the logits' float32
+    forward product takes it at no cost)."""
+    operands, out = spec.split("->")
+    a_spec, b_spec = operands.split(",")
+    ct = ct.astype(other.dtype)
+    if lhs:
+        grad = mixed_einsum(f"{out},{b_spec}->{a_spec}", ct, other, wanted.dtype)
+    else:
+        grad = mixed_einsum(f"{a_spec},{out}->{b_spec}", other, ct, wanted.dtype)
     if scale == 1.0:
-        return da, db
-    # scaled where XLA fuses it into their consumers: as a post-op on a bf16 result, oneDNN's products run 10-30%
-    # slower (the logits' float32 forward product takes it at no cost)
-    scaled = lambda x: (x.astype(jnp.float32) * jnp.float32(scale)).astype(x.dtype)  # the forward pass's float32 scale
-    return scaled(da), scaled(db)
+        return grad
+    return (grad.astype(jnp.float32) * jnp.float32(scale)).astype(grad.dtype)  # the forward pass's float32 scale
 
 
-mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+def _mixed_einsum_transpose_lhs(ct: jax.Array, a: Any, b: jax.Array, *, spec: str, out_dtype: Any, scale: float
+                                ) -> jax.Array:
+    return _transposed_product(spec, scale, ct, b, a.aval, lhs=True)
+
+
+def _mixed_einsum_transpose_rhs(ct: jax.Array, a: jax.Array, b: Any, *, spec: str, out_dtype: Any, scale: float
+                                ) -> jax.Array:
+    return _transposed_product(spec, scale, ct, a, b.aval, lhs=False)
+
+
+def _mixed_einsum_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None], *, spec: str,
+                          out_dtype: Any, scale: float) -> tuple[jax.Array, int]:
+    """`vmap`: the mapped axis is one more index of the product (a batch index where both operands have it)."""
+    operands, out = spec.split("->")
+    specs = operands.split(",")
+    letter = next(c for c in string.ascii_letters if c not in spec)
+    moved = []
+    for x, dim, x_spec in zip(args, dims, specs):
+        if dim is None:
+            moved.append((x, x_spec))
+        else:
+            moved.append((jnp.moveaxis(x, dim, 0), letter + x_spec))
+    (a, a_spec), (b, b_spec) = moved
+    return mixed_einsum(f"{a_spec},{b_spec}->{letter}{out}", a, b, out_dtype, scale), 0
+
+
+_mixed_einsum_p = jax.extend.core.Primitive("vit_jax_mixed_einsum")
+_mixed_einsum_p.def_impl(lambda a, b, **params: _mixed_einsum_lowered(a, b, **params))
+_mixed_einsum_p.def_abstract_eval(_mixed_einsum_abstract)
+mlir.register_lowering(_mixed_einsum_p, mlir.lower_fun(_mixed_einsum_lowered, multiple_results=False))
+ad.defbilinear(_mixed_einsum_p, _mixed_einsum_transpose_lhs, _mixed_einsum_transpose_rhs)
+batching.primitive_batchers[_mixed_einsum_p] = _mixed_einsum_batched
 
 
 def contracted_trailing_axes(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> int:
@@ -153,7 +203,7 @@ def is_bfloat16(dtype: Any) -> bool:
     return dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     """`y + bias` (bias over `y`'s trailing axes) whose bias gradient is a product with a ones vector, accumulated
     in float32. XLA:CPU reduces a bf16 cotangent over the batch and tokens through a tree of `reduce-window`s:
@@ -161,38 +211,34 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     return y + bias
 
 
-def _add_bias_fwd(y: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
-    return y + bias, bias.shape
+def _add_bias_jvp(primals: tuple[jax.Array, jax.Array], tangents: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
+    (y, bias), (t_y, t_bias) = primals, tangents
+    if isinstance(t_bias, SymbolicZero):  # the bias not differentiated: no broadcast of zeros kept for the backward
+        return y + bias, jnp.zeros_like(y) if isinstance(t_y, SymbolicZero) else t_y
+    t_y = jnp.zeros_like(y) if isinstance(t_y, SymbolicZero) else t_y
+    # the bias broadcast over the rows as a product with a ones column: its transpose, the bias gradient, is then
+    # a product with a ones row, the form that runs fast (above)
+    ones = jnp.ones((math.prod(y.shape) // max(1, bias.size), 1), t_bias.dtype)
+    broadcast = mixed_einsum("mk,kn->mn", ones, t_bias.reshape(1, -1), t_bias.dtype).reshape(y.shape)
+    return y + bias, t_y + broadcast.astype(t_y.dtype)
 
 
-def _add_bias_bwd(shape: tuple[int, ...], g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    rows = g.reshape(-1, math.prod(shape))
-    ones = jnp.ones((1, rows.shape[0]), g.dtype)
-    grad = lax.dot_general(ones, rows, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    return g, grad.reshape(shape).astype(g.dtype)
+add_bias.defjvp(_add_bias_jvp, symbolic_zeros=True)
 
 
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def library_unless_differentiated(unfused: Callable[..., Any], library: Callable[..., Any], operands: tuple) -> Any:
     """`library(*operands)` where nothing differentiates it and it is not None, else `unfused(*operands)`: the
     same function, computed in fewer passes where only its value is wanted (inference, evaluation), and in the
-    form whose intermediates the backward pass needs where it is differentiated."""
+    form whose intermediates the derivatives need where it is differentiated (in either mode, to any order)."""
     out = library(*operands)
     return unfused(*operands) if out is None else out
 
 
-def _library_fwd(unfused: Callable[..., Any], library: Callable[..., Any], operands: tuple) -> tuple[Any, Any]:
-    return jax.vjp(unfused, *operands)
-
-
-def _library_bwd(unfused: Callable[..., Any], library: Callable[..., Any], pullback: Any, g: Any) -> tuple[Any]:
-    return (pullback(g),)
-
-
-library_unless_differentiated.defvjp(_library_fwd, _library_bwd)
+@library_unless_differentiated.defjvp
+def _library_jvp(unfused: Callable[..., Any], library: Callable[..., Any], primals: tuple, tangents: tuple
+                 ) -> tuple[Any, Any]:
+    return jax.jvp(lambda operands: unfused(*operands), primals, tangents)
 
 
 def dense_product(inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None, dot_general: Any,

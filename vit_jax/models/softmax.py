@@ -4,7 +4,8 @@
 `exp(x - max) / sum`: its backward keeps the exponentials and the sums, and XLA:CPU materialises the broadcasts
 of `1 / sum²` over the whole `(batch, heads, queries, keys)` tensor. The softmax's own derivative,
 `dx = y * (g - sum(g * y))`, is one pass over the saved output `y`: for bf16 attention that output is the bf16
-weights the value product keeps anyway.
+weights the value product keeps anyway. It is a JVP rule (self-transposing), so forward mode and higher orders
+work too.
 
 Where oneDNN is in use (`vit_jax.native.onednn`), the forward pass is its softmax: one pass over each row, where
 XLA:CPU takes the row maxima and sums through trees of `reduce-window`s, a pass each (ViT-Ti/16 bf16 inference:
@@ -27,7 +28,7 @@ def softmax(logits: jax.Array, dtype: Any = None) -> jax.Array:
     return _softmax(logits, jnp.dtype(logits.dtype), jnp.dtype(dtype or logits.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _softmax(logits: jax.Array, logits_dtype: Any, dtype: Any) -> jax.Array:
     library = onednn.softmax(logits, dtype)
     if library is not None:
@@ -37,15 +38,18 @@ def _softmax(logits: jax.Array, logits_dtype: Any, dtype: Any) -> jax.Array:
     return (unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)).astype(dtype)
 
 
-def _softmax_fwd(logits: jax.Array, logits_dtype: Any, dtype: Any) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.checkpoint, prevent_cse=False)
+def _softmax_tangent(weights: jax.Array, t: jax.Array) -> jax.Array:
+    """`y (t - sum(t y))`: linear in `t`, its transpose is the same formula, so the backward pass keeps only the
+    weights `y` (checkpointed: nothing computed from them is saved)."""
+    compute = jnp.promote_types(weights.dtype, jnp.float32)
+    y, t = weights.astype(compute), t.astype(compute)
+    return (y * (t - jnp.sum(t * y, axis=-1, keepdims=True))).astype(weights.dtype)
+
+
+@_softmax.defjvp
+def _softmax_jvp(logits_dtype: Any, dtype: Any, primals: tuple[jax.Array], tangents: tuple[jax.Array]
+                 ) -> tuple[jax.Array, jax.Array]:
+    (logits,), (t,) = primals, tangents
     weights = _softmax(logits, logits_dtype, dtype)
-    return weights, weights
-
-
-def _softmax_bwd(logits_dtype: Any, dtype: Any, weights: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-    compute = jnp.promote_types(dtype, jnp.float32)
-    y, g = weights.astype(compute), g.astype(compute)
-    return ((y * (g - jnp.sum(g * y, axis=-1, keepdims=True))).astype(logits_dtype),)
-
-
-_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+    return weights, _softmax_tangent(weights, t)
