@@ -116,9 +116,3 @@ def run_main(workdir, *args: str, env: dict | None = None, timeout: float = 300)
     command = [sys.executable, "-m", "vit_jax.main", f"--workdir={workdir}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, **(env or {})})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """End-to-end (`slow`) tests first: xdist hands out work in collection order, so minute-long tests collected
-    last kept one worker busy while the other had finished (longest first balances the two)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
