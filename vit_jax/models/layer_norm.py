@@ -57,7 +57,7 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, 
 def _layer_norm_tangent(x: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array, t_x: jax.Array,
                         t_scale: jax.Array, t_bias: jax.Array, dtype: Any) -> jax.Array:
     """The closed form's JVP, `rstd (t - mean(t) - x̂ mean(t x̂)) scale + x̂ t_scale + t_bias`; its transpose is
-    the backward pass above (the operator on `t` is symmetric). Checkpointed: the backward pass keeps the input
+    the module docstring's backward pass (the operator on `t` is symmetric). Checkpointed: the backward pass keeps the input
     and two numbers per token, nothing computed from them."""
     compute = jnp.promote_types(t_x.dtype, jnp.float32)
     normalized = (x.astype(compute) - mean) * rstd

@@ -152,7 +152,7 @@ def _mixed_einsum_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | N
 
 
 _mixed_einsum_p = jax.extend.core.Primitive("vit_jax_mixed_einsum")
-_mixed_einsum_p.def_impl(lambda a, b, **params: _mixed_einsum_lowered(a, b, **params))
+_mixed_einsum_p.def_impl(_mixed_einsum_lowered)
 _mixed_einsum_p.def_abstract_eval(_mixed_einsum_abstract)
 mlir.register_lowering(_mixed_einsum_p, mlir.lower_fun(_mixed_einsum_lowered, multiple_results=False))
 ad.defbilinear(_mixed_einsum_p, _mixed_einsum_transpose_lhs, _mixed_einsum_transpose_rhs)
