@@ -14,10 +14,11 @@ def _flat(tree):
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
 
 
-@pytest.fixture(scope="module")
-def model_and_data():
+@pytest.fixture(scope="module", params=[False, True], ids=["layers", "scan"])
+def model_and_data(request):
+    """The encoder's blocks as layers, and scanned (where JAX's partial evaluation treats custom rules apart)."""
     rng = np.random.default_rng(0)
-    model = create_model("mu/16", num_classes=10)
+    model = create_model("mu/16", num_classes=10, scan=request.param)
     images = jnp.asarray(rng.uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
     labels = jnp.asarray([1, 4, 7])
     params = model.init(jax.random.key(0), images, train=False)
@@ -26,11 +27,11 @@ def model_and_data():
     return model, images, labels, params, direction
 
 
-def _loss(model, images, labels, dtype=None):
+def _loss(model, images, labels):
     def loss(params):
         logits = model.apply(params, images, train=False).astype(jnp.float32)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
-    return loss if dtype is None else loss
+    return loss
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -18,22 +18,23 @@ import functools
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
+from jax.interpreters import ad, batching, mlir
 
 from vit_jax.native import onednn
 
 
 def softmax(logits: jax.Array, dtype: Any = None) -> jax.Array:
     """Softmax over the last axis, computed in float32 (at least) and returned in `dtype` (None: the logits')."""
-    return _softmax(logits, jnp.dtype(logits.dtype), jnp.dtype(dtype or logits.dtype))
+    return _softmax_p.bind(logits, dtype=jnp.dtype(dtype or logits.dtype))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _softmax(logits: jax.Array, logits_dtype: Any, dtype: Any) -> jax.Array:
+def _softmax_lowered(logits: jax.Array, *, dtype: Any) -> jax.Array:
     library = onednn.softmax(logits, dtype)
     if library is not None:
         return library
-    x = logits.astype(jnp.promote_types(logits_dtype, jnp.float32))
+    x = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     unnormalized = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
     return (unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)).astype(dtype)
 
@@ -47,9 +48,25 @@ def _softmax_tangent(weights: jax.Array, t: jax.Array) -> jax.Array:
     return (y * (t - jnp.sum(t * y, axis=-1, keepdims=True))).astype(weights.dtype)
 
 
-@_softmax.defjvp
-def _softmax_jvp(logits_dtype: Any, dtype: Any, primals: tuple[jax.Array], tangents: tuple[jax.Array]
-                 ) -> tuple[jax.Array, jax.Array]:
+def _softmax_jvp(primals: tuple[jax.Array], tangents: tuple[Any], *, dtype: Any) -> tuple[jax.Array, Any]:
     (logits,), (t,) = primals, tangents
-    weights = _softmax(logits, logits_dtype, dtype)
+    weights = _softmax_p.bind(logits, dtype=dtype)
+    if type(t) is ad.Zero:
+        return weights, ad.Zero.from_primal_value(weights)
     return weights, _softmax_tangent(weights, t)
+
+
+def _softmax_batched(args: tuple[jax.Array], dims: tuple[int], *, dtype: Any) -> tuple[jax.Array, int]:
+    (logits,), (dim,) = args, dims
+    logits = jnp.moveaxis(logits, dim, 0)  # off the last axis, which the softmax runs along
+    return softmax(logits, dtype), 0
+
+
+# A primitive with its own JVP rule (rather than a `custom_jvp` function): inside `scan` JAX's partial evaluation
+# keeps a primitive's rules at every order, where it inlines a custom function's primal, here an FFI call.
+_softmax_p = jax.extend.core.Primitive("vit_jax_rowwise_softmax")
+_softmax_p.def_impl(_softmax_lowered)
+_softmax_p.def_abstract_eval(lambda logits, *, dtype: jax.core.ShapedArray(logits.shape, dtype))
+mlir.register_lowering(_softmax_p, mlir.lower_fun(_softmax_lowered, multiple_results=False))
+ad.primitive_jvps[_softmax_p] = _softmax_jvp
+batching.primitive_batchers[_softmax_p] = _softmax_batched
