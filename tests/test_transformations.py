@@ -2,6 +2,8 @@
 forms in place (oneDNN's products where installed): forward mode agrees with reverse mode, Hessian-vector
 products with finite differences of gradients, `vmap` of per-example gradients with a loop."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,11 +16,11 @@ def _flat(tree):
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["layers", "scan"])
-def model_and_data(request):
-    """The encoder's blocks as layers, and scanned (where JAX's partial evaluation treats custom rules apart)."""
+@functools.cache
+def setup(scan: bool = False):
+    """The encoder's blocks as layers, or scanned (where JAX's partial evaluation treats custom rules apart)."""
     rng = np.random.default_rng(0)
-    model = create_model("mu/16", num_classes=10, scan=request.param)
+    model = create_model("mu/16", num_classes=10, scan=scan)
     images = jnp.asarray(rng.uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
     labels = jnp.asarray([1, 4, 7])
     params = model.init(jax.random.key(0), images, train=False)
@@ -35,8 +37,8 @@ def _loss(model, images, labels):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_forward_mode_equals_reverse_mode(model_and_data, dtype):
-    model, images, labels, params, direction = model_and_data
+def test_forward_mode_equals_reverse_mode(dtype):
+    model, images, labels, params, direction = setup()
     model = model.clone(dtype=jnp.dtype(dtype))
     loss = _loss(model, images, labels)
     _, directional = jax.jit(lambda p, v: jax.jvp(loss, (p,), (v,)))(params, direction)
@@ -45,8 +47,9 @@ def test_forward_mode_equals_reverse_mode(model_and_data, dtype):
     assert float(directional) == pytest.approx(expected, rel=1e-4 if dtype == "float32" else 3e-2)
 
 
-def test_hessian_vector_products_equal_finite_differences_of_gradients(model_and_data):
-    model, images, labels, params, direction = model_and_data
+@pytest.mark.parametrize("scan", [False, True], ids=["layers", "scan"])
+def test_hessian_vector_products_equal_finite_differences_of_gradients(scan):
+    model, images, labels, params, direction = setup(scan)
     grad = jax.jit(jax.grad(_loss(model, images, labels)))
     hvp = jax.jit(lambda p, v: jax.jvp(grad, (p,), (v,))[1])(params, direction)
     eps = 1e-3
@@ -56,8 +59,8 @@ def test_hessian_vector_products_equal_finite_differences_of_gradients(model_and
     assert np.linalg.norm(got - finite) <= 2e-2 * np.linalg.norm(finite)
 
 
-def test_vmap_of_per_example_gradients_equals_a_loop(model_and_data):
-    model, images, labels, params, _ = model_and_data
+def test_vmap_of_per_example_gradients_equals_a_loop():
+    model, images, labels, params, _ = setup()
     per_example = lambda p, x, y: jax.grad(_loss(model, x[None], y[None]))(p)
     batched = jax.jit(jax.vmap(per_example, (None, 0, 0)))(params, images, labels)
     for i in range(images.shape[0]):
