@@ -165,6 +165,24 @@ def test_remat_lowers_xlas_peak_memory_of_the_scanned_backward_pass():
     assert rematerialised < 0.7 * plain, (rematerialised, plain)
 
 
+def test_dot_remat_policies_save_vit_jaxs_products(rng):
+    """vit_jax's products (bf16, or oneDNN's) are a primitive of their own: `dots_saveable` must still see them as
+    the dots they are, so the backward pass recomputes none of them (as with everything saved)."""
+    x = jnp.asarray(tokens(rng), jnp.bfloat16)
+    model = tiny_encoder(dtype=jnp.bfloat16)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)["params"])
+
+    def products(**remat):
+        m = model.clone(options=dataclasses.replace(model.options, remat=True, **remat))
+        text = jax.jit(jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x, train=False).astype(jnp.float32))))
+        text = text.lower(params).compile().as_text()
+        return text.count('custom_call_target="vit_jax_matmul"') + text.count(" dot(")
+
+    recomputed, saved = products(), products(remat_policy="everything_saveable")
+    assert recomputed > saved
+    assert products(remat_policy="dots_saveable") == saved
+
+
 def test_unknown_remat_policy_lists_the_valid_ones(rng):
     with pytest.raises(ValueError, match="remat_policy 'fastest' is not a jax.checkpoint_policies member: .*dots_saveable"):
         tiny_encoder(remat=True, remat_policy="fastest").init(jax.random.key(0), tokens(rng), train=False)

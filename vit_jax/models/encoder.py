@@ -21,6 +21,7 @@ import numpy as np
 from vit_jax.models.block import Encoder1DBlock
 from vit_jax.models.encoder_options import EncoderOptions, remat_policy
 from vit_jax.models.layer_norm import LayerNorm
+from vit_jax.models.mixed_precision import policy_seeing_products
 from vit_jax.models.packed_posemb import PackedPositionEmbs, TokenPositions
 from vit_jax.models.posemb import AddPositionEmbs, PosembKind
 from vit_jax.models.rope import augment_coordinates, grid_coordinates, is_rope, token_coordinates
@@ -137,7 +138,7 @@ class Encoder(nn.Module):
         o = self.options
         if not o.remat:
             return Encoder1DBlock
-        policy = remat_policy(o.remat_policy)
+        policy = policy_seeing_products(remat_policy(o.remat_policy))  # vit_jax's products count as dots
         # static_argnums counts self: 0=self, 1=x, 2=drop_path_rate, 3=deterministic (4=mask, 5=coords: arrays).
         # CSE prevention is only needed outside scan (scan already keeps XLA from merging the recomputation back).
         return nn.remat(Encoder1DBlock, prevent_cse=not o.scan, static_argnums=(3,), policy=policy)

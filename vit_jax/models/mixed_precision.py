@@ -159,6 +159,28 @@ ad.defbilinear(_mixed_einsum_p, _mixed_einsum_transpose_lhs, _mixed_einsum_trans
 batching.primitive_batchers[_mixed_einsum_p] = _mixed_einsum_batched
 
 
+
+def policy_seeing_products(policy: Callable[..., bool] | None) -> Callable[..., bool] | None:
+    """`policy` (a `jax.checkpoint_policies` member, for `jax.checkpoint` / `nn.remat`) shown vit_jax's product as
+    the `lax.dot_general` it computes, so that the dot policies (`dots_saveable`, `dots_with_no_batch_dims_saveable`,
+    ...) save it as they save XLA's products instead of recomputing it."""
+    if policy is None:
+        return None
+
+    def with_products(prim: Any, *args: Any, **params: Any) -> bool:
+        if prim is not _mixed_einsum_p:
+            return policy(prim, *args, **params)
+        operands, out = params["spec"].split("->")
+        a_spec, b_spec = operands.split(",")
+        batch = [i for i in out if i in a_spec and i in b_spec]
+        contracted = [i for i in a_spec if i in b_spec and i not in out]
+        dims = ((tuple(map(a_spec.index, contracted)), tuple(map(b_spec.index, contracted))),
+                (tuple(map(a_spec.index, batch)), tuple(map(b_spec.index, batch))))
+        return policy(lax.dot_general_p, *args, dimension_numbers=dims, precision=None,
+                      preferred_element_type=params["out_dtype"], out_sharding=None)
+
+    return with_products
+
 def contracted_trailing_axes(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> int:
     """How many trailing `lhs` dimensions meet as many leading `rhs` dimensions, in order (0: another form)."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
