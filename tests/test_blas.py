@@ -33,6 +33,30 @@ def test_blas_matmul_gradients_are_the_transposed_products(rng):
     np.testing.assert_allclose(db, a.T @ g, rtol=1e-5, atol=1e-5)
 
 
+def test_blas_matmul_forward_mode_second_order_and_vmap(rng):
+    """L = sum(tanh(A B) W): dL = <G, TA B + A TB> with G = (1 - tanh²(AB)) W; the Hessian-vector product's A part
+    is dG B^T + G TB^T with dG = -2 tanh (1 - tanh²) W (TA B + A TB), against float64 NumPy."""
+    a, b, ta, tb = (rng.standard_normal(s) * 0.3 for s in ((9, 5), (5, 7), (9, 5), (5, 7)))
+    w = rng.standard_normal((9, 7))
+    f32 = lambda *xs: [jnp.asarray(x, jnp.float32) for x in xs]
+    loss = lambda a, b: jnp.sum(jnp.tanh(blas.blas_matmul(a, b)) * w)
+    th = np.tanh(a @ b)
+    g, dc = (1 - th**2) * w, ta @ b + a @ tb
+    dg = -2 * th * (1 - th**2) * w * dc
+    _, dl = jax.jvp(loss, f32(a, b), f32(ta, tb))
+    np.testing.assert_allclose(dl, np.sum(g * dc), rtol=1e-4)
+    _, (hva, hvb) = jax.jvp(jax.grad(loss, argnums=(0, 1)), f32(a, b), f32(ta, tb))
+    np.testing.assert_allclose(hva, dg @ b.T + g @ tb.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(hvb, a.T @ dg + ta.T @ g, rtol=1e-4, atol=1e-4)
+    # reverse over reverse (the transposed products, transposed again): the same, the Hessian being symmetric
+    along = lambda a, b: sum(jnp.vdot(d, t) for d, t in zip(jax.grad(loss, argnums=(0, 1))(a, b), f32(ta, tb)))
+    for got, want in zip(jax.grad(along, argnums=(0, 1))(*f32(a, b)), (hva, hvb)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    stacked = np.stack([a, ta])
+    np.testing.assert_allclose(jax.vmap(blas.blas_matmul, (0, None))(*f32(stacked, b)), stacked @ b, rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_other_products_and_dtypes_stay_with_xla(rng):
     x, y = jnp.asarray(rng.standard_normal((2, 6, 4)), jnp.float32), jnp.asarray(rng.standard_normal((2, 4, 3)),
                                                                                    jnp.float32)

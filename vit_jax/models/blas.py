@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.interpreters import ad, batching, mlir
 
 from vit_jax import native
 from vit_jax.models.mixed_precision import contracted_trailing_axes, is_bfloat16, mixed_dot_general
@@ -68,22 +70,53 @@ def sgemm(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = Fal
     return call(a, b, trans_a=np.int32(trans_a), trans_b=np.int32(trans_b))
 
 
-@jax.custom_vjp
 def blas_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """`a @ b` (2-D, float32) with both gradients through the library too."""
-    return sgemm(a, b)
+    """`a @ b` (2-D, float32) with both gradients through the library too: a bilinear JAX primitive (as
+    `lax.dot_general`) whose derivatives are library products with transposed operands, so forward mode, second
+    order and `vmap` work as well as reverse mode."""
+    return _sgemm_p.bind(a, b, trans_a=False, trans_b=False)
 
 
-def _blas_matmul_fwd(a: jax.Array, b: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return sgemm(a, b), (a, b)
+def _sgemm_shape(a: Any, b: Any, *, trans_a: bool, trans_b: bool) -> jax.core.ShapedArray:
+    (m, k), (k_b, n) = a.shape[::-1] if trans_a else a.shape, b.shape[::-1] if trans_b else b.shape
+    if k != k_b:
+        raise ValueError(f"sgemm: op(a) {(m, k)} and op(b) {(k_b, n)} do not chain (trans_a={trans_a}, "
+                         f"trans_b={trans_b})")
+    return jax.core.ShapedArray((m, n), jnp.float32)
 
 
-def _blas_matmul_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    a, b = residuals
-    return sgemm(g, b, trans_b=True), sgemm(a, g, trans_a=True)
+def _sgemm_lowered(a: jax.Array, b: jax.Array, *, trans_a: bool, trans_b: bool) -> jax.Array:
+    return sgemm(a, b, trans_a, trans_b)
 
 
-blas_matmul.defvjp(_blas_matmul_fwd, _blas_matmul_bwd)
+def _sgemm_transpose_lhs(g: jax.Array, a: Any, b: jax.Array, *, trans_a: bool, trans_b: bool) -> jax.Array:
+    # C = op(A) op(B): op(A)'s cotangent is G op(B)^T; A's, its transpose where A comes transposed
+    if not trans_a:
+        return _sgemm_p.bind(g, b, trans_a=False, trans_b=not trans_b)
+    return _sgemm_p.bind(b, g, trans_a=trans_b, trans_b=True)
+
+
+def _sgemm_transpose_rhs(g: jax.Array, a: jax.Array, b: Any, *, trans_a: bool, trans_b: bool) -> jax.Array:
+    # op(B)'s cotangent is op(A)^T G
+    if not trans_b:
+        return _sgemm_p.bind(a, g, trans_a=not trans_a, trans_b=False)
+    return _sgemm_p.bind(g, a, trans_a=True, trans_b=trans_a)
+
+
+def _sgemm_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None], **params: bool
+                   ) -> tuple[jax.Array, int]:
+    """`vmap`: one product per mapped element (`lax.map`), the unmapped operand shared."""
+    size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
+    a, b = (jnp.broadcast_to(x, (size, *x.shape)) if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(args, dims))
+    return lax.map(lambda ab: _sgemm_p.bind(*ab, **params), (a, b)), 0
+
+
+_sgemm_p = jax.extend.core.Primitive("vit_jax_blas_sgemm")
+_sgemm_p.def_impl(_sgemm_lowered)
+_sgemm_p.def_abstract_eval(_sgemm_shape)
+mlir.register_lowering(_sgemm_p, mlir.lower_fun(_sgemm_lowered, multiple_results=False))
+ad.defbilinear(_sgemm_p, _sgemm_transpose_lhs, _sgemm_transpose_rhs)
+batching.primitive_batchers[_sgemm_p] = _sgemm_batched
 
 
 def blas_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,
