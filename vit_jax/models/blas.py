@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.interpreters import ad, batching, mlir
 
 from vit_jax import native
 from vit_jax.models.mixed_precision import contracted_trailing_axes, is_bfloat16, mixed_dot_general
+from vit_jax.models.primitives import define_primitive
 from vit_jax.native import onednn
 
 TARGET = "vit_jax_sgemm"
@@ -111,12 +110,8 @@ def _sgemm_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | None, in
     return lax.map(lambda ab: _sgemm_p.bind(*ab, **params), (a, b)), 0
 
 
-_sgemm_p = jax.extend.core.Primitive("vit_jax_blas_sgemm")
-_sgemm_p.def_impl(_sgemm_lowered)
-_sgemm_p.def_abstract_eval(_sgemm_shape)
-mlir.register_lowering(_sgemm_p, mlir.lower_fun(_sgemm_lowered, multiple_results=False))
-ad.defbilinear(_sgemm_p, _sgemm_transpose_lhs, _sgemm_transpose_rhs)
-batching.primitive_batchers[_sgemm_p] = _sgemm_batched
+_sgemm_p = define_primitive("vit_jax_blas_sgemm", _sgemm_lowered, _sgemm_shape, _sgemm_batched,
+                            transposes=(_sgemm_transpose_lhs, _sgemm_transpose_rhs))
 
 
 def blas_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,

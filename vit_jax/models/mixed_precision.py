@@ -24,14 +24,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.extend
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
-from jax.interpreters import ad, batching, mlir
 
 from vit_jax import native
 from vit_jax.models.activations import ACTIVATIONS
+from vit_jax.models.primitives import define_primitive
 from vit_jax.models.softmax import softmax
 from vit_jax.native import onednn
 
@@ -151,12 +150,9 @@ def _mixed_einsum_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | N
     return mixed_einsum(f"{a_spec},{b_spec}->{letter}{out}", a, b, out_dtype, scale), 0
 
 
-_mixed_einsum_p = jax.extend.core.Primitive("vit_jax_mixed_einsum")
-_mixed_einsum_p.def_impl(_mixed_einsum_lowered)
-_mixed_einsum_p.def_abstract_eval(_mixed_einsum_abstract)
-mlir.register_lowering(_mixed_einsum_p, mlir.lower_fun(_mixed_einsum_lowered, multiple_results=False))
-ad.defbilinear(_mixed_einsum_p, _mixed_einsum_transpose_lhs, _mixed_einsum_transpose_rhs)
-batching.primitive_batchers[_mixed_einsum_p] = _mixed_einsum_batched
+_mixed_einsum_p = define_primitive("vit_jax_mixed_einsum", _mixed_einsum_lowered, _mixed_einsum_abstract,
+                                  _mixed_einsum_batched,
+                                  transposes=(_mixed_einsum_transpose_lhs, _mixed_einsum_transpose_rhs))
 
 
 

@@ -18,10 +18,10 @@ import functools
 from typing import Any
 
 import jax
-import jax.extend
 import jax.numpy as jnp
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad
 
+from vit_jax.models.primitives import define_primitive
 from vit_jax.native import onednn
 
 
@@ -64,9 +64,6 @@ def _softmax_batched(args: tuple[jax.Array], dims: tuple[int], *, dtype: Any) ->
 
 # A primitive with its own JVP rule (rather than a `custom_jvp` function): inside `scan` JAX's partial evaluation
 # keeps a primitive's rules at every order, where it inlines a custom function's primal, here an FFI call.
-_softmax_p = jax.extend.core.Primitive("vit_jax_rowwise_softmax")
-_softmax_p.def_impl(_softmax_lowered)
-_softmax_p.def_abstract_eval(lambda logits, *, dtype: jax.core.ShapedArray(logits.shape, dtype))
-mlir.register_lowering(_softmax_p, mlir.lower_fun(_softmax_lowered, multiple_results=False))
-ad.primitive_jvps[_softmax_p] = _softmax_jvp
-batching.primitive_batchers[_softmax_p] = _softmax_batched
+_softmax_p = define_primitive("vit_jax_rowwise_softmax", _softmax_lowered,
+                              lambda logits, *, dtype: jax.core.ShapedArray(logits.shape, dtype), _softmax_batched,
+                              jvp=_softmax_jvp)
