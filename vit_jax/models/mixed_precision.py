@@ -29,6 +29,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from vit_jax import native
+from vit_jax.einsum_spec import EinsumSpec
 from vit_jax.models.activations import ACTIVATIONS
 from vit_jax.models.primitives import define_primitive
 from vit_jax.models.softmax import softmax
@@ -47,10 +48,8 @@ def _product(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any, scale: float
     library = onednn.einsum(spec, a, b, out_dtype, scale=scale)
     if library is not None:
         return library
-    operands, out = spec.split("->")
-    a_spec, b_spec = operands.split(",")
-    batch = [i for i in out if i in a_spec and i in b_spec]
-    contracted = [i for i in a_spec if i in b_spec and i not in out]
+    parsed = EinsumSpec.parse(spec)
+    a_spec, b_spec, out, batch, contracted = parsed.a, parsed.b, parsed.out, parsed.batch, parsed.contracted
     a_free = [i for i in a_spec if i not in batch and i not in contracted]
     b_free = [i for i in b_spec if i not in batch and i not in contracted]
     sizes = {**dict(zip(a_spec, a.shape)), **dict(zip(b_spec, b.shape))}
@@ -92,15 +91,10 @@ def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any = None, s
     return _mixed_einsum_p.bind(a, b, spec=spec, out_dtype=jnp.dtype(out_dtype or a.dtype), scale=float(scale))
 
 
-def _einsum_shape(spec: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, ...]:
-    operands, out = spec.split("->")
-    a_spec, b_spec = operands.split(",")
-    sizes = {**dict(zip(a_spec, a_shape)), **dict(zip(b_spec, b_shape))}
-    return tuple(sizes[i] for i in out)
-
-
 def _mixed_einsum_abstract(a: Any, b: Any, *, spec: str, out_dtype: Any, scale: float) -> jax.core.ShapedArray:
-    return jax.core.ShapedArray(_einsum_shape(spec, a.shape, b.shape), out_dtype)
+    parsed = EinsumSpec.parse(spec)
+    sizes = {**dict(zip(parsed.a, a.shape)), **dict(zip(parsed.b, b.shape))}
+    return jax.core.ShapedArray(tuple(sizes[i] for i in parsed.out), out_dtype)
 
 
 def _mixed_einsum_lowered(a: jax.Array, b: jax.Array, *, spec: str, out_dtype: Any, scale: float) -> jax.Array:
@@ -112,13 +106,12 @@ def _transposed_product(spec: str, scale: float, ct: jax.Array, other: jax.Array
     """The cotangent of one operand: the product of the output's cotangent with the other operand, unscaled, then
     scaled in float32 (as a post-op on a bf16 result oneDNN's products ran 10-30% slower; the logits' float32
     forward product takes it at no cost)."""
-    operands, out = spec.split("->")
-    a_spec, b_spec = operands.split(",")
+    s = EinsumSpec.parse(spec)
     ct = ct.astype(other.dtype)
     if lhs:
-        grad = mixed_einsum(f"{out},{b_spec}->{a_spec}", ct, other, wanted.dtype)
+        grad = mixed_einsum(f"{s.out},{s.b}->{s.a}", ct, other, wanted.dtype)
     else:
-        grad = mixed_einsum(f"{a_spec},{out}->{b_spec}", other, ct, wanted.dtype)
+        grad = mixed_einsum(f"{s.a},{s.out}->{s.b}", other, ct, wanted.dtype)
     if scale == 1.0:
         return grad
     return (grad.astype(jnp.float32) * jnp.float32(scale)).astype(grad.dtype)  # the forward pass's float32 scale
@@ -137,17 +130,16 @@ def _mixed_einsum_transpose_rhs(ct: jax.Array, a: jax.Array, b: Any, *, spec: st
 def _mixed_einsum_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None], *, spec: str,
                           out_dtype: Any, scale: float) -> tuple[jax.Array, int]:
     """`vmap`: the mapped axis is one more index of the product (a batch index where both operands have it)."""
-    operands, out = spec.split("->")
-    specs = operands.split(",")
+    parsed = EinsumSpec.parse(spec)
     letter = next(c for c in string.ascii_letters if c not in spec)
     moved = []
-    for x, dim, x_spec in zip(args, dims, specs):
+    for x, dim, x_spec in zip(args, dims, (parsed.a, parsed.b)):
         if dim is None:
             moved.append((x, x_spec))
         else:
             moved.append((jnp.moveaxis(x, dim, 0), letter + x_spec))
     (a, a_spec), (b, b_spec) = moved
-    return mixed_einsum(f"{a_spec},{b_spec}->{letter}{out}", a, b, out_dtype, scale), 0
+    return mixed_einsum(f"{a_spec},{b_spec}->{letter}{parsed.out}", a, b, out_dtype, scale), 0
 
 
 _mixed_einsum_p = define_primitive("vit_jax_mixed_einsum", _mixed_einsum_lowered, _mixed_einsum_abstract,
@@ -166,12 +158,7 @@ def policy_seeing_products(policy: Callable[..., bool] | None) -> Callable[..., 
     def with_products(prim: Any, *args: Any, **params: Any) -> bool:
         if prim is not _mixed_einsum_p:
             return policy(prim, *args, **params)
-        operands, out = params["spec"].split("->")
-        a_spec, b_spec = operands.split(",")
-        batch = [i for i in out if i in a_spec and i in b_spec]
-        contracted = [i for i in a_spec if i in b_spec and i not in out]
-        dims = ((tuple(map(a_spec.index, contracted)), tuple(map(b_spec.index, contracted))),
-                (tuple(map(a_spec.index, batch)), tuple(map(b_spec.index, batch))))
+        dims = EinsumSpec.parse(params["spec"]).dimension_numbers()
         return policy(lax.dot_general_p, *args, dimension_numbers=dims, precision=None,
                       preferred_element_type=params["out_dtype"], out_sharding=None)
 

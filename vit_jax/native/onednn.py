@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import native
+from vit_jax.einsum_spec import EinsumSpec
 
 MATMUL = "vit_jax_matmul"  # activation(scale * product + bias), all in the product's pass
 SOFTMAX = "vit_jax_softmax"
@@ -136,18 +137,17 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
                          f"got {activation!r}" + ("" if bias is not None else " without a bias"))
     if scale != 1.0 and bias is not None:
         raise ValueError(f"a scale ({scale}) is applied to products without a bias; got a bias of shape {bias.shape}")
-    operands, out = spec.replace(" ", "").split("->")
-    a_spec, b_spec = operands.split(",")
+    parsed = EinsumSpec.parse(spec)
+    a_spec, b_spec, out = parsed.a, parsed.b, parsed.out
     sizes = {**dict(zip(a_spec, a.shape)), **dict(zip(b_spec, b.shape))}
     out_shape = tuple(sizes[i] for i in out)
     if min((*a.shape, *b.shape, 1)) == 0 or any(spec.count(i) > 1 for spec in (a_spec, b_spec, out) for i in spec):
         return None
     strides = [dict(zip(s, _strides(x.shape))) for s, x in ((a_spec, a), (b_spec, b))]
     strides.append(dict(zip(out, _strides(out_shape))))
-    batch = [i for i in out if i in a_spec and i in b_spec]
+    batch, contracted = parsed.batch, parsed.contracted
     rows = [i for i in out if i in a_spec and i not in b_spec]
     columns = [i for i in out if i in b_spec and i not in a_spec]
-    contracted = [i for i in a_spec if i in b_spec and i not in out]
     if any(i not in out and i not in contracted for i in a_spec + b_spec):
         return None  # an index summed inside one operand
     batch_groups: list[list[str]] = []
