@@ -9,14 +9,17 @@
 // oneDNN is not linked: `vit_jax_load_onednn` opens the shared library the `onednn-cpu-gomp` wheel installs and
 // resolves the few functions used here, so the extension builds without it and vit_jax falls back to XLA's
 // products where it is missing. oneDNN runs single-threaded inside each chunk of XLA's own thread pool (batch
-// entries, or rows when there is no batch), as the BLAS call next door does.
+// entries, or rows when there is no batch, or the contraction for weight and bias gradients), as the BLAS call next
+// door does. Every chunk is a dense slice of its operands: oneDNN's fast (brgemm) kernels take no other.
 
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -43,6 +46,7 @@ struct OneDnn {
   decltype(&dnnl_primitive_attr_set_post_ops) attr_set_post_ops;
   decltype(&dnnl_post_ops_create) post_ops_create;
   decltype(&dnnl_post_ops_append_eltwise) post_ops_append_eltwise;
+  decltype(&dnnl_post_ops_append_sum) post_ops_append_sum;
   decltype(&dnnl_post_ops_destroy) post_ops_destroy;
   decltype(&dnnl_matmul_primitive_desc_create) matmul_primitive_desc_create;
   decltype(&dnnl_softmax_forward_primitive_desc_create) softmax_primitive_desc_create;
@@ -72,15 +76,22 @@ std::map<std::vector<int64_t>, Product>* g_products = new std::map<std::vector<i
 bool Ok(dnnl_status_t status) { return status == dnnl_success; }
 
 constexpr int64_t kChunksPerThread = 4;
+constexpr int64_t kRowUnit = 16;  // rows (or contraction) per chunk: a multiple of this
+constexpr int64_t kMinContractionChunk = 256;  // a chunk of the contraction: at least this long
 // A primitive's key: its kind, then for a product (kMatmulKeySize values) b1, b2, m, k, n, A strides (4), B strides
 // (4), C strides (4), types (3), bias type, activation, the scale's float bits; for a softmax rows, n, types (2).
 enum Kind : int64_t { kMatmul = 0, kSoftmax = 1 };
 constexpr size_t kMatmulKeySize = 24, kSoftmaxKeySize = 5;
 constexpr int64_t kScratchFloats = 64 * 1024;  // a softmax chunk's float32 weights before rounding: 256 KiB
 
-// vit_jax's activation codes (vit_jax/native/onednn.py's ACTIVATIONS) as oneDNN's eltwise post-ops.
+// Not an activation: C += scale A B (a partial sum over a chunk of the contraction; never passed from Python).
+constexpr int64_t kAccumulate = 4;
+
+// vit_jax's activation codes (vit_jax/native/onednn.py's ACTIVATIONS) as oneDNN's eltwise post-ops, and kAccumulate
+// as its sum post-op.
 bool AppendActivation(dnnl_post_ops_t post_ops, int64_t activation) {
   switch (activation) {
+    case kAccumulate: return Ok(g_dnnl.post_ops_append_sum(post_ops, 1.f, 0, dnnl_data_type_undef));
     case 1: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_gelu_erf, 0.f, 0.f));
     case 2: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_gelu_tanh, 0.f, 0.f));
     case 3: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_swish, 1.702f, 0.f));  // quick GELU
@@ -208,6 +219,112 @@ int64_t DnnlType(ffi::DataType type) {
   }
 }
 
+// A chunk's dimensions of size 1 get the strides a dense layout would give them, as the whole product's do
+// (onednn.py): one cut out of a larger product keeps that product's batch strides, which oneDNN's brgemm kernels
+// take for a non-dense layout and leave to slower ones. `key` = {kMatmul, b1, b2, m, k, n, then the strides}.
+void DenseStridesWhereUnit(std::vector<int64_t>& key) {
+  const int64_t b1 = key[1], b2 = key[2], m = key[3], k = key[4], n = key[5];
+  const int64_t shapes[3][4] = {{b1, b2, m, k}, {b1, b2, k, n}, {b1, b2, m, n}};  // A, B, C
+  for (int operand = 0; operand < 3; ++operand) {
+    const int64_t* shape = shapes[operand];
+    int64_t* strides = key.data() + 6 + 4 * operand;
+    int64_t dense = 1;
+    for (int axis = 3; axis >= 0; --axis) {
+      if (shape[axis] == 1) strides[axis] = dense;
+      dense *= shape[axis];
+    }
+  }
+}
+
+// float32 -> bf16, rounded to nearest even (NaN stays NaN); on x86-64 compiled for the widest vectors the CPU has.
+#if defined(__x86_64__) && defined(__GLIBC__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void RoundToBf16(const float* from, uint16_t* to, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &from[i], sizeof bits);
+    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+    to[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u)
+                : static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  }
+}
+
+// Whether C = scale A B is cut along the contraction instead of C's rows: products with no batch, bias or activation
+// whose rows lie in A's columns or are too few to share (weight and bias gradients, A = a^T and k = the tokens). A
+// chunk of such rows is a strided sub-matrix, which oneDNN's brgemm kernels refuse (they want dense operands),
+// while a chunk of k is a dense slice of both operands.
+bool CutsContraction(ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
+                     ffi::Span<const int64_t> c_strides, bool biased, int64_t activation) {
+  const int64_t b1 = dims[0], b2 = dims[1], m = dims[2], k = dims[3], n = dims[4];
+  const bool rows_in_columns = m > 1 && a_strides[2] < a_strides[3];
+  return b1 == 1 && b2 == 1 && !biased && activation == 0 && k >= 2 * kMinContractionChunk &&
+         (n == 1 || c_strides[3] == 1) && (rows_in_columns || m < 2 * kRowUnit);
+}
+
+// C = scale A B (no batch) with the contraction cut into chunks: each worker sums the chunks it claims into a float32
+// partial of C (oneDNN's sum post-op), then the partials are added and rounded once into C, rows over the pool.
+ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, const char* b_data, char* c_data,
+                                 ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
+                                 ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides,
+                                 const int64_t types[5], size_t a_bytes, size_t b_bytes, float scale) {
+  const int64_t m = dims[2], k = dims[3], n = dims[4];
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * workers,
+                                                                k / kMinContractionChunk));
+  const int64_t per = ((k + wanted - 1) / wanted + kRowUnit - 1) / kRowUnit * kRowUnit;
+  const int64_t chunks = (k + per - 1) / per;
+  std::unique_ptr<float[]> partials(new float[workers * m * n]);  // worker w's: m x n, dense
+  std::vector<char> used(workers, 0), failed(workers, 0);
+  std::atomic<int64_t> next{0};
+  ParallelFor(pool, workers, [&](int64_t w) {
+    for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
+      const int64_t first = i * per, count = std::min(per, k - first);
+      std::vector<int64_t> key = {kMatmul, 1, 1, m, count, n};
+      key.insert(key.end(), a_strides.begin(), a_strides.end());
+      key.insert(key.end(), b_strides.begin(), b_strides.end());
+      key.insert(key.end(), {m * n, m * n, n, 1});
+      DenseStridesWhereUnit(key);
+      key.insert(key.end(), {types[0], types[1], dnnl_f32, dnnl_data_type_undef, used[w] ? kAccumulate : 0});
+      key.push_back(FloatBits(scale));
+      if (!Execute(key, a_data + first * a_strides[3] * a_bytes, b_data + first * b_strides[2] * b_bytes, nullptr,
+                   partials.get() + w * m * n)) {
+        failed[w] = 1;
+        return;
+      }
+      used[w] = 1;
+    }
+  });
+  if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
+    return ffi::Error::Internal("vit_jax_matmul: oneDNN could not create or run the product");
+  }
+  std::vector<const float*> sums;
+  for (int64_t w = 0; w < workers; ++w) {
+    if (used[w]) sums.push_back(partials.get() + w * m * n);
+  }
+  const int64_t row_chunks = std::min<int64_t>(m, kChunksPerThread * workers);
+  const int64_t rows_per = (m + row_chunks - 1) / row_chunks;
+  const bool to_bf16 = types[2] == dnnl_bf16;
+  const size_t c_bytes = to_bf16 ? 2 : 4;
+  ParallelFor(pool, (m + rows_per - 1) / rows_per, [&](int64_t i) {
+    thread_local std::vector<float> row;
+    row.resize(n);
+    for (int64_t r = i * rows_per; r < std::min(m, (i + 1) * rows_per); ++r) {
+      std::copy(sums[0] + r * n, sums[0] + (r + 1) * n, row.begin());
+      for (size_t s = 1; s < sums.size(); ++s) {
+        for (int64_t j = 0; j < n; ++j) row[j] += sums[s][r * n + j];
+      }
+      char* to = c_data + r * c_strides[2] * c_bytes;  // C's columns are contiguous (CutsContraction)
+      if (to_bf16) {
+        RoundToBf16(row.data(), reinterpret_cast<uint16_t*>(to), n);
+      } else {
+        std::memcpy(to, row.data(), n * sizeof(float));
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 // C = activation(scale A B + bias), cut into chunks over XLA's thread pool; an empty `bias_buffer`: none.
 ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer bias_buffer,
                   ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
@@ -233,19 +350,23 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
   if (activation < 0 || activation > 3) return ffi::Error::InvalidArgument("vit_jax_matmul: unknown activation");
   const size_t a_bytes = ffi::ByteWidth(a.element_type()), b_bytes = ffi::ByteWidth(b.element_type()),
                c_bytes = ffi::ByteWidth(c->element_type());
-  // chunks: over b1 when there is a batch, else over rows of C (multiples of 16)
+  const char* a_data = static_cast<const char*>(a.untyped_data());
+  const char* b_data = static_cast<const char*>(b.untyped_data());
+  char* c_data = static_cast<char*>(c->untyped_data());
+  if (CutsContraction(dims, a_strides, c_strides, bias != nullptr, activation)) {
+    return MatmulOverContraction(pool, a_data, b_data, c_data, dims, a_strides, b_strides, c_strides, types, a_bytes,
+                                 b_bytes, scale);
+  }
+  // chunks: over b1 when there is a batch, else over rows of C (multiples of kRowUnit)
   const int64_t b1 = dims[0], m = dims[2];
   const bool by_batch = b1 > 1;
-  const int64_t extent = by_batch ? b1 : m, unit = by_batch ? 1 : 16;
+  const int64_t extent = by_batch ? b1 : m, unit = by_batch ? 1 : kRowUnit;
   // several chunks per thread: a thread that starts late or is preempted leaves its share to the others
   const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), extent / unit));
   const int64_t per = ((extent + wanted - 1) / wanted + unit - 1) / unit * unit;
   const int64_t chunks = (extent + per - 1) / per;
   const int axis = by_batch ? 0 : 2;  // the dim the chunks cut
-  const char* a_data = static_cast<const char*>(a.untyped_data());
-  const char* b_data = static_cast<const char*>(b.untyped_data());
   const void* bias_data = bias == nullptr ? nullptr : bias->untyped_data();
-  char* c_data = static_cast<char*>(c->untyped_data());
   std::vector<char> failed(chunks, 0);
   ParallelFor(pool, chunks, [&](int64_t i) {
     const int64_t first = i * per, count = std::min(per, extent - first);
@@ -255,6 +376,7 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
     key.insert(key.end(), a_strides.begin(), a_strides.end());
     key.insert(key.end(), b_strides.begin(), b_strides.end());
     key.insert(key.end(), c_strides.begin(), c_strides.end());
+    DenseStridesWhereUnit(key);
     key.insert(key.end(), types, types + 5);
     key.push_back(FloatBits(scale));
     const char* a_chunk = a_data + first * a_strides[axis] * a_bytes;
@@ -266,20 +388,6 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
     return ffi::Error::Internal("vit_jax_matmul: oneDNN could not create or run the product");
   }
   return ffi::Error::Success();
-}
-
-// float32 -> bf16, rounded to nearest even (NaN stays NaN); on x86-64 compiled for the widest vectors the CPU has.
-#if defined(__x86_64__) && defined(__GLIBC__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-void RoundToBf16(const float* from, uint16_t* to, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &from[i], sizeof bits);
-    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
-    to[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u)
-                : static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-  }
 }
 
 // y = softmax(x) over the last axis, rows cut into chunks over XLA's thread pool. oneDNN's softmax writes float32
@@ -349,6 +457,7 @@ extern "C" int vit_jax_load_onednn(const char* path) {
                   Resolve(library, "dnnl_primitive_attr_set_post_ops", d.attr_set_post_ops) &&
                   Resolve(library, "dnnl_post_ops_create", d.post_ops_create) &&
                   Resolve(library, "dnnl_post_ops_append_eltwise", d.post_ops_append_eltwise) &&
+                  Resolve(library, "dnnl_post_ops_append_sum", d.post_ops_append_sum) &&
                   Resolve(library, "dnnl_post_ops_destroy", d.post_ops_destroy) &&
                   Resolve(library, "dnnl_matmul_primitive_desc_create", d.matmul_primitive_desc_create) &&
                   Resolve(library, "dnnl_softmax_forward_primitive_desc_create", d.softmax_primitive_desc_create) &&
