@@ -15,7 +15,6 @@
 #include <dlfcn.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -46,7 +45,6 @@ struct OneDnn {
   decltype(&dnnl_primitive_attr_set_post_ops) attr_set_post_ops;
   decltype(&dnnl_post_ops_create) post_ops_create;
   decltype(&dnnl_post_ops_append_eltwise) post_ops_append_eltwise;
-  decltype(&dnnl_post_ops_append_sum) post_ops_append_sum;
   decltype(&dnnl_post_ops_destroy) post_ops_destroy;
   decltype(&dnnl_matmul_primitive_desc_create) matmul_primitive_desc_create;
   decltype(&dnnl_softmax_forward_primitive_desc_create) softmax_primitive_desc_create;
@@ -78,20 +76,16 @@ bool Ok(dnnl_status_t status) { return status == dnnl_success; }
 constexpr int64_t kChunksPerThread = 4;
 constexpr int64_t kRowUnit = 16;  // rows (or contraction) per chunk: a multiple of this
 constexpr int64_t kMinContractionChunk = 256;  // a chunk of the contraction: at least this long
+constexpr int64_t kContractionChunks = 8;  // at most: the partial sums' memory (and their number) stays bounded
 // A primitive's key: its kind, then for a product (kMatmulKeySize values) b1, b2, m, k, n, A strides (4), B strides
 // (4), C strides (4), types (3), bias type, activation, the scale's float bits; for a softmax rows, n, types (2).
 enum Kind : int64_t { kMatmul = 0, kSoftmax = 1 };
 constexpr size_t kMatmulKeySize = 24, kSoftmaxKeySize = 5;
 constexpr int64_t kScratchFloats = 64 * 1024;  // a softmax chunk's float32 weights before rounding: 256 KiB
 
-// Not an activation: C += scale A B (a partial sum over a chunk of the contraction; never passed from Python).
-constexpr int64_t kAccumulate = 4;
-
-// vit_jax's activation codes (vit_jax/native/onednn.py's ACTIVATIONS) as oneDNN's eltwise post-ops, and kAccumulate
-// as its sum post-op.
+// vit_jax's activation codes (vit_jax/native/onednn.py's ACTIVATIONS) as oneDNN's eltwise post-ops.
 bool AppendActivation(dnnl_post_ops_t post_ops, int64_t activation) {
   switch (activation) {
-    case kAccumulate: return Ok(g_dnnl.post_ops_append_sum(post_ops, 1.f, 0, dnnl_data_type_undef));
     case 1: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_gelu_erf, 0.f, 0.f));
     case 2: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_gelu_tanh, 0.f, 0.f));
     case 3: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_swish, 1.702f, 0.f));  // quick GELU
@@ -262,47 +256,35 @@ bool CutsContraction(ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_s
          (n == 1 || c_strides[3] == 1) && (rows_in_columns || m < 2 * kRowUnit);
 }
 
-// C = scale A B (no batch) with the contraction cut into chunks: each worker sums the chunks it claims into a float32
-// partial of C (oneDNN's sum post-op), then the partials are added and rounded once into C, rows over the pool.
+// C = scale A B (no batch) with the contraction cut into chunks, each into a float32 partial of C; the partials are
+// then added in a fixed order and rounded once into C, rows over the pool. The chunks depend on k alone, not on the
+// threads, so the result is the same bits on any number of threads and in every run (training stays reproducible).
 ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, const char* b_data, char* c_data,
                                  ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
                                  ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides,
                                  const int64_t types[5], size_t a_bytes, size_t b_bytes, float scale) {
   const int64_t m = dims[2], k = dims[3], n = dims[4];
-  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * workers,
-                                                                k / kMinContractionChunk));
+  const int64_t wanted = std::max<int64_t>(1, std::min(kContractionChunks, k / kMinContractionChunk));
   const int64_t per = ((k + wanted - 1) / wanted + kRowUnit - 1) / kRowUnit * kRowUnit;
   const int64_t chunks = (k + per - 1) / per;
-  std::unique_ptr<float[]> partials(new float[workers * m * n]);  // worker w's: m x n, dense
-  std::vector<char> used(workers, 0), failed(workers, 0);
-  std::atomic<int64_t> next{0};
-  ParallelFor(pool, workers, [&](int64_t w) {
-    for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
-      const int64_t first = i * per, count = std::min(per, k - first);
-      std::vector<int64_t> key = {kMatmul, 1, 1, m, count, n};
-      key.insert(key.end(), a_strides.begin(), a_strides.end());
-      key.insert(key.end(), b_strides.begin(), b_strides.end());
-      key.insert(key.end(), {m * n, m * n, n, 1});
-      DenseStridesWhereUnit(key);
-      key.insert(key.end(), {types[0], types[1], dnnl_f32, dnnl_data_type_undef, used[w] ? kAccumulate : 0});
-      key.push_back(FloatBits(scale));
-      if (!Execute(key, a_data + first * a_strides[3] * a_bytes, b_data + first * b_strides[2] * b_bytes, nullptr,
-                   partials.get() + w * m * n)) {
-        failed[w] = 1;
-        return;
-      }
-      used[w] = 1;
-    }
+  std::unique_ptr<float[]> partials(new float[chunks * m * n]);  // chunk i's: m x n, dense
+  std::vector<char> failed(chunks, 0);
+  ParallelFor(pool, chunks, [&](int64_t i) {
+    const int64_t first = i * per, count = std::min(per, k - first);
+    std::vector<int64_t> key = {kMatmul, 1, 1, m, count, n};
+    key.insert(key.end(), a_strides.begin(), a_strides.end());
+    key.insert(key.end(), b_strides.begin(), b_strides.end());
+    key.insert(key.end(), {m * n, m * n, n, 1});
+    DenseStridesWhereUnit(key);
+    key.insert(key.end(), {types[0], types[1], dnnl_f32, dnnl_data_type_undef, 0});
+    key.push_back(FloatBits(scale));
+    failed[i] = !Execute(key, a_data + first * a_strides[3] * a_bytes, b_data + first * b_strides[2] * b_bytes,
+                         nullptr, partials.get() + i * m * n);
   });
   if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
     return ffi::Error::Internal("vit_jax_matmul: oneDNN could not create or run the product");
   }
-  std::vector<const float*> sums;
-  for (int64_t w = 0; w < workers; ++w) {
-    if (used[w]) sums.push_back(partials.get() + w * m * n);
-  }
-  const int64_t row_chunks = std::min<int64_t>(m, kChunksPerThread * workers);
+  const int64_t row_chunks = std::min<int64_t>(m, kChunksPerThread * std::max<int64_t>(1, pool.num_threads()));
   const int64_t rows_per = (m + row_chunks - 1) / row_chunks;
   const bool to_bf16 = types[2] == dnnl_bf16;
   const size_t c_bytes = to_bf16 ? 2 : 4;
@@ -310,9 +292,11 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
     thread_local std::vector<float> row;
     row.resize(n);
     for (int64_t r = i * rows_per; r < std::min(m, (i + 1) * rows_per); ++r) {
-      std::copy(sums[0] + r * n, sums[0] + (r + 1) * n, row.begin());
-      for (size_t s = 1; s < sums.size(); ++s) {
-        for (int64_t j = 0; j < n; ++j) row[j] += sums[s][r * n + j];
+      const float* partial = partials.get() + r * n;
+      std::copy(partial, partial + n, row.begin());
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+        partial += m * n;
+        for (int64_t j = 0; j < n; ++j) row[j] += partial[j];
       }
       char* to = c_data + r * c_strides[2] * c_bytes;  // C's columns are contiguous (CutsContraction)
       if (to_bf16) {
@@ -457,7 +441,6 @@ extern "C" int vit_jax_load_onednn(const char* path) {
                   Resolve(library, "dnnl_primitive_attr_set_post_ops", d.attr_set_post_ops) &&
                   Resolve(library, "dnnl_post_ops_create", d.post_ops_create) &&
                   Resolve(library, "dnnl_post_ops_append_eltwise", d.post_ops_append_eltwise) &&
-                  Resolve(library, "dnnl_post_ops_append_sum", d.post_ops_append_sum) &&
                   Resolve(library, "dnnl_post_ops_destroy", d.post_ops_destroy) &&
                   Resolve(library, "dnnl_matmul_primitive_desc_create", d.matmul_primitive_desc_create) &&
                   Resolve(library, "dnnl_softmax_forward_primitive_desc_create", d.softmax_primitive_desc_create) &&
