@@ -18,7 +18,6 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
-#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -76,7 +75,8 @@ bool Ok(dnnl_status_t status) { return status == dnnl_success; }
 constexpr int64_t kChunksPerThread = 4;
 constexpr int64_t kRowUnit = 16;  // rows (or contraction) per chunk: a multiple of this
 constexpr int64_t kMinContractionChunk = 256;  // a chunk of the contraction: at least this long
-constexpr int64_t kContractionChunks = 8;  // at most: the partial sums' memory (and their number) stays bounded
+constexpr int64_t kContractionChunks = 8;  // at most, and their float32 partials take at most kPartialBytes
+constexpr int64_t kPartialBytes = 32 << 20;  // larger results (ViT-B's MLP weights) keep row chunks: see below
 // A primitive's key: its kind, then for a product (kMatmulKeySize values) b1, b2, m, k, n, A strides (4), B strides
 // (4), C strides (4), types (3), bias type, activation, the scale's float bits; for a softmax rows, n, types (2).
 enum Kind : int64_t { kMatmul = 0, kSoftmax = 1 };
@@ -247,12 +247,16 @@ void RoundToBf16(const float* from, uint16_t* to, int64_t count) {
 // Whether C = scale A B is cut along the contraction instead of C's rows: products with no batch, bias or activation
 // whose rows lie in A's columns or are too few to share (weight and bias gradients, A = a^T and k = the tokens). A
 // chunk of such rows is a strided sub-matrix, which oneDNN's brgemm kernels refuse (they want dense operands),
-// while a chunk of k is a dense slice of both operands.
+// while a chunk of k is a dense slice of both operands. Where all the chunks' partials would not fit in
+// kPartialBytes, the row chunks stay (oneDNN's gemm kernels): cut into the few chunks that fit, ViT-B's MLP weight
+// gradients ran no faster on 2 threads (6304 x 768 x 3072: 355-365 vs 343-349 GFLOP/s; 6304 x 3072 x 768: 354-364
+// vs 383-411).
 bool CutsContraction(ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
                      ffi::Span<const int64_t> c_strides, bool biased, int64_t activation) {
   const int64_t b1 = dims[0], b2 = dims[1], m = dims[2], k = dims[3], n = dims[4];
   const bool rows_in_columns = m > 1 && a_strides[2] < a_strides[3];
-  return b1 == 1 && b2 == 1 && !biased && activation == 0 && k >= 2 * kMinContractionChunk &&
+  const bool partials_fit = kContractionChunks * m * n * static_cast<int64_t>(sizeof(float)) <= kPartialBytes;
+  return b1 == 1 && b2 == 1 && !biased && activation == 0 && k >= 2 * kMinContractionChunk && partials_fit &&
          (n == 1 || c_strides[3] == 1) && (rows_in_columns || m < 2 * kRowUnit);
 }
 
@@ -267,7 +271,11 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
   const int64_t wanted = std::max<int64_t>(1, std::min(kContractionChunks, k / kMinContractionChunk));
   const int64_t per = ((k + wanted - 1) / wanted + kRowUnit - 1) / kRowUnit * kRowUnit;
   const int64_t chunks = (k + per - 1) / per;
-  std::unique_ptr<float[]> partials(new float[chunks * m * n]);  // chunk i's: m x n, dense
+  // chunk i's partial: m x n, dense. Kept by the calling thread (which waits in ParallelFor, so no other product
+  // uses it meanwhile): a fresh allocation of this size each call would be page-faulted in again each time.
+  thread_local std::vector<float> kept;
+  if (kept.size() < static_cast<size_t>(chunks * m * n)) kept.resize(chunks * m * n);
+  float* const partials = kept.data();
   std::vector<char> failed(chunks, 0);
   ParallelFor(pool, chunks, [&](int64_t i) {
     const int64_t first = i * per, count = std::min(per, k - first);
@@ -279,7 +287,7 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
     key.insert(key.end(), {types[0], types[1], dnnl_f32, dnnl_data_type_undef, 0});
     key.push_back(FloatBits(scale));
     failed[i] = !Execute(key, a_data + first * a_strides[3] * a_bytes, b_data + first * b_strides[2] * b_bytes,
-                         nullptr, partials.get() + i * m * n);
+                         nullptr, partials + i * m * n);
   });
   if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
     return ffi::Error::Internal("vit_jax_matmul: oneDNN could not create or run the product");
@@ -292,7 +300,7 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
     thread_local std::vector<float> row;
     row.resize(n);
     for (int64_t r = i * rows_per; r < std::min(m, (i + 1) * rows_per); ++r) {
-      const float* partial = partials.get() + r * n;
+      const float* partial = partials + r * n;
       std::copy(partial, partial + n, row.begin());
       for (int64_t chunk = 1; chunk < chunks; ++chunk) {
         partial += m * n;
