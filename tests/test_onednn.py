@@ -2,6 +2,7 @@
 epilogues (bias, activations, scale) and the softmax against float64 NumPy / SciPy, and whole models against XLA's
 own computations (values and gradients, and inference with the epilogues fused)."""
 
+import ctypes
 import re
 
 import jax
@@ -150,3 +151,29 @@ def test_products_oneDNN_has_only_a_reference_kernel_for_stay_with_xla():
     a, b = jnp.ones((4, 8)), jnp.ones((4, 6))
     assert onednn.einsum("km,kn->nm", a, b, jnp.float32, swapped=True) is None  # the transposed form itself
     np.testing.assert_array_equal(onednn.einsum("km,kn->nm", a, b, jnp.float32), np.full((6, 8), 4.0))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_every_chunk_runs_the_kernel_asked_for_the_whole_product(rng, monkeypatch, capfd, dtype):
+    """Each product runs in chunks over XLA's threads; each chunk must get the kernel oneDNN gave the whole product at
+    trace time. Row chunks once kept the whole product's strides on their size-1 batch dimensions and weight
+    gradients' row chunks were strided sub-matrices: oneDNN then ran its slower gemm kernels instead of brgemm.
+    The kernels that ran are read from oneDNN's own verbose log."""
+    asked = []
+    kernel = onednn.kernel
+    monkeypatch.setattr(onednn, "kernel", lambda key: asked.append(kernel(key)) or asked[-1])
+    x, g = (jnp.asarray(rng.standard_normal(s), dtype) for s in ((1000, 64), (1000, 96)))
+    w = jnp.asarray(rng.standard_normal((64, 96)), dtype)
+    library = ctypes.CDLL(onednn.library_path())  # the loaded library itself (dlopen of the same file)
+    library.dnnl_set_verbose(2)
+    try:
+        for spec, a, b in (("mk,kn->mn", x, w), ("mn,kn->mk", g, w), ("mk,mn->kn", x, g)):  # layer, its gradients
+            jax.block_until_ready(jax.jit(lambda a, b: onednn.einsum(spec, a, b, dtype))(a, b))
+    finally:
+        library.dnnl_set_verbose(0)
+    ran = {line.split(",")[4] for line in capfd.readouterr().out.splitlines()
+           if line.startswith("onednn_verbose,exec,cpu,matmul,")}
+    assert len(asked) == 3, asked
+    if not all(name.startswith(onednn._FAST) for name in asked):
+        pytest.skip(f"oneDNN has only {set(asked)} for these products on this CPU: XLA computes them")
+    assert ran == set(asked), (ran, asked)
