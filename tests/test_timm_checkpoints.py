@@ -302,7 +302,8 @@ def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digit
                           (str(directory / "model.safetensors"), tmp_path / "from_file")):
         command = [sys.executable, "-m", "vit_jax.main", f"--workdir={workdir}",
                    f"--config=configs/finetune.py:init={init},res=16,patch=4,steps=4",
-                   f"--config.data_dir={digits_data_dir}", "--config.log_every=2", "--config.test_split="]
+                   f"--config.data_dir={digits_data_dir}", "--config.log_every=2", "--config.test_split=",
+                   "--config.log_pictures=none"]  # drawing them (other tests') took half of each run
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "embedding/kernel: PI-resized from patch 14x14 to 4x4" in result.stdout + result.stderr
