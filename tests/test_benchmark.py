@@ -12,6 +12,7 @@ from vit_jax.benchmark import __main__ as cli
 from vit_jax.benchmark import jax_side
 from vit_jax.benchmark.machine import CpuTime, cpu_load
 from vit_jax.benchmark.workload import StepTimes, Workload, time_steps, utilisation
+from vit_jax.native import onednn
 
 
 def vit_matmul_flops(tokens: int, patches: int, patch: int, channels: int, width: int, mlp: int, layers: int,
@@ -114,7 +115,10 @@ def test_the_command_measures_both_sides_and_writes_json(tmp_path, monkeypatch, 
     assert report["ratios_vit_jax_over_timm"] == {
         r["key"]: pytest.approx(r["images_per_second_median"] / timm[r["key"]]["images_per_second_median"])
         for r in ours}
-    assert "vit_jax / timm" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "vit_jax / timm" in printed
+    if onednn.usable():  # the kernel of the products, where oneDNN computes them (an AMX one on AMX processors)
+        assert ours[0]["onednn_kernel"].startswith(onednn._FAST) and ours[0]["onednn_kernel"] in printed
 
 
 def test_largest_batch_under_a_budget_solves_the_affine_fit_and_steps_down_when_the_fit_is_optimistic():

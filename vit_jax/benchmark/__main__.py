@@ -184,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nvit_jax / timm, images/s (same dtype: f32 vs f32, bf16 vs timm's bf16 autocast):")
         for key, ratio in summary.items():
             print(f"  {key:<34} {ratio:5.2f}x")
+    kernels = {r["dtype"]: r["onednn_kernel"] for r in results if r.get("onednn_kernel")}
+    if kernels:  # on a processor with AMX, whether vit_jax's products use it
+        print("\noneDNN's kernel for vit_jax's dense products: "
+              + ", ".join(f"{dtype} {name}" for dtype, name in kernels.items()))
     out = {"command": command, "date": datetime.date.today().isoformat(), "machine": machine(),
            "results": results, "ratios_vit_jax_over_timm": summary}
     Path(args.out).write_text(json.dumps(out, indent=1))

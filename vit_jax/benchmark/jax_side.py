@@ -77,7 +77,8 @@ def run(workload: Workload) -> dict[str, Any]:
     images = jax.device_put(rng.uniform(-1, 1, shape).astype(np.float32), batch_sharding(mesh))
     labels = jax.device_put(rng.integers(0, NUM_CLASSES, workload.batch_size).astype(np.int32),
                             batch_sharding(mesh))
-    function, args = _functions(build_model(workload), workload.mode, images, labels, mesh)
+    model = build_model(workload)
+    function, args = _functions(model, workload.mode, images, labels, mesh)
     compiled: list[Any] = []
     state = list(args)
 
@@ -106,4 +107,7 @@ def run(workload: Workload) -> dict[str, Any]:
     ceiling = matmul_ceiling(workload.dtype, workload.ceiling_size)
     result.update(utilisation(flops, result["step_seconds_median"], ceiling))
     result["device"] = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
+    # the kernel of the MLP's first product on a chunk of 800 tokens: on a processor with AMX, whether it is used
+    result["onednn_kernel"] = (onednn.dense_kernel(800, model.hidden_size, model.mlp_dim, model.dtype or jnp.float32)
+                               if workload.matmul == "xla" else None)
     return result

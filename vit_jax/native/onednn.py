@@ -19,6 +19,7 @@ import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +105,27 @@ def kernel(key: tuple[int, ...]) -> str:
     return name.value.decode() if found else ""
 
 
+def _matmul_key(dims: list[int], a_strides: list[int], b_strides: list[int], c_strides: list[int],
+                types: Sequence[Any], bias_type: Any, activation: str | None, scale: float) -> tuple[int, ...]:
+    """A product's key as onednn_matmul.cc makes it: dims `(b1, b2, m, k, n)`, four strides per operand, the types
+    of A, B and C, the bias type (None: no bias), the activation, the scale's float bits."""
+    types = [_DNNL_TYPES[jnp.dtype(t).name] for t in types]
+    epilogue = [0 if bias_type is None else _DNNL_TYPES[jnp.dtype(bias_type).name], ACTIVATIONS[activation],
+                int(np.float32(scale).view(np.int32))]
+    return tuple([_MATMUL] + dims + a_strides + b_strides + c_strides + types + epilogue)
+
+
+def dense_kernel(rows: int, k: int, n: int, dtype: Any) -> str | None:
+    """The kernel oneDNN runs for a dense layer's product `(rows, k) @ (k, n)` in `dtype` (bf16: float32
+    accumulation), e.g. `brg:avx512_core_bf16`, or `brg:avx512_core_amx` on a processor with AMX; None where
+    vit_jax's products are not oneDNN's. Benchmarks record it beside their figures."""
+    if not usable():
+        return None
+    dims = [1, 1, rows, k, n]
+    return kernel(_matmul_key(dims, _strides(dims[:3] + [k]), _strides([1, 1, k, n]), _strides([1, 1, rows, n]),
+                              (dtype, dtype, dtype), None, None, 1.0)) or None
+
+
 def _strides(shape: Sequence[int]) -> list[int]:
     return [math.prod(shape[i + 1:]) for i in range(len(shape))]
 
@@ -174,11 +196,10 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     a_strides = [s if d > 1 else e for s, d, e in zip(a_strides, (b1, b2, m, k), _strides((b1, b2, m, k)))]
     b_strides = [s if d > 1 else e for s, d, e in zip(b_strides, (b1, b2, k, n), _strides((b1, b2, k, n)))]
     c_strides = [s if d > 1 else e for s, d, e in zip(c_strides, (b1, b2, m, n), _strides((b1, b2, m, n)))]
-    types = [_DNNL_TYPES[jnp.dtype(t).name] for t in (a.dtype, b.dtype, out_dtype)]
     scale = float(np.float32(scale))
-    epilogue = [0 if bias is None else _DNNL_TYPES[jnp.dtype(bias.dtype).name], ACTIVATIONS[activation],
-                int(np.float32(scale).view(np.int32))]
-    if not kernel(tuple([_MATMUL] + dims + a_strides + b_strides + c_strides + types + epilogue)).startswith(_FAST):
+    key = _matmul_key(dims, a_strides, b_strides, c_strides, (a.dtype, b.dtype, out_dtype),
+                      None if bias is None else bias.dtype, activation, scale)
+    if not kernel(key).startswith(_FAST):
         return None  # no kernel, or only a reference one: XLA's product is faster
     as_attr = lambda values: np.asarray(values, np.int64)
     bias = jnp.zeros((0,), a.dtype) if bias is None else bias.reshape(-1)  # empty: none
