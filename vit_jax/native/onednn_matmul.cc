@@ -244,6 +244,34 @@ void RoundToBf16(const float* from, uint16_t* to, int64_t count) {
   }
 }
 
+// Float32 buffers for the partial sums, reused from call to call: a fresh allocation of up to kPartialBytes each
+// call would be page-faulted in again each time. The pool holds as many as ever ran at once (usually one).
+class PartialSums {
+ public:
+  explicit PartialSums(int64_t count) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_->empty()) {
+        buffer_ = std::move(free_->back());
+        free_->pop_back();
+      }
+    }
+    if (buffer_.size() < static_cast<size_t>(count)) buffer_.resize(count);
+  }
+  ~PartialSums() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_->push_back(std::move(buffer_));
+  }
+  PartialSums(const PartialSums&) = delete;
+  PartialSums& operator=(const PartialSums&) = delete;
+  float* data() { return buffer_.data(); }
+
+ private:
+  static inline std::mutex mutex_;
+  static inline std::vector<std::vector<float>>* free_ = new std::vector<std::vector<float>>();
+  std::vector<float> buffer_;
+};
+
 // Whether C = scale A B is cut along the contraction instead of C's rows: products with no batch, bias or activation
 // whose rows lie in A's columns or are too few to share (weight and bias gradients, A = a^T and k = the tokens). A
 // chunk of such rows is a strided sub-matrix, which oneDNN's brgemm kernels refuse (they want dense operands),
@@ -271,11 +299,8 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
   const int64_t wanted = std::max<int64_t>(1, std::min(kContractionChunks, k / kMinContractionChunk));
   const int64_t per = ((k + wanted - 1) / wanted + kRowUnit - 1) / kRowUnit * kRowUnit;
   const int64_t chunks = (k + per - 1) / per;
-  // chunk i's partial: m x n, dense. Kept by the calling thread (which waits in ParallelFor, so no other product
-  // uses it meanwhile): a fresh allocation of this size each call would be page-faulted in again each time.
-  thread_local std::vector<float> kept;
-  if (kept.size() < static_cast<size_t>(chunks * m * n)) kept.resize(chunks * m * n);
-  float* const partials = kept.data();
+  PartialSums held(chunks * m * n);  // chunk i's partial: m x n, dense
+  float* const partials = held.data();
   std::vector<char> failed(chunks, 0);
   ParallelFor(pool, chunks, [&](int64_t i) {
     const int64_t first = i * per, count = std::min(per, k - first);
