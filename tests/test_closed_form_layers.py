@@ -119,7 +119,7 @@ def test_forward_mode_and_hessian_vector_products_match_autodiff_of_the_formula(
     weights = jnp.asarray(rng.standard_normal(args[0].shape), jnp.float32)
     for f in (ours, plain):  # the reference is the second
         _, jvp = jax.jvp(f, args, tangents)
-        loss = lambda *args: jnp.sum(f(*args) * weights)
+        loss = lambda *args, f=f: jnp.sum(f(*args) * weights)
         _, hvp = jax.jvp(jax.grad(loss, argnums=(0, 1, 2)), args, tangents)
         if f is ours:
             got = (jvp, hvp)

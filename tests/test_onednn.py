@@ -168,7 +168,7 @@ def test_every_chunk_runs_the_kernel_asked_for_the_whole_product(rng, monkeypatc
     library.dnnl_set_verbose(2)
     try:
         for spec, a, b in (("mk,kn->mn", x, w), ("mn,kn->mk", g, w), ("mk,mn->kn", x, g)):  # layer, its gradients
-            jax.block_until_ready(jax.jit(lambda a, b: onednn.einsum(spec, a, b, dtype))(a, b))
+            jax.block_until_ready(jax.jit(lambda a, b, spec=spec: onednn.einsum(spec, a, b, dtype))(a, b))
     finally:
         library.dnnl_set_verbose(0)
     ran = {line.split(",")[4] for line in capfd.readouterr().out.splitlines()

@@ -65,5 +65,5 @@ def test_vmap_of_per_example_gradients_equals_a_loop():
     batched = jax.jit(jax.vmap(per_example, (None, 0, 0)))(params, images, labels)
     for i in range(images.shape[0]):
         one = jax.jit(per_example)(params, images[i], labels[i])
-        np.testing.assert_allclose(_flat(jax.tree.map(lambda g: g[i], batched)), _flat(one), rtol=1e-4,
+        np.testing.assert_allclose(_flat(jax.tree.map(lambda g, i=i: g[i], batched)), _flat(one), rtol=1e-4,
                                    atol=1e-5 * np.abs(_flat(one)).max())
