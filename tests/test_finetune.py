@@ -22,6 +22,7 @@ def digits_16(readme_run):
 def finetune(workdir, init, arg, data_dir):
     config = load_config_file("finetune", f"init={init},{arg}")
     config.data_dir = data_dir
+    config.log_pictures = "none"  # drawn at each evaluation otherwise; test_predict_visualize.py tests them
     return train_and_evaluate(config, workdir)
 
 
