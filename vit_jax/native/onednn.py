@@ -192,10 +192,6 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     b_strides = [s1[1], s2[1], sk[1], sn[1]]
     c_strides = [s1[2], s2[2], sm[2], sn[2]]
     dims = [b1, b2, m, k, n]
-    # a dimension of size 1 gets the stride a dense layout would give it (oneDNN checks them)
-    a_strides = [s if d > 1 else e for s, d, e in zip(a_strides, (b1, b2, m, k), _strides((b1, b2, m, k)))]
-    b_strides = [s if d > 1 else e for s, d, e in zip(b_strides, (b1, b2, k, n), _strides((b1, b2, k, n)))]
-    c_strides = [s if d > 1 else e for s, d, e in zip(c_strides, (b1, b2, m, n), _strides((b1, b2, m, n)))]
     scale = float(np.float32(scale))
     key = _matmul_key(dims, a_strides, b_strides, c_strides, (a.dtype, b.dtype, out_dtype),
                       None if bias is None else bias.dtype, activation, scale)

@@ -134,6 +134,17 @@ dnnl_primitive_desc_t DescribeSoftmax(const std::vector<int64_t>& key, Product& 
   return ok ? desc : nullptr;
 }
 
+// A dimension of size 1 gets the stride a dense layout would give it: oneDNN's brgemm kernels take dense layouts
+// only and judge such a dimension by its stride too (a chunk cut out of a larger product keeps that product's
+// strides there, and an einsum's missing batch dimensions come with stride 0), leaving them to slower kernels.
+void DenseWhereUnit(const dnnl_dims_t dims, dnnl_dims_t strides) {
+  int64_t dense = 1;
+  for (int axis = 3; axis >= 0; --axis) {
+    if (dims[axis] == 1) strides[axis] = dense;
+    dense *= dims[axis];
+  }
+}
+
 // The primitive's descriptor for `key`, made on the calling thread with one OpenMP thread (nullptr: oneDNN has none).
 dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product) {
   g_dnnl.omp_set_num_threads(1);  // oneDNN sizes its blocking by the threads it will have
@@ -143,6 +154,9 @@ dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product
   dnnl_dims_t a_dims = {d[0], d[1], d[2], d[3]}, b_dims = {d[0], d[1], d[3], d[4]}, c_dims = {d[0], d[1], d[2], d[4]};
   dnnl_dims_t a_strides = {d[5], d[6], d[7], d[8]}, b_strides = {d[9], d[10], d[11], d[12]},
               c_strides = {d[13], d[14], d[15], d[16]};
+  DenseWhereUnit(a_dims, a_strides);
+  DenseWhereUnit(b_dims, b_strides);
+  DenseWhereUnit(c_dims, c_strides);
   dnnl_dims_t bias_dims = {1, 1, 1, d[4]}, bias_strides = {d[4], d[4], d[4], 1};
   const bool biased = d[20] != dnnl_data_type_undef;
   dnnl_primitive_attr_t attr = nullptr;
@@ -210,23 +224,6 @@ int64_t DnnlType(ffi::DataType type) {
     case ffi::DataType::BF16: return dnnl_bf16;
     case ffi::DataType::F32: return dnnl_f32;
     default: return dnnl_data_type_undef;
-  }
-}
-
-// A chunk's dimensions of size 1 get the strides a dense layout would give them, as the whole product's do
-// (onednn.py): one cut out of a larger product keeps that product's batch strides, which oneDNN's brgemm kernels
-// take for a non-dense layout and leave to slower ones. `key` = {kMatmul, b1, b2, m, k, n, then the strides}.
-void DenseStridesWhereUnit(std::vector<int64_t>& key) {
-  const int64_t b1 = key[1], b2 = key[2], m = key[3], k = key[4], n = key[5];
-  const int64_t shapes[3][4] = {{b1, b2, m, k}, {b1, b2, k, n}, {b1, b2, m, n}};  // A, B, C
-  for (int operand = 0; operand < 3; ++operand) {
-    const int64_t* shape = shapes[operand];
-    int64_t* strides = key.data() + 6 + 4 * operand;
-    int64_t dense = 1;
-    for (int axis = 3; axis >= 0; --axis) {
-      if (shape[axis] == 1) strides[axis] = dense;
-      dense *= shape[axis];
-    }
   }
 }
 
@@ -308,7 +305,6 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
     key.insert(key.end(), a_strides.begin(), a_strides.end());
     key.insert(key.end(), b_strides.begin(), b_strides.end());
     key.insert(key.end(), {m * n, m * n, n, 1});
-    DenseStridesWhereUnit(key);
     key.insert(key.end(), {types[0], types[1], dnnl_f32, dnnl_data_type_undef, 0});
     key.push_back(FloatBits(scale));
     failed[i] = !Execute(key, a_data + first * a_strides[3] * a_bytes, b_data + first * b_strides[2] * b_bytes,
@@ -393,7 +389,6 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
     key.insert(key.end(), a_strides.begin(), a_strides.end());
     key.insert(key.end(), b_strides.begin(), b_strides.end());
     key.insert(key.end(), c_strides.begin(), c_strides.end());
-    DenseStridesWhereUnit(key);
     key.insert(key.end(), types, types + 5);
     key.push_back(FloatBits(scale));
     const char* a_chunk = a_data + first * a_strides[axis] * a_bytes;
