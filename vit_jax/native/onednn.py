@@ -121,9 +121,8 @@ def dense_kernel(rows: int, k: int, n: int, dtype: Any) -> str | None:
     vit_jax's products are not oneDNN's. Benchmarks record it beside their figures."""
     if not usable():
         return None
-    dims = [1, 1, rows, k, n]
-    return kernel(_matmul_key(dims, _strides(dims[:3] + [k]), _strides([1, 1, k, n]), _strides([1, 1, rows, n]),
-                              (dtype, dtype, dtype), None, None, 1.0)) or None
+    strides = [_strides([1, 1, *shape]) for shape in ((rows, k), (k, n), (rows, n))]  # A, B, C row-major
+    return kernel(_matmul_key([1, 1, rows, k, n], *strides, (dtype, dtype, dtype), None, None, 1.0)) or None
 
 
 def _strides(shape: Sequence[int]) -> list[int]:
