@@ -94,6 +94,32 @@ def test_softmax_is_the_normalised_exponential(rng, out_dtype):
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rounding, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("n, m, heads, d, e", [(7, 5, 3, 8, 8), (500, 300, 2, 8, 4)])  # the second: 3 row blocks
+def test_fused_attention_is_the_three_primitives_apart(rng, dtype, n, m, heads, d, e):
+    """softmax(scale q k^T) v in one call, a block of query rows at a time, against float64 NumPy / SciPy, and the
+    same bits as the logits' product, the softmax and the values' product as separate calls."""
+    from vit_jax.models.mixed_precision import mixed_einsum
+    from vit_jax.models.softmax import softmax
+
+    q, k = (jnp.asarray(rng.standard_normal((2, length, heads, d)) * 2, dtype) for length in (n, m))
+    v = jnp.asarray(rng.standard_normal((2, m, heads, e)), dtype)
+    assert onednn._attention_rows(n, heads, m) == (n if n < 100 else 208)  # 131,072 logits / (2 x 300), by 16
+
+    def apart(q, k, v):
+        weights = softmax(mixed_einsum("bqhd,bkhd->bhqk", q, k, jnp.float32, 0.3), dtype)
+        return mixed_einsum("bhqk,bkhd->bqhd", weights, v)
+
+    fused = jax.jit(lambda q, k, v: onednn.attention(q, k, v, 0.3))(q, k, v)
+    assert fused.dtype == dtype and fused.shape == (2, n, heads, e)
+    np.testing.assert_array_equal(np.asarray(fused, np.float32), np.asarray(jax.jit(apart)(q, k, v), np.float32))
+    q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
+    weights = special.softmax(0.3 * np.einsum("bqhd,bkhd->bhqk", q64, k64), axis=-1)
+    expected = np.einsum("bhqk,bkhd->bqhd", weights, v64)
+    rounding = 2.0**-7 if dtype == jnp.bfloat16 else 1e-5
+    np.testing.assert_allclose(np.asarray(fused, np.float64), expected, rtol=0, atol=rounding * np.abs(v64).max())
+
+
 def test_einsum_declines_what_it_cannot_read_in_place(rng):
     a = jnp.ones((4, 6), jnp.float32)
     assert onednn.einsum("mk,kn->mn", a.astype(jnp.float16), a.T.astype(jnp.float16), jnp.float32) is None
@@ -124,7 +150,8 @@ def test_a_model_on_onednn_matches_xlas_products(rng, dtype, tolerance):
     assert onednn.MATMUL in text and onednn.SOFTMAX in text and not fused_activation.search(text)
     library = jax.jit(jax.value_and_grad(loss))(params)
     infer = jax.jit(lambda p: model.apply({"params": p}, images, train=False))
-    assert fused_activation.search(infer.lower(params).as_text())
+    assert fused_activation.search(infer.lower(params).as_text()) and onednn.ATTENTION in infer.lower(params).as_text()
+    assert onednn.ATTENTION not in text  # differentiated: the primitives apart, whose weights the backward needs
     fused = infer(params)
     with onednn.xla_products():
         text = jax.jit(jax.value_and_grad(lambda p: loss(p))).lower(params).as_text()
@@ -153,6 +180,19 @@ def test_products_oneDNN_has_only_a_reference_kernel_for_stay_with_xla():
     np.testing.assert_array_equal(onednn.einsum("km,kn->nm", a, b, jnp.float32), np.full((6, 8), 4.0))
 
 
+def _kernels_that_ran(capfd, computations) -> set[str]:
+    """The kernels oneDNN's own verbose log names for the products and softmaxes each jitted computation ran."""
+    library = ctypes.CDLL(onednn.library_path())  # the loaded library itself (dlopen of the same file)
+    library.dnnl_set_verbose(2)
+    try:
+        for computation in computations:
+            jax.block_until_ready(jax.jit(computation)())
+    finally:
+        library.dnnl_set_verbose(0)
+    return {line.split(",")[4] for line in capfd.readouterr().out.splitlines()
+            if re.match(r"onednn_verbose,exec,cpu,(matmul|softmax),", line)}
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_every_chunk_runs_the_kernel_asked_for_the_whole_product(rng, monkeypatch, capfd, dtype):
     """Each product runs in chunks over XLA's threads; each chunk must get the kernel oneDNN gave the whole product at
@@ -164,17 +204,25 @@ def test_every_chunk_runs_the_kernel_asked_for_the_whole_product(rng, monkeypatc
     monkeypatch.setattr(onednn, "kernel", lambda key: asked.append(kernel(key)) or asked[-1])
     x, g = (jnp.asarray(rng.standard_normal(s), dtype) for s in ((1000, 64), (1000, 96)))
     w = jnp.asarray(rng.standard_normal((64, 96)), dtype)
-    library = ctypes.CDLL(onednn.library_path())  # the loaded library itself (dlopen of the same file)
-    library.dnnl_set_verbose(2)
-    try:
-        for spec, a, b in (("mk,kn->mn", x, w), ("mn,kn->mk", g, w), ("mk,mn->kn", x, g)):  # layer, its gradients
-            jax.block_until_ready(jax.jit(lambda a, b, spec=spec: onednn.einsum(spec, a, b, dtype))(a, b))
-    finally:
-        library.dnnl_set_verbose(0)
-    ran = {line.split(",")[4] for line in capfd.readouterr().out.splitlines()
-           if line.startswith("onednn_verbose,exec,cpu,matmul,")}
+    ran = _kernels_that_ran(capfd, [lambda a=a, b=b, spec=spec: onednn.einsum(spec, a, b, dtype)
+                                    for spec, a, b in (("mk,kn->mn", x, w), ("mn,kn->mk", g, w), ("mk,mn->kn", x, g))])
     assert len(asked) == 3, asked
     assert onednn.dense_kernel(1000, 64, 96, dtype) == asked[0]  # the dense layer's, as benchmarks record it
     if not all(name.startswith(onednn._FAST) for name in asked):
         pytest.skip(f"oneDNN has only {set(asked)} for these products on this CPU: XLA computes them")
+    assert ran == set(asked), (ran, asked)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_fused_attention_runs_the_kernels_asked_for(rng, monkeypatch, capfd, dtype):
+    """The fused attention's products take all heads of a block of rows, a dense slice (one head's is strided:
+    oneDNN then runs its slower gemm kernels, not the brgemm ones it names for the product asked)."""
+    asked = []
+    kernel = onednn.kernel
+    monkeypatch.setattr(onednn, "kernel", lambda key: asked.append(kernel(key)) or asked[-1])
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 197, 3, 64)), dtype) for _ in range(3))
+    ran = _kernels_that_ran(capfd, [lambda: onednn.attention(q, k, v, 0.125)])
+    assert len(asked) == 3, asked
+    if not all(name.startswith(onednn._FAST) for name in asked):
+        pytest.skip(f"oneDNN has only {set(asked)} for these primitives on this CPU: XLA computes them")
     assert ran == set(asked), (ran, asked)

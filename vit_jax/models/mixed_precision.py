@@ -193,10 +193,21 @@ def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
     """Softmax attention over `(batch, length, heads, head_dim)` bf16 inputs: both products through
     `mixed_einsum`, the softmax in float32. For flax's `MultiHeadDotProductAttention(attention_fn=...)`; `mask`
     (broadcastable to `(batch, heads, queries, keys)`, True: attend) as flax's; no attention dropout (the
-    encoder only picks this function without it)."""
+    encoder only picks this function without it). Where only its value is wanted and nothing is masked, oneDNN's
+    fused form where it can (`onednn.attention`: the same primitives, the same bits, with the logits in cache)."""
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    unfused = functools.partial(_attention, mask=mask, scale=scale)
+    if mask is not None:
+        return unfused(query, key, value)
+    library = functools.partial(onednn.attention, scale=scale)
+    return library_unless_differentiated(unfused, library, (query, key, value))
+
+
+def _attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None, scale: float
+               ) -> jax.Array:
     # float32 logits straight from the product, scaled by 1/sqrt(head_dim) on its float32 accumulator: no pass of
     # their own for the conversion (BENCHMARKS.md, exp. 28) or for scaling the queries (exp. 30)
-    logits = mixed_einsum("bqhd,bkhd->bhqk", query, key, jnp.float32, 1.0 / math.sqrt(query.shape[-1]))
+    logits = mixed_einsum("bqhd,bkhd->bhqk", query, key, jnp.float32, scale)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = softmax(logits, value.dtype)

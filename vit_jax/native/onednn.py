@@ -30,6 +30,7 @@ from vit_jax.einsum_spec import EinsumSpec
 
 MATMUL = "vit_jax_matmul"  # activation(scale * product + bias), all in the product's pass
 SOFTMAX = "vit_jax_softmax"
+ATTENTION = "vit_jax_attention"  # softmax(scale Q K^T) V, one (batch, head) pair's logits in cache at a time
 DISTRIBUTION = "onednn-cpu-gomp"
 SWITCH = "VIT_JAX_ONEDNN"  # "0": keep XLA's products
 
@@ -65,6 +66,7 @@ def loaded() -> bool:
         return False
     jax.ffi.register_ffi_target(MATMUL, jax.ffi.pycapsule(library.VitJaxMatmul), platform="cpu")
     jax.ffi.register_ffi_target(SOFTMAX, jax.ffi.pycapsule(library.VitJaxSoftmax), platform="cpu")
+    jax.ffi.register_ffi_target(ATTENTION, jax.ffi.pycapsule(library.VitJaxAttention), platform="cpu")
     return True
 
 
@@ -214,3 +216,37 @@ def softmax(x: jax.Array, out_dtype: jnp.dtype) -> jax.Array | None:
     if not kernel(key).startswith(_FAST):
         return None
     return jax.ffi.ffi_call(SOFTMAX, jax.ShapeDtypeStruct(x.shape, out_dtype), vmap_method="sequential")(x)
+
+
+def _attention_rows(n: int, heads: int, m: int) -> int:
+    """The query rows `vit_jax_attention` takes per pass (onednn_matmul.cc's `AttentionRows`)."""
+    rows = native.extension().vit_jax_attention_rows
+    rows.argtypes, rows.restype = [ctypes.c_int64] * 3, ctypes.c_int64
+    return rows(n, heads, m)
+
+
+def attention(query: jax.Array, key: jax.Array, value: jax.Array, scale: float) -> jax.Array | None:
+    """`softmax(scale * query key^T) value` over `(B, N, H, d)` queries, `(B, M, H, d)` keys and `(B, M, H, e)`
+    values (flax's layout), in one call: each (batch, head) pair's float32 logits and weights stay in a
+    cache-resident buffer, computed by the same primitives as `einsum` and `softmax` apart (logits scaled on the
+    float32 accumulator, the weights rounded once to the values' dtype, the result written in it). None where
+    oneDNN is not in use or lacks an optimised kernel for one of the three."""
+    dtype = jnp.dtype(value.dtype)
+    if (not usable() or dtype.name not in _DNNL_TYPES or query.dtype != dtype or key.dtype != dtype
+            or query.ndim != 4 or key.ndim != 4 or value.ndim != 4 or min(*query.shape, *key.shape, *value.shape) == 0):
+        return None
+    (batch, n, heads, d), (_, m, _, e) = query.shape, value.shape
+    if key.shape != (batch, m, heads, d) or value.shape[:3] != (batch, m, heads):
+        return None
+    scale = float(np.float32(scale))
+    block = _attention_rows(n, heads, m)
+    for rows in {block, n % block or block}:
+        logits = _matmul_key([1, heads, rows, d, m], [0, d, heads * d, 1], [0, d, 1, heads * d], [0, rows * m, m, 1],
+                             (dtype, dtype, jnp.float32), None, None, scale)
+        weights = (_SOFTMAX, heads * rows, m, _DNNL_TYPES["float32"], _DNNL_TYPES["float32"])
+        values = _matmul_key([1, heads, rows, m, e], [0, rows * m, m, 1], [0, e, heads * e, 1], [0, e, heads * e, 1],
+                             (dtype, dtype, dtype), None, None, 1.0)
+        if not all(kernel(k).startswith(_FAST) for k in (logits, weights, values)):
+            return None
+    call = jax.ffi.ffi_call(ATTENTION, jax.ShapeDtypeStruct((batch, n, heads, e), dtype), vmap_method="sequential")
+    return call(query, key, value, scale=np.float32(scale))

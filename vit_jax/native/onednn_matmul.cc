@@ -82,6 +82,14 @@ constexpr int64_t kPartialBytes = 32 << 20;  // larger results (ViT-B's MLP weig
 enum Kind : int64_t { kMatmul = 0, kSoftmax = 1 };
 constexpr size_t kMatmulKeySize = 24, kSoftmaxKeySize = 5;
 constexpr int64_t kScratchFloats = 64 * 1024;  // a softmax chunk's float32 weights before rounding: 256 KiB
+constexpr int64_t kAttentionFloats = 128 * 1024;  // an attention block's float32 logits, all heads: 512 KiB
+
+// Query rows per attention block: as many as keep its logits within kAttentionFloats (a multiple of kRowUnit unless
+// all n), at least kRowUnit.
+int64_t AttentionRows(int64_t n, int64_t heads, int64_t m) {
+  const int64_t fit = kAttentionFloats / std::max<int64_t>(1, heads * m);
+  return fit >= n ? n : std::max(kRowUnit, fit / kRowUnit * kRowUnit);
+}
 
 // vit_jax's activation codes (vit_jax/native/onednn.py's ACTIVATIONS) as oneDNN's eltwise post-ops.
 bool AppendActivation(dnnl_post_ops_t post_ops, int64_t activation) {
@@ -441,6 +449,72 @@ ffi::Error Softmax(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyB
   return ffi::Error::Success();
 }
 
+// O[b, :, h, :] = softmax(scale Q[b, :, h, :] K[b, :, h, :]^T) V[b, :, h, :] for (B, N, H, d) queries, (B, M, H, d)
+// keys and (B, M, H, e) values, all dense, a block of one batch entry's query rows at a time (all heads: a dense
+// slice, as oneDNN's brgemm kernels want): the block's float32 logits and weights stay in a cache-resident buffer
+// instead of going through memory twice each as the three primitives apart do. The same primitives in the same
+// order as apart, so the same bits: the logits' product scaled on its float32 accumulator, the softmax in float32,
+// the weights rounded once to the values' type, then their product with the values.
+ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                     ffi::Result<ffi::AnyBuffer> o, float scale) {
+  if (g_engine == nullptr) return ffi::Error::Internal("vit_jax_attention: oneDNN is not loaded");
+  const int64_t type = DnnlType(q.element_type()), out_type = DnnlType(o->element_type());
+  const auto qs = q.dimensions(), ks = k.dimensions(), vs = v.dimensions(), os = o->dimensions();
+  if (type == dnnl_data_type_undef || out_type == dnnl_data_type_undef || k.element_type() != q.element_type() ||
+      v.element_type() != q.element_type()) {
+    return ffi::Error::InvalidArgument("vit_jax_attention: expected bf16 or f32 queries, keys and values alike");
+  }
+  if (qs.size() != 4 || ks.size() != 4 || vs.size() != 4 || os.size() != 4 || ks[0] != qs[0] || ks[2] != qs[2] ||
+      ks[3] != qs[3] || vs[0] != qs[0] || vs[1] != ks[1] || vs[2] != qs[2] || os[0] != qs[0] || os[1] != qs[1] ||
+      os[2] != qs[2] || os[3] != vs[3]) {
+    return ffi::Error::InvalidArgument("vit_jax_attention: expected (B, N, H, d) queries, (B, M, H, d) keys, "
+                                       "(B, M, H, e) values and a (B, N, H, e) result");
+  }
+  const int64_t batch = qs[0], n = qs[1], heads = qs[2], d = qs[3], m = ks[1], e = vs[3];
+  if (batch * n * heads * d * m * e == 0) return ffi::Error::Success();
+  const int64_t block = AttentionRows(n, heads, m);
+  const int64_t blocks = (n + block - 1) / block, items = batch * blocks;
+  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), items));
+  const int64_t per = (items + wanted - 1) / wanted, chunks = (items + per - 1) / per;
+  const size_t bytes = ffi::ByteWidth(q.element_type()), out_bytes = ffi::ByteWidth(o->element_type());
+  const char* q_data = static_cast<const char*>(q.untyped_data());
+  const char* k_data = static_cast<const char*>(k.untyped_data());
+  const char* v_data = static_cast<const char*>(v.untyped_data());
+  char* o_data = static_cast<char*>(o->untyped_data());
+  std::vector<char> failed(chunks, 0);
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    thread_local std::vector<float> logits;
+    thread_local std::vector<uint16_t> rounded;
+    logits.resize(heads * block * m);
+    if (type == dnnl_bf16) rounded.resize(heads * block * m);
+    for (int64_t item = chunk * per; item < std::min(items, (chunk + 1) * per) && !failed[chunk]; ++item) {
+      const int64_t b = item / blocks, first = (item % blocks) * block, rows = std::min(block, n - first);
+      const std::vector<int64_t> logits_key = {kMatmul, 1, heads, rows, d, m, 0, d, heads * d, 1, 0, d, 1, heads * d,
+                                               0, rows * m, m, 1, type, type, dnnl_f32, dnnl_data_type_undef, 0,
+                                               FloatBits(scale)};
+      const std::vector<int64_t> softmax_key = {kSoftmax, heads * rows, m, dnnl_f32, dnnl_f32};
+      const std::vector<int64_t> values_key = {kMatmul, 1, heads, rows, m, e, 0, rows * m, m, 1, 0, e, heads * e, 1,
+                                               0, e, heads * e, 1, type, type, out_type, dnnl_data_type_undef, 0,
+                                               FloatBits(1.f)};
+      const void* weights = logits.data();
+      bool ok = Execute(logits_key, q_data + (b * n + first) * heads * d * bytes, k_data + b * m * heads * d * bytes,
+                        nullptr, logits.data()) &&
+                Execute(softmax_key, logits.data(), nullptr, nullptr, logits.data());
+      if (ok && type == dnnl_bf16) {
+        RoundToBf16(logits.data(), rounded.data(), heads * rows * m);
+        weights = rounded.data();
+      }
+      ok = ok && Execute(values_key, weights, v_data + b * m * heads * e * bytes, nullptr,
+                         o_data + (b * n + first) * heads * e * out_bytes);
+      failed[chunk] = !ok;
+    }
+  });
+  if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
+    return ffi::Error::Internal("vit_jax_attention: oneDNN could not create or run a primitive");
+  }
+  return ffi::Error::Success();
+}
+
 template <typename F>
 bool Resolve(void* library, const char* name, F& function) {
   function = reinterpret_cast<F>(dlsym(library, name));
@@ -451,6 +525,9 @@ bool Resolve(void* library, const char* name, F& function) {
 
 // Opens oneDNN (a libdnnl.so.3 built with the OpenMP runtime) at `path`; 1 when every function resolved and a CPU
 // engine was made, else 0 (the caller then keeps XLA's products).
+// An attention block's query rows (AttentionRows), for vit_jax to ask its primitives' kernels at trace time.
+extern "C" int64_t vit_jax_attention_rows(int64_t n, int64_t heads, int64_t m) { return AttentionRows(n, heads, m); }
+
 extern "C" int vit_jax_load_onednn(const char* path) {
   if (g_engine != nullptr) return 1;
   void* library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -520,6 +597,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxMatmul, Matmul,
                                   .Attr<ffi::Span<const int64_t>>("b_strides")
                                   .Attr<ffi::Span<const int64_t>>("c_strides")
                                   .Attr<int64_t>("activation")
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxAttention, Attention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxSoftmax, Softmax,
