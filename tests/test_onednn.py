@@ -76,6 +76,38 @@ def test_bias_and_activation_applied_to_the_accumulator(rng, activation, dtype):
         onednn.einsum("mk,kn->mn", x, w, dtype, bias=bias, activation="relu")
 
 
+@pytest.mark.parametrize("residual_dtype, out_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float32, jnp.float32)])
+def test_residual_added_on_the_accumulator(rng, residual_dtype, out_dtype):
+    """`product + bias + residual` rounded once: exact but for that rounding (a bf16 product rounded, then added and
+    rounded again, is off by up to two units)."""
+    x, w = jnp.asarray(rng.standard_normal((37, 24)), jnp.bfloat16), jnp.asarray(rng.standard_normal((24, 19)), jnp.bfloat16)
+    bias = jnp.asarray(rng.standard_normal(19), jnp.bfloat16)
+    residual = jnp.asarray(rng.standard_normal((37, 19)) * 8, residual_dtype)
+    got = jax.jit(lambda *args: onednn.einsum("mk,kn->mn", *args[:2], out_dtype, bias=args[2], residual=args[3]))(
+        x, w, bias, residual)
+    assert got.dtype == out_dtype
+    expected = (np.asarray(x, np.float64) @ np.asarray(w, np.float64) + np.asarray(bias, np.float64)
+                + np.asarray(residual, np.float64))
+    rounding = 2.0**-8 if out_dtype == jnp.bfloat16 else 1e-6
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rounding, atol=1e-6)
+    with pytest.raises(ValueError, match=r"residual must have the product's shape \(37, 19\); got \(19,\)"):
+        onednn.einsum("mk,kn->mn", x, w, out_dtype, bias=bias, residual=bias)
+
+
+@pytest.mark.parametrize("dtype, out_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float32, jnp.float32),
+                                              (jnp.float32, jnp.bfloat16)])
+def test_layer_norm_normalises_each_row(rng, dtype, out_dtype):
+    x = rng.standard_normal((3, 5, 192)) * 3 + 1
+    scale, shift = rng.standard_normal(192), rng.standard_normal(192)
+    got = jax.jit(lambda *args: onednn.layer_norm(*args, 1e-6, out_dtype))(
+        jnp.asarray(x, dtype), jnp.asarray(scale, jnp.float32), jnp.asarray(shift, jnp.float32))
+    assert got.dtype == out_dtype
+    x = np.asarray(jnp.asarray(x, dtype), np.float64)
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6) * scale + shift
+    rounding = 2.0**-8 if out_dtype == jnp.bfloat16 else 1e-5
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rounding, atol=rounding)
+
+
 def test_scale_applied_to_the_accumulator(rng):
     q, k = (jnp.asarray(rng.standard_normal((2, 5, 3, 8)), jnp.bfloat16) for _ in range(2))
     got = jax.jit(lambda q, k: onednn.einsum("bqhd,bkhd->bhqk", q, k, jnp.float32, scale=0.3))(q, k)
@@ -150,8 +182,13 @@ def test_a_model_on_onednn_matches_xlas_products(rng, dtype, tolerance):
     assert onednn.MATMUL in text and onednn.SOFTMAX in text and not fused_activation.search(text)
     library = jax.jit(jax.value_and_grad(loss))(params)
     infer = jax.jit(lambda p: model.apply({"params": p}, images, train=False))
-    assert fused_activation.search(infer.lower(params).as_text()) and onednn.ATTENTION in infer.lower(params).as_text()
-    assert onednn.ATTENTION not in text  # differentiated: the primitives apart, whose weights the backward needs
+    inferred = infer.lower(params).as_text()
+    with_residual = re.compile(onednn.MATMUL + r".*tensor<\d+x\d+x[a-z0-9]+>\) -> ")  # a 4th operand, not 0 x ...
+    assert fused_activation.search(inferred) and onednn.ATTENTION in inferred and onednn.LAYER_NORM in inferred
+    assert len(with_residual.findall(inferred)) == 2  # the attention's output projection and the MLP's last layer
+    # differentiated: the primitives apart, whose intermediates the backward pass needs
+    assert not {onednn.ATTENTION, onednn.LAYER_NORM} & set(re.findall(r"vit_jax_\w+", text))
+    assert not with_residual.search(text)
     fused = infer(params)
     with onednn.xla_products():
         text = jax.jit(jax.value_and_grad(lambda p: loss(p))).lower(params).as_text()
@@ -170,7 +207,8 @@ def test_a_model_on_onednn_matches_xlas_products(rng, dtype, tolerance):
 def test_products_oneDNN_has_only_a_reference_kernel_for_stay_with_xla():
     """The kernel is asked for at trace time: a result written transposed gets only oneDNN's reference kernel
     (thousands of times slower), so `einsum` computes it swapped, and would decline it otherwise."""
-    dense, f32, plain = [48, 48, 6, 1], 3, [0, 0, int(np.float32(1).view(np.int32))]  # no bias, activation, scale
+    dense, f32, plain = [48, 48, 6, 1], 3, [0, 0, int(np.float32(1).view(np.int32)), 0]  # no bias, activation,
+    # scale or residual
     product = [onednn._MATMUL, 1, 1, 8, 4, 6, 32, 32, 4, 1, 24, 24, 6, 1]
     fast = onednn.kernel(tuple(product + dense + [f32] * 3 + plain))
     transposed = onednn.kernel(tuple(product + [48, 48, 1, 8] + [f32] * 3 + plain))

@@ -41,10 +41,12 @@ class MlpBlock(nn.Module):
     activation_sharding: ActivationSharding | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool, residual: jax.Array | None = None) -> jax.Array:
+        """The MLP's output, plus `residual` where given (added in the last product's pass where it can be:
+        `dense_product`)."""
         dot_general = dense_dot_general(self.dtype, self.matmul)
 
-        def dense(features: int, name: str, activation: str | None = None) -> Callable[[jax.Array], jax.Array]:
+        def dense(features: int, name: str, activation: str | None = None) -> Callable[..., jax.Array]:
             kwargs = dict(dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
                           bias_init=nn.initializers.normal(stddev=1e-6), dot_general=dot_general, name=name)
             if dot_general is mixed_dot_general:  # vit_jax's own products (as in the attention layer): bias
@@ -57,8 +59,11 @@ class MlpBlock(nn.Module):
         x = dense(self.mlp_dim, "Dense_0", activation_name(self.gelu_approximate, self.quick_gelu))(x)
         x = constrain_hidden(x, self.activation_sharding)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        if residual is not None and (deterministic or self.dropout_rate == 0) and dot_general is mixed_dot_general:
+            return dense(out_dim, "Dense_1")(x, residual)  # no dropout between the layer and the residual
         x = dense(out_dim, "Dense_1")(x)
-        return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        return x if residual is None else residual + x
 
 
 class LayerScale(nn.Module):
@@ -105,7 +110,10 @@ class Encoder1DBlock(nn.Module):
         if self.rope is not None:
             attention_fn = rotating_attention(attention_fn, self._rotary_angles(coords, x.shape[-1]),
                                               self.num_prefix, o.rope_pairing)
-        y = MultiHeadDotProductAttention(
+        # the residual added in the branch's last product's pass (inference on oneDNN: `dense_product`) where
+        # nothing acts between them
+        direct = o.layer_scale is None and (deterministic or (o.dropout_rate == 0 and not o.stochastic_depth))
+        attention = MultiHeadDotProductAttention(
             num_heads=o.num_heads,
             qkv_features=o.qkv_dim,
             qkv_bias=o.qkv_bias,
@@ -114,12 +122,16 @@ class Encoder1DBlock(nn.Module):
             out_dot_general=dot_general,
             attention_fn=attention_fn,
             dropout_rate=o.attention_dropout_rate,
-        )(y, deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
-        y = nn.Dropout(rate=o.dropout_rate)(y, deterministic=deterministic)
-        x = x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic)
+        )
+        attend = dict(deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
+        if direct:
+            x = attention(y, residual=x, **attend)
+        else:
+            y = nn.Dropout(rate=o.dropout_rate)(attention(y, **attend), deterministic=deterministic)
+            x = x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic)
 
         y = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
-        y = MlpBlock(
+        mlp = MlpBlock(
             mlp_dim=o.mlp_dim,
             dropout_rate=o.dropout_rate,
             gelu_approximate=o.gelu_approximate,
@@ -127,8 +139,11 @@ class Encoder1DBlock(nn.Module):
             dtype=o.dtype,
             matmul=o.matmul,
             activation_sharding=o.activation_sharding,
-        )(y, deterministic=deterministic)
-        return x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic), None
+        )
+        if direct:
+            return mlp(y, deterministic=deterministic, residual=x), None
+        return x + self._maybe_drop_path(self._maybe_scale(mlp(y, deterministic=deterministic)), drop_path_rate,
+                                         deterministic), None
 
     def _maybe_scale(self, y: jax.Array) -> jax.Array:
         return y if self.options.layer_scale is None else LayerScale(self.options.layer_scale)(y)

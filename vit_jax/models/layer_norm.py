@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.native import onednn
+
 
 class LayerNorm(nn.Module):
     """`nn.LayerNorm(epsilon=..., dtype=...)` over the last axis, its parameters float32."""
@@ -48,7 +50,11 @@ def _statistics(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array, jax
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, dtype: Any) -> jax.Array:
-    """`(x - mean) / sqrt(var + epsilon) * scale + bias` over the last axis, returned in `dtype`."""
+    """`(x - mean) / sqrt(var + epsilon) * scale + bias` over the last axis, returned in `dtype`; where only its
+    value is wanted, oneDNN's where it can (one primitive in place of XLA's reduction and elementwise passes)."""
+    library = onednn.layer_norm(x, scale, bias, epsilon, dtype)
+    if library is not None:
+        return library
     x, mean, rstd = _statistics(x, epsilon)
     return ((x - mean) * rstd * scale + bias).astype(dtype)
 

@@ -258,33 +258,41 @@ def _library_jvp(unfused: Callable[..., Any], library: Callable[..., Any], prima
 
 
 def dense_product(inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None, dot_general: Any,
-                  contracted: int = 1, activation: str | None = None, precision: Any = None) -> jax.Array:
+                  contracted: int = 1, activation: str | None = None, precision: Any = None,
+                  residual: jax.Array | None = None) -> jax.Array:
     """`activation(inputs @ kernel + bias)`, `inputs`' trailing `contracted` axes against `kernel`'s leading ones
-    (`activation` a name in `vit_jax.models.activations.ACTIVATIONS`, or None).
+    (`activation` a name in `vit_jax.models.activations.ACTIVATIONS`, or None), added to `residual` where given
+    (the result's shape: a residual branch's last layer).
 
-    Evaluated without gradients (inference, evaluation) with vit_jax's products on oneDNN, the bias and the
-    activation are oneDNN post-ops on the float32 accumulator: the layer's output is written once, rounded once,
-    instead of a product, a bias pass and an activation pass over it (the erf GELU alone was ~9% of a ViT-Ti/16
-    bf16 inference step; BENCHMARKS.md, experiment 30). Differentiated, the forward pass is the unfused one, whose
-    pre-activation the backward pass needs."""
+    Evaluated without gradients (inference, evaluation) with vit_jax's products on oneDNN, the bias, the
+    activation and the residual are oneDNN post-ops on the float32 accumulator: the layer's output is written once,
+    rounded once, instead of a product, a bias pass, an activation pass and an add over it (the erf GELU alone was
+    ~9% of a ViT-Ti/16 bf16 inference step, the residual adds ~6%; BENCHMARKS.md, experiments 30, 32). So the sum
+    with the residual is not rounded to the layer's dtype first. Differentiated, the forward pass is the unfused
+    one, whose pre-activation the backward pass needs."""
     dims = ((tuple(range(inputs.ndim - contracted, inputs.ndim)), tuple(range(contracted))), ((), ()))
 
-    def unfused(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+    def unfused(x: jax.Array, w: jax.Array, b: jax.Array | None, r: jax.Array | None) -> jax.Array:
         y = dot_general(x, w, dims, precision=precision)
         if b is not None:
             y = add_bias(y, b) if dot_general is mixed_dot_general else y + b
-        return y if activation is None else ACTIVATIONS[activation](y)
+        y = y if activation is None else ACTIVATIONS[activation](y)
+        return y if r is None else r + y
 
     if bias is None or dot_general is not mixed_dot_general:
-        return unfused(inputs, kernel, bias)
+        return unfused(inputs, kernel, bias, residual)
 
-    def fused(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array | None:
+    def fused(x: jax.Array, w: jax.Array, b: jax.Array, r: jax.Array | None) -> jax.Array | None:
         size = math.prod(x.shape[x.ndim - contracted:])
-        out = onednn.einsum("mk,kn->mn", x.reshape(-1, size), w.reshape(size, -1), x.dtype, bias=b,
-                            activation=activation)
-        return None if out is None else out.reshape(*x.shape[: x.ndim - contracted], *w.shape[contracted:])
+        out_shape = (*x.shape[: x.ndim - contracted], *w.shape[contracted:])
+        if r is not None and r.shape != out_shape:
+            return None  # a residual broadcast over the result: XLA's add
+        out = onednn.einsum("mk,kn->mn", x.reshape(-1, size), w.reshape(size, -1),
+                            x.dtype if r is None else jnp.result_type(r, x), bias=b, activation=activation,
+                            residual=None if r is None else r.reshape(-1, w.size // size))
+        return None if out is None else out.reshape(out_shape)
 
-    return library_unless_differentiated(unfused, fused, (inputs, kernel, bias))
+    return library_unless_differentiated(unfused, fused, (inputs, kernel, bias, residual))
 
 
 class MixedDense(nn.Dense):
@@ -295,12 +303,13 @@ class MixedDense(nn.Dense):
     activation: str | None = None
 
     @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, residual: jax.Array | None = None) -> jax.Array:
+        """The layer's output, plus `residual` where given (see `dense_product`)."""
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         return dense_product(inputs, kernel, bias, self.dot_general or lax.dot_general, activation=self.activation,
-                             precision=self.precision)
+                             precision=self.precision, residual=residual)
 
 
 def on_flat_shape(init: Any, flat: tuple[int, ...]) -> Any:
@@ -314,7 +323,8 @@ class MixedDenseGeneral(nn.DenseGeneral):
     Parameters, initialisers (on the flattened kernel, as flax's) and names are flax's."""
 
     @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, residual: jax.Array | None = None) -> jax.Array:
+        """The layer's output, plus `residual` where given (see `dense_product`)."""
         features = tuple(self.features) if isinstance(self.features, (tuple, list)) else (self.features,)
         axis = tuple(self.axis) if isinstance(self.axis, (tuple, list)) else (self.axis,)
         axis = tuple(a % inputs.ndim for a in axis)
@@ -329,4 +339,4 @@ class MixedDenseGeneral(nn.DenseGeneral):
             bias = self.param("bias", on_flat_shape(self.bias_init, flat[1:]), features, self.param_dtype)
         inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         return dense_product(inputs, kernel, bias, self.dot_general or lax.dot_general, contracted=len(axis),
-                             precision=self.precision)
+                             precision=self.precision, residual=residual)

@@ -55,7 +55,9 @@ class MultiHeadDotProductAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool, mask: jax.Array | None = None,
-                 sow_weights: bool = False) -> jax.Array:
+                 sow_weights: bool = False, residual: jax.Array | None = None) -> jax.Array:
+        """The attention's output, plus `residual` where given (added in the output projection's pass where it
+        can be: `dense_product`)."""
         width = x.shape[-1]
         qkv_features = self.qkv_features or width
         head_shape = (self.num_heads, qkv_features // self.num_heads)
@@ -75,7 +77,11 @@ class MultiHeadDotProductAttention(nn.Module):
             kwargs["module"] = self
         y = self.attention_fn(query, key, value, **kwargs)
         out = MixedDenseGeneral if mixed else nn.DenseGeneral
-        return out(width, axis=(-2, -1), use_bias=True, dot_general=self.out_dot_general, name="out", **common)(y)
+        layer = out(width, axis=(-2, -1), use_bias=True, dot_general=self.out_dot_general, name="out", **common)
+        if mixed:
+            return layer(y, residual)
+        y = layer(y)
+        return y if residual is None else residual + y
 
 
 class HeadsProjection(nn.Module):

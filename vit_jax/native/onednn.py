@@ -28,8 +28,9 @@ import numpy as np
 from vit_jax import native
 from vit_jax.einsum_spec import EinsumSpec
 
-MATMUL = "vit_jax_matmul"  # activation(scale * product + bias), all in the product's pass
+MATMUL = "vit_jax_matmul"  # activation(scale * product + bias) + residual, all in the product's pass
 SOFTMAX = "vit_jax_softmax"
+LAYER_NORM = "vit_jax_layer_norm"
 ATTENTION = "vit_jax_attention"  # softmax(scale Q K^T) V, one (batch, head) pair's logits in cache at a time
 DISTRIBUTION = "onednn-cpu-gomp"
 SWITCH = "VIT_JAX_ONEDNN"  # "0": keep XLA's products
@@ -67,6 +68,7 @@ def loaded() -> bool:
     jax.ffi.register_ffi_target(MATMUL, jax.ffi.pycapsule(library.VitJaxMatmul), platform="cpu")
     jax.ffi.register_ffi_target(SOFTMAX, jax.ffi.pycapsule(library.VitJaxSoftmax), platform="cpu")
     jax.ffi.register_ffi_target(ATTENTION, jax.ffi.pycapsule(library.VitJaxAttention), platform="cpu")
+    jax.ffi.register_ffi_target(LAYER_NORM, jax.ffi.pycapsule(library.VitJaxLayerNorm), platform="cpu")
     return True
 
 
@@ -95,7 +97,7 @@ _DNNL_TYPES = {"bfloat16": 2, "float32": 3}  # oneDNN's dnnl_data_type_t
 # the activations oneDNN applies after the bias (onednn_matmul.cc's codes; `vit_jax.models.activations` names them)
 ACTIVATIONS = {None: 0, "gelu_erf": 1, "gelu_tanh": 2, "quick_gelu": 3}
 _FAST = ("brg", "gemm:jit", "jit")  # kernel names oneDNN gives its optimised implementations
-_MATMUL, _SOFTMAX = 0, 1  # the primitive kinds of onednn_matmul.cc's keys
+_MATMUL, _SOFTMAX, _LAYER_NORM = 0, 1, 2  # the primitive kinds of onednn_matmul.cc's keys
 
 
 @functools.lru_cache(maxsize=4096)
@@ -108,12 +110,15 @@ def kernel(key: tuple[int, ...]) -> str:
 
 
 def _matmul_key(dims: list[int], a_strides: list[int], b_strides: list[int], c_strides: list[int],
-                types: Sequence[Any], bias_type: Any, activation: str | None, scale: float) -> tuple[int, ...]:
+                types: Sequence[Any], bias_type: Any, activation: str | None, scale: float,
+                residual_type: Any = None) -> tuple[int, ...]:
     """A product's key as onednn_matmul.cc makes it: dims `(b1, b2, m, k, n)`, four strides per operand, the types
-    of A, B and C, the bias type (None: no bias), the activation, the scale's float bits."""
+    of A, B and C, the bias type (None: no bias), the activation, the scale's float bits, the residual's type
+    (None: none)."""
     types = [_DNNL_TYPES[jnp.dtype(t).name] for t in types]
-    epilogue = [0 if bias_type is None else _DNNL_TYPES[jnp.dtype(bias_type).name], ACTIVATIONS[activation],
-                int(np.float32(scale).view(np.int32))]
+    type_or_none = lambda t: 0 if t is None else _DNNL_TYPES[jnp.dtype(t).name]
+    epilogue = [type_or_none(bias_type), ACTIVATIONS[activation], int(np.float32(scale).view(np.int32)),
+                type_or_none(residual_type)]
     return tuple([_MATMUL] + dims + a_strides + b_strides + c_strides + types + epilogue)
 
 
@@ -145,14 +150,16 @@ def _group(indices: list[str], strides: list[dict[str, int]], sizes: dict[str, i
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped: bool = False,
-           bias: jax.Array | None = None, activation: str | None = None, scale: float = 1.0) -> jax.Array | None:
+           bias: jax.Array | None = None, activation: str | None = None, scale: float = 1.0,
+           residual: jax.Array | None = None) -> jax.Array | None:
     """`scale * jnp.einsum(spec, a, b)` accumulated in float32 and written as `out_dtype`, by oneDNN, reading both
     operands and writing the result in place whatever their layouts; None where that is not possible (see the
     module docstring, or index groups that are not evenly strided, or more than two batch groups). With `bias`
     (over the result's columns: the indices of `b` alone, flattened) and `activation` (a name in `ACTIVATIONS`),
-    `activation(product + bias)`; the scale, the bias and the activation are applied to the float32 accumulator
-    before the result is written (a scale with a bias is refused: oneDNN would scale the sum)."""
-    types = (a.dtype, out_dtype) if bias is None else (a.dtype, out_dtype, bias.dtype)
+    `activation(product + bias)`; plus `residual` (the result's shape), that sum plus the residual. The scale, the
+    bias, the activation and the residual are applied to the float32 accumulator before the result is written (a
+    scale with a bias is refused: oneDNN would scale the sum)."""
+    types = [a.dtype, out_dtype] + [x.dtype for x in (bias, residual) if x is not None]
     if not usable() or a.dtype != b.dtype or any(jnp.dtype(t).name not in _DNNL_TYPES for t in types):
         return None
     if activation not in ACTIVATIONS or (activation is not None and bias is None):
@@ -166,6 +173,8 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     out_shape = tuple(sizes[i] for i in out)
     if min((*a.shape, *b.shape, 1)) == 0 or any(spec.count(i) > 1 for spec in (a_spec, b_spec, out) for i in spec):
         return None
+    if residual is not None and residual.shape != out_shape:
+        raise ValueError(f"the residual must have the product's shape {out_shape}; got {residual.shape}")
     strides = [dict(zip(s, _strides(x.shape))) for s, x in ((a_spec, a), (b_spec, b))]
     strides.append(dict(zip(out, _strides(out_shape))))
     batch, contracted = parsed.batch, parsed.contracted
@@ -188,20 +197,23 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     if bias is not None and (bias.size != n or sn[2] != 1):
         return None  # the bias runs along the result's contiguous columns only
     if n > 1 and sn[2] != 1:  # oneDNN writes a transposed result slowly (a reference kernel): C^T = B^T A^T
-        return None if swapped else einsum(f"{b_spec},{a_spec}->{out}", b, a, out_dtype, swapped=True, scale=scale)
+        return None if swapped else einsum(f"{b_spec},{a_spec}->{out}", b, a, out_dtype, swapped=True, scale=scale,
+                                           residual=residual)
     a_strides = [s1[0], s2[0], sm[0], sk[0]]
     b_strides = [s1[1], s2[1], sk[1], sn[1]]
     c_strides = [s1[2], s2[2], sm[2], sn[2]]
     dims = [b1, b2, m, k, n]
     scale = float(np.float32(scale))
     key = _matmul_key(dims, a_strides, b_strides, c_strides, (a.dtype, b.dtype, out_dtype),
-                      None if bias is None else bias.dtype, activation, scale)
+                      None if bias is None else bias.dtype, activation, scale,
+                      None if residual is None else residual.dtype)
     if not kernel(key).startswith(_FAST):
         return None  # no kernel, or only a reference one: XLA's product is faster
     as_attr = lambda values: np.asarray(values, np.int64)
     bias = jnp.zeros((0,), a.dtype) if bias is None else bias.reshape(-1)  # empty: none
+    residual = jnp.zeros((0,), a.dtype) if residual is None else residual
     call = jax.ffi.ffi_call(MATMUL, jax.ShapeDtypeStruct(out_shape, out_dtype), vmap_method="sequential")
-    return call(a, b, bias, dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),
+    return call(a, b, bias, residual, dims=as_attr(dims), a_strides=as_attr(a_strides), b_strides=as_attr(b_strides),
                 c_strides=as_attr(c_strides), activation=np.int64(ACTIVATIONS[activation]), scale=np.float32(scale))
 
 
@@ -216,6 +228,23 @@ def softmax(x: jax.Array, out_dtype: jnp.dtype) -> jax.Array | None:
     if not kernel(key).startswith(_FAST):
         return None
     return jax.ffi.ffi_call(SOFTMAX, jax.ShapeDtypeStruct(x.shape, out_dtype), vmap_method="sequential")(x)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, shift: jax.Array, epsilon: float, out_dtype: Any
+               ) -> jax.Array | None:
+    """`(x - mean) / sqrt(var + epsilon) * scale + shift` over the last axis by oneDNN (statistics in float32, one
+    rounding to `out_dtype`), for inference; None where oneDNN is not in use or has no optimised kernel for it."""
+    types = [jnp.dtype(t).name for t in (x.dtype, out_dtype)]
+    n = x.shape[-1] if x.ndim else 0
+    if (not usable() or n == 0 or x.size == 0 or any(t not in _DNNL_TYPES for t in types)
+            or scale.shape != (n,) or shift.shape != (n,)):
+        return None
+    epsilon = float(np.float32(epsilon))
+    key = (_LAYER_NORM, x.size // n, n, *(_DNNL_TYPES[t] for t in types), int(np.float32(epsilon).view(np.int32)))
+    if not kernel(key).startswith(_FAST):
+        return None
+    call = jax.ffi.ffi_call(LAYER_NORM, jax.ShapeDtypeStruct(x.shape, out_dtype), vmap_method="sequential")
+    return call(x, scale.astype(jnp.float32), shift.astype(jnp.float32), epsilon=np.float32(epsilon))
 
 
 def _attention_rows(n: int, heads: int, m: int) -> int:

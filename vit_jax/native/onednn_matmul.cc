@@ -1,8 +1,10 @@
-// vit_jax_matmul: C[b1, b2, m, n] = activation(scale sum_k A[b1, b2, m, k] B[b1, b2, k, n] + bias[n]) by oneDNN's
-// matmul primitive (registered and driven by vit_jax/native/onednn.py): the scale, the bias (an empty buffer:
-// none) and the activation applied to the float32 accumulator before C is written (a dense layer's forward pass in
-// one pass over its output); vit_jax_softmax: a softmax over the last axis by oneDNN's softmax primitive (float32
-// or bf16 in and out), one pass over each row.
+// vit_jax_matmul: C[b1, b2, m, n] = activation(scale sum_k A[b1, b2, m, k] B[b1, b2, k, n] + bias[n]) + R[b1, b2, m, n]
+// by oneDNN's matmul primitive (registered and driven by vit_jax/native/onednn.py): the scale, the bias, the
+// activation and the residual R (C's shape and strides; an empty buffer: none, as for the bias) applied to the
+// float32 accumulator before C is written (a dense layer's forward pass and its residual add in one pass);
+// vit_jax_softmax: a softmax over the last axis by oneDNN's softmax primitive (float32 or bf16 in and out), one pass
+// over each row; vit_jax_layer_norm: LayerNorm over the last axis with a float32 scale and shift by oneDNN's layer
+// normalization primitive (inference), statistics in float32; vit_jax_attention: softmax(scale Q K^T) V, below.
 //
 // Each operand is addressed through four strides (in elements), so an einsum's operands are read where they lie:
 // transposed weight-gradient operands and attention's (batch, tokens, heads, head_dim) layouts need no copies.
@@ -44,9 +46,11 @@ struct OneDnn {
   decltype(&dnnl_primitive_attr_set_post_ops) attr_set_post_ops;
   decltype(&dnnl_post_ops_create) post_ops_create;
   decltype(&dnnl_post_ops_append_eltwise) post_ops_append_eltwise;
+  decltype(&dnnl_post_ops_append_binary) post_ops_append_binary;
   decltype(&dnnl_post_ops_destroy) post_ops_destroy;
   decltype(&dnnl_matmul_primitive_desc_create) matmul_primitive_desc_create;
   decltype(&dnnl_softmax_forward_primitive_desc_create) softmax_primitive_desc_create;
+  decltype(&dnnl_layer_normalization_forward_primitive_desc_create) layer_norm_primitive_desc_create;
   decltype(&dnnl_primitive_desc_query_md) primitive_desc_query_md;
   decltype(&dnnl_primitive_desc_query) primitive_desc_query;
   decltype(&dnnl_primitive_desc_destroy) primitive_desc_destroy;
@@ -59,10 +63,13 @@ struct OneDnn {
 OneDnn g_dnnl;
 dnnl_engine_t g_engine = nullptr;
 
-// One compiled primitive (a product or a softmax): its memory objects' descriptors (src a, weights b, dst c).
+// One compiled primitive (a product, a softmax or a LayerNorm): its memory objects' descriptors (src a, weights b or
+// the scale, dst c, bias or the shift), and the execution arguments that pass b, the bias and the residual (its
+// post-op's).
 struct Product {
   dnnl_primitive_t primitive = nullptr;
-  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr, bias = nullptr;
+  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr, bias = nullptr, residual = nullptr;
+  int b_arg = DNNL_ARG_WEIGHTS, bias_arg = DNNL_ARG_BIAS, residual_arg = 0;
   const_dnnl_memory_desc_t scratchpad = nullptr;
   size_t scratchpad_bytes = 0;
 };
@@ -78,9 +85,10 @@ constexpr int64_t kMinContractionChunk = 256;  // a chunk of the contraction: at
 constexpr int64_t kContractionChunks = 8;  // at most, and their float32 partials take at most kPartialBytes
 constexpr int64_t kPartialBytes = 32 << 20;  // larger results (ViT-B's MLP weights) keep row chunks: see below
 // A primitive's key: its kind, then for a product (kMatmulKeySize values) b1, b2, m, k, n, A strides (4), B strides
-// (4), C strides (4), types (3), bias type, activation, the scale's float bits; for a softmax rows, n, types (2).
-enum Kind : int64_t { kMatmul = 0, kSoftmax = 1 };
-constexpr size_t kMatmulKeySize = 24, kSoftmaxKeySize = 5;
+// (4), C strides (4), types (3), bias type, activation, the scale's float bits, residual type; for a softmax rows,
+// n, types (2); for a LayerNorm rows, n, types (2), epsilon's float bits.
+enum Kind : int64_t { kMatmul = 0, kSoftmax = 1, kLayerNorm = 2 };
+constexpr size_t kMatmulKeySize = 25, kSoftmaxKeySize = 5, kLayerNormKeySize = 6;
 constexpr int64_t kScratchFloats = 64 * 1024;  // a softmax chunk's float32 weights before rounding: 256 KiB
 constexpr int64_t kAttentionFloats = 128 * 1024;  // an attention block's float32 logits, all heads: 512 KiB
 
@@ -101,14 +109,19 @@ bool AppendActivation(dnnl_post_ops_t post_ops, int64_t activation) {
   }
 }
 
-// The primitive attributes: a user scratchpad; the scale (1: none) and the activation (0: none) as post-ops.
-bool SetAttributes(dnnl_primitive_attr_t attr, float scale, int64_t activation) {
+// The primitive attributes: a user scratchpad; the scale (1: none), the activation (0: none) and the residual
+// added (`product.residual`, nullptr: none) as post-ops, in that order.
+bool SetAttributes(dnnl_primitive_attr_t attr, float scale, int64_t activation, Product& product) {
   if (!Ok(g_dnnl.attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user))) return false;
-  if (activation == 0 && scale == 1.f) return true;
+  if (activation == 0 && scale == 1.f && product.residual == nullptr) return true;
   dnnl_post_ops_t post_ops = nullptr;
   if (!Ok(g_dnnl.post_ops_create(&post_ops))) return false;
+  const int before_residual = (scale != 1.f) + (activation != 0);
+  product.residual_arg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(before_residual) | DNNL_ARG_SRC_1;
   const bool ok = (scale == 1.f || Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_linear, scale, 0.f))) &&
                   (activation == 0 || AppendActivation(post_ops, activation)) &&
+                  (product.residual == nullptr ||
+                   Ok(g_dnnl.post_ops_append_binary(post_ops, dnnl_binary_add, product.residual))) &&
                   Ok(g_dnnl.attr_set_post_ops(attr, post_ops));
   g_dnnl.post_ops_destroy(post_ops);
   return ok;
@@ -135,9 +148,30 @@ dnnl_primitive_desc_t DescribeSoftmax(const std::vector<int64_t>& key, Product& 
   dnnl_primitive_desc_t desc = nullptr;
   const bool ok = Ok(g_dnnl.memory_desc_create_with_strides(&product.a, 2, dims, dnnl_data_type_t(d[2]), strides)) &&
                   Ok(g_dnnl.memory_desc_create_with_strides(&product.c, 2, dims, dnnl_data_type_t(d[3]), strides)) &&
-                  Ok(g_dnnl.attr_create(&attr)) && SetAttributes(attr, 1.f, 0) &&
+                  Ok(g_dnnl.attr_create(&attr)) && SetAttributes(attr, 1.f, 0, product) &&
                   Ok(g_dnnl.softmax_primitive_desc_create(&desc, g_engine, dnnl_forward_inference,
                                                           dnnl_softmax_accurate, product.a, product.c, 1, attr));
+  if (attr != nullptr) g_dnnl.attr_destroy(attr);
+  return ok ? desc : nullptr;
+}
+
+// LayerNorm over the last axis of contiguous (rows, n) data with a float32 scale and shift of n, `key` = {kLayerNorm,
+// rows, n, src type, dst type, epsilon's float bits}.
+dnnl_primitive_desc_t DescribeLayerNorm(const std::vector<int64_t>& key, Product& product) {
+  const int64_t* d = key.data() + 1;
+  dnnl_dims_t dims = {d[0], d[1]}, strides = {d[1], 1}, features = {d[1]}, unit = {1};
+  dnnl_primitive_attr_t attr = nullptr;
+  dnnl_primitive_desc_t desc = nullptr;
+  product.b_arg = DNNL_ARG_SCALE;
+  product.bias_arg = DNNL_ARG_SHIFT;
+  const bool ok = Ok(g_dnnl.memory_desc_create_with_strides(&product.a, 2, dims, dnnl_data_type_t(d[2]), strides)) &&
+                  Ok(g_dnnl.memory_desc_create_with_strides(&product.c, 2, dims, dnnl_data_type_t(d[3]), strides)) &&
+                  Ok(g_dnnl.memory_desc_create_with_strides(&product.b, 1, features, dnnl_f32, unit)) &&
+                  Ok(g_dnnl.memory_desc_create_with_strides(&product.bias, 1, features, dnnl_f32, unit)) &&
+                  Ok(g_dnnl.attr_create(&attr)) && SetAttributes(attr, 1.f, 0, product) &&
+                  Ok(g_dnnl.layer_norm_primitive_desc_create(&desc, g_engine, dnnl_forward_inference, product.a,
+                                                             product.c, nullptr, BitsFloat(d[4]),
+                                                             dnnl_use_scale | dnnl_use_shift, attr));
   if (attr != nullptr) g_dnnl.attr_destroy(attr);
   return ok ? desc : nullptr;
 }
@@ -157,6 +191,7 @@ void DenseWhereUnit(const dnnl_dims_t dims, dnnl_dims_t strides) {
 dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product) {
   g_dnnl.omp_set_num_threads(1);  // oneDNN sizes its blocking by the threads it will have
   if (key.size() == kSoftmaxKeySize && key[0] == kSoftmax) return DescribeSoftmax(key, product);
+  if (key.size() == kLayerNormKeySize && key[0] == kLayerNorm) return DescribeLayerNorm(key, product);
   if (key.size() != kMatmulKeySize || key[0] != kMatmul) return nullptr;
   const int64_t* d = key.data() + 1;  // see kMatmulKeySize
   dnnl_dims_t a_dims = {d[0], d[1], d[2], d[3]}, b_dims = {d[0], d[1], d[3], d[4]}, c_dims = {d[0], d[1], d[2], d[4]};
@@ -166,7 +201,7 @@ dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product
   DenseWhereUnit(b_dims, b_strides);
   DenseWhereUnit(c_dims, c_strides);
   dnnl_dims_t bias_dims = {1, 1, 1, d[4]}, bias_strides = {d[4], d[4], d[4], 1};
-  const bool biased = d[20] != dnnl_data_type_undef;
+  const bool biased = d[20] != dnnl_data_type_undef, residual = d[23] != dnnl_data_type_undef;
   dnnl_primitive_attr_t attr = nullptr;
   dnnl_primitive_desc_t desc = nullptr;
   bool ok = Ok(g_dnnl.memory_desc_create_with_strides(&product.a, 4, a_dims, dnnl_data_type_t(d[17]), a_strides)) &&
@@ -174,7 +209,9 @@ dnnl_primitive_desc_t Describe(const std::vector<int64_t>& key, Product& product
             Ok(g_dnnl.memory_desc_create_with_strides(&product.c, 4, c_dims, dnnl_data_type_t(d[19]), c_strides)) &&
             (!biased || Ok(g_dnnl.memory_desc_create_with_strides(&product.bias, 4, bias_dims,
                                                                    dnnl_data_type_t(d[20]), bias_strides))) &&
-            Ok(g_dnnl.attr_create(&attr)) && SetAttributes(attr, BitsFloat(d[22]), d[21]) &&
+            (!residual || Ok(g_dnnl.memory_desc_create_with_strides(&product.residual, 4, c_dims,
+                                                                     dnnl_data_type_t(d[23]), c_strides))) &&
+            Ok(g_dnnl.attr_create(&attr)) && SetAttributes(attr, BitsFloat(d[22]), d[21], product) &&
             Ok(g_dnnl.matmul_primitive_desc_create(&desc, g_engine, product.a, product.b, product.bias, product.c,
                                                    attr));
   if (attr != nullptr) g_dnnl.attr_destroy(attr);
@@ -195,8 +232,9 @@ const Product* GetProduct(const std::vector<int64_t>& key) {
 }
 
 // Runs one chunk on the calling thread: its own stream and scratchpad, memory objects around XLA's buffers
-// (`b`, `bias` nullptr where the primitive has none).
-bool Execute(const std::vector<int64_t>& key, const void* a, const void* b, const void* bias, void* c) {
+// (`b`, `bias`, `residual` nullptr where the primitive has none).
+bool Execute(const std::vector<int64_t>& key, const void* a, const void* b, const void* bias, void* c,
+             const void* residual = nullptr) {
   g_dnnl.omp_set_num_threads(1);  // the chunk runs on this thread alone
   const Product* product = GetProduct(key);
   if (product == nullptr) return false;
@@ -204,8 +242,8 @@ bool Execute(const std::vector<int64_t>& key, const void* a, const void* b, cons
   thread_local std::vector<char> scratch;
   if (stream == nullptr && !Ok(g_dnnl.stream_create(&stream, g_engine, dnnl_stream_default_flags))) return false;
   if (scratch.size() < product->scratchpad_bytes) scratch.resize(product->scratchpad_bytes);
-  dnnl_memory_t memory[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-  dnnl_exec_arg_t exec[5];
+  dnnl_memory_t memory[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  dnnl_exec_arg_t exec[6];
   int args = 0;
   auto add = [&](int arg, const_dnnl_memory_desc_t desc, const void* data) {
     exec[args] = {arg, nullptr};
@@ -215,8 +253,9 @@ bool Execute(const std::vector<int64_t>& key, const void* a, const void* b, cons
     return made;
   };
   bool ok = add(DNNL_ARG_SRC, product->a, a) && add(DNNL_ARG_DST, product->c, c);
-  if (ok && product->b != nullptr) ok = add(DNNL_ARG_WEIGHTS, product->b, b);
-  if (ok && product->bias != nullptr) ok = add(DNNL_ARG_BIAS, product->bias, bias);
+  if (ok && product->b != nullptr) ok = add(product->b_arg, product->b, b);
+  if (ok && product->bias != nullptr) ok = add(product->bias_arg, product->bias, bias);
+  if (ok && product->residual != nullptr) ok = add(product->residual_arg, product->residual, residual);
   if (ok && product->scratchpad_bytes > 0) ok = add(DNNL_ARG_SCRATCHPAD, product->scratchpad, scratch.data());
   if (ok) {
     ok = Ok(g_dnnl.primitive_execute(product->primitive, stream, args, exec)) && Ok(g_dnnl.stream_wait(stream));
@@ -285,11 +324,12 @@ class PartialSums {
 // gradients ran no faster on 2 threads (6304 x 768 x 3072: 355-365 vs 343-349 GFLOP/s; 6304 x 3072 x 768: 354-364
 // vs 383-411).
 bool CutsContraction(ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
-                     ffi::Span<const int64_t> c_strides, bool biased, int64_t activation) {
+                     ffi::Span<const int64_t> c_strides, bool biased, int64_t activation, bool residual) {
   const int64_t b1 = dims[0], b2 = dims[1], m = dims[2], k = dims[3], n = dims[4];
   const bool rows_in_columns = m > 1 && a_strides[2] < a_strides[3];
   const bool partials_fit = kContractionChunks * m * n * static_cast<int64_t>(sizeof(float)) <= kPartialBytes;
-  return b1 == 1 && b2 == 1 && !biased && activation == 0 && k >= 2 * kMinContractionChunk && partials_fit &&
+  return b1 == 1 && b2 == 1 && !biased && activation == 0 && !residual && k >= 2 * kMinContractionChunk &&
+         partials_fit &&
          (n == 1 || c_strides[3] == 1) && (rows_in_columns || m < 2 * kRowUnit);
 }
 
@@ -314,7 +354,7 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
     key.insert(key.end(), b_strides.begin(), b_strides.end());
     key.insert(key.end(), {m * n, m * n, n, 1});
     key.insert(key.end(), {types[0], types[1], dnnl_f32, dnnl_data_type_undef, 0});
-    key.push_back(FloatBits(scale));
+    key.insert(key.end(), {FloatBits(scale), dnnl_data_type_undef});
     failed[i] = !Execute(key, a_data + first * a_strides[3] * a_bytes, b_data + first * b_strides[2] * b_bytes,
                          nullptr, partials + i * m * n);
   });
@@ -346,13 +386,16 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
   return ffi::Error::Success();
 }
 
-// C = activation(scale A B + bias), cut into chunks over XLA's thread pool; an empty `bias_buffer`: none.
+// C = activation(scale A B + bias) + residual, cut into chunks over XLA's thread pool; an empty `bias_buffer` or
+// `residual_buffer`: none.
 ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer bias_buffer,
-                  ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims, ffi::Span<const int64_t> a_strides,
+                  ffi::AnyBuffer residual_buffer, ffi::Result<ffi::AnyBuffer> c, ffi::Span<const int64_t> dims,
+                  ffi::Span<const int64_t> a_strides,
                   ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides, int64_t activation,
                   float scale) {
   if (g_engine == nullptr) return ffi::Error::Internal("vit_jax_matmul: oneDNN is not loaded");
   const ffi::AnyBuffer* bias = bias_buffer.element_count() == 0 ? nullptr : &bias_buffer;
+  const ffi::AnyBuffer* residual = residual_buffer.element_count() == 0 ? nullptr : &residual_buffer;
   if (bias == nullptr && activation != 0) {
     return ffi::Error::InvalidArgument("vit_jax_matmul: an activation needs a bias");
   }
@@ -369,12 +412,17 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
     return ffi::Error::InvalidArgument("vit_jax_matmul: expected a bias of n elements");
   }
   if (activation < 0 || activation > 3) return ffi::Error::InvalidArgument("vit_jax_matmul: unknown activation");
+  const int64_t residual_type = residual == nullptr ? dnnl_data_type_undef : DnnlType(residual->element_type());
+  if (residual != nullptr && (residual_type == dnnl_data_type_undef ||
+                              residual->element_count() != c->element_count())) {
+    return ffi::Error::InvalidArgument("vit_jax_matmul: expected a bf16 or f32 residual of the result's shape");
+  }
   const size_t a_bytes = ffi::ByteWidth(a.element_type()), b_bytes = ffi::ByteWidth(b.element_type()),
                c_bytes = ffi::ByteWidth(c->element_type());
   const char* a_data = static_cast<const char*>(a.untyped_data());
   const char* b_data = static_cast<const char*>(b.untyped_data());
   char* c_data = static_cast<char*>(c->untyped_data());
-  if (CutsContraction(dims, a_strides, c_strides, bias != nullptr, activation)) {
+  if (CutsContraction(dims, a_strides, c_strides, bias != nullptr, activation, residual != nullptr)) {
     return MatmulOverContraction(pool, a_data, b_data, c_data, dims, a_strides, b_strides, c_strides, types, a_bytes,
                                  b_bytes, scale);
   }
@@ -388,6 +436,8 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
   const int64_t chunks = (extent + per - 1) / per;
   const int axis = by_batch ? 0 : 2;  // the dim the chunks cut
   const void* bias_data = bias == nullptr ? nullptr : bias->untyped_data();
+  const char* residual_data = residual == nullptr ? nullptr : static_cast<const char*>(residual->untyped_data());
+  const size_t residual_bytes = residual == nullptr ? 0 : ffi::ByteWidth(residual->element_type());
   std::vector<char> failed(chunks, 0);
   ParallelFor(pool, chunks, [&](int64_t i) {
     const int64_t first = i * per, count = std::min(per, extent - first);
@@ -398,11 +448,13 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
     key.insert(key.end(), b_strides.begin(), b_strides.end());
     key.insert(key.end(), c_strides.begin(), c_strides.end());
     key.insert(key.end(), types, types + 5);
-    key.push_back(FloatBits(scale));
+    key.insert(key.end(), {FloatBits(scale), residual_type});
     const char* a_chunk = a_data + first * a_strides[axis] * a_bytes;
     const char* b_chunk = by_batch ? b_data + first * b_strides[0] * b_bytes : b_data;
     char* c_chunk = c_data + first * c_strides[axis] * c_bytes;
-    failed[i] = !Execute(key, a_chunk, b_chunk, bias_data, c_chunk);
+    const char* residual_chunk =
+        residual == nullptr ? nullptr : residual_data + first * c_strides[axis] * residual_bytes;
+    failed[i] = !Execute(key, a_chunk, b_chunk, bias_data, c_chunk, residual_chunk);
   });
   if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
     return ffi::Error::Internal("vit_jax_matmul: oneDNN could not create or run the product");
@@ -449,6 +501,38 @@ ffi::Error Softmax(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyB
   return ffi::Error::Success();
 }
 
+// y = LayerNorm(x) * scale + shift over the last axis, rows cut into chunks over XLA's thread pool.
+ffi::Error LayerNorm(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
+                     ffi::Result<ffi::AnyBuffer> y, float epsilon) {
+  if (g_engine == nullptr) return ffi::Error::Internal("vit_jax_layer_norm: oneDNN is not loaded");
+  const int64_t src = DnnlType(x.element_type()), dst = DnnlType(y->element_type());
+  const auto shape = x.dimensions();
+  const int64_t n = shape.size() == 0 ? 0 : shape[shape.size() - 1];
+  if (src == dnnl_data_type_undef || dst == dnnl_data_type_undef || n == 0 ||
+      x.element_count() != y->element_count() || scale.element_count() != static_cast<size_t>(n) ||
+      shift.element_count() != static_cast<size_t>(n)) {
+    return ffi::Error::InvalidArgument("vit_jax_layer_norm: expected bf16 or f32 x and y of the same shape, a "
+                                       "float32 scale and shift of the last axis' length");
+  }
+  const int64_t rows = static_cast<int64_t>(x.element_count()) / n;
+  if (rows == 0) return ffi::Error::Success();
+  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), rows));
+  const int64_t per = (rows + wanted - 1) / wanted, chunks = (rows + per - 1) / per;
+  const char* x_data = static_cast<const char*>(x.untyped_data());
+  char* y_data = static_cast<char*>(y->untyped_data());
+  const size_t x_row = n * ffi::ByteWidth(x.element_type()), y_row = n * ffi::ByteWidth(y->element_type());
+  std::vector<char> failed(chunks, 0);
+  ParallelFor(pool, chunks, [&](int64_t i) {
+    const int64_t first = i * per, count = std::min(per, rows - first);
+    const std::vector<int64_t> key = {kLayerNorm, count, n, src, dst, FloatBits(epsilon)};
+    failed[i] = !Execute(key, x_data + first * x_row, scale.typed_data(), shift.typed_data(), y_data + first * y_row);
+  });
+  if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
+    return ffi::Error::Internal("vit_jax_layer_norm: oneDNN could not create or run the LayerNorm");
+  }
+  return ffi::Error::Success();
+}
+
 // O[b, :, h, :] = softmax(scale Q[b, :, h, :] K[b, :, h, :]^T) V[b, :, h, :] for (B, N, H, d) queries, (B, M, H, d)
 // keys and (B, M, H, e) values, all dense, a block of one batch entry's query rows at a time (all heads: a dense
 // slice, as oneDNN's brgemm kernels want): the block's float32 logits and weights stay in a cache-resident buffer
@@ -491,11 +575,11 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, f
       const int64_t b = item / blocks, first = (item % blocks) * block, rows = std::min(block, n - first);
       const std::vector<int64_t> logits_key = {kMatmul, 1, heads, rows, d, m, 0, d, heads * d, 1, 0, d, 1, heads * d,
                                                0, rows * m, m, 1, type, type, dnnl_f32, dnnl_data_type_undef, 0,
-                                               FloatBits(scale)};
+                                               FloatBits(scale), dnnl_data_type_undef};
       const std::vector<int64_t> softmax_key = {kSoftmax, heads * rows, m, dnnl_f32, dnnl_f32};
       const std::vector<int64_t> values_key = {kMatmul, 1, heads, rows, m, e, 0, rows * m, m, 1, 0, e, heads * e, 1,
                                                0, e, heads * e, 1, type, type, out_type, dnnl_data_type_undef, 0,
-                                               FloatBits(1.f)};
+                                               FloatBits(1.f), dnnl_data_type_undef};
       const void* weights = logits.data();
       bool ok = Execute(logits_key, q_data + (b * n + first) * heads * d * bytes, k_data + b * m * heads * d * bytes,
                         nullptr, logits.data()) &&
@@ -546,9 +630,12 @@ extern "C" int vit_jax_load_onednn(const char* path) {
                   Resolve(library, "dnnl_primitive_attr_set_post_ops", d.attr_set_post_ops) &&
                   Resolve(library, "dnnl_post_ops_create", d.post_ops_create) &&
                   Resolve(library, "dnnl_post_ops_append_eltwise", d.post_ops_append_eltwise) &&
+                  Resolve(library, "dnnl_post_ops_append_binary", d.post_ops_append_binary) &&
                   Resolve(library, "dnnl_post_ops_destroy", d.post_ops_destroy) &&
                   Resolve(library, "dnnl_matmul_primitive_desc_create", d.matmul_primitive_desc_create) &&
                   Resolve(library, "dnnl_softmax_forward_primitive_desc_create", d.softmax_primitive_desc_create) &&
+                  Resolve(library, "dnnl_layer_normalization_forward_primitive_desc_create",
+                          d.layer_norm_primitive_desc_create) &&
                   Resolve(library, "dnnl_primitive_desc_query_md", d.primitive_desc_query_md) &&
                   Resolve(library, "dnnl_primitive_desc_query", d.primitive_desc_query) &&
                   Resolve(library, "dnnl_primitive_desc_destroy", d.primitive_desc_destroy) &&
@@ -579,7 +666,7 @@ extern "C" int vit_jax_onednn_kernel(const int64_t* key, int64_t length, char* n
     name[size - 1] = '\0';
   }
   if (desc != nullptr) g_dnnl.primitive_desc_destroy(desc);
-  for (dnnl_memory_desc_t md : {product.a, product.b, product.c, product.bias}) {
+  for (dnnl_memory_desc_t md : {product.a, product.b, product.c, product.bias, product.residual}) {
     if (md != nullptr) g_dnnl.memory_desc_destroy(md);
   }
   return ok ? 1 : 0;
@@ -588,6 +675,7 @@ extern "C" int vit_jax_onednn_kernel(const int64_t* key, int64_t length, char* n
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxMatmul, Matmul,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
@@ -607,6 +695,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxAttention, Attention,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxLayerNorm, LayerNorm,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxSoftmax, Softmax,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
