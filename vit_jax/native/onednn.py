@@ -1,10 +1,11 @@
-"""Two-operand einsums as oneDNN matrix products (`onednn_matmul.cc`), the CPU's fast bf16 path.
+"""Two-operand einsums as oneDNN matrix products (`onednn_matmul.cc`), the CPU's fast bf16 path; and, for
+inference, oneDNN's LayerNorm and a fused attention, which leave XLA no passes of its own around the products.
 
 XLA:CPU's bf16 products run at about half of what oneDNN's AVX512-BF16 (and AMX) kernels reach on ViT's shapes, and
 its batched attention products at a quarter (BENCHMARKS.md, experiment 19). oneDNN comes from the
 `onednn-cpu-gomp` wheel (a dependency on x86-64 Linux); the extension opens it at run time, so where either is
-missing, on another backend, or over several devices (a custom call is not partitioned over a mesh) `einsum`
-returns None and the caller keeps XLA's product.
+missing, on another backend, or over several devices (a custom call is not partitioned over a mesh) each function
+here returns None and the caller keeps XLA's computation.
 """
 
 from __future__ import annotations
