@@ -127,6 +127,20 @@ bool SetAttributes(dnnl_primitive_attr_t attr, float scale, int64_t activation, 
   return ok;
 }
 
+// `extent` cut into at most `wanted` chunks (at least one) of a multiple of `unit`: the chunk's length, the chunks.
+struct Cut {
+  int64_t per, chunks;
+};
+
+Cut CutInto(int64_t extent, int64_t wanted, int64_t unit = 1) {
+  wanted = std::max<int64_t>(1, std::min(wanted, extent / unit));
+  const int64_t per = ((extent + wanted - 1) / wanted + unit - 1) / unit * unit;
+  return {per, (extent + per - 1) / per};
+}
+
+// Several chunks per thread of XLA's pool: a thread that starts late or is preempted leaves its share to the others.
+int64_t ChunksFor(ffi::ThreadPool& pool) { return kChunksPerThread * std::max<int64_t>(1, pool.num_threads()); }
+
 int64_t FloatBits(float value) {
   int32_t bits;
   std::memcpy(&bits, &value, sizeof bits);
@@ -341,9 +355,8 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
                                  ffi::Span<const int64_t> b_strides, ffi::Span<const int64_t> c_strides,
                                  const int64_t types[5], size_t a_bytes, size_t b_bytes, float scale) {
   const int64_t m = dims[2], k = dims[3], n = dims[4];
-  const int64_t wanted = std::max<int64_t>(1, std::min(kContractionChunks, k / kMinContractionChunk));
-  const int64_t per = ((k + wanted - 1) / wanted + kRowUnit - 1) / kRowUnit * kRowUnit;
-  const int64_t chunks = (k + per - 1) / per;
+  const Cut cut = CutInto(k, std::min(kContractionChunks, k / kMinContractionChunk), kRowUnit);
+  const int64_t per = cut.per, chunks = cut.chunks;
   PartialSums held(chunks * m * n);  // chunk i's partial: m x n, dense
   float* const partials = held.data();
   std::vector<char> failed(chunks, 0);
@@ -361,11 +374,11 @@ ffi::Error MatmulOverContraction(ffi::ThreadPool& pool, const char* a_data, cons
   if (std::find(failed.begin(), failed.end(), 1) != failed.end()) {
     return ffi::Error::Internal("vit_jax_matmul: oneDNN could not create or run the product");
   }
-  const int64_t row_chunks = std::min<int64_t>(m, kChunksPerThread * std::max<int64_t>(1, pool.num_threads()));
-  const int64_t rows_per = (m + row_chunks - 1) / row_chunks;
+  const Cut row_cut = CutInto(m, ChunksFor(pool));
+  const int64_t rows_per = row_cut.per, row_chunks = row_cut.chunks;
   const bool to_bf16 = types[2] == dnnl_bf16;
   const size_t c_bytes = to_bf16 ? 2 : 4;
-  ParallelFor(pool, (m + rows_per - 1) / rows_per, [&](int64_t i) {
+  ParallelFor(pool, row_chunks, [&](int64_t i) {
     thread_local std::vector<float> row;
     row.resize(n);
     for (int64_t r = i * rows_per; r < std::min(m, (i + 1) * rows_per); ++r) {
@@ -430,10 +443,8 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
   const int64_t b1 = dims[0], m = dims[2];
   const bool by_batch = b1 > 1;
   const int64_t extent = by_batch ? b1 : m, unit = by_batch ? 1 : kRowUnit;
-  // several chunks per thread: a thread that starts late or is preempted leaves its share to the others
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), extent / unit));
-  const int64_t per = ((extent + wanted - 1) / wanted + unit - 1) / unit * unit;
-  const int64_t chunks = (extent + per - 1) / per;
+  const Cut cut = CutInto(extent, ChunksFor(pool), unit);
+  const int64_t per = cut.per, chunks = cut.chunks;
   const int axis = by_batch ? 0 : 2;  // the dim the chunks cut
   const void* bias_data = bias == nullptr ? nullptr : bias->untyped_data();
   const char* residual_data = residual == nullptr ? nullptr : static_cast<const char*>(residual->untyped_data());
@@ -475,8 +486,7 @@ ffi::Error Softmax(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyB
   }
   const int64_t n = shape[shape.size() - 1], rows = n == 0 ? 0 : static_cast<int64_t>(x.element_count()) / n;
   if (rows == 0) return ffi::Error::Success();
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), rows));
-  int64_t per = (rows + wanted - 1) / wanted;
+  int64_t per = CutInto(rows, ChunksFor(pool)).per;
   if (dst != dnnl_f32) per = std::min(per, std::max<int64_t>(1, kScratchFloats / n));  // the scratch stays in cache
   const int64_t chunks = (rows + per - 1) / per;
   const char* x_data = static_cast<const char*>(x.untyped_data());
@@ -516,8 +526,8 @@ ffi::Error LayerNorm(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F3
   }
   const int64_t rows = static_cast<int64_t>(x.element_count()) / n;
   if (rows == 0) return ffi::Error::Success();
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), rows));
-  const int64_t per = (rows + wanted - 1) / wanted, chunks = (rows + per - 1) / per;
+  const Cut cut = CutInto(rows, ChunksFor(pool));
+  const int64_t per = cut.per, chunks = cut.chunks;
   const char* x_data = static_cast<const char*>(x.untyped_data());
   char* y_data = static_cast<char*>(y->untyped_data());
   const size_t x_row = n * ffi::ByteWidth(x.element_type()), y_row = n * ffi::ByteWidth(y->element_type());
@@ -558,8 +568,8 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, f
   if (batch * n * heads * d * m * e == 0) return ffi::Error::Success();
   const int64_t block = AttentionRows(n, heads, m);
   const int64_t blocks = (n + block - 1) / block, items = batch * blocks;
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(kChunksPerThread * pool.num_threads(), items));
-  const int64_t per = (items + wanted - 1) / wanted, chunks = (items + per - 1) / per;
+  const Cut cut = CutInto(items, ChunksFor(pool));
+  const int64_t per = cut.per, chunks = cut.chunks;
   const size_t bytes = ffi::ByteWidth(q.element_type()), out_bytes = ffi::ByteWidth(o->element_type());
   const char* q_data = static_cast<const char*>(q.untyped_data());
   const char* k_data = static_cast<const char*>(k.untyped_data());
