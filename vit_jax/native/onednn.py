@@ -32,7 +32,7 @@ from vit_jax.einsum_spec import EinsumSpec
 MATMUL = "vit_jax_matmul"  # activation(scale * product + bias) + residual, all in the product's pass
 SOFTMAX = "vit_jax_softmax"
 LAYER_NORM = "vit_jax_layer_norm"
-ATTENTION = "vit_jax_attention"  # softmax(scale Q K^T) V, one (batch, head) pair's logits in cache at a time
+ATTENTION = "vit_jax_attention"  # softmax(scale Q K^T) V, a block of query rows' logits in cache at a time
 DISTRIBUTION = "onednn-cpu-gomp"
 SWITCH = "VIT_JAX_ONEDNN"  # "0": keep XLA's products
 
