@@ -248,6 +248,7 @@ def layer_norm(x: jax.Array, scale: jax.Array, shift: jax.Array, epsilon: float,
     return call(x, scale.astype(jnp.float32), shift.astype(jnp.float32), epsilon=np.float32(epsilon))
 
 
+@functools.cache
 def _attention_rows(n: int, heads: int, m: int) -> int:
     """The query rows `vit_jax_attention` takes per pass (onednn_matmul.cc's `AttentionRows`)."""
     rows = native.extension().vit_jax_attention_rows
