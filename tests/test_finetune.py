@@ -32,6 +32,7 @@ def test_config_takes_model_and_data_from_the_workdir(digits_16):
     assert config.model.patch_size == (8, 8) and config.image_size == (32, 32)
     assert (config.dataset, config.eval_split, config.pp.train_crop) == ("sklearn_digits", "validation", "pad")
     assert config.num_steps == 7 and config.optimizer.learning_rate == 0.1 and config.init.path == str(digits_16)
+    assert config.log_pictures == "last"  # configs/digits.py's: drawing its pictures at each evaluation is slow
 
 
 @pytest.mark.slow
