@@ -1,4 +1,7 @@
+import json
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import grain
@@ -7,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import ROOT, xla_env
 from vit_jax.build import resumed_examples
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.config_validation import ConfigError
@@ -85,3 +89,40 @@ def test_a_saved_position_comes_back_and_decides_where_a_resumed_stream_starts(t
                                           r"packed \(NaViT\) run's data position .* restorable only onto 2 processes"):
         resumed_examples(checkpoints, 3, packed)
     checkpoints.close()
+
+
+# In a process with 8 CPU devices: the compilations orbax's default state handler and vit_jax's run while saving a
+# replicated tree, and the tree each restores.
+SAVES_ON_EIGHT_DEVICES = """
+import json, sys
+import jax, numpy as np, orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+from vit_jax.checkpoint.manager import state_handler
+compiles = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+tree = {f"w{i}": np.arange(64 * 8, dtype=np.float32).reshape(64, 8) + i for i in range(3)}
+placed = jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+result = {}
+for name, handler in (("default", ocp.StandardCheckpointHandler()), ("ours", state_handler())):
+    with ocp.Checkpointer(handler) as checkpointer:
+        del compiles[:]
+        checkpointer.save(sys.argv[1] + "/" + name, args=ocp.args.StandardSave(placed))
+        saving = len(compiles)
+        back = checkpointer.restore(sys.argv[1] + "/" + name, args=ocp.args.StandardRestore(placed))
+    result[name] = {"compiles": saving, "equal": all(np.array_equal(back[k], tree[k]) for k in tree)}
+print(json.dumps(result))
+"""
+
+
+def test_state_saves_on_one_process_cpu_devices_compile_nothing(tmp_path):
+    """orbax's replica-parallel writing compiles a slice per array and device on a multi-device CPU process;
+    vit_jax's state handler writes each array whole from one replica (`state_handler`), with the same checkpoint."""
+    done = subprocess.run([sys.executable, "-c", SAVES_ON_EIGHT_DEVICES, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=xla_env("--xla_force_host_platform_device_count=8"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["default"]["compiles"] >= 8  # the reason for the handler: slices compiled per array and device
+    assert result["ours"] == {"compiles": 0, "equal": True}
+    assert result["default"]["equal"]

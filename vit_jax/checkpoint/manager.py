@@ -15,8 +15,10 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
+from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 CHECKPOINT_DIR = "checkpoints"  # inside a workdir
@@ -24,6 +26,24 @@ STATE = "state"
 DATA = "data"
 POSITION = "position"
 BEST_METRIC = "eval/accuracy"
+
+
+def state_handler() -> ocp.StandardCheckpointHandler:
+    """orbax's handler for the train state. On one process with CPU devices, each array is written whole, from one
+    replica: orbax's default, replica-parallel writing, slices a replicated array into a part per device (so that
+    hosts, or accelerators' transfers, share the work); on the CPU devices of one process that is a compiled slice
+    per array shape and device (tests/test_checkpoint_manager.py counts them), for copies of host memory that gain
+    nothing."""
+    handler = ocp.StandardCheckpointHandler()
+    if jax.process_count() == 1 and jax.devices()[0].platform == "cpu":
+        whole = ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
+                                               use_replica_parallel=False)
+        others = (int, float, bytes, np.number, np.ndarray, str, type(ocp.PLACEHOLDER))  # orbax's standard types
+        registry = ocp.type_handlers.create_type_handler_registry(
+            *((t, ocp.type_handlers.get_type_handler(t)) for t in others), (jax.Array, whole))
+        # the handler's own PyTree handler, with that registry (orbax <0.13: pyproject.toml)
+        handler._impl = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+    return handler
 
 
 class TrainCheckpoints:
@@ -48,7 +68,7 @@ class TrainCheckpoints:
             self._opened = ocp.CheckpointManager(
                 self.directory.absolute(),
                 # Built with its item handlers: otherwise item_metadata() is None and restores cannot inspect items.
-                item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler(),
+                item_handlers={STATE: state_handler(), DATA: grain.checkpoint.CheckpointHandler(),
                                POSITION: ocp.JsonCheckpointHandler()},
                 options=ocp.CheckpointManagerOptions(
                     preservation_policy=policy,
