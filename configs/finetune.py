@@ -9,8 +9,8 @@ Arguments: `init` (a vit_jax workdir, an `.npz` in vision_transformer's or big_v
 resolution), `patch` (a new patch size: the kernel is PI-resized), `steps` (0 evaluates without training),
 `variant` (the architecture of an `.npz`; a workdir brings its own), `dataset`, and any config path
 (`init.posemb=reinit`, `optimizer.learning_rate=0.003`, ...). From a workdir, the dataset, splits,
-preprocessing and picture schedule (`log_pictures`) of the original run are the defaults; a timm checkpoint brings its architecture, resolution and
-mean/std (grayscale images are fed as RGB). The position embeddings are resized to the new grid
+preprocessing and picture schedule (`log_pictures`) of the original run are the defaults; a timm checkpoint
+brings its architecture, resolution and mean/std (grayscale images are fed as RGB). The position embeddings are resized to the new grid
 (`init.posemb_method`, default align-corners bilinear as vision_transformer and big_vision; for a timm checkpoint
 bicubic with antialiasing, as timm's `resample_abs_pos_embed`); a head for another number of classes, or for a
 checkpoint without one, is initialised afresh; the step-0 evaluation logged in metrics.jsonl is the loaded model before any
