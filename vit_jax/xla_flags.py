@@ -7,7 +7,8 @@ anything asks for a device. A flag the user already put in `XLA_FLAGS` is left a
 - float32: the YNNPACK fusions off. XLA:CPU sends dots, reductions and convolutions to YNNPACK by default; its
   reductions are slow on ViT's shapes (ViT-Ti/16 inference 39 -> 56 img/s, training 12.8 -> 14.4 img/s).
 - bfloat16: YNNPACK off too where oneDNN computes the products (`vit_jax.native.onednn`; ViT-Ti/16 training
-  25.0 -> 27.7 img/s); kept without oneDNN, where it runs the bf16 x bf16 -> f32 products of
+  25.0 -> 27.7 img/s); kept without oneDNN or where the processor has no bf16 instructions (oneDNN then leaves
+  bf16 products to XLA: `onednn.bf16_products`), where it runs the bf16 x bf16 -> f32 products of
   `vit_jax.models.mixed_precision` well (ViT-Ti/16 inference 79 img/s with it, 49 without).
 Small models differ: the digits model's step is 36 ms with YNNPACK and 41 ms without, so configs/digits.py sets
 `xla_flags=""` (XLA's own defaults).
@@ -27,7 +28,7 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
 
 
 def default_xla_flags(dtype: str | None) -> tuple[str, ...]:
-    if onednn.installed():
+    if onednn.installed() and (dtype != "bfloat16" or onednn.bf16_products()):
         return DEFAULTS["float32"]
     return DEFAULTS.get(dtype or "float32", ())
 

@@ -56,15 +56,26 @@ def installed() -> bool:
 
 
 @functools.cache
-def loaded() -> bool:
-    """Whether products go to oneDNN in this process (its custom call registered; the CPU backend)."""
-    library = native.extension()
+def _opened() -> ctypes.CDLL | None:
+    """The extension with oneDNN opened in it, or None; asks nothing of JAX (no backend started), so that XLA's
+    flags can depend on oneDNN's kernels."""
+    spec = importlib.util.find_spec("vit_jax.native._gemm")
     path = library_path()
-    if library is None or path is None or not installed():
-        return False
+    if not installed() or spec is None or spec.origin is None or path is None:
+        return None
+    library = ctypes.CDLL(spec.origin)
     if not library.vit_jax_load_onednn(ctypes.c_char_p(path.encode())):
         logging.warning("oneDNN at %s did not load (its OpenMP runtime, libgomp, missing?): XLA's products are "
                         "used", path)
+        return None
+    return library
+
+
+@functools.cache
+def loaded() -> bool:
+    """Whether products go to oneDNN in this process (its custom call registered; the CPU backend)."""
+    library = _opened()
+    if native.extension() is None or library is None:
         return False
     jax.ffi.register_ffi_target(MATMUL, jax.ffi.pycapsule(library.VitJaxMatmul), platform="cpu")
     jax.ffi.register_ffi_target(SOFTMAX, jax.ffi.pycapsule(library.VitJaxSoftmax), platform="cpu")
@@ -98,16 +109,40 @@ _DNNL_TYPES = {"bfloat16": 2, "float32": 3}  # oneDNN's dnnl_data_type_t
 # the activations oneDNN applies after the bias (onednn_matmul.cc's codes; `vit_jax.models.activations` names them)
 ACTIVATIONS = {None: 0, "gelu_erf": 1, "gelu_tanh": 2, "quick_gelu": 3}
 _FAST = ("brg", "gemm:jit", "jit")  # kernel names oneDNN gives its optimised implementations
+# bf16 products: brgemm only, the kernels of processors with bf16 instructions (AVX512-BF16, AMX). Without them
+# oneDNN emulates bf16 in `gemm:jit:bf16` at a third of its float32 speed (6304x192x768: 71 vs 213 GFLOP/s with
+# ONEDNN_MAX_CPU_ISA=AVX512_CORE, BENCHMARKS.md), slower than XLA's products, which convert to float32.
+_FAST_BF16 = ("brg",)
 _MATMUL, _SOFTMAX, _LAYER_NORM = 0, 1, 2  # the primitive kinds of onednn_matmul.cc's keys
 
 
 @functools.lru_cache(maxsize=4096)
 def kernel(key: tuple[int, ...]) -> str:
     """The name of oneDNN's kernel for a primitive (its kind, then dims, strides, types... as the custom call
-    makes them: onednn_matmul.cc), "" for none; asked at trace time."""
+    makes them: onednn_matmul.cc), "" for none (or no oneDNN); asked at trace time."""
+    library = _opened()
+    if library is None:
+        return ""
     name = ctypes.create_string_buffer(256)
-    found = native.extension().vit_jax_onednn_kernel((ctypes.c_int64 * len(key))(*key), len(key), name, len(name))
+    found = library.vit_jax_onednn_kernel((ctypes.c_int64 * len(key))(*key), len(key), name, len(name))
     return name.value.decode() if found else ""
+
+
+def _fast_product(key: tuple[int, ...]) -> bool:
+    """Whether oneDNN runs the product `key` (`_matmul_key`'s) with an optimised kernel, for bf16 operands a
+    brgemm one (`_FAST_BF16`)."""
+    operands = key[18:20]  # the types of A and B
+    return kernel(key).startswith(_FAST_BF16 if _DNNL_TYPES["bfloat16"] in operands else _FAST)
+
+
+@functools.cache
+def bf16_products() -> bool:
+    """Whether oneDNN computes bf16 products on this processor (brgemm kernels: bf16 instructions); asks nothing
+    of JAX. Where it does not, bf16 products stay XLA's, and XLA keeps its YNNPACK fusions for them
+    (`vit_jax.xla_flags`)."""
+    rows, k, n = 64, 64, 64
+    strides = [_strides([1, 1, *shape]) for shape in ((rows, k), (k, n), (rows, n))]
+    return _fast_product(_matmul_key([1, 1, rows, k, n], *strides, ("bfloat16",) * 3, None, None, 1.0))
 
 
 def _matmul_key(dims: list[int], a_strides: list[int], b_strides: list[int], c_strides: list[int],
@@ -130,7 +165,8 @@ def dense_kernel(rows: int, k: int, n: int, dtype: Any) -> str | None:
     if not usable():
         return None
     strides = [_strides([1, 1, *shape]) for shape in ((rows, k), (k, n), (rows, n))]  # A, B, C row-major
-    return kernel(_matmul_key([1, 1, rows, k, n], *strides, (dtype, dtype, dtype), None, None, 1.0)) or None
+    key = _matmul_key([1, 1, rows, k, n], *strides, (dtype, dtype, dtype), None, None, 1.0)
+    return kernel(key) if _fast_product(key) else None
 
 
 def _strides(shape: Sequence[int]) -> list[int]:
@@ -208,8 +244,8 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype: jnp.dtype, swapped:
     key = _matmul_key(dims, a_strides, b_strides, c_strides, (a.dtype, b.dtype, out_dtype),
                       None if bias is None else bias.dtype, activation, scale,
                       None if residual is None else residual.dtype)
-    if not kernel(key).startswith(_FAST):
-        return None  # no kernel, or only a reference one: XLA's product is faster
+    if not _fast_product(key):
+        return None  # no kernel, or only a reference one (or emulated bf16): XLA's product is faster
     as_attr = lambda values: np.asarray(values, np.int64)
     bias = jnp.zeros((0,), a.dtype) if bias is None else bias.reshape(-1)  # empty: none
     residual = jnp.zeros((0,), a.dtype) if residual is None else residual
@@ -277,7 +313,7 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, scale: float) 
         weights = (_SOFTMAX, heads * rows, m, _DNNL_TYPES["float32"], _DNNL_TYPES["float32"])
         values = _matmul_key([1, heads, rows, m, e], [0, rows * m, m, 1], [0, e, heads * e, 1], [0, e, heads * e, 1],
                              (dtype, dtype, dtype), None, None, 1.0)
-        if not all(kernel(k).startswith(_FAST) for k in (logits, weights, values)):
+        if not (_fast_product(logits) and kernel(weights).startswith(_FAST) and _fast_product(values)):
             return None
     call = jax.ffi.ffi_call(ATTENTION, jax.ShapeDtypeStruct((batch, n, heads, e), dtype), vmap_method="sequential")
     return call(query, key, value, scale=np.float32(scale))
