@@ -140,9 +140,7 @@ def bf16_products() -> bool:
     """Whether oneDNN computes bf16 products on this processor (brgemm kernels: bf16 instructions); asks nothing
     of JAX. Where it does not, bf16 products stay XLA's, and XLA keeps its YNNPACK fusions for them
     (`vit_jax.xla_flags`)."""
-    rows, k, n = 64, 64, 64
-    strides = [_strides([1, 1, *shape]) for shape in ((rows, k), (k, n), (rows, n))]
-    return _fast_product(_matmul_key([1, 1, rows, k, n], *strides, ("bfloat16",) * 3, None, None, 1.0))
+    return _fast_product(_dense_key(64, 64, 64, "bfloat16"))
 
 
 def _matmul_key(dims: list[int], a_strides: list[int], b_strides: list[int], c_strides: list[int],
@@ -164,9 +162,14 @@ def dense_kernel(rows: int, k: int, n: int, dtype: Any) -> str | None:
     vit_jax's products are not oneDNN's. Benchmarks record it beside their figures."""
     if not usable():
         return None
-    strides = [_strides([1, 1, *shape]) for shape in ((rows, k), (k, n), (rows, n))]  # A, B, C row-major
-    key = _matmul_key([1, 1, rows, k, n], *strides, (dtype, dtype, dtype), None, None, 1.0)
+    key = _dense_key(rows, k, n, dtype)
     return kernel(key) if _fast_product(key) else None
+
+
+def _dense_key(rows: int, k: int, n: int, dtype: Any) -> tuple[int, ...]:
+    """The key of a plain `(rows, k) @ (k, n)` product in `dtype`, all three row-major."""
+    strides = [_strides([1, 1, *shape]) for shape in ((rows, k), (k, n), (rows, n))]
+    return _matmul_key([1, 1, rows, k, n], *strides, (dtype, dtype, dtype), None, None, 1.0)
 
 
 def _strides(shape: Sequence[int]) -> list[int]:
