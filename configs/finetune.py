@@ -4,13 +4,15 @@
 
     python -m vit_jax.main --config=configs/finetune.py:init=hf-hub:timm/vit_small_patch14_dinov2.lvd142m,res=448,dataset=NAME --workdir=workdirs/dinov2_448
 
-Arguments: `init` (a vit_jax workdir, an `.npz` in vision_transformer's or big_vision's layout, or a timm checkpoint:
-`hf-hub:timm/NAME`, a Hub-layout directory or a `.safetensors` file, docs/hub_checkpoints.md), `res` (the new
-resolution), `patch` (a new patch size: the kernel is PI-resized), `steps` (0 evaluates without training),
-`variant` (the architecture of an `.npz`; a workdir brings its own), `dataset`, and any config path
+Arguments: `init` (a vit_jax workdir, an `.npz` in vision_transformer's or big_vision's layout, `FILE.npz:KEY` for one
+model of several such as a two-tower checkpoint's `img`, or a timm checkpoint: `hf-hub:timm/NAME`, a Hub-layout
+directory or a `.safetensors` file, docs/hub_checkpoints.md), `res` (the new resolution), `patch` (a new patch size:
+the kernel is PI-resized), `steps` (0 evaluates without training), `variant` (another architecture than the
+`.npz`'s own, which is read off its shapes; a workdir brings its own), `dataset`, and any config path
 (`init.posemb=reinit`, `optimizer.learning_rate=0.003`, ...). From a workdir, the dataset, splits,
-preprocessing and picture schedule (`log_pictures`) of the original run are the defaults; a timm checkpoint
-brings its architecture, resolution and mean/std (grayscale images are fed as RGB). The position embeddings are resized to the new grid
+preprocessing and picture schedule (`log_pictures`) of the original run are the defaults; an `.npz` brings its
+architecture and the resolution of its square table; a timm checkpoint brings its architecture, resolution and
+mean/std (grayscale images are fed as RGB). The position embeddings are resized to the new grid
 (`init.posemb_method`, default align-corners bilinear as vision_transformer and big_vision; for a timm checkpoint
 bicubic with antialiasing, as timm's `resample_abs_pos_embed`); a head for another number of classes, or for a
 checkpoint without one, is initialised afresh; the step-0 evaluation logged in metrics.jsonl is the loaded model before any
@@ -27,7 +29,9 @@ default recipe (2 layers, 1,200 steps; 1 min 9 s in all on a 2-core Zen 4):
 """
 
 from vit_jax.checkpoint.hub import is_timm_spec
+from vit_jax.checkpoint.npz import split_submodel
 from vit_jax.checkpoint.pretrained import is_workdir, timm_architecture
+from vit_jax.checkpoint.trained_model import NpzArchitecture, npz_architecture
 from vit_jax.config import apply_overrides, base_config, model_config, model_config_from, saved_config, split_top_level
 
 # Short arguments of this config; the rest are config paths.
@@ -57,6 +61,10 @@ def get_config(arg: str | None = None):
         config.pp.update(arch.preprocessing)
         config.pp.channels = arch.channels
         config.init.posemb_method, config.init.posemb_antialias = "bicubic", True  # timm's resampling
+    elif init and "variant" not in short and (npz := _npz_architecture(init)):
+        config.model = model_config(npz.variant, **npz.model_options)
+        config.image_size = npz.image_size or config.image_size
+        config.pp.channels = npz.channels
     else:
         config.model = model_config(short.get("variant", "B/16"))
     if "variant" in short:
@@ -79,3 +87,14 @@ def get_config(arg: str | None = None):
     config.eval_every = max(config.num_steps // 4, 1)
     config.checkpoint_every = max(config.num_steps // 4, 1)
     return apply_overrides(config, ",".join(f"{key}={value}" for key, value in items.items()))
+
+
+def _npz_architecture(init: str) -> NpzArchitecture | None:
+    """An `.npz`'s architecture from its shapes; None where the file is missing or unreadable (the config's checks
+    say so, naming it)."""
+    if not split_submodel(init)[0].is_file():
+        return None
+    try:
+        return npz_architecture(init)
+    except ValueError:
+        return None

@@ -4,10 +4,14 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from tests.conftest import TINY
-from vit_jax.checkpoint.npz import linen_names, load_npz, read_npz, save_npz
-from vit_jax.models import create_model, stack_encoder_blocks
+from tests import big_vision_vit
+from tests.conftest import TINY, load_config_file
+from vit_jax.checkpoint.npz import NpzError, linen_names, load_npz, read_npz, save_npz
+from vit_jax.checkpoint.trained_model import load_trained_model
+from vit_jax.config_validation import ConfigError, check_init
+from vit_jax.models import create_model
 from vit_jax.timm_compat import import_timm
+from vit_jax.train import train_and_evaluate
 
 
 def random_params(model, image_hw=(16, 16), seed=0):
@@ -64,21 +68,66 @@ def test_a_synthetic_pre_linen_file_loads_into_the_current_tree(tmp_path, rng):
     np.testing.assert_array_equal(logits(model, loaded, images), logits(model, params, images))
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_big_vision_layout_loads(tmp_path, rng, scan):
-    model = create_model("Ti/8", num_classes=10, **TINY)
-    params = random_params(model)
-    params["Transformer"]["posembed_input"]["pos_embedding"][:, 0] = 0.0  # big_vision adds no posemb to the cls
-    big_vision = {k: v for k, v in params.items()}
-    table = params["Transformer"]["posembed_input"]["pos_embedding"]
-    big_vision["pos_embedding"] = table[:, 1:]
-    big_vision["Transformer"] = {k: v for k, v in params["Transformer"].items() if k != "posembed_input"}
-    if scan:
-        big_vision = stack_encoder_blocks(big_vision)
-    flat = {"params/" + "/".join(k): v for k, v in traverse_util.flatten_dict(big_vision).items()}
-    np.savez(tmp_path / "big_vision.npz", **flat)
-    loaded = load_npz(tmp_path / "big_vision.npz")
-    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+def big_vision_model(rng, **options):
+    """big_vision's own ViT (tests/big_vision_vit.py, its code verbatim), tiny, every parameter perturbed (its head
+    starts at zero): the model, its parameters, and its logits for `images`."""
+    model = big_vision_vit._Model(num_classes=5, patch_size=(4, 4), width=32, depth=2, mlp_dim=48, num_heads=2,
+                                  **options)
+    images = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    params = model.init(jax.random.key(0), images)["params"]
+    params = jax.tree.map(lambda p: np.asarray(p) + 0.1 * rng.standard_normal(p.shape).astype(np.float32), params)
+    return params, images, np.asarray(model.apply({"params": params}, images)[0])
+
+
+def big_vision_old_layout(params: dict) -> dict:
+    """The layout big_vision wrote before 2022, which its loader (`fix_old_checkpoints`) still reads: the table in
+    `Transformer`, and with a class row (the class token prepended before the table is added)."""
+    old = jax.tree.map(np.copy, params)
+    table = old.pop("pos_embedding")
+    class_row = np.linspace(-1, 1, table.shape[-1], dtype=np.float32)[None, None]
+    old["cls"] = old["cls"] - class_row  # the loader folds the row into the token: the same model
+    old["Transformer"]["pos_embedding"] = np.concatenate([class_row, table], axis=1)
+    return old
+
+
+@pytest.mark.parametrize("options, layout", [
+    (dict(pool_type="tok", rep_size=True), "params/"),
+    (dict(pool_type="gap", posemb="sincos2d"), "opt/target/"),  # flax's old optimizer state; no table
+    (dict(pool_type="map", scan=True), "two towers"),  # SigLIP's: params/img/ beside a text tower, t and b
+    (dict(pool_type="tok"), "before 2022"),
+])
+def test_big_vision_checkpoints_give_big_visions_logits(tmp_path, rng, options, layout):
+    params, images, expected = big_vision_model(rng, **options)
+    if layout == "before 2022":
+        params, layout = big_vision_old_layout(params), ""
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+    if layout == "two towers":
+        text_tower = {"txt/Embed_0/embedding": np.ones((10, 32)), "txt/head/kernel": np.ones((32, 5))}
+        flat, layout = {"img/" + k: v for k, v in flat.items()} | text_tower | {"t": np.ones(1), "b": np.ones(1)}, \
+            "params/"
+    np.savez(tmp_path / "bv.npz", **{layout + k: v for k, v in flat.items()})
+    trained = load_trained_model(npz=tmp_path / "bv.npz", image_size=16)
+    got = np.asarray(trained.model.apply({"params": trained.params}, images, train=False))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_one_model_of_several_is_named_as_big_vision_names_it(tmp_path, rng):
+    """`FILE.npz:KEY` (big_vision's `load_params`); a file with two ViTs needs it, a wrong KEY is one line listing
+    the ViTs in the file, and both fail in the config's checks, before anything compiles."""
+    params, images, expected = big_vision_model(rng, pool_type="map")
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+    np.savez(tmp_path / "two.npz", **{f"params/{tower}/{k}": v for tower in ("img", "student") for k, v in flat.items()})
+    trained = load_trained_model(npz=f"{tmp_path}/two.npz:student", image_size=16)
+    np.testing.assert_allclose(np.asarray(trained.model.apply({"params": trained.params}, images, train=False)),
+                               expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    for spec, message in [("two.npz", r"holds several models \(img, student\); name the one to read as .*two.npz:KEY"),
+                          ("two.npz:txt", r"no ViT at 'txt' .*ViTs in the file: \['img', 'student'\]")]:
+        with pytest.raises(NpzError, match=message):
+            load_npz(tmp_path / spec)
+        config = load_config_file("finetune", f"init={tmp_path / spec}")
+        with pytest.raises(ConfigError, match="config.init.path = .*" + message):
+            check_init(config)
+    check_init(load_config_file("finetune", f"init={tmp_path}/two.npz:img"))
 
 
 def test_pickled_arrays_are_refused(tmp_path):
@@ -118,3 +167,21 @@ def test_timm_loads_our_files_and_gives_the_same_logits(tmp_path, rng, classifie
     tanh_gelu = logits(model.clone(gelu_approximate=True), params, images)  # vision_transformer's default
     assert 1e-5 < np.abs(tanh_gelu - theirs).max() < 1e-2 * np.abs(theirs).max()
     assert timm.__version__
+
+
+def test_fine_tuning_reads_an_npz_architecture_off_its_shapes(tmp_path, rng, digits_data_dir):
+    """`init=FILE.npz[:KEY]` without `variant`: the model (sizes, pooling, no table for big_vision's sincos2d) and
+    the resolution its square table was trained at come from the file's `.npy` headers; then it fine-tunes."""
+    for options, size in [(dict(pool_type="map"), (16, 16)), (dict(pool_type="gap", posemb="sincos2d"), None)]:
+        params, _, _ = big_vision_model(rng, **options)
+        flat = {"params/img/" + "/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+        np.savez(tmp_path / "siglip.npz", **flat, **{"params/t": np.ones(1)})
+        config = load_config_file("finetune", f"init={tmp_path}/siglip.npz:img,steps=0,dataset=sklearn_digits")
+        model = config.model
+        assert (model.hidden_size, model.num_layers, model.num_heads, model.mlp_dim, tuple(model.patch_size)) == \
+            (32, 2, 2, 48, (4, 4))
+        assert (model.classifier, model.posemb) == (("map", "learn") if size else ("gap", "sincos2d"))
+        assert tuple(config.image_size) == (size or (224, 224)) and config.pp.channels == 3
+    config.image_size, config.data_dir, config.log_pictures = (16, 16), digits_data_dir, "none"
+    results = train_and_evaluate(config, tmp_path / "run")
+    assert 0 <= results["test/accuracy"] <= 1  # a fresh head over the loaded sin-cos model, evaluated

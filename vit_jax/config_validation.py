@@ -13,6 +13,7 @@ from ml_collections import ConfigDict
 
 from vit_jax.checkpoint.adapt import ADAPTATION_CHOICES, UnknownChoiceError, check_adaptation_choices
 from vit_jax.checkpoint.hub import is_timm_spec
+from vit_jax.checkpoint.npz import load_npz, split_submodel
 from vit_jax.checkpoint.pretrained import is_workdir, timm_architecture
 from vit_jax.config import build_model
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
@@ -153,18 +154,24 @@ def check_data(config: ConfigDict) -> DatasetSpec:
 
 
 def check_init(config: ConfigDict) -> None:
-    """The checkpoint to fine-tune from exists (a timm checkpoint's header and config.json are also read: a missing
-    or corrupt file, or an architecture vit_jax cannot run, fails here)."""
+    """The checkpoint to fine-tune from exists (a timm checkpoint's header and config.json are also read, and an
+    `.npz` archive's directory: a missing or corrupt file, a missing sub-model, or an architecture vit_jax cannot
+    run fails here)."""
     path = config.init.path
-    if path and is_timm_spec(path):
-        try:
-            timm_architecture(path)
-        except (OSError, ValueError) as error:
-            raise field_error("init.path", path, str(error)) from None
-    elif path and not (Path(path).expanduser().is_file() or is_workdir(Path(path).expanduser())):
+    if not path or is_workdir(Path(path).expanduser()):
+        return
+    if not (is_timm_spec(path) or split_submodel(path)[0].is_file()):
         raise field_error("init.path", path, "neither an .npz file nor a vit_jax workdir (a directory with "
                                              "checkpoints/) nor a timm checkpoint (hf-hub:REPO, a .safetensors "
-                                             "file or a directory with model.safetensors)")
+                                             "file or a directory with model.safetensors); one model of an .npz "
+                                             "holding several: FILE.npz:KEY")
+    try:
+        if is_timm_spec(path):
+            timm_architecture(path)
+        else:
+            load_npz(path, shapes_only=True)  # an archive, with the model asked for
+    except (OSError, ValueError) as error:
+        raise field_error("init.path", path, str(error)) from None
 
 
 def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:

@@ -31,7 +31,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that say which trained model to load (shared with `vit_jax.visualize`)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a vit_jax run directory (its latest checkpoint, or --step)")
-    source.add_argument("--npz", help="an .npz file (vision_transformer, big_vision or vit_jax export)")
+    source.add_argument("--npz", help="an .npz file (vision_transformer, big_vision or vit_jax export; FILE.npz:KEY: one model of several, "
+                                         "e.g. a two-tower checkpoint's img)")
     source.add_argument("--checkpoint", help="any of those, or a timm checkpoint: hf-hub:timm/NAME, a Hub-layout "
                                              "directory or a .safetensors file")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")

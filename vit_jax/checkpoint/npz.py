@@ -4,9 +4,12 @@ Reading accepts both families and returns vit_jax's tree (Linen names, vision_tr
 - vision_transformer: '/'-joined Linen paths, or the pre-Linen names of the released files
   (`encoderblock_N/{LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3}`), renamed the way
   vision_transformer's own loader does (flax's `convert_pre_linen`: submodules renumbered per type); `Transformer/posembed_input/pos_embedding` includes the class-token row.
-- big_vision: optional `params/` prefix, `pos_embedding` at the root without a class-token row (big_vision adds
-  it before prepending the class token, which is the same as a zero row), and scanned models' stacked
-  `Transformer/encoderblock` (unstacked here).
+- big_vision: `pos_embedding` at the root without a class-token row (big_vision adds it before prepending the class
+  token, which is the same as a zero row), and scanned models' stacked `Transformer/encoderblock` (unstacked here);
+  the older layouts its loader still reads (the table in `Transformer`, or with the class row); a saved train state's
+  `params/` (or flax's old `opt/target/`); and one model of a file holding several, named as big_vision names it,
+  `FILE.npz:KEY`: `:img` is the image tower of a two-tower (SigLIP, LiT) checkpoint, chosen by itself when it is
+  the only ViT in the file.
 
 Writing produces the layout of the released vision_transformer files, because that is what other tools read:
 vision_transformer's loader and timm's `_load_weights`. Nothing is ever unpickled (`allow_pickle=False`).
@@ -15,6 +18,8 @@ vision_transformer's loader and timm's `_load_weights`. Nothing is ever unpickle
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import re
 import sys
 import zipfile
@@ -61,7 +66,7 @@ def linen_names(tree: Any) -> Any:
 
 
 class NpzError(ValueError):
-    """A file that is not an `.npz` archive of plain arrays."""
+    """A file that is not an `.npz` archive of plain arrays, or without the model asked for."""
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -89,21 +94,104 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_npz(path: str | Path) -> dict[str, Any]:
-    """The parameter tree of a vision_transformer or big_vision `.npz` file, in vit_jax's names and layout."""
-    flat = read_npz(path)
-    if any(key.startswith("params/") for key in flat):
-        flat = {key.removeprefix("params/"): value for key, value in flat.items() if key.startswith("params/")}
+_SUBMODEL = re.compile(r"^(.+):([\w/]+)$")  # big_vision's `load_params`: '/path/to/file.npz:img'
+_WRAPPERS = ("params/", "opt/target/")  # a saved train state's parameters; flax's old optimizer's
+_PATCH_KERNEL = "embedding/kernel"  # every ViT has it, at the root of its own tree
+
+
+def split_submodel(spec: str | Path) -> tuple[Path, str | None]:
+    """The file of `FILE.npz:KEY` and the sub-model KEY (None without one). A file whose own name holds the colon
+    is that file."""
+    path = Path(spec).expanduser()
+    match = _SUBMODEL.match(str(spec))
+    if path.is_file() or not match or not Path(match.group(1)).expanduser().is_file():
+        return path, None
+    return Path(match.group(1)).expanduser(), match.group(2).strip("/")
+
+
+def model_arrays(flat: Mapping[str, Any], submodel: str | None, where: str) -> dict[str, Any]:
+    """The arrays of the one ViT in a file's flat `{path: array}` contents, their paths relative to it: inside a
+    train state's wrapper, and in `submodel` or, without one, in the only sub-tree that is a ViT (a two-tower
+    checkpoint's `img`)."""
+    for wrapper in _WRAPPERS:
+        if any(key.startswith(wrapper) for key in flat):
+            flat = {key.removeprefix(wrapper): value for key, value in flat.items() if key.startswith(wrapper)}
+            break
+    if submodel is None and _PATCH_KERNEL not in flat:
+        towers = sorted(key.removesuffix("/" + _PATCH_KERNEL) for key in flat if key.endswith("/" + _PATCH_KERNEL))
+        if len(towers) > 1:
+            raise NpzError(f"{where}: holds several models ({', '.join(towers)}); name the one to read as "
+                           f"{where}:KEY, e.g. {where}:{towers[0]}")
+        if towers:
+            submodel = towers[0]
+            logging.info("%s: reading its sub-model %r (the only ViT in the file)", where, submodel)
+    if submodel is not None:
+        inside = {key.removeprefix(f"{submodel}/"): value for key, value in flat.items()
+                  if key.startswith(f"{submodel}/")}
+        if _PATCH_KERNEL not in inside:
+            found = sorted(key.removesuffix(_PATCH_KERNEL).rstrip("/") or "the root" for key in flat
+                           if key.endswith(_PATCH_KERNEL))
+            raise NpzError(f"{where}: no ViT at {submodel!r} (no {submodel}/{_PATCH_KERNEL}); ViTs in the file: "
+                           f"{found or 'none'}")
+        flat = inside
+    return dict(flat)
+
+
+def read_npz_shapes(path: str | Path) -> dict[str, np.ndarray]:
+    """`read_npz`'s contents as zero-byte stand-ins of the arrays' shapes and dtypes (read from the `.npy` headers
+    alone): a file's architecture, or whether it has the model asked for, at no cost however large it is."""
+    unreadable = NpzError(f"{path}: not a readable .npz file; expected a zip archive of .npy arrays (what "
+                          f"numpy.savez writes, as the released vision_transformer and big_vision checkpoints are)")
+    headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                with archive.open(name) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in headers:
+                        return {key: np.asarray(value) for key, value in read_npz(path).items()}
+                    shape, _, dtype = headers[version](member)
+                if dtype.hasobject:
+                    raise NpzError(f"{path}: array {name.removesuffix('.npy')!r} is an object array; object arrays "
+                                   f"are refused (loading one means unpickling, which can run code; vit_jax never "
+                                   f"unpickles)")
+                arrays[name.removesuffix(".npy")] = np.broadcast_to(np.zeros((), dtype), shape)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, NpzError):
+            raise
+        raise unreadable from None
+    return arrays
+
+
+def load_npz(spec: str | Path, shapes_only: bool = False) -> dict[str, Any]:
+    """The parameter tree of a vision_transformer or big_vision `.npz` file (or `FILE.npz:KEY`: one of the models
+    in it), in vit_jax's names and layout; `shapes_only`: of zero-byte stand-ins (`read_npz_shapes`)."""
+    path, submodel = split_submodel(spec)
+    flat = model_arrays((read_npz_shapes if shapes_only else read_npz)(path), submodel, str(path))
     tree = traverse_util.unflatten_dict({tuple(key.split("/")): value for key, value in flat.items()})
-    tree = linen_names(tree)
-    if "pos_embedding" in tree:  # big_vision: the table at the root, without the class token's row
-        table = tree.pop("pos_embedding")
-        if "cls" in tree:
-            table = np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)
-        tree.setdefault(ENCODER, {})["posembed_input"] = {"pos_embedding": table}
+    tree = _with_class_row(linen_names(tree))
     if SCANNED_BLOCKS in tree.get(ENCODER, {}):
         tree = unstack_encoder_blocks(tree)
     return _to_numpy(tree)
+
+
+def _with_class_row(tree: dict[str, Any]) -> dict[str, Any]:
+    """big_vision's table (at the root; in `Transformer` before 2022) moved to vision_transformer's place, with a
+    zero row for the class token: big_vision adds the table before prepending the class token. Its oldest tables
+    have the class row already (prepended first, then added; vision_transformer's layout), told apart by the row
+    count as big_vision's own loader tells them (`fix_old_checkpoints`): a square grid plus one."""
+    if "pos_embedding" in tree.get(ENCODER, {}):
+        tree["pos_embedding"] = tree[ENCODER].pop("pos_embedding")
+    if "pos_embedding" not in tree:
+        return tree
+    table = tree.pop("pos_embedding")
+    rows = table.shape[1]
+    has_class_row = math.isqrt(rows) ** 2 != rows and math.isqrt(rows - 1) ** 2 == rows - 1
+    if "cls" in tree and not has_class_row:
+        table = np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)
+    tree.setdefault(ENCODER, {})["posembed_input"] = {"pos_embedding": table}
+    return tree
 
 
 def save_npz(params: Mapping[str, Any], path: str | Path) -> None:

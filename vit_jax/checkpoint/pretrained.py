@@ -9,7 +9,7 @@ from typing import Any
 
 from vit_jax.checkpoint.hub import is_timm_spec, read_timm_checkpoint
 from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
-from vit_jax.checkpoint.npz import load_npz
+from vit_jax.checkpoint.npz import load_npz, split_submodel
 from vit_jax.checkpoint.timm_layout import TimmArchitecture, architecture_from_timm, params_from_timm
 from vit_jax.config import CONFIG_FILE, build_model, saved_config
 from vit_jax.models.vit import token_grid
@@ -28,7 +28,7 @@ def is_workdir(path: str | Path) -> bool:
 
 def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
     """Parameters from `path`: a workdir (its latest checkpoint, or `step`), an `.npz` file (any layout `load_npz`
-    reads) or a timm checkpoint (see `vit_jax.checkpoint.hub`). Workdirs and timm checkpoints also tell the grid
+    reads; `FILE.npz:KEY`, one model of several) or a timm checkpoint (see `vit_jax.checkpoint.hub`). Workdirs and timm checkpoints also tell the grid
     their position embeddings were trained for."""
     if is_timm_spec(path):
         checkpoint = read_timm_checkpoint(path)
@@ -46,7 +46,7 @@ def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
         params = checkpoints.restore(step)["params"]
         checkpoints.close()
         return Pretrained(params, _trained_grid(path), f"{path} step {step}")
-    if path.is_file():
+    if split_submodel(path)[0].is_file():  # FILE.npz or FILE.npz:KEY
         return Pretrained(load_npz(path), None, str(path))
     raise FileNotFoundError(f"{str(path)!r} is neither an .npz file nor a vit_jax workdir (with {CHECKPOINT_DIR}/) "
                             f"nor a timm checkpoint (hf-hub:REPO, .safetensors, a directory with model.safetensors)")

@@ -26,7 +26,7 @@ import numpy as np
 from vit_jax.checkpoint.timm_rope import DINOV3, rope_family, rope_options_from_timm
 from vit_jax.models.encoder import ENCODER
 from vit_jax.models.heads import num_prefix_tokens
-from vit_jax.models.variants import SIZES
+from vit_jax.models.variants import nearest_variant
 
 BLOCK = "encoderblock_{}"
 ATTENTION = "MultiHeadDotProductAttention_0"
@@ -62,9 +62,7 @@ class TimmArchitecture:
     @property
     def variant(self) -> str:
         """The nearest vit_jax variant name ("S/14"); `options` set every size exactly anyway."""
-        by_width = {size.hidden_size: name for name, size in SIZES.items()}
-        ph, pw = self.options["patch_size"]
-        return f"{by_width.get(self.options['hidden_size'], 'B')}/{ph}" + (f"x{pw}" if pw != ph else "")
+        return nearest_variant(self.options["hidden_size"], self.options["patch_size"])
 
     @property
     def model_options(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vit_jax.checkpoint.hub import is_timm_spec
+from vit_jax.checkpoint.npz import load_npz
 from vit_jax.checkpoint.pretrained import is_workdir, load_pretrained, timm_architecture
 from vit_jax.config import CONFIG_FILE, build_model, saved_config
 from vit_jax.data.imagenet_classes import imagenet_class_names
@@ -24,7 +25,7 @@ from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import DatasetError, dataset_builder, dataset_spec
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, unstack_encoder_blocks
 from vit_jax.models.heads import num_prefix_tokens
-from vit_jax.models.variants import parse_variant
+from vit_jax.models.variants import nearest_variant, parse_variant
 from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
 
 
@@ -69,7 +70,7 @@ def load_trained_model(checkpoint: str | Path | None = None, *, workdir: str | P
         workdir, npz = (path, None) if is_workdir(path) else (None, path)
     if workdir is not None:
         return _from_workdir(Path(workdir).expanduser(), step)
-    return _from_npz(Path(npz).expanduser(), variant, image_size, value_range, dataset, data_dir)
+    return _from_npz(npz, variant, image_size, value_range, dataset, data_dir)
 
 
 def _from_timm(spec: str, dataset: str | None, data_dir: str | None) -> TrainedModel:
@@ -100,27 +101,68 @@ def _from_workdir(workdir: Path, step: int | None) -> TrainedModel:
     return TrainedModel(model, params, preprocess, _channels(params), names, pretrained.source)
 
 
-def _from_npz(path: Path, variant: str | None, image_size: int | Sequence[int] | None,
+def _from_npz(spec: str | Path, variant: str | None, image_size: int | Sequence[int] | None,
               value_range: tuple[float, float], dataset: str | None, data_dir: str | None) -> TrainedModel:
-    pretrained = load_pretrained(path)
+    pretrained = load_pretrained(spec)
     params = pretrained.params
-    options = architecture_of(params)
+    arch = architecture_of_npz(params, spec)
+    options = dict(arch.options)
     if variant is not None:
-        _check_variant(variant, options, path)
-    shape_only = VisionTransformer(**options)  # for the token grid; the position table is settled below
+        _check_variant(variant, options, spec)
     if image_size is None:
-        image_size = _square_image_size(params, pixel_patch_size(shape_only), options["classifier"], path)
+        image_size = arch.require_image_size("--image-size")
     image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    grid = token_grid(shape_only, image_size)
     if "posembed_input" in params[ENCODER]:
+        grid = token_grid(VisionTransformer(**options), image_size)  # the table is settled by the input's grid
         options["posemb_grid"] = _table_grid(params, options["classifier"], grid)
-    else:
-        options["posemb"] = "sincos2d"
     model = VisionTransformer(**options)
     num_classes = _num_classes(params)
     names = _class_names(dataset, data_dir, num_classes) if dataset else _numbered(num_classes)
     return TrainedModel(model, params, Preprocess(image_size=image_size, value_range=tuple(value_range)),
                         _channels(params), names, pretrained.source)
+
+
+@dataclasses.dataclass(frozen=True)
+class NpzArchitecture:
+    """What an `.npz` file's shapes say of its model."""
+    options: dict[str, Any]  # VisionTransformer options, `num_classes` included; `sincos2d` where there is no table
+    image_size: tuple[int, int] | None  # a square table's grid times the patch: the resolution it was trained at
+    why_no_size: str  # when `image_size` is None
+    channels: int
+    source: str
+
+    @property
+    def variant(self) -> str:
+        return nearest_variant(self.options["hidden_size"], self.options["patch_size"])
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """`options` for a model config: without the class count (the dataset's)."""
+        return {k: v for k, v in self.options.items() if k != "num_classes"}
+
+    def require_image_size(self, flag: str) -> tuple[int, int]:
+        if self.image_size is None:
+            raise ValueError(f"{self.source}: {self.why_no_size}: give the image size ({flag})")
+        return self.image_size
+
+
+def npz_architecture(spec: str | Path) -> NpzArchitecture:
+    """The architecture of an `.npz` (`FILE.npz:KEY`: one model of several) from its arrays' shapes alone."""
+    return architecture_of_npz(load_npz(spec, shapes_only=True), spec)
+
+
+def architecture_of_npz(params: Mapping[str, Any], source: str | Path) -> NpzArchitecture:
+    options = architecture_of(params)
+    if "posembed_input" not in params[ENCODER]:
+        options["posemb"] = "sincos2d"  # big_vision's fixed table: no parameters
+        return NpzArchitecture(options, None, "no position table to read the image size from", _channels(params),
+                               str(source))
+    rows, side = _square_side(params, options["classifier"])
+    if side is None:
+        return NpzArchitecture(options, None, f"the position table's {rows} patch rows are not a square grid",
+                               _channels(params), str(source))
+    ph, pw = pixel_patch_size(VisionTransformer(**options))
+    return NpzArchitecture(options, (side * ph, side * pw), "", _channels(params), str(source))
 
 
 def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,7 +198,7 @@ def _stem_of(params: Mapping[str, Any]) -> dict[str, Any]:
                 resnet_width_factor=np.shape(params["conv_root"]["kernel"])[3] / 64)
 
 
-def _check_variant(variant: str, options: dict[str, Any], path: Path) -> None:
+def _check_variant(variant: str, options: dict[str, Any], path: str | Path) -> None:
     expected = parse_variant(variant)
     differ = {k: (v, options[k]) for k, v in expected.items() if k in options and tuple(np.atleast_1d(v)) != tuple(
         np.atleast_1d(options[k]))}
@@ -180,16 +222,6 @@ def _table_grid(params: Mapping[str, Any], classifier: str, grid: tuple[int, int
     if side is None:
         raise ValueError(f"the position table has {rows} patch rows, not {grid[0]}x{grid[1]} nor a square")
     return side, side
-
-
-def _square_image_size(params: Mapping[str, Any], patch: tuple[int, int], classifier: str, path: Path
-                       ) -> tuple[int, int]:
-    if "posembed_input" not in params[ENCODER]:
-        raise ValueError(f"{path} has no position table to read the image size from: pass --image-size")
-    rows, side = _square_side(params, classifier)
-    if side is None:
-        raise ValueError(f"{path}: the position table's {rows} patch rows are not a square grid: pass --image-size")
-    return side * patch[0], side * patch[1]
 
 
 def _unstacked(params: Mapping[str, Any]) -> dict[str, Any]:

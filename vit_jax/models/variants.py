@@ -33,6 +33,15 @@ SIZES: dict[str, Size] = {
     "e": Size(1792, 56, 15360, 16),
 }
 
+
+def nearest_variant(hidden_size: int, patch_size: tuple[int, int]) -> str:
+    """A variant name for sizes read off a checkpoint ("S/14"): the size of that width (B where no size has it);
+    the checkpoint's own options set every size exactly anyway."""
+    by_width = {size.hidden_size: name for name, size in SIZES.items()}
+    ph, pw = patch_size
+    return f"{by_width.get(hidden_size, 'B')}/{ph}" + (f"x{pw}" if pw != ph else "")
+
+
 # The ViT paper's ResNet stems (`resnet_num_layers`) by name, then by stride. A hybrid's patch is in image pixels,
 # as for plain variants: the stem takes the largest stride that divides it and the embedding cuts the rest, so
 # "R50+B/16" is (3, 4, 9) with patch 1 (vision_transformer's R50+ViT-B_16) and "R50+L/32" is the real ResNet-50's
