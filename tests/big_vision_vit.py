@@ -13,16 +13,20 @@
 # limitations under the License.
 
 """big_vision's ViT (google-research/big_vision, big_vision/models/vit.py at commit
-0127fb6b337ee2a27bf4e54dea79cff176527356), its model code verbatim: an independent reference for reading big_vision
-checkpoints. Only the imports differ: the classes below need none of `big_vision.utils` / `common`."""
+0127fb6b337ee2a27bf4e54dea79cff176527356), its model code and its loader's `fix_old_checkpoints`
+verbatim: an independent reference for reading and writing big_vision checkpoints. Only the imports differ: the code
+below needs none of `big_vision.utils` / `common`."""
 
 # ruff: noqa: UP007, UP035, UP045  (big_vision's own typing, kept verbatim)
 from typing import Optional, Sequence, Union
 
+import flax
 import flax.linen as nn
+import flax.training.checkpoints
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 
 def posemb_sincos_2d(h, w, width, temperature=10_000., dtype=jnp.float32):
@@ -268,3 +272,42 @@ class _Model(nn.Module):
       x = out["logits"] = head(x)
 
     return x, out
+
+
+def fix_old_checkpoints(params):
+  """Fix small bwd incompat that can't be resolved with names in model def."""
+
+  params = flax.core.unfreeze(
+      flax.training.checkpoints.convert_pre_linen(params))
+
+  # Original ViT paper variant had posemb in a module:
+  if "posembed_input" in params["Transformer"]:
+    logging.info("ViT: Loading and fixing VERY old posemb")
+    posemb = params["Transformer"].pop("posembed_input")
+    params["pos_embedding"] = posemb["pos_embedding"]
+
+  # Widely used version before 2022 had posemb in Encoder:
+  if "pos_embedding" in params["Transformer"]:
+    logging.info("ViT: Loading and fixing old posemb")
+    params["pos_embedding"] = params["Transformer"].pop("pos_embedding")
+
+  # Old vit.py used to first concat [cls] token, then add posemb.
+  # This means a B/32@224px would have 7x7+1 posembs. This is useless and clumsy
+  # so we changed to add posemb then concat [cls]. We can recover the old
+  # checkpoint by manually summing [cls] token and its posemb entry.
+  if "pos_embedding" in params:
+    pe = params["pos_embedding"]
+    if int(np.sqrt(pe.shape[1])) ** 2 + 1 == int(pe.shape[1]):
+      logging.info("ViT: Loading and fixing combined cls+posemb")
+      pe_cls, params["pos_embedding"] = pe[:, :1], pe[:, 1:]
+      if "cls" in params:
+        params["cls"] += pe_cls
+
+  # MAP-head variants during ViT-G development had it inlined:
+  if "probe" in params:
+    params["MAPHead_0"] = {
+        k: params.pop(k) for k in
+        ["probe", "MlpBlock_0", "MultiHeadDotProductAttention_0", "LayerNorm_0"]
+    }
+
+  return params

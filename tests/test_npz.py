@@ -99,7 +99,10 @@ def big_vision_old_layout(params: dict) -> dict:
 def test_big_vision_checkpoints_give_big_visions_logits(tmp_path, rng, options, layout):
     params, images, expected = big_vision_model(rng, **options)
     if layout == "before 2022":
-        params, layout = big_vision_old_layout(params), ""
+        old, layout = big_vision_old_layout(params), ""
+        same = lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # cls - row + row: one rounding
+        jax.tree.map(same, big_vision_vit.fix_old_checkpoints(jax.tree.map(np.copy, old)), params)  # (adds in place)
+        params = old
     flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
     if layout == "two towers":
         text_tower = {"txt/Embed_0/embedding": np.ones((10, 32)), "txt/head/kernel": np.ones((32, 5))}
@@ -108,6 +111,22 @@ def test_big_vision_checkpoints_give_big_visions_logits(tmp_path, rng, options, 
     np.savez(tmp_path / "bv.npz", **{layout + k: v for k, v in flat.items()})
     trained = load_trained_model(npz=tmp_path / "bv.npz", image_size=16)
     got = np.asarray(trained.model.apply({"params": trained.params}, images, train=False))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_big_visions_loader_reads_our_files_and_its_model_gives_our_logits(tmp_path, rng):
+    """What `save_npz` writes (vision_transformer's released layout) read as big_vision reads a file (`np.load`,
+    '/'-paths unflattened, `fix_old_checkpoints`) into big_vision's own model."""
+    model = create_model("Ti/4", num_classes=5, hidden_size=32, num_layers=2, mlp_dim=48, num_heads=2)
+    params = random_params(model)
+    save_npz(params, tmp_path / "ours.npz")
+    with np.load(tmp_path / "ours.npz", allow_pickle=False) as data:
+        tree = traverse_util.unflatten_dict({tuple(k.split("/")): data[k] for k in data.files})
+    theirs = big_vision_vit._Model(num_classes=5, patch_size=(4, 4), width=32, depth=2, mlp_dim=48, num_heads=2,
+                                   pool_type="tok")
+    images = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    expected = logits(model, params, images)
+    got = np.asarray(theirs.apply({"params": big_vision_vit.fix_old_checkpoints(tree)}, images)[0])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
