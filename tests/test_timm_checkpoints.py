@@ -36,6 +36,8 @@ FAMILIES = {
     "clip_quickgelu": ("vit_base_patch16_clip_quickgelu_224", dict(img_size=32), dict(quick_gelu=True)),
     "siglip": ("vit_base_patch16_siglip_224", dict(img_size=32), dict(classifier="map")),
     "siglip_gap": ("vit_base_patch16_siglip_gap_224", dict(img_size=32), dict(classifier="gap", fc_norm=False)),
+    # SigLIP 2: tanh GELU, which only its architecture's own arguments say (timm_architectures.json)
+    "siglip2": ("vit_base_patch32_siglip_256", dict(img_size=64), dict(classifier="map", gelu_approximate=True)),
     "gap_fc_norm": ("vit_base_patch16_224", dict(img_size=32, global_pool="avg", class_token=False, fc_norm=True),
                     dict(classifier="gap", fc_norm=True)),
     "registers_with_positions": ("vit_base_patch16_224", dict(img_size=32, reg_tokens=2), dict(num_registers=2)),
@@ -51,6 +53,9 @@ FAMILIES = {
                     num_registers=4, qkv_bias=False, layer_norm_epsilon=1e-5, classifier="token")),
     "dinov3_qkvb_avg": ("vit_small_patch16_dinov3_qkvb", dict(img_size=32),
                         dict(qkv_bias=True, classifier="token_gap", fc_norm=False)),
+    # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
+    "lingbot": ("vit_small_patch16_lingbot", dict(img_size=32),
+                dict(posemb="rope_axial", rope_coordinates="centered", qkv_bias=True, classifier="token")),
 }
 
 
@@ -262,6 +267,16 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     ("vit_small_patch16_dinov3", dict(img_size=32), False, "no position table and Eva tensors .'blocks.0.gamma_1'.,"
                                                            " so a rotary encoding whose conventions are not in the"),
     ("vit_medium_patch16_rope_reg1_gap_256", dict(img_size=32), True, "other than the naver RoPE-ViTs and DINOv3"),
+    # what no tensor of its own says, from the architecture's arguments or the config's model_args
+    ("vit_base_patch16_rpn_224", dict(img_size=32), True, "timm's ResPostBlock blocks"),
+    ("vit_base_patch16_224", dict(img_size=32, act_layer="silu"), True, "the activation 'silu'"),
+    ("test_vit3", dict(img_size=32), True, r"pooling over the prefix tokens too \(pool_include_prefix\)"),
+    ("vit_pe_core_tiny_patch16_384", dict(img_size=32), True, "a rotary model of timm's Eva class other than"),
+    # tensors vit_jax would leave unread or needs and does not find
+    ("cait_xxs24_224", dict(img_size=32), True, r"tensors vit_jax's ViT has no place for \(blocks.N.attn.proj_l"),
+    ("vit_relpos_small_patch16_224", dict(img_size=32), True, "tensors vit_jax's ViT has no place for"),
+    ("vit_base_patch16_224", dict(img_size=32, final_norm=False), True, "no tensor 'norm.weight'; .* final norm"),
+    ("vit_base_patch16_224", dict(img_size=32, norm_layer="rmsnorm"), True, "no tensor 'blocks.0.norm1.bias'"),
 ])
 def test_families_vit_jax_cannot_run_are_refused_naming_the_tensor(name, kwargs, config, reason, tmp_path):
     """Refused in one line; a bare safetensors file (no config.json) of a rotary model among them, whose rotary
@@ -275,6 +290,17 @@ def test_families_vit_jax_cannot_run_are_refused_naming_the_tensor(name, kwargs,
         save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=reason):
         load_pretrained(tmp_path / "model.safetensors")
+
+
+def test_the_architectures_own_arguments_are_the_installed_timms():
+    """timm_architectures.json (what a Hub config.json does not record) is what this timm's entrypoints pass."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "timm_architecture_defaults.py"))
+    written = json.loads((ROOT / "vit_jax" / "checkpoint" / "timm_architectures.json").read_text())
+    assert written == json.loads(json.dumps(script["architecture_defaults"]()))
+    assert written["vit_so400m_patch16_siglip_256"]["act_layer"] == "gelu_tanh"
+    assert written["vit_base_patch16_clip_224"]["norm_layer"] == {"name": "LayerNorm", "eps": 1e-5, "bias": True}
 
 
 def test_a_bare_safetensors_file_reads_its_architecture_off_the_tensors(saved, tmp_path):

@@ -4,7 +4,9 @@ timm's `VisionTransformer` state dict maps tensor by tensor onto vision_transfor
 weights transposed, the fused `qkv` split into query/key/value heads, `(D, C, ph, pw)` convolutions to
 `(ph, pw, C, D)`. Every architectural difference between the families is a `VisionTransformer` option read off the
 tensors (layer scale, registers, pre-norm, patch bias, `fc_norm`, MAP head, class token) or, for what tensors
-cannot say (heads, LayerNorm epsilon, QuickGELU), off the architecture name and `model_args` of `config.json`.
+cannot say (heads, LayerNorm epsilon, the GELU's flavour), off the architecture's own keyword arguments
+(timm_architectures.json: `config.json` records only what its caller added) and `model_args` of `config.json`.
+A tensor left unread, or needed and missing, is refused: nothing in a checkpoint is dropped silently.
 
 Two timm layouts become vit_jax's by exact identities rather than options: a table without class rows
 (`no_embed_class`, DeiT-III, DINOv2-reg) is a zero class row, because the class token then gets no position;
@@ -16,9 +18,12 @@ query/key norms).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +36,7 @@ from vit_jax.models.variants import nearest_variant
 BLOCK = "encoderblock_{}"
 ATTENTION = "MultiHeadDotProductAttention_0"
 MAP_HEAD = "MAPHead_0"
-# Tensors of families vit_jax does not run (yet), and the one-line reason.
+# Tensors (or modules: a prefix of tensors) of families vit_jax does not run (yet), and the one-line reason.
 _REFUSED = {
     "dist_token": "DeiT's distillation token (a second prefix token with its own head)",
     "blocks.0.mlp.fc1_g.weight": "a SwiGLU MLP",
@@ -40,6 +45,11 @@ _REFUSED = {
     "blocks.0.attn.norm.weight": "a normalisation inside attention (scale_attn_norm)",
     "blocks.0.norm.weight": "a normalisation inside the MLP (scale_mlp_norm)",
     "attn_pool.pos_embed": "a position table inside the attention-pooling head",
+    "patch_embed.backbone": "a hybrid's CNN stem in timm's layout (vit_jax reads hybrids from vision_transformer's "
+                            ".npz files)",
+    "blocks.0.attn.relative_position_bias_table": "relative position biases (BEiT)",
+    "rel_pos_bias": "relative position biases (BEiT)",
+    "blocks.0.attn.rel_pos_h": "relative position biases (SAM)",
 }
 # timm's heads per width for its standard ViT sizes (ti, s, m, b, l, h, g, G, so400m, dinov2-g), for checkpoints
 # whose config.json does not record `num_heads`.
@@ -93,9 +103,13 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
                            ) -> TimmArchitecture:
     """The vit_jax model of a timm checkpoint: tensor names and shapes, plus `config` (the Hub's `config.json`:
     `architecture`, `model_args`, `pretrained_cfg`; may be empty). `where` names the checkpoint in errors."""
+    name = str(config.get("architecture", ""))
+    args = architecture_args(name, config)
     for key, reason in _REFUSED.items():
-        if key in state:
-            raise ValueError(f"{where}: {reason} (tensor {key!r}) is not supported by vit_jax's ViT")
+        found = key if key in state else next((k for k in state if k.startswith(key + ".")), None)
+        if found:
+            raise ValueError(f"{where}: {reason} (tensor {found!r}) is not supported by vit_jax's ViT")
+    _check_what_tensors_cannot_say(args, name, where)
     if "blocks.0.gamma_1" in state and "blocks.0.gamma_2" not in state:
         raise ValueError(f"{where}: layer scale on the attention branch only (attn_only_layer_scale) is not one of "
                          f"vit_jax's options")
@@ -110,8 +124,6 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         found = ", ".join(sorted(state)[:6])
         raise ValueError(f"{where} is not a timm VisionTransformer (or Eva) state dict: expected "
                          f"'patch_embed.proj.weight' and 'blocks.0.attn.qkv.weight'; found {found}, ...")
-    name = str(config.get("architecture", ""))
-    args = dict(config.get("model_args") or {})
     if args.get("use_post_norm") or args.get("num_kv_heads"):
         raise ValueError(f"{where}: Eva's use_post_norm / num_kv_heads are not vit_jax options")
     rope = rope_options_from_timm(name, args, state, where)
@@ -131,8 +143,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         num_classes=int(state["head.weight"].shape[0]) if "head.weight" in state else None,
         patch_size=(int(ph), int(pw)), hidden_size=int(width), num_layers=depth,
         mlp_dim=int(state["blocks.0.mlp.fc1.weight"].shape[0]), num_heads=_num_heads(args, int(width), name, where),
-        classifier=classifier, gelu_approximate=False, quick_gelu=_quick_gelu(name, args),
-        layer_norm_epsilon=1e-5 if "_clip_" in name or rope_family(name, args, where) == DINOV3 else 1e-6,
+        classifier=classifier, gelu_approximate=args.get("act_layer") == "gelu_tanh",
+        quick_gelu=_quick_gelu(name, args), layer_norm_epsilon=_layer_norm_epsilon(name, args, where),
         layer_scale=1e-5 if "blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state else None,
         pre_norm="norm_pre.weight" in state, patch_bias="patch_embed.proj.bias" in state,
         embedding_norm="patch_embed.norm.weight" in state,
@@ -151,7 +163,94 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
                              f"in {ph}x{pw} patches has {patches} (+ {has_cls + registers} prefix tokens)")
         no_embed_class = rows == patches and has_cls + registers > 0
         options["posemb_grid"] = grid
-    return TimmArchitecture(name, options, image_size, int(channels), no_embed_class, pretrained_cfg)
+    pool_mlp = state.get("attn_pool.mlp.fc1.weight")
+    if pool_mlp is not None and pool_mlp.shape[0] != options["mlp_dim"]:
+        raise ValueError(f"{where}: an attention-pooling head whose MLP has {pool_mlp.shape[0]} hidden units, the "
+                         f"blocks {options['mlp_dim']}; vit_jax's MAP head has the blocks'")
+    arch = TimmArchitecture(name, options, image_size, int(channels), no_embed_class, pretrained_cfg)
+    try:
+        unread = _unread_tensors(state, arch)
+    except KeyError as error:
+        missing = str(error.args[0])
+        why = ("a final norm (timm's final_norm=False has none)" if missing == "norm.weight" else
+               "a bias (bias-free layers, such as proj_bias=False or RMSNorm, are not vit_jax's)"
+               if missing.endswith(".bias") else "it")
+        raise ValueError(f"{where}: no tensor {missing!r}; vit_jax's ViT needs {why}") from None
+    if unread:
+        listed = ", ".join(unread[:4]) + (f" and {len(unread) - 4} more" if len(unread) > 4 else "")
+        raise ValueError(f"{where}: tensors vit_jax's ViT has no place for ({listed}): {name or 'this model'} has "
+                         f"parts vit_jax does not run")
+    return arch
+
+
+class _Reads(dict):
+    """A state dict that remembers which tensors were read."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray]):
+        super().__init__(tensors)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self:
+            self.read.add(key)
+        return super().get(key, default)
+
+
+def _unread_tensors(state: Mapping[str, np.ndarray], arch: TimmArchitecture) -> list[str]:
+    """The tensors `params_from_timm` leaves unread (`blocks.N.` for any block), mapped over zero-byte stand-ins:
+    each is a part of the model vit_jax would silently drop (CaiT's class-attention blocks, relative-position
+    MLPs, BEiT's biases, a hybrid's ResNet, ...)."""
+    stand_ins = _Reads({k: np.broadcast_to(np.float32(0), np.shape(v)) for k, v in state.items()})
+    _params(stand_ins, arch)
+    return sorted({re.sub(r"^blocks\.\d+\.", "blocks.N.", k) for k in state if k not in stand_ins.read})
+
+
+def params_from_timm(state: Mapping[str, np.ndarray], arch: TimmArchitecture) -> dict[str, Any]:
+    """timm tensors -> vit_jax's parameter tree (per-layer encoder blocks), float32 numpy."""
+    return _params(_Reads({k: np.asarray(v, np.float32) for k, v in state.items()}), arch)
+
+
+def architecture_args(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments timm built `name` with: its architecture's own (timm_architectures.json, written
+    from timm by scripts/timm_architecture_defaults.py: what `config.json` does not record), then `model_args`."""
+    return {**_architecture_defaults().get(name.split(".")[0], {}), **(config.get("model_args") or {})}
+
+
+@functools.cache
+def _architecture_defaults() -> dict[str, dict[str, Any]]:
+    return json.loads((Path(__file__).parent / "timm_architectures.json").read_text())
+
+
+def _check_what_tensors_cannot_say(args: Mapping[str, Any], name: str, where: str) -> None:
+    """Refuses what leaves no tensor of its own but changes the model: the activation, the block's wiring,
+    pooling that includes prefix tokens, the norm's kind."""
+    model = name or "this model"
+    act = args.get("act_layer") or "gelu"
+    if act not in ("gelu", "gelu_tanh", "quick_gelu"):
+        raise ValueError(f"{where}: the activation {act!r} of {model}; vit_jax's MLP has GELU (exact or tanh) or "
+                         f"QuickGELU")
+    if args.get("block_fn") not in (None, "Block"):
+        raise ValueError(f"{where}: timm's {args['block_fn']} blocks ({model}); vit_jax's block is the pre-norm "
+                         f"residual one (timm's Block)")
+    if args.get("pool_include_prefix"):
+        raise ValueError(f"{where}: pooling over the prefix tokens too (pool_include_prefix) is not one of vit_jax's "
+                         f"classifiers")
+    norm = args.get("norm_layer")
+    if isinstance(norm, Mapping) and (norm.get("name") != "LayerNorm" or not norm.get("bias", True)):
+        raise ValueError(f"{where}: {norm.get('name')}{'' if norm.get('bias', True) else ' without bias'} norms "
+                         f"({model}); vit_jax's are LayerNorms")
+
+
+def _layer_norm_epsilon(name: str, args: Mapping[str, Any], where: str) -> float:
+    """The norm's epsilon where timm's arguments say it; else by family (CLIP and DINOv3: PyTorch's 1e-5)."""
+    norm = args.get("norm_layer")
+    if isinstance(norm, Mapping) and "eps" in norm:
+        return float(norm["eps"])
+    return 1e-5 if "_clip_" in name or rope_family(name, args, where) == DINOV3 else 1e-6
 
 
 def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args: Mapping[str, Any], has_cls: bool,
@@ -160,6 +259,12 @@ def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args
         if state["attn_pool.latent"].shape[1] != 1:
             raise ValueError(f"{where}: an attention-pooling head with {state['attn_pool.latent'].shape[1]} latent "
                              f"queries; vit_jax's MAP head has one")
+        if has_cls:
+            raise ValueError(f"{where}: an attention-pooling head over a class token too; vit_jax's MAP head pools "
+                             f"models without one")
+        if args.get("attn_pool_num_heads") not in (None, args.get("num_heads")):
+            raise ValueError(f"{where}: an attention-pooling head with {args['attn_pool_num_heads']} heads, the "
+                             f"model {args.get('num_heads')}; vit_jax's MAP head has the model's")
         return "map"
     pool = args.get("global_pool", config.get("global_pool", "token" if has_cls else "avg"))
     if pool == "token":
@@ -207,9 +312,7 @@ def _image_size(args: Mapping[str, Any], pretrained_cfg: Mapping[str, Any], stat
                      f'{{"model_args": {{"img_size": [H, W]}}}} beside the weights')
 
 
-def params_from_timm(state: Mapping[str, np.ndarray], arch: TimmArchitecture) -> dict[str, Any]:
-    """timm tensors -> vit_jax's parameter tree (per-layer encoder blocks), float32 numpy."""
-    w = {k: np.asarray(v, np.float32) for k, v in state.items()}
+def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     o = arch.options
     heads, width = o["num_heads"], o["hidden_size"]
     encoder: dict[str, Any] = {}
