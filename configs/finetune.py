@@ -62,7 +62,8 @@ def get_config(arg: str | None = None):
         config.pp.channels = arch.channels
         config.init.posemb_method, config.init.posemb_antialias = "bicubic", True  # timm's resampling
     elif init and "variant" not in short and (npz := _npz_architecture(init)):
-        config.model = model_config(npz.variant, **npz.model_options)
+        # vision_transformer's fine-tuning models have no pre_logits: adapt drops the file's, as its loader does
+        config.model = model_config(npz.variant, **{**npz.model_options, "representation_size": None})
         config.image_size = npz.image_size or config.image_size
         config.pp.channels = npz.channels
     else:

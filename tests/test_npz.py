@@ -201,6 +201,10 @@ def test_fine_tuning_reads_an_npz_architecture_off_its_shapes(tmp_path, rng, dig
             (32, 2, 2, 48, (4, 4))
         assert (model.classifier, model.posemb) == (("map", "learn") if size else ("gap", "sincos2d"))
         assert tuple(config.image_size) == (size or (224, 224)) and config.pp.channels == 3
+    with_pre_logits = create_model("Ti/4", num_classes=7, **TINY, representation_size=16)  # an ImageNet-21k file's
+    save_npz(random_params(with_pre_logits, (8, 12)), tmp_path / "i21k.npz")
+    i21k = load_config_file("finetune", f"init={tmp_path}/i21k.npz").model
+    assert (i21k.hidden_size, i21k.num_heads, i21k.classifier, i21k.representation_size) == (32, 4, "token", None)
     config.image_size, config.data_dir, config.log_pictures = (16, 16), digits_data_dir, "none"
     results = train_and_evaluate(config, tmp_path / "run")
     assert 0 <= results["test/accuracy"] <= 1  # a fresh head over the loaded sin-cos model, evaluated
