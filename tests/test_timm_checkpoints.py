@@ -53,6 +53,8 @@ FAMILIES = {
                     num_registers=4, qkv_bias=False, layer_norm_epsilon=1e-5, classifier="token")),
     "dinov3_qkvb_avg": ("vit_small_patch16_dinov3_qkvb", dict(img_size=32),
                         dict(qkv_bias=True, classifier="token_gap", fc_norm=False)),
+    # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
+    "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
     "lingbot": ("vit_small_patch16_lingbot", dict(img_size=32),
                 dict(posemb="rope_axial", rope_coordinates="centered", qkv_bias=True, classifier="token")),
@@ -275,7 +277,6 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     # tensors vit_jax would leave unread or needs and does not find
     ("cait_xxs24_224", dict(img_size=32), True, r"tensors vit_jax's ViT has no place for \(blocks.N.attn.proj_l"),
     ("vit_relpos_small_patch16_224", dict(img_size=32), True, "tensors vit_jax's ViT has no place for"),
-    ("vit_base_patch16_224", dict(img_size=32, final_norm=False), True, "no tensor 'norm.weight'; .* final norm"),
     ("vit_base_patch16_224", dict(img_size=32, norm_layer="rmsnorm"), True, "no tensor 'blocks.0.norm1.bias'"),
 ])
 def test_families_vit_jax_cannot_run_are_refused_naming_the_tensor(name, kwargs, config, reason, tmp_path):

@@ -61,6 +61,7 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
         qkv_bias=model.qkv_bias, init_values=model.layer_scale, class_token=num_prefix_tokens(model.classifier) > 0,
         pos_embed="learn" if model.posemb == "learn" else "none", no_embed_class=False,
         reg_tokens=model.num_registers, pre_norm=model.pre_norm, fc_norm=model.fc_norm, act_layer=activation,
+        final_norm=model.final_norm,
     )
     if model.embedding_norm:
         model_args["embed_norm_layer"] = "layernorm"
@@ -88,7 +89,7 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
     epsilon = 1e-5 if "dinov3" in architecture else 1e-6
     refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != epsilon, "gelu_approximate": model.gelu_approximate,
               "quick_gelu": model.quick_gelu, "embedding_norm": model.embedding_norm,
-              "classifier": model.classifier == "map"}
+              "classifier": model.classifier == "map", "final_norm": not model.final_norm}
     for option, refused in refuse.items():
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's Eva ({architecture}) has no counterpart")
@@ -136,7 +137,7 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
                                         for i in range(model.num_layers)], axis=1)
     if model.fc_norm:
         state.update(_norm("fc_norm", p["fc_norm"]))
-    else:
+    elif model.final_norm:
         state.update(_norm("norm", encoder["encoder_norm"]))
     if model.classifier == "map":
         state.update(_map_head_to_timm(p[MAP_HEAD], width))

@@ -149,7 +149,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         pre_norm="norm_pre.weight" in state, patch_bias="patch_embed.proj.bias" in state,
         embedding_norm="patch_embed.norm.weight" in state,
         qkv_bias=any(f"blocks.0.attn.{b}" in state for b in ("qkv.bias", "q_bias", "q_proj.bias")),
-        fc_norm="fc_norm.weight" in state, num_registers=registers,
+        fc_norm="fc_norm.weight" in state, final_norm="norm.weight" in state or "fc_norm.weight" in state,
+        num_registers=registers,
         posemb="learn" if "pos_embed" in state else "none",
     )
     options.update(rope)
@@ -172,8 +173,7 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         unread = _unread_tensors(state, arch)
     except KeyError as error:
         missing = str(error.args[0])
-        why = ("a final norm (timm's final_norm=False has none)" if missing == "norm.weight" else
-               "a bias (bias-free layers, such as proj_bias=False or RMSNorm, are not vit_jax's)"
+        why = ("a bias (bias-free layers, such as proj_bias=False or RMSNorm, are not vit_jax's)"
                if missing.endswith(".bias") else "it")
         raise ValueError(f"{where}: no tensor {missing!r}; vit_jax's ViT needs {why}") from None
     if unread:
@@ -320,7 +320,7 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
         encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, width)
         if "rope.freqs" in w:  # rope_mixed: (2, depth, heads, pairs), each block's (x, y) frequencies
             encoder[BLOCK.format(i)]["rope_frequencies"] = w["rope.freqs"][:, i]
-    if not o["fc_norm"]:
+    if o["final_norm"] and not o["fc_norm"]:
         encoder["encoder_norm"] = norm_params(w, "norm")
     if o["pre_norm"]:
         encoder["pre_norm"] = norm_params(w, "norm_pre")

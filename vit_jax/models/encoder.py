@@ -106,7 +106,7 @@ class Encoder(nn.Module):
             for layer in range(o.num_layers):
                 block = block_cls(o, rope, prefix, name=f"{SCANNED_BLOCKS}_{layer}")
                 x, _ = block(x, float(rates[layer]), not train, mask, coords)
-        if not o.fc_norm:  # else the model normalises after pooling
+        if o.final_norm and not o.fc_norm:  # else the model normalises after pooling, or not at all
             x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, name="encoder_norm")(x)
         return jnp.concatenate([x[:, :self.num_prefix], x[:, prefix:]], axis=1) if o.num_registers else x
 

@@ -37,6 +37,8 @@ class EncoderOptions:
       pre_norm: a LayerNorm `Transformer/pre_norm` on the tokens before the first block (CLIP; timm's `norm_pre`).
       fc_norm: the final LayerNorm moves after pooling, as `fc_norm` (MAE / BEiT-style average pooling; timm's
         `fc_norm`): no `Transformer/encoder_norm`.
+      final_norm: False: no final LayerNorm at all, neither `encoder_norm` nor `fc_norm` (NVIDIA's RADIO,
+        InternViT; timm's `final_norm=False`).
       dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32 and logits are float32.
       attention_impl: `einsum`, `xla` or `cudnn` (see `vit_jax.models.attention`).
       matmul: the dense layers' products (MLPs, attention projections): `xla` (the default: on one CPU device
@@ -86,6 +88,7 @@ class EncoderOptions:
     layer_scale: float | None = None
     pre_norm: bool = False
     fc_norm: bool = False
+    final_norm: bool = True
     dtype: Any = None
     attention_impl: AttentionImpl = "einsum"
     matmul: str = "xla"
@@ -134,6 +137,8 @@ def check_encoder_options(options: EncoderOptions) -> None:
     if options.layer_scale is not None and not isinstance(options.layer_scale, float | int):
         raise ValueError(f"layer_scale must be a number (LayerScale's initial value) or None; got "
                          f"{options.layer_scale!r}")
+    if options.fc_norm and not options.final_norm:
+        raise ValueError("fc_norm is where the final norm goes; final_norm=False has none: set at most one")
     if options.posemb_resize not in POSEMB_RESIZE_METHODS:
         raise ValueError(f"posemb_resize must be one of {POSEMB_RESIZE_METHODS}; got {options.posemb_resize!r}")
     if not isinstance(options.num_registers, int) or options.num_registers < 0:
