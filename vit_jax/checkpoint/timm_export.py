@@ -61,10 +61,11 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
         qkv_bias=model.qkv_bias, init_values=model.layer_scale, class_token=num_prefix_tokens(model.classifier) > 0,
         pos_embed="learn" if model.posemb == "learn" else "none", no_embed_class=False,
         reg_tokens=model.num_registers, pre_norm=model.pre_norm, fc_norm=model.fc_norm, act_layer=activation,
-        final_norm=model.final_norm,
     )
     if model.embedding_norm:
         model_args["embed_norm_layer"] = "layernorm"
+    if not model.final_norm:  # only then: older timm versions do not know the argument
+        model_args["final_norm"] = False
     architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
     if is_rope(model.posemb):
         architecture, model_args = _eva(model, model_args)
