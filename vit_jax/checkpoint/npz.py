@@ -69,10 +69,19 @@ class NpzError(ValueError):
     """A file that is not an `.npz` archive of plain arrays, or without the model asked for."""
 
 
+def _unreadable(path: str | Path) -> NpzError:
+    return NpzError(f"{path}: not a readable .npz file; expected a zip archive of .npy arrays (what numpy.savez "
+                    f"writes, as the released vision_transformer and big_vision checkpoints are)")
+
+
+def _object_array(path: str | Path, key: str) -> NpzError:
+    return NpzError(f"{path}: array {key!r} is an object array; object arrays are refused (loading one means "
+                    f"unpickling, which can run code; vit_jax never unpickles)")
+
+
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """The flat `{'/'-joined path: array}` contents, read without unpickling: object arrays are refused."""
-    unreadable = NpzError(f"{path}: not a readable .npz file; expected a zip archive of .npy arrays (what "
-                          f"numpy.savez writes, as the released vision_transformer and big_vision checkpoints are)")
+    unreadable = _unreadable(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile):  # numpy calls any unknown bytes "pickled data"
@@ -87,8 +96,7 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
             except ValueError as error:
                 if "allow_pickle" not in str(error) and "pickled" not in str(error):
                     raise unreadable from None
-                raise NpzError(f"{path}: array {key!r} is an object array; object arrays are refused (loading one "
-                               f"means unpickling, which can run code; vit_jax never unpickles)") from None
+                raise _object_array(path, key) from None
             except (OSError, EOFError, zipfile.BadZipFile):
                 raise unreadable from None
     return arrays
@@ -140,8 +148,7 @@ def model_arrays(flat: Mapping[str, Any], submodel: str | None, where: str) -> d
 def read_npz_shapes(path: str | Path) -> dict[str, np.ndarray]:
     """`read_npz`'s contents as zero-byte stand-ins of the arrays' shapes and dtypes (read from the `.npy` headers
     alone): a file's architecture, or whether it has the model asked for, at no cost however large it is."""
-    unreadable = NpzError(f"{path}: not a readable .npz file; expected a zip archive of .npy arrays (what "
-                          f"numpy.savez writes, as the released vision_transformer and big_vision checkpoints are)")
+    unreadable = _unreadable(path)
     headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     arrays = {}
     try:
@@ -153,9 +160,7 @@ def read_npz_shapes(path: str | Path) -> dict[str, np.ndarray]:
                         return {key: np.asarray(value) for key, value in read_npz(path).items()}
                     shape, _, dtype = headers[version](member)
                 if dtype.hasobject:
-                    raise NpzError(f"{path}: array {name.removesuffix('.npy')!r} is an object array; object arrays "
-                                   f"are refused (loading one means unpickling, which can run code; vit_jax never "
-                                   f"unpickles)")
+                    raise _object_array(path, name.removesuffix(".npy"))
                 arrays[name.removesuffix(".npy")] = np.broadcast_to(np.zeros((), dtype), shape)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, NpzError):
