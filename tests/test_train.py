@@ -15,6 +15,7 @@ from vit_jax import predict, visualize
 from vit_jax.build import train_iterator
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.config import saved_config
+from vit_jax.config_validation import ConfigError
 from vit_jax.metric_writers import read_metrics
 from vit_jax.train import NonFiniteLossError, train_and_evaluate
 
@@ -53,6 +54,14 @@ def test_training_writes_metrics_tensorboard_checkpoints_and_resumes(tmp_path, d
     again = train_and_evaluate(config, tmp_path)  # already finished: resumes at the end, tests again
     assert again["test/accuracy"] == results["test/accuracy"]
     assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == [5, 10, 15, 20]
+
+    saved = (tmp_path / "config.json").read_text()  # another run in the same workdir: refused, nothing written
+    for change, message in [("model.hidden_size=48,seed=3", r"model.hidden_size 64 there, 48 now, seed 0 there, 3 "
+                                                            r"now; resume it with its own config"),
+                            ("num_steps=10", r"config.num_steps = 10: the run in .* is at step 20 already")]:
+        with pytest.raises(ConfigError, match=message):
+            train_and_evaluate(tiny_digits_config(digits_data_dir, change), tmp_path)
+    assert (tmp_path / "config.json").read_text() == saved
 
 
 def test_a_folder_of_images_trains_end_to_end(tmp_path, rng):

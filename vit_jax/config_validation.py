@@ -4,6 +4,7 @@ comes from `vit_jax.from_config`, the same factories the run is built with."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -44,6 +45,41 @@ def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
     spec = check_data(config)
     model = check_model(config, spec.num_classes)
     check_video(config, spec, model)
+
+
+# What may differ when a run resumes from its workdir: how long it runs, what it logs and evaluates, and how it
+# computes the same thing (devices, memory, kernels); not what it trains (the model, data, optimizer, seed).
+RESUMABLE_CHANGES = ("num_steps", "eval_every", "log_every", "checkpoint_every", "keep", "log_pictures",
+                     "pictures_images", "eval_batch_size", "eval_split", "test_split", "eval_image_sizes", "data_dir",
+                     "data_threads", "data_workers", "cache_in_memory", "keep_host_memory", "xla_flags", "mesh",
+                     "sharding_rules", "fsdp_min_size", "image_folder_strict", "init", "model.dtype",
+                     "model.attention_impl", "model.matmul", "model.remat", "model.remat_policy",
+                     "model.record_attention")
+
+
+def check_resume(config: ConfigDict, saved: ConfigDict, latest_step: int, workdir: str | Path) -> None:
+    """A workdir with checkpoints resumes the run its `config.json` describes: a config that trains something
+    else (another model, data, optimizer, seed: RESUMABLE_CHANGES lists what may differ) is refused, before its
+    config.json is written over, as is one that ends before the run's latest step."""
+    if config.num_steps < latest_step:
+        raise field_error("num_steps", config.num_steps, f"the run in {workdir} is at step {latest_step} already; "
+                                                         f"it resumes to a later step, or start a new workdir")
+    now, before = (_flat(json.loads(c.to_json_best_effort())) for c in (config, saved))
+    allowed = lambda key: any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)
+    differ = [k for k in sorted(now) if k in before and now[k] != before[k] and not allowed(k)]  # fields added
+    if differ:  # by a newer vit_jax are not in an older run's config.json: nothing to compare them with
+        listed = ", ".join(f"{k} {before[k]!r} there, {now[k]!r} now" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise ConfigError(f"--workdir {workdir} holds a run (step {latest_step}) of another config: {listed}{more}; "
+                          f"resume it with its own config (only how long it runs, what it logs and how it computes "
+                          f"may change) or start a new workdir")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"model.hidden_size": 64, ...}`: a JSON config's leaves by their dotted paths."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
 
 
 def field_error(field: str, value: Any, problem: str, allowed: Any = None) -> ConfigError:

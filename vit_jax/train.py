@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from ml_collections import ConfigDict
 
+from vit_jax import config_validation
 from vit_jax.build import (
     Setup,
     compile_run_once,
@@ -33,7 +34,7 @@ from vit_jax.build import (
     train_iterator,
 )
 from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
-from vit_jax.config import save_config
+from vit_jax.config import CONFIG_FILE, save_config, saved_config
 from vit_jax.evaluation import Evaluator, final_test
 from vit_jax.flexi import draw_patch_size
 from vit_jax.host_memory import keep_freed_memory
@@ -97,6 +98,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
     shardings = state_shardings(abstract_state, config, setup.mesh)
     checkpoints = TrainCheckpoints(workdir / CHECKPOINT_DIR, keep=config.keep)
     start_step = checkpoints.latest_step() or 0
+    if start_step and (workdir / CONFIG_FILE).exists():  # before its config.json is written over
+        config_validation.check_resume(config, saved_config(workdir), start_step, workdir)
     start_examples = resumed_examples(checkpoints, start_step, setup)
     adaptation = plan_init(setup, abstract_state.params) if config.init.path and not start_step else None
     if jax.process_index() == 0:
