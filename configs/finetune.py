@@ -32,16 +32,27 @@ from vit_jax.checkpoint.hub import is_timm_spec
 from vit_jax.checkpoint.npz import split_submodel
 from vit_jax.checkpoint.pretrained import is_workdir, timm_architecture
 from vit_jax.checkpoint.trained_model import NpzArchitecture, npz_architecture
-from vit_jax.config import apply_overrides, base_config, model_config, model_config_from, saved_config, split_top_level
+from vit_jax.config import (
+    apply_overrides,
+    base_config,
+    config_arguments,
+    int_argument,
+    model_config,
+    model_config_from,
+    saved_config,
+)
 
 # Short arguments of this config; the rest are config paths.
 SHORT = ("init", "res", "patch", "steps", "variant")
 
 
 def get_config(arg: str | None = None):
-    items = dict(item.split("=", 1) for item in split_top_level(arg or ""))
+    items = config_arguments(arg)
     short = {key: items.pop(key) for key in SHORT if key in items}
     init = short.get("init", "")
+    if arg and not init:
+        raise ValueError(f"init= is missing (in {arg!r}): the checkpoint to fine-tune, a vit_jax workdir, an .npz or "
+                         f"hf-hub:timm/NAME")
 
     config = base_config()
     config.init.path = init
@@ -71,11 +82,11 @@ def get_config(arg: str | None = None):
     if "variant" in short:
         config.model.variant = short["variant"]
     if "res" in short:
-        config.image_size = (int(short["res"]),) * 2
+        config.image_size = (int_argument(short, "res"),) * 2
     if "patch" in short:
-        config.model.patch_size = (int(short["patch"]),) * 2
+        config.model.patch_size = (int_argument(short, "patch"),) * 2
 
-    config.num_steps = int(short.get("steps", 500))
+    config.num_steps = int_argument(short, "steps", 500)
     config.batch_size = 128
     config.eval_batch_size = 256
     config.optimizer.name = "sgd"
@@ -87,7 +98,7 @@ def get_config(arg: str | None = None):
     config.log_every = 25
     config.eval_every = max(config.num_steps // 4, 1)
     config.checkpoint_every = max(config.num_steps // 4, 1)
-    return apply_overrides(config, ",".join(f"{key}={value}" for key, value in items.items()))
+    return apply_overrides(config, items)
 
 
 def _npz_architecture(init: str) -> NpzArchitecture | None:

@@ -16,7 +16,7 @@ model, which reaches 99.7% in 2 minutes: on 1,257 training images, bigger is not
 CIFAR-10 and ImageNet figures are not measured in this environment (their data cannot be downloaded here).
 """
 
-from vit_jax.config import apply_overrides, base_config, model_config, parse_value, split_top_level
+from vit_jax.config import apply_overrides, base_config, config_arguments, model_config, parse_value
 
 # (train, eval, test) splits: evaluation for model selection never touches the test split.
 SPLITS = {
@@ -27,7 +27,7 @@ DEFAULT_SPLITS = ("train[:98%]", "train[98%:]", "test")
 
 
 def get_config(arg: str | None = None):
-    args = dict(item.split("=", 1) for item in split_top_level(arg or ""))
+    args = config_arguments(arg)
     dataset = str(parse_value(args.get("dataset", "cifar10")))
 
     config = base_config()

@@ -26,11 +26,38 @@ from vit_jax.build import set_up
         ("mesh=(('model',-1),)", r"config.mesh = \(\('model', -1\),\): .* must .* include a 'data' axis"),
         ("sharding_rules=(('[',),)", r"config.sharding_rules\[0\] = '\[': not a regular expression"),
         ("sharding_rules=(('.*','zero3'),)", r"config.sharding_rules\[0\] = \('.\*', 'zero3'\): must be \(regex, rule\)"),
+        ("mesh=(('data',),)", r"config.mesh = \(\('data',\),\): mesh .* must be \(name, size\) pairs"),
+        # the optimizer's numbers (optim.check_optimizer) and the seed
+        ("optimizer.learning_rate=1e400", r"config.optimizer.learning_rate = inf: must be a finite number in \(0, inf\)"),
+        ("optimizer.b2=1.0", r"config.optimizer.b2 = 1.0: must be a finite number in \[0, 1\)"),
+        ("optimizer.eps=0.0", r"config.optimizer.eps = 0.0: must be a finite number in \(0, inf\)"),
+        ("optimizer.weight_decay=-0.5", r"config.optimizer.weight_decay = -0.5: must be a finite number in \[0, inf\)"),
+        ("optimizer.warmup_steps=-10", r"config.optimizer.warmup_steps = -10: must be an integer >= 0"),
+        ("seed=-1", r"config.seed = -1: must be an integer in \[0, 2\*\*32\)"),
+        # the preprocessing (Preprocess checks its own fields)
+        ("pp.value_range=(1,-1)", r"config.pp: value_range must be \(low, high\) with low < high; got \(1, -1\)"),
+        ("pp.crop_padding=-1", r"config.pp: crop_padding must be an int in \[0, 16\]"),
+        ("pp.crop_scale=(1.0,0.08)", r"config.pp: crop_scale must be \(min, max\) area fractions"),
+        ("pp.crop_ratio=(0,0)", r"config.pp: crop_ratio must be \(min, max\) aspect ratios"),
+        ("pp.mean=(0.5,0.5),pp.std=(0.0,1.0)", r"config.pp: mean and std must be given together, as many of each, std > 0"),
+        ("pp.channels=2", r"config.pp: channels must be None \(as stored\), 1 or 3; got 2"),
+        # the data: an empty split
+        ("train_split=train[:0]", r"config.train_split = 'train\[:0\]': no examples in this split of 'sklearn_digits'"),
+        ("cache_in_memory='sometimes'", r"config.cache_in_memory = 'sometimes': unknown value; allowed: 'auto', True, "
+                                        r"False"),
     ],
 )
 def test_bad_configs_fail_before_compiling_with_field_value_and_allowed(arg, message, digits_data_dir):
     config = tiny_digits_config(digits_data_dir, arg)
     with pytest.raises(cv.ConfigError, match=message):
+        set_up(config)
+
+
+def test_a_data_dir_that_is_a_file_is_refused(digits_data_dir, tmp_path):
+    config = tiny_digits_config(digits_data_dir)
+    config.data_dir = str(tmp_path / "a_file")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(cv.ConfigError, match=r"config.data_dir = '.*a_file': not a directory"):
         set_up(config)
 
 

@@ -23,6 +23,12 @@ def object_array_npz(path):
     return path
 
 
+def config_file(tmp, body):
+    path = tmp / "bad_config.py"
+    path.write_text(f"def get_config(arg=None):\n    {body}\n")
+    return path
+
+
 # (command, arguments given the test's tmp_path and data dir, the one line expected on stderr)
 CASES = {
     "workdir_is_a_file": (
@@ -46,6 +52,23 @@ CASES = {
         "main", lambda tmp, data: [f"--config=configs/finetune.py:init={object_array_npz(tmp / 'o.npz')},"
                                    f"variant=Ti/4,res=16", f"--config.data_dir={data}", f"--workdir={tmp / 'run'}"],
         r"error: config.init.path = .*: array 'embedding/kernel' is an object array; object arrays are refused"),
+    "workdir_empty": (
+        "main", lambda tmp, data: ["--config=configs/digits.py", "--workdir="],
+        r"error: --workdir is empty; expected a directory"),
+    "workdir_under_a_file": (
+        "main", lambda tmp, data: ["--config=configs/digits.py", f"--workdir={(tmp / 'f').touch() or tmp / 'f'}/run"],
+        r"error: --workdir=.*/f/run: cannot be written \(.*/f is not a directory\)"),
+    "config_argument_not_a_field": (  # ml-collections' message holds the config file's traceback: its last line
+        "main", lambda tmp, data: ["--config=configs/digits.py:bogus=1", f"--workdir={tmp / 'run'}"],
+        r"error: --config=configs/digits.py:bogus=1: Error whilst parsing config file: ValueError: unknown config "
+        r"field 'bogus'"),
+    "config_file_raises": (
+        "main", lambda tmp, data: ["--config=" + str(config_file(tmp, "raise RuntimeError('boom')")),
+                                   f"--workdir={tmp / 'run'}"],
+        r"error: --config=.*/bad_config.py: .*RuntimeError: boom"),
+    "finetune_without_init": (
+        "main", lambda tmp, data: ["--config=configs/finetune.py:variant=Ti/4,res=16", f"--workdir={tmp / 'run'}"],
+        r"error: --config=configs/finetune.py:variant=Ti/4,res=16: .*init= is missing"),
     "sweep_bad_xla_flag": (  # the sweep starts its process as main does: XLA flags checked before XLA sees them
         "sweep", lambda tmp, data: ["--config=configs/sweeps/patch_size.py", f"--workdir={tmp / 'sweep'}",
                                     "--config.xla_flags=--not_a_flag"],

@@ -22,6 +22,7 @@ from vit_jax.checkpoint.adapt import Adaptation, fill_from_init, plan_adaptation
 from vit_jax.checkpoint.manager import TrainCheckpoints
 from vit_jax.checkpoint.npz import NpzError
 from vit_jax.checkpoint.pretrained import load_pretrained
+from vit_jax.config import cache_setting
 from vit_jax.data import pipeline
 from vit_jax.data.packing import PackedPreprocess, empty_sequences, packed_train_iterator
 from vit_jax.data.preprocessing import Preprocess
@@ -86,7 +87,7 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         if not config[field]:  # no test split
             continue
         size = split_size(builder, config[field])
-        cache = config.cache_in_memory
+        cache = cache_setting(config.cache_in_memory)
         in_memory = cache is True or (cache == "auto" and fits_in_memory(spec, size))
         # training images read from disk stay encoded until the per-example preprocessing crops them
         source = open_split(builder, config[field],

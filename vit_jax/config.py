@@ -13,6 +13,7 @@ import importlib.util
 import json
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,16 @@ def base_config() -> ConfigDict:
     return c
 
 
+def cache_setting(value: Any) -> str | bool:
+    """`config.cache_in_memory`: "auto", True or False; the command line's `--config.cache_in_memory=True` arrives
+    as the string "True" (the field's type is that of "auto")."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"cache_in_memory must be 'auto', True or False; got {value!r}")
+
+
 def split_top_level(text: str, separator: str = ",") -> list[str]:
     """Splits on `separator` outside brackets and quotes: `"a=1,mesh=(('data',-1),)"` -> two items."""
     parts, depth, quote, current = [], 0, None, []
@@ -240,16 +251,36 @@ def set_field(config: ConfigDict, key: str, value: Any) -> None:
         raise ValueError(f"config field {path!r}: {error}") from None
 
 
-def apply_overrides(config: ConfigDict, arg: str | None) -> ConfigDict:
-    """Applies `"key=value,key=value"`; keys are config paths (`optimizer.learning_rate`) or `variant`."""
+def config_arguments(arg: str | None) -> dict[str, str]:
+    """A config file's argument `"key=value,key=value"` (brackets and quotes kept whole) as `{key: raw value}`."""
+    items = {}
     for item in split_top_level(arg or ""):
         key, sep, raw = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
+        items[key.strip()] = raw.strip()
+    return items
+
+
+def int_argument(items: Mapping[str, str], key: str, default: int | None = None) -> int | None:
+    """A config file's integer argument (`res=32`), or `default` when it is not given."""
+    if key not in items:
+        return default
+    value = parse_value(items[key])
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"config argument {key}={items[key]!r}: expected an integer >= 0")
+    return value
+
+
+def apply_overrides(config: ConfigDict, arg: str | dict[str, str] | None) -> ConfigDict:
+    """Applies `"key=value,key=value"` (or its `config_arguments`); keys are config paths
+    (`optimizer.learning_rate`) or `variant`."""
+    items = arg if isinstance(arg, dict) else config_arguments(arg)
+    for key, raw in items.items():
         try:
-            set_field(config, key.strip(), parse_value(raw.strip()))
+            set_field(config, key, parse_value(raw))
         except ValueError as error:
-            raise ValueError(f"{error} (in {arg!r})") from None
+            raise ValueError(f"{error} (in {key}={raw})") from None
     return config
 
 
@@ -274,6 +305,17 @@ def save_config(config: ConfigDict, workdir: str | Path) -> None:
     (Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
 
 
+class SavedConfigError(ValueError):
+    """A workdir's config.json that cannot be read."""
+
+
 def saved_config(workdir: str | Path) -> ConfigDict:
     """The config a workdir was trained with (tuples come back as lists)."""
-    return ConfigDict(json.loads((Path(workdir) / CONFIG_FILE).read_text()))
+    path = Path(workdir) / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SavedConfigError(f"{path}: not a readable config ({error})") from None
+    if not isinstance(saved, dict):
+        raise SavedConfigError(f"{path}: expected a JSON object (a run's config); got {type(saved).__name__}")
+    return ConfigDict(saved)

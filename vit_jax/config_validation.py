@@ -16,14 +16,14 @@ from vit_jax.checkpoint.adapt import ADAPTATION_CHOICES, UnknownChoiceError, che
 from vit_jax.checkpoint.hub import is_timm_spec
 from vit_jax.checkpoint.npz import load_npz, split_submodel
 from vit_jax.checkpoint.pretrained import is_workdir, timm_architecture
-from vit_jax.config import build_model
+from vit_jax.config import build_model, cache_setting
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
 from vit_jax.data.sources import DatasetError, DatasetSpec, split_size
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
-from vit_jax.from_config import SPLIT_FIELDS, open_dataset, packed_preprocess_from_config
+from vit_jax.from_config import SPLIT_FIELDS, open_dataset, packed_preprocess_from_config, preprocess_from_config
 from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
 from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
-from vit_jax.optim import OPTIMIZERS, SCHEDULES
+from vit_jax.optim import OPTIMIZERS, SCHEDULES, check_optimizer
 from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -39,6 +39,7 @@ def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
     check_xla_flags(config)
     check_choices(config)
     check_numbers(config)
+    check_preprocessing(config)
     check_patterns(config)
     check_devices(config, num_devices, process_count)
     check_init(config)
@@ -91,13 +92,17 @@ def check_choices(config: ConfigDict) -> None:
     """Names that must be one of a known set."""
     choices = {
         "optimizer.name": OPTIMIZERS, "optimizer.schedule": SCHEDULES, "pp.train_crop": TRAIN_CROPS,
-        "pp.resize_method": tuple(RESIZE_METHODS), "model.dtype": DTYPES, "cache_in_memory": ("auto", True, False),
+        "pp.resize_method": tuple(RESIZE_METHODS), "model.dtype": DTYPES,
         "log_pictures": PICTURE_SCHEDULES,
     }
     for field, allowed in choices.items():
         value = _get(config, field)
         if value not in allowed:
             raise field_error(field, value, "unknown value", ", ".join(map(repr, allowed)))
+    try:
+        cache_setting(config.cache_in_memory)
+    except ValueError:
+        raise field_error("cache_in_memory", config.cache_in_memory, "unknown value", "'auto', True, False") from None
     try:  # the fine-tuning choices, checked by the adaptation that takes them
         check_adaptation_choices(**{name: config.init[name] for name in ADAPTATION_CHOICES})
     except UnknownChoiceError as error:
@@ -127,11 +132,27 @@ def check_numbers(config: ConfigDict) -> None:
         raise field_error("data_workers", config.data_workers, "must be an integer >= 0")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise field_error("label_smoothing", config.label_smoothing, "must be in [0, 1)")
-    if config.optimizer.learning_rate <= 0:
-        raise field_error("optimizer.learning_rate", config.optimizer.learning_rate, "must be positive")
+    try:
+        check_optimizer(config.optimizer)
+    except ValueError as error:
+        field, problem = str(error).split(": ", 1)
+        raise field_error(f"optimizer.{field}", config.optimizer.get(field), problem) from None
+    if not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
+        raise field_error("seed", config.seed, "must be an integer in [0, 2**32)")
     size = tuple(config.image_size)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise field_error("image_size", config.image_size, "must be (height, width) with positive integers")
+
+
+def check_preprocessing(config: ConfigDict) -> None:
+    """`config.pp` builds the preprocessing it describes (`Preprocess` checks its own fields)."""
+    for field in ("value_range", "crop_scale", "crop_ratio"):
+        if not isinstance(config.pp[field], tuple | list):
+            raise field_error(f"pp.{field}", config.pp[field], "must be a pair (a, b)")
+    try:
+        preprocess_from_config(config)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"config.pp: {error}") from None
 
 
 def check_patterns(config: ConfigDict) -> None:
@@ -155,7 +176,7 @@ def check_devices(config: ConfigDict, num_devices: int, process_count: int) -> d
     try:
         shape = mesh_shape(config.mesh, num_devices)
     except ShardingError as error:
-        raise field_error("mesh", tuple(config.mesh), str(error)) from None
+        raise field_error("mesh", config.mesh, str(error)) from None
     data = shape[DATA_AXIS]
     unit = data * config.accum_steps
     if config.batch_size % unit or config.batch_size % process_count:
@@ -173,19 +194,24 @@ def check_devices(config: ConfigDict, num_devices: int, process_count: int) -> d
 def check_data(config: ConfigDict) -> DatasetSpec:
     """The dataset opens (vit_jax's own are built on first use) and has the named splits; returns what its
     examples hold, for the checks that depend on it."""
+    data_dir = config.get("data_dir")
+    if data_dir is not None and (not isinstance(data_dir, str) or Path(data_dir).expanduser().is_file()):
+        raise field_error("data_dir", data_dir, "not a directory (TFDS's data directory; None: TFDS's default)")
     try:
         builder, spec = open_dataset(config)
-    except (DatasetError, FileNotFoundError, ValueError) as error:
+    except (DatasetError, OSError, ValueError) as error:
         raise field_error("dataset", config.dataset, str(error)) from None
     for field in SPLIT_FIELDS:
         split = config[field]
         if not split and field == "test_split":
             continue
         try:
-            split_size(builder, split)
+            size = split_size(builder, split)
         except DatasetError:
             raise field_error(field, split, f"unknown split of {config.dataset!r}",
                               f"{sorted(builder.info.splits)} or slices such as 'train[:90%]'") from None
+        if not size:
+            raise field_error(field, split, f"no examples in this split of {config.dataset!r}")
     return spec
 
 

@@ -9,6 +9,7 @@ asked to stop).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from ml_collections import ConfigDict
 
 from vit_jax.checkpoint.adapt import CheckpointMismatchError
 from vit_jax.checkpoint.npz import NpzError
+from vit_jax.config import SavedConfigError
 from vit_jax.config_validation import ConfigError, check_xla_flags
 from vit_jax.distributed import MODES, initialize
 from vit_jax.host_memory import share_main_arena
@@ -34,7 +36,7 @@ class InputError(ValueError):
     """A command-line value that cannot work (a flag, a path)."""
 
 
-BAD_INPUT = (ConfigError, CheckpointMismatchError, NpzError, InputError)
+BAD_INPUT = (ConfigError, CheckpointMismatchError, NpzError, InputError, SavedConfigError)
 
 
 def define_process_flags() -> None:
@@ -78,15 +80,21 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
         if config is not None and not isinstance(config, ConfigDict):  # ml-collections reports load errors lazily
             config.keys()
-    except flags.Error as error:
-        fail(str(error).removeprefix("flag "))
+    except flags.Error as error:  # ml-collections puts the config file's own traceback in the message: its last line
+        lines = [line for line in str(error).removeprefix("flag ").splitlines() if line.strip()]
+        fail(lines[0] + (f" {lines[-1].strip()}" if len(lines) > 1 and "Traceback" in str(error) else ""))
     except (AttributeError, KeyError) as error:  # ml-collections looking up a `--config.` field that does not exist
         name = str(error).strip("'\"")
         named = [arg for arg in argv if arg.startswith("--config.") and name in arg.partition("=")[0].split(".")]
         fail(f"{named[0] if named else name}: unknown config field {name!r}; expected a field of the config "
              f"(vit_jax/config.py lists them)")
-    except (OSError, ValueError) as error:  # the config file itself failed to load
-        fail(f"--config={config_file}: {str(error).splitlines()[0]}")
+    except Exception as error:  # noqa: BLE001  (the config file's own code failed: a user's file, any error)
+        first = (str(error).splitlines() or [""])[0]
+        fail(f"--config={config_file}: {type(error).__name__}: {first}")
+    config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+    if config_file is not None and not isinstance(config, ConfigDict):
+        fail(f"--config={config_file}: get_config returned {type(config).__name__}; expected an ml_collections "
+             f"ConfigDict")
     return rest
 
 
@@ -113,11 +121,18 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
 
 
 def check_workdir(workdir: str | Path) -> Path:
-    """A run's directory: new, or one to resume; never an existing file."""
-    path = Path(workdir)
+    """A run's directory: new (under a directory it can be made in), or one to resume; never an existing file or
+    the empty path (which would be the current directory)."""
+    if not str(workdir).strip():
+        raise InputError("--workdir is empty; expected a directory (a new one, or a run's to resume)")
+    path = Path(workdir).expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"--workdir={workdir}: an existing file; expected a directory (a new one, or a run's to "
                          f"resume)")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--workdir={workdir}: cannot be written ({existing} is "
+                         f"{'not a directory' if not existing.is_dir() else 'not writable'})")
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -13,6 +14,33 @@ from vit_jax.param_paths import path_string
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
+
+
+def check_optimizer(config: ConfigDict) -> None:
+    """`config.optimizer`'s numbers are ones its optimizer is defined for; a ValueError names the first that is not
+    (`field: problem`), before anything is built."""
+    def number(field: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False,
+               optional: bool = False) -> None:
+        value = config.get(field)
+        if optional and value is None:
+            return
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not ok:
+            interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
+            raise ValueError(f"{field}: must be a finite number in {interval}{' or None' if optional else ''}; "
+                             f"got {value!r}")
+
+    number("learning_rate", 0, low_open=True)
+    number("end_learning_rate", 0)
+    number("weight_decay", 0)
+    number("b1", 0, 1, high_open=True)
+    number("b2", 0, 1, high_open=True)
+    number("eps", 0, low_open=True)
+    number("momentum", 0, 1, high_open=True, optional=True)
+    number("grad_clip_norm", 0, optional=True)  # 0: no clipping
+    if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
+        raise ValueError(f"warmup_steps: must be an integer >= 0; got {config.warmup_steps!r}")
 
 
 def learning_rate_schedule(config: ConfigDict, num_steps: int) -> optax.Schedule:

@@ -51,6 +51,9 @@ class ShardingError(ValueError):
 
 def mesh_shape(axes: Sequence[tuple[str, int]], num_devices: int) -> dict[str, int]:
     """`(("data", -1), ("model", 2))` on 8 devices -> `{"data": 4, "model": 2}`; a clear error if it cannot fit."""
+    if isinstance(axes, str) or not all(isinstance(a, tuple | list) and len(a) == 2 and isinstance(a[0], str)
+                                        and isinstance(a[1], int) and not isinstance(a[1], bool) for a in axes):
+        raise ShardingError(f"mesh {axes!r} must be (name, size) pairs, e.g. (('data', -1), ('model', 2))")
     names = [name for name, _ in axes]
     if len(set(names)) != len(names) or DATA_AXIS not in names:
         raise ShardingError(f"mesh {tuple(axes)!r} must name each axis once and include a {DATA_AXIS!r} axis")

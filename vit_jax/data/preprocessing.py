@@ -121,6 +121,12 @@ def crop(image: Picture, top: int, left: int, h: int, w: int) -> Picture:
     return image[..., top : top + h, left : left + w, :]
 
 
+def _numbers(values: Any, count: int) -> bool:
+    """`values` is a sequence of `count` finite real numbers."""
+    return (isinstance(values, tuple | list) and len(values) == count
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """Turns a decoded TFDS example into `{'image': float32 (h, w, C), 'label': int32}` (`(T, h, w, C)` for a
@@ -151,6 +157,8 @@ class Preprocess:
             raise ValueError(f"resize_method must be one of {tuple(RESIZE_METHODS)}; got {self.resize_method!r}")
         if self.train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {self.train_crop!r}")
+        if any(v is not None and not (isinstance(v, tuple | list) and _numbers(v, len(v))) for v in (self.mean, self.std)):
+            raise ValueError(f"mean and std must be sequences of numbers; got mean={self.mean!r}, std={self.std!r}")
         if (self.mean is None) != (self.std is None) or (self.std is not None and (
                 len(self.mean) != len(self.std) or min(self.std) <= 0)):
             raise ValueError(f"mean and std must be given together, as many of each, std > 0; got mean={self.mean!r}, "
@@ -158,6 +166,19 @@ class Preprocess:
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be None (as stored), 1 or 3; got {self.channels!r}")
         check_crop(self.crop_pct, self.crop_mode)
+        if not _numbers(self.value_range, 2) or not self.value_range[0] < self.value_range[1]:
+            raise ValueError(f"value_range must be (low, high) with low < high; got {self.value_range!r}")
+        if self.mean is not None and self.channels is not None and len(self.mean) not in (1, self.channels):
+            raise ValueError(f"mean and std must have 1 or channels={self.channels} values; got {len(self.mean)}")
+        if not isinstance(self.crop_padding, int) or not 0 <= self.crop_padding <= max(self.image_size):
+            raise ValueError(f"crop_padding must be an int in [0, {max(self.image_size)}] (the image side); got "
+                             f"{self.crop_padding!r}")
+        if not _numbers(self.crop_scale, 2) or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be (min, max) area fractions with 0 < min <= max <= 1; got "
+                             f"{self.crop_scale!r}")
+        if not _numbers(self.crop_ratio, 2) or not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must be (min, max) aspect ratios with 0 < min <= max; got "
+                             f"{self.crop_ratio!r}")
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """float32 `(scale, offset)`, per channel (or scalars): the model's values are `uint8 * scale + offset`,
