@@ -73,6 +73,10 @@ CASES = {
         "sweep", lambda tmp, data: ["--config=configs/sweeps/patch_size.py", f"--workdir={tmp / 'sweep'}",
                                     "--config.xla_flags=--not_a_flag"],
         r"error: config.xla_flags = '--not_a_flag': is not an XLA flag"),
+    "sweep_bad_base_config": (  # checked for every point before the first trains, not recorded as 8 failures
+        "sweep", lambda tmp, data: ["--config=configs/sweeps/patch_size.py", f"--workdir={tmp / 'sweep'}",
+                                    "--config.optimizer.name=adam"],
+        r"error: sweep point 0 \(.*\): config.optimizer.name = 'adam': unknown value"),
     "sweep_point_out_of_range": (
         "sweep", lambda tmp, data: ["--config=configs/sweeps/patch_size.py", f"--workdir={tmp / 'sweep'}",
                                     "--point=99"],

@@ -26,7 +26,9 @@ import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
+from vit_jax import config_validation
 from vit_jax.config import config_module, set_field
+from vit_jax.config_validation import ConfigError
 from vit_jax.console import quiet_logging
 from vit_jax.entry import (
     InputError,
@@ -95,6 +97,16 @@ def run_point(base: ConfigDict, point: Point, workdir: Path) -> dict[str, Any]:
     return status
 
 
+def check_points(base: ConfigDict, points: list[Point], only: int | None) -> None:
+    """Every point to run is a valid config (the base with its overrides), checked before the first trains: a bad
+    base config is one error, not a failure recorded for each point."""
+    for point in points if only is None else [points[only]]:
+        try:
+            config_validation.validate(point_config(base, point), jax.device_count(), jax.process_count())
+        except (ConfigError, ValueError) as error:
+            raise ConfigError(f"sweep point {points.index(point)} ({point.name}): {error}") from None
+
+
 def check_point(only: int | None, points: list[Point]) -> None:
     if only is not None and not 0 <= only < len(points):
         raise InputError(f"--point={only}: no such point; expected 0..{len(points) - 1} (the sweep has "
@@ -128,6 +140,7 @@ def main(argv: list[str]) -> None:
         check_point(FLAGS.point, points)
         start_process(FLAGS.config)
         if not FLAGS.collect:
+            check_points(FLAGS.config, points, FLAGS.point)
             statuses = run_sweep(FLAGS.config, points, sweep_dir, FLAGS.point)
             selected = points if FLAGS.point is None else [points[FLAGS.point]]
             for point, status in zip(selected, statuses, strict=True):
