@@ -41,6 +41,9 @@ from vit_jax.build import set_up
         ("pp.crop_ratio=(0,0)", r"config.pp: crop_ratio must be \(min, max\) aspect ratios"),
         ("pp.mean=(0.5,0.5),pp.std=(0.0,1.0)", r"config.pp: mean and std must be given together, as many of each, std > 0"),
         ("pp.channels=2", r"config.pp: channels must be None \(as stored\), 1 or 3; got 2"),
+        ("flexi.patch_sizes=(0,)", r"config.flexi.patch_sizes = \(0,\): "),
+        ("flexi.probabilities=(1.0,)", r"config.flexi.probabilities = \(1.0,\): set without config.flexi.patch_sizes"),
+        ("init.step=5", r"config.init.step = 5: set without config.init.path"),
         # the data: an empty split
         ("train_split=train[:0]", r"config.train_split = 'train\[:0\]': no examples in this split of 'sklearn_digits'"),
         ("cache_in_memory='sometimes'", r"config.cache_in_memory = 'sometimes': unknown value; allowed: 'auto', True, "

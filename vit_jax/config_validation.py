@@ -220,7 +220,13 @@ def check_init(config: ConfigDict) -> None:
     `.npz` archive's directory: a missing or corrupt file, a missing sub-model, or an architecture vit_jax cannot
     run fails here)."""
     path = config.init.path
-    if not path or is_workdir(Path(path).expanduser()):
+    if not path:
+        for field in ("step", "grid"):
+            if config.init.get(field) is not None:
+                raise field_error(f"init.{field}", config.init[field], "set without config.init.path (nothing to "
+                                                                       "fine-tune from)")
+        return
+    if is_workdir(Path(path).expanduser()):
         return
     if not (is_timm_spec(path) or split_submodel(path)[0].is_file()):
         raise field_error("init.path", path, "neither an .npz file nor a vit_jax workdir (a directory with "
@@ -259,6 +265,9 @@ def check_model(config: ConfigDict, num_classes: int) -> VisionTransformer:
     check_eval_image_sizes(config, model)
     if config.flexi.patch_sizes:
         check_flexi(config, model)
+    elif config.flexi.probabilities:
+        raise field_error("flexi.probabilities", tuple(config.flexi.probabilities), "set without "
+                          "config.flexi.patch_sizes (the sizes they weigh)")
     return model
 
 
@@ -275,6 +284,9 @@ def check_flexi(config: ConfigDict, model: VisionTransformer) -> None:
                           "() or config.model.patch_norm=False")
     try:
         sizes = flexi_patch_sizes(config.flexi.patch_sizes)
+    except ValueError as error:
+        raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes), str(error)) from None
+    try:
         flexi_probabilities(sizes, config.flexi.probabilities)
     except ValueError as error:
         raise field_error("flexi.probabilities", tuple(config.flexi.probabilities), str(error)) from None
