@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import ROOT, xla_env
 from vit_jax.build import resumed_examples
 from vit_jax.checkpoint import TrainCheckpoints
+from vit_jax.checkpoint.manager import CheckpointReadError
 from vit_jax.config_validation import ConfigError
 
 
@@ -71,6 +72,14 @@ def test_a_save_cut_short_is_never_picked_up(tmp_path):
     reopened.wait()
     assert not partial.exists()  # removed in the background once the manager opened
     assert reopened.all_steps() == [5, 6]
+
+    # a copy of the workdir cut short (no orbax name to tell): one error naming the step, not orbax's traceback
+    for path in sorted((tmp_path / "6" / "state").rglob("*")):
+        if path.is_file():
+            path.unlink()
+    with pytest.raises(CheckpointReadError, match=r"/6: cannot be restored \(.*\); if a copy or save of it was cut "
+                                                  r"short, remove that directory to start from the step before"):
+        TrainCheckpoints(tmp_path).restore(6)
 
 
 def test_a_saved_position_comes_back_and_decides_where_a_resumed_stream_starts(tmp_path):

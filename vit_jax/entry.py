@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import ConfigDict
 
 from vit_jax.checkpoint.adapt import CheckpointMismatchError
+from vit_jax.checkpoint.manager import CheckpointReadError
 from vit_jax.checkpoint.npz import NpzError
 from vit_jax.config import SavedConfigError
 from vit_jax.config_validation import ConfigError, check_xla_flags
@@ -36,7 +37,7 @@ class InputError(ValueError):
     """A command-line value that cannot work (a flag, a path)."""
 
 
-BAD_INPUT = (ConfigError, CheckpointMismatchError, NpzError, InputError, SavedConfigError)
+BAD_INPUT = (ConfigError, CheckpointMismatchError, CheckpointReadError, NpzError, InputError, SavedConfigError)
 
 
 def define_process_flags() -> None:

@@ -46,6 +46,10 @@ def state_handler() -> ocp.StandardCheckpointHandler:
     return handler
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint step that cannot be restored (incomplete, corrupt, or of another state's layout)."""
+
+
 class TrainCheckpoints:
     """Saves and restores `(train state, grain iterator)` pairs under `directory`."""
 
@@ -106,12 +110,18 @@ class TrainCheckpoints:
     def restore(self, step: int, abstract_state: Any = None, data_iterator: Any = None) -> Any:
         """The state at `step`, laid out as `abstract_state` (ShapeDtypeStructs with shardings; None: as saved,
         on this host); the iterator, if given, is moved to where it was when `step` was saved."""
-        if abstract_state is None:
-            abstract_state = self.local_layout(step)
-        items = {STATE: ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
-            items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+        try:
+            if abstract_state is None:
+                abstract_state = self.local_layout(step)
+            items = {STATE: ocp.args.StandardRestore(abstract_state)}
+            if data_iterator is not None:
+                items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+            return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+        except (KeyError, ValueError, TypeError, OSError, RuntimeError) as error:
+            first = (str(error).strip().splitlines() or [""])[0][:300]
+            raise CheckpointReadError(f"{self.directory / str(step)}: cannot be restored ({type(error).__name__}: "
+                                      f"{first}); if a copy or save of it was cut short, remove that directory to "
+                                      f"start from the step before") from None
 
     def local_layout(self, step: int) -> Any:
         """The saved state's shapes and dtypes, placed whole on this process's first device: a checkpoint saved
