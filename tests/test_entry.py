@@ -69,6 +69,13 @@ CASES = {
     "finetune_without_init": (
         "main", lambda tmp, data: ["--config=configs/finetune.py:variant=Ti/4,res=16", f"--workdir={tmp / 'run'}"],
         r"error: --config=configs/finetune.py:variant=Ti/4,res=16: .*init= is missing"),
+    "npz_export_out_is_a_directory": (  # checked before the checkpoint is read
+        "checkpoint.npz", lambda tmp, data: [f"--workdir={tmp / 'run'}", f"--out={tmp}"],
+        r"error: --out=.*: an existing directory; expected a file path"),
+    "visualize_out_under_a_file": (
+        "visualize", lambda tmp, data: ["--npz=model.npz", "--image=x.png",
+                                        f"--out={(tmp / 'f').touch() or tmp / 'f'}/pictures"],
+        r"error: --out=.*/f/pictures: cannot be written \(.*/f is not a directory\)"),
     "sweep_bad_xla_flag": (  # the sweep starts its process as main does: XLA flags checked before XLA sees them
         "sweep", lambda tmp, data: ["--config=configs/sweeps/patch_size.py", f"--workdir={tmp / 'sweep'}",
                                     "--config.xla_flags=--not_a_flag"],

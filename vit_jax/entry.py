@@ -137,6 +137,20 @@ def check_workdir(workdir: str | Path) -> Path:
     return path
 
 
+def check_output(path: str | Path, flag: str, directory: bool = False) -> Path:
+    """Where a command will write (a file, or a directory with `directory`), checked before it computes anything:
+    an existing path of the other kind, or a parent that is a file or not writable, is one line."""
+    path = Path(path).expanduser()
+    if path.exists() and path.is_dir() != directory:
+        raise InputError(f"{flag}={path}: an existing {'file' if directory else 'directory'}; expected "
+                         f"{'a directory' if directory else 'a file path'}")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag}={path}: cannot be written ({existing} is "
+                         f"{'not a directory' if not existing.is_dir() else 'not writable'})")
+    return path
+
+
 @contextlib.contextmanager
 def exit_statuses() -> Iterator[None]:
     """Turns the errors a user can cause into one line and the command's exit status."""

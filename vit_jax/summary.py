@@ -185,12 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", type=parse_override, action="append", default=[], metavar="OPTION=VALUE",
                         help="any create_model option, e.g. --set posemb=sincos2d --set classifier=gap")
     args = parser.parse_args(argv)
+    if args.channels not in (1, 3) or args.num_classes < 0:
+        parser.exit(2, f"error: --channels {args.channels} / --num-classes {args.num_classes}: expected 1 or 3 "
+                       f"channels and a class count >= 0\n")
     summaries = []
     for variant in args.variants:
         try:
             model = create_model(variant, num_classes=args.num_classes, **dict(args.set))
             summaries.append(summarize(model, (*args.image_size, args.channels), name=f"ViT-{variant}"))
-        except ValueError as error:
+        except (ValueError, TypeError) as error:  # TypeError: an option create_model does not take
             parser.exit(2, f"error: {error}\n")
     if args.markdown:
         print(markdown_table(summaries))

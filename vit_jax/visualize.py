@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vit_jax.entry import check_output
 from vit_jax.interpret.figures import png_bytes
 from vit_jax.interpret.pictures import Pictures, compute_pictures
 from vit_jax.predict import add_model_arguments, load_from_arguments, preprocessed
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dpi <= 0:
         parser.exit(2, f"error: --dpi {args.dpi}: expected a positive integer\n")
     try:
+        check_output(args.out, "--out", directory=True)
         trained = load_from_arguments(args)
         images = np.stack([preprocessed(trained, path) for path in args.image])
     except (ValueError, FileNotFoundError) as error:  # UnreadableImageError is a ValueError

@@ -225,19 +225,28 @@ def _to_numpy(tree: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m vit_jax.checkpoint.npz --workdir DIR --out FILE.npz [--step N]`: export a run's parameters."""
-    from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
+    from vit_jax.checkpoint.manager import CHECKPOINT_DIR, CheckpointReadError, TrainCheckpoints
+    from vit_jax.entry import check_output  # the commands' checks (which import this module)
 
     parser = argparse.ArgumentParser(prog="python -m vit_jax.checkpoint.npz", description=main.__doc__.split(":")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--step", type=int, default=None, help="default: the latest")
     args = parser.parse_args(argv)
+    try:
+        check_output(args.out, "--out")
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     checkpoints = TrainCheckpoints(Path(args.workdir) / CHECKPOINT_DIR)
     step = checkpoints.latest_step() if args.step is None else args.step
     if step is None or step not in checkpoints.all_steps():
         parser.exit(2, f"error: no checkpoint {'' if step is None else step} in {checkpoints.directory}; "
                        f"steps: {checkpoints.all_steps()}\n")
-    save_npz(checkpoints.restore(step)["params"], args.out)
+    try:
+        params = checkpoints.restore(step)["params"]
+    except CheckpointReadError as error:
+        parser.exit(2, f"error: {error}\n")
+    save_npz(params, args.out)
     print(f"wrote {args.out} (step {step} of {args.workdir})")
     return 0
 
