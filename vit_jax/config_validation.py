@@ -349,6 +349,12 @@ def check_packing(config: ConfigDict, model: VisionTransformer) -> None:
             raise field_error(f"packing.{field}", value, "must be a positive int")
     if not isinstance(packing.num_bins, int) or packing.num_bins < 0:
         raise field_error("packing.num_bins", packing.num_bins, "must be a non-negative int (0: the batch size)")
+    pair = lambda v: isinstance(v, tuple | list) and len(v) == 2 and all(isinstance(s, int) and s > 0 for s in v)
+    if not isinstance(packing.image_sizes, tuple | list) or not all(pair(size) for size in packing.image_sizes):
+        raise field_error("packing.image_sizes", packing.image_sizes, "must be (height, width) pairs of positive "
+                          "ints, e.g. ((16, 16), (8, 24))")
+    if packing.max_grid is not None and not pair(packing.max_grid):
+        raise field_error("packing.max_grid", packing.max_grid, "must be (rows, columns) of positive ints, or None")
     if config.flexi.patch_sizes:
         raise field_error("flexi.patch_sizes", tuple(config.flexi.patch_sizes), "FlexiViT patch sizes need the "
                           "fixed-grid model; packing.enabled makes a NaViT", "()")

@@ -246,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = checkpoints.restore(step)["params"]
     except CheckpointReadError as error:
         parser.exit(2, f"error: {error}\n")
+    Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
     save_npz(params, args.out)
     print(f"wrote {args.out} (step {step} of {args.workdir})")
     return 0

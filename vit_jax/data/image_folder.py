@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         builder = build_image_folder(args.folder, args.name, data_dir=args.data_dir, channels=args.channels,
                                      strict=args.strict)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: a data directory that cannot be made
         parser.exit(2, f"error: {error}\n")
     splits = ", ".join(f"{s}: {info.num_examples}" for s, info in builder.info.splits.items())
     print(f"dataset {args.name!r} in {builder.data_dir} ({splits}); use it with --config.dataset={args.name}")
