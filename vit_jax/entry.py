@@ -126,15 +126,10 @@ def check_workdir(workdir: str | Path) -> Path:
     the empty path (which would be the current directory)."""
     if not str(workdir).strip():
         raise InputError("--workdir is empty; expected a directory (a new one, or a run's to resume)")
-    path = Path(workdir).expanduser()
-    if path.exists() and not path.is_dir():
+    if Path(workdir).expanduser().is_file():
         raise InputError(f"--workdir={workdir}: an existing file; expected a directory (a new one, or a run's to "
                          f"resume)")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--workdir={workdir}: cannot be written ({existing} is "
-                         f"{'not a directory' if not existing.is_dir() else 'not writable'})")
-    return path
+    return check_output(workdir, "--workdir", directory=True)
 
 
 def check_output(path: str | Path, flag: str, directory: bool = False) -> Path:
