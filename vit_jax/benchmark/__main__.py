@@ -77,6 +77,16 @@ def check_args(args: argparse.Namespace) -> list[str]:
     if args.warmup < 0:
         errors.append(f"--warmup {args.warmup}: expected >= 0")
     errors += [f"--batch-sizes {b}: expected a positive integer" for b in args.batch_sizes if b <= 0]
+    if args.ceiling_size <= 0 or args.timeout <= 0:
+        errors.append(f"--ceiling-size {args.ceiling_size} / --timeout {args.timeout}: expected positive numbers")
+    if args.xla_flags and not all(flag.startswith("--") for flag in args.xla_flags.split()):
+        errors.append(f"--xla-flags {args.xla_flags!r}: expected XLA flags, each starting with --")
+    try:  # written after every cell has run: a bad path must not lose them
+        from vit_jax.entry import check_output
+
+        check_output(args.out, "--out")
+    except ValueError as error:
+        errors.append(str(error))
     if args.image_size <= 0 or (args.patch_size is not None and args.patch_size <= 0):
         errors.append(f"--image-size {args.image_size} / --patch-size {args.patch_size}: expected positive integers")
         return errors
