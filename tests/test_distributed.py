@@ -25,3 +25,13 @@ def test_a_single_process_run_does_not_start_the_runtime(monkeypatch):
     assert initialize("off", "127.0.0.1:1", 2, 0) is False
     with pytest.raises(ValueError, match="distributed must be one of"):
         initialize("maybe")
+
+
+def test_process_flags_are_checked_before_jax_distributed_sees_them():
+    """jax.distributed would raise from deep inside (or wait for a coordinator that never comes)."""
+    with pytest.raises(ValueError, match=r"--num_processes=0: expected a positive number of processes"):
+        initialize("auto", None, 0, None)
+    with pytest.raises(ValueError, match=r"--process_id=5: expected 0\.\.1 \(one per process\)"):
+        initialize("auto", "127.0.0.1:1234", 2, 5)
+    with pytest.raises(ValueError, match=r"--coordinator_address is needed with --num_processes > 1"):
+        initialize("auto", None, 2, 1)

@@ -31,6 +31,12 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None, num_p
     if mode not in MODES:
         raise ValueError(f"distributed must be one of {MODES}; got {mode!r}")
     explicit = coordinator_address is not None or num_processes is not None or process_id is not None
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"--num_processes={num_processes}: expected a positive number of processes")
+    if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
+        raise ValueError(f"--process_id={process_id}: expected 0..{(num_processes or 1) - 1} (one per process)")
+    if mode != "off" and (num_processes or 1) > 1 and not coordinator_address and not cluster_detected():
+        raise ValueError("--coordinator_address is needed with --num_processes > 1 (host:port of process 0)")
     if mode == "off" or (mode == "auto" and not explicit and not cluster_detected()):
         return False
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,

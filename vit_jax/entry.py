@@ -59,8 +59,11 @@ def start_process(config: ConfigDict) -> None:
     if config.get("keep_host_memory", True):
         share_main_arena()
     apply_xla_flags(config.xla_flags, config.model.get("dtype"))
-    initialize(flags.FLAGS.distributed, flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
-               flags.FLAGS.process_id)
+    try:
+        initialize(flags.FLAGS.distributed, flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                   flags.FLAGS.process_id)
+    except ValueError as error:  # the process flags, checked before jax.distributed sees them
+        raise InputError(str(error)) from None
 
 
 def fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
