@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from flax import traverse_util
 from ml_collections import ConfigDict
 
 from vit_jax.checkpoint.adapt import ADAPTATION_CHOICES, UnknownChoiceError, check_adaptation_choices
@@ -65,7 +66,8 @@ def check_resume(config: ConfigDict, saved: ConfigDict, latest_step: int, workdi
     if config.num_steps < latest_step:
         raise field_error("num_steps", config.num_steps, f"the run in {workdir} is at step {latest_step} already; "
                                                          f"it resumes to a later step, or start a new workdir")
-    now, before = (_flat(json.loads(c.to_json_best_effort())) for c in (config, saved))
+    now, before = (traverse_util.flatten_dict(json.loads(c.to_json_best_effort()), keep_empty_nodes=True, sep=".")
+                   for c in (config, saved))
     allowed = lambda key: any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)
     differ = [k for k in sorted(now) if k in before and now[k] != before[k] and not allowed(k)]  # fields added
     if differ:  # by a newer vit_jax are not in an older run's config.json: nothing to compare them with
@@ -74,13 +76,6 @@ def check_resume(config: ConfigDict, saved: ConfigDict, latest_step: int, workdi
         raise ConfigError(f"--workdir {workdir} holds a run (step {latest_step}) of another config: {listed}{more}; "
                           f"resume it with its own config (only how long it runs, what it logs and how it computes "
                           f"may change) or start a new workdir")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"model.hidden_size": 64, ...}`: a JSON config's leaves by their dotted paths."""
-    if not isinstance(tree, dict) or not tree:
-        return {prefix: tree}
-    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
 
 
 def field_error(field: str, value: Any, problem: str, allowed: Any = None) -> ConfigError:
