@@ -20,8 +20,10 @@ MODULES = ("vision_transformer", "eva")  # timm's VisionTransformer and Eva clas
 
 
 def canonical(key: str, value: Any, timm: Any) -> Any:
-    """A JSON value: the activation as 'gelu' / 'gelu_tanh' / 'quick_gelu' / its class name, the norm as its
-    epsilon, other classes by name."""
+    """A JSON value: the activation as 'gelu' / 'gelu_tanh' / 'quick_gelu' / its class name, a norm as its class,
+    epsilon and bias, a `functools.partial` as its function's name and keywords, other classes by name."""
+    import functools
+
     import torch
 
     if key == "act_layer":
@@ -30,11 +32,13 @@ def canonical(key: str, value: Any, timm: Any) -> Any:
             return "gelu_tanh" if act.approximate == "tanh" else "gelu"
         return {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu", "GELU": "gelu"}.get(type(act).__name__,
                                                                                          type(act).__name__)
-    if key == "norm_layer":
+    if key.endswith("norm_layer") and value is not None and not isinstance(value, str):
         norm = timm.layers.get_norm_layer(value)(8)
         return {"name": type(norm).__name__, "eps": float(norm.eps), "bias": getattr(norm, "bias", None) is not None}
     if isinstance(value, str | int | float | bool) or value is None:
         return value
+    if isinstance(value, functools.partial):  # e.g. SwiGLUPacked: {"name": "GluMlp", "gate_last": false, ...}
+        return {"name": value.func.__name__, **{k: canonical(k, v, timm) for k, v in sorted(value.keywords.items())}}
     if isinstance(value, list | tuple):
         return [canonical(key, v, timm) for v in value]
     return getattr(value, "__name__", type(value).__name__)

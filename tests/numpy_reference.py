@@ -54,7 +54,13 @@ def attention(queries: np.ndarray, keys_values: np.ndarray, p: Params) -> np.nda
 
 
 def mlp(x: np.ndarray, p: Params, gelu_approximate: bool) -> np.ndarray:
-    h = gelu(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], gelu_approximate)
+    """GELU MLP, or SwiGLU where `p` has a `Gate`: `silu(x Gate) * (x Dense_0)` (Shazeer 2020, eq. 6)."""
+    h = x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+    if "Gate" in p:
+        g = x @ p["Gate"]["kernel"] + p["Gate"]["bias"]
+        h = g / (1.0 + np.exp(-g)) * h
+    else:
+        h = gelu(h, gelu_approximate)
     return h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
 
 

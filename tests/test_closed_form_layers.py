@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from vit_jax.models.activations import gelu, quick_gelu
+from vit_jax.models.activations import gelu, quick_gelu, silu
 from vit_jax.models.layer_norm import LayerNorm, layer_norm
 from vit_jax.models.softmax import softmax
 
@@ -72,12 +72,13 @@ def test_gelu_values_and_gradients(rng, approximate):
                                                                  approximate), rtol=8e-3, atol=1e-6)
 
 
-def test_quick_gelu_values_and_gradients(rng):
+@pytest.mark.parametrize("ours, beta", [(quick_gelu, 1.702), (silu, 1.0)])
+def test_quick_gelu_and_silu_values_and_gradients(rng, ours, beta):
     x = jnp.asarray(rng.standard_normal(500) * 3, jnp.float32)
     x64 = np.asarray(x, np.float64)
-    np.testing.assert_allclose(quick_gelu(x), x64 * scipy.special.expit(1.702 * x64), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours(x), x64 * scipy.special.expit(beta * x64), rtol=1e-5, atol=1e-6)
     cotangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
-    _, (got, want) = _vjp_pair(quick_gelu, lambda x: x * jax.nn.sigmoid(1.702 * x), (x,), cotangent)
+    _, (got, want) = _vjp_pair(ours, lambda x: x * jax.nn.sigmoid(beta * x), (x,), cotangent)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
 
 
@@ -106,6 +107,7 @@ CLOSED_FORMS = {  # (ours, the plain formula), functions of (x, scale, bias)
     "gelu_tanh": (lambda x, s, b: gelu(x, True), lambda x, s, b: jax.nn.gelu(x, True)),
     "gelu_erf": (lambda x, s, b: gelu(x, False), lambda x, s, b: jax.nn.gelu(x, False)),
     "quick_gelu": (lambda x, s, b: quick_gelu(x), lambda x, s, b: x * jax.nn.sigmoid(1.702 * x)),
+    "silu": (lambda x, s, b: silu(x), lambda x, s, b: jax.nn.silu(x)),
     "softmax": (lambda x, s, b: softmax(x), lambda x, s, b: jax.nn.softmax(x, axis=-1)),
     "layer_norm": (lambda x, s, b: layer_norm(x, s, b, 1e-6, jnp.float32), _plain_layer_norm),
 }

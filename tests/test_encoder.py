@@ -24,11 +24,14 @@ def tokens(rng, batch: int = 2) -> np.ndarray:
     return rng.standard_normal((batch, 7, 16)).astype(np.float32)
 
 
-@pytest.mark.parametrize("gelu_approximate", [True, False])
-def test_block_is_pre_layernorm_attention_and_mlp(gelu_approximate, rng):
+@pytest.mark.parametrize("gelu_approximate, gated_mlp", [(True, False), (False, False), (True, True)])
+def test_block_is_pre_layernorm_attention_and_mlp(gelu_approximate, gated_mlp, rng):
     x = tokens(rng)
-    block = Encoder1DBlock(EncoderOptions(num_layers=1, **TINY, gelu_approximate=gelu_approximate))
+    block = Encoder1DBlock(EncoderOptions(num_layers=1, **TINY, gelu_approximate=gelu_approximate,
+                                          gated_mlp=gated_mlp))
     params = perturbed(block.init(jax.random.key(0), x, 0.0, True)["params"])
+    assert ("Gate" in params["MlpBlock_0"]) == gated_mlp
+    assert params["MlpBlock_0"]["Dense_0"]["kernel"].shape == (16, TINY["mlp_dim"])
     out, _ = block.apply({"params": params}, x, 0.0, True)
     np.testing.assert_allclose(out, encoder_block(x, params, gelu_approximate), atol=1e-4, rtol=1e-4)
 

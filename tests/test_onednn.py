@@ -73,6 +73,7 @@ EPILOGUES = {  # float64 references
     "gelu_erf": lambda h: h * 0.5 * (1.0 + special.erf(h / np.sqrt(2.0))),
     "gelu_tanh": lambda h: 0.5 * h * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (h + 0.044715 * h**3))),
     "quick_gelu": lambda h: h * special.expit(1.702 * h),
+    "silu": lambda h: h * special.expit(h),
 }
 
 

@@ -53,6 +53,10 @@ FAMILIES = {
                     num_registers=4, qkv_bias=False, layer_norm_epsilon=1e-5, classifier="token")),
     "dinov3_qkvb_avg": ("vit_small_patch16_dinov3_qkvb", dict(img_size=32),
                         dict(qkv_bias=True, classifier="token_gap", fc_norm=False)),
+    # SwiGLU MLPs: DINOv2-g's packed fc1 (SwiGLUPacked, gate first), DINOv3 S+'s fc1_g / fc1_x (Eva's SwiGLU)
+    "dinov2_giant_swiglu": ("vit_giant_patch14_dinov2", dict(img_size=28), dict(gated_mlp=True, mlp_dim=85)),
+    "dinov3_splus_swiglu": ("vit_small_plus_patch16_dinov3", dict(img_size=32, global_pool="token"),
+                            dict(gated_mlp=True, mlp_dim=128, num_registers=4)),
     # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
     "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
@@ -140,16 +144,17 @@ def test_an_export_loads_strictly_in_timm_and_reads_back_the_same(saved, family,
                                np.asarray(first.model.apply({"params": first.params}, x, train=False)), atol=1e-5)
 
 
-def test_a_vit_jax_model_with_registers_pre_norm_and_no_patch_bias_exports_exactly(tmp_path):
+@pytest.mark.parametrize("mlp", [dict(), dict(gated_mlp=True)])
+def test_a_vit_jax_model_with_registers_pre_norm_and_no_patch_bias_exports_exactly(tmp_path, mlp):
     """vit_jax layouts timm lacks go through identities: registers get zero position rows, a patch bias before a
-    pre-norm moves into the table, a tanh GELU is timm's `gelu_tanh`; grayscale and [-1, 1] inputs are timm's
-    `in_chans=1` and mean = std = 0.5."""
+    pre-norm moves into the table, a tanh GELU is timm's `gelu_tanh` (a SwiGLU MLP: DINOv2-g's SwiGLUPacked);
+    grayscale and [-1, 1] inputs are timm's `in_chans=1` and mean = std = 0.5."""
     timm = import_timm()
     import torch
     from safetensors.numpy import save_file
 
     model = VisionTransformer(num_classes=3, patch_size=(4, 4), hidden_size=32, num_layers=1, mlp_dim=64,
-                              num_heads=2, num_registers=2, pre_norm=True, layer_scale=0.1, posemb_grid=(4, 4))
+                              num_heads=2, num_registers=2, pre_norm=True, layer_scale=0.1, posemb_grid=(4, 4), **mlp)
     x = images((16, 16))[..., :1]
     params = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(0).standard_normal(a.shape).astype(np.float32),
                           model.init(jax.random.key(0), x, train=False)["params"])
@@ -265,7 +270,9 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
 @pytest.mark.parametrize("name, kwargs, config, reason", [
     ("deit_tiny_distilled_patch16_224", dict(img_size=32), False, "DeiT's distillation token"),
     ("vit_base_patch16_224", dict(img_size=32, qk_norm=True), False, "query/key normalisation"),
-    ("vit_small_plus_patch16_dinov3", dict(img_size=32), True, "a SwiGLU MLP"),
+    ("eva02_tiny_patch14_224", dict(img_size=28, scale_mlp=True), True, "a normalisation inside the MLP"),
+    ("vit_giant_patch14_dinov2", dict(img_size=28), False, "a gated MLP .mlp.fc1 has 170 outputs, mlp.fc2 85 "
+                                                           "inputs. whose gating this model's arguments do not say"),
     ("vit_small_patch16_dinov3", dict(img_size=32), False, "no position table and Eva tensors .'blocks.0.gamma_1'.,"
                                                            " so a rotary encoding whose conventions are not in the"),
     ("vit_medium_patch16_rope_reg1_gap_256", dict(img_size=32), True, "other than the naver RoPE-ViTs and DINOv3"),

@@ -44,7 +44,9 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     for option, refused in refuse.items():
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's VisionTransformer has no counterpart")
-    if int(model.hidden_size * (model.mlp_dim / model.hidden_size)) != model.mlp_dim:  # timm's rule for the width
+    # timm's fc1 width: a VisionTransformer's SwiGLUPacked counts the gate's half in mlp_ratio, Eva's swiglu_mlp not
+    hidden = 2 * model.mlp_dim if model.gated_mlp and not is_rope(model.posemb) else model.mlp_dim
+    if int(model.hidden_size * (hidden / model.hidden_size)) != hidden:  # timm's rule for the width
         raise ValueError(f"mlp_dim {model.mlp_dim} is not int({model.hidden_size} * mlp_ratio) for a float mlp_ratio")
     if model.layer_norm_epsilon not in (1e-6, 1e-5):
         raise ValueError(f"layer_norm_epsilon={model.layer_norm_epsilon}: timm's ViTs use 1e-6 or (CLIP) 1e-5")
@@ -53,11 +55,12 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
                          f"embed_norm_layer='layernorm' has epsilon 1e-6")
     image_size = tuple(preprocess.image_size)
     token_grid(model, image_size)  # the image size fits the patches
-    activation = "quick_gelu" if model.quick_gelu else "gelu_tanh" if model.gelu_approximate else "gelu"
+    activation = ("silu" if model.gated_mlp else "quick_gelu" if model.quick_gelu else
+                  "gelu_tanh" if model.gelu_approximate else "gelu")
     model_args = dict(
         img_size=list(image_size), patch_size=list(model.patch_size), in_chans=channels,
         num_classes=model.num_classes or 0, global_pool=_POOLS[model.classifier], embed_dim=model.hidden_size,
-        depth=model.num_layers, num_heads=model.num_heads, mlp_ratio=model.mlp_dim / model.hidden_size,
+        depth=model.num_layers, num_heads=model.num_heads, mlp_ratio=hidden / model.hidden_size,
         qkv_bias=model.qkv_bias, init_values=model.layer_scale, class_token=num_prefix_tokens(model.classifier) > 0,
         pos_embed="learn" if model.posemb == "learn" else "none", no_embed_class=False,
         reg_tokens=model.num_registers, pre_norm=model.pre_norm, fc_norm=model.fc_norm, act_layer=activation,
@@ -69,6 +72,8 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
     if is_rope(model.posemb):
         architecture, model_args = _eva(model, model_args)
+    elif model.gated_mlp:
+        architecture = _swiglu_vit(model)
     lo, hi = preprocess.value_range
     mean = np.zeros(channels) if preprocess.mean is None else np.asarray(preprocess.mean, float)
     std = np.ones(channels) if preprocess.std is None else np.asarray(preprocess.std, float)
@@ -83,12 +88,23 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
                 global_pool=model_args["global_pool"], model_args=model_args, pretrained_cfg=pretrained_cfg)
 
 
+def _swiglu_vit(model: VisionTransformer) -> str:
+    """A SwiGLU ViT is DINOv2-g's architecture, the one that sets timm's `mlp_layer=SwiGLUPacked` (a class,
+    which `model_args` cannot carry); `model_args` set everything else."""
+    refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != 1e-6, "classifier": model.classifier == "map"}
+    for option, refused in refuse.items():
+        if refused:
+            raise ValueError(f"{option}={getattr(model, option)!r} with gated_mlp: timm's SwiGLU VisionTransformer "
+                             f"(vit_giant_patch14_dinov2) has no counterpart")
+    return "vit_giant_patch14_dinov2"
+
 
 def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A rotary model is timm's `Eva` (the naver RoPE-ViTs, DINOv3): its architecture and `model_args`."""
     architecture, rope_args = rope_architecture(_rope_options(model))
     epsilon = 1e-5 if "dinov3" in architecture else 1e-6
-    refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != epsilon, "gelu_approximate": model.gelu_approximate,
+    refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != epsilon,
+              "gelu_approximate": model.gelu_approximate and not model.gated_mlp,
               "quick_gelu": model.quick_gelu, "embedding_norm": model.embedding_norm,
               "classifier": model.classifier == "map", "final_norm": not model.final_norm}
     for option, refused in refuse.items():
@@ -96,8 +112,9 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's Eva ({architecture}) has no counterpart")
     keep = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
             "mlp_ratio", "qkv_bias", "init_values", "class_token", "no_embed_class")
+    swiglu = dict(swiglu_mlp=True, swiglu_align_to=0) if model.gated_mlp else {}  # packed fc1 (timm's GluMlp)
     return architecture, dict({k: vit_args[k] for k in keep}, num_reg_tokens=model.num_registers,
-                              use_pre_transformer_norm=model.pre_norm, use_fc_norm=model.fc_norm, **rope_args)
+                              use_pre_transformer_norm=model.pre_norm, use_fc_norm=model.fc_norm, **swiglu, **rope_args)
 
 def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str, np.ndarray]:
     """vit_jax's tree (per-layer blocks) -> timm's state dict, float32 numpy; the inverse of
@@ -186,8 +203,7 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit
     state = {b + "attn.qkv.weight": np.concatenate([q[0], k[0], v[0]]),
              **_heads_out(b + "attn.proj", attention["out"], width),
              **_norm(b + "norm1", block["LayerNorm_0"]), **_norm(b + "norm2", block["LayerNorm_1"]),
-             **_dense(b + "mlp.fc1", block["MlpBlock_0"]["Dense_0"]),
-             **_dense(b + "mlp.fc2", block["MlpBlock_0"]["Dense_1"])}
+             **_mlp_to_timm(block["MlpBlock_0"], b + "mlp.")}
     if q[1] is not None and layout == "eva":
         if np.any(k[1]):  # Eva has none; under RoPE a key bias is not softmax-invariant
             raise ValueError(f"{b}: a non-zero key bias has no place in timm's Eva layout (q_bias, v_bias only)")
@@ -199,6 +215,14 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit
         state[b + names[0]] = block["LayerScale_0"]["scale"]
         state[b + names[1]] = block["LayerScale_1"]["scale"]
     return state
+
+
+def _mlp_to_timm(mlp: dict[str, Any], m: str) -> dict[str, np.ndarray]:
+    """`fc1`, `fc2`; a SwiGLU MLP's gate and value packed into one `fc1`, the gate's half first (timm's GluMlp)."""
+    fc1 = mlp["Dense_0"]
+    if "Gate" in mlp:
+        fc1 = {name: np.concatenate([mlp["Gate"][name], fc1[name]], axis=-1) for name in ("kernel", "bias")}
+    return {**_dense(m + "fc1", fc1), **_dense(m + "fc2", mlp["Dense_1"])}
 
 
 def _map_head_to_timm(head: dict[str, Any], width: int) -> dict[str, np.ndarray]:

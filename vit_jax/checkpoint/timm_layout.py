@@ -11,8 +11,8 @@ A tensor left unread, or needed and missing, is refused: nothing in a checkpoint
 Two timm layouts become vit_jax's by exact identities rather than options: a table without class rows
 (`no_embed_class`, DeiT-III, DINOv2-reg) is a zero class row, because the class token then gets no position;
 and the position rows of register tokens are constants added to constant tokens, so they fold into the registers.
-Families vit_jax cannot run yet are refused with the tensor that says why (DeiT's distillation token, SwiGLU MLPs,
-query/key norms).
+Families vit_jax cannot run yet are refused with the tensor that says why (DeiT's distillation token, query/key
+norms, a norm inside the MLP).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ MAP_HEAD = "MAPHead_0"
 # Tensors (or modules: a prefix of tensors) of families vit_jax does not run (yet), and the one-line reason.
 _REFUSED = {
     "dist_token": "DeiT's distillation token (a second prefix token with its own head)",
-    "blocks.0.mlp.fc1_g.weight": "a SwiGLU MLP",
-    "blocks.0.mlp.w12.weight": "a SwiGLU MLP",
+    "blocks.0.mlp.w12.weight": "a SwiGLU MLP in xformers' fused layout (w12, w3)",
+    "blocks.0.mlp.norm.weight": "a normalisation inside the MLP (scale_mlp: EVA-02's sub-LN)",
     "blocks.0.attn.q_norm.weight": "query/key normalisation (qk_norm)",
     "blocks.0.attn.norm.weight": "a normalisation inside attention (scale_attn_norm)",
     "blocks.0.norm.weight": "a normalisation inside the MLP (scale_mlp_norm)",
@@ -109,16 +109,13 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         found = key if key in state else next((k for k in state if k.startswith(key + ".")), None)
         if found:
             raise ValueError(f"{where}: {reason} (tensor {found!r}) is not supported by vit_jax's ViT")
-    _check_what_tensors_cannot_say(args, name, where)
+    gated = _gated_mlp(state, args, name, where)
+    _check_what_tensors_cannot_say(args, name, where, gated)
     if "blocks.0.gamma_1" in state and "blocks.0.gamma_2" not in state:
         raise ValueError(f"{where}: layer scale on the attention branch only (attn_only_layer_scale) is not one of "
                          f"vit_jax's options")
     if "fc_norm.weight" in state and "norm.weight" in state:
         raise ValueError(f"{where}: a final norm both before and after pooling (norm and fc_norm)")
-    fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
-    if fc1 is not None and fc2 is not None and fc1.shape[0] != fc2.shape[1]:
-        raise ValueError(f"{where}: a gated (GLU / SwiGLU) MLP: mlp.fc1 has {fc1.shape[0]} outputs, mlp.fc2 "
-                         f"{fc2.shape[1]} inputs; vit_jax's MLP is not gated")
     if "patch_embed.proj.weight" not in state or not any(f"blocks.0.attn.{p}.weight" in state
                                                           for p in ("qkv", "q_proj")):
         found = ", ".join(sorted(state)[:6])
@@ -142,7 +139,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
     options: dict[str, Any] = dict(
         num_classes=int(state["head.weight"].shape[0]) if "head.weight" in state else None,
         patch_size=(int(ph), int(pw)), hidden_size=int(width), num_layers=depth,
-        mlp_dim=int(state["blocks.0.mlp.fc1.weight"].shape[0]), num_heads=_num_heads(args, int(width), name, where),
+        mlp_dim=int(state["blocks.0.mlp.fc2.weight"].shape[1]), gated_mlp=gated,
+        num_heads=_num_heads(args, int(width), name, where),
         classifier=classifier, gelu_approximate=args.get("act_layer") == "gelu_tanh",
         quick_gelu=_quick_gelu(name, args), layer_norm_epsilon=_layer_norm_epsilon(name, args, where),
         layer_scale=1e-5 if "blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state else None,
@@ -164,6 +162,9 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
                              f"in {ph}x{pw} patches has {patches} (+ {has_cls + registers} prefix tokens)")
         no_embed_class = rows == patches and has_cls + registers > 0
         options["posemb_grid"] = grid
+    if gated and classifier == "map":
+        raise ValueError(f"{where}: an attention-pooling head in a SwiGLU model (timm's head MLP is a plain one with "
+                         f"the model's SiLU); vit_jax's MAP head has a GELU MLP")
     pool_mlp = state.get("attn_pool.mlp.fc1.weight")
     if pool_mlp is not None and pool_mlp.shape[0] != options["mlp_dim"]:
         raise ValueError(f"{where}: an attention-pooling head whose MLP has {pool_mlp.shape[0]} hidden units, the "
@@ -225,24 +226,54 @@ def _architecture_defaults() -> dict[str, dict[str, Any]]:
     return json.loads((Path(__file__).parent / "timm_architectures.json").read_text())
 
 
-def _check_what_tensors_cannot_say(args: Mapping[str, Any], name: str, where: str) -> None:
+def _gated_mlp(state: Mapping[str, np.ndarray], args: Mapping[str, Any], name: str, where: str) -> bool:
+    """Whether the blocks' MLPs are SwiGLU: timm's `SwiGLU` (`fc1_g`, `fc1_x`), or one `fc1` of twice `fc2`'s inputs,
+    the gate's half first (`SwiGLUPacked`, DINOv2-g; Eva's `swiglu_mlp` without alignment). Eva's gate is always
+    SiLU; a VisionTransformer's is its `act_layer`."""
+    model = name or "this model"
+    gate = "SiLU" if args.get("swiglu_mlp") else _activation(args)
+    if "blocks.0.mlp.fc1_g.weight" in state:
+        if gate != "SiLU":
+            raise ValueError(f"{where}: a gated MLP with {gate!r} gates ({model}); vit_jax's gated MLP is SwiGLU")
+        return True
+    fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
+    if fc1 is None or fc2 is None or fc1.shape[0] == fc2.shape[1]:
+        return False
+    layer = args.get("mlp_layer")
+    packed = args.get("swiglu_mlp") or (isinstance(layer, Mapping) and layer.get("name") == "GluMlp"
+                                        and layer.get("gate_last") is False)
+    if not packed or fc1.shape[0] != 2 * fc2.shape[1] or gate != "SiLU":
+        raise ValueError(f"{where}: a gated MLP (mlp.fc1 has {fc1.shape[0]} outputs, mlp.fc2 {fc2.shape[1]} inputs) "
+                         f"whose gating {model}'s arguments do not say is SwiGLU's (timm's SwiGLUPacked, Eva's "
+                         f"swiglu_mlp); put its config.json beside the weights")
+    return True
+
+
+def _activation(args: Mapping[str, Any]) -> str:
+    """`act_layer` as timm_architectures.json names it: SiLU by its class name, as timm's entrypoints pass it,
+    also where a config.json's `model_args` say `silu` / `swish` (timm's names for `get_act_layer`)."""
+    act = args.get("act_layer") or "gelu"
+    return "SiLU" if str(act).lower() in ("silu", "swish") else act
+
+
+def _check_what_tensors_cannot_say(args: Mapping[str, Any], name: str, where: str, gated: bool) -> None:
     """Refuses what leaves no tensor of its own but changes the model: the activation, the block's wiring,
     pooling that includes prefix tokens, the norm's kind."""
     model = name or "this model"
     act = args.get("act_layer") or "gelu"
-    if act not in ("gelu", "gelu_tanh", "quick_gelu"):
-        raise ValueError(f"{where}: the activation {act!r} of {model}; vit_jax's MLP has GELU (exact or tanh) or "
-                         f"QuickGELU")
+    if act not in ("gelu", "gelu_tanh", "quick_gelu") and not (gated and _activation(args) == "SiLU"):
+        raise ValueError(f"{where}: the activation {act!r} of {model}; vit_jax's MLP has GELU (exact or tanh), "
+                         f"QuickGELU, or SwiGLU's SiLU gates")
     if args.get("block_fn") not in (None, "Block"):
         raise ValueError(f"{where}: timm's {args['block_fn']} blocks ({model}); vit_jax's block is the pre-norm "
                          f"residual one (timm's Block)")
     if args.get("pool_include_prefix"):
         raise ValueError(f"{where}: pooling over the prefix tokens too (pool_include_prefix) is not one of vit_jax's "
                          f"classifiers")
-    norm = args.get("norm_layer")
-    if isinstance(norm, Mapping) and (norm.get("name") != "LayerNorm" or not norm.get("bias", True)):
-        raise ValueError(f"{where}: {norm.get('name')}{'' if norm.get('bias', True) else ' without bias'} norms "
-                         f"({model}); vit_jax's are LayerNorms")
+    for norm in (args.get("norm_layer"), args.get("embed_norm_layer")):
+        if isinstance(norm, Mapping) and (norm.get("name") != "LayerNorm" or not norm.get("bias", True)):
+            raise ValueError(f"{where}: {norm.get('name')}{'' if norm.get('bias', True) else ' without bias'} norms "
+                             f"({model}); vit_jax's are LayerNorms")
 
 
 def _layer_norm_epsilon(name: str, args: Mapping[str, Any], where: str) -> float:
@@ -317,7 +348,7 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     heads, width = o["num_heads"], o["hidden_size"]
     encoder: dict[str, Any] = {}
     for i in range(o["num_layers"]):
-        encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, width)
+        encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, o["gated_mlp"])
         if "rope.freqs" in w:  # rope_mixed: (2, depth, heads, pairs), each block's (x, y) frequencies
             encoder[BLOCK.format(i)]["rope_frequencies"] = w["rope.freqs"][:, i]
     if o["final_norm"] and not o["fc_norm"]:
@@ -376,16 +407,29 @@ def heads_out(w: Mapping[str, np.ndarray], name: str, heads: int) -> dict[str, n
     return {"kernel": weight.T.reshape(heads, -1, weight.shape[0]), "bias": w[f"{name}.bias"]}
 
 
-def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, width: int) -> dict[str, Any]:
+def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, gated: bool) -> dict[str, Any]:
     qkv_w, qkv_b = _qkv(w, b + "attn.")
     attention = {name: heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
     attention["out"] = heads_out(w, b + "attn.proj", heads)
     block = {"LayerNorm_0": norm_params(w, b + "norm1"), ATTENTION: attention, "LayerNorm_1": norm_params(w, b + "norm2"),
-             "MlpBlock_0": {"Dense_0": dense_params(w, b + "mlp.fc1"), "Dense_1": dense_params(w, b + "mlp.fc2")}}
+             "MlpBlock_0": _mlp_from_timm(w, b + "mlp.", gated)}
     for j, (timm_name, eva_name) in enumerate((("ls1.gamma", "gamma_1"), ("ls2.gamma", "gamma_2"))):
         if b + timm_name in w or b + eva_name in w:
             block[f"LayerScale_{j}"] = {"scale": w.get(b + timm_name, w.get(b + eva_name))}
     return block
+
+
+def _mlp_from_timm(w: Mapping[str, np.ndarray], m: str, gated: bool) -> dict[str, Any]:
+    """`fc1`, `fc2`; SwiGLU's gate and value from `fc1_g`, `fc1_x`, or a packed `fc1`'s two halves (gate first)."""
+    mlp = {"Dense_1": dense_params(w, m + "fc2")}
+    if m + "fc1_g.weight" in w:
+        return {"Gate": dense_params(w, m + "fc1_g"), "Dense_0": dense_params(w, m + "fc1_x"), **mlp}
+    if not gated:
+        return {"Dense_0": dense_params(w, m + "fc1"), **mlp}
+    kernel, bias = dense_params(w, m + "fc1").values()
+    half = kernel.shape[1] // 2
+    return {"Gate": {"kernel": kernel[:, :half], "bias": bias[:half]},
+            "Dense_0": {"kernel": kernel[:, half:], "bias": bias[half:]}, **mlp}
 
 
 def _qkv(w: Mapping[str, np.ndarray], a: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:

@@ -62,24 +62,30 @@ def _gelu_jvp(approximate: bool, primals: tuple[jax.Array], tangents: tuple[jax.
     return gelu(x, approximate), _gelu_tangent(x, t, approximate)
 
 
-@jax.custom_jvp
-def quick_gelu(x: jax.Array) -> jax.Array:
-    """OpenAI CLIP's GELU approximation, `x * sigmoid(1.702 x)`: its checkpoints were trained with it."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def sigmoid_weighted(x: jax.Array, beta: float) -> jax.Array:
+    """`x * sigmoid(beta x)`: SiLU / swish at `beta=1` (SwiGLU's gate), OpenAI CLIP's QuickGELU at 1.702 (its
+    checkpoints were trained with it)."""
     h = _in_float32(x)
-    return (h * jax.nn.sigmoid(_QUICK * h)).astype(x.dtype)
+    return (h * jax.nn.sigmoid(beta * h)).astype(x.dtype)
 
 
-@functools.partial(jax.checkpoint, prevent_cse=False)
-def _quick_gelu_tangent(x: jax.Array, t: jax.Array) -> jax.Array:
+@functools.partial(jax.checkpoint, prevent_cse=False, static_argnums=(2,))
+def _sigmoid_weighted_tangent(x: jax.Array, t: jax.Array, beta: float) -> jax.Array:
     h = _in_float32(x)
-    s = jax.nn.sigmoid(_QUICK * h)
-    return (_in_float32(t) * (s + _QUICK * h * s * (1.0 - s))).astype(x.dtype)
+    s = jax.nn.sigmoid(beta * h)
+    return (_in_float32(t) * (s + beta * h * s * (1.0 - s))).astype(x.dtype)
 
 
-@quick_gelu.defjvp
-def _quick_gelu_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+@sigmoid_weighted.defjvp
+def _sigmoid_weighted_jvp(beta: float, primals: tuple[jax.Array], tangents: tuple[jax.Array]
+                          ) -> tuple[jax.Array, jax.Array]:
     (x,), (t,) = primals, tangents
-    return quick_gelu(x), _quick_gelu_tangent(x, t)
+    return sigmoid_weighted(x, beta), _sigmoid_weighted_tangent(x, t, beta)
+
+
+quick_gelu = functools.partial(sigmoid_weighted, beta=_QUICK)
+silu = functools.partial(sigmoid_weighted, beta=1.0)
 
 
 # by name: what a dense layer's fused epilogue (`vit_jax.models.mixed_precision.dense_product`) and oneDNN's
@@ -88,6 +94,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_erf": functools.partial(gelu, approximate=False),
     "gelu_tanh": functools.partial(gelu, approximate=True),
     "quick_gelu": quick_gelu,
+    "silu": silu,  # SwiGLU's gate (`vit_jax.models.block.MlpBlock`, gated)
 }
 
 

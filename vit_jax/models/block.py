@@ -1,7 +1,8 @@
 """One encoder block: LayerNorm -> self-attention -> residual; LayerNorm -> MLP -> residual (pre-norm ViT).
 
 Parameter names are vision_transformer's (`LayerNorm_0`, `MultiHeadDotProductAttention_0/{query,key,value,out}`,
-`LayerNorm_1`, `MlpBlock_0/Dense_{0,1}`), plus `LayerScale_{0,1}/scale` when the model has layer scale.
+`LayerNorm_1`, `MlpBlock_0/Dense_{0,1}`), plus `LayerScale_{0,1}/scale` when the model has layer scale and
+`MlpBlock_0/Gate` when its MLP is gated (SwiGLU).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class MlpBlock(nn.Module):
 
     `gelu_approximate=True` is the tanh approximation (flax's default, used by vision_transformer and big_vision);
     `False` is the exact erf GELU of timm/PyTorch. The two differ by at most 4.7e-4 per activation.
+    `gated`: SwiGLU (Shazeer 2020; DINOv2-g, DINOv3 S+/H+/7B, EVA-02), `silu(x Gate) * (x Dense_0)` in place of
+    `gelu(x Dense_0)`: the hidden width `mlp_dim` is the gated product's.
     """
 
     mlp_dim: int
@@ -36,6 +39,7 @@ class MlpBlock(nn.Module):
     dropout_rate: float = 0.0
     gelu_approximate: bool = True
     quick_gelu: bool = False
+    gated: bool = False
     dtype: Any = None
     matmul: str = "xla"  # see vit_jax.models.blas
     activation_sharding: ActivationSharding | None = None
@@ -56,7 +60,10 @@ class MlpBlock(nn.Module):
             return layer if activation is None else lambda x: ACTIVATIONS[activation](layer(x))
 
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
-        x = dense(self.mlp_dim, "Dense_0", activation_name(self.gelu_approximate, self.quick_gelu))(x)
+        if self.gated:
+            x = dense(self.mlp_dim, "Gate", "silu")(x) * dense(self.mlp_dim, "Dense_0")(x)
+        else:
+            x = dense(self.mlp_dim, "Dense_0", activation_name(self.gelu_approximate, self.quick_gelu))(x)
         x = constrain_hidden(x, self.activation_sharding)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         if residual is not None and (deterministic or self.dropout_rate == 0) and dot_general is mixed_dot_general:
@@ -136,6 +143,7 @@ class Encoder1DBlock(nn.Module):
             dropout_rate=o.dropout_rate,
             gelu_approximate=o.gelu_approximate,
             quick_gelu=o.quick_gelu,
+            gated=o.gated_mlp,
             dtype=o.dtype,
             matmul=o.matmul,
             activation_sharding=o.activation_sharding,

@@ -31,6 +31,9 @@ class EncoderOptions:
       stochastic_depth: the drop-path rate of the last block, rising linearly from 0 at the first.
       gelu_approximate: tanh GELU (vision_transformer, big_vision) or exact erf GELU (timm, PyTorch).
       quick_gelu: the MLPs use OpenAI CLIP's QuickGELU, `x * sigmoid(1.702 x)`, instead of a GELU.
+      gated_mlp: the blocks' MLPs are SwiGLU (Shazeer 2020): `silu(x Gate) * (x Dense_0)`, then `Dense_1`, with
+        `mlp_dim` the gated width (DINOv2-g, DINOv3 S+/H+/7B, EVA-02, AIMv2; timm's `SwiGLU`, `SwiGLUPacked`); a
+        MAP head's MLP stays a GELU one.
       layer_norm_epsilon: every LayerNorm's epsilon (1e-6 as vision_transformer and timm; CLIP's is 1e-5).
       layer_scale: LayerScale (CaiT, DeiT-III, DINOv2/v3): each residual branch is multiplied channel-wise by a
         learned `LayerScale_{0,1}/scale` `(D,)` initialised to this value; None: no layer scale.
@@ -84,6 +87,7 @@ class EncoderOptions:
     stochastic_depth: float = 0.0
     gelu_approximate: bool = True
     quick_gelu: bool = False
+    gated_mlp: bool = False
     layer_norm_epsilon: float = 1e-6
     layer_scale: float | None = None
     pre_norm: bool = False
@@ -137,6 +141,9 @@ def check_encoder_options(options: EncoderOptions) -> None:
     if options.layer_scale is not None and not isinstance(options.layer_scale, float | int):
         raise ValueError(f"layer_scale must be a number (LayerScale's initial value) or None; got "
                          f"{options.layer_scale!r}")
+    if options.gated_mlp and options.quick_gelu:
+        raise ValueError("gated_mlp's MLP gates with SiLU; quick_gelu names another activation for it: set at most "
+                         "one")
     if options.fc_norm and not options.final_norm:
         raise ValueError("fc_norm is where the final norm goes; final_norm=False has none: set at most one")
     if options.posemb_resize not in POSEMB_RESIZE_METHODS:

@@ -107,7 +107,7 @@ def usable() -> bool:
 
 _DNNL_TYPES = {"bfloat16": 2, "float32": 3}  # oneDNN's dnnl_data_type_t
 # the activations oneDNN applies after the bias (onednn_matmul.cc's codes; `vit_jax.models.activations` names them)
-ACTIVATIONS = {None: 0, "gelu_erf": 1, "gelu_tanh": 2, "quick_gelu": 3}
+ACTIVATIONS = {None: 0, "gelu_erf": 1, "gelu_tanh": 2, "quick_gelu": 3, "silu": 4}
 _FAST = ("brg", "gemm:jit", "jit")  # kernel names oneDNN gives its optimised implementations
 # bf16 products: brgemm only, the kernels of processors with bf16 instructions (AVX512-BF16, AMX). Without them
 # oneDNN emulates bf16 in `gemm:jit:bf16` at a third of its float32 speed (6304x192x768: 71 vs 213 GFLOP/s with

@@ -105,6 +105,7 @@ bool AppendActivation(dnnl_post_ops_t post_ops, int64_t activation) {
     case 1: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_gelu_erf, 0.f, 0.f));
     case 2: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_gelu_tanh, 0.f, 0.f));
     case 3: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_swish, 1.702f, 0.f));  // quick GELU
+    case 4: return Ok(g_dnnl.post_ops_append_eltwise(post_ops, dnnl_eltwise_swish, 1.f, 0.f));  // SiLU
     default: return false;
   }
 }
@@ -424,7 +425,7 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
   if (bias != nullptr && bias->element_count() != static_cast<size_t>(dims[4])) {
     return ffi::Error::InvalidArgument("vit_jax_matmul: expected a bias of n elements");
   }
-  if (activation < 0 || activation > 3) return ffi::Error::InvalidArgument("vit_jax_matmul: unknown activation");
+  if (activation < 0 || activation > 4) return ffi::Error::InvalidArgument("vit_jax_matmul: unknown activation");
   const int64_t residual_type = residual == nullptr ? dnnl_data_type_undef : DnnlType(residual->element_type());
   if (residual != nullptr && (residual_type == dnnl_data_type_undef ||
                               residual->element_count() != c->element_count())) {
