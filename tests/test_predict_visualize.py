@@ -176,3 +176,15 @@ def test_figures_render_to_rgb_arrays_for_tensorboard(tmp_path):
     from vit_jax.interpret.figures import posemb_similarity_figure
     array = rgb_array(posemb_similarity_figure(np.eye(4).reshape(2, 2, 2, 2)))
     assert array.dtype == np.uint8 and array.shape[2] == 3 and array.shape[0] > 100
+
+
+@pytest.mark.parametrize("source, options, message", [
+    (dict(workdir="nowhere"), dict(variant="B/16", dataset="mnist"), "variant, dataset: not used with a workdir"),
+    (dict(npz="nowhere.npz"), dict(step=3), "step: not used with an .npz file"),
+    (dict(checkpoint="hf-hub:timm/nothing"), dict(image_size=224, value_range=(0.0, 1.0)),
+     "image_size, value_range: not used with a timm checkpoint"),
+])
+def test_options_a_checkpoint_kind_does_not_read_are_refused_before_loading(source, options, message):
+    """predict --workdir=W --variant=B/16 used to ignore the variant silently."""
+    with pytest.raises(ValueError, match=message):
+        load_trained_model(**source, **options)

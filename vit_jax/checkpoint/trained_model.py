@@ -63,14 +63,30 @@ def load_trained_model(checkpoint: str | Path | None = None, *, workdir: str | P
     and `dataset` (class names from its metadata). A timm checkpoint brings its preprocessing (`pretrained_cfg`)."""
     if sum(spec is not None for spec in (checkpoint, workdir, npz)) != 1:
         raise ValueError("give exactly one checkpoint: a workdir, an .npz file or a timm checkpoint")
+    given = dict(step=step, variant=variant, image_size=image_size,
+                 value_range=None if tuple(value_range) == (-1.0, 1.0) else value_range, dataset=dataset,
+                 data_dir=data_dir)
     if checkpoint is not None:
         if is_timm_spec(checkpoint):
+            _refuse_unused("a timm checkpoint", "brings its own architecture and preprocessing", given,
+                           ("dataset", "data_dir"))
             return _from_timm(str(checkpoint), dataset, data_dir)
         path = Path(checkpoint).expanduser()
         workdir, npz = (path, None) if is_workdir(path) else (None, path)
     if workdir is not None:
+        _refuse_unused("a workdir", "brings its own model, preprocessing and dataset (config.json)", given, ("step",))
         return _from_workdir(Path(workdir).expanduser(), step)
+    _refuse_unused("an .npz file", "has no checkpoint steps", given, ("variant", "image_size", "value_range",
+                                                                      "dataset", "data_dir"))
     return _from_npz(npz, variant, image_size, value_range, dataset, data_dir)
+
+
+def _refuse_unused(kind: str, why: str, given: Mapping[str, Any], used: Sequence[str]) -> None:
+    """An option the checkpoint's kind does not read is an error, not silently ignored."""
+    unused = [name for name, value in given.items() if value is not None and name not in used]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not used with {kind}, which {why}; leave "
+                         f"{'it' if len(unused) == 1 else 'them'} out")
 
 
 def _from_timm(spec: str, dataset: str | None, data_dir: str | None) -> TrainedModel:
