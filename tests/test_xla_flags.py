@@ -44,3 +44,14 @@ def test_the_main_job_refuses_a_malformed_flag_before_xla_sees_it(tmp_path):
     assert done.returncode == 2
     assert "config.xla_flags = '-O3'" in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_xla_itself_is_asked_about_values_and_names_it_would_abort_on():
+    """XLA aborts the process on these (a fatal log and the usage of every flag); asked in a child process, its
+    own one-line reason is what the main job reports."""
+    from vit_jax.xla_flags import xla_flags_error
+
+    assert xla_flags_error("--xla_cpu_enable_fast_math=maybe") == (
+        "Couldn't interpret value maybe for flag xla_cpu_enable_fast_math.")
+    assert "Unknown flag in XLA_FLAGS: --xla_no_such_flag=1" in xla_flags_error("--xla_no_such_flag=1")
+    assert xla_flags_error("--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2") is None

@@ -26,7 +26,7 @@ from vit_jax.config_validation import ConfigError, check_xla_flags
 from vit_jax.distributed import MODES, initialize
 from vit_jax.host_memory import share_main_arena
 from vit_jax.train import NonFiniteLossError, Preempted
-from vit_jax.xla_flags import apply_xla_flags
+from vit_jax.xla_flags import apply_xla_flags, xla_flags_error
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
@@ -58,7 +58,9 @@ def start_process(config: ConfigDict) -> None:
     check_xla_flags(config)
     if config.get("keep_host_memory", True):
         share_main_arena()
-    apply_xla_flags(config.xla_flags, config.model.get("dtype"))
+    applied = apply_xla_flags(config.xla_flags, config.model.get("dtype"))
+    if config.xla_flags not in ("auto", "") and (problem := xla_flags_error(applied)):
+        raise ConfigError(f"config.xla_flags = {config.xla_flags!r}: XLA refuses XLA_FLAGS={applied!r}: {problem}")
     try:
         initialize(flags.FLAGS.distributed, flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                    flags.FLAGS.process_id)

@@ -17,6 +17,9 @@ Small models differ: the digits model's step is 36 ms with YNNPACK and 41 ms wit
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 
 from vit_jax.native import onednn
 
@@ -48,3 +51,16 @@ def apply_xla_flags(setting: str, dtype: str | None) -> str:
     if os.environ.get("VIT_JAX_XLA_DEFAULTS", "1") != "0":
         os.environ["XLA_FLAGS"] = with_defaults(os.environ.get("XLA_FLAGS", ""), flags)
     return os.environ.get("XLA_FLAGS", "")
+
+
+def xla_flags_error(flags: str) -> str | None:
+    """What XLA's own parser says against `flags` (an unknown flag, a value it cannot interpret), None if it takes
+    them: asked in a child process, because XLA aborts the process that parses a bad flag (~0.7 s)."""
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.splitlines()
+    said = [m.group(1) for line in lines if (m := re.search(r"\] (Couldn't interpret .*|Unknown flags? in XLA_FLAGS.*)", line))]
+    return (said or [line for line in lines if line.strip()][-1:] or [f"exit status {done.returncode}"])[0]
