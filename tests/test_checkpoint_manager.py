@@ -81,6 +81,17 @@ def test_a_save_cut_short_is_never_picked_up(tmp_path):
                                                   r"short, remove that directory to start from the step before"):
         TrainCheckpoints(tmp_path).restore(6)
 
+    # array data overwritten (orbax raises a plain Exception with TensorStore's whole spec): the same one error
+    reopened.save(7, {"step": jnp.array(7), "params": {"w": jnp.asarray(np.random.default_rng(0).standard_normal(
+        (64, 128)), jnp.float32)}})
+    reopened.wait()
+    chunk = max((tmp_path / "7" / "state").rglob("d/*"), key=lambda path: path.stat().st_size)  # the array's data
+    chunk.write_bytes(np.random.default_rng(1).bytes(chunk.stat().st_size))
+    with pytest.raises(CheckpointReadError, match=r"/7: cannot be restored \(Exception: Encountered error while "
+                                                  r"reading array index: .*\)\.\); if a copy") as error:
+        TrainCheckpoints(tmp_path).restore(7)
+    assert "TensorStore" not in str(error.value)
+
 
 def test_a_saved_position_comes_back_and_decides_where_a_resumed_stream_starts(tmp_path):
     checkpoints = TrainCheckpoints(tmp_path)

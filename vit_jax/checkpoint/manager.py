@@ -10,6 +10,7 @@ temporary directory is removed when the manager opens. Kept: the last `keep` ste
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,19 @@ def state_handler() -> ocp.StandardCheckpointHandler:
 
 class CheckpointReadError(ValueError):
     """A checkpoint step that cannot be restored (incomplete, corrupt, or of another state's layout)."""
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed restore, TensorStore's other reads still complete on its threads, into orbax's already closed
+    event loop ("Event loop is closed") or as never-awaited read errors; each would print a traceback around the
+    one-line error that says it all. Those two are dropped from then on; anything else still prints."""
+    def noise(error: BaseException | None) -> bool:
+        return (isinstance(error, RuntimeError) and "Event loop is closed" in str(error)) or (
+            type(error) is Exception and str(error).startswith("Encountered error while reading array"))
+
+    previous_excepthook, previous_unraisablehook = sys.excepthook, sys.unraisablehook
+    sys.excepthook = lambda kind, error, trace: None if noise(error) else previous_excepthook(kind, error, trace)
+    sys.unraisablehook = lambda unraisable: None if noise(unraisable.exc_value) else previous_unraisablehook(unraisable)
 
 
 class TrainCheckpoints:
@@ -117,8 +131,9 @@ class TrainCheckpoints:
             if data_iterator is not None:
                 items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
             return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
-        except (KeyError, ValueError, TypeError, OSError, RuntimeError) as error:
-            first = (str(error).strip().splitlines() or [""])[0][:300]
+        except Exception as error:  # noqa: BLE001 (orbax raises plain Exceptions for unreadable arrays)
+            _quiet_closed_loop_callbacks()
+            first = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0][:300]
             raise CheckpointReadError(f"{self.directory / str(step)}: cannot be restored ({type(error).__name__}: "
                                       f"{first}); if a copy or save of it was cut short, remove that directory to "
                                       f"start from the step before") from None
