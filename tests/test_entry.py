@@ -66,6 +66,10 @@ CASES = {
         "main", lambda tmp, data: ["--config=" + str(config_file(tmp, "raise RuntimeError('boom')")),
                                    f"--workdir={tmp / 'run'}"],
         r"error: --config=.*/bad_config.py: .*RuntimeError: boom"),
+    "config_returns_none": (  # a missing return: ml-collections calls it an unknown field or a missing --config
+        "main", lambda tmp, data: ["--config=" + str(config_file(tmp, "pass")), f"--workdir={tmp / 'run'}",
+                                   "--config.num_steps=3"],
+        r"error: --config=.*/bad_config.py: get_config returned None \(a missing return\?\)"),
     "finetune_without_init": (
         "main", lambda tmp, data: ["--config=configs/finetune.py:variant=Ti/4,res=16", f"--workdir={tmp / 'run'}"],
         r"error: --config=configs/finetune.py:variant=Ti/4,res=16: .*init= is missing"),

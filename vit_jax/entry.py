@@ -87,9 +87,11 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         if config is not None and not isinstance(config, ConfigDict):  # ml-collections reports load errors lazily
             config.keys()
     except flags.Error as error:  # ml-collections puts the config file's own traceback in the message: its last line
+        _fail_if_none(config_file, error)
         lines = [line for line in str(error).removeprefix("flag ").splitlines() if line.strip()]
         fail(lines[0] + (f" {lines[-1].strip()}" if len(lines) > 1 and "Traceback" in str(error) else ""))
     except (AttributeError, KeyError) as error:  # ml-collections looking up a `--config.` field that does not exist
+        _fail_if_none(config_file, error)
         name = str(error).strip("'\"")
         named = [arg for arg in argv if arg.startswith("--config.") and name in arg.partition("=")[0].split(".")]
         fail(f"{named[0] if named else name}: unknown config field {name!r}; expected a field of the config "
@@ -102,6 +104,13 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         fail(f"--config={config_file}: get_config returned {type(config).__name__}; expected an ml_collections "
              f"ConfigDict")
     return rest
+
+
+def _fail_if_none(config_file: str | None, error: Exception) -> None:
+    """ml-collections' words for a `get_config` that returned None (a missing `return`), as vit_jax's."""
+    if config_file is not None and ("other than None" in str(error) or "<class 'NoneType'>" in str(error)):
+        fail(f"--config={config_file}: get_config returned None (a missing return?); expected an ml_collections "
+             f"ConfigDict")
 
 
 def dashes_as_underscores(argv: Sequence[str], names: set[str]) -> list[str]:
