@@ -57,6 +57,11 @@ FAMILIES = {
     "dinov2_giant_swiglu": ("vit_giant_patch14_dinov2", dict(img_size=28), dict(gated_mlp=True, mlp_dim=85)),
     "dinov3_splus_swiglu": ("vit_small_plus_patch16_dinov3", dict(img_size=32, global_pool="token"),
                             dict(gated_mlp=True, mlp_dim=128, num_registers=4)),
+    # EVA-02 (CLIP's image tower): Eva's cat RoPE interpolated to its ref_feat_shape and an absolute table, SwiGLU
+    # (fc1_g, fc1_x) with a norm inside, a norm inside attention, separate q/k/v projections
+    "eva02": ("eva02_base_patch16_clip_224", dict(img_size=32),
+              dict(posemb="rope_axial", rope_grid=(16, 16), rope_theta=10000.0, rope_axis_order="ij", rope_ape=True,
+                   gated_mlp=True, mlp_norm=True, attention_norm=True, classifier="token")),
     # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
     "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
@@ -107,7 +112,7 @@ def test_each_family_loads_with_its_options_and_gives_timms_logits(saved, family
 
 
 @pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip", "siglip", "registers_with_positions",
-                                    "rope_axial", "dinov3"])
+                                    "rope_axial", "dinov3", "eva02"])
 def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits(saved, family):
     """timm resamples its table (bicubic, antialiased) when `dynamic_img_size=True`; fine-tuning resizes ours the
     same way (`init.posemb_method=bicubic`, antialiased), which configs/finetune.py picks for timm checkpoints."""
@@ -270,17 +275,15 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
 @pytest.mark.parametrize("name, kwargs, config, reason", [
     ("deit_tiny_distilled_patch16_224", dict(img_size=32), False, "DeiT's distillation token"),
     ("vit_base_patch16_224", dict(img_size=32, qk_norm=True), False, "query/key normalisation"),
-    ("eva02_tiny_patch14_224", dict(img_size=28, scale_mlp=True), True, "a normalisation inside the MLP"),
     ("vit_giant_patch14_dinov2", dict(img_size=28), False, "a gated MLP .mlp.fc1 has 170 outputs, mlp.fc2 85 "
                                                            "inputs. whose gating this model's arguments do not say"),
     ("vit_small_patch16_dinov3", dict(img_size=32), False, "no position table and Eva tensors .'blocks.0.gamma_1'.,"
                                                            " so a rotary encoding whose conventions are not in the"),
-    ("vit_medium_patch16_rope_reg1_gap_256", dict(img_size=32), True, "other than the naver RoPE-ViTs and DINOv3"),
     # what no tensor of its own says, from the architecture's arguments or the config's model_args
     ("vit_base_patch16_rpn_224", dict(img_size=32), True, "timm's ResPostBlock blocks"),
     ("vit_base_patch16_224", dict(img_size=32, act_layer="silu"), True, "the activation 'silu'"),
     ("test_vit3", dict(img_size=32), True, r"pooling over the prefix tokens too \(pool_include_prefix\)"),
-    ("vit_pe_core_tiny_patch16_384", dict(img_size=32), True, "a rotary model of timm's Eva class other than"),
+    ("vit_pe_core_tiny_patch16_384", dict(img_size=32), True, "rope_grid_offset 1.0 in vit_pe_core_tiny_patch16_384"),
     # tensors vit_jax would leave unread or needs and does not find
     ("cait_xxs24_224", dict(img_size=32), True, r"tensors vit_jax's ViT has no place for \(blocks.N.attn.proj_l"),
     ("vit_relpos_small_patch16_224", dict(img_size=32), True, "tensors vit_jax's ViT has no place for"),

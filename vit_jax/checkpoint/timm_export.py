@@ -67,6 +67,10 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     )
     if model.embedding_norm:
         model_args["embed_norm_layer"] = "layernorm"
+    if model.mlp_norm:
+        model_args["scale_mlp_norm"] = True
+    if model.attention_norm:
+        model_args["scale_attn_norm"] = True
     if not model.final_norm:  # only then: older timm versions do not know the argument
         model_args["final_norm"] = False
     architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
@@ -112,9 +116,10 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's Eva ({architecture}) has no counterpart")
     keep = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
             "mlp_ratio", "qkv_bias", "init_values", "class_token", "no_embed_class")
-    swiglu = dict(swiglu_mlp=True, swiglu_align_to=0) if model.gated_mlp else {}  # packed fc1 (timm's GluMlp)
+    swiglu = dict(swiglu_mlp=True, swiglu_align_to=1) if model.gated_mlp else {}  # timm's SwiGLU: fc1_g, fc1_x
     return architecture, dict({k: vit_args[k] for k in keep}, num_reg_tokens=model.num_registers,
-                              use_pre_transformer_norm=model.pre_norm, use_fc_norm=model.fc_norm, **swiglu, **rope_args)
+                              use_pre_transformer_norm=model.pre_norm, use_fc_norm=model.fc_norm,
+                              scale_mlp=model.mlp_norm, scale_attn_inner=model.attention_norm, **swiglu, **rope_args)
 
 def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str, np.ndarray]:
     """vit_jax's tree (per-layer blocks) -> timm's state dict, float32 numpy; the inverse of
@@ -203,13 +208,15 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit
     state = {b + "attn.qkv.weight": np.concatenate([q[0], k[0], v[0]]),
              **_heads_out(b + "attn.proj", attention["out"], width),
              **_norm(b + "norm1", block["LayerNorm_0"]), **_norm(b + "norm2", block["LayerNorm_1"]),
-             **_mlp_to_timm(block["MlpBlock_0"], b + "mlp.")}
+             **_mlp_to_timm(block["MlpBlock_0"], b + "mlp.", packed=layout == "vit")}
     if q[1] is not None and layout == "eva":
         if np.any(k[1]):  # Eva has none; under RoPE a key bias is not softmax-invariant
             raise ValueError(f"{b}: a non-zero key bias has no place in timm's Eva layout (q_bias, v_bias only)")
         state[b + "attn.q_bias"], state[b + "attn.v_bias"] = q[1], v[1]
     elif q[1] is not None:
         state[b + "attn.qkv.bias"] = np.concatenate([q[1], k[1], v[1]])
+    if "LayerNorm_0" in attention:
+        state.update(_norm(b + "attn.norm", attention["LayerNorm_0"]))
     if "LayerScale_0" in block:
         names = ("ls1.gamma", "ls2.gamma") if layout == "vit" else ("gamma_1", "gamma_2")
         state[b + names[0]] = block["LayerScale_0"]["scale"]
@@ -217,12 +224,18 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit
     return state
 
 
-def _mlp_to_timm(mlp: dict[str, Any], m: str) -> dict[str, np.ndarray]:
-    """`fc1`, `fc2`; a SwiGLU MLP's gate and value packed into one `fc1`, the gate's half first (timm's GluMlp)."""
-    fc1 = mlp["Dense_0"]
-    if "Gate" in mlp:
-        fc1 = {name: np.concatenate([mlp["Gate"][name], fc1[name]], axis=-1) for name in ("kernel", "bias")}
-    return {**_dense(m + "fc1", fc1), **_dense(m + "fc2", mlp["Dense_1"])}
+def _mlp_to_timm(mlp: dict[str, Any], m: str, packed: bool) -> dict[str, np.ndarray]:
+    """`fc1`, `fc2` (and `norm` between them); a SwiGLU MLP's gate and value as one packed `fc1`, the gate's half
+    first (timm's GluMlp, for a VisionTransformer), or as `fc1_g`, `fc1_x` (timm's SwiGLU, for an Eva)."""
+    state = _dense(m + "fc2", mlp["Dense_1"])
+    if "LayerNorm_0" in mlp:
+        state.update(_norm(m + "norm", mlp["LayerNorm_0"]))
+    if "Gate" not in mlp:
+        return {**_dense(m + "fc1", mlp["Dense_0"]), **state}
+    if not packed:
+        return {**_dense(m + "fc1_g", mlp["Gate"]), **_dense(m + "fc1_x", mlp["Dense_0"]), **state}
+    fc1 = {name: np.concatenate([mlp["Gate"][name], mlp["Dense_0"][name]], axis=-1) for name in ("kernel", "bias")}
+    return {**_dense(m + "fc1", fc1), **state}
 
 
 def _map_head_to_timm(head: dict[str, Any], width: int) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ Two timm layouts become vit_jax's by exact identities rather than options: a tab
 (`no_embed_class`, DeiT-III, DINOv2-reg) is a zero class row, because the class token then gets no position;
 and the position rows of register tokens are constants added to constant tokens, so they fold into the registers.
 Families vit_jax cannot run yet are refused with the tensor that says why (DeiT's distillation token, query/key
-norms, a norm inside the MLP).
+norms).
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ MAP_HEAD = "MAPHead_0"
 _REFUSED = {
     "dist_token": "DeiT's distillation token (a second prefix token with its own head)",
     "blocks.0.mlp.w12.weight": "a SwiGLU MLP in xformers' fused layout (w12, w3)",
-    "blocks.0.mlp.norm.weight": "a normalisation inside the MLP (scale_mlp: EVA-02's sub-LN)",
     "blocks.0.attn.q_norm.weight": "query/key normalisation (qk_norm)",
-    "blocks.0.attn.norm.weight": "a normalisation inside attention (scale_attn_norm)",
     "blocks.0.norm.weight": "a normalisation inside the MLP (scale_mlp_norm)",
     "attn_pool.pos_embed": "a position table inside the attention-pooling head",
     "patch_embed.backbone": "a hybrid's CNN stem in timm's layout (vit_jax reads hybrids from vision_transformer's "
@@ -140,6 +138,7 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         num_classes=int(state["head.weight"].shape[0]) if "head.weight" in state else None,
         patch_size=(int(ph), int(pw)), hidden_size=int(width), num_layers=depth,
         mlp_dim=int(state["blocks.0.mlp.fc2.weight"].shape[1]), gated_mlp=gated,
+        mlp_norm="blocks.0.mlp.norm.weight" in state, attention_norm="blocks.0.attn.norm.weight" in state,
         num_heads=_num_heads(args, int(width), name, where),
         classifier=classifier, gelu_approximate=args.get("act_layer") == "gelu_tanh",
         quick_gelu=_quick_gelu(name, args), layer_norm_epsilon=_layer_norm_epsilon(name, args, where),
@@ -281,7 +280,8 @@ def _layer_norm_epsilon(name: str, args: Mapping[str, Any], where: str) -> float
     norm = args.get("norm_layer")
     if isinstance(norm, Mapping) and "eps" in norm:
         return float(norm["eps"])
-    return 1e-5 if "_clip_" in name or rope_family(name, args, where) == DINOV3 else 1e-6
+    clip = "_clip_" in name and not name.startswith("eva")  # Eva's LayerNorms have timm's 1e-6 by default
+    return 1e-5 if clip or rope_family(name, args, where) == DINOV3 else 1e-6
 
 
 def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args: Mapping[str, Any], has_cls: bool,
@@ -411,6 +411,8 @@ def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, gated: boo
     qkv_w, qkv_b = _qkv(w, b + "attn.")
     attention = {name: heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
     attention["out"] = heads_out(w, b + "attn.proj", heads)
+    if b + "attn.norm.weight" in w:
+        attention["LayerNorm_0"] = norm_params(w, b + "attn.norm")
     block = {"LayerNorm_0": norm_params(w, b + "norm1"), ATTENTION: attention, "LayerNorm_1": norm_params(w, b + "norm2"),
              "MlpBlock_0": _mlp_from_timm(w, b + "mlp.", gated)}
     for j, (timm_name, eva_name) in enumerate((("ls1.gamma", "gamma_1"), ("ls2.gamma", "gamma_2"))):
@@ -420,8 +422,11 @@ def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, gated: boo
 
 
 def _mlp_from_timm(w: Mapping[str, np.ndarray], m: str, gated: bool) -> dict[str, Any]:
-    """`fc1`, `fc2`; SwiGLU's gate and value from `fc1_g`, `fc1_x`, or a packed `fc1`'s two halves (gate first)."""
+    """`fc1`, `fc2` (and `norm` between them); SwiGLU's gate and value from `fc1_g`, `fc1_x`, or a packed `fc1`'s
+    two halves (gate first)."""
     mlp = {"Dense_1": dense_params(w, m + "fc2")}
+    if m + "norm.weight" in w:
+        mlp["LayerNorm_0"] = norm_params(w, m + "norm")
     if m + "fc1_g.weight" in w:
         return {"Gate": dense_params(w, m + "fc1_g"), "Dense_0": dense_params(w, m + "fc1_x"), **mlp}
     if not gated:

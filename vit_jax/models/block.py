@@ -1,8 +1,9 @@
 """One encoder block: LayerNorm -> self-attention -> residual; LayerNorm -> MLP -> residual (pre-norm ViT).
 
 Parameter names are vision_transformer's (`LayerNorm_0`, `MultiHeadDotProductAttention_0/{query,key,value,out}`,
-`LayerNorm_1`, `MlpBlock_0/Dense_{0,1}`), plus `LayerScale_{0,1}/scale` when the model has layer scale and
-`MlpBlock_0/Gate` when its MLP is gated (SwiGLU).
+`LayerNorm_1`, `MlpBlock_0/Dense_{0,1}`), plus `LayerScale_{0,1}/scale` when the model has layer scale,
+`MlpBlock_0/Gate` when its MLP is gated (SwiGLU), and `MlpBlock_0/LayerNorm_0` and
+`MultiHeadDotProductAttention_0/LayerNorm_0` when the MLP and the attention are normalised inside (sub-LN).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class MlpBlock(nn.Module):
     `gelu_approximate=True` is the tanh approximation (flax's default, used by vision_transformer and big_vision);
     `False` is the exact erf GELU of timm/PyTorch. The two differ by at most 4.7e-4 per activation.
     `gated`: SwiGLU (Shazeer 2020; DINOv2-g, DINOv3 S+/H+/7B, EVA-02), `silu(x Gate) * (x Dense_0)` in place of
-    `gelu(x Dense_0)`: the hidden width `mlp_dim` is the gated product's.
+    `gelu(x Dense_0)`: the hidden width `mlp_dim` is the gated product's. `norm`: a LayerNorm on the hidden
+    units before `Dense_1` (EVA-02's sub-LN, NormFormer; timm's `scale_mlp`).
     """
 
     mlp_dim: int
@@ -40,6 +42,8 @@ class MlpBlock(nn.Module):
     gelu_approximate: bool = True
     quick_gelu: bool = False
     gated: bool = False
+    norm: bool = False
+    layer_norm_epsilon: float = 1e-6
     dtype: Any = None
     matmul: str = "xla"  # see vit_jax.models.blas
     activation_sharding: ActivationSharding | None = None
@@ -66,6 +70,8 @@ class MlpBlock(nn.Module):
             x = dense(self.mlp_dim, "Dense_0", activation_name(self.gelu_approximate, self.quick_gelu))(x)
         x = constrain_hidden(x, self.activation_sharding)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        if self.norm:
+            x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
         if residual is not None and (deterministic or self.dropout_rate == 0) and dot_general is mixed_dot_general:
             return dense(out_dim, "Dense_1")(x, residual)  # no dropout between the layer and the residual
         x = dense(out_dim, "Dense_1")(x)
@@ -129,6 +135,8 @@ class Encoder1DBlock(nn.Module):
             out_dot_general=dot_general,
             attention_fn=attention_fn,
             dropout_rate=o.attention_dropout_rate,
+            inner_norm=o.attention_norm,
+            layer_norm_epsilon=o.layer_norm_epsilon,
         )
         attend = dict(deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
         if direct:
@@ -144,6 +152,8 @@ class Encoder1DBlock(nn.Module):
             gelu_approximate=o.gelu_approximate,
             quick_gelu=o.quick_gelu,
             gated=o.gated_mlp,
+            norm=o.mlp_norm,
+            layer_norm_epsilon=o.layer_norm_epsilon,
             dtype=o.dtype,
             matmul=o.matmul,
             activation_sharding=o.activation_sharding,

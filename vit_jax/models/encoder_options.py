@@ -34,6 +34,10 @@ class EncoderOptions:
       gated_mlp: the blocks' MLPs are SwiGLU (Shazeer 2020): `silu(x Gate) * (x Dense_0)`, then `Dense_1`, with
         `mlp_dim` the gated width (DINOv2-g, DINOv3 S+/H+/7B, EVA-02, AIMv2; timm's `SwiGLU`, `SwiGLUPacked`); a
         MAP head's MLP stays a GELU one.
+      mlp_norm: a LayerNorm `MlpBlock_0/LayerNorm_0` on the MLPs' hidden units before `Dense_1` (EVA-02's sub-LN,
+        NormFormer; timm's `scale_mlp`).
+      attention_norm: a LayerNorm `MultiHeadDotProductAttention_0/LayerNorm_0` on the heads' concatenated outputs
+        before the output projection (EVA-02 CLIP's sub-LN; timm's `scale_attn_inner`).
       layer_norm_epsilon: every LayerNorm's epsilon (1e-6 as vision_transformer and timm; CLIP's is 1e-5).
       layer_scale: LayerScale (CaiT, DeiT-III, DINOv2/v3): each residual branch is multiplied channel-wise by a
         learned `LayerScale_{0,1}/scale` `(D,)` initialised to this value; None: no layer scale.
@@ -88,6 +92,8 @@ class EncoderOptions:
     gelu_approximate: bool = True
     quick_gelu: bool = False
     gated_mlp: bool = False
+    mlp_norm: bool = False
+    attention_norm: bool = False
     layer_norm_epsilon: float = 1e-6
     layer_scale: float | None = None
     pre_norm: bool = False

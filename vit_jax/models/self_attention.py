@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vit_jax.models.layer_norm import LayerNorm
 from vit_jax.models.mixed_precision import (
     MixedDenseGeneral,
     dense_product,
@@ -40,6 +41,8 @@ class MultiHeadDotProductAttention(nn.Module):
       attention_fn: the kernel (`vit_jax.models.attention.attention_function`), flax's signature.
       dropout_rate: dropout on the attention weights (the `einsum` kernel only).
       qkv_dot_general, out_dot_general: the projections' `dot_general` (bf16 operands, f32 accumulation in bf16).
+      inner_norm: a LayerNorm `LayerNorm_0` over the heads' concatenated outputs before `out` (EVA-02 CLIP's
+        sub-LN; timm's `scale_attn_inner`, `scale_attn_norm`), with epsilon `layer_norm_epsilon`.
     """
 
     num_heads: int
@@ -52,6 +55,8 @@ class MultiHeadDotProductAttention(nn.Module):
     out_dot_general: Any = None
     kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    inner_norm: bool = False
+    layer_norm_epsilon: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool, mask: jax.Array | None = None,
@@ -76,6 +81,9 @@ class MultiHeadDotProductAttention(nn.Module):
         if sow_weights:
             kwargs["module"] = self
         y = self.attention_fn(query, key, value, **kwargs)
+        if self.inner_norm:
+            y = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(
+                y.reshape(*y.shape[:-2], qkv_features)).reshape(y.shape)
         out = MixedDenseGeneral if mixed else nn.DenseGeneral
         layer = out(width, axis=(-2, -1), use_bias=True, dot_general=self.out_dot_general, name="out", **common)
         if mixed:
