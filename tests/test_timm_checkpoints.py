@@ -62,6 +62,8 @@ FAMILIES = {
     "eva02": ("eva02_base_patch16_clip_224", dict(img_size=32),
               dict(posemb="rope_axial", rope_grid=(16, 16), rope_theta=10000.0, rope_axis_order="ij", rope_ape=True,
                    gated_mlp=True, mlp_norm=True, attention_norm=True, classifier="token")),
+    # DeiT distilled: a distillation token after the class token, its own head, the two heads' logits averaged
+    "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=32), dict(classifier="token_distilled")),
     # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
     "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
@@ -112,7 +114,7 @@ def test_each_family_loads_with_its_options_and_gives_timms_logits(saved, family
 
 
 @pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip", "siglip", "registers_with_positions",
-                                    "rope_axial", "dinov3", "eva02"])
+                                    "rope_axial", "dinov3", "eva02", "deit_distilled"])
 def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits(saved, family):
     """timm resamples its table (bicubic, antialiased) when `dynamic_img_size=True`; fine-tuning resizes ours the
     same way (`init.posemb_method=bicubic`, antialiased), which configs/finetune.py picks for timm checkpoints."""
@@ -273,7 +275,6 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
 
 
 @pytest.mark.parametrize("name, kwargs, config, reason", [
-    ("deit_tiny_distilled_patch16_224", dict(img_size=32), False, "DeiT's distillation token"),
     ("vit_base_patch16_224", dict(img_size=32, qk_norm=True), False, "query/key normalisation"),
     ("vit_giant_patch14_dinov2", dict(img_size=28), False, "a gated MLP .mlp.fc1 has 170 outputs, mlp.fc2 85 "
                                                            "inputs. whose gating this model's arguments do not say"),

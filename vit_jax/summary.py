@@ -60,8 +60,8 @@ def count_params(tree: Any) -> int:
 
 
 # Top-level modules and encoder children in the order data flows through them; anything else goes last.
-_DATA_FLOW_ORDER = ("embedding", "cls", "Transformer", "posembed_input", "encoderblock", "encoder_norm",
-                    "MAPHead_0", "pre_logits", "head")
+_DATA_FLOW_ORDER = ("embedding", "cls", "dist", "Transformer", "posembed_input", "encoderblock", "encoder_norm",
+                    "MAPHead_0", "fc_norm", "pre_logits", "head", "head_dist")
 
 
 def _data_flow_key(name: str) -> tuple[int, int, str]:
@@ -117,7 +117,7 @@ def format_summary(summary: ModelSummary) -> str:
         label = "  " + module.split("/", 1)[1] if "/" in module else module  # encoder children indented
         lines.append(f"{label:<40}{count:>16,}")
     gh, gw = summary.grid
-    prefix = f" + {summary.num_prefix} class token" if summary.num_prefix else ""
+    prefix = {0: "", 1: " + 1 class token", 2: " + class and distillation tokens"}[summary.num_prefix]
     lines += [
         f"{'total':<40}{summary.total_params:>16,}",
         f"tokens per image: {summary.tokens_per_image} ({gh}x{gw} patch grid = {summary.num_patches} patches{prefix})",

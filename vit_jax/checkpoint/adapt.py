@@ -26,6 +26,7 @@ from vit_jax.models.patching import pi_resize_kernel
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, resize_posemb
 
 HEAD_POLICIES = ("auto", "reinit", "load")
+HEADS = ("head", "head_dist")  # the classifier's heads: DeiT's distilled models have two
 POSEMB_POLICIES = ("resize", "reinit")
 POSEMB = (ENCODER, "posembed_input", "pos_embedding")
 FACTORIZED = ((ENCODER, "posembed_input", "pos_embedding_row"), (ENCODER, "posembed_input", "pos_embedding_col"))
@@ -92,7 +93,7 @@ def plan_adaptation(
     target_flat = _flat_shapes(jax.eval_shape(unstack_encoder_blocks, target) if scanned else target)
     loaded = unstack_encoder_blocks(loaded) if SCANNED_BLOCKS in loaded.get(ENCODER, {}) else loaded
     source = {path: np.asarray(value) for path, value in traverse_util.flatten_dict(dict(loaded)).items()}
-    old_prefix = 1 if ("cls",) in source else 0  # rows of the loaded table before its grid (before dont_load)
+    old_prefix = (("cls",) in source) + (("dist",) in source)  # the loaded table's rows before its grid
     plan: dict[tuple[str, ...], np.ndarray | None] = {}
     notes: list[str] = []
 
@@ -102,7 +103,7 @@ def plan_adaptation(
         notes.append(f"{'/'.join(path)}: {why}")
 
     if head != "load" and not any(p[0] == "head" for p in source):  # a feature extractor (DINOv2, MAE, CLIP...)
-        for path in [p for p in target_flat if p[0] == "head"]:
+        for path in [p for p in target_flat if p[0] in HEADS]:
             from_init(path, "initialised (the checkpoint has no head)")
     patterns = [re.compile(p) for p in dont_load]
     for path in list(source):
@@ -144,7 +145,7 @@ def _flat_shapes(tree: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[tuple[i
 
 
 def _plan_head(source, target_flat, head, from_init, notes) -> None:
-    for name in ("head", "pre_logits"):
+    for name in (*HEADS, "pre_logits"):
         paths = [p for p in list(source) if p[0] == name]
         if not paths:
             continue
@@ -153,14 +154,14 @@ def _plan_head(source, target_flat, head, from_init, notes) -> None:
                 source.pop(path)
             notes.append("pre_logits: dropped (the new model has no representation layer)")
             continue
-        if name != "head" or head == "load":
+        if name not in HEADS or head == "load":
             continue
-        target_kernel = target_flat.get(("head", "kernel"))
-        differs = target_kernel is None or target_kernel[0] != source.get(("head", "kernel"), np.empty(0)).shape
+        target_kernel = target_flat.get((name, "kernel"))
+        differs = target_kernel is None or target_kernel[0] != source.get((name, "kernel"), np.empty(0)).shape
         if target_kernel is None:
             for path in paths:
                 source.pop(path)
-            notes.append("head: dropped (the new model has no head)")
+            notes.append(f"{name}: dropped (the new model has no head)")
         elif head == "reinit" or differs:
             for path in paths:
                 from_init(path, "re-initialised" + (" (another number of classes)" if differs else ""))
@@ -193,7 +194,7 @@ def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, me
         from_init(POSEMB, "re-initialised (posemb='reinit')")
         return
     table, (shape, _) = source[POSEMB], target_flat[POSEMB]
-    new_prefix = 1 if ("cls",) in target_flat else 0
+    new_prefix = (("cls",) in target_flat) + (("dist",) in target_flat)
     rows = table.shape[1] - old_prefix
     old_grid = tuple(old_grid) if old_grid is not None else _square_grid(rows)
     if len(old_grid) == 2 and len(new_grid) == 3 and rows != math.prod(old_grid) and rows % math.prod(old_grid) == 0:

@@ -30,7 +30,8 @@ from vit_jax.models.heads import num_prefix_tokens
 from vit_jax.models.rope import ROPE_KINDS, is_rope
 from vit_jax.models.vit import VisionTransformer, token_grid
 
-_POOLS = {"token": "token", "gap": "avg", "token_gap": "avg", "map": "map", "unpooled": "", "token_unpooled": ""}
+_POOLS = {"token": "token", "gap": "avg", "token_gap": "avg", "map": "map", "unpooled": "", "token_unpooled": "",
+          "token_distilled": "token"}
 
 
 def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int) -> dict[str, Any]:
@@ -74,7 +75,9 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     if not model.final_norm:  # only then: older timm versions do not know the argument
         model_args["final_norm"] = False
     architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
-    if is_rope(model.posemb):
+    if model.classifier == "token_distilled":
+        architecture = _distilled_vit(model)
+    elif is_rope(model.posemb):
         architecture, model_args = _eva(model, model_args)
     elif model.gated_mlp:
         architecture = _swiglu_vit(model)
@@ -90,6 +93,18 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     )
     return dict(architecture=architecture, num_classes=model.num_classes or 0, num_features=model.hidden_size,
                 global_pool=model_args["global_pool"], model_args=model_args, pretrained_cfg=pretrained_cfg)
+
+
+def _distilled_vit(model: VisionTransformer) -> str:
+    """DeiT's distillation token is timm's `VisionTransformerDistilled`, a VisionTransformer with the same
+    arguments; its own table layout has no registers, rotary encodings or SwiGLU."""
+    refuse = {"num_registers": model.num_registers, "posemb": is_rope(model.posemb), "gated_mlp": model.gated_mlp,
+              "layer_norm_epsilon": model.layer_norm_epsilon != 1e-6}
+    for option, refused in refuse.items():
+        if refused:
+            raise ValueError(f"{option}={getattr(model, option)!r} with classifier='token_distilled': timm's "
+                             f"VisionTransformerDistilled (deit_base_distilled_patch16_224) has no counterpart")
+    return "deit_base_distilled_patch16_224"
 
 
 def _swiglu_vit(model: VisionTransformer) -> str:
@@ -149,6 +164,8 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
         state["patch_embed.proj.bias"] = patch_bias
     if prefix:
         state["cls_token"] = p["cls"]
+    if prefix == 2:
+        state["dist_token"] = p["dist"]
     if model.num_registers:
         state["reg_token"] = encoder["registers"]
     if model.pre_norm:
@@ -164,8 +181,9 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
         state.update(_norm("norm", encoder["encoder_norm"]))
     if model.classifier == "map":
         state.update(_map_head_to_timm(p[MAP_HEAD], width))
-    if "head" in p:
-        state.update(_dense("head", p["head"]))
+    for head in ("head", "head_dist"):
+        if head in p:
+            state.update(_dense(head, p[head]))
     return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
 
 

@@ -11,8 +11,8 @@ A tensor left unread, or needed and missing, is refused: nothing in a checkpoint
 Two timm layouts become vit_jax's by exact identities rather than options: a table without class rows
 (`no_embed_class`, DeiT-III, DINOv2-reg) is a zero class row, because the class token then gets no position;
 and the position rows of register tokens are constants added to constant tokens, so they fold into the registers.
-Families vit_jax cannot run yet are refused with the tensor that says why (DeiT's distillation token, query/key
-norms).
+Families vit_jax cannot run yet are refused with the tensor that says why (query/key norms, relative position
+biases, ...).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ ATTENTION = "MultiHeadDotProductAttention_0"
 MAP_HEAD = "MAPHead_0"
 # Tensors (or modules: a prefix of tensors) of families vit_jax does not run (yet), and the one-line reason.
 _REFUSED = {
-    "dist_token": "DeiT's distillation token (a second prefix token with its own head)",
     "blocks.0.mlp.w12.weight": "a SwiGLU MLP in xformers' fused layout (w12, w3)",
     "blocks.0.attn.q_norm.weight": "query/key normalisation (qk_norm)",
     "blocks.0.norm.weight": "a normalisation inside the MLP (scale_mlp_norm)",
@@ -132,6 +131,7 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
     width, channels, ph, pw = state["patch_embed.proj.weight"].shape
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     has_cls = "cls_token" in state
+    prefix = has_cls + ("dist_token" in state)  # DeiT's distillation token follows the class token
     registers = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
     classifier = _classifier(state, config, args, has_cls, where)
     options: dict[str, Any] = dict(
@@ -151,15 +151,15 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         posemb="learn" if "pos_embed" in state else "none",
     )
     options.update(rope)
-    image_size = _image_size(args, pretrained_cfg, state, (int(ph), int(pw)), has_cls + registers, where)
+    image_size = _image_size(args, pretrained_cfg, state, (int(ph), int(pw)), prefix + registers, where)
     grid = (image_size[0] // ph, image_size[1] // pw)
     no_embed_class = False
     if "pos_embed" in state:
         rows, patches = state["pos_embed"].shape[1], grid[0] * grid[1]
-        if rows not in (patches, patches + has_cls + registers):
+        if rows not in (patches, patches + prefix + registers):
             raise ValueError(f"{where}: the position table has {rows} rows; a {image_size[0]}x{image_size[1]} image "
-                             f"in {ph}x{pw} patches has {patches} (+ {has_cls + registers} prefix tokens)")
-        no_embed_class = rows == patches and has_cls + registers > 0
+                             f"in {ph}x{pw} patches has {patches} (+ {prefix + registers} prefix tokens)")
+        no_embed_class = rows == patches and prefix + registers > 0
         options["posemb_grid"] = grid
     if gated and classifier == "map":
         raise ValueError(f"{where}: an attention-pooling head in a SwiGLU model (timm's head MLP is a plain one with "
@@ -286,6 +286,11 @@ def _layer_norm_epsilon(name: str, args: Mapping[str, Any], where: str) -> float
 
 def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args: Mapping[str, Any], has_cls: bool,
                 where: str) -> str:
+    if "dist_token" in state:
+        if not has_cls or args.get("global_pool", "token") != "token" or "reg_token" in state:
+            raise ValueError(f"{where}: a distillation token without a class token, with registers or with "
+                             f"global_pool {args.get('global_pool')!r}; DeiT's reads both tokens (global_pool 'token')")
+        return "token_distilled"
     if "attn_pool.latent" in state:
         if state["attn_pool.latent"].shape[1] != 1:
             raise ValueError(f"{where}: an attention-pooling head with {state['attn_pool.latent'].shape[1]} latent "
@@ -364,6 +369,8 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     prefix = num_prefix_tokens(o["classifier"])
     if prefix:
         params["cls"] = w["cls_token"]
+    if prefix == 2:
+        params["dist"] = w["dist_token"]
     registers = w.get("reg_token")
     if "pos_embed" in w:
         table = w["pos_embed"]
@@ -380,8 +387,9 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
         params["fc_norm"] = norm_params(w, "fc_norm")
     if o["classifier"] == "map":
         params[MAP_HEAD] = _map_head_from_timm(w, heads, width)
-    if "head.weight" in w:
-        params["head"] = {"kernel": w["head.weight"].T, "bias": w["head.bias"]}
+    for head in ("head", "head_dist"):
+        if f"{head}.weight" in w:
+            params[head] = dense_params(w, head)
     return params
 
 

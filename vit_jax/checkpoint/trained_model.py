@@ -192,7 +192,8 @@ def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
         mlp_dim = np.shape(first["MlpBlock_0"]["Dense_0"]["kernel"])[1]
     except (KeyError, IndexError) as error:
         raise ValueError(f"not a ViT parameter tree in vision_transformer's names: missing {error}") from None
-    classifier = "map" if "MAPHead_0" in params else "token" if "cls" in params else "gap"
+    classifier = ("map" if "MAPHead_0" in params else "token_distilled" if "dist" in params
+                  else "token" if "cls" in params else "gap")
     return dict(
         num_classes=_num_classes(params), patch_size=(kernel[0], kernel[1]), hidden_size=kernel[3],
         num_layers=len(blocks), mlp_dim=mlp_dim, num_heads=heads, classifier=classifier,

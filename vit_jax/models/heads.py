@@ -6,6 +6,9 @@
   with `class_token=True`; timm's DINOv3 default).
 - `map`: multi-head attention pooling with a learned probe (big_vision's `MAPHead`, named `MAPHead_0`).
 - `unpooled`: every token (no class token); `token_unpooled`: every token, class token included.
+- `token_distilled`: DeiT's class and distillation tokens (parameters `cls`, `dist`), each read by its own head
+  (`head`, `head_dist`), the two logits averaged: DeiT's inference, and timm's training and fine-tuning unless it
+  distils from a teacher (which vit_jax does not do).
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import jax.numpy as jnp
 from vit_jax.models.block import MlpBlock
 from vit_jax.models.layer_norm import LayerNorm
 
-Classifier = Literal["token", "gap", "token_gap", "map", "unpooled", "token_unpooled"]
-CLASSIFIERS: tuple[str, ...] = ("token", "gap", "token_gap", "map", "unpooled", "token_unpooled")
+Classifier = Literal["token", "gap", "token_gap", "map", "unpooled", "token_unpooled", "token_distilled"]
+CLASSIFIERS: tuple[str, ...] = ("token", "gap", "token_gap", "map", "unpooled", "token_unpooled", "token_distilled")
 
 
 def num_prefix_tokens(classifier: str) -> int:
-    """How many tokens the model prepends to the patch tokens (the class token, or none)."""
+    """How many tokens the model prepends to the patch tokens (the class token, DeiT's distillation token after it,
+    or none)."""
+    if classifier == "token_distilled":
+        return 2
     return 1 if classifier in ("token", "token_gap", "token_unpooled") else 0
 
 
@@ -69,6 +75,8 @@ def pool_tokens(x: jax.Array, classifier: str) -> jax.Array:
         return jnp.mean(x[:, 1:], axis=1)
     if classifier in ("unpooled", "token_unpooled"):
         return x
+    if classifier == "token_distilled":
+        return x[:, :2]
     raise ValueError(f"classifier must be one of {CLASSIFIERS}; got {classifier!r}")
 
 

@@ -7,6 +7,7 @@ The parameter tree has exactly the names of google-research/vision_transformer's
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -63,7 +64,8 @@ class VisionTransformer(nn.Module, EncoderOptions):
       posemb_grid: the grid the learned tables (`learn`, `factorized`) are stored at; inputs with another grid
         (another resolution, or another `patch_size` at call time) get them resized in the forward pass. None: the
         grid of the input the model is initialised with, fixed. (RoPE's counterpart is `rope_grid`.)
-      classifier: `token`, `gap`, `map`, `unpooled` or `token_unpooled` (see `vit_jax.models.heads`).
+      classifier: `token`, `gap`, `token_gap`, `map`, `unpooled`, `token_unpooled` or `token_distilled` (see
+        `vit_jax.models.heads`).
       representation_size: if set, a `pre_logits` Dense of this width + tanh before the head.
       head_bias_init: the head's bias initial value (its kernel starts at zero, as in ViT fine-tuning).
     """
@@ -124,8 +126,10 @@ class VisionTransformer(nn.Module, EncoderOptions):
 
         num_prefix = num_prefix_tokens(self.classifier)
         if num_prefix:
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
-            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
+            prefix = [self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)]
+            if num_prefix == 2:  # DeiT's distillation token, truncated normal(0.02) as DeiT's
+                prefix.append(self.param("dist", nn.initializers.truncated_normal(0.02), (1, 1, d), jnp.float32))
+            x = jnp.concatenate([jnp.tile(t.astype(x.dtype), [b, 1, 1]) for t in prefix] + [x], axis=1)
 
         x = self.encoder(tuple(token_grid_shape), num_prefix)(x, train=train)
         self.sow("intermediates", "encoded", x)
@@ -159,16 +163,19 @@ class VisionTransformer(nn.Module, EncoderOptions):
             x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name="fc_norm")(x)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
+        head = functools.partial(nn.Dense, self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
+                                 bias_init=nn.initializers.constant(self.head_bias_init))
+        if self.classifier == "token_distilled":  # DeiT: the two tokens' logits (or representations) averaged
+            if not self.num_classes:
+                x = (x[:, 0] + x[:, 1]) / 2
+                self.sow("intermediates", "representation", x)
+                return x
+            self.sow("intermediates", "representation", (x[:, 0] + x[:, 1]) / 2)
+            return (head(name="head")(x[:, 0]) + head(name="head_dist")(x[:, 1])) / 2
         self.sow("intermediates", "representation", x)
         if not self.num_classes:
             return x
-        return nn.Dense(
-            self.num_classes,
-            dtype=jnp.float32,
-            kernel_init=nn.initializers.zeros,
-            bias_init=nn.initializers.constant(self.head_bias_init),
-            name="head",
-        )(x)
+        return head(name="head")(x)
 
 
 def check_options(model: VisionTransformer) -> None:
@@ -192,6 +199,9 @@ def check_options(model: VisionTransformer) -> None:
         if getattr(model, option) != default and model.tubelet_size is not None:
             raise ValueError(f"{option}={getattr(model, option)!r} is for images; this is a video model "
                              f"(tubelet_size={model.tubelet_size})")
+    if model.classifier == "token_distilled" and (model.fc_norm or model.representation_size is not None):
+        raise ValueError("classifier='token_distilled' reads its two tokens with two heads; fc_norm and "
+                         "representation_size (pre_logits) are for one pooled representation")
     if model.fc_norm and model.classifier in ("unpooled", "token_unpooled"):
         raise ValueError(f"fc_norm normalises the pooled representation; classifier={model.classifier!r} pools "
                          f"nothing")
