@@ -89,3 +89,11 @@ def test_a_folder_dataset_reads_in_grain_worker_processes(tmp_path, rng):
         in_process, in_worker = next(batches[0]), next(batches[1])
         np.testing.assert_array_equal(in_worker["image"], in_process["image"])
         np.testing.assert_array_equal(in_worker["label"], in_process["label"])
+
+
+def test_a_folder_with_one_class_is_refused_before_anything_is_built(tmp_path, rng):
+    write_images(tmp_path / "one", ["only"], 2, rng)
+    with pytest.raises(ValueError, match=r"image folder '.*/one' has one class \('only'\); a classifier needs at least "
+                                         r"two class subfolders"):
+        build_image_folder(tmp_path / "one", "one", data_dir=str(tmp_path / "tfds"))
+    assert not (tmp_path / "tfds").exists()

@@ -55,6 +55,10 @@ def class_names(split_dirs: dict[str, Path]) -> list[str]:
         missing = sorted(set(names) - set(found))
         if missing and split == "train":
             raise ValueError(f"classes {missing} have no folder in the train split {str(split_dirs[split])!r}")
+    if len(names) < 2:
+        folder = split_dirs.get("train", next(iter(split_dirs.values())))
+        raise ValueError(f"image folder {str(folder)!r} has one class ({names[0]!r}); a classifier needs at least "
+                         f"two class subfolders")
     return names
 
 
