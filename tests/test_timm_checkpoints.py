@@ -64,6 +64,10 @@ FAMILIES = {
                    gated_mlp=True, mlp_norm=True, attention_norm=True, classifier="token")),
     # DeiT distilled: a distillation token after the class token, its own head, the two heads' logits averaged
     "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=32), dict(classifier="token_distilled")),
+    # AIMv2: RMSNorms (no bias, epsilon 1e-5, the patch embedding's too), no output/MLP biases, SwiGLU, average pooling
+    "aimv2": ("aimv2_large_patch14_224", dict(img_size=28),
+              dict(rms_norm=True, proj_bias=False, gated_mlp=True, qkv_bias=False, embedding_norm=True,
+                   layer_norm_epsilon=1e-5, classifier="gap")),
     # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
     "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
@@ -151,7 +155,7 @@ def test_an_export_loads_strictly_in_timm_and_reads_back_the_same(saved, family,
                                np.asarray(first.model.apply({"params": first.params}, x, train=False)), atol=1e-5)
 
 
-@pytest.mark.parametrize("mlp", [dict(), dict(gated_mlp=True)])
+@pytest.mark.parametrize("mlp", [dict(), dict(gated_mlp=True), dict(rms_norm=True, proj_bias=False)])
 def test_a_vit_jax_model_with_registers_pre_norm_and_no_patch_bias_exports_exactly(tmp_path, mlp):
     """vit_jax layouts timm lacks go through identities: registers get zero position rows, a patch bias before a
     pre-norm moves into the table, a tanh GELU is timm's `gelu_tanh` (a SwiGLU MLP: DINOv2-g's SwiGLUPacked);
@@ -288,7 +292,8 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     # tensors vit_jax would leave unread or needs and does not find
     ("cait_xxs24_224", dict(img_size=32), True, r"tensors vit_jax's ViT has no place for \(blocks.N.attn.proj_l"),
     ("vit_relpos_small_patch16_224", dict(img_size=32), True, "tensors vit_jax's ViT has no place for"),
-    ("vit_base_patch16_224", dict(img_size=32, norm_layer="rmsnorm"), True, "no tensor 'blocks.0.norm1.bias'"),
+    ("vit_base_patch16_224", dict(img_size=32, embed_norm_layer="rmsnorm"), True,
+     "LayerNorm and RmsNorm norms in one model"),
 ])
 def test_families_vit_jax_cannot_run_are_refused_naming_the_tensor(name, kwargs, config, reason, tmp_path):
     """Refused in one line; a bare safetensors file (no config.json) of a rotary model among them, whose rotary

@@ -45,13 +45,13 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     for option, refused in refuse.items():
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's VisionTransformer has no counterpart")
-    # timm's fc1 width: a VisionTransformer's SwiGLUPacked counts the gate's half in mlp_ratio, Eva's swiglu_mlp not
-    hidden = 2 * model.mlp_dim if model.gated_mlp and not is_rope(model.posemb) else model.mlp_dim
+    # timm's fc1 width: a VisionTransformer's SwiGLUPacked counts the gate's half in mlp_ratio, SwiGLU (Eva, AIMv2) not
+    hidden = 2 * model.mlp_dim if model.gated_mlp and not is_rope(model.posemb) and not _aimv2(model) else model.mlp_dim
     if int(model.hidden_size * (hidden / model.hidden_size)) != hidden:  # timm's rule for the width
         raise ValueError(f"mlp_dim {model.mlp_dim} is not int({model.hidden_size} * mlp_ratio) for a float mlp_ratio")
     if model.layer_norm_epsilon not in (1e-6, 1e-5):
         raise ValueError(f"layer_norm_epsilon={model.layer_norm_epsilon}: timm's ViTs use 1e-6 or (CLIP) 1e-5")
-    if model.embedding_norm and model.layer_norm_epsilon != 1e-6:
+    if model.embedding_norm and model.layer_norm_epsilon != 1e-6 and not _aimv2(model):
         raise ValueError(f"embedding_norm with layer_norm_epsilon={model.layer_norm_epsilon}: timm's "
                          f"embed_norm_layer='layernorm' has epsilon 1e-6")
     image_size = tuple(preprocess.image_size)
@@ -70,6 +70,12 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
         model_args["embed_norm_layer"] = "layernorm"
     if model.mlp_norm:
         model_args["scale_mlp_norm"] = True
+    if not model.proj_bias:
+        model_args["proj_bias"] = False
+    if model.rms_norm and not _aimv2(model):  # timm's 'rmsnorm' has epsilon 1e-6
+        model_args["norm_layer"] = "rmsnorm"
+        if model.embedding_norm:
+            model_args["embed_norm_layer"] = "rmsnorm"
     if model.attention_norm:
         model_args["scale_attn_norm"] = True
     if not model.final_norm:  # only then: older timm versions do not know the argument
@@ -79,6 +85,16 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
         architecture = _distilled_vit(model)
     elif is_rope(model.posemb):
         architecture, model_args = _eva(model, model_args)
+    elif _aimv2(model):
+        architecture = "aimv2_large_patch14_224"
+        model_args["proj_bias"] = model.proj_bias  # the architecture's is False
+        if model.embedding_norm:  # the architecture's own: an RMSNorm of epsilon 1e-5
+            del model_args["embed_norm_layer"]
+        else:
+            model_args["embed_norm_layer"] = None
+    elif model.rms_norm and model.layer_norm_epsilon != 1e-6:
+        raise ValueError(f"rms_norm with layer_norm_epsilon={model.layer_norm_epsilon} and no SwiGLU: timm has "
+                         f"RMSNorms of epsilon 1e-6 ('rmsnorm'), or of 1e-5 in AIMv2's SwiGLU architecture only")
     elif model.gated_mlp:
         architecture = _swiglu_vit(model)
     lo, hi = preprocess.value_range
@@ -93,6 +109,13 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     )
     return dict(architecture=architecture, num_classes=model.num_classes or 0, num_features=model.hidden_size,
                 global_pool=model_args["global_pool"], model_args=model_args, pretrained_cfg=pretrained_cfg)
+
+
+def _aimv2(model: VisionTransformer) -> bool:
+    """AIMv2's architecture (RMSNorms of epsilon 1e-5, SwiGLU as timm's `SwiGLU`: `fc1_g`, `fc1_x`) is the one
+    timm has for RMSNorms of that epsilon; its other arguments are set by `model_args`."""
+    return (model.rms_norm and model.layer_norm_epsilon == 1e-5 and model.gated_mlp and not is_rope(model.posemb)
+            and model.classifier != "token_distilled")
 
 
 def _distilled_vit(model: VisionTransformer) -> str:
@@ -125,7 +148,8 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
     refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != epsilon,
               "gelu_approximate": model.gelu_approximate and not model.gated_mlp,
               "quick_gelu": model.quick_gelu, "embedding_norm": model.embedding_norm,
-              "classifier": model.classifier == "map", "final_norm": not model.final_norm}
+              "classifier": model.classifier == "map", "final_norm": not model.final_norm,
+              "rms_norm": model.rms_norm, "proj_bias": not model.proj_bias}
     for option, refused in refuse.items():
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's Eva ({architecture}) has no counterpart")
@@ -171,7 +195,8 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
     if model.pre_norm:
         state.update(_norm("norm_pre", encoder["pre_norm"]))
     for i in range(model.num_layers):
-        state.update(_block_to_timm(encoder[BLOCK.format(i)], f"blocks.{i}.", width, _attention_layout(model)))
+        state.update(_block_to_timm(encoder[BLOCK.format(i)], f"blocks.{i}.", width, _attention_layout(model),
+                                    split_swiglu=_aimv2(model)))
     if model.posemb == "rope_mixed":  # Eva's (2, depth, heads, pairs)
         state["rope.freqs"] = np.stack([encoder[BLOCK.format(i)]["rope_frequencies"]
                                         for i in range(model.num_layers)], axis=1)
@@ -192,11 +217,12 @@ def _numpy(tree: Any) -> Any:
 
 
 def _norm(name: str, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {f"{name}.weight": p["scale"], f"{name}.bias": p["bias"]}
+    """A LayerNorm's weight and bias; an RMSNorm's weight."""
+    return {f"{name}.weight": p["scale"], **({f"{name}.bias": p["bias"]} if "bias" in p else {})}
 
 
 def _dense(name: str, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {f"{name}.weight": p["kernel"].T, f"{name}.bias": p["bias"]}
+    return {f"{name}.weight": p["kernel"].T, **({f"{name}.bias": p["bias"]} if "bias" in p else {})}
 
 
 def _heads_in(p: dict[str, np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -205,7 +231,7 @@ def _heads_in(p: dict[str, np.ndarray], width: int) -> tuple[np.ndarray, np.ndar
 
 
 def _heads_out(name: str, p: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
-    return {f"{name}.weight": p["kernel"].reshape(-1, width).T, f"{name}.bias": p["bias"]}
+    return {f"{name}.weight": p["kernel"].reshape(-1, width).T, **({f"{name}.bias": p["bias"]} if "bias" in p else {})}
 
 
 def _attention_layout(model: VisionTransformer) -> str:
@@ -219,14 +245,16 @@ def _rope_options(model: VisionTransformer) -> dict[str, Any]:
                                            "rope_axis_order", "rope_grid")}
 
 
-def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit") -> dict[str, np.ndarray]:
-    """timm's block names in `layout` (see `_attention_layout`)."""
+def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit", split_swiglu: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """timm's block names in `layout` (see `_attention_layout`); `split_swiglu`: SwiGLU as `fc1_g`, `fc1_x` (Eva's
+    always are)."""
     attention = block[ATTENTION]
     q, k, v = (_heads_in(attention[name], width) for name in ("query", "key", "value"))
     state = {b + "attn.qkv.weight": np.concatenate([q[0], k[0], v[0]]),
              **_heads_out(b + "attn.proj", attention["out"], width),
              **_norm(b + "norm1", block["LayerNorm_0"]), **_norm(b + "norm2", block["LayerNorm_1"]),
-             **_mlp_to_timm(block["MlpBlock_0"], b + "mlp.", packed=layout == "vit")}
+             **_mlp_to_timm(block["MlpBlock_0"], b + "mlp.", packed=layout == "vit" and not split_swiglu)}
     if q[1] is not None and layout == "eva":
         if np.any(k[1]):  # Eva has none; under RoPE a key bias is not softmax-invariant
             raise ValueError(f"{b}: a non-zero key bias has no place in timm's Eva layout (q_bias, v_bias only)")
@@ -252,7 +280,7 @@ def _mlp_to_timm(mlp: dict[str, Any], m: str, packed: bool) -> dict[str, np.ndar
         return {**_dense(m + "fc1", mlp["Dense_0"]), **state}
     if not packed:
         return {**_dense(m + "fc1_g", mlp["Gate"]), **_dense(m + "fc1_x", mlp["Dense_0"]), **state}
-    fc1 = {name: np.concatenate([mlp["Gate"][name], mlp["Dense_0"][name]], axis=-1) for name in ("kernel", "bias")}
+    fc1 = {name: np.concatenate([mlp["Gate"][name], mlp["Dense_0"][name]], axis=-1) for name in mlp["Dense_0"]}
     return {**_dense(m + "fc1", fc1), **state}
 
 

@@ -139,6 +139,7 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         patch_size=(int(ph), int(pw)), hidden_size=int(width), num_layers=depth,
         mlp_dim=int(state["blocks.0.mlp.fc2.weight"].shape[1]), gated_mlp=gated,
         mlp_norm="blocks.0.mlp.norm.weight" in state, attention_norm="blocks.0.attn.norm.weight" in state,
+        rms_norm=_norm_kind(args.get("norm_layer")) == "RmsNorm", proj_bias="blocks.0.attn.proj.bias" in state,
         num_heads=_num_heads(args, int(width), name, where),
         classifier=classifier, gelu_approximate=args.get("act_layer") == "gelu_tanh",
         quick_gelu=_quick_gelu(name, args), layer_norm_epsilon=_layer_norm_epsilon(name, args, where),
@@ -173,8 +174,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         unread = _unread_tensors(state, arch)
     except KeyError as error:
         missing = str(error.args[0])
-        why = ("a bias (bias-free layers, such as proj_bias=False or RMSNorm, are not vit_jax's)"
-               if missing.endswith(".bias") else "it")
+        why = ("a bias there (its bias-free norms are RMSNorms, and its projections without bias are the attention "
+               "output's and the MLP's together: proj_bias=False)" if missing.endswith(".bias") else "it")
         raise ValueError(f"{where}: no tensor {missing!r}; vit_jax's ViT needs {why}") from None
     if unread:
         listed = ", ".join(unread[:4]) + (f" and {len(unread) - 4} more" if len(unread) > 4 else "")
@@ -269,10 +270,28 @@ def _check_what_tensors_cannot_say(args: Mapping[str, Any], name: str, where: st
     if args.get("pool_include_prefix"):
         raise ValueError(f"{where}: pooling over the prefix tokens too (pool_include_prefix) is not one of vit_jax's "
                          f"classifiers")
+    kinds = {_norm_kind(args.get("norm_layer")) or "LayerNorm"}
+    if args.get("embed_norm_layer"):
+        kinds.add(_norm_kind(args["embed_norm_layer"]))
     for norm in (args.get("norm_layer"), args.get("embed_norm_layer")):
-        if isinstance(norm, Mapping) and (norm.get("name") != "LayerNorm" or not norm.get("bias", True)):
-            raise ValueError(f"{where}: {norm.get('name')}{'' if norm.get('bias', True) else ' without bias'} norms "
-                             f"({model}); vit_jax's are LayerNorms")
+        kind = _norm_kind(norm)
+        biased = not isinstance(norm, Mapping) or norm.get("bias", kind == "LayerNorm")
+        if kind not in (None, "LayerNorm", "RmsNorm") or (kind == "LayerNorm" and not biased):
+            raise ValueError(f"{where}: {kind}{'' if biased else ' without bias'} norms ({model}); vit_jax's are "
+                             f"LayerNorms or RMSNorms")
+    if len(kinds) > 1:
+        raise ValueError(f"{where}: {' and '.join(sorted(kinds))} norms in one model ({model}); vit_jax's norms are "
+                         f"all of one kind (rms_norm)")
+
+
+def _norm_kind(norm: Any) -> str | None:
+    """timm's norm class name: timm_architectures.json's `{"name": ...}`, or `model_args`' string for
+    `get_norm_layer` ('layernorm', 'rmsnorm')."""
+    if isinstance(norm, Mapping):
+        return norm.get("name")
+    if isinstance(norm, str):
+        return {"layernorm": "LayerNorm", "rmsnorm": "RmsNorm"}.get(norm.lower(), norm)
+    return None
 
 
 def _layer_norm_epsilon(name: str, args: Mapping[str, Any], where: str) -> float:
@@ -353,19 +372,20 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     heads, width = o["num_heads"], o["hidden_size"]
     encoder: dict[str, Any] = {}
     for i in range(o["num_layers"]):
-        encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, o["gated_mlp"])
+        encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, o)
         if "rope.freqs" in w:  # rope_mixed: (2, depth, heads, pairs), each block's (x, y) frequencies
             encoder[BLOCK.format(i)]["rope_frequencies"] = w["rope.freqs"][:, i]
+    rms = o["rms_norm"]
     if o["final_norm"] and not o["fc_norm"]:
-        encoder["encoder_norm"] = norm_params(w, "norm")
+        encoder["encoder_norm"] = norm_params(w, "norm", rms)
     if o["pre_norm"]:
-        encoder["pre_norm"] = norm_params(w, "norm_pre")
+        encoder["pre_norm"] = norm_params(w, "norm_pre", rms)
     params: dict[str, Any] = {"embedding": {"kernel": w["patch_embed.proj.weight"].transpose(2, 3, 1, 0)},
                               ENCODER: encoder}
     if o["patch_bias"]:
         params["embedding"]["bias"] = w["patch_embed.proj.bias"]
     if o["embedding_norm"]:
-        params["embedding"]["embedding_norm"] = norm_params(w, "patch_embed.norm")
+        params["embedding"]["embedding_norm"] = norm_params(w, "patch_embed.norm", rms)
     prefix = num_prefix_tokens(o["classifier"])
     if prefix:
         params["cls"] = w["cls_token"]
@@ -384,7 +404,7 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     if registers is not None:
         encoder["registers"] = registers
     if o["fc_norm"]:
-        params["fc_norm"] = norm_params(w, "fc_norm")
+        params["fc_norm"] = norm_params(w, "fc_norm", rms)
     if o["classifier"] == "map":
         params[MAP_HEAD] = _map_head_from_timm(w, heads, width)
     for head in ("head", "head_dist"):
@@ -393,12 +413,14 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     return params
 
 
-def norm_params(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-    return {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}
+def norm_params(w: Mapping[str, np.ndarray], name: str, rms: bool = False) -> dict[str, np.ndarray]:
+    """A LayerNorm's `scale` and `bias`; an RMSNorm's `scale`."""
+    return {"scale": w[f"{name}.weight"]} if rms else {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}
 
 
-def dense_params(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-    return {"kernel": w[f"{name}.weight"].T, "bias": w[f"{name}.bias"]}
+def dense_params(w: Mapping[str, np.ndarray], name: str, bias: bool = True) -> dict[str, np.ndarray]:
+    kernel = {"kernel": w[f"{name}.weight"].T}
+    return {**kernel, "bias": w[f"{name}.bias"]} if bias else kernel
 
 
 def heads_in(weight: np.ndarray, bias: np.ndarray | None, heads: int) -> dict[str, np.ndarray]:
@@ -409,40 +431,43 @@ def heads_in(weight: np.ndarray, bias: np.ndarray | None, heads: int) -> dict[st
     return out
 
 
-def heads_out(w: Mapping[str, np.ndarray], name: str, heads: int) -> dict[str, np.ndarray]:
+def heads_out(w: Mapping[str, np.ndarray], name: str, heads: int, bias: bool = True) -> dict[str, np.ndarray]:
     """A `(D, H * hd)` projection from heads: kernel `(H, hd, D)`."""
     weight = w[f"{name}.weight"]
-    return {"kernel": weight.T.reshape(heads, -1, weight.shape[0]), "bias": w[f"{name}.bias"]}
+    kernel = {"kernel": weight.T.reshape(heads, -1, weight.shape[0])}
+    return {**kernel, "bias": w[f"{name}.bias"]} if bias else kernel
 
 
-def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, gated: bool) -> dict[str, Any]:
+def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, o: Mapping[str, Any]) -> dict[str, Any]:
     qkv_w, qkv_b = _qkv(w, b + "attn.")
     attention = {name: heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
-    attention["out"] = heads_out(w, b + "attn.proj", heads)
+    attention["out"] = heads_out(w, b + "attn.proj", heads, o["proj_bias"])
+    rms = o["rms_norm"]
     if b + "attn.norm.weight" in w:
-        attention["LayerNorm_0"] = norm_params(w, b + "attn.norm")
-    block = {"LayerNorm_0": norm_params(w, b + "norm1"), ATTENTION: attention, "LayerNorm_1": norm_params(w, b + "norm2"),
-             "MlpBlock_0": _mlp_from_timm(w, b + "mlp.", gated)}
+        attention["LayerNorm_0"] = norm_params(w, b + "attn.norm", rms)
+    block = {"LayerNorm_0": norm_params(w, b + "norm1", rms), ATTENTION: attention,
+             "LayerNorm_1": norm_params(w, b + "norm2", rms), "MlpBlock_0": _mlp_from_timm(w, b + "mlp.", o)}
     for j, (timm_name, eva_name) in enumerate((("ls1.gamma", "gamma_1"), ("ls2.gamma", "gamma_2"))):
         if b + timm_name in w or b + eva_name in w:
             block[f"LayerScale_{j}"] = {"scale": w.get(b + timm_name, w.get(b + eva_name))}
     return block
 
 
-def _mlp_from_timm(w: Mapping[str, np.ndarray], m: str, gated: bool) -> dict[str, Any]:
+def _mlp_from_timm(w: Mapping[str, np.ndarray], m: str, o: Mapping[str, Any]) -> dict[str, Any]:
     """`fc1`, `fc2` (and `norm` between them); SwiGLU's gate and value from `fc1_g`, `fc1_x`, or a packed `fc1`'s
     two halves (gate first)."""
-    mlp = {"Dense_1": dense_params(w, m + "fc2")}
+    bias = o["proj_bias"]
+    mlp = {"Dense_1": dense_params(w, m + "fc2", bias)}
     if m + "norm.weight" in w:
-        mlp["LayerNorm_0"] = norm_params(w, m + "norm")
+        mlp["LayerNorm_0"] = norm_params(w, m + "norm", o["rms_norm"])
     if m + "fc1_g.weight" in w:
-        return {"Gate": dense_params(w, m + "fc1_g"), "Dense_0": dense_params(w, m + "fc1_x"), **mlp}
-    if not gated:
-        return {"Dense_0": dense_params(w, m + "fc1"), **mlp}
-    kernel, bias = dense_params(w, m + "fc1").values()
-    half = kernel.shape[1] // 2
-    return {"Gate": {"kernel": kernel[:, :half], "bias": bias[:half]},
-            "Dense_0": {"kernel": kernel[:, half:], "bias": bias[half:]}, **mlp}
+        return {"Gate": dense_params(w, m + "fc1_g", bias), "Dense_0": dense_params(w, m + "fc1_x", bias), **mlp}
+    fc1 = dense_params(w, m + "fc1", bias)
+    if not o["gated_mlp"]:
+        return {"Dense_0": fc1, **mlp}
+    half = fc1["kernel"].shape[1] // 2
+    return {"Gate": {name: value[..., :half] for name, value in fc1.items()},
+            "Dense_0": {name: value[..., half:] for name, value in fc1.items()}, **mlp}
 
 
 def _qkv(w: Mapping[str, np.ndarray], a: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:

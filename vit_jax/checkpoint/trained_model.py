@@ -197,7 +197,8 @@ def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(
         num_classes=_num_classes(params), patch_size=(kernel[0], kernel[1]), hidden_size=kernel[3],
         num_layers=len(blocks), mlp_dim=mlp_dim, num_heads=heads, classifier=classifier,
-        gated_mlp="Gate" in first["MlpBlock_0"],
+        gated_mlp="Gate" in first["MlpBlock_0"], rms_norm="bias" not in first["LayerNorm_0"],
+        proj_bias="bias" in first["MultiHeadDotProductAttention_0"]["out"],
         representation_size=np.shape(params["pre_logits"]["kernel"])[1] if "pre_logits" in params else None,
         final_norm="encoder_norm" in encoder or "fc_norm" in params, fc_norm="fc_norm" in params,
         **_stem_of(params),

@@ -44,6 +44,8 @@ class MlpBlock(nn.Module):
     gated: bool = False
     norm: bool = False
     layer_norm_epsilon: float = 1e-6
+    rms_norm: bool = False
+    use_bias: bool = True
     dtype: Any = None
     matmul: str = "xla"  # see vit_jax.models.blas
     activation_sharding: ActivationSharding | None = None
@@ -55,7 +57,7 @@ class MlpBlock(nn.Module):
         dot_general = dense_dot_general(self.dtype, self.matmul)
 
         def dense(features: int, name: str, activation: str | None = None) -> Callable[..., jax.Array]:
-            kwargs = dict(dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+            kwargs = dict(dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), use_bias=self.use_bias,
                           bias_init=nn.initializers.normal(stddev=1e-6), dot_general=dot_general, name=name)
             if dot_general is mixed_dot_general:  # vit_jax's own products (as in the attention layer): bias
                 # gradients as products, the activation in the product's pass where it can be (`dense_product`)
@@ -71,7 +73,7 @@ class MlpBlock(nn.Module):
         x = constrain_hidden(x, self.activation_sharding)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         if self.norm:
-            x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
+            x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, rms=self.rms_norm)(x)
         if residual is not None and (deterministic or self.dropout_rate == 0) and dot_general is mixed_dot_general:
             return dense(out_dim, "Dense_1")(x, residual)  # no dropout between the layer and the residual
         x = dense(out_dim, "Dense_1")(x)
@@ -117,7 +119,7 @@ class Encoder1DBlock(nn.Module):
                  mask: jax.Array | None = None, coords: jax.Array | None = None) -> tuple[jax.Array, None]:
         o = self.options
         x = constrain_tokens(x, o.activation_sharding)
-        y = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
+        y = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, rms=o.rms_norm)(x)
         dot_general = dense_dot_general(o.dtype, o.matmul)
         attention_fn = attention_function(o.attention_impl, o.dtype, o.attention_dropout_rate, o.record_attention)
         if self.rope is not None:
@@ -137,6 +139,8 @@ class Encoder1DBlock(nn.Module):
             dropout_rate=o.attention_dropout_rate,
             inner_norm=o.attention_norm,
             layer_norm_epsilon=o.layer_norm_epsilon,
+            rms_norm=o.rms_norm,
+            out_bias=o.proj_bias,
         )
         attend = dict(deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
         if direct:
@@ -145,7 +149,7 @@ class Encoder1DBlock(nn.Module):
             y = nn.Dropout(rate=o.dropout_rate)(attention(y, **attend), deterministic=deterministic)
             x = x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic)
 
-        y = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype)(x)
+        y = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, rms=o.rms_norm)(x)
         mlp = MlpBlock(
             mlp_dim=o.mlp_dim,
             dropout_rate=o.dropout_rate,
@@ -154,6 +158,8 @@ class Encoder1DBlock(nn.Module):
             gated=o.gated_mlp,
             norm=o.mlp_norm,
             layer_norm_epsilon=o.layer_norm_epsilon,
+            rms_norm=o.rms_norm,
+            use_bias=o.proj_bias,
             dtype=o.dtype,
             matmul=o.matmul,
             activation_sharding=o.activation_sharding,

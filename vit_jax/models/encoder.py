@@ -89,7 +89,7 @@ class Encoder(nn.Module):
         embedding_dropout = o.dropout_rate if o.embedding_dropout_rate is None else o.embedding_dropout_rate
         x = nn.Dropout(rate=embedding_dropout)(x, deterministic=not train)
         if o.pre_norm:
-            x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, name="pre_norm")(x)
+            x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, rms=o.rms_norm, name="pre_norm")(x)
 
         block_cls = self._block_class()
         rates = drop_path_rates(o.stochastic_depth, o.num_layers)
@@ -107,7 +107,7 @@ class Encoder(nn.Module):
                 block = block_cls(o, rope, prefix, name=f"{SCANNED_BLOCKS}_{layer}")
                 x, _ = block(x, float(rates[layer]), not train, mask, coords)
         if o.final_norm and not o.fc_norm:  # else the model normalises after pooling, or not at all
-            x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, name="encoder_norm")(x)
+            x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, rms=o.rms_norm, name="encoder_norm")(x)
         return jnp.concatenate([x[:, :self.num_prefix], x[:, prefix:]], axis=1) if o.num_registers else x
 
     def _insert_registers(self, x: jax.Array) -> jax.Array:

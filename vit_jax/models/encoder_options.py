@@ -36,6 +36,10 @@ class EncoderOptions:
         MAP head's MLP stays a GELU one.
       mlp_norm: a LayerNorm `MlpBlock_0/LayerNorm_0` on the MLPs' hidden units before `Dense_1` (EVA-02's sub-LN,
         NormFormer; timm's `scale_mlp`).
+      rms_norm: every norm is an RMSNorm, `x / sqrt(mean(x²) + eps) * scale` with no bias (AIMv2; timm's
+        `RmsNorm`), under the same names (`LayerNorm_0/scale`, `encoder_norm/scale`, ...).
+      proj_bias: False: the attention's output projection and the MLP's layers have no bias (AIMv2; timm's
+        `proj_bias=False`).
       attention_norm: a LayerNorm `MultiHeadDotProductAttention_0/LayerNorm_0` on the heads' concatenated outputs
         before the output projection (EVA-02 CLIP's sub-LN; timm's `scale_attn_inner`).
       layer_norm_epsilon: every LayerNorm's epsilon (1e-6 as vision_transformer and timm; CLIP's is 1e-5).
@@ -94,6 +98,8 @@ class EncoderOptions:
     gated_mlp: bool = False
     mlp_norm: bool = False
     attention_norm: bool = False
+    rms_norm: bool = False
+    proj_bias: bool = True
     layer_norm_epsilon: float = 1e-6
     layer_scale: float | None = None
     pre_norm: bool = False

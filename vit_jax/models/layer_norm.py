@@ -7,6 +7,8 @@ ViT-Ti/16 training step; BENCHMARKS.md). The closed form, `dx = rstd * (g s - me
 needs only the input and two numbers per token; it is the transpose of the JVP rule below, so forward mode and
 higher orders work too. Statistics are float32 (at least) whatever the input dtype, and
 the variance is the two-pass one, `mean((x - mean)²)` (PyTorch's; flax's default takes `mean(x²) - mean²`).
+`rms=True` is RMSNorm (Zhang & Sennrich 2019; AIMv2, timm's `RmsNorm`): `x / sqrt(mean(x²) + epsilon) * scale`, no
+centring and no bias, under the same names.
 """
 
 from __future__ import annotations
@@ -22,22 +24,32 @@ from vit_jax.native import onednn
 
 
 class LayerNorm(nn.Module):
-    """`nn.LayerNorm(epsilon=..., dtype=...)` over the last axis, its parameters float32."""
+    """`nn.LayerNorm(epsilon=..., dtype=...)` over the last axis, its parameters float32; `rms`: RMSNorm (`scale`
+    only)."""
 
     epsilon: float = 1e-6
     dtype: Any = None
     use_bias: bool = True
     use_scale: bool = True
+    rms: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = (x.shape[-1],)
         scale = self.param("scale", nn.initializers.ones, features, jnp.float32) if self.use_scale else None
-        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32) if self.use_bias else None
         scale = jnp.ones(features, jnp.float32) if scale is None else scale
-        bias = jnp.zeros(features, jnp.float32) if bias is None else bias
         dtype = jnp.dtype(self.dtype or jnp.result_type(x, jnp.float32))
+        if self.rms:
+            return rms_norm(x, scale, self.epsilon, dtype)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32) if self.use_bias else None
+        bias = jnp.zeros(features, jnp.float32) if bias is None else bias
         return layer_norm(x, scale, bias, self.epsilon, dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, epsilon: float, dtype: Any) -> jax.Array:
+    """`x / sqrt(mean(x²) + epsilon) * scale` over the last axis, statistics in (at least) float32, in `dtype`."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return (x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + epsilon) * scale).astype(dtype)
 
 
 def _statistics(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -132,7 +132,7 @@ class PatchEmbed(nn.Module):
         before the projection, as vit-pytorch's `to_patch_embedding`; its parameters are per pixel of the stored
         patch, so the patch size is fixed.
       embedding_norm: a LayerNorm `embedding_norm` on each token right after the projection (vit-pytorch; timm's
-        `embed_norm_layer`). norm_epsilon: both norms' epsilon.
+        `embed_norm_layer`). norm_epsilon: both norms' epsilon; rms_norm: both are RMSNorms.
     """
 
     hidden_size: int
@@ -149,6 +149,7 @@ class PatchEmbed(nn.Module):
     patch_norm: bool = False
     embedding_norm: bool = False
     norm_epsilon: float = 1e-6
+    rms_norm: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, patch_size: int | Sequence[int] | None = None) -> jax.Array:
@@ -171,7 +172,7 @@ class PatchEmbed(nn.Module):
             if patch_size != stored:
                 raise ValueError(f"patch_size {patch_size} at call time: this patch embedding normalises the pixels "
                                  f"of its stored {stored} patches (patch_norm), so it takes no other patch size")
-            patches = LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="patch_norm")(
+            patches = LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, rms=self.rms_norm, name="patch_norm")(
                 patchify(images, patch_size))
             images = unpatchify(patches, patch_size, channels)
         kernel = self.param("kernel", self.kernel_init, (*stored, channels, self.hidden_size), self.param_dtype)
@@ -183,7 +184,8 @@ class PatchEmbed(nn.Module):
         embed = embed_patches_conv if self.kind == "conv" else embed_patches_reshape
         grid = embed(images, kernel, bias, self.precision)
         if self.embedding_norm:
-            grid = LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="embedding_norm")(grid)
+            grid = LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, rms=self.rms_norm,
+                             name="embedding_norm")(grid)
         if self.output_format == "grid":
             return grid
         b, gh, gw, d = grid.shape

@@ -42,7 +42,8 @@ class MultiHeadDotProductAttention(nn.Module):
       dropout_rate: dropout on the attention weights (the `einsum` kernel only).
       qkv_dot_general, out_dot_general: the projections' `dot_general` (bf16 operands, f32 accumulation in bf16).
       inner_norm: a LayerNorm `LayerNorm_0` over the heads' concatenated outputs before `out` (EVA-02 CLIP's
-        sub-LN; timm's `scale_attn_inner`, `scale_attn_norm`), with epsilon `layer_norm_epsilon`.
+        sub-LN; timm's `scale_attn_inner`, `scale_attn_norm`), with epsilon `layer_norm_epsilon` (an RMSNorm with
+        `rms_norm`). out_bias: False: the output projection has no bias (timm's `proj_bias=False`).
     """
 
     num_heads: int
@@ -57,6 +58,8 @@ class MultiHeadDotProductAttention(nn.Module):
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
     inner_norm: bool = False
     layer_norm_epsilon: float = 1e-6
+    rms_norm: bool = False
+    out_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool, mask: jax.Array | None = None,
@@ -82,10 +85,10 @@ class MultiHeadDotProductAttention(nn.Module):
             kwargs["module"] = self
         y = self.attention_fn(query, key, value, **kwargs)
         if self.inner_norm:
-            y = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(
+            y = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, rms=self.rms_norm)(
                 y.reshape(*y.shape[:-2], qkv_features)).reshape(y.shape)
         out = MixedDenseGeneral if mixed else nn.DenseGeneral
-        layer = out(width, axis=(-2, -1), use_bias=True, dot_general=self.out_dot_general, name="out", **common)
+        layer = out(width, axis=(-2, -1), use_bias=self.out_bias, dot_general=self.out_dot_general, name="out", **common)
         if mixed:
             return layer(y, residual)
         y = layer(y)

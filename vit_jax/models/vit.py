@@ -113,6 +113,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
                 patch_norm=self.patch_norm,
                 embedding_norm=self.embedding_norm,
                 norm_epsilon=self.layer_norm_epsilon,
+                rms_norm=self.rms_norm,
                 name="embedding",
             )(images, patch_size)
         elif patch_size is not None:
@@ -160,7 +161,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
         logits (float32)."""
         x = representation
         if self.fc_norm:
-            x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name="fc_norm")(x)
+            x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, rms=self.rms_norm, name="fc_norm")(x)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
         head = functools.partial(nn.Dense, self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
@@ -199,6 +200,9 @@ def check_options(model: VisionTransformer) -> None:
         if getattr(model, option) != default and model.tubelet_size is not None:
             raise ValueError(f"{option}={getattr(model, option)!r} is for images; this is a video model "
                              f"(tubelet_size={model.tubelet_size})")
+    if model.classifier == "map" and (model.rms_norm or not model.proj_bias):
+        raise ValueError("classifier='map' is big_vision's MAP head (LayerNorm, biased projections); rms_norm and "
+                         "proj_bias=False are for the encoder")
     if model.classifier == "token_distilled" and (model.fc_norm or model.representation_size is not None):
         raise ValueError("classifier='token_distilled' reads its two tokens with two heads; fc_norm and "
                          "representation_size (pre_logits) are for one pooled representation")
