@@ -210,3 +210,26 @@ def test_fine_tuning_reads_an_npz_architecture_off_its_shapes(tmp_path, rng, dig
     config.image_size, config.data_dir, config.log_pictures = (16, 16), digits_data_dir, "none"
     results = train_and_evaluate(config, tmp_path / "run")
     assert 0 <= results["test/accuracy"] <= 1  # a fresh head over the loaded sin-cos model, evaluated
+
+
+@pytest.mark.parametrize("options", [
+    dict(rms_norm=True, proj_bias=False, gated_mlp=True, classifier="gap"),
+    dict(layer_scale=1e-5, num_registers=2, pre_norm=True, qk_norm=True, mlp_norm=True, attention_norm=True,
+         qkv_bias=False, embedding_norm=True, patch_bias=False, qkv_dim=64),
+    dict(layer_scale=1e-5, layer_scale_attention_only=True, classifier="token_distilled"),
+])
+def test_a_vit_jax_export_with_options_of_its_own_reads_back_with_them(options, tmp_path):
+    """The options that leave parameters of their own are read off an exported file's names and shapes."""
+    from vit_jax.checkpoint.trained_model import architecture_of
+    from vit_jax.models.vit import VisionTransformer
+
+    model = VisionTransformer(num_classes=3, patch_size=(4, 4), hidden_size=32, num_layers=2, mlp_dim=48,
+                              num_heads=2, posemb_grid=(4, 4), **options)
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    params = jax.tree.map(lambda a: a + 0.1 * np.random.default_rng(1).standard_normal(a.shape).astype(np.float32),
+                          model.init(jax.random.key(0), x, train=False)["params"])
+    save_npz(params, tmp_path / "model.npz")
+    assert {k: v for k, v in architecture_of(params).items() if k in options} == options
+    trained = load_trained_model(npz=tmp_path / "model.npz")
+    np.testing.assert_allclose(np.asarray(trained.model.apply({"params": trained.params}, x, train=False)),
+                               np.asarray(model.apply({"params": params}, x, train=False)), atol=1e-6)

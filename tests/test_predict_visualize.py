@@ -91,8 +91,7 @@ def test_an_exported_npz_predicts_the_same_with_its_architecture_read_from_shape
     save_npz(trained.params, npz)
     assert architecture_of(trained.params) == dict(
         num_classes=10, patch_size=(4, 4), hidden_size=64, num_layers=2, mlp_dim=128, num_heads=4,
-        classifier="gap", representation_size=None, final_norm=True, fc_norm=False, gated_mlp=False, rms_norm=False,
-        proj_bias=True)
+        classifier="gap", representation_size=None, final_norm=True, fc_norm=False)
     predict.main([f"--workdir={workdir}", "--json", *paths])
     from_workdir = capsys.readouterr().out
     predict.main([f"--npz={npz}", "--dataset=sklearn_digits", f"--data-dir={trained_data_dir(workdir)}", "--json",

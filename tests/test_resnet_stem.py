@@ -203,9 +203,7 @@ def test_predict_reads_a_hybrid_npz_architecture_off_its_shapes(tmp_path, rng, c
     save_npz(params, tmp_path / "hybrid.npz")
     assert architecture_of(params) == dict(
         num_classes=3, patch_size=(1, 1), hidden_size=32, num_layers=2, mlp_dim=64, num_heads=4, classifier="token",
-        representation_size=None, final_norm=True, fc_norm=False, gated_mlp=False, rms_norm=False, proj_bias=True,
-        resnet_num_layers=(1,),
-        resnet_width_factor=0.5)
+        representation_size=None, final_norm=True, fc_norm=False, resnet_num_layers=(1,), resnet_width_factor=0.5)
     trained = load_trained_model(npz=tmp_path / "hybrid.npz")
     assert (trained.image_size, trained.channels, trained.grid) == ((16, 16), 3, (4, 4))  # 4x4 table x stride 4
     image = tmp_path / "image.png"

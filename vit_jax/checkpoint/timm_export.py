@@ -78,6 +78,11 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
             model_args["embed_norm_layer"] = "rmsnorm"
     if model.attention_norm:
         model_args["scale_attn_norm"] = True
+    if model.qk_norm:
+        model_args["qk_norm"] = True
+    if model.layer_scale_attention_only and not is_rope(model.posemb):
+        raise ValueError("layer_scale_attention_only: timm's VisionTransformer scales both branches (only its Eva "
+                         "has attn_only_layer_scale)")
     if not model.final_norm:  # only then: older timm versions do not know the argument
         model_args["final_norm"] = False
     architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
@@ -158,7 +163,8 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
     swiglu = dict(swiglu_mlp=True, swiglu_align_to=1) if model.gated_mlp else {}  # timm's SwiGLU: fc1_g, fc1_x
     return architecture, dict({k: vit_args[k] for k in keep}, num_reg_tokens=model.num_registers,
                               use_pre_transformer_norm=model.pre_norm, use_fc_norm=model.fc_norm,
-                              scale_mlp=model.mlp_norm, scale_attn_inner=model.attention_norm, **swiglu, **rope_args)
+                              scale_mlp=model.mlp_norm, scale_attn_inner=model.attention_norm, qk_norm=model.qk_norm,
+                              attn_only_layer_scale=model.layer_scale_attention_only, **swiglu, **rope_args)
 
 def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str, np.ndarray]:
     """vit_jax's tree (per-layer blocks) -> timm's state dict, float32 numpy; the inverse of
@@ -263,10 +269,12 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit
         state[b + "attn.qkv.bias"] = np.concatenate([q[1], k[1], v[1]])
     if "LayerNorm_0" in attention:
         state.update(_norm(b + "attn.norm", attention["LayerNorm_0"]))
-    if "LayerScale_0" in block:
-        names = ("ls1.gamma", "ls2.gamma") if layout == "vit" else ("gamma_1", "gamma_2")
-        state[b + names[0]] = block["LayerScale_0"]["scale"]
-        state[b + names[1]] = block["LayerScale_1"]["scale"]
+    if "query_norm" in attention:
+        state.update({**_norm(b + "attn.q_norm", attention["query_norm"]), **_norm(b + "attn.k_norm", attention["key_norm"])})
+    names = ("ls1.gamma", "ls2.gamma") if layout == "vit" else ("gamma_1", "gamma_2")
+    for j, name in enumerate(names):
+        if f"LayerScale_{j}" in block:
+            state[b + name] = block[f"LayerScale_{j}"]["scale"]
     return state
 
 

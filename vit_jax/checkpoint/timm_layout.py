@@ -39,7 +39,6 @@ MAP_HEAD = "MAPHead_0"
 # Tensors (or modules: a prefix of tensors) of families vit_jax does not run (yet), and the one-line reason.
 _REFUSED = {
     "blocks.0.mlp.w12.weight": "a SwiGLU MLP in xformers' fused layout (w12, w3)",
-    "blocks.0.attn.q_norm.weight": "query/key normalisation (qk_norm)",
     "blocks.0.norm.weight": "a normalisation inside the MLP (scale_mlp_norm)",
     "attn_pool.pos_embed": "a position table inside the attention-pooling head",
     "patch_embed.backbone": "a hybrid's CNN stem in timm's layout (vit_jax reads hybrids from vision_transformer's "
@@ -108,9 +107,6 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
             raise ValueError(f"{where}: {reason} (tensor {found!r}) is not supported by vit_jax's ViT")
     gated = _gated_mlp(state, args, name, where)
     _check_what_tensors_cannot_say(args, name, where, gated)
-    if "blocks.0.gamma_1" in state and "blocks.0.gamma_2" not in state:
-        raise ValueError(f"{where}: layer scale on the attention branch only (attn_only_layer_scale) is not one of "
-                         f"vit_jax's options")
     if "fc_norm.weight" in state and "norm.weight" in state:
         raise ValueError(f"{where}: a final norm both before and after pooling (norm and fc_norm)")
     if "patch_embed.proj.weight" not in state or not any(f"blocks.0.attn.{p}.weight" in state
@@ -118,8 +114,12 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         found = ", ".join(sorted(state)[:6])
         raise ValueError(f"{where} is not a timm VisionTransformer (or Eva) state dict: expected "
                          f"'patch_embed.proj.weight' and 'blocks.0.attn.qkv.weight'; found {found}, ...")
-    if args.get("use_post_norm") or args.get("num_kv_heads"):
-        raise ValueError(f"{where}: Eva's use_post_norm / num_kv_heads are not vit_jax options")
+    kv_heads = args.get("num_kv_heads")
+    grouped = kv_heads and any(h != args.get("num_heads") for h in (kv_heads if isinstance(kv_heads, list) else
+                                                                    [kv_heads]))
+    if args.get("use_post_norm") or grouped:
+        raise ValueError(f"{where}: Eva's use_post_norm / grouped-query attention (num_kv_heads {kv_heads} for "
+                         f"{args.get('num_heads')} heads) are not vit_jax options")
     rope = rope_options_from_timm(name, args, state, where)
     eva = [k for k in ("blocks.0.gamma_1", "blocks.0.attn.q_bias", "rope.freqs", "blocks.0.attn.q_proj.weight")
            if k in state]
@@ -144,6 +144,9 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         classifier=classifier, gelu_approximate=args.get("act_layer") == "gelu_tanh",
         quick_gelu=_quick_gelu(name, args), layer_norm_epsilon=_layer_norm_epsilon(name, args, where),
         layer_scale=1e-5 if "blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state else None,
+        layer_scale_attention_only=(any(f"blocks.0.{n}" in state for n in ("ls1.gamma", "gamma_1"))
+                                    and not any(f"blocks.0.{n}" in state for n in ("ls2.gamma", "gamma_2"))),
+        qk_norm="blocks.0.attn.q_norm.weight" in state,
         pre_norm="norm_pre.weight" in state, patch_bias="patch_embed.proj.bias" in state,
         embedding_norm="patch_embed.norm.weight" in state,
         qkv_bias=any(f"blocks.0.attn.{b}" in state for b in ("qkv.bias", "q_bias", "q_proj.bias")),
@@ -445,6 +448,9 @@ def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, o: Mapping
     rms = o["rms_norm"]
     if b + "attn.norm.weight" in w:
         attention["LayerNorm_0"] = norm_params(w, b + "attn.norm", rms)
+    if o["qk_norm"]:
+        attention["query_norm"] = norm_params(w, b + "attn.q_norm", rms)
+        attention["key_norm"] = norm_params(w, b + "attn.k_norm", rms)
     block = {"LayerNorm_0": norm_params(w, b + "norm1", rms), ATTENTION: attention,
              "LayerNorm_1": norm_params(w, b + "norm2", rms), "MlpBlock_0": _mlp_from_timm(w, b + "mlp.", o)}
     for j, (timm_name, eva_name) in enumerate((("ls1.gamma", "gamma_1"), ("ls2.gamma", "gamma_2"))):

@@ -170,7 +170,7 @@ def npz_architecture(spec: str | Path) -> NpzArchitecture:
 def architecture_of_npz(params: Mapping[str, Any], source: str | Path) -> NpzArchitecture:
     options = architecture_of(params)
     if "posembed_input" not in params[ENCODER]:
-        options["posemb"] = "sincos2d"  # big_vision's fixed table: no parameters
+        options.setdefault("posemb", "sincos2d")  # big_vision's fixed table: no parameters (RoPE-Mixed has its own)
         return NpzArchitecture(options, None, "no position table to read the image size from", _channels(params),
                                str(source))
     rows, side = _square_side(params, options["classifier"])
@@ -197,12 +197,33 @@ def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(
         num_classes=_num_classes(params), patch_size=(kernel[0], kernel[1]), hidden_size=kernel[3],
         num_layers=len(blocks), mlp_dim=mlp_dim, num_heads=heads, classifier=classifier,
-        gated_mlp="Gate" in first["MlpBlock_0"], rms_norm="bias" not in first["LayerNorm_0"],
-        proj_bias="bias" in first["MultiHeadDotProductAttention_0"]["out"],
         representation_size=np.shape(params["pre_logits"]["kernel"])[1] if "pre_logits" in params else None,
         final_norm="encoder_norm" in encoder or "fc_norm" in params, fc_norm="fc_norm" in params,
-        **_stem_of(params),
+        **_stem_of(params), **_options_in_parameters(params, first),
     )
+
+
+def _options_in_parameters(params: Mapping[str, Any], block: Mapping[str, Any]) -> dict[str, Any]:
+    """The options other than the defaults that leave parameters of their own (vit_jax's own exports: registers,
+    layer scale, SwiGLU, RMSNorms, sub-LNs, ...); only those that differ from `VisionTransformer`'s defaults."""
+    attention, mlp, embedding, encoder = (block["MultiHeadDotProductAttention_0"], block["MlpBlock_0"],
+                                          params["embedding"], params[ENCODER])
+    width = np.shape(embedding["kernel"])[-1]
+    query = np.shape(attention["query"]["kernel"])
+    found = dict(
+        layer_scale=1e-5 if "LayerScale_0" in block else None,  # its initial value; the trained one is loaded
+        layer_scale_attention_only="LayerScale_0" in block and "LayerScale_1" not in block,
+        gated_mlp="Gate" in mlp, mlp_norm="LayerNorm_0" in mlp, attention_norm="LayerNorm_0" in attention,
+        qk_norm="query_norm" in attention, rms_norm="bias" not in block["LayerNorm_0"],
+        proj_bias="bias" in attention["out"], qkv_bias="bias" in attention["query"],
+        qkv_dim=query[1] * query[2] if query[1] * query[2] != width else None,
+        pre_norm="pre_norm" in encoder, embedding_norm="embedding_norm" in embedding,
+        patch_norm="patch_norm" in embedding, patch_bias="bias" in embedding,
+        num_registers=int(np.shape(encoder["registers"])[1]) if "registers" in encoder else 0,
+        posemb="rope_mixed" if "rope_frequencies" in block else None,
+    )
+    defaults = {f.name: f.default for f in dataclasses.fields(VisionTransformer)}
+    return {k: v for k, v in found.items() if v is not None and v != defaults[k]}
 
 
 def _stem_of(params: Mapping[str, Any]) -> dict[str, Any]:

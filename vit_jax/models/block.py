@@ -127,7 +127,9 @@ class Encoder1DBlock(nn.Module):
                                               self.num_prefix, o.rope_pairing)
         # the residual added in the branch's last product's pass (inference on oneDNN: `dense_product`) where
         # nothing acts between them
-        direct = o.layer_scale is None and (deterministic or (o.dropout_rate == 0 and not o.stochastic_depth))
+        plain = deterministic or (o.dropout_rate == 0 and not o.stochastic_depth)
+        direct = o.layer_scale is None and plain
+        direct_mlp = (o.layer_scale is None or o.layer_scale_attention_only) and plain
         attention = MultiHeadDotProductAttention(
             num_heads=o.num_heads,
             qkv_features=o.qkv_dim,
@@ -141,13 +143,14 @@ class Encoder1DBlock(nn.Module):
             layer_norm_epsilon=o.layer_norm_epsilon,
             rms_norm=o.rms_norm,
             out_bias=o.proj_bias,
+            qk_norm=o.qk_norm,
         )
         attend = dict(deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
         if direct:
             x = attention(y, residual=x, **attend)
         else:
             y = nn.Dropout(rate=o.dropout_rate)(attention(y, **attend), deterministic=deterministic)
-            x = x + self._maybe_drop_path(self._maybe_scale(y), drop_path_rate, deterministic)
+            x = x + self._maybe_drop_path(self._maybe_scale(y, 0), drop_path_rate, deterministic)
 
         y = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, rms=o.rms_norm)(x)
         mlp = MlpBlock(
@@ -164,13 +167,17 @@ class Encoder1DBlock(nn.Module):
             matmul=o.matmul,
             activation_sharding=o.activation_sharding,
         )
-        if direct:
+        if direct_mlp:
             return mlp(y, deterministic=deterministic, residual=x), None
-        return x + self._maybe_drop_path(self._maybe_scale(mlp(y, deterministic=deterministic)), drop_path_rate,
+        return x + self._maybe_drop_path(self._maybe_scale(mlp(y, deterministic=deterministic), 1), drop_path_rate,
                                          deterministic), None
 
-    def _maybe_scale(self, y: jax.Array) -> jax.Array:
-        return y if self.options.layer_scale is None else LayerScale(self.options.layer_scale)(y)
+    def _maybe_scale(self, y: jax.Array, branch: int) -> jax.Array:
+        """Branch 0 (attention) or 1 (MLP) times its `LayerScale_{branch}`, where the model has one."""
+        o = self.options
+        if o.layer_scale is None or (branch == 1 and o.layer_scale_attention_only):
+            return y
+        return LayerScale(o.layer_scale, name=f"LayerScale_{branch}")(y)
 
     def _rotary_angles(self, coords: jax.Array, width: int) -> jax.Array:
         """`(B or 1, N_patches, H or 1, head_dim / 2)`: how far each patch token's channel pairs turn in this

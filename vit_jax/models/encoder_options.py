@@ -40,11 +40,15 @@ class EncoderOptions:
         `RmsNorm`), under the same names (`LayerNorm_0/scale`, `encoder_norm/scale`, ...).
       proj_bias: False: the attention's output projection and the MLP's layers have no bias (AIMv2; timm's
         `proj_bias=False`).
+      qk_norm: queries and keys normalised per head before attention (`query_norm`, `key_norm` in the attention
+        layer; timm's `qk_norm`), LayerNorms or, with `rms_norm`, RMSNorms.
       attention_norm: a LayerNorm `MultiHeadDotProductAttention_0/LayerNorm_0` on the heads' concatenated outputs
         before the output projection (EVA-02 CLIP's sub-LN; timm's `scale_attn_inner`).
       layer_norm_epsilon: every LayerNorm's epsilon (1e-6 as vision_transformer and timm; CLIP's is 1e-5).
       layer_scale: LayerScale (CaiT, DeiT-III, DINOv2/v3): each residual branch is multiplied channel-wise by a
         learned `LayerScale_{0,1}/scale` `(D,)` initialised to this value; None: no layer scale.
+        layer_scale_attention_only: only the attention branch's (`LayerScale_0`; Sapiens2, timm's
+        `attn_only_layer_scale`).
       pre_norm: a LayerNorm `Transformer/pre_norm` on the tokens before the first block (CLIP; timm's `norm_pre`).
       fc_norm: the final LayerNorm moves after pooling, as `fc_norm` (MAE / BEiT-style average pooling; timm's
         `fc_norm`): no `Transformer/encoder_norm`.
@@ -100,8 +104,10 @@ class EncoderOptions:
     attention_norm: bool = False
     rms_norm: bool = False
     proj_bias: bool = True
+    qk_norm: bool = False
     layer_norm_epsilon: float = 1e-6
     layer_scale: float | None = None
+    layer_scale_attention_only: bool = False
     pre_norm: bool = False
     fc_norm: bool = False
     final_norm: bool = True
@@ -153,6 +159,8 @@ def check_encoder_options(options: EncoderOptions) -> None:
     if options.layer_scale is not None and not isinstance(options.layer_scale, float | int):
         raise ValueError(f"layer_scale must be a number (LayerScale's initial value) or None; got "
                          f"{options.layer_scale!r}")
+    if options.layer_scale_attention_only and options.layer_scale is None:
+        raise ValueError("layer_scale_attention_only needs layer_scale (the attention branch's initial value)")
     if options.gated_mlp and options.quick_gelu:
         raise ValueError("gated_mlp's MLP gates with SiLU; quick_gelu names another activation for it: set at most "
                          "one")

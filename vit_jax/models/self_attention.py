@@ -44,6 +44,8 @@ class MultiHeadDotProductAttention(nn.Module):
       inner_norm: a LayerNorm `LayerNorm_0` over the heads' concatenated outputs before `out` (EVA-02 CLIP's
         sub-LN; timm's `scale_attn_inner`, `scale_attn_norm`), with epsilon `layer_norm_epsilon` (an RMSNorm with
         `rms_norm`). out_bias: False: the output projection has no bias (timm's `proj_bias=False`).
+      qk_norm: each head's queries and keys normalised over the head's channels (`query_norm`, `key_norm`: one
+        `(hd,)` scale (and bias) shared by the heads) before the kernel and any rotation (timm's `qk_norm`).
     """
 
     num_heads: int
@@ -60,6 +62,7 @@ class MultiHeadDotProductAttention(nn.Module):
     layer_norm_epsilon: float = 1e-6
     rms_norm: bool = False
     out_bias: bool = True
+    qk_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool, mask: jax.Array | None = None,
@@ -75,6 +78,9 @@ class MultiHeadDotProductAttention(nn.Module):
         projections = [HeadsProjection(head_shape, self.qkv_bias, self.kernel_init, self.bias_init, name=name)(width)
                        for name in ("query", "key", "value")]
         query, key, value = fused_projection(x, projections, self.dtype, self.qkv_dot_general)
+        if self.qk_norm:
+            norm = dict(epsilon=self.layer_norm_epsilon, dtype=self.dtype, rms=self.rms_norm)
+            query, key = LayerNorm(**norm, name="query_norm")(query), LayerNorm(**norm, name="key_norm")(key)
         dropout = self.dropout_rate > 0.0 and not deterministic
         kwargs = dict(mask=mask, dropout_rng=self.make_rng("dropout") if dropout else None,
                       dropout_rate=self.dropout_rate, broadcast_dropout=False, deterministic=not dropout,
