@@ -10,7 +10,7 @@ random input as timm (eval mode), then again at a second resolution unless `--no
 else), NOT-BUILT (timm cannot build it small). Exit status 1 if any is MISMATCH or ERROR-UNCLEAR.
 
 Result with timm 1.0.31 (2026-12-05, docs/hub_checkpoints.md): 436 cases (370 registered names, 66 option
-variants): 248 MATCH, 170 REFUSED-CLEARLY, 18 NOT-BUILT, no MISMATCH and no ERROR-UNCLEAR.
+variants): 268 MATCH, 150 REFUSED-CLEARLY, 18 NOT-BUILT, no MISMATCH and no ERROR-UNCLEAR.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ PER_NAME = {
     "vit_tiny_r_s16_p8_224": dict(img_size=64), "vit_tiny_r_s16_p8_384": dict(img_size=64),
     "deepseek_vit_412m": dict(img_size=56), "deepseek_vit_412m_align": dict(img_size=56),
     **{f"qwen3_vit_{s}_{k}": dict(img_size=64) for s in ("88m", "306m", "416m") for k in ("enc", "merge")},
-    **{f"vit_{s}_patch16_sapiens2": dict(num_kv_heads=[1, 1]) for s in ("base", "large", "huge", "giant", "5b")},
+    # Sapiens2's per-block key/value heads, as its sizes have them: all the heads (base), some blocks grouped (others)
+    "vit_base_patch16_sapiens2": dict(num_kv_heads=[2, 2]),
+    **{f"vit_{s}_patch16_sapiens2": dict(num_kv_heads=[2, 1]) for s in ("large", "huge", "giant", "5b")},
 }
 
 # Constructor options that no registered name uses (or uses only in big models): each on a plain base ViT / Eva.
