@@ -167,3 +167,23 @@ def test_each_adaptation_choice_is_checked_once_for_the_api_and_the_config(name,
     listed = re.escape(", ".join(map(repr, allowed)))
     with pytest.raises(ConfigError, match=rf"^config.init.{name} = '{bad}': unknown value; allowed: {listed}$"):
         check_choices(config)
+
+
+@pytest.mark.parametrize("source_classifier, target_classifier", [("token_distilled", "token"),
+                                                                  ("token", "token_distilled")])
+def test_a_distillation_token_is_dropped_or_added_with_its_table_row_and_head(source_classifier, target_classifier):
+    """DeiT's rows are [class, distillation, patches]: each token's row goes with it, a new one starts at zero."""
+    source = values(create_model("Ti/8", num_classes=10, classifier=source_classifier, **TINY), (16, 16), 0)
+    target = create_model("Ti/8", num_classes=10, classifier=target_classifier, **TINY)
+    plan, merged, fresh = adapt(source, target, (16, 16), (2, 2))
+    old, new = (p["Transformer"]["posembed_input"]["pos_embedding"] for p in (source, merged))
+    np.testing.assert_array_equal(new[:, 0], old[:, 0])  # the class row
+    np.testing.assert_array_equal(new[:, -4:], old[:, -4:])  # the 2x2 patch rows
+    if target_classifier == "token":
+        assert new.shape[1] == 5 and "dist" not in merged and "head_dist" not in merged
+        assert "dist, head_dist: dropped (the new model has no distillation token)" in plan.notes
+    else:
+        np.testing.assert_array_equal(new[:, 1], 0)
+        np.testing.assert_array_equal(merged["dist"], fresh["dist"])
+        np.testing.assert_array_equal(merged["head_dist"]["kernel"], fresh["head_dist"]["kernel"])
+        np.testing.assert_array_equal(merged["head"]["kernel"], source["head"]["kernel"])

@@ -112,6 +112,7 @@ def plan_adaptation(
         elif any(p.search("/".join(path)) for p in patterns):
             source.pop(path)
             notes.append(f"{'/'.join(path)}: not loaded (dont_load); the new model has no such parameter")
+    _plan_distillation_token(source, target_flat, from_init, notes)
     _plan_head(source, target_flat, head, from_init, notes)
     _plan_kernel(source, target_flat, inflation, notes)
     _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, posemb_method,
@@ -167,6 +168,19 @@ def _plan_head(source, target_flat, head, from_init, notes) -> None:
                 from_init(path, "re-initialised" + (" (another number of classes)" if differs else ""))
 
 
+def _plan_distillation_token(source, target_flat, from_init, notes) -> None:
+    """DeiT's distillation token and its head: dropped for a model without one, initialised for a model that has
+    one and a checkpoint that has not."""
+    paths = [p for p in list(source) if p[0] in ("dist", "head_dist")]
+    if paths and ("dist",) not in target_flat:
+        for path in paths:
+            source.pop(path)
+        notes.append("dist, head_dist: dropped (the new model has no distillation token)")
+    elif ("dist",) in target_flat and ("dist",) not in source:
+        for path in [p for p in target_flat if p[0] in ("dist", "head_dist")]:
+            from_init(path, "initialised (the checkpoint has no distillation token)")
+
+
 def _plan_kernel(source, target_flat, inflation, notes) -> None:
     if KERNEL not in source or KERNEL not in target_flat:
         return
@@ -215,10 +229,11 @@ def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, me
         resized = np.asarray(resize_posemb(table, old_grid, new_grid, old_prefix, method, antialias))
         if old_grid != new_grid:
             notes.append(f"pos_embedding: resized from a {_text(old_grid)} to a {_text(new_grid)} grid ({how})")
-    if old_prefix > new_prefix:  # the class token's row goes with the class token
-        resized = resized[:, old_prefix - new_prefix :]
-    elif new_prefix > old_prefix:  # big_vision-style tables: no row means a zero row
-        resized = np.concatenate([np.zeros((1, new_prefix - old_prefix, resized.shape[2]), resized.dtype), resized], 1)
+    # prefix rows are the class token's, then DeiT's distillation token's: a token's row goes with the token, and
+    # a token the checkpoint lacks gets a zero row (big_vision-style tables have none: no row means a zero row)
+    if old_prefix != new_prefix:
+        zeros = np.zeros((1, max(new_prefix - old_prefix, 0), resized.shape[2]), resized.dtype)
+        resized = np.concatenate([resized[:, :min(old_prefix, new_prefix)], zeros, resized[:, old_prefix:]], axis=1)
     if resized.shape[2] == shape[2]:
         source[POSEMB] = resized
 
