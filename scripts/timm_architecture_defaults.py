@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parents[1] / "vit_jax" / "checkpoint" / "timm_architectures.json"
-MODULES = ("vision_transformer", "eva")  # timm's VisionTransformer and Eva classes: the layouts vit_jax reads
+MODULES = ("vision_transformer", "eva", "beit")  # timm's VisionTransformer, Eva and Beit classes: the layouts vit_jax reads
 
 
 def canonical(key: str, value: Any, timm: Any) -> Any:

@@ -217,6 +217,7 @@ def test_fine_tuning_reads_an_npz_architecture_off_its_shapes(tmp_path, rng, dig
     dict(layer_scale=1e-5, num_registers=2, pre_norm=True, qk_norm=True, mlp_norm=True, attention_norm=True,
          qkv_bias=False, embedding_norm=True, patch_bias=False, qkv_dim=64),
     dict(layer_scale=1e-5, layer_scale_attention_only=True, classifier="token_distilled"),
+    dict(relative_position_bias=True, posemb="none", classifier="token"),
 ])
 def test_a_vit_jax_export_with_options_of_its_own_reads_back_with_them(options, tmp_path):
     """The options that leave parameters of their own are read off an exported file's names and shapes."""
@@ -229,7 +230,9 @@ def test_a_vit_jax_export_with_options_of_its_own_reads_back_with_them(options, 
     params = jax.tree.map(lambda a: a + 0.1 * np.random.default_rng(1).standard_normal(a.shape).astype(np.float32),
                           model.init(jax.random.key(0), x, train=False)["params"])
     save_npz(params, tmp_path / "model.npz")
-    assert {k: v for k, v in architecture_of(params).items() if k in options} == options
+    assert {k: v for k, v in architecture_of(params).items() if k in options} == {
+        k: v for k, v in options.items() if k != "posemb"}
     trained = load_trained_model(npz=tmp_path / "model.npz")
+    assert trained.model.posemb == options.get("posemb", "learn") and trained.image_size == (16, 16)
     np.testing.assert_allclose(np.asarray(trained.model.apply({"params": trained.params}, x, train=False)),
                                np.asarray(model.apply({"params": params}, x, train=False)), atol=1e-6)

@@ -72,6 +72,10 @@ FAMILIES = {
     "sapiens2": ("vit_base_patch16_sapiens2", dict(img_size=32, num_kv_heads=[2, 2]),
                  dict(qk_norm=True, layer_scale_attention_only=True, rms_norm=True, num_registers=8)),
     "qk_norm": ("vit_base_patch16_224", dict(img_size=32, qk_norm=True), dict(qk_norm=True)),
+    # BEiT: relative position biases in every block (no position table), q/v biases, layer scale, fc_norm after
+    # average pooling
+    "beit": ("beit_base_patch16_224", dict(img_size=32),
+             dict(relative_position_bias=True, posemb="none", classifier="token_gap", fc_norm=True)),
     # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
     "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
@@ -122,18 +126,24 @@ def test_each_family_loads_with_its_options_and_gives_timms_logits(saved, family
 
 
 @pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip", "siglip", "registers_with_positions",
-                                    "rope_axial", "dinov3", "eva02", "deit_distilled"])
+                                    "rope_axial", "dinov3", "eva02", "deit_distilled", "beit"])
 def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits(saved, family):
     """timm resamples its table (bicubic, antialiased) when `dynamic_img_size=True`; fine-tuning resizes ours the
     same way (`init.posemb_method=bicubic`, antialiased), which configs/finetune.py picks for timm checkpoints."""
     model, directory = saved[family]
     name, kwargs, _ = FAMILIES[family]
-    dynamic = perturbed_timm(name, **kwargs, dynamic_img_size=True)
-    dynamic.load_state_dict(model.state_dict(), strict=True)
     arch = timm_architecture(directory)
     pretrained = load_pretrained(directory)
     patch = arch.options["patch_size"][0]
     new_size = (arch.image_size[0] + 2 * patch, arch.image_size[1] + patch)  # another, non-square grid
+    if family == "beit":  # no dynamic size: a model at the new size loads the weights as timm resizes them
+        from timm.models.beit import checkpoint_filter_fn
+
+        dynamic = perturbed_timm(name, **{**kwargs, "img_size": new_size})
+        dynamic.load_state_dict(checkpoint_filter_fn(model.state_dict(), dynamic), strict=True)
+    else:
+        dynamic = perturbed_timm(name, **kwargs, dynamic_img_size=True)
+        dynamic.load_state_dict(model.state_dict(), strict=True)
     target = VisionTransformer(**{**arch.options, "posemb_grid": None})
     shapes = jax.eval_shape(lambda: target.init(jax.random.key(0), jnp.zeros((1, *new_size, 3)), train=False))
     plan = plan_adaptation(pretrained.params, shapes["params"], old_grid=pretrained.grid,
@@ -303,6 +313,8 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     ("vit_pe_core_tiny_patch16_384", dict(img_size=32), True, "rope_grid_offset 1.0 in vit_pe_core_tiny_patch16_384"),
     # tensors vit_jax would leave unread or needs and does not find
     ("cait_xxs24_224", dict(img_size=32), True, r"tensors vit_jax's ViT has no place for \(blocks.N.attn.proj_l"),
+    ("beit_base_patch16_224", dict(img_size=32, use_shared_rel_pos_bias=True, use_rel_pos_bias=False), True,
+     "a relative position bias shared by the blocks"),
     ("vit_relpos_small_patch16_224", dict(img_size=32), True, "tensors vit_jax's ViT has no place for"),
     ("vit_base_patch16_224", dict(img_size=32, embed_norm_layer="rmsnorm"), True,
      "LayerNorm and RmsNorm norms in one model"),

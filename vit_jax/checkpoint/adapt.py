@@ -24,6 +24,7 @@ from vit_jax.checkpoint.inflate import INFLATION_METHODS, inflate_kernel, inflat
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, stack_encoder_blocks, unstack_encoder_blocks
 from vit_jax.models.patching import pi_resize_kernel
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, resize_posemb
+from vit_jax.models.relative_position import resize_relative_position_bias
 
 HEAD_POLICIES = ("auto", "reinit", "load")
 HEADS = ("head", "head_dist")  # the classifier's heads: DeiT's distilled models have two
@@ -118,6 +119,7 @@ def plan_adaptation(
     _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, posemb_method,
                  posemb_antialias, from_init, notes)
     _plan_factorized(source, target_flat, posemb, posemb_method, posemb_antialias, from_init, notes)
+    _plan_relative_position(source, target_flat, notes)
     if REGISTERS in target_flat and REGISTERS not in source:
         from_init(REGISTERS, "initialised (the checkpoint has no register tokens)")
     for path in target_flat:  # RoPE-Mixed's learned frequencies, for a checkpoint trained with another encoding
@@ -251,6 +253,22 @@ def _plan_factorized(source, target_flat, policy, method, antialias, from_init, 
             source[path] = np.asarray(resize_posemb(source[path][None], (old,), (new,), 0, method, antialias))[0]
             notes.append(f"{path[-1]}: resized from {old} to {new} positions "
                          f"({method}{', antialiased' if antialias else ''})")
+
+
+def _plan_relative_position(source, target_flat, notes) -> None:
+    """BEiT's relative position tables, resized for a new grid as BEiT's fine-tuning resizes them
+    (`vit_jax.models.relative_position`)."""
+    resized = 0
+    for path, (shape, _) in target_flat.items():
+        if path[-1] != "relative_position_bias" or path not in source or source[path].shape == shape:
+            continue
+        if source[path].shape[-1] != shape[-1] or len(shape) != 3:
+            continue  # another head count: reported by the shape check
+        source[path] = resize_relative_position_bias(source[path], ((shape[0] + 1) // 2, (shape[1] + 1) // 2))
+        resized += 1
+    if resized:
+        notes.append(f"relative_position_bias: {resized} table(s) resized to {shape[0]}x{shape[1]} offsets "
+                     f"(BEiT's geometric interpolation)")
 
 
 def _text(grid: Sequence[int]) -> str:

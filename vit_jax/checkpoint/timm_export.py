@@ -86,7 +86,9 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     if not model.final_norm:  # only then: older timm versions do not know the argument
         model_args["final_norm"] = False
     architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
-    if model.classifier == "token_distilled":
+    if model.relative_position_bias:
+        architecture, model_args = _beit(model, model_args)
+    elif model.classifier == "token_distilled":
         architecture = _distilled_vit(model)
     elif is_rope(model.posemb):
         architecture, model_args = _eva(model, model_args)
@@ -114,6 +116,27 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     )
     return dict(architecture=architecture, num_classes=model.num_classes or 0, num_features=model.hidden_size,
                 global_pool=model_args["global_pool"], model_args=model_args, pretrained_cfg=pretrained_cfg)
+
+
+def _beit(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Relative position biases are timm's `Beit` (one table per block, a class token, q/v biases)."""
+    refuse = {"classifier": model.classifier not in ("token", "token_gap"), "num_registers": model.num_registers,
+              "posemb": model.posemb not in ("learn", "none"), "pre_norm": model.pre_norm,
+              "embedding_norm": model.embedding_norm, "patch_bias": not model.patch_bias,
+              "gelu_approximate": model.gelu_approximate and not model.gated_mlp, "quick_gelu": model.quick_gelu,
+              "gated_mlp": model.gated_mlp, "mlp_norm": model.mlp_norm, "attention_norm": model.attention_norm,
+              "qk_norm": model.qk_norm, "rms_norm": model.rms_norm, "proj_bias": not model.proj_bias,
+              "layer_scale_attention_only": model.layer_scale_attention_only, "final_norm": not model.final_norm,
+              "layer_norm_epsilon": model.layer_norm_epsilon != 1e-6}
+    for option, refused in refuse.items():
+        if refused:
+            raise ValueError(f"{option}={getattr(model, option)!r} with relative_position_bias: timm's Beit "
+                             f"(beit_base_patch16_224) has no counterpart")
+    keep = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
+            "mlp_ratio", "qkv_bias", "init_values")
+    return "beit_base_patch16_224", dict({k: vit_args[k] for k in keep}, use_abs_pos_emb=model.posemb == "learn",
+                                         use_rel_pos_bias=True, use_shared_rel_pos_bias=False,
+                                         use_fc_norm=model.fc_norm)
 
 
 def _aimv2(model: VisionTransformer) -> bool:
@@ -243,6 +266,8 @@ def _heads_out(name: str, p: dict[str, np.ndarray], width: int) -> dict[str, np.
 def _attention_layout(model: VisionTransformer) -> str:
     """`vit` (timm's VisionTransformer), or an Eva's `attn_type`: `rope` (fused `qkv.bias`) or `eva` (`q_bias`,
     `v_bias`); Eva's layer scales are `gamma_1` / `gamma_2`."""
+    if model.relative_position_bias:
+        return "eva"  # Beit's: q_bias, v_bias, gamma_1, gamma_2
     return rope_architecture(_rope_options(model))[1]["attn_type"] if is_rope(model.posemb) else "vit"
 
 
@@ -269,6 +294,10 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit
         state[b + "attn.qkv.bias"] = np.concatenate([q[1], k[1], v[1]])
     if "LayerNorm_0" in attention:
         state.update(_norm(b + "attn.norm", attention["LayerNorm_0"]))
+    if "relative_position_bias" in attention:  # Beit's flat table: the offsets row-major, then the class token's
+        heads = attention["relative_position_bias"].shape[-1]
+        state[b + "attn.relative_position_bias_table"] = np.concatenate(
+            [attention["relative_position_bias"].reshape(-1, heads), attention["relative_position_bias_prefix"]])
     if "query_norm" in attention:
         state.update({**_norm(b + "attn.q_norm", attention["query_norm"]), **_norm(b + "attn.k_norm", attention["key_norm"])})
     names = ("ls1.gamma", "ls2.gamma") if layout == "vit" else ("gamma_1", "gamma_2")

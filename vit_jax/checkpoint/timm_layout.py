@@ -43,8 +43,8 @@ _REFUSED = {
     "attn_pool.pos_embed": "a position table inside the attention-pooling head",
     "patch_embed.backbone": "a hybrid's CNN stem in timm's layout (vit_jax reads hybrids from vision_transformer's "
                             ".npz files)",
-    "blocks.0.attn.relative_position_bias_table": "relative position biases (BEiT)",
-    "rel_pos_bias": "relative position biases (BEiT)",
+    "rel_pos_bias": "a relative position bias shared by the blocks (BEiT's pre-training; its fine-tuned models "
+                    "have one per block)",
     "blocks.0.attn.rel_pos_h": "relative position biases (SAM)",
 }
 # timm's heads per width for its standard ViT sizes (ti, s, m, b, l, h, g, G, so400m, dinov2-g), for checkpoints
@@ -64,6 +64,12 @@ class TimmArchitecture:
     channels: int
     no_embed_class: bool = False
     pretrained_cfg: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid of `image_size`: the one the position table and relative position tables are for."""
+        ph, pw = self.options["patch_size"]
+        return self.image_size[0] // ph, self.image_size[1] // pw
 
     @property
     def variant(self) -> str:
@@ -123,7 +129,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
     rope = rope_options_from_timm(name, args, state, where)
     eva = [k for k in ("blocks.0.gamma_1", "blocks.0.attn.q_bias", "rope.freqs", "blocks.0.attn.q_proj.weight")
            if k in state]
-    if not rope and "pos_embed" not in state and (eva or not config):
+    relative = "blocks.0.attn.relative_position_bias_table" in state  # BEiT's
+    if not rope and not relative and "pos_embed" not in state and (eva or not config):
         raise ValueError(f"{where}: no position table{f' and Eva tensors ({eva[0]!r})' if eva else ''}, so a rotary "
                          f"encoding whose conventions are not in the tensors; put its config.json (architecture, "
                          f"model_args) beside the weights")
@@ -146,7 +153,7 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         layer_scale=1e-5 if "blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state else None,
         layer_scale_attention_only=(any(f"blocks.0.{n}" in state for n in ("ls1.gamma", "gamma_1"))
                                     and not any(f"blocks.0.{n}" in state for n in ("ls2.gamma", "gamma_2"))),
-        qk_norm="blocks.0.attn.q_norm.weight" in state,
+        qk_norm="blocks.0.attn.q_norm.weight" in state, relative_position_bias=relative,
         pre_norm="norm_pre.weight" in state, patch_bias="patch_embed.proj.bias" in state,
         embedding_norm="patch_embed.norm.weight" in state,
         qkv_bias=any(f"blocks.0.attn.{b}" in state for b in ("qkv.bias", "q_bias", "q_proj.bias")),
@@ -168,6 +175,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
     if gated and classifier == "map":
         raise ValueError(f"{where}: an attention-pooling head in a SwiGLU model (timm's head MLP is a plain one with "
                          f"the model's SiLU); vit_jax's MAP head has a GELU MLP")
+    if relative:
+        _check_relative_table(state["blocks.0.attn.relative_position_bias_table"], grid, has_cls, where)
     pool_mlp = state.get("attn_pool.mlp.fc1.weight")
     if pool_mlp is not None and pool_mlp.shape[0] != options["mlp_dim"]:
         raise ValueError(f"{where}: an attention-pooling head whose MLP has {pool_mlp.shape[0]} hidden units, the "
@@ -250,6 +259,15 @@ def _gated_mlp(state: Mapping[str, np.ndarray], args: Mapping[str, Any], name: s
                          f"whose gating {model}'s arguments do not say is SwiGLU's (timm's SwiGLUPacked, Eva's "
                          f"swiglu_mlp); put its config.json beside the weights")
     return True
+
+
+def _check_relative_table(table: np.ndarray, grid: tuple[int, int], has_cls: bool, where: str) -> None:
+    """BEiT's flat table: `(2 gh - 1) (2 gw - 1)` offsets of the training grid, then the class token's three."""
+    expected = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+    if table.shape[0] != expected or not has_cls:
+        raise ValueError(f"{where}: a relative position table of {table.shape[0]} rows"
+                         f"{'' if has_cls else ' without a class token'}; BEiT's for a {grid[0]}x{grid[1]} grid has "
+                         f"{expected} (the offsets, then the class token's three)")
 
 
 def _activation(args: Mapping[str, Any]) -> str:
@@ -375,7 +393,7 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     heads, width = o["num_heads"], o["hidden_size"]
     encoder: dict[str, Any] = {}
     for i in range(o["num_layers"]):
-        encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, o)
+        encoder[BLOCK.format(i)] = _block_from_timm(w, f"blocks.{i}.", heads, o, arch.grid)
         if "rope.freqs" in w:  # rope_mixed: (2, depth, heads, pairs), each block's (x, y) frequencies
             encoder[BLOCK.format(i)]["rope_frequencies"] = w["rope.freqs"][:, i]
     rms = o["rms_norm"]
@@ -441,13 +459,18 @@ def heads_out(w: Mapping[str, np.ndarray], name: str, heads: int, bias: bool = T
     return {**kernel, "bias": w[f"{name}.bias"]} if bias else kernel
 
 
-def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, o: Mapping[str, Any]) -> dict[str, Any]:
+def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, o: Mapping[str, Any], grid: tuple[int, int]
+                     ) -> dict[str, Any]:
     qkv_w, qkv_b = _qkv(w, b + "attn.")
     attention = {name: heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
     attention["out"] = heads_out(w, b + "attn.proj", heads, o["proj_bias"])
     rms = o["rms_norm"]
     if b + "attn.norm.weight" in w:
         attention["LayerNorm_0"] = norm_params(w, b + "attn.norm", rms)
+    if o["relative_position_bias"]:  # timm's flat (offsets row-major, then the class token's three, heads)
+        table = w[b + "attn.relative_position_bias_table"]
+        attention["relative_position_bias"] = table[:-3].reshape(2 * grid[0] - 1, 2 * grid[1] - 1, heads)
+        attention["relative_position_bias_prefix"] = table[-3:]
     if o["qk_norm"]:
         attention["query_norm"] = norm_params(w, b + "attn.q_norm", rms)
         attention["key_norm"] = norm_params(w, b + "attn.k_norm", rms)

@@ -169,6 +169,13 @@ def npz_architecture(spec: str | Path) -> NpzArchitecture:
 
 def architecture_of_npz(params: Mapping[str, Any], source: str | Path) -> NpzArchitecture:
     options = architecture_of(params)
+    if "posembed_input" not in params[ENCODER] and options.get("relative_position_bias"):  # BEiT: the tables' grid
+        options.setdefault("posemb", "none")
+        attention = _unstacked(params)[ENCODER]["encoderblock_0"]["MultiHeadDotProductAttention_0"]
+        rows, columns, _ = np.shape(attention["relative_position_bias"])
+        ph, pw = pixel_patch_size(VisionTransformer(**options))
+        return NpzArchitecture(options, ((rows + 1) // 2 * ph, (columns + 1) // 2 * pw), "", _channels(params),
+                               str(source))
     if "posembed_input" not in params[ENCODER]:
         options.setdefault("posemb", "sincos2d")  # big_vision's fixed table: no parameters (RoPE-Mixed has its own)
         return NpzArchitecture(options, None, "no position table to read the image size from", _channels(params),
@@ -221,6 +228,7 @@ def _options_in_parameters(params: Mapping[str, Any], block: Mapping[str, Any]) 
         patch_norm="patch_norm" in embedding, patch_bias="bias" in embedding,
         num_registers=int(np.shape(encoder["registers"])[1]) if "registers" in encoder else 0,
         posemb="rope_mixed" if "rope_frequencies" in block else None,
+        relative_position_bias="relative_position_bias" in attention,
     )
     defaults = {f.name: f.default for f in dataclasses.fields(VisionTransformer)}
     return {k: v for k, v in found.items() if v is not None and v != defaults[k]}

@@ -48,8 +48,9 @@ def check_attention_impl(impl: str, dtype: Any, attention_dropout_rate: float, r
 
 def _fused(implementation: str) -> Callable[..., jax.Array]:
     def attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None,
-                  **unused: Any) -> jax.Array:
-        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+                  bias: jax.Array | None = None, **unused: Any) -> jax.Array:
+        bias = None if bias is None else bias.astype(query.dtype)
+        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation=implementation)
 
     attention.__name__ = f"dot_product_attention_{implementation}"
     return attention

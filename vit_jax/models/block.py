@@ -113,6 +113,7 @@ class Encoder1DBlock(nn.Module):
     options: EncoderOptions
     rope: str | None = None  # `rope_axial` or `rope_mixed`: rotate the patch tokens' queries and keys
     num_prefix: int = 0  # tokens before the patches (class token, registers), never rotated
+    grid: tuple[int, ...] | None = None  # the patch grid (for relative position biases)
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool,
@@ -144,6 +145,8 @@ class Encoder1DBlock(nn.Module):
             rms_norm=o.rms_norm,
             out_bias=o.proj_bias,
             qk_norm=o.qk_norm,
+            relative_position_grid=self._relative_position_grid(),
+            num_prefix=self.num_prefix,
         )
         attend = dict(deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
         if direct:
@@ -171,6 +174,13 @@ class Encoder1DBlock(nn.Module):
             return mlp(y, deterministic=deterministic, residual=x), None
         return x + self._maybe_drop_path(self._maybe_scale(mlp(y, deterministic=deterministic), 1), drop_path_rate,
                                          deterministic), None
+
+    def _relative_position_grid(self) -> tuple[int, int] | None:
+        if not self.options.relative_position_bias:
+            return None
+        if self.grid is None or len(self.grid) != 2:
+            raise ValueError(f"relative_position_bias is for images on a patch grid (BEiT's); got grid {self.grid}")
+        return tuple(self.grid)
 
     def _maybe_scale(self, y: jax.Array, branch: int) -> jax.Array:
         """Branch 0 (attention) or 1 (MLP) times its `LayerScale_{branch}`, where the model has one."""

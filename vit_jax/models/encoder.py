@@ -81,6 +81,8 @@ class Encoder(nn.Module):
                                 name="posembed_input")(x)
         else:
             x = PackedPositionEmbs(table, self.grid, name="posembed_input")(x, positions)
+        if positions is not None and o.relative_position_bias:
+            raise ValueError("relative_position_bias (BEiT's) is for one image's grid; packed sequences have many")
         coords = self._rotary_coordinates(positions, train) if rope else None
         if train and o.patch_dropout:
             x, coords = drop_patches(x, coords, self.num_prefix, o.patch_dropout, self.make_rng("dropout"))
@@ -100,11 +102,11 @@ class Encoder(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=o.num_layers,
-            )(o, rope, prefix, name=SCANNED_BLOCKS)
+            )(o, rope, prefix, self.grid, name=SCANNED_BLOCKS)
             x, _ = blocks(x, jnp.asarray(rates), not train, mask, coords)
         else:
             for layer in range(o.num_layers):
-                block = block_cls(o, rope, prefix, name=f"{SCANNED_BLOCKS}_{layer}")
+                block = block_cls(o, rope, prefix, self.grid, name=f"{SCANNED_BLOCKS}_{layer}")
                 x, _ = block(x, float(rates[layer]), not train, mask, coords)
         if o.final_norm and not o.fc_norm:  # else the model normalises after pooling, or not at all
             x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, rms=o.rms_norm, name="encoder_norm")(x)

@@ -40,6 +40,10 @@ class EncoderOptions:
         `RmsNorm`), under the same names (`LayerNorm_0/scale`, `encoder_norm/scale`, ...).
       proj_bias: False: the attention's output projection and the MLP's layers have no bias (AIMv2; timm's
         `proj_bias=False`).
+      relative_position_bias: BEiT's relative position biases in every block's attention
+        (`relative_position_bias` `(2 gh - 1, 2 gw - 1, heads)` and, with a class token,
+        `relative_position_bias_prefix` `(3, heads)`; resized for another grid as BEiT's fine-tuning does; see
+        `vit_jax.models.relative_position`). Images only, without registers or patch dropout.
       qk_norm: queries and keys normalised per head before attention (`query_norm`, `key_norm` in the attention
         layer; timm's `qk_norm`), LayerNorms or, with `rms_norm`, RMSNorms.
       attention_norm: a LayerNorm `MultiHeadDotProductAttention_0/LayerNorm_0` on the heads' concatenated outputs
@@ -105,6 +109,7 @@ class EncoderOptions:
     rms_norm: bool = False
     proj_bias: bool = True
     qk_norm: bool = False
+    relative_position_bias: bool = False
     layer_norm_epsilon: float = 1e-6
     layer_scale: float | None = None
     layer_scale_attention_only: bool = False
@@ -159,6 +164,9 @@ def check_encoder_options(options: EncoderOptions) -> None:
     if options.layer_scale is not None and not isinstance(options.layer_scale, float | int):
         raise ValueError(f"layer_scale must be a number (LayerScale's initial value) or None; got "
                          f"{options.layer_scale!r}")
+    if options.relative_position_bias and (options.num_registers or options.patch_dropout):
+        raise ValueError("relative_position_bias (BEiT's) indexes the whole patch grid after the class token: "
+                         "num_registers and patch_dropout change that sequence; set them to 0")
     if options.layer_scale_attention_only and options.layer_scale is None:
         raise ValueError("layer_scale_attention_only needs layer_scale (the attention branch's initial value)")
     if options.gated_mlp and options.quick_gelu:

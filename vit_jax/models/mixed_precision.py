@@ -189,25 +189,28 @@ def mixed_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, pr
 
 
 def mixed_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None,
-                    **unused: Any) -> jax.Array:
+                    bias: jax.Array | None = None, **unused: Any) -> jax.Array:
     """Softmax attention over `(batch, length, heads, head_dim)` bf16 inputs: both products through
     `mixed_einsum`, the softmax in float32. For flax's `MultiHeadDotProductAttention(attention_fn=...)`; `mask`
     (broadcastable to `(batch, heads, queries, keys)`, True: attend) as flax's; no attention dropout (the
-    encoder only picks this function without it). Where only its value is wanted and nothing is masked, oneDNN's
-    fused form where it can (`onednn.attention`: the same primitives, the same bits, with the logits in cache)."""
+    encoder only picks this function without it); `bias` (broadcastable likewise) added to the logits. Where only its
+    value is wanted and nothing is masked or biased, oneDNN's fused form where it can (`onednn.attention`: the same
+    primitives, the same bits, with the logits in cache)."""
     scale = 1.0 / math.sqrt(query.shape[-1])
-    unfused = functools.partial(_attention, mask=mask, scale=scale)
-    if mask is not None:
+    unfused = functools.partial(_attention, mask=mask, scale=scale, bias=bias)
+    if mask is not None or bias is not None:
         return unfused(query, key, value)
     library = functools.partial(onednn.attention, scale=scale)
     return library_unless_differentiated(unfused, library, (query, key, value))
 
 
-def _attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None, scale: float
-               ) -> jax.Array:
+def _attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None, scale: float,
+               bias: jax.Array | None = None) -> jax.Array:
     # float32 logits straight from the product, scaled by 1/sqrt(head_dim) on its float32 accumulator: no pass of
     # their own for the conversion (BENCHMARKS.md, exp. 28) or for scaling the queries (exp. 30)
     logits = mixed_einsum("bqhd,bkhd->bhqk", query, key, jnp.float32, scale)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = softmax(logits, value.dtype)

@@ -29,6 +29,7 @@ from vit_jax.models.mixed_precision import (
     mixed_dot_general,
     on_flat_shape,
 )
+from vit_jax.models.relative_position import relative_position_logits
 from vit_jax.native import onednn
 
 
@@ -46,6 +47,8 @@ class MultiHeadDotProductAttention(nn.Module):
         `rms_norm`). out_bias: False: the output projection has no bias (timm's `proj_bias=False`).
       qk_norm: each head's queries and keys normalised over the head's channels (`query_norm`, `key_norm`: one
         `(hd,)` scale (and bias) shared by the heads) before the kernel and any rotation (timm's `qk_norm`).
+      relative_position_grid: BEiT's relative position biases on the logits, for `num_prefix` prefix tokens then
+        this row-major patch grid (`vit_jax.models.relative_position`); None: none.
     """
 
     num_heads: int
@@ -63,6 +66,8 @@ class MultiHeadDotProductAttention(nn.Module):
     rms_norm: bool = False
     out_bias: bool = True
     qk_norm: bool = False
+    relative_position_grid: tuple[int, int] | None = None
+    num_prefix: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool, mask: jax.Array | None = None,
@@ -85,7 +90,13 @@ class MultiHeadDotProductAttention(nn.Module):
         kwargs = dict(mask=mask, dropout_rng=self.make_rng("dropout") if dropout else None,
                       dropout_rate=self.dropout_rate, broadcast_dropout=False, deterministic=not dropout,
                       dtype=self.dtype)
+        if self.relative_position_grid is not None:
+            kwargs["bias"] = relative_position_logits(self, tuple(self.relative_position_grid), self.num_heads,
+                                                      self.num_prefix)
         accepted = inspect.signature(self.attention_fn).parameters
+        if "bias" in kwargs and "bias" not in accepted:
+            raise ValueError(f"attention_fn {getattr(self.attention_fn, '__name__', self.attention_fn)} takes no "
+                             f"logit bias (relative position biases)")
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
         if sow_weights:
             kwargs["module"] = self
