@@ -46,7 +46,8 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's VisionTransformer has no counterpart")
     # timm's fc1 width: a VisionTransformer's SwiGLUPacked counts the gate's half in mlp_ratio, SwiGLU (Eva, AIMv2) not
-    hidden = 2 * model.mlp_dim if model.gated_mlp and not is_rope(model.posemb) and not _aimv2(model) else model.mlp_dim
+    packed = model.gated_mlp and not is_rope(model.posemb) and not _aimv2(model)
+    hidden = 2 * model.mlp_dim if packed else model.mlp_dim
     if int(model.hidden_size * (hidden / model.hidden_size)) != hidden:  # timm's rule for the width
         raise ValueError(f"mlp_dim {model.mlp_dim} is not int({model.hidden_size} * mlp_ratio) for a float mlp_ratio")
     if model.layer_norm_epsilon not in (1e-6, 1e-5):
@@ -260,7 +261,8 @@ def _heads_in(p: dict[str, np.ndarray], width: int) -> tuple[np.ndarray, np.ndar
 
 
 def _heads_out(name: str, p: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
-    return {f"{name}.weight": p["kernel"].reshape(-1, width).T, **({f"{name}.bias": p["bias"]} if "bias" in p else {})}
+    weight = {f"{name}.weight": p["kernel"].reshape(-1, width).T}
+    return {**weight, f"{name}.bias": p["bias"]} if "bias" in p else weight
 
 
 def _attention_layout(model: VisionTransformer) -> str:
@@ -299,7 +301,8 @@ def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit
         state[b + "attn.relative_position_bias_table"] = np.concatenate(
             [attention["relative_position_bias"].reshape(-1, heads), attention["relative_position_bias_prefix"]])
     if "query_norm" in attention:
-        state.update({**_norm(b + "attn.q_norm", attention["query_norm"]), **_norm(b + "attn.k_norm", attention["key_norm"])})
+        state.update({**_norm(b + "attn.q_norm", attention["query_norm"]),
+                      **_norm(b + "attn.k_norm", attention["key_norm"])})
     names = ("ls1.gamma", "ls2.gamma") if layout == "vit" else ("gamma_1", "gamma_2")
     for j, name in enumerate(names):
         if f"LayerScale_{j}" in block:

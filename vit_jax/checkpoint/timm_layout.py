@@ -11,8 +11,8 @@ A tensor left unread, or needed and missing, is refused: nothing in a checkpoint
 Two timm layouts become vit_jax's by exact identities rather than options: a table without class rows
 (`no_embed_class`, DeiT-III, DINOv2-reg) is a zero class row, because the class token then gets no position;
 and the position rows of register tokens are constants added to constant tokens, so they fold into the registers.
-Families vit_jax cannot run yet are refused with the tensor that says why (query/key norms, relative position
-biases, ...).
+Families vit_jax cannot run yet are refused with the tensor that says why (a hybrid's CNN stem in timm's layout,
+SAM's relative positions, BEiT's shared pre-training table, ...).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ MAP_HEAD = "MAPHead_0"
 # Tensors (or modules: a prefix of tensors) of families vit_jax does not run (yet), and the one-line reason.
 _REFUSED = {
     "blocks.0.mlp.w12.weight": "a SwiGLU MLP in xformers' fused layout (w12, w3)",
-    "blocks.0.norm.weight": "a normalisation inside the MLP (scale_mlp_norm)",
+    "blocks.0.norm.weight": "a norm of the block's own (blocks.N.norm: not timm's pre-norm Block's norm1/norm2)",
     "attn_pool.pos_embed": "a position table inside the attention-pooling head",
     "patch_embed.backbone": "a hybrid's CNN stem in timm's layout (vit_jax reads hybrids from vision_transformer's "
                             ".npz files)",
