@@ -200,6 +200,10 @@ def check_options(model: VisionTransformer) -> None:
         if getattr(model, option) != default and model.tubelet_size is not None:
             raise ValueError(f"{option}={getattr(model, option)!r} is for images; this is a video model "
                              f"(tubelet_size={model.tubelet_size})")
+    if model.relative_position_bias and (model.tubelet_size is not None or model.classifier == "token_distilled"):
+        got = (f"tubelet_size={model.tubelet_size}" if model.tubelet_size is not None
+               else f"classifier={model.classifier!r}")
+        raise ValueError(f"relative_position_bias (BEiT's) is for images with a class token or none; got {got}")
     if model.classifier == "map" and (model.rms_norm or not model.proj_bias):
         raise ValueError("classifier='map' is big_vision's MAP head (LayerNorm, biased projections); rms_norm and "
                          "proj_bias=False are for the encoder")
