@@ -76,6 +76,9 @@ FAMILIES = {
     # average pooling
     "beit": ("beit_base_patch16_224", dict(img_size=32),
              dict(relative_position_bias=True, posemb="none", classifier="token_gap", fc_norm=True)),
+    # Perception Encoder (spatial): Eva's cat RoPE with rope_grid_offset 1 and columns first, pre-norm, no final norm
+    "pe_spatial": ("vit_pe_spatial_tiny_patch16_512", dict(img_size=32),
+                   dict(rope_offset=1.0, rope_axis_order="xy", rope_grid=(32, 32), pre_norm=True, final_norm=False)),
     # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
     "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
@@ -126,7 +129,7 @@ def test_each_family_loads_with_its_options_and_gives_timms_logits(saved, family
 
 
 @pytest.mark.parametrize("family", ["augreg", "dinov2_reg4", "clip", "siglip", "registers_with_positions",
-                                    "rope_axial", "dinov3", "eva02", "deit_distilled", "beit"])
+                                    "rope_axial", "dinov3", "eva02", "deit_distilled", "beit", "pe_spatial"])
 def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits(saved, family):
     """timm resamples its table (bicubic, antialiased) when `dynamic_img_size=True`; fine-tuning resizes ours the
     same way (`init.posemb_method=bicubic`, antialiased), which configs/finetune.py picks for timm checkpoints."""
@@ -155,7 +158,8 @@ def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits
                                atol=5e-5, rtol=1e-4)
 
 
-NOT_EXPORTABLE = {"sapiens2": "layer_norm_epsilon=1e-06: timm's Eva"}  # timm's DINOv3 Eva has LayerNorms of 1e-5
+# timm's Eva exports are DINOv3's (LayerNorms of 1e-5) or the naver RoPE-ViTs' (1e-6) architectures
+NOT_EXPORTABLE = {"sapiens2": "layer_norm_epsilon=1e-06: timm's Eva", "pe_spatial": "layer_norm_epsilon=1e-05: timm's Eva"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -310,7 +314,7 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     ("vit_base_patch16_rpn_224", dict(img_size=32), True, "timm's ResPostBlock blocks"),
     ("vit_base_patch16_224", dict(img_size=32, act_layer="silu"), True, "the activation 'silu'"),
     ("test_vit3", dict(img_size=32), True, r"pooling over the prefix tokens too \(pool_include_prefix\)"),
-    ("vit_pe_core_tiny_patch16_384", dict(img_size=32), True, "rope_grid_offset 1.0 in vit_pe_core_tiny_patch16_384"),
+    ("vit_pe_core_tiny_patch16_384", dict(img_size=32), True, "an attention-pooling head over a class token too"),
     # tensors vit_jax would leave unread or needs and does not find
     ("cait_xxs24_224", dict(img_size=32), True, r"tensors vit_jax's ViT has no place for \(blocks.N.attn.proj_l"),
     ("beit_base_patch16_224", dict(img_size=32, use_shared_rel_pos_bias=True, use_rel_pos_bias=False), True,

@@ -275,7 +275,7 @@ def _attention_layout(model: VisionTransformer) -> str:
 
 def _rope_options(model: VisionTransformer) -> dict[str, Any]:
     return {f: getattr(model, f) for f in ("posemb", "rope_theta", "rope_ape", "rope_coordinates", "rope_pairing",
-                                           "rope_axis_order", "rope_grid")}
+                                           "rope_axis_order", "rope_grid", "rope_offset")}
 
 
 def _block_to_timm(block: dict[str, Any], b: str, width: int, layout: str = "vit", split_swiglu: bool = False

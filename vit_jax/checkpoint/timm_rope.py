@@ -11,8 +11,7 @@ vit_jax is tested to give:
 - naver's RoPE-Mixed (`vit_*_rope_mixed_224`): learned frequencies, columns first, interleaved pairs, theta 10.
 - DINOv3 (`vit_*_dinov3`): coordinates centred on the grid, rows first, pairs in halves (`rope_rotate_half`),
   theta 100.
-A constant `rope_grid_offset` (Perception Encoder) turns the patches against the unrotated class token, and
-`mrope` is another scheme: both are refused.
+A constant `rope_grid_offset` (Perception Encoder's 1) is `rope_offset`; `mrope` is another scheme, refused.
 """
 
 from __future__ import annotations
@@ -60,9 +59,6 @@ def rope_options_from_timm(name: str, args: Mapping[str, Any], state: Mapping[st
     if family is None:
         return {}
     model = name or "this model"
-    if args.get("rope_grid_offset", 0):
-        raise ValueError(f"{where}: rope_grid_offset {args['rope_grid_offset']} in {model} (Perception Encoder): "
-                         f"patches turned by an offset against the unrotated class token are not vit_jax's RoPE")
     mixed = "rope.freqs" in state
     if mixed != (family == MIXED):
         raise ValueError(f"{where}: rope_type {family!r} in {model} {'with' if mixed else 'without'} learned "
@@ -84,8 +80,11 @@ def rope_options_from_timm(name: str, args: Mapping[str, Any], state: Mapping[st
     else:
         conventions = CONVENTIONS[family]
         theta = args.get("rope_temperature", 100.0 if family == DINOV3 else 10.0)
+    offset = float(args.get("rope_grid_offset", 0.0))
+    if offset and family == MIXED:
+        raise ValueError(f"{where}: rope_grid_offset {offset} with RoPE-Mixed ({model}) is not read by vit_jax")
     return dict(posemb="rope_mixed" if mixed else "rope_axial", rope_theta=float(theta),
-                rope_ape="pos_embed" in state, **conventions)
+                rope_ape="pos_embed" in state, rope_offset=offset, **conventions)
 
 
 def rope_architecture(options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -99,10 +98,11 @@ def rope_architecture(options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if conventions == CONVENTIONS[DINOV3] and not mixed:
         if options["rope_ape"]:
             raise ValueError("DINOv3's conventions with rope_ape: timm has no counterpart")
-        return "vit_small_patch16_dinov3", dict(attn_type="eva", rope_type="dinov3", rope_rotate_half=True, use_rot_pos_emb=True,
-                                                use_abs_pos_emb=False, rope_temperature=theta)
+        return "vit_small_patch16_dinov3", dict(attn_type="eva", rope_type="dinov3", rope_rotate_half=True,
+                                                use_rot_pos_emb=True, use_abs_pos_emb=False, rope_temperature=theta,
+                                                rope_grid_offset=options["rope_offset"])
     if mixed:
-        if conventions != CONVENTIONS[MIXED]:
+        if conventions != CONVENTIONS[MIXED] or options["rope_offset"]:
             raise ValueError(f"rope_mixed with conventions {conventions}: timm's RoPE-Mixed has naver's "
                              f"{CONVENTIONS[MIXED]}")
         return f"vit_small_patch16_rope_mixed_{ape}224", dict(
@@ -115,4 +115,5 @@ def rope_architecture(options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return f"vit_small_patch16_rope_{ape}224", dict(
         attn_type="rope", rope_type="cat", rope_grid_indexing=options["rope_axis_order"], use_rot_pos_emb=True,
         use_abs_pos_emb=bool(options["rope_ape"]), rope_temperature=theta,
-        rope_rotate_half=options["rope_pairing"] == "halves", ref_feat_shape=None if grid is None else list(grid))
+        rope_rotate_half=options["rope_pairing"] == "halves", ref_feat_shape=None if grid is None else list(grid),
+        rope_grid_offset=options["rope_offset"])

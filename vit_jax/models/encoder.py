@@ -128,9 +128,11 @@ class Encoder(nn.Module):
         o = self.options
         reference = None if o.rope_grid is None else tuple(o.rope_grid)
         if positions is None:
-            coords = jnp.asarray(grid_coordinates(self.grid, o.rope_coordinates, reference), jnp.float32)[None]
+            coords = jnp.asarray(grid_coordinates(self.grid, o.rope_coordinates, reference, o.rope_offset),
+                                 jnp.float32)[None]
         else:
-            coords = token_coordinates(positions.coords, positions.grids, o.rope_coordinates, reference)
+            coords = token_coordinates(positions.coords, positions.grids, o.rope_coordinates, reference,
+                                       o.rope_offset)
         if train and any(v is not None for v in (o.rope_shift, o.rope_jitter, o.rope_rescale)):
             coords = augment_coordinates(coords, self.make_rng("dropout"), o.rope_shift, o.rope_jitter,
                                          o.rope_rescale)

@@ -88,7 +88,8 @@ class EncoderOptions:
         and each kept token keeps its own position (table row or rotary coordinates); off at evaluation.
       rope_theta, rope_coordinates, rope_pairing, rope_axis_order: the conventions of rotary position encodings
         (`posemb='rope_axial'` or `'rope_mixed'`), each named for the codebase it matches in
-        `vit_jax.models.rope`; rope_grid: interpolated RoPE, `index` coordinates rescaled so every input grid
+        `vit_jax.models.rope`; rope_offset: a constant added to the cell indices (Perception Encoder's
+        `rope_grid_offset`); rope_grid: interpolated RoPE, `index` coordinates rescaled so every input grid
         spans this grid (EVA's `ref_feat_shape`; None: a patch's coordinates are its row and column at any
         resolution); rope_shift, rope_jitter, rope_rescale: DINOv3's train-time augmentation of the rotary
         coordinates (None: off); rope_ape: a learned absolute table (as `posemb='learn'`) added as well, timm's
@@ -135,6 +136,7 @@ class EncoderOptions:
     rope_pairing: RopePairing = "interleaved"
     rope_axis_order: RopeAxisOrder = "xy"
     rope_grid: tuple[int, ...] | None = None
+    rope_offset: float = 0.0
     rope_ape: bool = False
     rope_shift: float | None = None
     rope_jitter: float | None = None

@@ -29,6 +29,8 @@ Conventions (the model's `rope_*` options, in `vit_jax.models.encoder.EncoderOpt
 - `rope_grid` (interpolated RoPE): `index` coordinates rescaled so that any input grid spans this grid, the one
   the model was trained at (EVA's `ref_feat_shape`); None: a patch's coordinates are its row and column at every
   resolution (extrapolation, as rope-vit evaluates).
+- `rope_offset`: a constant added to every cell index before any rescaling (Perception Encoder's `rope_grid_offset`
+  of 1: patches are turned against the unrotated class token as if it sat at (-1, -1)); 0 by default.
 - train-time augmentation of the coordinates (DINOv3's, each off by default; one draw per batch, as DINOv3):
   `rope_shift` adds a uniform offset in [-s, s] per axis, `rope_jitter` scales each axis by a log-uniform factor in
   [1/J, J], `rope_rescale` scales all axes by one log-uniform factor in [1/R, R] (in the coordinates' own units).
@@ -75,9 +77,12 @@ def check_rope_options(posemb: str, head_dim: int, grid_axes: int, options: Any)
             isinstance(g, int) and g > 0 for g in options.rope_grid)):
         raise ValueError(f"rope_grid must be None or {grid_axes} positive ints (the training grid); got "
                          f"{options.rope_grid!r}")
+    if not (isinstance(options.rope_offset, float | int) and math.isfinite(options.rope_offset)):
+        raise ValueError(f"rope_offset must be a finite number; got {options.rope_offset!r}")
     if not is_rope(posemb):
         unused = [f for f in ("rope_theta", "rope_grid", "rope_shift", "rope_jitter", "rope_rescale")
-                  if getattr(options, f) is not None] + (["rope_ape"] if options.rope_ape else [])
+                  if getattr(options, f) is not None] + (["rope_ape"] if options.rope_ape else []) + (
+                  ["rope_offset"] if options.rope_offset else [])
         if unused:
             raise ValueError(f"{', '.join(unused)} set, but posemb={posemb!r} is not a rotary encoding "
                              f"({', '.join(ROPE_KINDS)})")
@@ -93,28 +98,29 @@ def check_rope_options(posemb: str, head_dim: int, grid_axes: int, options: Any)
                          f"rope_pairing={options.rope_pairing!r}")
 
 
-def grid_coordinates(grid: Sequence[int], convention: RopeCoordinates, reference_grid: Sequence[int] | None = None
-                     ) -> np.ndarray:
+def grid_coordinates(grid: Sequence[int], convention: RopeCoordinates, reference_grid: Sequence[int] | None = None,
+                     offset: float = 0.0) -> np.ndarray:
     """`(prod(grid), len(grid))` coordinates of a row-major grid's cells, in grid axis order (row, column; or frame,
-    row, column). `reference_grid` (interpolated RoPE) rescales `index` coordinates so the grid spans it."""
+    row, column). `reference_grid` (interpolated RoPE) rescales `index` coordinates so the grid spans it; `offset`
+    is added to every cell index first."""
     axes = []
     for i, size in enumerate(grid):
         if convention == "index":
-            values = np.arange(size, dtype=np.float64)
+            values = np.arange(size, dtype=np.float64) + offset
             if reference_grid is not None:
                 values = values * reference_grid[i] / size
         else:
-            values = 2 * math.pi * (2 * (np.arange(size) + 0.5) / size - 1)
+            values = 2 * math.pi * (2 * (np.arange(size) + 0.5 + offset) / size - 1)
         axes.append(values)
     mesh = np.meshgrid(*axes, indexing="ij")
     return np.stack([m.reshape(-1) for m in mesh], axis=-1)
 
 
 def token_coordinates(positions_coords: jax.Array, grids: jax.Array, convention: RopeCoordinates,
-                      reference_grid: Sequence[int] | None = None) -> jax.Array:
+                      reference_grid: Sequence[int] | None = None, offset: float = 0.0) -> jax.Array:
     """`grid_coordinates` for tokens that each carry their own cell `(..., axes)` in their own grid `(..., axes)`
     (packed sequences)."""
-    cells = positions_coords.astype(jnp.float32)
+    cells = positions_coords.astype(jnp.float32) + offset
     sizes = jnp.maximum(grids, 1).astype(jnp.float32)
     if convention == "index":
         if reference_grid is None:
