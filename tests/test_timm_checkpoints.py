@@ -369,10 +369,11 @@ def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digit
     hf_home = tmp_path / "hf"
     write_hub_cache(hf_home, "timm/tiny_dinov2_reg4", {n: directory / n for n in ("config.json", "model.safetensors")})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
-    for init, workdir in (("hf-hub:timm/tiny_dinov2_reg4", tmp_path / "from_hub"),
-                          (str(directory / "model.safetensors"), tmp_path / "from_file")):
+    # the file: evaluated without training (steps=0): the loading and adaptation are what differ from the Hub's
+    for init, workdir, steps in (("hf-hub:timm/tiny_dinov2_reg4", tmp_path / "from_hub", 4),
+                                 (str(directory / "model.safetensors"), tmp_path / "from_file", 0)):
         command = [sys.executable, "-m", "vit_jax.main", f"--workdir={workdir}",
-                   f"--config=configs/finetune.py:init={init},res=16,patch=4,steps=4",
+                   f"--config=configs/finetune.py:init={init},res=16,patch=4,steps={steps}",
                    f"--config.data_dir={digits_data_dir}", "--config.log_every=2", "--config.test_split=",
                    "--config.log_pictures=none"]  # drawing them (other tests') took half of each run
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
