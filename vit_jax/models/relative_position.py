@@ -50,6 +50,8 @@ def resize_matrix(source: int, target: int) -> np.ndarray:
     when the sizes agree); outside the stretched range, the nearest end's value (timm's interpolator's)."""
     if source == target:
         return np.eye(source)
+    if source == 1:  # a one-patch axis has one offset: the same bias at every new one
+        return np.ones((target, 1))
     positions, wanted = _offset_positions(source, target)
     matrix = np.zeros((target, source))
     for row, x in enumerate(wanted):
