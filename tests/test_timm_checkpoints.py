@@ -383,3 +383,22 @@ def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digit
         saved_config = json.loads((workdir / "config.json").read_text())
         assert saved_config["pp"]["mean"] == [0.485, 0.456, 0.406] and saved_config["pp"]["channels"] == 3
         assert saved_config["model"]["num_registers"] == 4 and saved_config["model"]["layer_scale"] == 1e-5
+
+
+@pytest.mark.parametrize("old, new", [((3, 3), (5, 5)), ((4, 4), (2, 2)), ((14, 14), (24, 24)), ((2, 2), (3, 4)),
+                                      ((14, 14), (7, 9)), ((1, 3), (2, 2))])
+def test_relative_position_tables_resize_as_timms_beit_resize(old, new):
+    """BEiT's fine-tuning resize (a geometric progression of offsets, interpolated linearly, clamped outside):
+    equal to timm's `resize_rel_pos_bias_table` growing, shrinking, square or not."""
+    import_timm()
+    import torch
+    from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
+
+    from vit_jax.models.relative_position import resize_relative_position_bias
+
+    rows, new_rows = (2 * old[0] - 1, 2 * old[1] - 1), (2 * new[0] - 1, 2 * new[1] - 1)
+    table = np.random.default_rng(0).standard_normal((rows[0] * rows[1] + 3, 4)).astype(np.float32)
+    theirs = resize_rel_pos_bias_table(torch.from_numpy(table), new, (new_rows[0] * new_rows[1] + 3, 4),
+                                       old_window_size=old).numpy()
+    ours = resize_relative_position_bias(table[:-3].reshape(*rows, 4), new)
+    np.testing.assert_allclose(ours.reshape(-1, 4), theirs[:-3], atol=5e-6)
