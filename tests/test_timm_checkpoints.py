@@ -385,6 +385,7 @@ def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digit
         assert saved_config["model"]["num_registers"] == 4 and saved_config["model"]["layer_scale"] == 1e-5
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # timm's interpolator's own torch deprecation notices
 @pytest.mark.parametrize("old, new", [((3, 3), (5, 5)), ((4, 4), (2, 2)), ((14, 14), (24, 24)), ((2, 2), (3, 4)),
                                       ((14, 14), (7, 9)), ((1, 3), (2, 2))])
 def test_relative_position_tables_resize_as_timms_beit_resize(old, new):
