@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # subprocesses through the environment, compiles each once per machine. Keys cover the program, the flags and
 # the jax version, so a cached executable is the one a fresh compile would give.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".pytest_cache" / "jax_compilation_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # Tests compile hundreds of small programs and run each for a few steps: at XLA's backend optimization level 1
 # they compile about a third faster than at the default 2 (the tiny ViT's init: 3.8 -> 2.2 s on an AMD Zen CPU)
 # and run as fast. Set before jax starts, so every test process and subprocess uses it; the README's main command
