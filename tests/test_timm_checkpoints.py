@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_hub_cache
 from tests.timm_reference import timm_logits
 from vit_jax.checkpoint.adapt import fill_from_init, plan_adaptation
 from vit_jax.checkpoint.hub import read_timm_checkpoint
@@ -246,28 +246,6 @@ def test_a_photo_is_fed_to_the_model_as_timms_eval_transform_feeds_it(tmp_path, 
     np.testing.assert_allclose(got, expected.numpy().transpose(1, 2, 0), atol=1e-5)
     info = ImageNetInfo()
     assert trained.class_names[::250] == tuple(info.index_to_description(i) for i in range(0, 1000, 250))
-
-
-def write_hub_cache(home, repo_id, files):
-    """huggingface_hub's cache layout under HF_HOME: refs/main -> a snapshot holding `files`."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name, source in files.items():
-        shutil.copy(source, snapshot / name)
-    return snapshot
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    return tmp_path / "hf"
 
 
 def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line(saved, offline_hub, tmp_path):

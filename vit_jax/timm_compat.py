@@ -1,8 +1,9 @@
-"""timm, importable on a CPU-only PyTorch, as an independent reference for `.npz` export.
+"""timm and transformers, importable on a CPU-only PyTorch, as independent references (and the benchmark's timm
+side).
 
 PyPI's torchvision wheel is built against CUDA PyTorch: on the CPU build its C ops fail to load, and torchvision
 then fails at import while registering fake kernels for two ops it never got to define (`torchvision::nms`,
-`torchvision::qnms`). timm imports torchvision unconditionally. Defining those two op schemas first lets the import
+`torchvision::qnms`). timm imports torchvision unconditionally, and transformers' image models import it when it is installed. Defining those two op schemas first lets the import
 succeed; the ViT never calls them.
 """
 
@@ -31,3 +32,11 @@ def import_timm() -> ModuleType:
     import timm
 
     return timm
+
+
+def import_transformers() -> ModuleType:
+    import_timm()  # torchvision's ops first, as for timm
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # its save/load progress and config notices
+    return transformers

@@ -1,10 +1,13 @@
 """Where timm checkpoints live: `hf-hub:` repos, Hub-layout directories, `.safetensors` files.
 
 A SPEC is
-- `hf-hub:timm/NAME` (optionally `@REVISION`): the repo's `config.json` and `model.safetensors`, resolved by
+- `hf-hub:OWNER/NAME` (optionally `@REVISION`): the repo's `config.json` and `model.safetensors`, resolved by
   `huggingface_hub` (its cache, `HF_HOME`, `HF_HUB_OFFLINE=1`);
-- a directory in that layout (what `timm.models.save_for_hf` writes);
+- a directory in that layout (what `timm.models.save_for_hf` and transformers' `save_pretrained` write);
 - a `.safetensors` file, with the `config.json` beside it when there is one.
+A transformers checkpoint (its `config.json` has a `model_type`: `google/vit-*`, `facebook/dinov2-*`,
+`openai/clip-*`, ...) is renamed into timm's layout on reading (`transformers_layout`), with its
+`preprocessor_config.json` when there is one.
 PyTorch pickles (`.bin`, `.pth`) are read only through `torch.load(weights_only=True)`, which refuses code; without
 torch they are refused with the conversion to do. Nothing is unpickled otherwise.
 """
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG, as_timm, is_transformers_config
 
 HF_PREFIX = "hf-hub:"
 WEIGHTS = "model.safetensors"
@@ -46,8 +51,9 @@ def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmChe
     """The checkpoint SPEC names. `shapes_only`: the tensors are zero-memory placeholders of the right shapes (a
     safetensors header is all that is read), for building the model before loading anything."""
     text = str(spec)
+    preprocessor = None
     if text.startswith(HF_PREFIX):
-        weights, config = _from_hub(text[len(HF_PREFIX):])
+        weights, config, preprocessor = _from_hub(text[len(HF_PREFIX):])
     else:
         path = Path(text).expanduser()
         if path.is_dir():
@@ -63,12 +69,18 @@ def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmChe
         else:
             raise FileNotFoundError(f"{text!r}: no such file or directory (expected a .safetensors file, a Hub-layout "
                                     f"directory or hf-hub:REPO)")
+        preprocessor = config.parent / PREPROCESSOR_CONFIG
     state = read_shapes(weights) if shapes_only else read_weights(weights)
-    return TimmCheckpoint(state, read_config(config) if config and config.exists() else {}, text)
+    settings = read_config(config) if config and config.exists() else {}
+    if is_transformers_config(settings):
+        processing = read_config(preprocessor) if preprocessor and preprocessor.exists() else None
+        state, settings = as_timm(state, settings, processing, text)
+    return TimmCheckpoint(state, settings, text)
 
 
-def _from_hub(repo: str) -> tuple[Path, Path | None]:
-    """The repo's weights and config through huggingface_hub's cache (offline mode and HF_HOME honoured)."""
+def _from_hub(repo: str) -> tuple[Path, Path, Path | None]:
+    """The repo's weights, config and image processor's config (None without one) through huggingface_hub's cache
+    (offline mode and HF_HOME honoured)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -83,8 +95,12 @@ def _from_hub(repo: str) -> tuple[Path, Path | None]:
         weights = download(WEIGHTS)
     except (EntryNotFoundError, LocalEntryNotFoundError) as error:
         raise FileNotFoundError(f"hf-hub:{repo}: no {WEIGHTS} ({type(error).__name__}: {_first_line(error)}); "
-                                f"vit_jax reads the safetensors weights of timm's Hub repos") from None
-    return weights, config
+                                f"vit_jax reads the safetensors weights of timm's and transformers' Hub repos") from None
+    try:
+        preprocessor = download(PREPROCESSOR_CONFIG)
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        preprocessor = None
+    return weights, config, preprocessor
 
 
 def _first_line(error: BaseException) -> str:
@@ -97,7 +113,7 @@ def read_config(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object (timm's config.json); got {type(config).__name__}")
+        raise ValueError(f"{path}: expected a JSON object (a config.json); got {type(config).__name__}")
     return config
 
 

@@ -36,6 +36,7 @@ from vit_jax.models.variants import nearest_variant
 BLOCK = "encoderblock_{}"
 ATTENTION = "MultiHeadDotProductAttention_0"
 MAP_HEAD = "MAPHead_0"
+PRE_LOGITS = "pre_logits.fc"
 # Tensors (or modules: a prefix of tensors) of families vit_jax does not run (yet), and the one-line reason.
 _REFUSED = {
     "blocks.0.mlp.w12.weight": "a SwiGLU MLP in xformers' fused layout (w12, w3)",
@@ -78,9 +79,11 @@ class TimmArchitecture:
 
     @property
     def model_options(self) -> dict[str, Any]:
-        """`options` for a model config: without the class count (the dataset's) and the table's grid (the
-        input's; the loaded table is resized to it)."""
-        return {k: v for k, v in self.options.items() if k not in ("num_classes", "posemb_grid")}
+        """`options` for a model config to fine-tune: without the class count (the dataset's), the table's grid (the
+        input's; the loaded table is resized to it) and a `pre_logits` layer (dropped, as vision_transformer's
+        fine-tuning drops it)."""
+        return {k: v for k, v in self.options.items()
+                if k not in ("num_classes", "posemb_grid", "representation_size")}
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -118,8 +121,11 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
     if "patch_embed.proj.weight" not in state or not any(f"blocks.0.attn.{p}.weight" in state
                                                           for p in ("qkv", "q_proj")):
         found = ", ".join(sorted(state)[:6])
+        transformers = any(re.search(r"(^|\.)(embeddings|encoder\.layers?)\.", k) for k in state)
+        hint = ("; its names are transformers': put its config.json (with its model_type) beside the weights"
+                if transformers and not config else "")
         raise ValueError(f"{where} is not a timm VisionTransformer (or Eva) state dict: expected "
-                         f"'patch_embed.proj.weight' and 'blocks.0.attn.qkv.weight'; found {found}, ...")
+                         f"'patch_embed.proj.weight' and 'blocks.0.attn.qkv.weight'; found {found}, ...{hint}")
     kv_heads = args.get("num_kv_heads")
     grouped = kv_heads and any(h != args.get("num_heads") for h in (kv_heads if isinstance(kv_heads, list) else
                                                                     [kv_heads]))
@@ -158,6 +164,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         embedding_norm="patch_embed.norm.weight" in state,
         qkv_bias=any(f"blocks.0.attn.{b}" in state for b in ("qkv.bias", "q_bias", "q_proj.bias")),
         fc_norm="fc_norm.weight" in state, final_norm="norm.weight" in state or "fc_norm.weight" in state,
+        # older timm's (and transformers' ViT pooler's) representation layer: Dense + tanh
+        representation_size=int(state[PRE_LOGITS + ".weight"].shape[0]) if PRE_LOGITS + ".weight" in state else None,
         num_registers=registers,
         posemb="learn" if "pos_embed" in state else "none",
     )
@@ -428,6 +436,8 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
         params["fc_norm"] = norm_params(w, "fc_norm", rms)
     if o["classifier"] == "map":
         params[MAP_HEAD] = _map_head_from_timm(w, heads, width)
+    if o.get("representation_size") is not None:
+        params["pre_logits"] = dense_params(w, PRE_LOGITS)
     for head in ("head", "head_dist"):
         if f"{head}.weight" in w:
             params[head] = dense_params(w, head)

@@ -56,11 +56,13 @@ def load_trained_model(checkpoint: str | Path | None = None, *, workdir: str | P
                        image_size: int | Sequence[int] | None = None,
                        value_range: tuple[float, float] = (-1.0, 1.0), dataset: str | None = None,
                        data_dir: str | None = None) -> TrainedModel:
-    """The model of `checkpoint`: a vit_jax workdir, an `.npz` file, or a timm checkpoint (`hf-hub:timm/NAME`, a
-    Hub-layout directory, a `.safetensors` file; see `vit_jax.checkpoint.hub`). `workdir=` and `npz=` say which
+    """The model of `checkpoint`: a vit_jax workdir, an `.npz` file, or a Hub checkpoint in timm's or
+    transformers' layout (`hf-hub:OWNER/NAME`, a Hub-layout directory, a `.safetensors` file; see
+    `vit_jax.checkpoint.hub`). `workdir=` and `npz=` say which
     explicitly; give exactly one of the three. The other options serve `.npz` files: `variant` (checked against the
     file's shapes), `image_size` (default: the position table's square grid times the patch size), `value_range`,
-    and `dataset` (class names from its metadata). A timm checkpoint brings its preprocessing (`pretrained_cfg`)."""
+    and `dataset` (class names from its metadata). A Hub checkpoint brings its preprocessing (timm's
+    `pretrained_cfg`, transformers' `preprocessor_config.json`) and its class names (transformers' `id2label`)."""
     if sum(spec is not None for spec in (checkpoint, workdir, npz)) != 1:
         raise ValueError("give exactly one checkpoint: a workdir, an .npz file or a timm checkpoint")
     given = dict(step=step, variant=variant, image_size=image_size,
@@ -95,7 +97,9 @@ def _from_timm(spec: str, dataset: str | None, data_dir: str | None) -> TrainedM
     model = VisionTransformer(**arch.options)
     preprocess = Preprocess(**arch.preprocessing, **arch.evaluation)
     num_classes = _num_classes(pretrained.params)
-    names = (_class_names(dataset, data_dir, num_classes) if dataset else imagenet_class_names(num_classes)
+    labels = arch.pretrained_cfg.get("label_names")  # a transformers checkpoint's id2label
+    own = tuple(labels) if labels and len(labels) == num_classes else None
+    names = (_class_names(dataset, data_dir, num_classes) if dataset else own or imagenet_class_names(num_classes)
              or _numbered(num_classes))
     return TrainedModel(model, pretrained.params, preprocess, arch.channels, names, pretrained.source)
 

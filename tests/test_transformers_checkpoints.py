@@ -1,0 +1,208 @@
+"""Hugging Face transformers' checkpoints in, against transformers itself: each family's small model (random
+weights, every parameter perturbed) written by `save_pretrained` in the Hub layout (the legacy tensor names the
+Hub's files have), read by vit_jax, and compared output for output; image processors' views compared pixel for
+pixel; the `hf-hub:` path through an offline Hub cache."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_hub_cache
+from vit_jax.checkpoint.pretrained import load_pretrained, timm_architecture
+from vit_jax.checkpoint.trained_model import load_trained_model
+from vit_jax.timm_compat import import_transformers
+
+SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+            patch_size=8)
+DINOV2 = {k: v for k, v in SIZE.items() if k != "intermediate_size"}  # DINOv2's MLP width is mlp_ratio's
+TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+# family -> (model class, config class, config arguments, the output vit_jax's model gives, vit_jax options)
+FAMILIES = {
+    # google/vit-*: LayerNorm epsilon 1e-12 as its config says; ViTModel's pooler is pre_logits (Dense + tanh)
+    "vit": ("ViTForImageClassification", "ViTConfig", dict(SIZE, num_labels=5), "logits",
+            dict(classifier="token", layer_norm_epsilon=1e-12)),
+    "vit_pooler": ("ViTModel", "ViTConfig", SIZE, "pooler_output", dict(representation_size=32, num_classes=None)),
+    "deit_distilled": ("DeiTForImageClassificationWithTeacher", "DeiTConfig", dict(SIZE, num_labels=5), "logits",
+                       dict(classifier="token_distilled")),
+    "msn": ("ViTMSNForImageClassification", "ViTMSNConfig", dict(SIZE, num_labels=5), "logits", {}),
+    "ijepa": ("IJepaForImageClassification", "IJepaConfig", dict(SIZE, num_labels=5), "logits",
+              dict(classifier="gap")),
+    "mae": ("ViTMAEModel", "ViTMAEConfig", dict(SIZE, mask_ratio=0.0), "cls", dict(classifier="token")),
+    "dinov2": ("Dinov2Model", "Dinov2Config", DINOV2, "pooler_output", dict(layer_scale=1e-5, mlp_dim=128)),
+    "dinov2_swiglu": ("Dinov2Model", "Dinov2Config", dict(DINOV2, use_swiglu_ffn=True), "pooler_output",
+                      dict(gated_mlp=True, mlp_dim=88)),
+    "dinov2_registers": ("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig", dict(DINOV2, num_register_tokens=3),
+                         "pooler_output", dict(num_registers=3)),
+    "dinov3": ("DINOv3ViTModel", "DINOv3ViTConfig", dict(SIZE, num_register_tokens=2), "pooler_output",
+               dict(posemb="rope_axial", rope_coordinates="centered", num_registers=2, layer_norm_epsilon=1e-5)),
+    "dinov3_swiglu": ("DINOv3ViTModel", "DINOv3ViTConfig", dict(SIZE, use_gated_mlp=True, hidden_act="silu"),
+                      "pooler_output", dict(gated_mlp=True, num_registers=0)),
+    # CLIP's image tower with its projection (a head without bias), alone and in a two-tower file
+    "clip": ("CLIPVisionModelWithProjection", "CLIPVisionConfig", dict(SIZE, projection_dim=16), "image_embeds",
+             dict(pre_norm=True, quick_gelu=True, patch_bias=False, num_classes=16)),
+    "clip_two_towers": ("CLIPModel", "CLIPConfig", dict(vision_config=SIZE, text_config=TEXT, projection_dim=16),
+                        "image_features", dict(pre_norm=True, num_classes=16)),
+    "siglip": ("SiglipVisionModel", "SiglipVisionConfig", SIZE, "pooler_output",
+               dict(classifier="map", gelu_approximate=True, num_classes=None)),
+    "siglip_classifier": ("SiglipForImageClassification", "SiglipConfig",
+                          dict(vision_config=SIZE, text_config=TEXT, num_labels=5), "logits", dict(classifier="gap")),
+}
+
+
+def perturbed(model_class: str, config_class: str, arguments: dict):
+    transformers = import_transformers()
+    import torch
+
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**arguments)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def output(model, images: np.ndarray, kind: str) -> np.ndarray:
+    """The output vit_jax's model gives: logits, the pooled feature, CLIP's image embedding, MAE's class token."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(images.transpose(0, 3, 1, 2))
+        if kind == "image_features":
+            out = model.get_image_features(pixel_values=x)
+            return getattr(out, "pooler_output", out).numpy()
+        if kind == "cls":
+            return model(x).last_hidden_state[:, 0].numpy()
+        return getattr(model(x), kind).numpy()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """family -> (its Hub-layout directory, transformers' output on `IMAGES`)."""
+    root = tmp_path_factory.mktemp("transformers_hub_layout")
+    out = {}
+    for family, (model_class, config_class, arguments, kind, _) in FAMILIES.items():
+        model = perturbed(model_class, config_class, arguments)
+        model.save_pretrained(root / family)
+        out[family] = (root / family, output(model, IMAGES, kind))
+    return out
+
+
+IMAGES = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_loads_with_its_options_and_gives_transformers_outputs(saved, family):
+    directory, expected = saved[family]
+    trained = load_trained_model(directory)
+    for option, value in FAMILIES[family][4].items():
+        assert getattr(trained.model, option) == value, option
+    assert trained.image_size == (32, 32)
+    ours = np.asarray(trained.model.apply({"params": trained.params}, IMAGES, train=False))
+    np.testing.assert_allclose(ours, expected, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
+def test_an_offline_hub_repo_brings_its_class_names_and_its_image_processors_view(saved, offline_hub, tmp_path):
+    """`hf-hub:` resolves a transformers repo (config.json with a model_type, model.safetensors,
+    preprocessor_config.json) offline; id2label names the classes; the processor's resize, crop, mean and std are
+    the evaluation view; a repo without a preprocessor_config.json gets its family's mean and std."""
+    directory, _ = saved["vit"]
+    config = json.loads((directory / "config.json").read_text())
+    config["id2label"] = {str(i): name for i, name in enumerate(["cat", "dog", "eel", "fox", "gnu"])}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    processor = {"do_resize": True, "size": {"shortest_edge": 40}, "do_center_crop": True,
+                 "crop_size": {"height": 32, "width": 32}, "resample": 3, "image_mean": [0.4, 0.5, 0.6],
+                 "image_std": [0.2, 0.3, 0.25], "image_processor_type": "BitImageProcessor"}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
+    write_hub_cache(offline_hub, "google/tiny-vit", {"config.json": tmp_path / "config.json",
+                                                     "model.safetensors": directory / "model.safetensors",
+                                                     "preprocessor_config.json": tmp_path / "preprocessor_config.json"})
+    trained = load_trained_model("hf-hub:google/tiny-vit")
+    assert trained.class_names == ("cat", "dog", "eel", "fox", "gnu")
+    pp = trained.preprocess
+    assert (pp.image_size, pp.crop_pct, pp.crop_mode, pp.resize_method) == ((32, 32), 0.8, "center", "bicubic")
+    assert (pp.mean, pp.std, pp.value_range) == ((0.4, 0.5, 0.6), (0.2, 0.3, 0.25), (0.0, 1.0))
+
+    plain = load_trained_model(saved["clip"][0])  # no preprocessor_config.json: CLIP's own mean and std
+    assert plain.preprocess.mean == (0.48145466, 0.4578275, 0.40821073) and plain.class_names[0] == "0"
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
+@pytest.mark.parametrize("processor, arguments", [
+    ("ViTImageProcessorPil", dict(size={"height": 32, "width": 32}, resample=2)),  # google/vit-*: squashed, 0.5
+    ("BitImageProcessorPil", dict(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, resample=3,
+                               image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])),  # DINOv2's
+    ("CLIPImageProcessorPil", dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})),
+])
+def test_a_photo_is_fed_to_the_model_as_the_image_processor_feeds_it(saved, processor, arguments, tmp_path):
+    """`predict`'s view of an odd-sized photo equals the checkpoint's own image processor's `pixel_values` (its PIL
+    backend, which the Hub's checkpoints were evaluated with; transformers 5's default torchvision backend resizes
+    uint8 tensors its own way, a level apart at some pixels)."""
+    import shutil
+
+    from PIL import Image
+
+    from vit_jax.predict import preprocessed
+
+    transformers = import_transformers()
+    directory = tmp_path / "hub"
+    shutil.copytree(saved["vit"][0], directory)
+    image_processor = getattr(transformers, processor)(**arguments)
+    image_processor.save_pretrained(directory)
+    y, x = np.mgrid[0:45, 0:71]
+    photo = np.stack([(y * 5) % 256, (x * 3 + y) % 256, (x * y) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    expected = image_processor(Image.open(tmp_path / "photo.png").convert("RGB"), return_tensors="np")
+    got = preprocessed(load_trained_model(directory), tmp_path / "photo.png")
+    np.testing.assert_allclose(got, expected["pixel_values"][0].transpose(1, 2, 0), atol=1e-5)
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
+def test_fine_tuning_takes_the_architecture_and_preprocessing_and_drops_the_pooler(saved):
+    """configs/finetune.py:init=DIR builds the checkpoint's model (options, resolution, mean and std); the
+    pooler (pre_logits) is dropped as vision_transformer's fine-tuning drops it."""
+    from configs.finetune import get_config
+    from vit_jax.checkpoint.adapt import plan_adaptation
+    from vit_jax.config import build_model
+
+    directory, _ = saved["dinov2_registers"]
+    config = get_config(f"init={directory}")
+    assert config.model.num_registers == 3 and config.model.layer_scale == 1e-5
+    assert tuple(config.image_size) == (32, 32) and tuple(config.pp.mean) == (0.485, 0.456, 0.406)
+    pooled, _ = saved["vit_pooler"]
+    config = get_config(f"init={pooled}")
+    assert config.model.get("representation_size") is None and tuple(config.pp.mean) == (0.5, 0.5, 0.5)
+    model = build_model(config.model, num_classes=10)
+    import jax
+
+    target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), train=False))
+    plan = plan_adaptation(load_pretrained(pooled).params, target["params"], old_grid=timm_architecture(pooled).grid,
+                           new_grid=(4, 4))
+    assert any("pre_logits: dropped" in note for note in plan.notes)
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
+@pytest.mark.parametrize("model_class, config_class, arguments, edit, reason", [
+    ("Dinov2ForImageClassification", "Dinov2Config", dict(DINOV2, num_labels=3), None,
+     "reads the class token and the mean patch token side by side"),
+    ("DeiTForImageClassification", "DeiTConfig", dict(SIZE, num_labels=3), None,
+     "a DeiT with a distillation token and .* head reading the class token alone"),
+    ("CLIPForImageClassification", "CLIPConfig", dict(vision_config=SIZE, text_config=TEXT, num_labels=3), None,
+     "reads the mean patch token before the final LayerNorm"),
+    ("ViTModel", "ViTConfig", dict(SIZE, hidden_act="relu"), None, "the activation 'relu'"),
+    ("ViTModel", "ViTConfig", SIZE, {"model_type": "swin"}, "model_type 'swin' is not one vit_jax reads"),
+    ("ViTModel", "ViTConfig", SIZE, "no config", "its names are transformers': put its config.json"),
+])
+def test_what_vit_jax_cannot_run_is_refused_in_one_line(model_class, config_class, arguments, edit, reason,
+                                                         tmp_path):
+    perturbed(model_class, config_class, arguments).save_pretrained(tmp_path)
+    if edit == "no config":
+        (tmp_path / "config.json").unlink()
+    elif edit:
+        config = json.loads((tmp_path / "config.json").read_text())
+        (tmp_path / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError, match=reason) as error:
+        load_trained_model(tmp_path)
+    assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
