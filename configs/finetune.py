@@ -5,15 +5,15 @@
     python -m vit_jax.main --config=configs/finetune.py:init=hf-hub:timm/vit_small_patch14_dinov2.lvd142m,res=448,dataset=NAME --workdir=workdirs/dinov2_448
 
 Arguments: `init` (a vit_jax workdir, an `.npz` in vision_transformer's or big_vision's layout, `FILE.npz:KEY` for one
-model of several such as a two-tower checkpoint's `img`, or a timm checkpoint: `hf-hub:timm/NAME`, a Hub-layout
-directory or a `.safetensors` file, docs/hub_checkpoints.md), `res` (the new resolution), `patch` (a new patch size:
+model of several such as a two-tower checkpoint's `img`, or a Hub checkpoint in timm's or transformers' layout:
+`hf-hub:OWNER/NAME`, a Hub-layout directory or a `.safetensors` file, docs/hub_checkpoints.md), `res` (the new resolution), `patch` (a new patch size:
 the kernel is PI-resized), `steps` (0 evaluates without training), `variant` (another architecture than the
 `.npz`'s own, which is read off its shapes; a workdir brings its own), `dataset`, and any config path
 (`init.posemb=reinit`, `optimizer.learning_rate=0.003`, ...). From a workdir, the dataset, splits,
 preprocessing and picture schedule (`log_pictures`) of the original run are the defaults; an `.npz` brings its
-architecture and the resolution of its square table; a timm checkpoint brings its architecture, resolution and
-mean/std (grayscale images are fed as RGB). The position embeddings are resized to the new grid
-(`init.posemb_method`, default align-corners bilinear as vision_transformer and big_vision; for a timm checkpoint
+architecture and the resolution of its square table; a Hub checkpoint brings its architecture, resolution and
+mean/std (grayscale images are fed as RGB; a `pre_logits` layer, transformers' ViT pooler, is dropped). The position embeddings are resized to the new grid
+(`init.posemb_method`, default align-corners bilinear as vision_transformer and big_vision; for a Hub checkpoint
 bicubic with antialiasing, as timm's `resample_abs_pos_embed`); a head for another number of classes, or for a
 checkpoint without one, is initialised afresh; the step-0 evaluation logged in metrics.jsonl is the loaded model before any
 fine-tuning step. Recipe: SGD with momentum, cosine decay, no weight decay, clipping at 1 (vision_transformer's).
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
     init = short.get("init", "")
     if arg and not init:
         raise ValueError(f"init= is missing (in {arg!r}): the checkpoint to fine-tune, a vit_jax workdir, an .npz or "
-                         f"hf-hub:timm/NAME")
+                         f"hf-hub:OWNER/NAME")
 
     config = base_config()
     config.init.path = init

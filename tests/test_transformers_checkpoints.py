@@ -29,6 +29,14 @@ FAMILIES = {
     "ijepa": ("IJepaForImageClassification", "IJepaConfig", dict(SIZE, num_labels=5), "logits",
               dict(classifier="gap")),
     "mae": ("ViTMAEModel", "ViTMAEConfig", dict(SIZE, mask_ratio=0.0), "cls", dict(classifier="token")),
+    # BEiT: relative position tables in every block, q/v biases, layer scale, mean pooling then fc_norm; data2vec's
+    # BEiT with an absolute table too, pooled by its class token
+    "beit": ("BeitForImageClassification", "BeitConfig", dict(SIZE, num_labels=5, use_relative_position_bias=True),
+             "logits", dict(relative_position_bias=True, posemb="none", classifier="token_gap", fc_norm=True)),
+    "data2vec": ("Data2VecVisionForImageClassification", "Data2VecVisionConfig",
+                 dict(SIZE, num_labels=5, use_relative_position_bias=True, use_absolute_position_embeddings=True,
+                      use_mean_pooling=False), "logits",
+                 dict(relative_position_bias=True, posemb="learn", classifier="token", layer_scale=1e-5)),
     "dinov2": ("Dinov2Model", "Dinov2Config", DINOV2, "pooler_output", dict(layer_scale=1e-5, mlp_dim=128)),
     "dinov2_swiglu": ("Dinov2Model", "Dinov2Config", dict(DINOV2, use_swiglu_ffn=True), "pooler_output",
                       dict(gated_mlp=True, mlp_dim=88)),
@@ -192,6 +200,8 @@ def test_fine_tuning_takes_the_architecture_and_preprocessing_and_drops_the_pool
     ("CLIPForImageClassification", "CLIPConfig", dict(vision_config=SIZE, text_config=TEXT, num_labels=3), None,
      "reads the mean patch token before the final LayerNorm"),
     ("ViTModel", "ViTConfig", dict(SIZE, hidden_act="relu"), None, "the activation 'relu'"),
+    ("BeitModel", "BeitConfig", dict(SIZE, use_shared_relative_position_bias=True), None,
+     "a relative position bias shared by the blocks"),
     ("ViTModel", "ViTConfig", SIZE, {"model_type": "swin"}, "model_type 'swin' is not one vit_jax reads"),
     ("ViTModel", "ViTConfig", SIZE, "no config", "its names are transformers': put its config.json"),
 ])

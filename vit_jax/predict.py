@@ -6,8 +6,9 @@
 
 Each image is decoded in the model's channel mode and preprocessed exactly as evaluation does (resize to the
 training resolution with the run's method, value range), so a file gets the prediction its dataset example
-would; a timm checkpoint is fed what its `pretrained_cfg` says (mean, std, size). Class names come from the
-dataset's metadata when known (`--dataset` for an `.npz`). A missing or
+would; a Hub checkpoint is fed what its `pretrained_cfg` (timm) or `preprocessor_config.json` (transformers)
+says (mean, std, size, crop). Class names come from the dataset's metadata when known (`--dataset` for an `.npz`),
+a transformers checkpoint's `id2label`, or ImageNet's for a 1,000-class head. A missing or
 unreadable file is reported on its own line and the others are still predicted; the exit status is then 1.
 """
 
@@ -33,8 +34,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--workdir", help="a vit_jax run directory (its latest checkpoint, or --step)")
     source.add_argument("--npz", help="an .npz file (vision_transformer, big_vision or vit_jax export; FILE.npz:KEY: one model of several, "
                                          "e.g. a two-tower checkpoint's img)")
-    source.add_argument("--checkpoint", help="any of those, or a timm checkpoint: hf-hub:timm/NAME, a Hub-layout "
-                                             "directory or a .safetensors file")
+    source.add_argument("--checkpoint", help="any of those, or a Hub checkpoint in timm's or transformers' "
+                                             "layout: hf-hub:OWNER/NAME, a Hub-layout directory or a .safetensors "
+                                             "file")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
     parser.add_argument("--variant", default=None, help="npz: e.g. B/16, checked against the file's shapes")
     parser.add_argument("--image-size", type=int, nargs="+", default=None,

@@ -95,7 +95,8 @@ def _from_hub(repo: str) -> tuple[Path, Path, Path | None]:
         weights = download(WEIGHTS)
     except (EntryNotFoundError, LocalEntryNotFoundError) as error:
         raise FileNotFoundError(f"hf-hub:{repo}: no {WEIGHTS} ({type(error).__name__}: {_first_line(error)}); "
-                                f"vit_jax reads the safetensors weights of timm's and transformers' Hub repos") from None
+                                f"vit_jax reads the safetensors weights of timm's and transformers' Hub repos"
+                                ) from None
     try:
         preprocessor = download(PREPROCESSOR_CONFIG)
     except (EntryNotFoundError, LocalEntryNotFoundError):

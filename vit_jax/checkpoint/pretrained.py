@@ -1,5 +1,5 @@
-"""Where fine-tuning starts from: the parameters of a vit_jax workdir (orbax), an `.npz` file, or a timm checkpoint
-(`hf-hub:timm/NAME`, a Hub-layout directory, a `.safetensors` file)."""
+"""Where fine-tuning starts from: the parameters of a vit_jax workdir (orbax), an `.npz` file, or a Hub checkpoint
+in timm's or transformers' layout (`hf-hub:OWNER/NAME`, a Hub-layout directory, a `.safetensors` file)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def is_workdir(path: str | Path) -> bool:
 
 def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
     """Parameters from `path`: a workdir (its latest checkpoint, or `step`), an `.npz` file (any layout `load_npz`
-    reads; `FILE.npz:KEY`, one model of several) or a timm checkpoint (see `vit_jax.checkpoint.hub`). Workdirs and timm checkpoints also tell the grid
-    their position embeddings were trained for."""
+    reads; `FILE.npz:KEY`, one model of several) or a Hub checkpoint in timm's or transformers' layout (see
+    `vit_jax.checkpoint.hub`). Workdirs and Hub checkpoints also tell the grid their position embeddings were
+    trained for."""
     if is_timm_spec(path):
         checkpoint = read_timm_checkpoint(path)
         arch = architecture_from_timm(checkpoint.state, checkpoint.config, checkpoint.source)

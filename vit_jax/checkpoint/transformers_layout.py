@@ -2,14 +2,15 @@
 as timm checkpoints, which `timm_layout` then reads: one renaming per family, no second reader.
 
 Researchers start from many backbones that live on the Hub in transformers' layout rather than timm's: Google's
-ViTs (`google/vit-*`), DeiT, MSN, MAE and I-JEPA encoders, DINOv2 (with registers), DINOv3, and the image towers
-of CLIP and SigLIP. Their tensors map one to one onto timm's names (`encoder.layer.N.attention.attention.query`
--> `blocks.N.attn.q_proj`), and what their tensors cannot say (heads, the activation, the LayerNorm's epsilon, the
-pooling, DINOv3's rotary conventions) is written as the timm `model_args` that say it. A few tensors are
-deliberately left behind, each a part a vision backbone never runs: the text tower and logit scale of a two-tower
-CLIP / SigLIP file (its image tower is the model, as big_vision's `:img`), the pre-training mask tokens, MAE's
-decoder, and the attention-pooling head that `SiglipForImageClassification` computes and ignores (it averages the
-tokens instead). Anything else unread is refused by `timm_layout`, as for timm's own files.
+ViTs (`google/vit-*`), DeiT, MSN, MAE and I-JEPA encoders, BEiT and data2vec, DINOv2 (with registers), DINOv3,
+and the image towers of CLIP and SigLIP. Their tensors map one to one onto timm's names
+(`encoder.layer.N.attention.attention.query` -> `blocks.N.attn.q_proj`), and what their tensors cannot say (heads,
+the activation, the LayerNorm's epsilon, the pooling, DINOv3's rotary conventions) is written as the timm
+`model_args` that say it. A few tensors are deliberately left behind, each a part a vision backbone never runs:
+the text tower and logit scale of a two-tower CLIP / SigLIP file (its image tower is the model, as big_vision's
+`:img`), the pre-training mask tokens, MAE's decoder, and the attention-pooling head that
+`SiglipForImageClassification` computes and ignores (it averages the tokens instead). Anything else unread is
+refused by `timm_layout`, as for timm's own files.
 
 `preprocessor_config.json` (the image processor's) gives the evaluation view: mean, std, resize, center crop.
 """
@@ -108,6 +109,13 @@ _BERT_BLOCKS = [
     (_LAYER + r"mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
     (_LAYER + r"mlp\.weights_in\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),  # DINOv2's SwiGLU, gate first
     (_LAYER + r"mlp\.weights_out\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    # BEiT's (and data2vec's): per-block relative position tables, layer scale, mean pooling's norm; a table shared
+    # by the blocks (pre-training's) under timm's name, which timm_layout refuses
+    (_LAYER + r"attention\.attention\.relative_position_bias\.relative_position_bias_table",
+     r"blocks.\1.attn.relative_position_bias_table"),
+    (_LAYER + r"lambda_([12])", r"blocks.\1.gamma_\2"),
+    (r"encoder\.relative_position_bias\.relative_position_bias_table", "rel_pos_bias.relative_position_bias_table"),
+    (r"pooler\.layernorm\.(weight|bias)", r"fc_norm.\1"),
     (r"embeddings\.cls_token", "cls_token"),
     (r"embeddings\.distillation_token", "dist_token"),
     (r"embeddings\.register_tokens", "reg_token"),
@@ -123,8 +131,9 @@ _BERT_BLOCKS = [
 
 def _bert_family(state: dict[str, np.ndarray], config: Mapping[str, Any], architectures: list[str], where: str
                  ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    state = _without_prefix(state, ("vit", "deit", "dinov2", "ijepa"))
-    state = _drop(state, r"embeddings\.mask_token$", r"decoder\.")  # pre-training's: masked patches, MAE's decoder
+    state = _without_prefix(state, ("vit", "deit", "dinov2", "ijepa", "beit", "data2vec_vision"))
+    # pre-training's: masked patches, MAE's decoder; BEiT's index buffers (older files have them)
+    state = _drop(state, r"embeddings\.mask_token$", r"decoder\.", r".*relative_position_index$")
     state = _renamed(state, _BERT_BLOCKS, where)
     args: dict[str, Any] = {"class_token": "cls_token" in state}
     if "pre_logits.fc.weight" in state and config.get("pooler_act", "tanh") != "tanh":
@@ -143,7 +152,8 @@ def _bert_family(state: dict[str, np.ndarray], config: Mapping[str, Any], archit
         table = state["pos_embed"]
         state["pos_embed"] = np.concatenate([table[:, :1], np.zeros((1, registers, table.shape[2]), table.dtype),
                                              table[:, 1:]], axis=1)
-    args["global_pool"] = "token" if args["class_token"] else "avg"  # I-JEPA: no class token, the tokens' mean
+    # I-JEPA: no class token, the tokens' mean; BEiT's mean pooling: the patch tokens' mean, then fc_norm
+    args["global_pool"] = "token" if args["class_token"] and not config.get("use_mean_pooling") else "avg"
     return state, args
 
 
@@ -237,7 +247,8 @@ FAMILIES: dict[str, Family] = {
     "vit": _bert_family, "deit": _bert_family, "vit_msn": _bert_family, "vit_mae": _bert_family,
     "ijepa": _bert_family, "dinov2": _bert_family, "dinov2_with_registers": _bert_family,
     "clip": _clip_family, "clip_vision_model": _clip_family, "siglip": _clip_family,
-    "siglip_vision_model": _clip_family, "dinov3_vit": _dinov3_family,
+    "siglip_vision_model": _clip_family, "dinov3_vit": _dinov3_family, "beit": _bert_family,
+    "data2vec-vision": _bert_family,
 }
 TWO_TOWERS = ("clip", "siglip")
 # the mean and std each family's image processor uses when no preprocessor_config.json says
@@ -247,6 +258,7 @@ DEFAULT_NORMALIZATION = {
     "dinov2": (IMAGENET_MEAN, IMAGENET_STD), "dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD),
     "dinov3_vit": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
     "clip_vision_model": (CLIP_MEAN, CLIP_STD), "siglip": (HALF, HALF), "siglip_vision_model": (HALF, HALF),
+    "beit": (HALF, HALF), "data2vec-vision": (HALF, HALF),
 }
 
 
