@@ -1,6 +1,7 @@
 """Bad input on the command line is one line naming the value and what was expected, exit status 2, before
 anything compiles; never a traceback."""
 
+import json
 import re
 import subprocess
 import sys
@@ -95,16 +96,39 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, digits_data_dir):
+    """case -> (its directory, {"returncode", "stderr"}): every case's command line run in a fork of one process
+    that imported vit_jax once (tests/forked_commands.py), not in an interpreter of its own each."""
+    directories = {case: tmp_path_factory.mktemp(case) for case in CASES}
+    commands = [[f"vit_jax.{command}", arguments(directories[case], digits_data_dir)]
+                for case, (command, arguments, _) in CASES.items()]
+    result = subprocess.run([sys.executable, "-m", "tests.forked_commands"], input=json.dumps(commands), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(zip(CASES, zip(directories.values(), json.loads(result.stdout))))
+
+
+@pytest.mark.xdist_group("bad_command_lines")
 @pytest.mark.parametrize("case", CASES)
-def test_bad_command_lines_are_one_line_and_exit_status_2(case, tmp_path, digits_data_dir):
-    command, arguments, expected = CASES[case]
-    result = subprocess.run([sys.executable, "-m", f"vit_jax.{command}", *arguments(tmp_path, digits_data_dir)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(expected + ".*", last), last
-    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "sweep").exists()
+def test_bad_command_lines_are_one_line_and_exit_status_2(case, outcomes):
+    directory, outcome = outcomes[case]
+    stderr = outcome["stderr"]
+    assert outcome["returncode"] == 2, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(CASES[case][2] + ".*", last), last
+    assert not (directory / "run" / "checkpoints").exists() and not (directory / "sweep").exists()
+
+
+@pytest.mark.xdist_group("bad_command_lines")
+def test_a_forked_command_line_ends_as_in_an_interpreter_of_its_own(outcomes, tmp_path):
+    """The harness's fork gives what `python -m` gives: the same status and the same stderr."""
+    directory, forked = outcomes["unknown_config_field"]
+    command, arguments, _ = CASES["unknown_config_field"]
+    fresh = subprocess.run([sys.executable, "-m", f"vit_jax.{command}", *arguments(directory, "")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert (fresh.returncode, fresh.stderr) == (forked["returncode"], forked["stderr"])
 
 
 def test_a_plain_npy_array_is_not_taken_for_an_npz(tmp_path):
