@@ -336,7 +336,8 @@ def test_a_bare_safetensors_file_reads_its_architecture_off_the_tensors(saved, t
 
 
 @pytest.mark.slow
-def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digits(saved, tmp_path, digits_data_dir):
+def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digits(saved, tmp_path, digits_data_dir,
+                                                                                  offline_hub):
     """`configs/finetune.py:init=hf-hub:...` through the command line, offline against a Hub cache, at a new
     resolution and patch size: the kernel PI-resized, the table resized bicubically as timm does, a new head,
     grayscale digits fed as RGB with the checkpoint's mean and std."""
@@ -344,20 +345,27 @@ def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digit
     hf_home = tmp_path / "hf"
     write_hub_cache(hf_home, "timm/tiny_dinov2_reg4", {n: directory / n for n in ("config.json", "model.safetensors")})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
-    # the file: evaluated without training (steps=0): the loading and adaptation are what differ from the Hub's
-    for init, workdir, steps in (("hf-hub:timm/tiny_dinov2_reg4", tmp_path / "from_hub", 4),
-                                 (str(directory / "model.safetensors"), tmp_path / "from_file", 0)):
-        command = [sys.executable, "-m", "vit_jax.main", f"--workdir={workdir}",
-                   f"--config=configs/finetune.py:init={init},res=16,patch=4,steps={steps}",
-                   f"--config.data_dir={digits_data_dir}", "--config.log_every=2", "--config.test_split=",
-                   "--config.log_pictures=none"]  # drawing them (other tests') took half of each run
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "embedding/kernel: PI-resized from patch 14x14 to 4x4" in result.stdout + result.stderr
-        assert "pos_embedding: resized from a 2x2 to a 4x4 grid (bicubic, antialiased)" in result.stdout + result.stderr
-        saved_config = json.loads((workdir / "config.json").read_text())
-        assert saved_config["pp"]["mean"] == [0.485, 0.456, 0.406] and saved_config["pp"]["channels"] == 3
-        assert saved_config["model"]["num_registers"] == 4 and saved_config["model"]["layer_scale"] == 1e-5
+    workdir = tmp_path / "from_hub"
+    command = [sys.executable, "-m", "vit_jax.main", f"--workdir={workdir}",
+               "--config=configs/finetune.py:init=hf-hub:timm/tiny_dinov2_reg4,res=16,patch=4,steps=4",
+               f"--config.data_dir={digits_data_dir}", "--config.log_every=2", "--config.test_split=",
+               "--config.log_pictures=none"]  # drawing them (other tests') took half of each run
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "embedding/kernel: PI-resized from patch 14x14 to 4x4" in result.stdout + result.stderr
+    assert "pos_embedding: resized from a 2x2 to a 4x4 grid (bicubic, antialiased)" in result.stdout + result.stderr
+    saved_config = json.loads((workdir / "config.json").read_text())
+    assert saved_config["pp"]["mean"] == [0.485, 0.456, 0.406] and saved_config["pp"]["channels"] == 3
+    assert saved_config["model"]["num_registers"] == 4 and saved_config["model"]["layer_scale"] == 1e-5
+    # the bare file starts the same run: the same config (but its init) and the same parameters to adapt
+    from configs.finetune import get_config
+
+    with_file = get_config(f"init={directory / 'model.safetensors'},res=16,patch=4,steps=4")
+    from_hub = get_config("init=hf-hub:timm/tiny_dinov2_reg4,res=16,patch=4,steps=4")
+    with_file.init.path = from_hub.init.path
+    assert with_file.to_dict() == from_hub.to_dict()
+    jax.tree.map(np.testing.assert_array_equal, load_pretrained(directory / "model.safetensors").params,
+                 load_pretrained("hf-hub:timm/tiny_dinov2_reg4").params)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # timm's interpolator's own torch deprecation notices
