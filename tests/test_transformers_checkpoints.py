@@ -119,6 +119,8 @@ def test_an_offline_hub_repo_brings_its_class_names_and_its_image_processors_vie
     directory, _ = saved["vit"]
     config = json.loads((directory / "config.json").read_text())
     config["id2label"] = {str(i): name for i, name in enumerate(["cat", "dog", "eel", "fox", "gnu"])}
+    for field in ("hidden_act", "layer_norm_eps", "image_size"):  # at their defaults: an older config.json's way
+        del config[field]
     (tmp_path / "config.json").write_text(json.dumps(config))
     processor = {"do_resize": True, "size": {"shortest_edge": 40}, "do_center_crop": True,
                  "crop_size": {"height": 32, "width": 32}, "resample": 3, "image_mean": [0.4, 0.5, 0.6],
@@ -129,6 +131,8 @@ def test_an_offline_hub_repo_brings_its_class_names_and_its_image_processors_vie
                                                      "preprocessor_config.json": tmp_path / "preprocessor_config.json"})
     trained = load_trained_model("hf-hub:google/tiny-vit")
     assert trained.class_names == ("cat", "dog", "eel", "fox", "gnu")
+    assert trained.model.layer_norm_epsilon == 1e-12 and not trained.model.gelu_approximate
+    assert timm_architecture("hf-hub:google/tiny-vit").image_size == (32, 32)  # the table's 4x4 patches of 8
     pp = trained.preprocess
     assert (pp.image_size, pp.crop_pct, pp.crop_mode, pp.resize_method) == ((32, 32), 0.8, "center", "bicubic")
     assert (pp.mean, pp.std, pp.value_range) == ((0.4, 0.5, 0.6), (0.2, 0.3, 0.25), (0.0, 1.0))
@@ -216,3 +220,16 @@ def test_what_vit_jax_cannot_run_is_refused_in_one_line(model_class, config_clas
     with pytest.raises(ValueError, match=reason) as error:
         load_trained_model(tmp_path)
     assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
+
+
+def test_the_config_defaults_assumed_are_transformers_own():
+    """A config.json may leave out fields at their default (hand-written or older ones do): the defaults read in
+    their place are the config classes' own."""
+    from vit_jax.checkpoint.transformers_layout import CONFIG_DEFAULTS
+
+    transformers = import_transformers()
+    classes = {config_class.model_type: config_class for config_class in transformers.CONFIG_MAPPING.values()}
+    for model_type, defaults in CONFIG_DEFAULTS.items():
+        config = classes[model_type]()
+        config = getattr(config, "vision_config", config)
+        assert {field: getattr(config, field) for field in defaults} == defaults, model_type

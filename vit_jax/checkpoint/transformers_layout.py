@@ -47,11 +47,12 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], preproce
         raise ValueError(f"{where}: transformers' model_type {model_type!r} is not one vit_jax reads; it reads "
                          f"{', '.join(sorted(FAMILIES))}")
     vision = (config.get("vision_config") or config) if model_type in TWO_TOWERS else config
+    vision = {**CONFIG_DEFAULTS[model_type], **vision}  # what an older or hand-written config.json leaves out
     architectures = [str(a) for a in config.get("architectures") or []]
     state, args = family(dict(state), vision, architectures, where)
     args.update(num_heads=int(vision["num_attention_heads"]), img_size=_size(vision.get("image_size")),
-                norm_layer={"name": "LayerNorm", "eps": float(vision.get("layer_norm_eps", 1e-12)), "bias": True})
-    act = str(vision.get("hidden_act", "gelu"))
+                norm_layer={"name": "LayerNorm", "eps": float(vision["layer_norm_eps"]), "bias": True})
+    act = str(vision["hidden_act"])
     args.setdefault("act_layer", ACTIVATIONS.get(act, act))
     pretrained_cfg = _evaluation(preprocessor or {}, DEFAULT_NORMALIZATION[model_type])
     labels = _label_names(config)
@@ -225,7 +226,7 @@ def _dinov3_family(state: dict[str, np.ndarray], config: Mapping[str, Any], arch
                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     state = _drop(_without_prefix(state, ("model", "dinov3")), r"embeddings\.mask_token$")
     state = _renamed(state, _DINOV3_BLOCKS, where)
-    gated = bool(config.get("use_gated_mlp"))
+    gated = bool(config["use_gated_mlp"])
     if gated and ACTIVATIONS.get(str(config.get("hidden_act"))) != "silu":
         raise ValueError(f"{where}: a gated MLP with {config.get('hidden_act')!r} gates; vit_jax's gated MLP is "
                          f"SwiGLU (hidden_act 'silu')")
@@ -235,7 +236,7 @@ def _dinov3_family(state: dict[str, np.ndarray], config: Mapping[str, Any], arch
     if "reg_token" in state and state["reg_token"].shape[1] == 0:
         del state["reg_token"]
     args = {"class_token": True, "global_pool": "token", "rope_type": "dinov3", "use_rot_pos_emb": True,
-            "rope_rotate_half": True, "rope_temperature": float(config.get("rope_theta", 100.0))}
+            "rope_rotate_half": True, "rope_temperature": float(config["rope_theta"])}
     if gated:
         args["act_layer"] = "SiLU"
     return state, args
@@ -251,6 +252,21 @@ FAMILIES: dict[str, Family] = {
     "data2vec-vision": _bert_family,
 }
 TWO_TOWERS = ("clip", "siglip")
+# transformers' config classes' defaults (5.25) for the fields read here: a config.json need not hold them (the
+# image size is not among them: without one, the position table's square grid says it)
+_BERT_DEFAULTS = dict(num_attention_heads=12, layer_norm_eps=1e-12, hidden_act="gelu")
+CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vit": _BERT_DEFAULTS, "deit": _BERT_DEFAULTS, "vit_mae": _BERT_DEFAULTS, "ijepa": _BERT_DEFAULTS,
+    "vit_msn": dict(_BERT_DEFAULTS, layer_norm_eps=1e-6),
+    "beit": dict(_BERT_DEFAULTS, use_mean_pooling=True), "data2vec-vision": dict(_BERT_DEFAULTS, use_mean_pooling=True),
+    "dinov2": dict(_BERT_DEFAULTS, layer_norm_eps=1e-6, use_swiglu_ffn=False),
+    "dinov2_with_registers": dict(_BERT_DEFAULTS, layer_norm_eps=1e-6, use_swiglu_ffn=False),
+    "dinov3_vit": dict(num_attention_heads=6, layer_norm_eps=1e-5, hidden_act="gelu", use_gated_mlp=False,
+                       rope_theta=100.0),
+    "clip": dict(num_attention_heads=12, layer_norm_eps=1e-5, hidden_act="quick_gelu"),
+    "siglip": dict(num_attention_heads=12, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
+}
+CONFIG_DEFAULTS.update(clip_vision_model=CONFIG_DEFAULTS["clip"], siglip_vision_model=CONFIG_DEFAULTS["siglip"])
 # the mean and std each family's image processor uses when no preprocessor_config.json says
 DEFAULT_NORMALIZATION = {
     "vit": (HALF, HALF), "deit": (IMAGENET_MEAN, IMAGENET_STD), "vit_msn": (IMAGENET_MEAN, IMAGENET_STD),
