@@ -10,8 +10,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vit_jax.interpret.figures import rgb_array
-from vit_jax.interpret.pictures import compute_pictures
 from vit_jax.metric_writers import MetricWriter
 from vit_jax.models.vit import VisionTransformer
 
@@ -41,5 +39,8 @@ class PictureLogger:
             params = jax.device_get(params)
         if jax.process_index() != 0 or not len(self.images):
             return
+        from vit_jax.interpret.figures import rgb_array  # matplotlib (0.3 s to import) only where pictures are drawn
+        from vit_jax.interpret.pictures import compute_pictures
+
         pictures = compute_pictures(self.model, params, self.images, self.value_range)
         self.writer.write_images(step, {name: rgb_array(figure) for name, figure in pictures.figures().items()})
