@@ -5,6 +5,7 @@ pixel; the `hf-hub:` path through an offline Hub cache."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -139,6 +140,25 @@ def test_an_offline_hub_repo_brings_its_class_names_and_its_image_processors_vie
 
     plain = load_trained_model(saved["clip"][0])  # no preprocessor_config.json: CLIP's own mean and std
     assert plain.preprocess.mean == (0.48145466, 0.4578275, 0.40821073) and plain.class_names[0] == "0"
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
+def test_a_checkpoint_in_shards_reads_as_one_from_a_directory_and_from_the_hub(saved, offline_hub, tmp_path):
+    """What `save_pretrained(max_shard_size=...)` writes for large models (DINOv3-7B, ViT-bigG): the index and
+    its shards, every tensor where the index says; on the Hub, the index brings its shards."""
+    directory, _ = saved["dinov2_swiglu"]
+    sharded = tmp_path / "sharded"
+    perturbed(*FAMILIES["dinov2_swiglu"][:3]).save_pretrained(sharded, max_shard_size="20KB")
+    shards = sorted(sharded.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2 and not (sharded / "model.safetensors").exists()
+    whole = load_pretrained(directory).params
+    jax.tree.map(np.testing.assert_array_equal, load_pretrained(sharded).params, whole)
+    files = {p.name: p for p in [sharded / "config.json", sharded / "model.safetensors.index.json", *shards]}
+    write_hub_cache(offline_hub, "facebook/tiny-sharded", files)
+    jax.tree.map(np.testing.assert_array_equal, load_pretrained("hf-hub:facebook/tiny-sharded").params, whole)
+    (sharded / shards[1].name).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"names the shard {shards[1].name}, which is not beside it"):
+        load_pretrained(sharded)
 
 
 @pytest.mark.xdist_group("transformers_checkpoints")

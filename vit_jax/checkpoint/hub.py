@@ -3,7 +3,8 @@
 A SPEC is
 - `hf-hub:OWNER/NAME` (optionally `@REVISION`): the repo's `config.json` and `model.safetensors`, resolved by
   `huggingface_hub` (its cache, `HF_HOME`, `HF_HUB_OFFLINE=1`);
-- a directory in that layout (what `timm.models.save_for_hf` and transformers' `save_pretrained` write);
+- a directory in that layout (what `timm.models.save_for_hf` and transformers' `save_pretrained` write; a large
+  checkpoint's shards with their `model.safetensors.index.json`);
 - a `.safetensors` file, with the `config.json` beside it when there is one.
 A transformers checkpoint (its `config.json` has a `model_type`: `google/vit-*`, `facebook/dinov2-*`,
 `openai/clip-*`, ...) is renamed into timm's layout on reading (`transformers_layout`), with its
@@ -25,6 +26,7 @@ from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG, as_timm,
 
 HF_PREFIX = "hf-hub:"
 WEIGHTS = "model.safetensors"
+SHARDED_WEIGHTS = "model.safetensors.index.json"  # a checkpoint in several files: weight_map says which holds what
 PICKLED_WEIGHTS = ("pytorch_model.bin",)
 CONFIG = "config.json"
 
@@ -44,7 +46,7 @@ def is_timm_spec(spec: str | Path) -> bool:
     path = Path(text).expanduser()
     if path.suffix in (".safetensors", ".bin", ".pth"):
         return True
-    return path.is_dir() and any((path / name).exists() for name in (WEIGHTS, *PICKLED_WEIGHTS))
+    return path.is_dir() and any((path / name).exists() for name in (WEIGHTS, SHARDED_WEIGHTS, *PICKLED_WEIGHTS))
 
 
 def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmCheckpoint:
@@ -57,8 +59,8 @@ def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmChe
     else:
         path = Path(text).expanduser()
         if path.is_dir():
-            weights = path / WEIGHTS
-            if not weights.exists():
+            weights = next((path / name for name in (WEIGHTS, SHARDED_WEIGHTS) if (path / name).exists()), None)
+            if weights is None:
                 pickled = [path / name for name in PICKLED_WEIGHTS if (path / name).exists()]
                 if not pickled:
                     raise FileNotFoundError(f"{path} has no {WEIGHTS} (expected the Hub layout: {WEIGHTS} + {CONFIG})")
@@ -94,9 +96,18 @@ def _from_hub(repo: str) -> tuple[Path, Path, Path | None]:
     try:
         weights = download(WEIGHTS)
     except (EntryNotFoundError, LocalEntryNotFoundError) as error:
-        raise FileNotFoundError(f"hf-hub:{repo}: no {WEIGHTS} ({type(error).__name__}: {_first_line(error)}); "
-                                f"vit_jax reads the safetensors weights of timm's and transformers' Hub repos"
-                                ) from None
+        try:  # a large checkpoint in shards: the index, then every file it names, beside it in the snapshot
+            weights = download(SHARDED_WEIGHTS)
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            raise FileNotFoundError(f"hf-hub:{repo}: no {WEIGHTS} ({type(error).__name__}: {_first_line(error)}); "
+                                    f"vit_jax reads the safetensors weights of timm's and transformers' Hub repos"
+                                    ) from None
+        for shard in _shard_names(weights):
+            try:
+                download(shard)
+            except (EntryNotFoundError, LocalEntryNotFoundError) as missing:
+                raise FileNotFoundError(f"hf-hub:{repo}: no {shard}, a shard {SHARDED_WEIGHTS} names "
+                                        f"({type(missing).__name__}: {_first_line(missing)})") from None
     try:
         preprocessor = download(PREPROCESSOR_CONFIG)
     except (EntryNotFoundError, LocalEntryNotFoundError):
@@ -118,8 +129,28 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _shard_names(index: Path) -> list[str]:
+    """The files of a sharded checkpoint, in the order its index first names them."""
+    weight_map = read_config(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index}: no weight_map (expected {SHARDED_WEIGHTS}'s {{tensor: file}})")
+    return list(dict.fromkeys(str(name) for name in weight_map.values()))
+
+
+def _read_shards(index: Path, read: Any) -> dict[str, np.ndarray]:
+    state: dict[str, np.ndarray] = {}
+    for name in _shard_names(index):
+        shard = index.parent / name
+        if not shard.exists():
+            raise FileNotFoundError(f"{index}: names the shard {name}, which is not beside it")
+        state.update(read(shard))
+    return state
+
+
 def read_shapes(path: Path) -> dict[str, np.ndarray]:
     """Each tensor as a zero-memory float32 array of its shape (only the header of a safetensors file is read)."""
+    if path.name.endswith(".index.json"):
+        return _read_shards(path, read_shapes)
     if path.suffix != ".safetensors":
         return read_weights(path)
     from safetensors import SafetensorError, safe_open
@@ -132,7 +163,10 @@ def read_shapes(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """A state dict as float32 numpy arrays: safetensors directly, PyTorch pickles only with `weights_only=True`."""
+    """A state dict as float32 numpy arrays: safetensors directly (a sharded checkpoint's index: every shard),
+    PyTorch pickles only with `weights_only=True`."""
+    if path.name.endswith(".index.json"):
+        return _read_shards(path, read_weights)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
