@@ -215,7 +215,7 @@ def test_fine_tuning_reads_an_npz_architecture_off_its_shapes(tmp_path, rng, dig
 @pytest.mark.parametrize("options", [
     dict(rms_norm=True, proj_bias=False, gated_mlp=True, classifier="gap"),
     dict(layer_scale=1e-5, num_registers=2, pre_norm=True, qk_norm=True, mlp_norm=True, attention_norm=True,
-         qkv_bias=False, embedding_norm=True, patch_bias=False, qkv_dim=64),
+         qkv_bias=False, embedding_norm=True, patch_bias=False, qkv_dim=64, classifier="token_and_gap"),
     dict(layer_scale=1e-5, layer_scale_attention_only=True, classifier="token_distilled"),
     dict(relative_position_bias=True, posemb="none", classifier="token"),
 ])

@@ -43,6 +43,10 @@ FAMILIES = {
                       dict(gated_mlp=True, mlp_dim=88)),
     "dinov2_registers": ("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig", dict(DINOV2, num_register_tokens=3),
                          "pooler_output", dict(num_registers=3)),
+    # DINOv2's linear classifiers: the class token and the mean patch token (registers left out) side by side
+    "dinov2_classifier": ("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
+                          dict(DINOV2, num_register_tokens=2, num_labels=5), "logits",
+                          dict(classifier="token_and_gap", num_registers=2)),
     "dinov3": ("DINOv3ViTModel", "DINOv3ViTConfig", dict(SIZE, num_register_tokens=2), "pooler_output",
                dict(posemb="rope_axial", rope_coordinates="centered", num_registers=2, layer_norm_epsilon=1e-5)),
     "dinov3_swiglu": ("DINOv3ViTModel", "DINOv3ViTConfig", dict(SIZE, use_gated_mlp=True, hidden_act="silu"),
@@ -217,8 +221,6 @@ def test_fine_tuning_takes_the_architecture_and_preprocessing_and_drops_the_pool
 
 @pytest.mark.xdist_group("transformers_checkpoints")
 @pytest.mark.parametrize("model_class, config_class, arguments, edit, reason", [
-    ("Dinov2ForImageClassification", "Dinov2Config", dict(DINOV2, num_labels=3), None,
-     "reads the class token and the mean patch token side by side"),
     ("DeiTForImageClassification", "DeiTConfig", dict(SIZE, num_labels=3), None,
      "a DeiT with a distillation token and .* head reading the class token alone"),
     ("CLIPForImageClassification", "CLIPConfig", dict(vision_config=SIZE, text_config=TEXT, num_labels=3), None,

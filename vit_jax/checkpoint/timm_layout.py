@@ -351,6 +351,8 @@ def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args
                              f"model {args.get('num_heads')}; vit_jax's MAP head has the model's")
         return "map"
     pool = args.get("global_pool", config.get("global_pool", "token" if has_cls else "avg"))
+    if pool == "token_and_gap" and has_cls:  # not timm's: transformers' DINOv2 classifiers (transformers_layout)
+        return pool
     if pool == "token":
         if not has_cls:
             raise ValueError(f"{where}: global_pool 'token' without a class token")

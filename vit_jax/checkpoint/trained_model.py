@@ -205,6 +205,9 @@ def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"not a ViT parameter tree in vision_transformer's names: missing {error}") from None
     classifier = ("map" if "MAPHead_0" in params else "token_distilled" if "dist" in params
                   else "token" if "cls" in params else "gap")
+    head = np.shape(params.get("head", {}).get("kernel", ()))
+    if classifier == "token" and not {"pre_logits", "fc_norm"} & set(params) and head[:1] == (2 * kernel[3],):
+        classifier = "token_and_gap"  # a head over the class token and the mean patch token side by side
     return dict(
         num_classes=_num_classes(params), patch_size=(kernel[0], kernel[1]), hidden_size=kernel[3],
         num_layers=len(blocks), mlp_dim=mlp_dim, num_heads=heads, classifier=classifier,

@@ -132,7 +132,8 @@ _BERT_BLOCKS = [
 
 def _bert_family(state: dict[str, np.ndarray], config: Mapping[str, Any], architectures: list[str], where: str
                  ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    state = _without_prefix(state, ("vit", "deit", "dinov2", "ijepa", "beit", "data2vec_vision"))
+    state = _without_prefix(state, ("vit", "deit", "dinov2", "dinov2_with_registers", "ijepa", "beit",
+                                    "data2vec_vision"))
     # pre-training's: masked patches, MAE's decoder; BEiT's index buffers (older files have them)
     state = _drop(state, r"embeddings\.mask_token$", r"decoder\.", r".*relative_position_index$")
     state = _renamed(state, _BERT_BLOCKS, where)
@@ -141,9 +142,6 @@ def _bert_family(state: dict[str, np.ndarray], config: Mapping[str, Any], archit
         raise ValueError(f"{where}: a pooler with {config['pooler_act']!r}; vit_jax's pre_logits has tanh")
     if config.get("use_swiglu_ffn"):  # Dinov2SwiGLUFFN: one packed projection, SiLU on its first half
         args.update(act_layer="SiLU", mlp_layer={"name": "GluMlp", "gate_last": False})
-    if any(a.startswith("Dinov2") and a.endswith("ForImageClassification") for a in architectures):
-        raise ValueError(f"{where}: {architectures[0]}'s classifier reads the class token and the mean patch token "
-                         f"side by side, which is not one of vit_jax's classifiers; its backbone (Dinov2Model) is")
     if "dist_token" in state and "head_dist.weight" not in state:
         raise ValueError(f"{where}: a DeiT with a distillation token and {architectures or 'no'} head reading the "
                          f"class token alone; vit_jax reads DeiTForImageClassificationWithTeacher (both tokens' "
@@ -153,8 +151,11 @@ def _bert_family(state: dict[str, np.ndarray], config: Mapping[str, Any], archit
         table = state["pos_embed"]
         state["pos_embed"] = np.concatenate([table[:, :1], np.zeros((1, registers, table.shape[2]), table.dtype),
                                              table[:, 1:]], axis=1)
-    # I-JEPA: no class token, the tokens' mean; BEiT's mean pooling: the patch tokens' mean, then fc_norm
+    # I-JEPA: no class token, the tokens' mean; BEiT's mean pooling: the patch tokens' mean, then fc_norm; DINOv2's
+    # classifiers: the class token and the mean patch token side by side
     args["global_pool"] = "token" if args["class_token"] and not config.get("use_mean_pooling") else "avg"
+    if any(a.startswith("Dinov2") and a.endswith("ForImageClassification") for a in architectures):
+        args["global_pool"] = "token_and_gap"
     return state, args
 
 

@@ -6,6 +6,8 @@
   with `class_token=True`; timm's DINOv3 default).
 - `map`: multi-head attention pooling with a learned probe (big_vision's `MAPHead`, named `MAPHead_0`).
 - `unpooled`: every token (no class token); `token_unpooled`: every token, class token included.
+- `token_and_gap`: the class token and the mean patch token side by side (`2 * hidden_size` features): DINOv2's
+  linear classifiers (transformers' `Dinov2ForImageClassification`).
 - `token_distilled`: DeiT's class and distillation tokens (parameters `cls`, `dist`), each read by its own head
   (`head`, `head_dist`), the two logits averaged: DeiT's inference, and timm's training and fine-tuning unless it
   distils from a teacher (which vit_jax does not do).
@@ -22,8 +24,10 @@ import jax.numpy as jnp
 from vit_jax.models.block import MlpBlock
 from vit_jax.models.layer_norm import LayerNorm
 
-Classifier = Literal["token", "gap", "token_gap", "map", "unpooled", "token_unpooled", "token_distilled"]
-CLASSIFIERS: tuple[str, ...] = ("token", "gap", "token_gap", "map", "unpooled", "token_unpooled", "token_distilled")
+Classifier = Literal["token", "gap", "token_gap", "token_and_gap", "map", "unpooled", "token_unpooled",
+                     "token_distilled"]
+CLASSIFIERS: tuple[str, ...] = ("token", "gap", "token_gap", "token_and_gap", "map", "unpooled", "token_unpooled",
+                                "token_distilled")
 
 
 def num_prefix_tokens(classifier: str) -> int:
@@ -31,7 +35,7 @@ def num_prefix_tokens(classifier: str) -> int:
     or none)."""
     if classifier == "token_distilled":
         return 2
-    return 1 if classifier in ("token", "token_gap", "token_unpooled") else 0
+    return 1 if classifier in ("token", "token_gap", "token_and_gap", "token_unpooled") else 0
 
 
 class MAPHead(nn.Module):
@@ -66,13 +70,15 @@ class MAPHead(nn.Module):
 
 def pool_tokens(x: jax.Array, classifier: str) -> jax.Array:
     """The representation for non-learned pools: `token` -> `x[:, 0]`, `gap` -> mean, `token_gap` -> mean after the
-    class token, `*unpooled` -> `x`."""
+    class token, `token_and_gap` -> both concatenated, `*unpooled` -> `x`."""
     if classifier == "token":
         return x[:, 0]
     if classifier == "gap":
         return jnp.mean(x, axis=1)
     if classifier == "token_gap":
         return jnp.mean(x[:, 1:], axis=1)
+    if classifier == "token_and_gap":
+        return jnp.concatenate([x[:, 0], jnp.mean(x[:, 1:], axis=1)], axis=-1)
     if classifier in ("unpooled", "token_unpooled"):
         return x
     if classifier == "token_distilled":
