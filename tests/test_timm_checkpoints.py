@@ -76,6 +76,10 @@ FAMILIES = {
     # Perception Encoder (spatial): Eva's cat RoPE with rope_grid_offset 1 and columns first, pre-norm, no final norm
     "pe_spatial": ("vit_pe_spatial_tiny_patch16_512", dict(img_size=32),
                    dict(rope_offset=1.0, rope_axis_order="xy", rope_grid=(32, 32), pre_norm=True, final_norm=False)),
+    # Perception Encoder (core): as spatial, plus attention pooling over every token (the class token included) with
+    # its own heads and MLP width
+    "pe_core": ("vit_pe_core_tiny_patch16_384", dict(img_size=32, attn_pool_mlp_ratio=2.0),
+                dict(classifier="token_map", map_num_heads=8, map_mlp_dim=64, rope_offset=1.0, pre_norm=True)),
     # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
     "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
@@ -156,7 +160,8 @@ def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits
 
 
 # timm's Eva exports are DINOv3's (LayerNorms of 1e-5) or the naver RoPE-ViTs' (1e-6) architectures
-NOT_EXPORTABLE = {"sapiens2": "layer_norm_epsilon=1e-06: timm's Eva", "pe_spatial": "layer_norm_epsilon=1e-05: timm's Eva"}
+NOT_EXPORTABLE = {"sapiens2": "layer_norm_epsilon=1e-06: timm's Eva", "pe_spatial": "layer_norm_epsilon=1e-05: timm's Eva",
+                  "pe_core": "map_num_heads=8: timm's VisionTransformer has no counterpart"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -178,17 +183,20 @@ def test_an_export_loads_strictly_in_timm_and_reads_back_the_same(saved, family,
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), second.params, first.params)
 
 
-@pytest.mark.parametrize("mlp", [dict(), dict(gated_mlp=True), dict(rms_norm=True, proj_bias=False, qk_norm=True)])
+@pytest.mark.parametrize("mlp", [dict(), dict(gated_mlp=True), dict(rms_norm=True, proj_bias=False, qk_norm=True),
+                                 dict(classifier="token_map", num_registers=0)])
 def test_a_vit_jax_model_with_registers_pre_norm_and_no_patch_bias_exports_exactly(tmp_path, mlp):
     """vit_jax layouts timm lacks go through identities: registers get zero position rows, a patch bias before a
-    pre-norm moves into the table, a tanh GELU is timm's `gelu_tanh` (a SwiGLU MLP: DINOv2-g's SwiGLUPacked);
-    grayscale and [-1, 1] inputs are timm's `in_chans=1` and mean = std = 0.5."""
+    pre-norm moves into the table, a tanh GELU is timm's `gelu_tanh` (a SwiGLU MLP: DINOv2-g's SwiGLUPacked),
+    attention pooling over the class token too is `pool_include_prefix`; grayscale and [-1, 1] inputs are timm's
+    `in_chans=1` and mean = std = 0.5."""
     timm = import_timm()
     import torch
     from safetensors.numpy import save_file
 
     model = VisionTransformer(num_classes=3, patch_size=(4, 4), hidden_size=32, num_layers=1, mlp_dim=64,
-                              num_heads=2, num_registers=2, pre_norm=True, layer_scale=0.1, posemb_grid=(4, 4), **mlp)
+                              num_heads=2, **{**dict(num_registers=2, pre_norm=True, layer_scale=0.1,
+                                                     posemb_grid=(4, 4)), **mlp})
     x = images((16, 16))[..., :1]
     params = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(0).standard_normal(a.shape).astype(np.float32),
                           model.init(jax.random.key(0), x, train=False)["params"])
@@ -288,8 +296,11 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     # what no tensor of its own says, from the architecture's arguments or the config's model_args
     ("vit_base_patch16_rpn_224", dict(img_size=32), True, "timm's ResPostBlock blocks"),
     ("vit_base_patch16_224", dict(img_size=32, act_layer="silu"), True, "the activation 'silu'"),
-    ("test_vit3", dict(img_size=32), True, r"pooling over the prefix tokens too \(pool_include_prefix\)"),
-    ("vit_pe_core_tiny_patch16_384", dict(img_size=32), True, "an attention-pooling head over a class token too"),
+    ("test_vit3", dict(img_size=32), True, "an attention-pooling head over register tokens too"),
+    ("vit_base_patch16_224", dict(img_size=32, global_pool="avg", pool_include_prefix=True), True,
+     r"pooling over the prefix tokens too \(pool_include_prefix\)"),
+    ("vit_base_patch16_224", dict(img_size=32, global_pool="map"), True,
+     "an attention-pooling head over the patch tokens beside a class token"),
     # tensors vit_jax would leave unread or needs and does not find
     ("cait_xxs24_224", dict(img_size=32), True, r"tensors vit_jax's ViT has no place for \(blocks.N.attn.proj_l"),
     ("beit_base_patch16_224", dict(img_size=32, use_shared_rel_pos_bias=True, use_rel_pos_bias=False), True,

@@ -30,8 +30,8 @@ from vit_jax.models.heads import num_prefix_tokens
 from vit_jax.models.rope import ROPE_KINDS, is_rope
 from vit_jax.models.vit import VisionTransformer, token_grid
 
-_POOLS = {"token": "token", "gap": "avg", "token_gap": "avg", "map": "map", "unpooled": "", "token_unpooled": "",
-          "token_distilled": "token"}
+_POOLS = {"token": "token", "gap": "avg", "token_gap": "avg", "map": "map", "token_map": "map", "unpooled": "",
+          "token_unpooled": "", "token_distilled": "token"}
 
 
 def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int) -> dict[str, Any]:
@@ -41,7 +41,8 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
               "representation_size": model.representation_size is not None,
               "posemb": model.posemb not in ("learn", "none", *ROPE_KINDS),
               "qkv_dim": model.qkv_dim not in (None, model.hidden_size),
-              "patch_norm": model.patch_norm}
+              "patch_norm": model.patch_norm, "classifier": model.classifier not in _POOLS,
+              "map_num_heads": model.map_num_heads is not None, "map_mlp_dim": model.map_mlp_dim is not None}
     for option, refused in refuse.items():
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's VisionTransformer has no counterpart")
@@ -67,6 +68,11 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
         pos_embed="learn" if model.posemb == "learn" else "none", no_embed_class=False,
         reg_tokens=model.num_registers, pre_norm=model.pre_norm, fc_norm=model.fc_norm, act_layer=activation,
     )
+    if model.classifier == "token_map":  # the class token pooled with the patches (Eva's attention pooling always)
+        if model.num_registers:
+            raise ValueError("classifier='token_map' with registers: timm's attention pooling over the prefix "
+                             "takes the registers too, vit_jax's does not")
+        model_args["pool_include_prefix"] = True
     if model.embedding_norm:
         model_args["embed_norm_layer"] = "layernorm"
     if model.mlp_norm:
@@ -162,7 +168,8 @@ def _distilled_vit(model: VisionTransformer) -> str:
 def _swiglu_vit(model: VisionTransformer) -> str:
     """A SwiGLU ViT is DINOv2-g's architecture, the one that sets timm's `mlp_layer=SwiGLUPacked` (a class,
     which `model_args` cannot carry); `model_args` set everything else."""
-    refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != 1e-6, "classifier": model.classifier == "map"}
+    refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != 1e-6,
+              "classifier": model.classifier in ("map", "token_map")}
     for option, refused in refuse.items():
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r} with gated_mlp: timm's SwiGLU VisionTransformer "
@@ -177,7 +184,8 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
     refuse = {"layer_norm_epsilon": model.layer_norm_epsilon != epsilon,
               "gelu_approximate": model.gelu_approximate and not model.gated_mlp,
               "quick_gelu": model.quick_gelu, "embedding_norm": model.embedding_norm,
-              "classifier": model.classifier == "map", "final_norm": not model.final_norm,
+              "classifier": model.classifier == "map" or (model.classifier == "token_map" and model.num_registers),
+              "final_norm": not model.final_norm,
               "rms_norm": model.rms_norm, "proj_bias": not model.proj_bias}
     for option, refused in refuse.items():
         if refused:
@@ -234,7 +242,7 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
         state.update(_norm("fc_norm", p["fc_norm"]))
     elif model.final_norm:
         state.update(_norm("norm", encoder["encoder_norm"]))
-    if model.classifier == "map":
+    if model.classifier in ("map", "token_map"):
         state.update(_map_head_to_timm(p[MAP_HEAD], width))
     for head in ("head", "head_dist"):
         if head in p:

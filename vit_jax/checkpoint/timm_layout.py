@@ -146,7 +146,10 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
     has_cls = "cls_token" in state
     prefix = has_cls + ("dist_token" in state)  # DeiT's distillation token follows the class token
     registers = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
-    classifier = _classifier(state, config, args, has_cls, where)
+    # Eva's attention pooling attends over every token; a VisionTransformer's over the patch tokens only, unless
+    # pool_include_prefix
+    eva_class = bool(rope or eva) or any(k in args for k in ("use_rot_pos_emb", "use_abs_pos_emb", "num_reg_tokens"))
+    classifier = _classifier(state, config, args, has_cls, where, pool_includes_prefix=eva_class)
     options: dict[str, Any] = dict(
         num_classes=int(state["head.weight"].shape[0]) if "head.weight" in state else None,
         patch_size=(int(ph), int(pw)), hidden_size=int(width), num_layers=depth,
@@ -180,15 +183,16 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
                              f"in {ph}x{pw} patches has {patches} (+ {prefix + registers} prefix tokens)")
         no_embed_class = rows == patches and prefix + registers > 0
         options["posemb_grid"] = grid
-    if gated and classifier == "map":
+    if gated and classifier in ("map", "token_map"):
         raise ValueError(f"{where}: an attention-pooling head in a SwiGLU model (timm's head MLP is a plain one with "
                          f"the model's SiLU); vit_jax's MAP head has a GELU MLP")
     if relative:
         _check_relative_table(state["blocks.0.attn.relative_position_bias_table"], grid, has_cls, where)
-    pool_mlp = state.get("attn_pool.mlp.fc1.weight")
-    if pool_mlp is not None and pool_mlp.shape[0] != options["mlp_dim"]:
-        raise ValueError(f"{where}: an attention-pooling head whose MLP has {pool_mlp.shape[0]} hidden units, the "
-                         f"blocks {options['mlp_dim']}; vit_jax's MAP head has the blocks'")
+    if classifier in ("map", "token_map"):  # its own heads (timm's attn_pool_num_heads) and MLP width
+        pool_heads = int(args.get("attn_pool_num_heads") or options["num_heads"])
+        pool_mlp = int(state["attn_pool.mlp.fc1.weight"].shape[0])
+        options.update(map_num_heads=None if pool_heads == options["num_heads"] else pool_heads,
+                       map_mlp_dim=None if pool_mlp == options["mlp_dim"] else pool_mlp)
     arch = TimmArchitecture(name, options, image_size, int(channels), no_embed_class, pretrained_cfg)
     try:
         unread = _unread_tensors(state, arch)
@@ -286,8 +290,8 @@ def _activation(args: Mapping[str, Any]) -> str:
 
 
 def _check_what_tensors_cannot_say(args: Mapping[str, Any], name: str, where: str, gated: bool) -> None:
-    """Refuses what leaves no tensor of its own but changes the model: the activation, the block's wiring,
-    pooling that includes prefix tokens, the norm's kind."""
+    """Refuses what leaves no tensor of its own but changes the model: the activation, the block's wiring, the
+    norm's kind (pooling that includes prefix tokens: `_classifier`)."""
     model = name or "this model"
     act = args.get("act_layer") or "gelu"
     if act not in ("gelu", "gelu_tanh", "quick_gelu") and not (gated and _activation(args) == "SiLU"):
@@ -296,9 +300,7 @@ def _check_what_tensors_cannot_say(args: Mapping[str, Any], name: str, where: st
     if args.get("block_fn") not in (None, "Block"):
         raise ValueError(f"{where}: timm's {args['block_fn']} blocks ({model}); vit_jax's block is the pre-norm "
                          f"residual one (timm's Block)")
-    if args.get("pool_include_prefix"):
-        raise ValueError(f"{where}: pooling over the prefix tokens too (pool_include_prefix) is not one of vit_jax's "
-                         f"classifiers")
+
     kinds = {_norm_kind(args.get("norm_layer")) or "LayerNorm"}
     if args.get("embed_norm_layer"):
         kinds.add(_norm_kind(args["embed_norm_layer"]))
@@ -333,7 +335,7 @@ def _layer_norm_epsilon(name: str, args: Mapping[str, Any], where: str) -> float
 
 
 def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args: Mapping[str, Any], has_cls: bool,
-                where: str) -> str:
+                where: str, pool_includes_prefix: bool) -> str:
     if "dist_token" in state:
         if not has_cls or args.get("global_pool", "token") != "token" or "reg_token" in state:
             raise ValueError(f"{where}: a distillation token without a class token, with registers or with "
@@ -343,13 +345,18 @@ def _classifier(state: Mapping[str, np.ndarray], config: Mapping[str, Any], args
         if state["attn_pool.latent"].shape[1] != 1:
             raise ValueError(f"{where}: an attention-pooling head with {state['attn_pool.latent'].shape[1]} latent "
                              f"queries; vit_jax's MAP head has one")
-        if has_cls:
-            raise ValueError(f"{where}: an attention-pooling head over a class token too; vit_jax's MAP head pools "
-                             f"models without one")
-        if args.get("attn_pool_num_heads") not in (None, args.get("num_heads")):
-            raise ValueError(f"{where}: an attention-pooling head with {args['attn_pool_num_heads']} heads, the "
-                             f"model {args.get('num_heads')}; vit_jax's MAP head has the model's")
-        return "map"
+        if not (pool_includes_prefix or args.get("pool_include_prefix")):  # the patch tokens only
+            if has_cls:
+                raise ValueError(f"{where}: an attention-pooling head over the patch tokens beside a class token; "
+                                 f"vit_jax's MAP head pools models without one, or every token (token_map)")
+            return "map"
+        if "reg_token" in state:  # the head attends over them; vit_jax's encoder hands on no registers
+            raise ValueError(f"{where}: an attention-pooling head over register tokens too; vit_jax's MAP head pools "
+                             f"the class and patch tokens")
+        return "token_map" if has_cls else "map"  # over the class token too: Perception Encoder's core models
+    if args.get("pool_include_prefix"):
+        raise ValueError(f"{where}: pooling over the prefix tokens too (pool_include_prefix) is not one of vit_jax's "
+                         f"classifiers")
     pool = args.get("global_pool", config.get("global_pool", "token" if has_cls else "avg"))
     if pool == "token_and_gap" and has_cls:  # not timm's: transformers' DINOv2 classifiers (transformers_layout)
         return pool
@@ -436,8 +443,8 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
         encoder["registers"] = registers
     if o["fc_norm"]:
         params["fc_norm"] = norm_params(w, "fc_norm", rms)
-    if o["classifier"] == "map":
-        params[MAP_HEAD] = _map_head_from_timm(w, heads, width)
+    if o["classifier"] in ("map", "token_map"):
+        params[MAP_HEAD] = _map_head_from_timm(w, o.get("map_num_heads") or heads, width)
     if o.get("representation_size") is not None:
         params["pre_logits"] = dense_params(w, PRE_LOGITS)
     for head in ("head", "head_dist"):

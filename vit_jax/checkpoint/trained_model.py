@@ -205,6 +205,14 @@ def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"not a ViT parameter tree in vision_transformer's names: missing {error}") from None
     classifier = ("map" if "MAPHead_0" in params else "token_distilled" if "dist" in params
                   else "token" if "cls" in params else "gap")
+    pooling: dict[str, Any] = {}
+    if classifier == "map":  # over the class token too when there is one; its own heads and MLP width
+        classifier = "token_map" if "cls" in params else "map"
+        head = params["MAPHead_0"]
+        pool_heads = np.shape(head["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1]
+        pool_mlp = np.shape(head["MlpBlock_0"]["Dense_0"]["kernel"])[1]
+        pooling = dict(map_num_heads=None if pool_heads == heads else pool_heads,
+                       map_mlp_dim=None if pool_mlp == mlp_dim else pool_mlp)
     head = np.shape(params.get("head", {}).get("kernel", ()))
     if classifier == "token" and not {"pre_logits", "fc_norm"} & set(params) and head[:1] == (2 * kernel[3],):
         classifier = "token_and_gap"  # a head over the class token and the mean patch token side by side
@@ -213,7 +221,7 @@ def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
         num_layers=len(blocks), mlp_dim=mlp_dim, num_heads=heads, classifier=classifier,
         representation_size=np.shape(params["pre_logits"]["kernel"])[1] if "pre_logits" in params else None,
         final_norm="encoder_norm" in encoder or "fc_norm" in params, fc_norm="fc_norm" in params,
-        **_stem_of(params), **_options_in_parameters(params, first),
+        **pooling, **_stem_of(params), **_options_in_parameters(params, first),
     )
 
 

@@ -5,6 +5,8 @@
 - `token_gap`: a class token in the sequence, but the mean over the patch tokens pooled (timm's `global_pool='avg'`
   with `class_token=True`; timm's DINOv3 default).
 - `map`: multi-head attention pooling with a learned probe (big_vision's `MAPHead`, named `MAPHead_0`).
+- `token_map`: a class token in the sequence, and the probe attends over every token, the class token included
+  (Perception Encoder's core models: timm's `global_pool='map'` with a class token).
 - `unpooled`: every token (no class token); `token_unpooled`: every token, class token included.
 - `token_and_gap`: the class token and the mean patch token side by side (`2 * hidden_size` features): DINOv2's
   linear classifiers (transformers' `Dinov2ForImageClassification`).
@@ -24,10 +26,11 @@ import jax.numpy as jnp
 from vit_jax.models.block import MlpBlock
 from vit_jax.models.layer_norm import LayerNorm
 
-Classifier = Literal["token", "gap", "token_gap", "token_and_gap", "map", "unpooled", "token_unpooled",
-                     "token_distilled"]
-CLASSIFIERS: tuple[str, ...] = ("token", "gap", "token_gap", "token_and_gap", "map", "unpooled", "token_unpooled",
-                                "token_distilled")
+Classifier = Literal["token", "gap", "token_gap", "token_and_gap", "map", "token_map", "unpooled",
+                     "token_unpooled", "token_distilled"]
+CLASSIFIERS: tuple[str, ...] = ("token", "gap", "token_gap", "token_and_gap", "map", "token_map", "unpooled",
+                                "token_unpooled", "token_distilled")
+MAP_CLASSIFIERS = ("map", "token_map")  # pooled by `MAPHead_0`
 
 
 def num_prefix_tokens(classifier: str) -> int:
@@ -35,7 +38,7 @@ def num_prefix_tokens(classifier: str) -> int:
     or none)."""
     if classifier == "token_distilled":
         return 2
-    return 1 if classifier in ("token", "token_gap", "token_and_gap", "token_unpooled") else 0
+    return 1 if classifier in ("token", "token_gap", "token_and_gap", "token_map", "token_unpooled") else 0
 
 
 class MAPHead(nn.Module):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from vit_jax.models.encoder import ENCODER, Encoder
 from vit_jax.models.encoder_options import EncoderOptions, check_encoder_options
-from vit_jax.models.heads import CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
+from vit_jax.models.heads import CLASSIFIERS, MAP_CLASSIFIERS, Classifier, MAPHead, num_prefix_tokens, pool_tokens
 from vit_jax.models.layer_norm import LayerNorm
 from vit_jax.models.patching import (
     PATCH_EMBED_KINDS,
@@ -64,8 +64,10 @@ class VisionTransformer(nn.Module, EncoderOptions):
       posemb_grid: the grid the learned tables (`learn`, `factorized`) are stored at; inputs with another grid
         (another resolution, or another `patch_size` at call time) get them resized in the forward pass. None: the
         grid of the input the model is initialised with, fixed. (RoPE's counterpart is `rope_grid`.)
-      classifier: `token`, `gap`, `token_gap`, `map`, `unpooled`, `token_unpooled` or `token_distilled` (see
-        `vit_jax.models.heads`).
+      classifier: `token`, `gap`, `token_gap`, `token_and_gap`, `map`, `token_map`, `unpooled`, `token_unpooled`
+        or `token_distilled` (see `vit_jax.models.heads`).
+      map_num_heads, map_mlp_dim: the attention-pooling head's heads and MLP width (`map`, `token_map`); None: the
+        encoder's (big_vision's MAP head). Perception Encoder's core models pool with 8 heads and a 4x MLP.
       representation_size: if set, a `pre_logits` Dense of this width + tanh before the head.
       head_bias_init: the head's bias initial value (its kernel starts at zero, as in ViT fine-tuning).
     """
@@ -82,6 +84,8 @@ class VisionTransformer(nn.Module, EncoderOptions):
     posemb: PosembKind = "learn"
     posemb_grid: tuple[int, ...] | None = None
     classifier: Classifier = "token"
+    map_num_heads: int | None = None
+    map_mlp_dim: int | None = None
     representation_size: int | None = None
     head_bias_init: float = 0.0
     resnet_num_layers: tuple[int, ...] | None = None
@@ -135,7 +139,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
         x = self.encoder(tuple(token_grid_shape), num_prefix)(x, train=train)
         self.sow("intermediates", "encoded", x)
 
-        x = self.map_head()(x) if self.classifier == "map" else pool_tokens(x, self.classifier)
+        x = self.map_head()(x) if self.classifier in MAP_CLASSIFIERS else pool_tokens(x, self.classifier)
         return self.classify(x)
 
     def inputs(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
@@ -151,8 +155,10 @@ class VisionTransformer(nn.Module, EncoderOptions):
                        name=ENCODER)
 
     def map_head(self) -> MAPHead:
-        """The attention-pooling head of `classifier='map'`, with the encoder's MLP and LayerNorm conventions."""
-        return MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
+        """The attention-pooling head of `classifier='map'` (or `token_map`), with the encoder's MLP and LayerNorm
+        conventions, and its heads and MLP width (the encoder's unless `map_num_heads` / `map_mlp_dim` say)."""
+        return MAPHead(num_heads=self.map_num_heads or self.num_heads, mlp_dim=self.map_mlp_dim or self.mlp_dim,
+                       gelu_approximate=self.gelu_approximate,
                        quick_gelu=self.quick_gelu, layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
                        name="MAPHead_0")
 
@@ -204,9 +210,16 @@ def check_options(model: VisionTransformer) -> None:
         got = (f"tubelet_size={model.tubelet_size}" if model.tubelet_size is not None
                else f"classifier={model.classifier!r}")
         raise ValueError(f"relative_position_bias (BEiT's) is for images with a class token or none; got {got}")
-    if model.classifier == "map" and (model.rms_norm or not model.proj_bias):
-        raise ValueError("classifier='map' is big_vision's MAP head (LayerNorm, biased projections); rms_norm and "
-                         "proj_bias=False are for the encoder")
+    if model.classifier in MAP_CLASSIFIERS and (model.rms_norm or not model.proj_bias):
+        raise ValueError(f"classifier={model.classifier!r} is big_vision's MAP head (LayerNorm, biased "
+                         f"projections); rms_norm and proj_bias=False are for the encoder")
+    for option in ("map_num_heads", "map_mlp_dim"):
+        value = getattr(model, option)
+        if value is not None and (model.classifier not in MAP_CLASSIFIERS or not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{option}={value!r}: a positive int for the attention-pooling head (classifier 'map' "
+                             f"or 'token_map'; got {model.classifier!r}), or None for the encoder's")
+    if model.map_num_heads is not None and model.hidden_size % model.map_num_heads:
+        raise ValueError(f"hidden_size {model.hidden_size} is not divisible by map_num_heads {model.map_num_heads}")
     if model.classifier == "token_distilled" and (model.fc_norm or model.representation_size is not None):
         raise ValueError("classifier='token_distilled' reads its two tokens with two heads; fc_norm and "
                          "representation_size (pre_logits) are for one pooled representation")
