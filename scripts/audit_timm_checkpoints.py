@@ -9,8 +9,8 @@ random input as timm (eval mode), then again at a second resolution unless `--no
 (relative difference > 1e-4), REFUSED-CLEARLY (a one-line error from vit_jax.checkpoint), ERROR-UNCLEAR (anything
 else), NOT-BUILT (timm cannot build it small). Exit status 1 if any is MISMATCH or ERROR-UNCLEAR.
 
-Result with timm 1.0.31 (2026-12-05, docs/hub_checkpoints.md): 436 cases (370 registered names, 66 option
-variants): 283 MATCH, 135 REFUSED-CLEARLY, 18 NOT-BUILT, no MISMATCH and no ERROR-UNCLEAR.
+Result with timm 1.0.31 (2026-12-06, docs/hub_checkpoints.md): 436 cases (370 registered names, 66 option
+variants): 289 MATCH, 129 REFUSED-CLEARLY, 18 NOT-BUILT, no MISMATCH and no ERROR-UNCLEAR.
 """
 
 from __future__ import annotations

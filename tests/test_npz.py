@@ -24,14 +24,15 @@ def logits(model, params, images):
     return np.asarray(model.apply({"params": params}, images, train=False))
 
 
-def test_b16_written_and_read_back_gives_the_same_logits(tmp_path, rng):
+def test_b16_written_and_read_back_is_the_same_tree_bit_for_bit(tmp_path):
+    """Every one of B/16's 86M parameters, under its name and shape (equal parameters give equal logits: the
+    logits of files are compared against the references' own code in the tests below)."""
     model = create_model("B/16", num_classes=1000)
     params = random_params(model, (224, 224))
     save_npz(params, tmp_path / "b16.npz")
     loaded = load_npz(tmp_path / "b16.npz")
+    assert jax.tree.structure(loaded) == jax.tree.structure(params)
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
-    images = rng.standard_normal((1, 224, 224, 3)).astype(np.float32)
-    np.testing.assert_array_equal(logits(model, loaded, images), logits(model, params, images))
 
 
 def test_written_files_have_the_released_layout_and_vision_transformers_loader_reads_them(tmp_path):

@@ -56,6 +56,11 @@ FAMILIES = {
              dict(pre_norm=True, quick_gelu=True, patch_bias=False, num_classes=16)),
     "clip_two_towers": ("CLIPModel", "CLIPConfig", dict(vision_config=SIZE, text_config=TEXT, projection_dim=16),
                         "image_features", dict(pre_norm=True, num_classes=16)),
+    # CLIP's image tower under other names: MetaCLIP 2's (with its projection), Chinese CLIP's
+    "metaclip2": ("MetaClip2VisionModelWithProjection", "MetaClip2VisionConfig", dict(SIZE, projection_dim=16),
+                  "image_embeds", dict(pre_norm=True, quick_gelu=True, num_classes=16)),
+    "chinese_clip": ("ChineseCLIPVisionModel", "ChineseCLIPVisionConfig", SIZE, "pooler_output",
+                     dict(pre_norm=True, num_classes=None)),
     "siglip": ("SiglipVisionModel", "SiglipVisionConfig", SIZE, "pooler_output",
                dict(classifier="map", gelu_approximate=True, num_classes=None)),
     "siglip_classifier": ("SiglipForImageClassification", "SiglipConfig",

@@ -2,13 +2,13 @@
 as timm checkpoints, which `timm_layout` then reads: one renaming per family, no second reader.
 
 Researchers start from many backbones that live on the Hub in transformers' layout rather than timm's: Google's
-ViTs (`google/vit-*`), DeiT, MSN, MAE and I-JEPA encoders, BEiT and data2vec, DINOv2 (with registers), DINOv3,
-and the image towers of CLIP and SigLIP. Their tensors map one to one onto timm's names
-(`encoder.layer.N.attention.attention.query` -> `blocks.N.attn.q_proj`), and what their tensors cannot say (heads,
-the activation, the LayerNorm's epsilon, the pooling, DINOv3's rotary conventions) is written as the timm
-`model_args` that say it. A few tensors are deliberately left behind, each a part a vision backbone never runs:
-the text tower and logit scale of a two-tower CLIP / SigLIP file (its image tower is the model, as big_vision's
-`:img`), the pre-training mask tokens, MAE's decoder, and the attention-pooling head that
+ViTs (`google/vit-*`), DeiT, MSN, MAE and I-JEPA encoders, BEiT and data2vec, DINOv2 (with registers),
+DINOv3, and the image towers of CLIP (MetaCLIP 2, Chinese CLIP, AltCLIP) and SigLIP. Their tensors map one to one
+onto timm's names (`encoder.layer.N.attention.attention.query` -> `blocks.N.attn.q_proj`), and what their tensors
+cannot say (heads, the activation, the LayerNorm's epsilon, the pooling, DINOv3's rotary conventions) is written
+as the timm `model_args` that say it. A few tensors are deliberately left behind, each a part a vision backbone
+never runs: the text tower and logit scale of a two-tower CLIP / SigLIP file (its image tower is the model, as
+big_vision's `:img`), the pre-training mask tokens, MAE's decoder, and the attention-pooling head that
 `SiglipForImageClassification` computes and ignores (it averages the tokens instead). Anything else unread is
 refused by `timm_layout`, as for timm's own files.
 
@@ -17,6 +17,7 @@ refused by `timm_layout`, as for timm's own files.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -252,7 +253,10 @@ FAMILIES: dict[str, Family] = {
     "siglip_vision_model": _clip_family, "dinov3_vit": _dinov3_family, "beit": _bert_family,
     "data2vec-vision": _bert_family,
 }
-TWO_TOWERS = ("clip", "siglip")
+# CLIP's image tower under other names: MetaCLIP 2, Chinese CLIP, AltCLIP (their text towers differ)
+CLIP_ALIKE = ("metaclip_2", "chinese_clip", "altclip")
+FAMILIES.update({name + suffix: _clip_family for name in CLIP_ALIKE for suffix in ("", "_vision_model")})
+TWO_TOWERS = ("clip", "siglip", *CLIP_ALIKE)
 # transformers' config classes' defaults (5.25) for the fields read here: a config.json need not hold them (the
 # image size is not among them: without one, the position table's square grid says it)
 _BERT_DEFAULTS = dict(num_attention_heads=12, layer_norm_eps=1e-12, hidden_act="gelu")
@@ -268,6 +272,7 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "siglip": dict(num_attention_heads=12, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
 }
 CONFIG_DEFAULTS.update(clip_vision_model=CONFIG_DEFAULTS["clip"], siglip_vision_model=CONFIG_DEFAULTS["siglip"])
+CONFIG_DEFAULTS.update({name + end: CONFIG_DEFAULTS["clip"] for name in CLIP_ALIKE for end in ("", "_vision_model")})
 # the mean and std each family's image processor uses when no preprocessor_config.json says
 DEFAULT_NORMALIZATION = {
     "vit": (HALF, HALF), "deit": (IMAGENET_MEAN, IMAGENET_STD), "vit_msn": (IMAGENET_MEAN, IMAGENET_STD),
@@ -276,6 +281,7 @@ DEFAULT_NORMALIZATION = {
     "dinov3_vit": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
     "clip_vision_model": (CLIP_MEAN, CLIP_STD), "siglip": (HALF, HALF), "siglip_vision_model": (HALF, HALF),
     "beit": (HALF, HALF), "data2vec-vision": (HALF, HALF),
+    **{name + suffix: (CLIP_MEAN, CLIP_STD) for name in CLIP_ALIKE for suffix in ("", "_vision_model")},
 }
 
 
@@ -302,12 +308,22 @@ def _evaluation(preprocessor: Mapping[str, Any], normalization: tuple[tuple[floa
         edge = int(size["shortest_edge"])
         side = int(crop.get("height", edge)) if cropped else edge
         cfg.update(input_size=[3, side, int(crop.get("width", side)) if cropped else side],
-                   crop_pct=side / edge, crop_mode="center")
+                   crop_pct=_crop_pct(side, edge), crop_mode="center")
     elif isinstance(size, Mapping) and "height" in size:
         h, w = int(size["height"]), int(size["width"])
         ch, cw = (int(crop["height"]), int(crop["width"])) if cropped else (h, w)
-        cfg.update(input_size=[3, ch, cw], crop_pct=ch / h, crop_mode="squash" if (h, w) == (ch, cw) else "center")
+        cfg.update(input_size=[3, ch, cw], crop_pct=_crop_pct(ch, h),
+                   crop_mode="squash" if (h, w) == (ch, cw) else "center")
     return cfg
+
+
+def _crop_pct(crop: int, resized: int) -> float:
+    """timm's `crop_pct` for a crop of `crop` pixels out of `resized`: the view resizes to `floor(crop / crop_pct)`,
+    which must come back to `resized` exactly (384 / (384 / 438) is 437.99999...)."""
+    pct = crop / resized
+    while math.floor(crop / pct) < resized:
+        pct = math.nextafter(pct, 0.0)
+    return pct
 
 
 def _label_names(config: Mapping[str, Any]) -> list[str] | None:
