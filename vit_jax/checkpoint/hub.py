@@ -1,4 +1,5 @@
-"""Where timm checkpoints live: `hf-hub:` repos, Hub-layout directories, `.safetensors` files.
+"""Where Hub checkpoints live (timm's layout, and transformers' renamed into it): `hf-hub:` repos, Hub-layout
+directories, `.safetensors` files.
 
 A SPEC is
 - `hf-hub:OWNER/NAME` (optionally `@REVISION`): the repo's `config.json` and `model.safetensors`, resolved by
@@ -39,7 +40,8 @@ class TimmCheckpoint:
 
 
 def is_timm_spec(spec: str | Path) -> bool:
-    """Whether SPEC names a timm checkpoint (rather than a vit_jax workdir or an `.npz`)."""
+    """Whether SPEC names a Hub checkpoint, in timm's or transformers' layout (rather than a vit_jax workdir or an
+    `.npz`)."""
     text = str(spec)
     if text.startswith(HF_PREFIX):
         return True
