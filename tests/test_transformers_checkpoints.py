@@ -249,14 +249,14 @@ def test_what_vit_jax_cannot_run_is_refused_in_one_line(model_class, config_clas
     assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
 
 
+@pytest.mark.xdist_group("transformers_checkpoints")  # with the others: transformers is imported once (3 s)
 def test_the_config_defaults_assumed_are_transformers_own():
     """A config.json may leave out fields at their default (hand-written or older ones do): the defaults read in
     their place are the config classes' own."""
     from vit_jax.checkpoint.transformers_layout import CONFIG_DEFAULTS
 
     transformers = import_transformers()
-    classes = {config_class.model_type: config_class for config_class in transformers.CONFIG_MAPPING.values()}
     for model_type, defaults in CONFIG_DEFAULTS.items():
-        config = classes[model_type]()
+        config = transformers.AutoConfig.for_model(model_type)  # imports that one config module, not all of them
         config = getattr(config, "vision_config", config)
         assert {field: getattr(config, field) for field in defaults} == defaults, model_type
