@@ -4,19 +4,20 @@
 
     python -m vit_jax.main --config=configs/finetune.py:init=hf-hub:timm/vit_small_patch14_dinov2.lvd142m,res=448,dataset=NAME --workdir=workdirs/dinov2_448
 
-Arguments: `init` (a vit_jax workdir, an `.npz` in vision_transformer's or big_vision's layout, `FILE.npz:KEY` for one
-model of several such as a two-tower checkpoint's `img`, or a Hub checkpoint in timm's or transformers' layout:
-`hf-hub:OWNER/NAME`, a Hub-layout directory or a `.safetensors` file, docs/hub_checkpoints.md), `res` (the new resolution), `patch` (a new patch size:
-the kernel is PI-resized), `steps` (0 evaluates without training), `variant` (another architecture than the
-`.npz`'s own, which is read off its shapes; a workdir brings its own), `dataset`, and any config path
-(`init.posemb=reinit`, `optimizer.learning_rate=0.003`, ...). From a workdir, the dataset, splits,
+Arguments: `init` (a vit_jax workdir, an `.npz` in vision_transformer's or big_vision's layout, `FILE.npz:KEY` for
+one model of several such as a two-tower checkpoint's `img`, or a Hub checkpoint in timm's or transformers' layout:
+`hf-hub:OWNER/NAME`, a Hub-layout directory or a `.safetensors` file, docs/hub_checkpoints.md), `res` (the new
+resolution), `patch` (a new patch size: the kernel is PI-resized), `steps` (0 evaluates without training), `variant`
+(another architecture than the `.npz`'s own, which is read off its shapes; a workdir brings its own), `dataset`, and
+any config path (`init.posemb=reinit`, `optimizer.learning_rate=0.003`, ...). From a workdir, the dataset, splits,
 preprocessing and picture schedule (`log_pictures`) of the original run are the defaults; an `.npz` brings its
 architecture and the resolution of its square table; a Hub checkpoint brings its architecture, resolution and
-mean/std (grayscale images are fed as RGB; a `pre_logits` layer, transformers' ViT pooler, is dropped). The position embeddings are resized to the new grid
-(`init.posemb_method`, default align-corners bilinear as vision_transformer and big_vision; for a Hub checkpoint
-bicubic with antialiasing, as timm's `resample_abs_pos_embed`); a head for another number of classes, or for a
-checkpoint without one, is initialised afresh; the step-0 evaluation logged in metrics.jsonl is the loaded model before any
-fine-tuning step. Recipe: SGD with momentum, cosine decay, no weight decay, clipping at 1 (vision_transformer's).
+mean/std (grayscale images are fed as RGB; a `pre_logits` layer, transformers' ViT pooler, is dropped). The position
+embeddings are resized to the new grid (`init.posemb_method`, default align-corners bilinear as vision_transformer
+and big_vision; for a Hub checkpoint bicubic with antialiasing, as timm's `resample_abs_pos_embed`); a head for
+another number of classes, or for a checkpoint without one, is initialised afresh; the step-0 evaluation logged in
+metrics.jsonl is the loaded model before any fine-tuning step. Recipe: SGD with momentum, cosine decay, no weight
+decay, clipping at 1 (vision_transformer's).
 
 Result: the digits demonstration (`python scripts/finetune_demo.py`: the model of configs/digits.py trained at
 16x16 with patch 4, then moved), test accuracy on the 360 held-out images, measured 2026-12-05 with the current

@@ -160,7 +160,8 @@ def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits
 
 
 # timm's Eva exports are DINOv3's (LayerNorms of 1e-5) or the naver RoPE-ViTs' (1e-6) architectures
-NOT_EXPORTABLE = {"sapiens2": "layer_norm_epsilon=1e-06: timm's Eva", "pe_spatial": "layer_norm_epsilon=1e-05: timm's Eva",
+NOT_EXPORTABLE = {"sapiens2": "layer_norm_epsilon=1e-06: timm's Eva",
+                  "pe_spatial": "layer_norm_epsilon=1e-05: timm's Eva",
                   "pe_core": "map_num_heads=8: timm's VisionTransformer has no counterpart"}
 
 

@@ -3,8 +3,8 @@ side).
 
 PyPI's torchvision wheel is built against CUDA PyTorch: on the CPU build its C ops fail to load, and torchvision
 then fails at import while registering fake kernels for two ops it never got to define (`torchvision::nms`,
-`torchvision::qnms`). timm imports torchvision unconditionally, and transformers' image models import it when it is installed. Defining those two op schemas first lets the import
-succeed; the ViT never calls them.
+`torchvision::qnms`). timm imports torchvision unconditionally, and transformers' image models import it when it is
+installed. Defining those two op schemas first lets the import succeed; the ViT never calls them.
 """
 
 from __future__ import annotations

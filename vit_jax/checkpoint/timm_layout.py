@@ -300,7 +300,6 @@ def _check_what_tensors_cannot_say(args: Mapping[str, Any], name: str, where: st
     if args.get("block_fn") not in (None, "Block"):
         raise ValueError(f"{where}: timm's {args['block_fn']} blocks ({model}); vit_jax's block is the pre-norm "
                          f"residual one (timm's Block)")
-
     kinds = {_norm_kind(args.get("norm_layer")) or "LayerNorm"}
     if args.get("embed_norm_layer"):
         kinds.add(_norm_kind(args["embed_norm_layer"]))
