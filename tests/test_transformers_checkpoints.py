@@ -122,7 +122,8 @@ def test_each_family_loads_with_its_options_and_gives_transformers_outputs(saved
 
 
 @pytest.mark.xdist_group("transformers_checkpoints")
-def test_an_offline_hub_repo_brings_its_class_names_and_its_image_processors_view(saved, offline_hub, tmp_path):
+def test_an_offline_hub_repo_brings_its_class_names_and_its_image_processors_view(saved, offline_hub, tmp_path,
+                                                                                  capsys):
     """`hf-hub:` resolves a transformers repo (config.json with a model_type, model.safetensors,
     preprocessor_config.json) offline; id2label names the classes; the processor's resize, crop, mean and std are
     the evaluation view; a repo without a preprocessor_config.json gets its family's mean and std."""
@@ -149,6 +150,20 @@ def test_an_offline_hub_repo_brings_its_class_names_and_its_image_processors_vie
 
     plain = load_trained_model(saved["clip"][0])  # no preprocessor_config.json: CLIP's own mean and std
     assert plain.preprocess.mean == (0.48145466, 0.4578275, 0.40821073) and plain.class_names[0] == "0"
+
+    # the command a user types: `predict` names the checkpoint's classes, in the order of its logits
+    from PIL import Image
+
+    from vit_jax import predict
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (37, 53, 3), np.uint8)).save(photo)
+    logits = trained.model.apply({"params": trained.params}, predict.preprocessed(trained, photo)[None], train=False)
+    order = np.argsort(-np.asarray(logits[0]), kind="stable")
+    capsys.readouterr()
+    assert predict.main(["--checkpoint=hf-hub:google/tiny-vit", "--json", "--top-k=5", str(photo)]) == 0
+    record = json.loads(capsys.readouterr().out)  # one JSON record per image
+    assert [name for name, _ in record["top_k"]] == [trained.class_names[i] for i in order]
 
 
 @pytest.mark.xdist_group("transformers_checkpoints")
