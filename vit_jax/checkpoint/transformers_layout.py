@@ -59,8 +59,7 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], preproce
     labels = _label_names(config)
     if labels:
         pretrained_cfg["label_names"] = labels
-    return state, {"architecture": "", "model_args": args, "pretrained_cfg": pretrained_cfg,
-                   "transformers": {"model_type": model_type, "architectures": architectures}}
+    return state, {"architecture": "", "model_args": args, "pretrained_cfg": pretrained_cfg}
 
 
 def _size(size: Any) -> list[int] | None:
@@ -214,7 +213,6 @@ _DINOV3_BLOCKS = [
     (r"layer\.(\d+)\.attention\.o_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
     (r"layer\.(\d+)\.(norm1|norm2)\.(weight|bias)", r"blocks.\1.\2.\3"),
     (r"layer\.(\d+)\.layer_scale([12])\.lambda1", r"blocks.\1.ls\2.gamma"),
-    (r"layer\.(\d+)\.mlp\.up_proj\.(weight|bias)", r"blocks.\1.mlp.UP.\2"),
     (r"layer\.(\d+)\.mlp\.gate_proj\.(weight|bias)", r"blocks.\1.mlp.fc1_g.\2"),
     (r"layer\.(\d+)\.mlp\.down_proj\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
     (r"embeddings\.cls_token", "cls_token"),
@@ -226,15 +224,14 @@ _DINOV3_BLOCKS = [
 
 def _dinov3_family(state: dict[str, np.ndarray], config: Mapping[str, Any], architectures: list[str], where: str
                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    state = _drop(_without_prefix(state, ("model", "dinov3")), r"embeddings\.mask_token$")
-    state = _renamed(state, _DINOV3_BLOCKS, where)
     gated = bool(config["use_gated_mlp"])
     if gated and ACTIVATIONS.get(str(config.get("hidden_act"))) != "silu":
         raise ValueError(f"{where}: a gated MLP with {config.get('hidden_act')!r} gates; vit_jax's gated MLP is "
                          f"SwiGLU (hidden_act 'silu')")
     # DINOv3ViTGatedMLP: down(act(gate(x)) * up(x)), timm's SwiGLU fc2(act(fc1_g(x)) * fc1_x(x)); else up is fc1
-    up = "fc1_x" if gated else "fc1"
-    state = {k.replace(".mlp.UP.", f".mlp.{up}."): v for k, v in state.items()}
+    up = (r"layer\.(\d+)\.mlp\.up_proj\.(weight|bias)", rf"blocks.\1.mlp.{'fc1_x' if gated else 'fc1'}.\2")
+    state = _drop(_without_prefix(state, ("model", "dinov3")), r"embeddings\.mask_token$")
+    state = _renamed(state, [*_DINOV3_BLOCKS, up], where)
     if "reg_token" in state and state["reg_token"].shape[1] == 0:
         del state["reg_token"]
     args = {"class_token": True, "global_pool": "token", "rope_type": "dinov3", "use_rot_pos_emb": True,
