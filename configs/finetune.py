@@ -42,6 +42,7 @@ from vit_jax.config import (
     model_config_from,
     saved_config,
 )
+from vit_jax.models.posemb import antialiased
 
 # Short arguments of this config; the rest are config paths.
 SHORT = ("init", "res", "patch", "steps", "variant")
@@ -72,7 +73,11 @@ def get_config(arg: str | None = None):
         config.image_size = arch.image_size
         config.pp.update(arch.preprocessing)
         config.pp.channels = arch.channels
-        config.init.posemb_method, config.init.posemb_antialias = "bicubic", True  # timm's resampling
+        # the table resized as the checkpoint's own model resizes it (timm's resample_abs_pos_embed: bicubic,
+        # antialiased; NaFlexVit's its own)
+        config.init.posemb_method = config.model.posemb_resize
+        config.init.posemb_antialias = antialiased(config.model.posemb_resize, config.model.posemb_antialias)
+        config.init.posemb_aspect_preserving = config.model.posemb_aspect_preserving
     elif init and "variant" not in short and (npz := _npz_architecture(init)):
         # vision_transformer's fine-tuning models have no pre_logits: adapt drops the file's, as its loader does
         config.model = model_config(npz.variant, **{**npz.model_options, "representation_size": None})

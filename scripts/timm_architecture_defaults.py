@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parents[1] / "vit_jax" / "checkpoint" / "timm_architectures.json"
-MODULES = ("vision_transformer", "eva", "beit")  # timm's VisionTransformer, Eva and Beit classes: the layouts vit_jax reads
+# timm's VisionTransformer, Eva, Beit and NaFlexVit classes: the layouts vit_jax reads
+MODULES = ("vision_transformer", "eva", "beit", "naflexvit")
 
 
 def canonical(key: str, value: Any, timm: Any) -> Any:
@@ -45,7 +46,8 @@ def canonical(key: str, value: Any, timm: Any) -> Any:
 
 
 def architecture_defaults() -> dict[str, dict[str, Any]]:
-    """{architecture: its model class's keyword arguments} for every registered ViT and Eva architecture."""
+    """{architecture: its model class's keyword arguments} for every registered ViT, Eva, BEiT and NaFlexVit
+    architecture."""
     from vit_jax.timm_compat import import_timm
 
     timm = import_timm()
@@ -72,8 +74,22 @@ def architecture_defaults() -> dict[str, dict[str, Any]]:
     finally:
         for name, module in modules.items():
             setattr(module, f"_create_{'eva' if name == 'eva' else name}", originals[name])
-    return {arch: {k: canonical(k, v, timm) for k, v in sorted(kwargs.items())} for arch, kwargs in
+    return {arch: {k: canonical(k, v, timm) for k, v in sorted(_flat(kwargs).items())} for arch, kwargs in
             sorted(captured.items())}
+
+
+def _flat(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """NaFlexVit's `cfg` (a `NaFlexVitCfg`) as the keyword arguments it differs from the class's defaults by (what
+    NaFlexVit also takes as keywords; vit_jax.checkpoint.naflex_layout holds the defaults)."""
+    import dataclasses
+
+    cfg = kwargs.get("cfg")
+    if not dataclasses.is_dataclass(cfg):
+        return kwargs
+    default = type(cfg)()
+    changed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+               if getattr(cfg, f.name) != getattr(default, f.name)}
+    return {**changed, **{k: v for k, v in kwargs.items() if k != "cfg"}}
 
 
 def main() -> int:

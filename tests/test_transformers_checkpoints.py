@@ -275,3 +275,48 @@ def test_the_config_defaults_assumed_are_transformers_own():
         config = transformers.AutoConfig.for_model(model_type)  # imports that one config module, not all of them
         config = getattr(config, "vision_config", config)
         assert {field: getattr(config, field) for field in defaults} == defaults, model_type
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
+@pytest.mark.parametrize("model_class, config_class, arguments, kind", [
+    ("Siglip2VisionModel", "Siglip2VisionConfig", dict(SIZE, num_patches=16), "pooler_output"),
+    ("Siglip2ForImageClassification", "Siglip2Config",
+     dict(vision_config=dict(SIZE, num_patches=16), text_config=TEXT, num_labels=5), "logits"),
+])
+def test_siglip2_naflex_batches_are_one_call_per_image_at_its_own_grid(model_class, config_class, arguments, kind,
+                                                                      tmp_path):
+    """SigLIP 2's NaFlex towers take images of any grid as padded patch sequences; each image's output is vit_jax's
+    for that image alone (its 4x4 table resized to the image's grid, bilinear and antialiased, as timm's NaFlexVit).
+    `predict`'s view is the image processor's for a square photo: the largest square of at most max_num_patches."""
+    import torch
+    from PIL import Image
+
+    from vit_jax.predict import preprocessed
+
+    model = perturbed(model_class, config_class, arguments)
+    model.save_pretrained(tmp_path)
+    trained = load_trained_model(tmp_path)
+    assert trained.model.posemb_grid == (4, 4) and trained.image_size == (32, 32)  # without a processor: the table's
+    if kind == "pooler_output":
+        processor = import_transformers().Siglip2ImageProcessorPil(patch_size=8, max_num_patches=10)
+        processor.save_pretrained(tmp_path)
+        y, x = np.mgrid[0:45, 0:45]
+        Image.fromarray(np.stack([(y * 5) % 256, (x * 3 + y) % 256, (x * y) % 256], -1).astype(np.uint8)).save(
+            tmp_path / "photo.png")
+        got = preprocessed(load_trained_model(tmp_path), tmp_path / "photo.png")  # 24x24: 3x3 patches of 8
+        expected = processor(Image.open(tmp_path / "photo.png"), return_tensors="np")["pixel_values"][0, :9]
+        np.testing.assert_allclose(got.reshape(3, 8, 3, 8, 3).transpose(0, 2, 1, 3, 4).reshape(9, -1), expected,
+                                   atol=1e-5)
+    patch, grids, length = 8, [(3, 5), (2, 2), (6, 1)], 20
+    rng = np.random.default_rng(0)
+    pixels, masks, expected = [], [], []
+    for h, w in grids:
+        x = rng.standard_normal((1, h * patch, w * patch, 3)).astype(np.float32)
+        expected.append(np.asarray(trained.model.apply({"params": trained.params}, x, train=False))[0])
+        flat = x[0].reshape(h, patch, w, patch, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, -1)  # the processor's
+        pixels.append(np.concatenate([flat, np.zeros((length - h * w, flat.shape[1]), np.float32)]))
+        masks.append(np.arange(length) < h * w)
+    with torch.no_grad():
+        out = model(pixel_values=torch.tensor(np.stack(pixels)), pixel_attention_mask=torch.tensor(np.stack(masks)),
+                    spatial_shapes=torch.tensor(grids))
+    np.testing.assert_allclose(getattr(out, kind).numpy(), np.stack(expected), atol=5e-5, rtol=1e-4)

@@ -160,7 +160,8 @@ def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
         pretrained.params, abstract_params, old_grid=init.grid or pretrained.grid,
         new_grid=tuple(setup.model.posemb_grid or setup.grid),  # the grid the new model stores its table at
         dont_load=tuple(init.dont_load), head=init.head, posemb=init.posemb, posemb_method=init.posemb_method,
-        posemb_antialias=init.posemb_antialias, inflation=init.inflation,
+        posemb_antialias=init.posemb_antialias, posemb_aspect_preserving=init.posemb_aspect_preserving,
+        inflation=init.inflation,
     )
 
 

@@ -127,6 +127,8 @@ def base_config() -> ConfigDict:
     c.init.posemb = "resize"  # "resize" the learned table to the new grid, or "reinit" it
     c.init.posemb_method = "bilinear_align_corners"  # or "bilinear", "bicubic" (vit_jax.models.posemb)
     c.init.posemb_antialias = False
+    c.init.posemb_aspect_preserving = False  # resize to a square of the longer side, keep its top-left part (timm's
+    # pos_embed_ar_preserving: NaFlex's par models, RADIO)
     # An image checkpoint for a video model (config.model.tubelet_size): its patch kernel becomes a tubelet
     # kernel by "central" (the image kernel at the central frame, zeros elsewhere) or "average" (kernel / frames
     # at every frame), and its position table is repeated over time (vit_jax.checkpoint.inflate).

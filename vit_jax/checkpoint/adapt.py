@@ -76,6 +76,7 @@ def plan_adaptation(
     posemb: str = "resize",
     posemb_method: str = "bilinear_align_corners",
     posemb_antialias: bool = False,
+    posemb_aspect_preserving: bool = False,
     inflation: str = "central",
 ) -> Adaptation:
     """Loaded params (arrays) fitted to the target's params (arrays or ShapeDtypeStructs).
@@ -86,6 +87,7 @@ def plan_adaptation(
       dont_load: regexes (`re.search` on '/'-joined paths) of parameters to take from the new initialisation.
       head: `auto` re-initialises the head when the number of classes differs; `reinit` always; `load` never.
       posemb: `resize` the learned table to the new grid, or `reinit` it (fresh initialisation).
+      posemb_method, posemb_antialias, posemb_aspect_preserving: how it is resized (`resize_posemb`'s).
       inflation: how an image checkpoint's patch kernel becomes a video model's tubelet kernel: `central` or
         `average` (see `vit_jax.checkpoint.inflate`).
     """
@@ -116,9 +118,9 @@ def plan_adaptation(
     _plan_distillation_token(source, target_flat, from_init, notes)
     _plan_head(source, target_flat, head, from_init, notes)
     _plan_kernel(source, target_flat, inflation, notes)
-    _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, posemb_method,
-                 posemb_antialias, from_init, notes)
-    _plan_factorized(source, target_flat, posemb, posemb_method, posemb_antialias, from_init, notes)
+    resizing = (posemb_method, posemb_antialias, posemb_aspect_preserving)
+    _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, resizing, from_init, notes)
+    _plan_factorized(source, target_flat, posemb, resizing, from_init, notes)
     _plan_relative_position(source, target_flat, notes)
     if REGISTERS in target_flat and REGISTERS not in source:
         from_init(REGISTERS, "initialised (the checkpoint has no register tokens)")
@@ -202,8 +204,7 @@ def _plan_kernel(source, target_flat, inflation, notes) -> None:
         notes.append(f"embedding/kernel: inflated from an image kernel to {frames}-frame tubelets ({inflation})")
 
 
-def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, method, antialias, from_init,
-                 notes) -> None:
+def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, resizing, from_init, notes) -> None:
     if POSEMB not in source or POSEMB not in target_flat:
         return
     if policy == "reinit":
@@ -221,14 +222,14 @@ def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, me
     if len(old_grid) == 3 and len(new_grid) == 2:
         raise CheckpointMismatchError(f"pos_embedding of a video model ({_text(old_grid)} grid) cannot initialise "
                                       f"an image model ({_text(new_grid)} grid)")
-    how = f"{method}{', antialiased' if antialias else ''}"
+    how = _how(*resizing)
     if len(old_grid) == 2 and len(new_grid) == 3:
-        resized = inflate_posemb(table, old_grid, new_grid, old_prefix, method, antialias)
+        resized = inflate_posemb(table, old_grid, new_grid, old_prefix, *resizing)
         notes.append(f"pos_embedding: inflated from a {_text(old_grid)} image grid to a {_text(new_grid)} video "
                      f"grid (spatial table {'resized (' + how + ') and ' if old_grid != new_grid[1:] else ''}"
                      f"repeated over {new_grid[0]} temporal positions)")
     else:
-        resized = np.asarray(resize_posemb(table, old_grid, new_grid, old_prefix, method, antialias))
+        resized = np.asarray(resize_posemb(table, old_grid, new_grid, old_prefix, *resizing))
         if old_grid != new_grid:
             notes.append(f"pos_embedding: resized from a {_text(old_grid)} to a {_text(new_grid)} grid ({how})")
     # prefix rows are the class token's, then DeiT's distillation token's: a token's row goes with the token, and
@@ -240,19 +241,30 @@ def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, me
         source[POSEMB] = resized
 
 
-def _plan_factorized(source, target_flat, policy, method, antialias, from_init, notes) -> None:
-    """`factorized` row and column tables, each resized along its own axis to the new grid's rows / columns."""
+def _plan_factorized(source, target_flat, policy, resizing, from_init, notes) -> None:
+    """`factorized` row and column tables, each resized along its own axis to the new grid's rows / columns (with
+    aspect preserving, both to the longer of the two, then each cut to its own)."""
+    method, antialias, aspect_preserving = resizing
+    lengths = {path: target_flat[path][0][0] for path in FACTORIZED if path in target_flat}
     for path in FACTORIZED:
         if path not in source or path not in target_flat:
             continue
         if policy == "reinit":
             from_init(path, "re-initialised (posemb='reinit')")
             continue
-        old, new = source[path].shape[0], target_flat[path][0][0]
-        if old != new and source[path].shape[1:] == target_flat[path][0][1:]:
-            source[path] = np.asarray(resize_posemb(source[path][None], (old,), (new,), 0, method, antialias))[0]
-            notes.append(f"{path[-1]}: resized from {old} to {new} positions "
-                         f"({method}{', antialiased' if antialias else ''})")
+        old, new = source[path].shape[0], lengths[path]
+        longer = max(lengths.values()) if aspect_preserving else new
+        if old == longer == new:
+            continue
+        if source[path].shape[1:] != target_flat[path][0][1:]:
+            continue  # another width: reported by the shape check
+        resized = resize_posemb(source[path][None], (old,), (longer,), 0, method, antialias)[0]
+        source[path] = np.asarray(resized)[:new]
+        notes.append(f"{path[-1]}: resized from {old} to {new} positions ({_how(*resizing)})")
+
+
+def _how(method: str, antialias: bool, aspect_preserving: bool) -> str:
+    return f"{method}{', antialiased' if antialias else ''}{', aspect preserving' if aspect_preserving else ''}"
 
 
 def _plan_relative_position(source, target_flat, notes) -> None:

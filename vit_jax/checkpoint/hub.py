@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.checkpoint.naflex_layout import as_vision_transformer, is_naflex_state
 from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG, as_timm, is_transformers_config
 
 HF_PREFIX = "hf-hub:"
@@ -79,6 +80,8 @@ def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmChe
     if is_transformers_config(settings):
         processing = read_config(preprocessor) if preprocessor and preprocessor.exists() else None
         state, settings = as_timm(state, settings, processing, text)
+    if is_naflex_state(state):
+        state, settings = as_vision_transformer(state, settings, text)
     return TimmCheckpoint(state, settings, text)
 
 

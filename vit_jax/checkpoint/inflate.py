@@ -53,6 +53,7 @@ def inflate_posemb(
     num_prefix: int = 1,
     method: str = "bilinear_align_corners",
     antialias: bool = False,
+    aspect_preserving: bool = False,
 ) -> np.ndarray:
     """An image table `(1, num_prefix + gh * gw, D)` for a `(gt, gh', gw')` video grid: resized to `(gh', gw')`
     (`resize_posemb`'s `method`), then repeated over the `gt` temporal positions; prefix rows kept once."""
@@ -60,6 +61,7 @@ def inflate_posemb(
     if len(old_grid) != 2 or len(new_grid) != 3:
         raise ValueError(f"inflation takes an image table's (gh, gw) grid to a video's (gt, gh, gw) grid; got "
                          f"{old_grid} -> {new_grid}")
-    spatial = np.asarray(resize_posemb(table, old_grid, new_grid[1:], num_prefix, method, antialias))
+    spatial = np.asarray(resize_posemb(table, old_grid, new_grid[1:], num_prefix, method, antialias,
+                                       aspect_preserving))
     prefix, grid = spatial[:, :num_prefix], spatial[:, num_prefix:]
     return np.concatenate([prefix, np.tile(grid, (1, new_grid[0], 1))], axis=1)

@@ -27,6 +27,7 @@ from vit_jax.checkpoint.timm_rope import rope_architecture
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.models.encoder import ENCODER
 from vit_jax.models.heads import num_prefix_tokens
+from vit_jax.models.posemb import antialiased, resize_posemb
 from vit_jax.models.rope import ROPE_KINDS, is_rope
 from vit_jax.models.vit import VisionTransformer, token_grid
 
@@ -198,6 +199,22 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
                               scale_mlp=model.mlp_norm, scale_attn_inner=model.attention_norm, qk_norm=model.qk_norm,
                               attn_only_layer_scale=model.layer_scale_attention_only, **swiglu, **rope_args)
 
+def at_export_grid(model: VisionTransformer, params: dict[str, Any], image_size: tuple[int, int]
+                   ) -> tuple[VisionTransformer, dict[str, Any]]:
+    """A model whose table is stored at another grid (`posemb_grid`) as the model at `image_size`'s grid, its table
+    resized by the model's own rule: timm's VisionTransformer at `img_size` then computes what vit_jax computes."""
+    grid = token_grid(model, image_size)
+    embeddings = params.get(ENCODER, {}).get("posembed_input", {})
+    if model.posemb_grid is None or tuple(model.posemb_grid) == grid or "pos_embedding" not in embeddings:
+        return model, params
+    table = resize_posemb(embeddings["pos_embedding"], tuple(model.posemb_grid), grid,
+                          num_prefix_tokens(model.classifier), method=model.posemb_resize,
+                          antialias=antialiased(model.posemb_resize, model.posemb_antialias),
+                          aspect_preserving=model.posemb_aspect_preserving)
+    encoder = {**params[ENCODER], "posembed_input": {**embeddings, "pos_embedding": np.asarray(table)}}
+    return model.clone(posemb_grid=None), {**params, ENCODER: encoder}
+
+
 def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str, np.ndarray]:
     """vit_jax's tree (per-layer blocks) -> timm's state dict, float32 numpy; the inverse of
     `vit_jax.checkpoint.timm_layout.params_from_timm` for the layouts timm_config writes."""
@@ -351,8 +368,9 @@ def export_timm(checkpoint: str, out: str | Path, step: int | None = None) -> Pa
     from vit_jax.checkpoint.trained_model import load_trained_model
 
     trained = load_trained_model(checkpoint, step=step)
-    config = timm_config(trained.model, trained.preprocess, trained.channels)
-    state = params_to_timm(trained.params, trained.model)
+    model, params = at_export_grid(trained.model, trained.params, tuple(trained.preprocess.image_size))
+    config = timm_config(model, trained.preprocess, trained.channels)
+    state = params_to_timm(params, model)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / WEIGHTS))

@@ -37,6 +37,7 @@ BLOCK = "encoderblock_{}"
 ATTENTION = "MultiHeadDotProductAttention_0"
 MAP_HEAD = "MAPHead_0"
 PRE_LOGITS = "pre_logits.fc"
+FACTORIZED = ("pos_embed_y", "pos_embed_x")  # NaFlexVit's row and column tables (not VisionTransformer's)
 # Tensors (or modules: a prefix of tensors) of families vit_jax does not run (yet), and the one-line reason.
 _REFUSED = {
     "blocks.0.mlp.w12.weight": "a SwiGLU MLP in xformers' fused layout (w12, w3)",
@@ -170,8 +171,11 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         # older timm's (and transformers' ViT pooler's) representation layer: Dense + tanh
         representation_size=int(state[PRE_LOGITS + ".weight"].shape[0]) if PRE_LOGITS + ".weight" in state else None,
         num_registers=registers,
-        posemb="learn" if "pos_embed" in state else "none",
+        posemb="learn" if "pos_embed" in state else "factorized" if FACTORIZED[0] in state else "none",
+        **_posemb_resizing(args, factorized=FACTORIZED[0] in state, where=where),
     )
+    if args.get("dynamic_img_pad"):  # bottom / right to a multiple of the patch
+        options["pad"] = "zeros"
     options.update(rope)
     image_size = _image_size(args, pretrained_cfg, state, (int(ph), int(pw)), prefix + registers, where)
     grid = (image_size[0] // ph, image_size[1] // pw)
@@ -182,6 +186,12 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
             raise ValueError(f"{where}: the position table has {rows} rows; a {image_size[0]}x{image_size[1]} image "
                              f"in {ph}x{pw} patches has {patches} (+ {prefix + registers} prefix tokens)")
         no_embed_class = rows == patches and prefix + registers > 0
+        options["posemb_grid"] = grid
+    if FACTORIZED[0] in state:
+        lengths = tuple(int(state[name].shape[1]) for name in FACTORIZED)
+        if lengths != grid:
+            raise ValueError(f"{where}: factorized tables of {lengths[0]} rows and {lengths[1]} columns; a "
+                             f"{image_size[0]}x{image_size[1]} image in {ph}x{pw} patches is a {grid[0]}x{grid[1]} grid")
         options["posemb_grid"] = grid
     if gated and classifier in ("map", "token_map"):
         raise ValueError(f"{where}: an attention-pooling head in a SwiGLU model (timm's head MLP is a plain one with "
@@ -280,6 +290,27 @@ def _check_relative_table(table: np.ndarray, grid: tuple[int, int], has_cls: boo
         raise ValueError(f"{where}: a relative position table of {table.shape[0]} rows"
                          f"{'' if has_cls else ' without a class token'}; BEiT's for a {grid[0]}x{grid[1]} grid has "
                          f"{expected} (the offsets, then the class token's three)")
+
+
+def _posemb_resizing(args: Mapping[str, Any], factorized: bool, where: str) -> dict[str, Any]:
+    """How the table meets another grid in the forward pass, as timm resizes it: NaFlexVit's `pos_embed_*`
+    settings (its factorized tables: 1-D linear, never antialiased), else `resample_abs_pos_embed`'s bicubic with
+    antialiasing (timm's dynamic image size, and its loading at another resolution)."""
+    if factorized:
+        return dict(posemb_resize="bilinear", posemb_antialias=False,
+                    posemb_aspect_preserving=bool(args.get("pos_embed_ar_preserving", False)))
+    mode = args.get("pos_embed_interp_mode", "bicubic")
+    align, antialias = bool(args.get("pos_embed_align_corners", False)), bool(args.get("pos_embed_antialias", True))
+    if mode not in ("bilinear", "bicubic") or (align and (mode != "bilinear" or antialias)):
+        raise ValueError(f"{where}: position tables resized by {mode!r} (align_corners={align}, antialias="
+                         f"{antialias}); vit_jax resizes by half-pixel 'bilinear' or 'bicubic' (antialiased or not), "
+                         f"or 'bilinear' with align_corners and no antialiasing")
+    options: dict[str, Any] = dict(posemb_resize="bilinear_align_corners" if align else mode)
+    if not antialias:
+        options["posemb_antialias"] = False
+    if args.get("pos_embed_ar_preserving"):
+        options["posemb_aspect_preserving"] = True
+    return options
 
 
 def _activation(args: Mapping[str, Any]) -> str:
@@ -438,6 +469,8 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
             registers = registers + table[:, prefix:prefix + r]
             table = np.concatenate([table[:, :prefix], table[:, prefix + r:]], axis=1)
         encoder["posembed_input"] = {"pos_embedding": table}
+    elif FACTORIZED[0] in w:  # NaFlexVit's row and column tables (naflex_layout)
+        encoder["posembed_input"] = {"pos_embedding_row": w[FACTORIZED[0]][0], "pos_embedding_col": w[FACTORIZED[1]][0]}
     if registers is not None:
         encoder["registers"] = registers
     if o["fc_norm"]:

@@ -51,8 +51,10 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], preproce
     vision = {**CONFIG_DEFAULTS[model_type], **vision}  # what an older or hand-written config.json leaves out
     architectures = [str(a) for a in config.get("architectures") or []]
     state, args = family(dict(state), vision, architectures, where)
-    args.update(num_heads=int(vision["num_attention_heads"]), img_size=_size(vision.get("image_size")),
+    args.update(num_heads=int(vision["num_attention_heads"]),
                 norm_layer={"name": "LayerNorm", "eps": float(vision["layer_norm_eps"]), "bias": True})
+    if "image_size" in vision:  # else the position table's grid says it (NaFlex towers have none)
+        args["img_size"] = _size(vision["image_size"])
     act = str(vision["hidden_act"])
     args.setdefault("act_layer", ACTIVATIONS.get(act, act))
     pretrained_cfg = _evaluation(preprocessor or {}, DEFAULT_NORMALIZATION[model_type])
@@ -188,7 +190,8 @@ def _clip_family(state: dict[str, np.ndarray], config: Mapping[str, Any], archit
     if "CLIPForImageClassification" in architectures:
         raise ValueError(f"{where}: CLIPForImageClassification's classifier reads the mean patch token before the "
                          f"final LayerNorm, which is not one of vit_jax's classifiers; its image tower is")
-    if "SiglipForImageClassification" in architectures:  # logits of the tokens' mean; its vision head runs unused
+    if {"SiglipForImageClassification", "Siglip2ForImageClassification"} & set(architectures):
+        # logits of the tokens' mean; its vision head runs unused
         state = _drop(state, r"head\.(probe|attention|layernorm|mlp)")
     state = _renamed(state, _CLIP_BLOCKS, where)
     if "cls_token" in state:
@@ -204,6 +207,24 @@ def _clip_family(state: dict[str, np.ndarray], config: Mapping[str, Any], archit
         state["head.bias"] = np.zeros(state["head.weight"].shape[:1], state["head.weight"].dtype)
     args: dict[str, Any] = {"class_token": "cls_token" in state, "pre_norm": "norm_pre.weight" in state}
     args["global_pool"] = "token" if args["class_token"] else ("map" if "attn_pool.latent" in state else "avg")
+    return state, args
+
+
+def _siglip2_family(state: dict[str, np.ndarray], config: Mapping[str, Any], architectures: list[str], where: str
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """SigLIP 2's NaFlex towers: SigLIP's, but the patch projection is a Linear over flattened `(p, p, C)` patches
+    and the square table is resized (bilinear, antialiased) to each image's grid: timm's NaFlexVit layout, which
+    `naflex_layout` reads."""
+    state, args = _clip_family(state, config, architectures, where)
+    side = math.isqrt(int(config["num_patches"]))
+    if side * side != int(config["num_patches"]):
+        raise ValueError(f"{where}: num_patches {config['num_patches']} is not a square grid's")
+    for name in [k for k in state if k.startswith("patch_embed.proj.")]:
+        state["embeds.proj." + name.rsplit(".", 1)[1]] = state.pop(name)
+    table = state.pop("pos_embed")
+    state["embeds.pos_embed"] = table.reshape(1, side, side, table.shape[-1])
+    args.update(patch_size=config["patch_size"], pos_embed_grid_size=[side, side], pos_embed_interp_mode="bilinear",
+                pos_embed_antialias=True)
     return state, args
 
 
@@ -248,12 +269,12 @@ FAMILIES: dict[str, Family] = {
     "ijepa": _bert_family, "dinov2": _bert_family, "dinov2_with_registers": _bert_family,
     "clip": _clip_family, "clip_vision_model": _clip_family, "siglip": _clip_family,
     "siglip_vision_model": _clip_family, "dinov3_vit": _dinov3_family, "beit": _bert_family,
-    "data2vec-vision": _bert_family,
+    "data2vec-vision": _bert_family, "siglip2": _siglip2_family, "siglip2_vision_model": _siglip2_family,
 }
 # CLIP's image tower under other names: MetaCLIP 2, Chinese CLIP, AltCLIP (their text towers differ)
 CLIP_ALIKE = ("metaclip_2", "chinese_clip", "altclip")
 FAMILIES.update({name + suffix: _clip_family for name in CLIP_ALIKE for suffix in ("", "_vision_model")})
-TWO_TOWERS = ("clip", "siglip", *CLIP_ALIKE)
+TWO_TOWERS = ("clip", "siglip", "siglip2", *CLIP_ALIKE)
 # transformers' config classes' defaults (5.25) for the fields read here: a config.json need not hold them (the
 # image size is not among them: without one, the position table's square grid says it)
 _BERT_DEFAULTS = dict(num_attention_heads=12, layer_norm_eps=1e-12, hidden_act="gelu")
@@ -267,8 +288,11 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
                        rope_theta=100.0),
     "clip": dict(num_attention_heads=12, layer_norm_eps=1e-5, hidden_act="quick_gelu"),
     "siglip": dict(num_attention_heads=12, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
+    "siglip2": dict(num_attention_heads=12, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", patch_size=16,
+                    num_patches=256),
 }
-CONFIG_DEFAULTS.update(clip_vision_model=CONFIG_DEFAULTS["clip"], siglip_vision_model=CONFIG_DEFAULTS["siglip"])
+CONFIG_DEFAULTS.update(clip_vision_model=CONFIG_DEFAULTS["clip"], siglip_vision_model=CONFIG_DEFAULTS["siglip"],
+                       siglip2_vision_model=CONFIG_DEFAULTS["siglip2"])
 CONFIG_DEFAULTS.update({name + end: CONFIG_DEFAULTS["clip"] for name in CLIP_ALIKE for end in ("", "_vision_model")})
 # the mean and std each family's image processor uses when no preprocessor_config.json says
 DEFAULT_NORMALIZATION = {
@@ -277,6 +301,7 @@ DEFAULT_NORMALIZATION = {
     "dinov2": (IMAGENET_MEAN, IMAGENET_STD), "dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD),
     "dinov3_vit": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
     "clip_vision_model": (CLIP_MEAN, CLIP_STD), "siglip": (HALF, HALF), "siglip_vision_model": (HALF, HALF),
+    "siglip2": (HALF, HALF), "siglip2_vision_model": (HALF, HALF),
     "beit": (HALF, HALF), "data2vec-vision": (HALF, HALF),
     **{name + suffix: (CLIP_MEAN, CLIP_STD) for name in CLIP_ALIKE for suffix in ("", "_vision_model")},
 }
@@ -295,6 +320,10 @@ def _evaluation(preprocessor: Mapping[str, Any], normalization: tuple[tuple[floa
     resample = preprocessor.get("resample")
     if resample is not None:
         cfg["interpolation"] = PIL_RESAMPLE.get(int(resample), "bicubic")
+    if "max_num_patches" in preprocessor and "patch_size" in preprocessor:  # SigLIP 2's NaFlex: a square photo's
+        side = math.isqrt(int(preprocessor["max_num_patches"])) * int(preprocessor["patch_size"])  # view
+        cfg["input_size"] = [3, side, side]
+        return cfg
     size, crop = preprocessor.get("size"), preprocessor.get("crop_size")
     cropped = bool(preprocessor.get("do_center_crop", crop is not None)) and crop is not None
     if isinstance(crop, int | float):

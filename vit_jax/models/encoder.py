@@ -78,6 +78,7 @@ class Encoder(nn.Module):
         table = ("learn" if o.rope_ape else "none") if rope else self.posemb
         if positions is None:
             x = AddPositionEmbs(table, self.grid, self.num_prefix, self.posemb_grid, resize=o.posemb_resize,
+                                antialias=o.posemb_antialias, aspect_preserving=o.posemb_aspect_preserving,
                                 name="posembed_input")(x)
         else:
             x = PackedPositionEmbs(table, self.grid, name="posembed_input")(x, positions)

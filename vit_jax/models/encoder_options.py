@@ -79,6 +79,10 @@ class EncoderOptions:
       posemb_resize: how a learned table (`learn`, `factorized`, RoPE's `rope_ape`) stored at `posemb_grid` is resized
         in the forward pass for another grid: `bilinear` or `bicubic` (half-pixel, antialiased when shrinking;
         timm's resample is `bicubic`), or `bilinear_align_corners` (vision_transformer's fine-tuning resize).
+        posemb_antialias: False: `bilinear` and `bicubic` do not antialias when shrinking either (RADIO's table;
+        NaFlex's factorized tables; NaViT's per-token sampling never does). posemb_aspect_preserving: the table is
+        resized to a square of the grid's longer side and its top-left cells kept, one scale for both axes (timm's
+        `pos_embed_ar_preserving`: NaFlex's `par` models, RADIO).
       num_registers: learned register tokens (Darcet et al. 2024; timm's `reg_tokens`, DINOv2-reg, DINOv3), parameter
         `Transformer/registers` `(1, R, D)`: placed after the class token once the position embeddings are added
         (they get none, and RoPE leaves them unrotated), attended to in every block, and dropped after the final
@@ -129,6 +133,8 @@ class EncoderOptions:
     scan: bool = False
     activation_sharding: ActivationSharding | None = None
     posemb_resize: str = "bilinear"
+    posemb_antialias: bool = True
+    posemb_aspect_preserving: bool = False
     num_registers: int = 0
     patch_dropout: float = 0.0
     rope_theta: float | None = None

@@ -91,9 +91,11 @@ class AddPositionEmbs(nn.Module):
     another grid each table is resized along its own axis (the same resize as `learn`'s).
 
     `table_grid`: the grid the learned table is stored at. Inputs with another grid get the table resized in the
-    forward pass by `resize` (`resize_posemb`'s methods; `bilinear` and `bicubic` antialiased when shrinking:
-    half-pixel bilinear is FlexiViT's), so one table serves every patch size and resolution; each input shape
-    compiles once. None: the table has the input's grid, and any other grid is an error.
+    forward pass by `resize` (`resize_posemb`'s methods; `bilinear` and `bicubic` antialiased when shrinking
+    unless `antialias=False`: half-pixel bilinear is FlexiViT's), so one table serves every patch size and
+    resolution; each input shape compiles once. None: the table has the input's grid, and any other grid is an
+    error. `aspect_preserving`: the table is resized to a square of the grid's longer side and its top-left cells
+    are kept, so both axes scale alike (timm's `pos_embed_ar_preserving`: NaFlex's `par` models, RADIO).
     """
 
     kind: PosembKind
@@ -101,6 +103,8 @@ class AddPositionEmbs(nn.Module):
     num_prefix: int = 0
     table_grid: tuple[int, ...] | None = None
     resize: str = "bilinear"
+    antialias: bool = True
+    aspect_preserving: bool = False
     posemb_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
     param_dtype: jnp.dtype = jnp.float32
 
@@ -129,9 +133,13 @@ class AddPositionEmbs(nn.Module):
         self._check_stored_table(table_rows, num_tokens)
         table = self.param("pos_embedding", self.posemb_init, (1, table_rows, width), self.param_dtype)
         if table_grid != tuple(self.grid):
-            table = resize_posemb(table, table_grid, self.grid, self.num_prefix, method=self.resize,
-                                  antialias=self.resize != "bilinear_align_corners")
+            table = self._resized(table, table_grid, tuple(self.grid))
         return tokens + table.astype(tokens.dtype)
+
+    def _resized(self, table: jax.Array, table_grid: tuple[int, ...], grid: tuple[int, ...]) -> jax.Array:
+        return resize_posemb(table, table_grid, grid, self.num_prefix, method=self.resize,
+                             antialias=antialiased(self.resize, self.antialias),
+                             aspect_preserving=self.aspect_preserving)
 
     def _factorized(self, width: int) -> jax.Array:
         """`(1, num_prefix + gh * gw, D)`: zeros for the prefix, row + column vectors for the patches."""
@@ -139,11 +147,15 @@ class AddPositionEmbs(nn.Module):
         th, tw = tuple(self.grid if self.table_grid is None else self.table_grid)
         rows = self.param("pos_embedding_row", self.posemb_init, (th, width), self.param_dtype)
         cols = self.param("pos_embedding_col", self.posemb_init, (tw, width), self.param_dtype)
-        aa = self.resize != "bilinear_align_corners"
-        if th != gh:  # each table along its own axis: a 1-D grid
-            rows = resize_posemb(rows[None], (th,), (gh,), 0, method=self.resize, antialias=aa)[0]
-        if tw != gw:
-            cols = resize_posemb(cols[None], (tw,), (gw,), 0, method=self.resize, antialias=aa)[0]
+        # each table along its own axis (a 1-D grid); aspect_preserving: both to the longer side, then their first
+        # cells
+        lengths = (max(gh, gw),) * 2 if self.aspect_preserving and self.table_grid is not None else (gh, gw)
+        antialias = antialiased(self.resize, self.antialias)
+        if th != lengths[0]:
+            rows = resize_posemb(rows[None], (th,), lengths[:1], 0, method=self.resize, antialias=antialias)[0]
+        if tw != lengths[1]:
+            cols = resize_posemb(cols[None], (tw,), lengths[1:], 0, method=self.resize, antialias=antialias)[0]
+        rows, cols = rows[:gh], cols[:gw]
         patches = (rows[:, None, :] + cols[None, :, :]).reshape(gh * gw, width)
         return jnp.concatenate([jnp.zeros((self.num_prefix, width), patches.dtype), patches])[None]
 
@@ -163,6 +175,12 @@ class AddPositionEmbs(nn.Module):
 POSEMB_RESIZE_METHODS: tuple[str, ...] = ("bilinear_align_corners", "bilinear", "bicubic")
 
 
+def antialiased(method: str, antialias: bool) -> bool:
+    """Whether a resize by `method` antialiases when `antialias` asks: the half-pixel methods do,
+    `bilinear_align_corners` (vision_transformer's) never does."""
+    return antialias and method != "bilinear_align_corners"
+
+
 def resize_posemb(
     table: jax.Array,
     old_grid: Sequence[int],
@@ -170,6 +188,7 @@ def resize_posemb(
     num_prefix: int = 1,
     method: str = "bilinear_align_corners",
     antialias: bool = False,
+    aspect_preserving: bool = False,
 ) -> jax.Array:
     """A learned table `(1, num_prefix + gh * gw, D)` resized to a new `(gh', gw')` grid, prefix rows (the class
     token) unchanged. Grids may be non-square, and have any number of axes: a video's `(gt, gh, gw)` table is
@@ -184,6 +203,9 @@ def resize_posemb(
         `resample_abs_pos_embed` defaults to bicubic with antialiasing, which PyTorch computes with the same
         a = -0.5 kernel: the two agree to float rounding (tested against timm). Without antialiasing PyTorch's
         bicubic uses a = -0.75 and differs.
+
+    `aspect_preserving`: resized to a square of the new grid's longest side, then its first cells along each axis
+    kept: one scale for every axis (timm's `pos_embed_ar_preserving`).
     """
     if method not in POSEMB_RESIZE_METHODS:
         raise ValueError(f"posemb resize method must be one of {POSEMB_RESIZE_METHODS}; got {method!r}")
@@ -196,6 +218,11 @@ def resize_posemb(
                          f"{'x'.join(map(str, old))} grid")
     if old == new:
         return table
+    if aspect_preserving:
+        square = (max(new),) * len(new)
+        table = resize_posemb(table, old, square, num_prefix, method, antialias)
+        cells = table[:, num_prefix:].reshape(1, *square, width)[(slice(None), *(slice(0, n) for n in new))]
+        return jnp.concatenate([table[:, :num_prefix], cells.reshape(1, math.prod(new), width)], axis=1)
     prefix, grid = table[:, :num_prefix], table[:, num_prefix:].reshape(1, *old, width)
     if method == "bilinear_align_corners":
         if antialias:
