@@ -70,7 +70,7 @@ def get_config(arg: str | None = None):
     elif init and is_timm_spec(init):
         arch = timm_architecture(init)
         config.model = model_config(arch.variant, **arch.model_options)
-        config.image_size = arch.image_size
+        config.image_size = arch.fine_tuning_size
         config.pp.update(arch.preprocessing)
         config.pp.channels = arch.channels
         # the table resized as the checkpoint's own model resizes it (timm's resample_abs_pos_embed: bicubic,

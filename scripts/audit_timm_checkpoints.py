@@ -237,13 +237,14 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def second_resolution(name, used, model, directory):
-    """timm with dynamic_img_size=True at a non-square bigger grid vs vit_jax with the table resized (the
-    test's plan_adaptation path)."""
+    """timm with dynamic_img_size=True (NaFlexVit: always) at a non-square bigger grid vs vit_jax with the table
+    resized once by the checkpoint's own rule (the test's plan_adaptation path, as fine-tuning resizes it)."""
     from vit_jax.checkpoint.adapt import fill_from_init, plan_adaptation
     from vit_jax.checkpoint.pretrained import load_pretrained, timm_architecture
+    from vit_jax.models.posemb import antialiased
     from vit_jax.models.vit import VisionTransformer
 
-    dyn_kwargs = {**used, "dynamic_img_size": True}
+    dyn_kwargs = used if type(model).__name__ == "NaFlexVit" else {**used, "dynamic_img_size": True}
     torch.manual_seed(0)
     dynamic = timm.create_model(name, pretrained=False, **dyn_kwargs).eval()
     dynamic.load_state_dict(model.state_dict(), strict=True)
@@ -254,9 +255,11 @@ def second_resolution(name, used, model, directory):
     target = VisionTransformer(**{**arch.options, "posemb_grid": None})
     shapes = jax.eval_shape(lambda: target.init(jax.random.key(0), jnp.zeros((1, *new_size, arch.channels)),
                                                 train=False))
+    method = arch.options["posemb_resize"]
     plan = plan_adaptation(pretrained.params, shapes["params"], old_grid=pretrained.grid,
-                           new_grid=(new_size[0] // ph, new_size[1] // pw), posemb_method="bicubic",
-                           posemb_antialias=True)
+                           new_grid=(new_size[0] // ph, new_size[1] // pw), posemb_method=method,
+                           posemb_antialias=antialiased(method, arch.options.get("posemb_antialias", True)),
+                           posemb_aspect_preserving=arch.options.get("posemb_aspect_preserving", False))
     params = fill_from_init(plan, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]))
     x = np.random.default_rng(1).standard_normal((2, *new_size, arch.channels)).astype(np.float32)
     ours = np.asarray(target.apply({"params": params}, x, train=False))

@@ -51,7 +51,7 @@ def perturbed_naflex(name, **kwargs):
 
     torch.manual_seed(0)
     model = timm.create_model(BASE if name not in timm.list_models() else name, pretrained=False,
-                              pretrained_cfg_overlay=dict(input_size=(3, 16, 16)), **{**SMALL, **kwargs})
+                              pretrained_cfg_overlay=dict(input_size=(3, 24, 24)), **{**SMALL, **kwargs})
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -81,7 +81,7 @@ def test_each_architecture_loads_with_its_options_and_gives_timms_logits_at_any_
     trained = load_trained_model(directory)
     for option, value in ARCHITECTURES[name][1].items():
         assert getattr(trained.model, option) == value, option
-    assert trained.image_size == (16, 16)  # pretrained_cfg's input size
+    assert trained.image_size == (24, 24)  # pretrained_cfg's input size, not the table's
     for grid in GRIDS:
         x = images(grid)
         ours = np.asarray(trained.model.apply({"params": trained.params}, x, train=False))
@@ -124,6 +124,7 @@ def test_fine_tuning_resizes_the_table_once_as_the_forward_pass_does(saved, name
     model, directory = saved[name]
     config = get_config(f"init={directory}")
     assert config.init.posemb_method == config.model.posemb_resize and config.init.posemb_aspect_preserving
+    assert tuple(config.image_size) == (24, 24)  # the evaluation size (pretrained_cfg's), not the table's (16)
     pretrained = load_pretrained(str(directory))
     target = build_model(config.model, num_classes=5)
     new_grid = (3, 5)

@@ -85,7 +85,7 @@ def as_vision_transformer(state: Mapping[str, np.ndarray], config: Mapping[str, 
     model_args = {k: args[k] for k in keep if k in args and args[k] is not None}
     if grid is None:  # no table: the image size is only the evaluation view's default
         grid = _pair(args["pos_embed_grid_size"] or [1, 1])
-    model_args["img_size"] = [grid[0] * ph, grid[1] * pw]
+    model_args.update(img_size=[grid[0] * ph, grid[1] * pw], pos_embed_grid_size=list(grid))  # NaFlex: any size
     return out, {**config, "model_args": model_args}
 
 

@@ -66,6 +66,13 @@ class TimmArchitecture:
     channels: int
     no_embed_class: bool = False
     pretrained_cfg: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    any_resolution: bool = False  # NaFlexVit's: trained at many grids, its table's grid is none of them in particular
+
+    @property
+    def fine_tuning_size(self) -> tuple[int, int]:
+        """The resolution to fine-tune at unless told: the training resolution, or for a model trained at any
+        resolution (NaFlex) the one it is evaluated at (`pretrained_cfg`'s: 384 for SigLIP 2, 512 for C-RADIO)."""
+        return tuple(self.evaluation["image_size"]) if self.any_resolution else self.image_size
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -203,7 +210,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         pool_mlp = int(state["attn_pool.mlp.fc1.weight"].shape[0])
         options.update(map_num_heads=None if pool_heads == options["num_heads"] else pool_heads,
                        map_mlp_dim=None if pool_mlp == options["mlp_dim"] else pool_mlp)
-    arch = TimmArchitecture(name, options, image_size, int(channels), no_embed_class, pretrained_cfg)
+    arch = TimmArchitecture(name, options, image_size, int(channels), no_embed_class, pretrained_cfg,
+                            any_resolution="pos_embed_grid_size" in args)
     try:
         unread = _unread_tensors(state, arch)
     except KeyError as error:
