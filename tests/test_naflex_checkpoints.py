@@ -114,6 +114,39 @@ def test_timms_padded_naflex_batch_is_one_call_per_image(saved, name):
     np.testing.assert_allclose(logits, np.stack(expected), atol=5e-5, rtol=1e-4)
 
 
+def test_navit_packs_several_images_in_one_sequence_as_timms_naflex_batch_pads_one_per_row(saved):
+    """Packed training (`NaViT`, `config.packing`) on a NaFlex checkpoint: images of different grids share one
+    sequence, each token's position row sampled by the checkpoint's own rule; each image's logits are those of
+    timm's padded NaFlex batch, one image per row."""
+    import torch
+
+    from vit_jax.checkpoint.pretrained import timm_architecture
+    from vit_jax.models.navit import NaViT
+
+    model, directory = saved["naflexvit_base_patch16_siglip"]
+    navit = NaViT(**timm_architecture(directory).options)
+    params = load_pretrained(str(directory)).params
+    grids = [(3, 5), (6, 2), (1, 1)]
+    patches, ids, coords, rows = [], [], [], []
+    for slot, (h, w) in enumerate(grids):
+        flat = images((h, w), n=1, seed=slot)[0].reshape(h, 4, w, 4, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, -1)
+        patches.append(flat)
+        ids += [slot + 1] * (h * w)
+        coords.append(np.stack(np.divmod(np.arange(h * w), w), axis=1))
+        pad = 16 - h * w
+        rows.append((np.concatenate([flat, np.zeros((pad, 48), np.float32)]),
+                     np.concatenate([coords[-1], np.zeros((pad, 2), int)]), np.arange(16) < h * w))
+    pad = 32 - len(ids)
+    packed = (np.concatenate([*patches, np.full((pad, 48), 3.0, np.float32)])[None],
+              np.array(ids + [0] * pad, np.int32)[None], np.concatenate([*coords, np.zeros((pad, 2), int)])[None],
+              np.array(grids + [(1, 1)], np.int32)[None])
+    ours = np.asarray(navit.apply({"params": params}, *packed, train=False))[0, :3]
+    with torch.no_grad():
+        patches_, coords_, valid = (torch.tensor(np.stack(column)) for column in zip(*rows))
+        logits = model(patches_, patch_coord=coords_, patch_valid=valid)
+    np.testing.assert_allclose(ours, logits.numpy(), atol=5e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["naflexvit_base_patch16_par_gap", "naflexvit_base_patch16_parfac_gap"])
 def test_fine_tuning_resizes_the_table_once_as_the_forward_pass_does(saved, name):
     """Fine-tuning at a new resolution resizes the loaded table to it once (configs/finetune.py takes the

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import TINY, live_params, perturbed
 from vit_jax.models import create_model
 from vit_jax.models.navit import NaViT
-from vit_jax.models.packed_posemb import bilinear_sample_rows, sincos2d_at
+from vit_jax.models.packed_posemb import sample_table, sincos2d_at
 from vit_jax.models.patching import patchify
 from vit_jax.models.posemb import resize_posemb, sincos2d
 
@@ -69,14 +69,19 @@ def test_one_image_at_the_table_grid_equals_the_fixed_grid_vit(images, classifie
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("old,new", [((3, 3), (5, 7)), ((4, 6), (2, 3)), ((3, 3), (3, 3)), ((2, 5), (6, 1))])
-def test_learned_table_is_sampled_as_the_resized_table(old, new):
+@pytest.mark.parametrize("method, antialias, aspect_preserving", [
+    ("bilinear", False, False), ("bilinear", True, False), ("bicubic", True, False), ("bicubic", False, True),
+    ("bilinear_align_corners", False, False), ("bilinear", True, True)])
+@pytest.mark.parametrize("old,new", [((3, 3), (5, 7)), ((4, 6), (2, 3)), ((3, 3), (3, 3)), ((2, 5), (6, 1)),
+                                     ((8, 8), (3, 5)), ((4, 6), (4, 6))])
+def test_learned_table_is_sampled_as_the_resized_table(old, new, method, antialias, aspect_preserving):
     table = np.random.default_rng(0).standard_normal((1, old[0] * old[1], 8)).astype(np.float32)
     rows, cols = np.divmod(np.arange(new[0] * new[1]), new[1])
     coords = np.stack([rows, cols], axis=1)
-    indices, weights = bilinear_sample_rows(old, jnp.asarray(coords), jnp.broadcast_to(jnp.asarray(new), coords.shape))
-    sampled = np.einsum("lk,lkd->ld", weights, table[0][np.asarray(indices)])
-    expected = resize_posemb(table, old, new, num_prefix=0, method="bilinear", antialias=False)[0]
+    sampled = sample_table(jnp.asarray(table[0]), old, jnp.asarray(coords),
+                           jnp.broadcast_to(jnp.asarray(new), coords.shape), method, antialias, aspect_preserving)
+    expected = resize_posemb(table, old, new, num_prefix=0, method=method, antialias=antialias,
+                             aspect_preserving=aspect_preserving)[0]
     np.testing.assert_allclose(sampled, expected, atol=1e-5)
 
 

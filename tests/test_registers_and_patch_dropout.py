@@ -90,7 +90,6 @@ def test_patch_dropout_acts_in_training_only(rng):
 @pytest.mark.parametrize("option,message", [
     (dict(num_registers=1), "num_registers=1: registers are prefix tokens of one image"),
     (dict(patch_dropout=0.2), "patch_dropout=0.2: NaViT drops tokens as it packs them"),
-    (dict(posemb_aspect_preserving=True), "posemb_aspect_preserving=True: NaViT samples its table per token"),
 ])
 def test_navit_refuses_what_packed_sequences_cannot_hold(option, message):
     with pytest.raises(ValueError, match=message):

@@ -80,7 +80,8 @@ class EncoderOptions:
         in the forward pass for another grid: `bilinear` or `bicubic` (half-pixel, antialiased when shrinking;
         timm's resample is `bicubic`), or `bilinear_align_corners` (vision_transformer's fine-tuning resize).
         posemb_antialias: False: `bilinear` and `bicubic` do not antialias when shrinking either (RADIO's table;
-        NaFlex's factorized tables; NaViT's per-token sampling never does). posemb_aspect_preserving: the table is
+        NaFlex's factorized tables). NaViT samples its table per token by these three options, as the fixed-grid
+        model resizes it (`vit_jax.models.packed_posemb`). posemb_aspect_preserving: the table is
         resized to a square of the grid's longer side and its top-left cells kept, one scale for both axes (timm's
         `pos_embed_ar_preserving`: NaFlex's `par` models, RADIO).
       num_registers: learned register tokens (Darcet et al. 2024; timm's `reg_tokens`, DINOv2-reg, DINOv3), parameter

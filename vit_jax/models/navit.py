@@ -100,11 +100,6 @@ class NaViT(VisionTransformer):
         if self.patch_dropout:
             raise ValueError(f"patch_dropout={self.patch_dropout}: NaViT drops tokens as it packs them "
                              f"(config.packing.drop_rate)")
-        if self.posemb_resize != "bilinear" or self.posemb_aspect_preserving:
-            raise ValueError(f"posemb_resize={self.posemb_resize!r}, posemb_aspect_preserving="
-                             f"{self.posemb_aspect_preserving}: NaViT samples its table per token, half-pixel "
-                             f"bilinear on each image's own grid (vit_jax.models.packed_posemb); only 'bilinear', "
-                             f"without aspect preserving, applies")
         super().__post_init__()
 
     def inputs(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:

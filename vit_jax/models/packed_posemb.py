@@ -6,8 +6,10 @@ for. Each token carries its `(row, column)` in its image and that image's `(rows
 
 - `learn`: one learned table `pos_embedding` `(1, gh * gw, D)` stored at `grid` (the same parameter as the
   fixed-grid ViT's, so its checkpoints load), sampled at the token's position on its image's grid: exactly the
-  row of `resize_posemb(table, grid, image_grid, method="bilinear")` without antialiasing (half-pixel bilinear,
-  `jax.image.resize`), and the table row itself when the image's grid is `grid`.
+  row of `resize_posemb(table, grid, image_grid, ...)` by the model's `posemb_resize`, `posemb_antialias` and
+  `posemb_aspect_preserving` (each token weighs every table row and column as that resize does), and the table row
+  itself when the image's grid is `grid`. A padded NaFlex batch (SigLIP 2's, timm's NaFlexVit) is such a sequence
+  with one image in it.
 - `factorized`: NaViT's factorised embeddings, `pos_embedding_row` `(gh, D)` + `pos_embedding_col` `(gw, D)`
   indexed by the token's row and column; `grid` is the largest grid allowed.
 - `sincos2d`: the fixed table of `vit_jax.models.posemb.sincos2d` at the token's row and column.
@@ -22,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models.posemb import antialiased
+
 PackedPosembKind = Literal["learn", "factorized", "sincos2d", "none"]
 PACKED_POSEMB_KINDS: tuple[str, ...] = ("learn", "factorized", "sincos2d", "none")
 
@@ -34,25 +38,40 @@ class TokenPositions(NamedTuple):
     grids: jax.Array
 
 
-def bilinear_sample_rows(table_grid: tuple[int, int], coords: jax.Array, grids: jax.Array
-                         ) -> tuple[jax.Array, jax.Array]:
-    """Indices `(..., 4)` into a row-major `table_grid` table and their bilinear weights `(..., 4)`, sampling the
-    table resized to each token's grid at the token's cell: output cell `i` of a resize from `n` to `m` reads
-    input coordinate `(i + 0.5) * n / m - 0.5`, clamped to the table (what `jax.image.resize` computes)."""
+_KERNELS = {  # jax.image.resize's: the triangle, and Keys' cubic with a = -0.5
+    "bilinear": lambda x: jnp.maximum(0.0, 1.0 - x),
+    "bicubic": lambda x: jnp.where(x >= 2.0, 0.0, jnp.where(x >= 1.0, ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0,
+                                                              ((1.5 * x - 2.5) * x) * x + 1.0)),
+}
+
+
+def resize_weights(index: jax.Array, size: jax.Array, table_size: int, method: str, antialias: bool) -> jax.Array:
+    """`(..., table_size)`: the weights cell `index` of an axis resized from `table_size` to `size` cells gives each
+    table cell, as `resize_posemb` computes them (`jax.image.resize`'s half-pixel kernels, widened by the scale when
+    shrinking with `antialias`; `bilinear_align_corners`' end-point mapping)."""
+    index, size = index.astype(jnp.float32)[..., None], jnp.maximum(size, 1).astype(jnp.float32)[..., None]
+    cells = jnp.arange(table_size, dtype=jnp.float32)
+    if method == "bilinear_align_corners":
+        position = jnp.where(size > 1, index * (table_size - 1) / jnp.maximum(size - 1, 1), 0.0)
+        return _KERNELS["bilinear"](jnp.abs(position - cells))
+    inverse = table_size / size
+    width = jnp.maximum(inverse, 1.0) if antialias else 1.0
+    weights = _KERNELS[method](jnp.abs((index + 0.5) * inverse - 0.5 - cells) / width)
+    return weights / jnp.sum(weights, axis=-1, keepdims=True)
+
+
+def sample_table(table: jax.Array, table_grid: tuple[int, int], coords: jax.Array, grids: jax.Array, method: str,
+                 antialias: bool, aspect_preserving: bool) -> jax.Array:
+    """`(..., D)`: the row of `table` `(gh * gw, D)` resized to each token's image grid, at the token's cell."""
     th, tw = table_grid
-
-    def axis(index: jax.Array, size: jax.Array, table_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        position = (index.astype(jnp.float32) + 0.5) * (table_size / jnp.maximum(size, 1).astype(jnp.float32)) - 0.5
-        position = jnp.clip(position, 0.0, table_size - 1)
-        low = jnp.floor(position).astype(jnp.int32)
-        high = jnp.minimum(low + 1, table_size - 1)
-        return low, high, position - low
-
-    r0, r1, fr = axis(coords[..., 0], grids[..., 0], th)
-    c0, c1, fc = axis(coords[..., 1], grids[..., 1], tw)
-    indices = jnp.stack([r0 * tw + c0, r0 * tw + c1, r1 * tw + c0, r1 * tw + c1], axis=-1)
-    weights = jnp.stack([(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc], axis=-1)
-    return indices, weights
+    rows, cols = grids[..., 0], grids[..., 1]
+    if aspect_preserving:  # a square of the longer side, its top-left cells kept; none at the table's own grid
+        longer = jnp.maximum(rows, cols)
+        at_table = (rows == th) & (cols == tw)
+        rows, cols = jnp.where(at_table, rows, longer), jnp.where(at_table, cols, longer)
+    row_weights = resize_weights(coords[..., 0], rows, th, method, antialias)
+    col_weights = resize_weights(coords[..., 1], cols, tw, method, antialias)
+    return jnp.einsum("...h,...w,hwd->...d", row_weights, col_weights, table.reshape(th, tw, -1))
 
 
 def sincos2d_at(coords: jax.Array, width: int, temperature: float = 10_000.0) -> jax.Array:
@@ -73,6 +92,9 @@ class PackedPositionEmbs(nn.Module):
 
     kind: PackedPosembKind
     grid: tuple[int, int]
+    resize: str = "bilinear"
+    antialias: bool = True
+    aspect_preserving: bool = False
     posemb_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
 
     @nn.compact
@@ -91,6 +113,6 @@ class PackedPositionEmbs(nn.Module):
             embedding = rows[positions.coords[..., 0]] + cols[positions.coords[..., 1]]
             return tokens + embedding.astype(tokens.dtype)
         table = self.param("pos_embedding", self.posemb_init, (1, gh * gw, width), jnp.float32)[0]
-        indices, weights = bilinear_sample_rows((gh, gw), positions.coords, positions.grids)
-        embedding = jnp.einsum("blk,blkd->bld", weights, table[indices])
+        embedding = sample_table(table, (gh, gw), positions.coords, positions.grids, self.resize,
+                                 antialiased(self.resize, self.antialias), self.aspect_preserving)
         return tokens + embedding.astype(tokens.dtype)
