@@ -83,6 +83,7 @@ def get_config(arg: str | None = None):
         config.model = model_config(npz.variant, **{**npz.model_options, "representation_size": None})
         config.image_size = npz.image_size or config.image_size
         config.pp.channels = npz.channels
+        config.init.posemb_method, config.init.posemb_antialias = npz.posemb_resizing
     else:
         config.model = model_config(short.get("variant", "B/16"))
     if "variant" in short:

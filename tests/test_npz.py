@@ -115,6 +115,38 @@ def test_big_vision_checkpoints_give_big_visions_logits(tmp_path, rng, options, 
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("pool_type", ["map", "gap"])
+def test_big_visions_naflex_towers_give_its_outputs_one_image_per_call(tmp_path, rng, pool_type):
+    """big_vision's NaFlex ViT (SigLIP 2's NaFlex towers; tests/big_vision_naflex_vit.py, its code verbatim): a
+    Dense patch embedding and an (n, n, D) table resized to each image's grid. A padded batch of images of different
+    grids gives, image by image, what vit_jax's model gives for each alone; the default view is the table's grid."""
+    from tests import big_vision_naflex_vit
+
+    model = big_vision_naflex_vit._Model(num_classes=5, width=32, depth=2, mlp_dim=48, num_heads=2,
+                                         pool_type=pool_type, posemb="learn_2d(8)", nposemb=4)
+    grids, length = [(3, 5), (6, 2), (4, 4)], 18
+    images = [rng.uniform(-1, 1, (4 * h, 4 * w, 3)).astype(np.float32) for h, w in grids]
+    patches, ptype, yabs, xabs = (np.zeros((3, length, 48), np.float32), np.zeros((3, length), np.int32),
+                                  np.zeros((3, length), np.int32), np.zeros((3, length), np.int32))
+    for i, ((h, w), image) in enumerate(zip(grids, images)):
+        patches[i, :h * w] = image.reshape(h, 4, w, 4, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, 48)  # extract_patches'
+        ptype[i, :h * w] = 1
+        yabs[i, :h * w], xabs[i, :h * w] = np.divmod(np.arange(h * w), w)
+    inputs = tuple(jnp.asarray(a) for a in (patches, ptype, yabs, xabs))
+    params = model.init(jax.random.key(0), inputs)["params"]
+    params = jax.tree.map(lambda p: np.asarray(p) + 0.1 * rng.standard_normal(p.shape).astype(np.float32), params)
+    expected = np.asarray(model.apply({"params": params}, inputs)[0])
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+    np.savez(tmp_path / "siglip2.npz", **{"params/img/" + k: v for k, v in flat.items()}, **{"params/t": np.ones(1)})
+    trained = load_trained_model(npz=tmp_path / "siglip2.npz")
+    assert trained.image_size == (16, 16) and trained.model.posemb_grid == (4, 4)
+    config = load_config_file("finetune", f"init={tmp_path / 'siglip2.npz'}")
+    assert (config.init.posemb_method, config.init.posemb_antialias) == ("bilinear", True)  # its own resizing
+    for i, image in enumerate(images):
+        got = np.asarray(trained.model.apply({"params": trained.params}, image[None], train=False))[0]
+        np.testing.assert_allclose(got, expected[i], rtol=0, atol=1e-5 * np.abs(expected[i]).max())
+
+
 def test_big_visions_loader_reads_our_files_and_its_model_gives_our_logits(tmp_path, rng):
     """What `save_npz` writes (vision_transformer's released layout) read as big_vision reads a file (`np.load`,
     '/'-paths unflattened, `fix_old_checkpoints`) into big_vision's own model."""

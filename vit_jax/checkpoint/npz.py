@@ -175,10 +175,38 @@ def load_npz(spec: str | Path, shapes_only: bool = False) -> dict[str, Any]:
     path, submodel = split_submodel(spec)
     flat = model_arrays((read_npz_shapes if shapes_only else read_npz)(path), submodel, str(path))
     tree = traverse_util.unflatten_dict({tuple(key.split("/")): value for key, value in flat.items()})
-    tree = _with_class_row(linen_names(tree))
+    tree = _with_class_row(_naflex_as_vit(linen_names(tree), str(path)))
     if SCANNED_BLOCKS in tree.get(ENCODER, {}):
         tree = unstack_encoder_blocks(tree)
     return _to_numpy(tree)
+
+
+def _naflex_as_vit(tree: dict[str, Any], where: str) -> dict[str, Any]:
+    """big_vision's NaFlex ViT (SigLIP 2's NaFlex towers): its `embedding` is a Dense over flattened `(p, p, 3)`
+    patches, the same products as the patch convolution's `(p, p, 3, D)` kernel, and its `pos_embedding` a
+    `(n, n, D)` grid, resized to each image's grid bilinearly with antialiasing (`jax.image.scale_and_translate`):
+    vit_jax's default forward-pass resize of a table stored at `posemb_grid`."""
+    kernel = tree.get("embedding", {}).get("kernel")
+    if kernel is None or np.ndim(kernel) != 2:
+        return tree
+    for norm in ("patchln_pre", "patchln_post"):
+        if norm in tree:
+            raise NpzError(f"{where}: a NaFlex ViT with {norm} (a LayerNorm on the patches); vit_jax does not run it")
+    inputs, width = np.shape(kernel)
+    side = math.isqrt(inputs // 3)
+    if inputs % 3 or side * side * 3 != inputs:
+        raise NpzError(f"{where}: a Dense patch embedding of {inputs} inputs; a NaFlex ViT's are p x p x 3 pixels")
+    tree["embedding"] = {**tree["embedding"], "kernel": np.reshape(kernel, (side, side, 3, width))}
+    table = tree.get("pos_embedding")
+    if table is not None and np.ndim(table) == 3:  # (n, n, D): the patches' rows, row-major
+        tree["pos_embedding"] = np.reshape(table, (1, -1, np.shape(table)[-1]))
+    return tree
+
+
+def is_naflex(spec: str | Path) -> bool:
+    """Whether `spec`'s model is big_vision's NaFlex ViT (a Dense patch embedding), from the arrays' headers."""
+    path, submodel = split_submodel(spec)
+    return np.ndim(model_arrays(read_npz_shapes(path), submodel, str(path))[_PATCH_KERNEL]) == 2
 
 
 def _with_class_row(tree: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vit_jax.checkpoint.hub import is_timm_spec
-from vit_jax.checkpoint.npz import load_npz
+from vit_jax.checkpoint.npz import is_naflex, load_npz
 from vit_jax.checkpoint.pretrained import is_workdir, load_pretrained, timm_architecture
 from vit_jax.config import CONFIG_FILE, build_model, saved_config
 from vit_jax.data.imagenet_classes import imagenet_class_names
@@ -150,6 +150,9 @@ class NpzArchitecture:
     why_no_size: str  # when `image_size` is None
     channels: int
     source: str
+    # how its training resized the table (`resize_posemb`'s method and antialias): vision_transformer's and
+    # big_vision's fine-tuning zoom, or big_vision NaFlex's forward-pass resize
+    posemb_resizing: tuple[str, bool] = ("bilinear_align_corners", False)
 
     @property
     def variant(self) -> str:
@@ -168,7 +171,8 @@ class NpzArchitecture:
 
 def npz_architecture(spec: str | Path) -> NpzArchitecture:
     """The architecture of an `.npz` (`FILE.npz:KEY`: one model of several) from its arrays' shapes alone."""
-    return architecture_of_npz(load_npz(spec, shapes_only=True), spec)
+    arch = architecture_of_npz(load_npz(spec, shapes_only=True), spec)
+    return dataclasses.replace(arch, posemb_resizing=("bilinear", True)) if is_naflex(spec) else arch
 
 
 def architecture_of_npz(params: Mapping[str, Any], source: str | Path) -> NpzArchitecture:
