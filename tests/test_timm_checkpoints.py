@@ -341,6 +341,39 @@ def test_the_architectures_own_arguments_are_the_installed_timms():
     assert written["vit_base_patch16_clip_224"]["norm_layer"] == {"name": "LayerNorm", "eps": 1e-5, "bias": True}
 
 
+@pytest.mark.parametrize("family", ["dinov2", "dinov2_reg4", "dinov2_giant_swiglu"])
+def test_dinov2s_own_pth_files_give_timms_logits(saved, family, tmp_path):
+    """DINOv2's `torch.hub` checkpoints (`dinov2_vit*14[_reg4]_pretrain.pth`: its pre-training mask token, the
+    class row in the table with registers, the giant's fused `w12` / `w3` SwiGLU), no config.json beside them. The
+    file written here is DINOv2's layout as timm's own `_convert_dinov2` reads it: that converter gives back the timm
+    model's state dict exactly."""
+    import torch
+    from timm.models.vision_transformer import _convert_dinov2
+
+    model, _ = saved[family]
+    timm_state = model.state_dict()
+    official = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3.") if family.endswith("swiglu") else k: v
+                for k, v in timm_state.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    official["mask_token"] = torch.randn(1, timm_state["cls_token"].shape[-1])
+    class_row = torch.randn(1, 1, timm_state["cls_token"].shape[-1])
+    if "reg_token" in timm_state:  # registers join after the table is added: the class row is in the table
+        official.update(register_tokens=timm_state["reg_token"], cls_token=timm_state["cls_token"] - class_row,
+                        pos_embed=torch.cat([class_row, timm_state["pos_embed"]], dim=1))
+    else:
+        official.update(cls_token=timm_state["cls_token"], pos_embed=timm_state["pos_embed"])
+    converted = _convert_dinov2({k: v.clone() for k, v in official.items()}, model)
+    assert converted.keys() == timm_state.keys()
+    for name, value in converted.items():
+        torch.testing.assert_close(value, timm_state[name], rtol=0, atol=1e-6)
+    torch.save(official, tmp_path / "dinov2_pretrain.pth")
+    # DINOv2's sizes have timm's head counts; this tiny width says its own
+    (tmp_path / "config.json").write_text(json.dumps({"model_args": {"num_heads": 2}}))
+    trained = load_trained_model(tmp_path / "dinov2_pretrain.pth")
+    x = images(trained.image_size)
+    np.testing.assert_allclose(np.asarray(trained.model.apply({"params": trained.params}, x, train=False)),
+                               timm_logits(model, x), atol=5e-5, rtol=1e-4)
+
+
 def test_a_bare_safetensors_file_reads_its_architecture_off_the_tensors(saved, tmp_path):
     """No config.json: width 32 is no standard size, so the heads are asked for; with the config.json beside the
     file they are read from its model_args, and the architecture from the header alone."""
