@@ -239,6 +239,8 @@ def test_variant_names_give_vision_transformers_hybrids():
     (dict(resnet_num_layers=(3,), resnet_width_factor=0.75), r"resnet_width_factor 0.75 gives .* = 48 channels"),
     (dict(resnet_num_layers=(3,), resnet_width_factor=-1.0), r"resnet_width_factor must be a positive .*got -1.0"),
     (dict(resnet_width_factor=2.0), r"resnet_width_factor 2.0 has no effect without a stem"),
+    (dict(resnet_numerics="timm"), r"resnet_numerics 'timm' has no effect without a stem"),
+    (dict(resnet_num_layers=(), resnet_numerics="tf"), r"resnet_numerics must be one of .*; got 'tf'"),
 ])
 def test_bad_stem_options_name_the_value(options, message):
     with pytest.raises(ValueError, match=message):

@@ -82,6 +82,11 @@ FAMILIES = {
                 dict(classifier="token_map", map_num_heads=8, map_mlp_dim=64, rope_offset=1.0, pre_norm=True)),
     # NVIDIA's RADIO: no final norm (its architecture's final_norm=False)
     "radio": ("vit_base_patch16_radio_v3", dict(img_size=32), dict(final_norm=False, classifier="token")),
+    # the ViT paper's hybrids as timm ports them: a ResNetV2 stem (R26's 4 stages; the root alone, patch 8 on its
+    # feature map), timm's epsilons
+    "hybrid_r26": ("vit_small_r26_s32_224", dict(img_size=64),
+                   dict(resnet_num_layers=(2, 2, 2, 2), patch_size=(1, 1), resnet_numerics="timm")),
+    "hybrid_root": ("vit_tiny_r_s16_p8_224", dict(img_size=64), dict(resnet_num_layers=(), patch_size=(8, 8))),
     # LingBot-Vision: DINOv3's layout under another name (its rope_type, from its architecture's arguments)
     "lingbot": ("vit_small_patch16_lingbot", dict(img_size=32),
                 dict(posemb="rope_axial", rope_coordinates="centered", qkv_bias=True, classifier="token")),
@@ -313,6 +318,7 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
     ("beit_base_patch16_224", dict(img_size=32, use_shared_rel_pos_bias=True, use_rel_pos_bias=False), True,
      "a relative position bias shared by the blocks"),
     ("vit_relpos_small_patch16_224", dict(img_size=32), True, "tensors vit_jax's ViT has no place for"),
+    ("vit_small_resnet26d_224", dict(img_size=64), True, "a hybrid's CNN stem other than the ViT paper's ResNet"),
     ("vit_base_patch16_224", dict(img_size=32, embed_norm_layer="rmsnorm"), True,
      "LayerNorm and RmsNorm norms in one model"),
 ])

@@ -38,7 +38,7 @@ _POOLS = {"token": "token", "gap": "avg", "token_gap": "avg", "map": "map", "tok
 def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int) -> dict[str, Any]:
     """config.json: `architecture`, `model_args` (everything that makes timm's model this one) and
     `pretrained_cfg`."""
-    refuse = {"resnet_num_layers": model.resnet_num_layers is not None, "tubelet_size": model.tubelet_size is not None,
+    refuse = {"tubelet_size": model.tubelet_size is not None,
               "representation_size": model.representation_size is not None,
               "posemb": model.posemb not in ("learn", "none", *ROPE_KINDS),
               "qkv_dim": model.qkv_dim not in (None, model.hidden_size),
@@ -94,7 +94,9 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
     if not model.final_norm:  # only then: older timm versions do not know the argument
         model_args["final_norm"] = False
     architecture = "vit_base_patch16_clip_224" if model.layer_norm_epsilon == 1e-5 else "vit_base_patch16_224"
-    if model.relative_position_bias:
+    if model.resnet_num_layers is not None:
+        architecture = _hybrid(model)
+    elif model.relative_position_bias:
         architecture, model_args = _beit(model, model_args)
     elif model.classifier == "token_distilled":
         architecture = _distilled_vit(model)
@@ -264,7 +266,43 @@ def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str
     for head in ("head", "head_dist"):
         if head in p:
             state.update(_dense(head, p[head]))
+    if model.resnet_num_layers is not None:
+        state.update(_stem_to_timm(p, tuple(model.resnet_num_layers)))
     return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
+
+
+# timm's hybrid architectures by their ResNetV2 stem's units per stage (the ViT paper's R50, R26, root only)
+TIMM_HYBRIDS = {(3, 4, 9): "vit_base_r50_s16_224", (3, 4, 6, 3): "vit_large_r50_s32_224",
+                (2, 2, 2, 2): "vit_small_r26_s32_224", (): "vit_tiny_r_s16_p8_224"}
+
+
+def _hybrid(model: VisionTransformer) -> str:
+    """timm's hybrid whose entrypoint builds this stem (its ViT sizes come from model_args)."""
+    layers = tuple(model.resnet_num_layers)
+    if layers not in TIMM_HYBRIDS or model.resnet_width_factor != 1 or model.resnet_numerics != "timm":
+        raise ValueError(f"resnet_num_layers={layers}, resnet_width_factor={model.resnet_width_factor}, "
+                         f"resnet_numerics={model.resnet_numerics!r}: timm's hybrids have the stems "
+                         f"{sorted(TIMM_HYBRIDS)} at width factor 1 with timm's epsilons (resnet_numerics='timm'; "
+                         f"vision_transformer's give other features)")
+    return TIMM_HYBRIDS[layers]
+
+
+def _stem_to_timm(p: dict[str, Any], num_layers: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """vision_transformer's stem names -> timm's ResNetV2 (`patch_embed.backbone.`; the root alone is the backbone
+    of `vit_tiny_r_*`)."""
+    stem = "patch_embed.backbone."
+    conv = lambda name, q: {f"{stem}{name}.weight": q["kernel"].transpose(3, 2, 0, 1)}
+    root = "stem." if num_layers else ""
+    state = {**conv(root + "conv", p["conv_root"]), **_norm(stem + root + "norm", p["gn_root"])}
+    for i, units in enumerate(num_layers):
+        for j in range(units):
+            unit, b = p[f"block{i + 1}"][f"unit{j + 1}"], f"stages.{i}.blocks.{j}."
+            for k in (1, 2, 3):
+                state.update({**conv(f"{b}conv{k}", unit[f"conv{k}"]), **_norm(f"{stem}{b}norm{k}", unit[f"gn{k}"])})
+            if "conv_proj" in unit:
+                state.update({**conv(b + "downsample.conv", unit["conv_proj"]),
+                              **_norm(stem + b + "downsample.norm", unit["gn_proj"])})
+    return state
 
 
 def _numpy(tree: Any) -> Any:

@@ -11,8 +11,9 @@ A tensor left unread, or needed and missing, is refused: nothing in a checkpoint
 Two timm layouts become vit_jax's by exact identities rather than options: a table without class rows
 (`no_embed_class`, DeiT-III, DINOv2-reg) is a zero class row, because the class token then gets no position;
 and the position rows of register tokens are constants added to constant tokens, so they fold into the registers.
-Families vit_jax cannot run yet are refused with the tensor that says why (a hybrid's CNN stem in timm's layout,
-SAM's relative positions, BEiT's shared pre-training table, ...).
+A hybrid's ResNetV2 stem (`patch_embed.backbone`) becomes vit_jax's `resnet_stem` with timm's epsilons
+(`resnet_numerics='timm'`). Families vit_jax cannot run yet are refused with the tensor that says why (other CNN
+stems, SAM's relative positions, BEiT's shared pre-training table, ...).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 from vit_jax.checkpoint.timm_rope import DINOV3, rope_family, rope_options_from_timm
 from vit_jax.models.encoder import ENCODER
 from vit_jax.models.heads import num_prefix_tokens
+from vit_jax.models.resnet_stem import stem_output_hw, stem_stride
 from vit_jax.models.variants import nearest_variant
 
 BLOCK = "encoderblock_{}"
@@ -38,13 +40,12 @@ ATTENTION = "MultiHeadDotProductAttention_0"
 MAP_HEAD = "MAPHead_0"
 PRE_LOGITS = "pre_logits.fc"
 FACTORIZED = ("pos_embed_y", "pos_embed_x")  # NaFlexVit's row and column tables (not VisionTransformer's)
+STEM = "patch_embed.backbone."  # a hybrid's ResNet stem
 # Tensors (or modules: a prefix of tensors) of families vit_jax does not run (yet), and the one-line reason.
 _REFUSED = {
     "blocks.0.mlp.w12.weight": "a SwiGLU MLP in xformers' fused layout (w12, w3)",
     "blocks.0.norm.weight": "a norm of the block's own (blocks.N.norm: not timm's pre-norm Block's norm1/norm2)",
     "attn_pool.pos_embed": "a position table inside the attention-pooling head",
-    "patch_embed.backbone": "a hybrid's CNN stem in timm's layout (vit_jax reads hybrids from vision_transformer's "
-                            ".npz files)",
     "rel_pos_bias": "a relative position bias shared by the blocks (BEiT's pre-training; its fine-tuned models "
                     "have one per block)",
     "blocks.0.attn.rel_pos_h": "relative position biases (SAM)",
@@ -77,8 +78,7 @@ class TimmArchitecture:
     @property
     def grid(self) -> tuple[int, int]:
         """The patch grid of `image_size`: the one the position table and relative position tables are for."""
-        ph, pw = self.options["patch_size"]
-        return self.image_size[0] // ph, self.image_size[1] // pw
+        return _grid(self.image_size, self.options["patch_size"], self.options.get("resnet_num_layers"))
 
     @property
     def variant(self) -> str:
@@ -150,6 +150,9 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
                          f"model_args) beside the weights")
     pretrained_cfg = dict(config.get("pretrained_cfg") or {})
     width, channels, ph, pw = state["patch_embed.proj.weight"].shape
+    stem = _resnet_stem(state, where)
+    if stem:  # the patch embedding reads the stem's feature map: the image's channels are the stem's
+        channels = state[STEM + _stem_root(state) + "conv.weight"].shape[1]
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     has_cls = "cls_token" in state
     prefix = has_cls + ("dist_token" in state)  # DeiT's distillation token follows the class token
@@ -184,8 +187,11 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
     if args.get("dynamic_img_pad"):  # bottom / right to a multiple of the patch
         options["pad"] = "zeros"
     options.update(rope)
-    image_size = _image_size(args, pretrained_cfg, state, (int(ph), int(pw)), prefix + registers, where)
-    grid = (image_size[0] // ph, image_size[1] // pw)
+    options.update(stem)
+    stride = stem_stride(stem.get("resnet_num_layers"))
+    pixel_patch = (int(ph) * stride, int(pw) * stride)
+    image_size = _image_size(args, pretrained_cfg, state, pixel_patch, prefix + registers, where)
+    grid = _grid(image_size, (int(ph), int(pw)), stem.get("resnet_num_layers"))
     no_embed_class = False
     if "pos_embed" in state:
         rows, patches = state["pos_embed"].shape[1], grid[0] * grid[1]
@@ -298,6 +304,43 @@ def _check_relative_table(table: np.ndarray, grid: tuple[int, int], has_cls: boo
         raise ValueError(f"{where}: a relative position table of {table.shape[0]} rows"
                          f"{'' if has_cls else ' without a class token'}; BEiT's for a {grid[0]}x{grid[1]} grid has "
                          f"{expected} (the offsets, then the class token's three)")
+
+
+def _resnet_stem(state: Mapping[str, np.ndarray], where: str) -> dict[str, Any]:
+    """A hybrid's ResNet stem in timm's layout (`patch_embed.backbone`: its `ResNetV2` without pre-activation, the
+    ViT paper's R50 / R26 / root-only stems, as timm ports them): vit_jax's `resnet_num_layers` (units per stage),
+    `resnet_width_factor` and timm's epsilons. {} without a stem; other backbones (ResNet-D, MobileCLIP's) are
+    refused."""
+    names = [k[len(STEM):] for k in state if k.startswith(STEM)]
+    if not names:
+        return {}
+    root = _stem_root(state)
+    root_names = {root + n for n in ("conv.weight", "norm.weight", "norm.bias")}
+    unit = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(conv[123]|norm[123]|downsample\.(?:conv|norm))\.(weight|bias)")
+    odd = next((n for n in names if n not in root_names and not unit.fullmatch(n)), None)
+    if odd or not root_names <= set(names) or (not root and len(names) > 3):
+        raise ValueError(f"{where}: a hybrid's CNN stem other than the ViT paper's ResNet (tensor "
+                         f"{STEM + (odd or names[0])!r}); vit_jax's hybrids have timm's ResNetV2 stems (vit_*_r50_*, "
+                         f"vit_*_r26_*, vit_tiny_r_*)")
+    stages: dict[int, int] = {}
+    for match in filter(None, map(unit.fullmatch, names)):
+        stages[int(match[1])] = max(stages.get(int(match[1]), 0), int(match[2]) + 1)
+    return dict(resnet_num_layers=tuple(stages[i] for i in range(len(stages))),
+                resnet_width_factor=state[STEM + root + "conv.weight"].shape[0] / 64, resnet_numerics="timm")
+
+
+def _grid(image_size: tuple[int, int], patch: tuple[int, int], stem_layers: tuple[int, ...] | None
+          ) -> tuple[int, int]:
+    """The patch grid of an image: a hybrid's patches are on its stem's feature map (each side `ceil(side /
+    stride)`: its strided layers pad 'SAME')."""
+    feature = stem_output_hw(image_size, stem_layers)
+    return feature[0] // patch[0], feature[1] // patch[1]
+
+
+def _stem_root(state: Mapping[str, np.ndarray]) -> str:
+    """Where the stem's root conv and norm are: `stem.` in a ResNetV2, nowhere deeper when the root alone is the
+    backbone (`vit_tiny_r_s16_p8_*`)."""
+    return "stem." if STEM + "stem.conv.weight" in state else ""
 
 
 def _posemb_resizing(args: Mapping[str, Any], factorized: bool, where: str) -> dict[str, Any]:
@@ -457,7 +500,7 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     if o["pre_norm"]:
         encoder["pre_norm"] = norm_params(w, "norm_pre", rms)
     params: dict[str, Any] = {"embedding": {"kernel": w["patch_embed.proj.weight"].transpose(2, 3, 1, 0)},
-                              ENCODER: encoder}
+                              ENCODER: encoder, **_stem_params(w, o.get("resnet_num_layers"))}
     if o["patch_bias"]:
         params["embedding"]["bias"] = w["patch_embed.proj.bias"]
     if o["embedding_norm"]:
@@ -490,6 +533,28 @@ def _params(w: _Reads, arch: TimmArchitecture) -> dict[str, Any]:
     for head in ("head", "head_dist"):
         if f"{head}.weight" in w:
             params[head] = dense_params(w, head)
+    return params
+
+
+def _stem_params(w: Mapping[str, np.ndarray], num_layers: tuple[int, ...] | None) -> dict[str, Any]:
+    """timm's ResNetV2 stem in vision_transformer's names: `conv_root`, `gn_root`, `block{i}/unit{j}/conv1..3,
+    gn1..3, conv_proj, gn_proj` (convolutions `(out, in, kh, kw)` -> `(kh, kw, in, out)`)."""
+    if num_layers is None:
+        return {}
+    conv = lambda name: {"kernel": w[STEM + name + ".weight"].transpose(2, 3, 1, 0)}
+    norm = lambda name: {"scale": w[STEM + name + ".weight"], "bias": w[STEM + name + ".bias"]}
+    root = _stem_root(w)
+    params: dict[str, Any] = {"conv_root": conv(root + "conv"), "gn_root": norm(root + "norm")}
+    for i, units in enumerate(num_layers):
+        stage = {}
+        for j in range(units):
+            b = f"stages.{i}.blocks.{j}."
+            unit = {f"{kind}{k}": (conv if kind == "conv" else norm)(f"{b}{'conv' if kind == 'conv' else 'norm'}{k}")
+                    for k in (1, 2, 3) for kind in ("conv", "gn")}
+            if STEM + b + "downsample.conv.weight" in w:
+                unit.update(conv_proj=conv(b + "downsample.conv"), gn_proj=norm(b + "downsample.norm"))
+            stage[f"unit{j + 1}"] = unit
+        params[f"block{i + 1}"] = stage
     return params
 
 

@@ -17,12 +17,19 @@ import jax.numpy as jnp
 
 ROOT_STRIDE = 4  # the 7x7 stride-2 root conv, then a stride-2 max pool
 GROUP_NORM_GROUPS = 32  # flax's nn.GroupNorm default, which vision_transformer uses everywhere
+# The stem's two epsilons as each codebase has them (weight standardisation's, GroupNorm's): vision_transformer's
+# `(w - mean) / (std + 1e-5)` and flax's GroupNorm default 1e-6; timm's `StdConv2d(eps=1e-8)`,
+# `(w - mean) / sqrt(var + 1e-8)`, and its GroupNorm's 1e-5 (its hybrids' weights are vision_transformer's, ported)
+RESNET_NUMERICS = {"vision_transformer": (1e-5, 1e-6), "timm": (1e-8, 1e-5)}
 
 
-def weight_standardize(w: jax.Array, axis: Sequence[int], eps: float) -> jax.Array:
-    """`(w - mean) / (std + eps)` over `axis`: vision_transformer's form. (timm's `StdConv2d` divides by
-    `sqrt(var + eps)` with eps=1e-8 instead; the two agree to about `eps / std` relative.)"""
+def weight_standardize(w: jax.Array, axis: Sequence[int], eps: float, numerics: str = "vision_transformer"
+                       ) -> jax.Array:
+    """`(w - mean) / (std + eps)` over `axis` (vision_transformer's form), or `(w - mean) / sqrt(var + eps)`
+    (timm's `StdConv2d`)."""
     w = w - jnp.mean(w, axis=axis)
+    if numerics == "timm":
+        return w / jnp.sqrt(jnp.var(w, axis=axis) + eps)
     return w / (jnp.std(w, axis=axis) + eps)
 
 
@@ -30,11 +37,21 @@ class StdConv(nn.Conv):
     """A convolution whose kernel is standardised per output channel, so GroupNorm needs no batch statistics
     (BiT's recipe for transfer learning without BatchNorm)."""
 
+    numerics: str = "vision_transformer"
+
     def param(self, name: str, init_fn: Any, *init_args: Any, **init_kwargs: Any) -> Any:
         param = super().param(name, init_fn, *init_args, **init_kwargs)
         if name == "kernel":
-            param = weight_standardize(param, axis=[0, 1, 2], eps=1e-5)
+            param = weight_standardize(param, axis=[0, 1, 2], eps=RESNET_NUMERICS[self.numerics][0],
+                                       numerics=self.numerics)
         return param
+
+
+def group_norm(numerics: str, dtype: Any, name: str, **kwargs: Any) -> nn.GroupNorm:
+    """flax's GroupNorm with `numerics`' epsilon; timm's (PyTorch's) variance is the two-pass one, which stays
+    accurate where the variance is small against the mean (a small feature map)."""
+    return nn.GroupNorm(epsilon=RESNET_NUMERICS[numerics][1], dtype=dtype, name=name,
+                        use_fast_variance=numerics != "timm", **kwargs)
 
 
 class ResidualUnit(nn.Module):
@@ -44,20 +61,22 @@ class ResidualUnit(nn.Module):
     features: int
     strides: tuple[int, int] = (1, 1)
     dtype: Any = None
+    numerics: str = "vision_transformer"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         strides = tuple(self.strides)
         conv = lambda features, kernel, strides, name: StdConv(
-            features, kernel, strides=strides, use_bias=False, dtype=self.dtype, name=name)
+            features, kernel, strides=strides, use_bias=False, dtype=self.dtype, name=name, numerics=self.numerics)
+        norm = lambda name, **kwargs: group_norm(self.numerics, self.dtype, name, **kwargs)
         residual = x
         if x.shape[-1] != self.features * 4 or strides != (1, 1):
             residual = conv(self.features * 4, (1, 1), strides, "conv_proj")(residual)
-            residual = nn.GroupNorm(dtype=self.dtype, name="gn_proj")(residual)
-        y = nn.relu(nn.GroupNorm(dtype=self.dtype, name="gn1")(conv(self.features, (1, 1), (1, 1), "conv1")(x)))
-        y = nn.relu(nn.GroupNorm(dtype=self.dtype, name="gn2")(conv(self.features, (3, 3), strides, "conv2")(y)))
+            residual = norm("gn_proj")(residual)
+        y = nn.relu(norm("gn1")(conv(self.features, (1, 1), (1, 1), "conv1")(x)))
+        y = nn.relu(norm("gn2")(conv(self.features, (3, 3), strides, "conv2")(y)))
         y = conv(self.features * 4, (1, 1), (1, 1), "conv3")(y)
-        y = nn.GroupNorm(scale_init=nn.initializers.zeros, dtype=self.dtype, name="gn3")(y)
+        y = norm("gn3", scale_init=nn.initializers.zeros)(y)
         return nn.relu(residual + y)
 
 
@@ -68,25 +87,29 @@ class ResNetStage(nn.Module):
     nout: int
     first_stride: tuple[int, int]
     dtype: Any = None
+    numerics: str = "vision_transformer"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = ResidualUnit(self.nout, strides=tuple(self.first_stride), dtype=self.dtype, name="unit1")(x)
-        for i in range(1, self.block_size):
-            x = ResidualUnit(self.nout, strides=(1, 1), dtype=self.dtype, name=f"unit{i + 1}")(x)
+        for i in range(self.block_size):
+            x = ResidualUnit(self.nout, strides=tuple(self.first_stride) if i == 0 else (1, 1), dtype=self.dtype,
+                             numerics=self.numerics, name=f"unit{i + 1}")(x)
         return x
 
 
-def resnet_stem(images: jax.Array, num_layers: Sequence[int], width_factor: float, dtype: Any = None) -> jax.Array:
+def resnet_stem(images: jax.Array, num_layers: Sequence[int], width_factor: float, dtype: Any = None,
+                numerics: str = "vision_transformer") -> jax.Array:
     """Root conv + GroupNorm + ReLU + max pool, then a stage of `num_layers[i]` units per entry. Call it inside
-    a compact method: its modules take that module as parent, hence root-level names (`conv_root`, `block1`)."""
+    a compact method: its modules take that module as parent, hence root-level names (`conv_root`, `block1`).
+    `numerics`: whose epsilons (`RESNET_NUMERICS`)."""
     width = stem_width(width_factor)
-    x = StdConv(width, (7, 7), strides=(2, 2), use_bias=False, dtype=dtype, name="conv_root")(images)
-    x = nn.relu(nn.GroupNorm(dtype=dtype, name="gn_root")(x))
+    x = StdConv(width, (7, 7), strides=(2, 2), use_bias=False, dtype=dtype, name="conv_root",
+                numerics=numerics)(images)
+    x = nn.relu(group_norm(numerics, dtype, "gn_root")(x))
     x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
     for i, block_size in enumerate(num_layers):
         x = ResNetStage(block_size, nout=width * 2**i, first_stride=(1, 1) if i == 0 else (2, 2), dtype=dtype,
-                        name=f"block{i + 1}")(x)
+                        numerics=numerics, name=f"block{i + 1}")(x)
     return x
 
 
@@ -108,8 +131,11 @@ def stem_output_hw(image_hw: Sequence[int], num_layers: Sequence[int] | None) ->
     return tuple(-(-int(side) // stride) for side in image_hw)  # type: ignore[return-value]
 
 
-def check_stem_options(num_layers: Any, width_factor: Any) -> None:
-    """Clear errors for a bad `resnet_num_layers` / `resnet_width_factor` before anything is traced."""
+def check_stem_options(num_layers: Any, width_factor: Any, numerics: Any = "vision_transformer") -> None:
+    """Clear errors for a bad `resnet_num_layers` / `resnet_width_factor` / `resnet_numerics` before anything is
+    traced."""
+    if numerics not in RESNET_NUMERICS:
+        raise ValueError(f"resnet_numerics must be one of {tuple(RESNET_NUMERICS)}; got {numerics!r}")
     if num_layers is not None and (not isinstance(num_layers, tuple) or not all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in num_layers)):
         raise ValueError(f"resnet_num_layers must be None (no stem) or a tuple of positive ints, units per stage "
@@ -123,6 +149,9 @@ def check_stem_options(num_layers: Any, width_factor: Any) -> None:
             f"channels; GroupNorm's {GROUP_NORM_GROUPS} groups need a multiple of {GROUP_NORM_GROUPS} "
             f"(width factor 0.5, 1, 1.5, ...)"
         )
+    if num_layers is None and numerics != "vision_transformer":
+        raise ValueError(f"resnet_numerics {numerics!r} has no effect without a stem: set resnet_num_layers or leave "
+                         f"it at 'vision_transformer'")
     if num_layers is None and width_factor != 1.0:
         raise ValueError(f"resnet_width_factor {width_factor!r} has no effect without a stem: "
                          f"set resnet_num_layers (e.g. (3, 4, 9)) or leave the width factor at 1.0")

@@ -45,6 +45,8 @@ class VisionTransformer(nn.Module, EncoderOptions):
         embedding (see `vit_jax.models.resnet_stem`): (3, 4, 9) for R50, (2, 2, 2, 2) for R26, () for the root
         conv alone; None: no stem.
       resnet_width_factor: the stem's width is `64 * resnet_width_factor` channels (a multiple of 32).
+      resnet_numerics: whose epsilons the stem's weight standardisation and GroupNorms use: `vision_transformer`
+        (its released hybrids') or `timm` (timm's ports of them, `vit_*_r50_*`, `vit_*_r26_*`).
       hidden_size: the token width D.
       num_layers, mlp_dim, num_heads, dropout and stochastic depth, GELU, dtype, attention, remat, scan,
         activation sharding: the encoder's options, inherited from `EncoderOptions`
@@ -90,6 +92,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
     head_bias_init: float = 0.0
     resnet_num_layers: tuple[int, ...] | None = None
     resnet_width_factor: float = 1.0
+    resnet_numerics: str = "vision_transformer"
 
     posemb_kinds: ClassVar[tuple[str, ...]] = POSEMB_KINDS + ROPE_KINDS
     classifier_kinds: ClassVar[tuple[str, ...]] = CLASSIFIERS
@@ -104,7 +107,8 @@ class VisionTransformer(nn.Module, EncoderOptions):
         """`patch_size` (static) runs the model with another patch size than its stored kernel's, PI-resizing
         the kernel on the fly (FlexiViT); pair it with `posemb_grid` for learned position embeddings."""
         if self.resnet_num_layers is not None:
-            images = resnet_stem(images, tuple(self.resnet_num_layers), self.resnet_width_factor, self.dtype)
+            images = resnet_stem(images, tuple(self.resnet_num_layers), self.resnet_width_factor, self.dtype,
+                                 self.resnet_numerics)
         if self.tubelet_size is None:
             grid = PatchEmbed(
                 self.hidden_size,
@@ -201,7 +205,7 @@ def check_options(model: VisionTransformer) -> None:
             f"hidden_size {model.hidden_size} is not divisible by num_heads {model.num_heads}; "
             f"each head gets hidden_size / num_heads channels"
         )
-    check_stem_options(model.resnet_num_layers, model.resnet_width_factor)
+    check_stem_options(model.resnet_num_layers, model.resnet_width_factor, model.resnet_numerics)
     for option, default in (("patch_bias", True), ("patch_norm", False), ("embedding_norm", False)):
         if getattr(model, option) != default and model.tubelet_size is not None:
             raise ValueError(f"{option}={getattr(model, option)!r} is for images; this is a video model "
