@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.timm_reference import timm_logits
+from tests.timm_reference import timm_logits, vit_jax_logits
 from vit_jax.checkpoint.adapt import fill_from_init, plan_adaptation
 from vit_jax.checkpoint.naflex_layout import NAFLEX_DEFAULTS
 from vit_jax.checkpoint.pretrained import load_pretrained
@@ -84,7 +84,7 @@ def test_each_architecture_loads_with_its_options_and_gives_timms_logits_at_any_
     assert trained.image_size == (24, 24)  # pretrained_cfg's input size, not the table's
     for grid in GRIDS:
         x = images(grid)
-        ours = np.asarray(trained.model.apply({"params": trained.params}, x, train=False))
+        ours = vit_jax_logits(trained.model, trained.params, x)
         np.testing.assert_allclose(ours, timm_logits(model, x), atol=5e-5, rtol=1e-4, err_msg=str(grid))
 
 
@@ -101,7 +101,7 @@ def test_timms_padded_naflex_batch_is_one_call_per_image(saved, name):
     patches, coords, valid, expected = [], [], [], []
     for i, (h, w) in enumerate(grids):
         x = images((h, w), n=1, seed=i)
-        expected.append(np.asarray(trained.model.apply({"params": trained.params}, x, train=False))[0])
+        expected.append(vit_jax_logits(trained.model, trained.params, x)[0])
         flat = x[0].reshape(h, 4, w, 4, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, -1)  # (ph, pw, C) per patch
         pad = length - h * w
         patches.append(np.concatenate([flat, np.zeros((pad, flat.shape[1]), np.float32)]))
@@ -167,7 +167,7 @@ def test_fine_tuning_resizes_the_table_once_as_the_forward_pass_does(saved, name
                            posemb_method=config.init.posemb_method, posemb_antialias=config.init.posemb_antialias,
                            posemb_aspect_preserving=config.init.posemb_aspect_preserving)
     params = fill_from_init(plan, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]))
-    np.testing.assert_allclose(np.asarray(target.apply({"params": params}, x, train=False)), timm_logits(model, x),
+    np.testing.assert_allclose(vit_jax_logits(target, params, x), timm_logits(model, x),
                                atol=5e-5, rtol=1e-4)
 
 

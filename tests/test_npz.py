@@ -6,6 +6,7 @@ from flax import traverse_util
 
 from tests import big_vision_vit
 from tests.conftest import TINY, load_config_file
+from tests.timm_reference import vit_jax_logits
 from vit_jax.checkpoint.npz import NpzError, linen_names, load_npz, read_npz, save_npz
 from vit_jax.checkpoint.trained_model import load_trained_model
 from vit_jax.config_validation import ConfigError, check_init
@@ -21,7 +22,7 @@ def random_params(model, image_hw=(16, 16), seed=0):
 
 
 def logits(model, params, images):
-    return np.asarray(model.apply({"params": params}, images, train=False))
+    return vit_jax_logits(model, params, images)
 
 
 def test_b16_written_and_read_back_is_the_same_tree_bit_for_bit(tmp_path):
@@ -111,7 +112,7 @@ def test_big_vision_checkpoints_give_big_visions_logits(tmp_path, rng, options, 
             "params/"
     np.savez(tmp_path / "bv.npz", **{layout + k: v for k, v in flat.items()})
     trained = load_trained_model(npz=tmp_path / "bv.npz", image_size=16)
-    got = np.asarray(trained.model.apply({"params": trained.params}, images, train=False))
+    got = vit_jax_logits(trained.model, trained.params, images)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
@@ -143,7 +144,7 @@ def test_big_visions_naflex_towers_give_its_outputs_one_image_per_call(tmp_path,
     config = load_config_file("finetune", f"init={tmp_path / 'siglip2.npz'}")
     assert (config.init.posemb_method, config.init.posemb_antialias) == ("bilinear", True)  # its own resizing
     for i, image in enumerate(images):
-        got = np.asarray(trained.model.apply({"params": trained.params}, image[None], train=False))[0]
+        got = vit_jax_logits(trained.model, trained.params, image[None])[0]
         np.testing.assert_allclose(got, expected[i], rtol=0, atol=1e-5 * np.abs(expected[i]).max())
 
 
@@ -170,7 +171,7 @@ def test_one_model_of_several_is_named_as_big_vision_names_it(tmp_path, rng):
     flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
     np.savez(tmp_path / "two.npz", **{f"params/{tower}/{k}": v for tower in ("img", "student") for k, v in flat.items()})
     trained = load_trained_model(npz=f"{tmp_path}/two.npz:student", image_size=16)
-    np.testing.assert_allclose(np.asarray(trained.model.apply({"params": trained.params}, images, train=False)),
+    np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, images),
                                expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     for spec, message in [("two.npz", r"holds several models \(img, student\); name the one to read as .*two.npz:KEY"),
                           ("two.npz:txt", r"no ViT at 'txt' .*ViTs in the file: \['img', 'student'\]")]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, write_hub_cache
-from tests.timm_reference import timm_logits
+from tests.timm_reference import timm_logits, vit_jax_logits
 from vit_jax.checkpoint.adapt import fill_from_init, plan_adaptation
 from vit_jax.checkpoint.hub import read_timm_checkpoint
 from vit_jax.checkpoint.pretrained import load_pretrained, timm_architecture
@@ -130,7 +130,7 @@ def test_each_family_loads_with_its_options_and_gives_timms_logits(saved, family
     for option, value in FAMILIES[family][2].items():
         assert getattr(trained.model, option) == value, option
     x = images(trained.image_size)
-    ours = np.asarray(trained.model.apply({"params": trained.params}, x, train=False))
+    ours = vit_jax_logits(trained.model, trained.params, x)
     np.testing.assert_allclose(ours, timm_logits(model, x), atol=5e-5, rtol=1e-4)
 
 
@@ -162,11 +162,11 @@ def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits
     params = fill_from_init(plan, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]))
     x = images(new_size, seed=1)
     expected = timm_logits(dynamic, x)
-    np.testing.assert_allclose(np.asarray(target.apply({"params": params}, x, train=False)), expected,
+    np.testing.assert_allclose(vit_jax_logits(target, params, x), expected,
                                atol=5e-5, rtol=1e-4)
     if family != "beit":  # BEiT's relative tables are resized once, at loading (as timm's)
         stored = VisionTransformer(**arch.options)  # the table at its grid: resized in the forward pass
-        np.testing.assert_allclose(np.asarray(stored.apply({"params": pretrained.params}, x, train=False)), expected,
+        np.testing.assert_allclose(vit_jax_logits(stored, pretrained.params, x), expected,
                                    atol=5e-5, rtol=1e-4)
 
 
@@ -221,7 +221,7 @@ def test_a_vit_jax_model_with_registers_pre_norm_and_no_patch_bias_exports_exact
     assert reference.pretrained_cfg["mean"] == [0.5] and reference.pretrained_cfg["std"] == [0.5]
     with torch.no_grad():
         theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-    np.testing.assert_allclose(np.asarray(model.apply({"params": params}, x, train=False)), theirs, atol=2e-5)
+    np.testing.assert_allclose(vit_jax_logits(model, params, x), theirs, atol=2e-5)
 
 
 def test_preprocessing_from_the_config_is_timms_mean_and_std_and_grayscale_becomes_rgb():
@@ -376,7 +376,7 @@ def test_dinov2s_own_pth_files_give_timms_logits(saved, family, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_args": {"num_heads": 2}}))
     trained = load_trained_model(tmp_path / "dinov2_pretrain.pth")
     x = images(trained.image_size)
-    np.testing.assert_allclose(np.asarray(trained.model.apply({"params": trained.params}, x, train=False)),
+    np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, x),
                                timm_logits(model, x), atol=5e-5, rtol=1e-4)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_hub_cache
+from tests.timm_reference import vit_jax_logits
 from vit_jax.checkpoint.pretrained import load_pretrained, timm_architecture
 from vit_jax.checkpoint.trained_model import load_trained_model
 from vit_jax.timm_compat import import_transformers
@@ -117,7 +118,7 @@ def test_each_family_loads_with_its_options_and_gives_transformers_outputs(saved
     for option, value in FAMILIES[family][4].items():
         assert getattr(trained.model, option) == value, option
     assert trained.image_size == (32, 32)
-    ours = np.asarray(trained.model.apply({"params": trained.params}, IMAGES, train=False))
+    ours = vit_jax_logits(trained.model, trained.params, IMAGES)
     np.testing.assert_allclose(ours, expected, atol=5e-5, rtol=1e-4)
 
 
@@ -312,7 +313,7 @@ def test_siglip2_naflex_batches_are_one_call_per_image_at_its_own_grid(model_cla
     pixels, masks, expected = [], [], []
     for h, w in grids:
         x = rng.standard_normal((1, h * patch, w * patch, 3)).astype(np.float32)
-        expected.append(np.asarray(trained.model.apply({"params": trained.params}, x, train=False))[0])
+        expected.append(vit_jax_logits(trained.model, trained.params, x)[0])
         flat = x[0].reshape(h, patch, w, patch, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, -1)  # the processor's
         pixels.append(np.concatenate([flat, np.zeros((length - h * w, flat.shape[1]), np.float32)]))
         masks.append(np.arange(length) < h * w)

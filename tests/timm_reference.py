@@ -20,6 +20,14 @@ def perturb_timm(model, scale: float = 0.2):
     return model.eval()
 
 
+def vit_jax_logits(model, params, images: np.ndarray) -> np.ndarray:
+    """`model` (a vit_jax ViT) on `images`, compiled as one program: a hybrid's ResNet stem run op by op compiles
+    each of its hundreds of operations on its own, five times slower."""
+    import jax
+
+    return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, images))
+
+
 def timm_logits(model, images: np.ndarray) -> np.ndarray:
     """`model` on NHWC float32 `images`."""
     import torch
