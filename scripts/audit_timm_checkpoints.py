@@ -10,8 +10,8 @@ random input as timm (eval mode), then again at a second resolution unless `--no
 else), NOT-BUILT (timm cannot build it small). Exit status 1 if any is MISMATCH or ERROR-UNCLEAR.
 
 Result with timm 1.0.31 (2026-12-06, docs/hub_checkpoints.md): 436 cases (370 registered names, 66 option
-variants): 312 MATCH (the 14 NaFlexVit architectures and 9 ResNetV2 hybrids among them), 106 REFUSED-CLEARLY,
-18 NOT-BUILT, no MISMATCH and no ERROR-UNCLEAR.
+variants): 316 MATCH (the 14 NaFlexVit architectures, 9 ResNetV2 hybrids and Sapiens2's grouped-query attention
+among them), 102 REFUSED-CLEARLY, 18 NOT-BUILT, no MISMATCH and no ERROR-UNCLEAR.
 """
 
 from __future__ import annotations

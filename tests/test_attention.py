@@ -8,6 +8,7 @@ from tests.conftest import MINI, live_params
 from tests.numpy_reference import vit_forward
 from vit_jax.models import create_model
 from vit_jax.models.attention import attention_function
+from vit_jax.models.encoder import unstack_encoder_blocks
 
 TINY = {**MINI, "num_layers": 2, "num_heads": 4}
 
@@ -66,7 +67,26 @@ def test_record_attention_under_scan_stacks_the_weights_over_depth():
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads, scan", [((2, 1), False), (2, True)])
+def test_grouped_query_attention_is_full_attention_with_each_key_value_head_repeated(kv_heads, scan):
+    """Grouped-query attention is multi-head attention whose key/value projections repeat each of their heads for
+    its group of consecutive query heads (timm's `repeat_interleave`): the numpy reference, fed those repeated
+    weights, gives the grouped model's logits; under scan as per layer."""
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 3)), jnp.float32)
+    grouped = create_model("Ti/8", num_classes=5, **TINY, num_kv_heads=kv_heads, scan=scan)
+    params = live_params(grouped, images)
+    full = traverse_util.flatten_dict(unstack_encoder_blocks(params) if scan else params)
+    for path, value in list(full.items()):
+        if path[-3:-1] in (("MultiHeadDotProductAttention_0", "key"), ("MultiHeadDotProductAttention_0", "value")):
+            full[path] = np.repeat(value, 4 // value.shape[-2], axis=-2)  # (D, kv, hd) or (kv, hd) -> 4 heads
+    expected = vit_forward(traverse_util.unflatten_dict(full), np.asarray(images))
+    np.testing.assert_allclose(grouped.apply({"params": params}, images, train=False), expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("options, message", [
+    (dict(num_kv_heads=2), r"num_kv_heads must be None, a divisor of num_heads 3, or one per block \(12\); got 2"),
+    (dict(num_kv_heads=(4, 2)), r"one per block \(12\); got \(4, 2\)"),
+    (dict(num_kv_heads=(3,) * 11 + (1,), scan=True), "cannot be one scan; set scan=False"),
     (dict(attention_impl="flash"), "attention_impl must be one of"),
     (dict(attention_impl="xla", attention_dropout_rate=0.1), "attention_dropout_rate 0.1"),
     (dict(attention_impl="cudnn"), "dtype bfloat16 or float16"),

@@ -253,6 +253,7 @@ def test_fine_tuning_reads_an_npz_architecture_off_its_shapes(tmp_path, rng, dig
     dict(layer_scale=1e-5, layer_scale_attention_only=True, classifier="token_distilled"),
     dict(relative_position_bias=True, posemb="none", classifier="token"),
     dict(classifier="token_map", map_num_heads=4, map_mlp_dim=24),
+    dict(num_kv_heads=(2, 1)),
 ])
 def test_a_vit_jax_export_with_options_of_its_own_reads_back_with_them(options, tmp_path):
     """The options that leave parameters of their own are read off an exported file's names and shapes."""

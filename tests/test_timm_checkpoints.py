@@ -66,9 +66,11 @@ FAMILIES = {
     "aimv2": ("aimv2_large_patch14_224", dict(img_size=28),
               dict(rms_norm=True, proj_bias=False, gated_mlp=True, qkv_bias=False, embedding_norm=True,
                    layer_norm_epsilon=1e-5, classifier="gap")),
-    # Sapiens2: query/key norms, layer scale on the attention branch only, RMSNorms, DINOv3's RoPE, 8 registers
-    "sapiens2": ("vit_base_patch16_sapiens2", dict(img_size=32, num_kv_heads=[2, 2]),
-                 dict(qk_norm=True, layer_scale_attention_only=True, rms_norm=True, num_registers=8)),
+    # Sapiens2: query/key norms, layer scale on the attention branch only, RMSNorms, DINOv3's RoPE, 8 registers,
+    # grouped-query attention in its middle blocks only (here: full in block 0, one key/value head in block 1)
+    "sapiens2": ("vit_large_patch16_sapiens2", dict(img_size=32, num_kv_heads=[2, 1]),
+                 dict(qk_norm=True, layer_scale_attention_only=True, rms_norm=True, num_registers=8,
+                      num_kv_heads=(2, 1))),
     # BEiT: relative position biases in every block (no position table), q/v biases, layer scale, fc_norm after
     # average pooling
     "beit": ("beit_base_patch16_224", dict(img_size=32),
@@ -171,7 +173,7 @@ def test_at_another_resolution_the_resized_table_gives_timms_dynamic_size_logits
 
 
 # timm's Eva exports are DINOv3's (LayerNorms of 1e-5) or the naver RoPE-ViTs' (1e-6) architectures
-NOT_EXPORTABLE = {"sapiens2": "layer_norm_epsilon=1e-06: timm's Eva",
+NOT_EXPORTABLE = {"sapiens2": r"num_kv_heads=\(2, 1\): timm's VisionTransformer has no counterpart",
                   "pe_spatial": "layer_norm_epsilon=1e-05: timm's Eva",
                   "pe_core": "map_num_heads=8: timm's VisionTransformer has no counterpart"}
 
@@ -300,7 +302,7 @@ def test_hf_hub_specs_resolve_in_an_offline_cache_and_bad_repos_fail_in_one_line
 
 
 @pytest.mark.parametrize("name, kwargs, config, reason", [
-    ("vit_base_patch16_sapiens2", dict(img_size=32, num_kv_heads=[1, 1]), True, "grouped-query attention"),
+    ("eva02_enormous_patch14_clip_224", dict(img_size=28), True, "Eva's use_post_norm .a norm after each branch."),
     ("vit_giant_patch14_dinov2", dict(img_size=28), False, "a gated MLP .mlp.fc1 has 170 outputs, mlp.fc2 85 "
                                                            "inputs. whose gating this model's arguments do not say"),
     ("vit_small_patch16_dinov3", dict(img_size=32), False, "no position table and Eva tensors .'blocks.0.gamma_1'.,"

@@ -43,7 +43,8 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
               "posemb": model.posemb not in ("learn", "none", *ROPE_KINDS),
               "qkv_dim": model.qkv_dim not in (None, model.hidden_size),
               "patch_norm": model.patch_norm, "classifier": model.classifier not in _POOLS,
-              "map_num_heads": model.map_num_heads is not None, "map_mlp_dim": model.map_mlp_dim is not None}
+              "map_num_heads": model.map_num_heads is not None, "map_mlp_dim": model.map_mlp_dim is not None,
+              "num_kv_heads": model.num_kv_heads is not None}
     for option, refused in refuse.items():
         if refused:
             raise ValueError(f"{option}={getattr(model, option)!r}: timm's VisionTransformer has no counterpart")

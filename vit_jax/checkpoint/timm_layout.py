@@ -134,12 +134,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
                 if transformers and not config else "")
         raise ValueError(f"{where} is not a timm VisionTransformer (or Eva) state dict: expected "
                          f"'patch_embed.proj.weight' and 'blocks.0.attn.qkv.weight'; found {found}, ...{hint}")
-    kv_heads = args.get("num_kv_heads")
-    grouped = kv_heads and any(h != args.get("num_heads") for h in (kv_heads if isinstance(kv_heads, list) else
-                                                                    [kv_heads]))
-    if args.get("use_post_norm") or grouped:
-        raise ValueError(f"{where}: Eva's use_post_norm / grouped-query attention (num_kv_heads {kv_heads} for "
-                         f"{args.get('num_heads')} heads) are not vit_jax options")
+    if args.get("use_post_norm"):
+        raise ValueError(f"{where}: Eva's use_post_norm (a norm after each branch) is not a vit_jax option")
     rope = rope_options_from_timm(name, args, state, where)
     eva = [k for k in ("blocks.0.gamma_1", "blocks.0.attn.q_bias", "rope.freqs", "blocks.0.attn.q_proj.weight")
            if k in state]
@@ -184,6 +180,8 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         posemb="learn" if "pos_embed" in state else "factorized" if FACTORIZED[0] in state else "none",
         **_posemb_resizing(args, factorized=FACTORIZED[0] in state, where=where),
     )
+    if kv := _kv_heads(state, depth, options["num_heads"]):
+        options["num_kv_heads"] = kv
     if args.get("dynamic_img_pad"):  # bottom / right to a multiple of the patch
         options["pad"] = "zeros"
     options.update(rope)
@@ -327,6 +325,19 @@ def _resnet_stem(state: Mapping[str, np.ndarray], where: str) -> dict[str, Any]:
         stages[int(match[1])] = max(stages.get(int(match[1]), 0), int(match[2]) + 1)
     return dict(resnet_num_layers=tuple(stages[i] for i in range(len(stages))),
                 resnet_width_factor=state[STEM + root + "conv.weight"].shape[0] / 64, resnet_numerics="timm")
+
+
+def _kv_heads(state: Mapping[str, np.ndarray], depth: int, heads: int) -> int | tuple[int, ...] | None:
+    """Grouped-query attention's key/value heads off the separate projections' rows (Sapiens2: per block): None
+    where every block has as many as query heads, one count where all blocks share it."""
+    if "blocks.0.attn.k_proj.weight" not in state:
+        return None
+    groups = [state[f"blocks.{i}.attn.q_proj.weight"].shape[0] // state[f"blocks.{i}.attn.k_proj.weight"].shape[0]
+              for i in range(depth)]
+    if all(g == 1 for g in groups):
+        return None
+    counts = tuple(heads // g for g in groups)
+    return counts[0] if len(set(counts)) == 1 else counts
 
 
 def _grid(image_size: tuple[int, int], patch: tuple[int, int], stem_layers: tuple[int, ...] | None
@@ -586,7 +597,9 @@ def heads_out(w: Mapping[str, np.ndarray], name: str, heads: int, bias: bool = T
 def _block_from_timm(w: Mapping[str, np.ndarray], b: str, heads: int, o: Mapping[str, Any], grid: tuple[int, int]
                      ) -> dict[str, Any]:
     qkv_w, qkv_b = _qkv(w, b + "attn.")
-    attention = {name: heads_in(qkv_w[j], qkv_b[j], heads) for j, name in enumerate(("query", "key", "value"))}
+    group = qkv_w[0].shape[0] // qkv_w[1].shape[0]  # grouped-query attention: fewer key/value heads
+    attention = {name: heads_in(qkv_w[j], qkv_b[j], heads // (group if j else 1))
+                 for j, name in enumerate(("query", "key", "value"))}
     attention["out"] = heads_out(w, b + "attn.proj", heads, o["proj_bias"])
     rms = o["rms_norm"]
     if b + "attn.norm.weight" in w:
@@ -635,9 +648,9 @@ def _qkv(w: Mapping[str, np.ndarray], a: str) -> tuple[list[np.ndarray], list[np
                                                                                      w.get(a + "v_bias")]
     if biases[0] is not None and biases[1] is None:
         biases[1] = np.zeros_like(biases[0])
-    if weights[0].shape != weights[1].shape or weights[0].shape != weights[2].shape:
-        raise ValueError(f"{a}: queries, keys and values of different widths (grouped-query attention) are not "
-                         f"vit_jax's attention")
+    if weights[1].shape != weights[2].shape or weights[0].shape[0] % weights[1].shape[0]:
+        raise ValueError(f"{a}: keys of {weights[1].shape[0]} rows, values of {weights[2].shape[0]} and queries of "
+                         f"{weights[0].shape[0]}: not grouped-query attention's whole groups of heads")
     return weights, biases
 
 

@@ -225,8 +225,17 @@ def architecture_of(params: Mapping[str, Any]) -> dict[str, Any]:
         num_layers=len(blocks), mlp_dim=mlp_dim, num_heads=heads, classifier=classifier,
         representation_size=np.shape(params["pre_logits"]["kernel"])[1] if "pre_logits" in params else None,
         final_norm="encoder_norm" in encoder or "fc_norm" in params, fc_norm="fc_norm" in params,
-        **pooling, **_stem_of(params), **_options_in_parameters(params, first),
+        **pooling, **_stem_of(params), **_options_in_parameters(params, first), **_kv_heads_of(encoder, blocks),
     )
+
+
+def _kv_heads_of(encoder: Mapping[str, Any], blocks: list[str]) -> dict[str, Any]:
+    """Grouped-query attention's key/value heads per block, off the `key` kernels `(D, kv_heads, hd)`."""
+    counts = tuple(np.shape(encoder[b]["MultiHeadDotProductAttention_0"]["key"]["kernel"])[1] for b in blocks)
+    heads = np.shape(encoder[blocks[0]]["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1]
+    if all(c == heads for c in counts):
+        return {}
+    return {"num_kv_heads": counts[0] if len(set(counts)) == 1 else counts}
 
 
 def _options_in_parameters(params: Mapping[str, Any], block: Mapping[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class Encoder1DBlock(nn.Module):
     rope: str | None = None  # `rope_axial` or `rope_mixed`: rotate the patch tokens' queries and keys
     num_prefix: int = 0  # tokens before the patches (class token, registers), never rotated
     grid: tuple[int, ...] | None = None  # the patch grid (for relative position biases)
+    num_kv_heads: int | None = None  # this block's key/value heads (grouped-query attention); None: num_heads
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_path_rate: float | jax.Array, deterministic: bool,
@@ -147,6 +148,7 @@ class Encoder1DBlock(nn.Module):
             qk_norm=o.qk_norm,
             relative_position_grid=self._relative_position_grid(),
             num_prefix=self.num_prefix,
+            num_kv_heads=self.num_kv_heads,
         )
         attend = dict(deterministic=deterministic, mask=mask, sow_weights=o.record_attention)
         if direct:

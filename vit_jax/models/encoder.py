@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.block import Encoder1DBlock
-from vit_jax.models.encoder_options import EncoderOptions, remat_policy
+from vit_jax.models.encoder_options import EncoderOptions, kv_heads, remat_policy
 from vit_jax.models.layer_norm import LayerNorm
 from vit_jax.models.mixed_precision import policy_seeing_products
 from vit_jax.models.packed_posemb import PackedPositionEmbs, TokenPositions
@@ -104,11 +104,11 @@ class Encoder(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=o.num_layers,
-            )(o, rope, prefix, self.grid, name=SCANNED_BLOCKS)
+            )(o, rope, prefix, self.grid, kv_heads(o, 0), name=SCANNED_BLOCKS)
             x, _ = blocks(x, jnp.asarray(rates), not train, mask, coords)
         else:
             for layer in range(o.num_layers):
-                block = block_cls(o, rope, prefix, self.grid, name=f"{SCANNED_BLOCKS}_{layer}")
+                block = block_cls(o, rope, prefix, self.grid, kv_heads(o, layer), name=f"{SCANNED_BLOCKS}_{layer}")
                 x, _ = block(x, float(rates[layer]), not train, mask, coords)
         if o.final_norm and not o.fc_norm:  # else the model normalises after pooling, or not at all
             x = LayerNorm(epsilon=o.layer_norm_epsilon, dtype=o.dtype, rms=o.rms_norm, name="encoder_norm")(x)

@@ -69,6 +69,10 @@ class EncoderOptions:
         output projection keeps its own.
       qkv_dim: the attention's inner width (heads x head dim, vit-pytorch's `heads * dim_head`); None: the token
         width.
+      num_kv_heads: grouped-query attention (Ainslie et al. 2023): key and value heads, each shared by
+        `num_heads / num_kv_heads` query heads (`key`, `value` kernels `(D, num_kv_heads, hd)`); one count for
+        every block, or one per block (Sapiens2 keeps full attention in its first and last blocks; timm's
+        `num_kv_heads`); None: as many as the query heads.
       embedding_dropout_rate: dropout after the position embeddings (vit-pytorch's `emb_dropout`); None:
         `dropout_rate`.
       remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute); `remat_policy` names
@@ -128,6 +132,7 @@ class EncoderOptions:
     record_attention: bool = False
     qkv_bias: bool = True
     qkv_dim: int | None = None
+    num_kv_heads: int | tuple[int, ...] | None = None
     embedding_dropout_rate: float | None = None
     remat: bool = False
     remat_policy: str | None = None
@@ -167,6 +172,7 @@ def check_encoder_options(options: EncoderOptions) -> None:
     if options.qkv_dim is not None and (options.qkv_dim <= 0 or options.qkv_dim % options.num_heads):
         raise ValueError(f"qkv_dim must be a positive multiple of num_heads {options.num_heads} (heads x head dim) "
                          f"or None; got {options.qkv_dim!r}")
+    check_kv_heads(options)
     remat_policy(options.remat_policy)
     if not isinstance(options.layer_norm_epsilon, float | int) or not options.layer_norm_epsilon > 0:
         raise ValueError(f"layer_norm_epsilon must be a positive number; got {options.layer_norm_epsilon!r}")
@@ -187,6 +193,26 @@ def check_encoder_options(options: EncoderOptions) -> None:
         raise ValueError(f"posemb_resize must be one of {POSEMB_RESIZE_METHODS}; got {options.posemb_resize!r}")
     if not isinstance(options.num_registers, int) or options.num_registers < 0:
         raise ValueError(f"num_registers must be an int >= 0; got {options.num_registers!r}")
+
+
+def kv_heads(options: EncoderOptions, layer: int) -> int | None:
+    """Block `layer`'s key/value heads (None: the query heads')."""
+    heads = options.num_kv_heads
+    return heads[layer] if isinstance(heads, tuple) else heads
+
+
+def check_kv_heads(options: EncoderOptions) -> None:
+    heads = options.num_kv_heads
+    if heads is None:
+        return
+    counts = heads if isinstance(heads, tuple) else (heads,)
+    if (isinstance(heads, tuple) and len(heads) != options.num_layers) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h > 0 and options.num_heads % h == 0 for h in counts):
+        raise ValueError(f"num_kv_heads must be None, a divisor of num_heads {options.num_heads}, or one per block "
+                         f"({options.num_layers}); got {heads!r}")
+    if isinstance(heads, tuple) and options.scan and len(set(heads)) > 1:
+        raise ValueError(f"num_kv_heads {heads}: blocks of different key/value widths cannot be one scan; set "
+                         f"scan=False")
 
 
 def remat_policy(name: str | None) -> Any:

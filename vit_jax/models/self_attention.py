@@ -49,6 +49,8 @@ class MultiHeadDotProductAttention(nn.Module):
         `(hd,)` scale (and bias) shared by the heads) before the kernel and any rotation (timm's `qk_norm`).
       relative_position_grid: BEiT's relative position biases on the logits, for `num_prefix` prefix tokens then
         this row-major patch grid (`vit_jax.models.relative_position`); None: none.
+      num_kv_heads: grouped-query attention's key/value heads (`key`, `value` kernels `(D, num_kv_heads, hd)`),
+        each repeated for its `num_heads / num_kv_heads` consecutive query heads; None: `num_heads`.
     """
 
     num_heads: int
@@ -68,6 +70,7 @@ class MultiHeadDotProductAttention(nn.Module):
     qk_norm: bool = False
     relative_position_grid: tuple[int, int] | None = None
     num_prefix: int = 0
+    num_kv_heads: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool, mask: jax.Array | None = None,
@@ -80,9 +83,13 @@ class MultiHeadDotProductAttention(nn.Module):
         # vit_jax's own products (bf16, or oneDNN's): bias gradients as products too (models/mixed_precision.py)
         mixed = self.qkv_dot_general is mixed_dot_general
         common = dict(dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
-        projections = [HeadsProjection(head_shape, self.qkv_bias, self.kernel_init, self.bias_init, name=name)(width)
-                       for name in ("query", "key", "value")]
+        kv_shape = (self.num_kv_heads or self.num_heads, head_shape[1])
+        projections = [HeadsProjection(shape, self.qkv_bias, self.kernel_init, self.bias_init, name=name)(width)
+                       for name, shape in (("query", head_shape), ("key", kv_shape), ("value", kv_shape))]
         query, key, value = fused_projection(x, projections, self.dtype, self.qkv_dot_general)
+        if kv_shape[0] != self.num_heads:  # each key/value head serves its group of consecutive query heads
+            group = self.num_heads // kv_shape[0]
+            key, value = jnp.repeat(key, group, axis=-2), jnp.repeat(value, group, axis=-2)
         if self.qk_norm:
             norm = dict(epsilon=self.layer_norm_epsilon, dtype=self.dtype, rms=self.rms_norm)
             query, key = LayerNorm(**norm, name="query_norm")(query), LayerNorm(**norm, name="key_norm")(key)
