@@ -382,6 +382,51 @@ def test_dinov2s_own_pth_files_give_timms_logits(saved, family, tmp_path):
                                timm_logits(model, x), atol=5e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["dinov3", "dinov3_qkvb_avg", "dinov3_plus_swiglu"])
+def test_dinov3s_own_pth_files_give_timms_logits(saved, family, tmp_path):
+    """DINOv3's own checkpoints (facebookresearch/dinov3's names: `storage_tokens`, the fused qkv bias with its key
+    mask, `ls1.gamma`, the stored rotary `periods`, the S+/H+/7B SwiGLU's `w1` gated by SiLU, `w2`, `w3`; its
+    mask token), no config.json beside them: heads and rotary base are read off the periods. Without SwiGLU, the
+    file is what timm's own DINOv3 converter (Eva's `checkpoint_filter_fn`) turns back into the timm model's state
+    dict exactly."""
+    import torch
+    from timm.models.eva import checkpoint_filter_fn
+
+    if family == "dinov3_plus_swiglu":
+        model = perturbed_timm("vit_small_plus_patch16_dinov3", img_size=32, global_pool="token")
+    else:
+        model = saved[family][0]
+    timm_state = model.state_dict()
+    width, head_dim = timm_state["cls_token"].shape[-1], timm_state["cls_token"].shape[-1] // 2
+    names = {"reg_token": "storage_tokens", "gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma", "fc1_g": "w1",
+             "fc1_x": "w2", "mlp.fc2": "mlp.w3" if family == "dinov3_plus_swiglu" else "mlp.fc2"}
+    official = {}
+    for name, value in timm_state.items():
+        for timm_name, own in names.items():
+            name = name.replace(timm_name, own)
+        official[name] = value
+    for block in range(2):
+        b = f"blocks.{block}.attn."
+        q, v = official.pop(b + "q_bias", torch.zeros(width)), official.pop(b + "v_bias", torch.zeros(width))
+        official[b + "qkv.bias"] = torch.cat([q, torch.randn(width), v])  # the key's third is masked out
+        official[b + "qkv.bias_mask"] = torch.cat([torch.ones(width), torch.zeros(width), torch.ones(width)])
+    official["mask_token"] = torch.randn(1, width)
+    official["rope_embed.periods"] = 100.0 ** (4 * torch.arange(head_dim // 4) / head_dim)
+    if family != "dinov3_plus_swiglu":
+        converted = checkpoint_filter_fn({k: v.clone() for k, v in official.items()}, model)
+        assert converted.keys() == timm_state.keys()
+        for name, value in converted.items():
+            torch.testing.assert_close(value, timm_state[name], rtol=0, atol=1e-6)
+    torch.save(official, tmp_path / "dinov3_pretrain.pth")
+    # this tiny model's size (DINOv3's is 224); timm's default pooling for the qkvb architecture (DINOv3's is token)
+    model_args = {"img_size": [32, 32], **({"global_pool": "avg"} if family == "dinov3_qkvb_avg" else {})}
+    (tmp_path / "config.json").write_text(json.dumps({"model_args": model_args}))
+    trained = load_trained_model(tmp_path / "dinov3_pretrain.pth")
+    x = images(trained.image_size)
+    np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, x), timm_logits(model, x),
+                               atol=5e-5, rtol=1e-4)
+
+
 def test_a_bare_safetensors_file_reads_its_architecture_off_the_tensors(saved, tmp_path):
     """No config.json: width 32 is no standard size, so the heads are asked for; with the config.json beside the
     file they are read from its model_args, and the architecture from the header alone."""

@@ -9,8 +9,8 @@ A SPEC is
 - a `.safetensors` file, with the `config.json` beside it when there is one.
 A transformers checkpoint (its `config.json` has a `model_type`: `google/vit-*`, `facebook/dinov2-*`,
 `openai/clip-*`, ...) is renamed into timm's layout on reading (`transformers_layout`), with its
-`preprocessor_config.json` when there is one; so are timm's NaFlexVit files (`naflex_layout`) and DINOv2's own
-`.pth` files (`dinov2_layout`).
+`preprocessor_config.json` when there is one; so are timm's NaFlexVit files (`naflex_layout`) and DINOv2's and
+DINOv3's own `.pth` files (`dinov2_layout`, `dinov3_layout`).
 PyTorch pickles (`.bin`, `.pth`) are read only through `torch.load(weights_only=True)`, which refuses code; without
 torch they are refused with the conversion to do. Nothing is unpickled otherwise.
 """
@@ -26,6 +26,8 @@ import numpy as np
 
 from vit_jax.checkpoint.dinov2_layout import as_timm as dinov2_as_timm
 from vit_jax.checkpoint.dinov2_layout import is_dinov2_state
+from vit_jax.checkpoint.dinov3_layout import as_timm as dinov3_as_timm
+from vit_jax.checkpoint.dinov3_layout import is_dinov3_state
 from vit_jax.checkpoint.naflex_layout import as_vision_transformer, is_naflex_state
 from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG, as_timm, is_transformers_config
 
@@ -85,6 +87,8 @@ def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmChe
         state, settings = as_timm(state, settings, processing, text)
     if is_naflex_state(state):
         state, settings = as_vision_transformer(state, settings, text)
+    elif is_dinov3_state(state):
+        state, settings = dinov3_as_timm(state, settings, text)
     elif is_dinov2_state(state):
         state, settings = dinov2_as_timm(state, settings)
     return TimmCheckpoint(state, settings, text)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.checkpoint.dinov3_layout import dinov3_rope_args
+
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -255,8 +257,7 @@ def _dinov3_family(state: dict[str, np.ndarray], config: Mapping[str, Any], arch
     state = _renamed(state, [*_DINOV3_BLOCKS, up], where)
     if "reg_token" in state and state["reg_token"].shape[1] == 0:
         del state["reg_token"]
-    args = {"class_token": True, "global_pool": "token", "rope_type": "dinov3", "use_rot_pos_emb": True,
-            "rope_rotate_half": True, "rope_temperature": float(config["rope_theta"])}
+    args = {"class_token": True, "global_pool": "token", **dinov3_rope_args(float(config["rope_theta"]))}
     if gated:
         args["act_layer"] = "SiLU"
     return state, args
