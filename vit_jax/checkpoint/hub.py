@@ -161,17 +161,31 @@ def _read_shards(index: Path, read: Any) -> dict[str, np.ndarray]:
     return state
 
 
+SMALL_TENSOR = 4096  # values: read even for shapes (a few kB: DINOv3's rotary periods and bias masks say its build)
+
+
 def read_shapes(path: Path) -> dict[str, np.ndarray]:
-    """Each tensor as a zero-memory float32 array of its shape (only the header of a safetensors file is read)."""
+    """Each tensor as a zero-memory float32 array of its shape (only the header of a safetensors file is read),
+    but for tensors of at most `SMALL_TENSOR` values, which are read: some checkpoints record how the model is
+    built in them."""
     if path.name.endswith(".index.json"):
         return _read_shards(path, read_shapes)
     if path.suffix != ".safetensors":
         return read_weights(path)
     from safetensors import SafetensorError, safe_open
 
+    def shape_or_value(f: Any, name: str) -> np.ndarray:
+        shape = f.get_slice(name).get_shape()
+        if int(np.prod(shape)) <= SMALL_TENSOR:
+            try:
+                return _float32(f.get_tensor(name))
+            except TypeError:  # bfloat16, which numpy cannot hold: its shape will do
+                pass
+        return np.broadcast_to(np.float32(0), shape)
+
     try:
         with safe_open(path, "np") as f:
-            return {k: np.broadcast_to(np.float32(0), f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: shape_or_value(f, k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
 
