@@ -26,11 +26,11 @@ import numpy as np
 
 # timm 1.0.31's `NaFlexVitCfg` defaults for the fields read here (tests check them against timm)
 NAFLEX_DEFAULTS: dict[str, Any] = dict(
-    patch_size=16, num_heads=12, class_token=False, reg_tokens=0, pos_embed="learned", pos_embed_grid_size=[16, 16],
+    patch_size=16, num_heads=12, class_token=False, pos_embed_grid_size=[16, 16],
     pos_embed_interp_mode="bicubic", pos_embed_ar_preserving=False, pos_embed_antialias=True,
     pos_embed_align_corners=False, rope_type="", attn_type="standard", swiglu_mlp=False, attn_gated=False,
-    attn_only_layer_scale=False, num_kv_heads=None, qkv_fused=True, dynamic_img_pad=False,
-    patchify_channels_last=True, embed_proj_type="linear", input_norm_layer=None, embed_norm_layer=None,
+    attn_only_layer_scale=False, num_kv_heads=None, dynamic_img_pad=False,
+    patchify_channels_last=True, input_norm_layer=None, embed_norm_layer=None,
     norm_layer=None, act_layer=None, block_fn=None, mlp_layer=None, attn_layer=None, global_pool="map",
     pool_include_prefix=False, attn_pool_num_heads=None,
 )
