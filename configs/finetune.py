@@ -76,10 +76,11 @@ def get_config(arg: str | None = None):
         config.pp.update(arch.preprocessing)
         config.pp.channels = arch.channels
         # the table resized as the checkpoint's own model resizes it (timm's resample_abs_pos_embed: bicubic,
-        # antialiased; NaFlexVit's its own)
+        # antialiased; transformers' interpolate_pos_encoding: bicubic; NaFlexVit's and DINOv2's their own)
         config.init.posemb_method = config.model.posemb_resize
         config.init.posemb_antialias = antialiased(config.model.posemb_resize, config.model.posemb_antialias)
         config.init.posemb_aspect_preserving = config.model.posemb_aspect_preserving
+        config.init.posemb_offset = config.model.posemb_resize_offset
     elif init and "variant" not in short and (npz := _npz_architecture(init)):
         # vision_transformer's fine-tuning models have no pre_logits: adapt drops the file's, as its loader does
         config.model = model_config(npz.variant, **{**npz.model_options, "representation_size": None})

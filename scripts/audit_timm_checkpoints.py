@@ -260,7 +260,8 @@ def second_resolution(name, used, model, directory):
     plan = plan_adaptation(pretrained.params, shapes["params"], old_grid=pretrained.grid,
                            new_grid=token_grid(target, new_size), posemb_method=method,
                            posemb_antialias=antialiased(method, arch.options.get("posemb_antialias", True)),
-                           posemb_aspect_preserving=arch.options.get("posemb_aspect_preserving", False))
+                           posemb_aspect_preserving=arch.options.get("posemb_aspect_preserving", False),
+                           posemb_offset=arch.options.get("posemb_resize_offset", 0.0))
     params = fill_from_init(plan, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]))
     x = np.random.default_rng(1).standard_normal((2, *new_size, arch.channels)).astype(np.float32)
     ours = np.asarray(target.apply({"params": params}, x, train=False))

@@ -69,19 +69,21 @@ def test_one_image_at_the_table_grid_equals_the_fixed_grid_vit(images, classifie
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("method, antialias, aspect_preserving", [
-    ("bilinear", False, False), ("bilinear", True, False), ("bicubic", True, False), ("bicubic", False, True),
-    ("bilinear_align_corners", False, False), ("bilinear", True, True)])
+@pytest.mark.parametrize("method, antialias, aspect_preserving, offset", [
+    ("bilinear", False, False, 0.0), ("bilinear", True, False, 0.0), ("bicubic", True, False, 0.0),
+    ("bicubic", False, True, 0.0), ("bilinear_align_corners", False, False, 0.0), ("bilinear", True, True, 0.0),
+    ("bicubic", False, False, 0.1)])
 @pytest.mark.parametrize("old,new", [((3, 3), (5, 7)), ((4, 6), (2, 3)), ((3, 3), (3, 3)), ((2, 5), (6, 1)),
                                      ((8, 8), (3, 5)), ((4, 6), (4, 6))])
-def test_learned_table_is_sampled_as_the_resized_table(old, new, method, antialias, aspect_preserving):
+def test_learned_table_is_sampled_as_the_resized_table(old, new, method, antialias, aspect_preserving, offset):
     table = np.random.default_rng(0).standard_normal((1, old[0] * old[1], 8)).astype(np.float32)
     rows, cols = np.divmod(np.arange(new[0] * new[1]), new[1])
     coords = np.stack([rows, cols], axis=1)
     sampled = sample_table(jnp.asarray(table[0]), old, jnp.asarray(coords),
-                           jnp.broadcast_to(jnp.asarray(new), coords.shape), method, antialias, aspect_preserving)
+                           jnp.broadcast_to(jnp.asarray(new), coords.shape), method, antialias, aspect_preserving,
+                           offset)
     expected = resize_posemb(table, old, new, num_prefix=0, method=method, antialias=antialias,
-                             aspect_preserving=aspect_preserving)[0]
+                             aspect_preserving=aspect_preserving, offset=offset)[0]
     np.testing.assert_allclose(sampled, expected, atol=1e-5)
 
 

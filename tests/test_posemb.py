@@ -135,15 +135,32 @@ def test_resize_4_to_6_reference_row_identity_and_ramps():
     np.testing.assert_allclose(out, 2.0 * rows - 0.5 * cols + 1.0, atol=1e-5)  # still the same plane
 
 
-@pytest.mark.parametrize("old, new", [((4, 4), (7, 7)), ((12, 12), (5, 5)), ((4, 6), (8, 3))])
+@pytest.mark.parametrize("old, new", [((4, 4), (7, 7)), ((12, 12), (5, 5)), ((4, 6), (8, 3)), ((2, 5), (9, 2))])
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("antialias", [False, True])
-def test_half_pixel_bilinear_matches_pytorch(old, new, antialias, rng):
+def test_half_pixel_resizes_match_pytorch(old, new, method, antialias, rng):
+    """Plain bicubic is PyTorch's own (a = -0.75, taps clamped at the edges: transformers' and DINOv2's resize),
+    antialiased bicubic timm's (a = -0.5)."""
     import torch
     grid = rng.standard_normal((*old, 3)).astype(np.float32)
-    ours = np.asarray(resize_posemb(with_prefix(grid), old, new, method="bilinear", antialias=antialias))
+    ours = np.asarray(resize_posemb(with_prefix(grid), old, new, method=method, antialias=antialias))
     theirs = torch.nn.functional.interpolate(torch.from_numpy(grid).permute(2, 0, 1)[None], size=new,
-                                             mode="bilinear", align_corners=False, antialias=antialias)
+                                             mode=method, align_corners=False, antialias=antialias)
     np.testing.assert_allclose(ours[0, 1:].reshape(*new, 3), theirs[0].permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("old, new", [((37, 37), (16, 16)), ((4, 4), (9, 6)), ((5, 5), (5, 3))])
+def test_dinov2s_offset_is_pytorchs_bicubic_at_its_scale_factor(old, new, rng):
+    """DINOv2's `interpolate_offset`: PyTorch given the scale factor `(n + 0.1) / M` instead of the size (an axis
+    that keeps its length is resampled too, as PyTorch resamples it)."""
+    import torch
+    grid = rng.standard_normal((*old, 3)).astype(np.float32)
+    ours = np.asarray(resize_posemb(with_prefix(grid), old, new, method="bicubic", offset=0.1))
+    theirs = torch.nn.functional.interpolate(torch.from_numpy(grid).permute(2, 0, 1)[None], mode="bicubic",
+                                             scale_factor=((new[0] + 0.1) / old[0], (new[1] + 0.1) / old[1]))
+    np.testing.assert_allclose(ours[0, 1:].reshape(*new, 3), theirs[0].permute(1, 2, 0).numpy(), atol=5e-5)
+    with pytest.raises(ValueError, match=r"offset 0.1 applies to 'bicubic' without antialiasing .*antialias=True"):
+        resize_posemb(with_prefix(grid), old, new, method="bicubic", antialias=True, offset=0.1)
 
 
 @pytest.mark.parametrize("old, new", [((4, 4), (9, 9)), ((12, 12), (5, 5))])

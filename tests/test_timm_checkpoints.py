@@ -2,7 +2,9 @@
 every parameter perturbed) saved in the Hub layout by `timm.models.save_for_hf`, read by vit_jax, and compared
 logit for logit; exports loaded back by timm strictly; the `hf-hub:` path through an offline Hub cache."""
 
+import copy
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -380,6 +382,35 @@ def test_dinov2s_own_pth_files_give_timms_logits(saved, family, tmp_path):
     x = images(trained.image_size)
     np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, x),
                                timm_logits(model, x), atol=5e-5, rtol=1e-4)
+    if family == "dinov2_giant_swiglu":
+        return
+    from configs.finetune import get_config
+
+    init = get_config(f"init={tmp_path / 'dinov2_pretrain.pth'}").init  # fine-tuning resizes by the same rule
+    assert (init.posemb_method, init.posemb_antialias, init.posemb_offset) == (
+        ("bicubic", True, 0.0) if "reg_token" in timm_state else ("bicubic", False, 0.1))
+    # at other grids, the table resized as DINOv2's own code resizes it: timm's model given that table
+    registers = "reg_token" in timm_state
+    for size in ((42, 56), (14, 42)):
+        table = dinov2_interpolated(official["pos_embed"], (size[0] // 14, size[1] // 14), registers)
+        at_size = copy.deepcopy(model)
+        at_size.patch_embed.strict_img_size = False
+        at_size.pos_embed = torch.nn.Parameter(table[:, 1:] if registers else table)
+        x = images(size)
+        np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, x), timm_logits(at_size, x),
+                                   atol=5e-5, rtol=1e-4)
+
+
+def dinov2_interpolated(table, grid: tuple[int, int], registers: bool):
+    """DINOv2's `interpolate_pos_encoding` with its hub models' settings (facebookresearch/dinov2's
+    hub/backbones.py): a scale factor of `(n + 0.1) / M` without registers, bicubic antialiased with them."""
+    import torch
+
+    side = math.isqrt(table.shape[1] - 1)
+    kwargs = dict(size=grid) if registers else dict(scale_factor=((grid[0] + 0.1) / side, (grid[1] + 0.1) / side))
+    patches = torch.nn.functional.interpolate(table[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2),
+                                              mode="bicubic", antialias=registers, **kwargs)
+    return torch.cat([table[:, :1], patches.permute(0, 2, 3, 1).reshape(1, -1, table.shape[-1])], dim=1)
 
 
 @pytest.mark.parametrize("family", ["dinov3", "dinov3_qkvb_avg", "dinov3_plus_swiglu"])

@@ -123,6 +123,24 @@ def test_each_family_loads_with_its_options_and_gives_transformers_outputs(saved
 
 
 @pytest.mark.xdist_group("transformers_checkpoints")
+@pytest.mark.parametrize("family", ["vit", "deit_distilled", "dinov2", "dinov2_registers", "clip", "siglip_classifier"])
+def test_at_another_grid_the_table_is_resized_as_transformers_resizes_it(saved, family):
+    """transformers' `interpolate_pos_encoding` (DINOv2's always on): PyTorch's bicubic, antialiased only in DINOv2
+    with registers; a 4x4 table at a 3x6 grid is shrunk along one axis and grown along the other."""
+    import torch
+
+    directory, _ = saved[family]
+    model_class, config_class, arguments, kind, _ = FAMILIES[family]
+    model = perturbed(model_class, config_class, arguments)
+    x = np.random.default_rng(1).standard_normal((2, 24, 48, 3)).astype(np.float32)
+    flag = {} if family.startswith("dinov2") else {"interpolate_pos_encoding": True}
+    with torch.no_grad():
+        expected = getattr(model(torch.from_numpy(x.transpose(0, 3, 1, 2)), **flag), kind).numpy()
+    trained = load_trained_model(directory)
+    np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, x), expected, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
 def test_an_offline_hub_repo_brings_its_class_names_and_its_image_processors_view(saved, offline_hub, tmp_path,
                                                                                   capsys):
     """`hf-hub:` resolves a transformers repo (config.json with a model_type, model.safetensors,
@@ -228,9 +246,12 @@ def test_fine_tuning_takes_the_architecture_and_preprocessing_and_drops_the_pool
     config = get_config(f"init={directory}")
     assert config.model.num_registers == 3 and config.model.layer_scale == 1e-5
     assert tuple(config.image_size) == (32, 32) and tuple(config.pp.mean) == (0.485, 0.456, 0.406)
+    # the table resized once at load as transformers' interpolate_pos_encoding resizes it in the forward pass
+    assert (config.init.posemb_method, config.init.posemb_antialias) == ("bicubic", True)
     pooled, _ = saved["vit_pooler"]
     config = get_config(f"init={pooled}")
     assert config.model.get("representation_size") is None and tuple(config.pp.mean) == (0.5, 0.5, 0.5)
+    assert (config.init.posemb_method, config.init.posemb_antialias) == ("bicubic", False)
     model = build_model(config.model, num_classes=10)
     import jax
 

@@ -161,7 +161,7 @@ def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
         new_grid=tuple(setup.model.posemb_grid or setup.grid),  # the grid the new model stores its table at
         dont_load=tuple(init.dont_load), head=init.head, posemb=init.posemb, posemb_method=init.posemb_method,
         posemb_antialias=init.posemb_antialias, posemb_aspect_preserving=init.posemb_aspect_preserving,
-        inflation=init.inflation,
+        posemb_offset=init.posemb_offset, inflation=init.inflation,
     )
 
 

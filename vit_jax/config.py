@@ -127,6 +127,7 @@ def base_config() -> ConfigDict:
     c.init.posemb = "resize"  # "resize" the learned table to the new grid, or "reinit" it
     c.init.posemb_method = "bilinear_align_corners"  # or "bilinear", "bicubic" (vit_jax.models.posemb)
     c.init.posemb_antialias = False
+    c.init.posemb_offset = 0.0  # DINOv2's interpolate_offset (0.1 for its models without registers): not antialiased
     c.init.posemb_aspect_preserving = False  # resize to a square of the longer side, keep its top-left part (timm's
     # pos_embed_ar_preserving: NaFlex's par models, RADIO)
     # An image checkpoint for a video model (config.model.tubelet_size): its patch kernel becomes a tubelet

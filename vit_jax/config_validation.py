@@ -23,6 +23,7 @@ from vit_jax.data.sources import DatasetError, DatasetSpec, split_size
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.from_config import SPLIT_FIELDS, open_dataset, packed_preprocess_from_config, preprocess_from_config
 from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
+from vit_jax.models.posemb import check_resizing
 from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
 from vit_jax.optim import OPTIMIZERS, SCHEDULES, check_optimizer
 from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
@@ -103,6 +104,12 @@ def check_choices(config: ConfigDict) -> None:
     except UnknownChoiceError as error:
         raise field_error(f"init.{error.name}", error.value, "unknown value",
                           ", ".join(map(repr, error.allowed))) from None
+    offset = config.init.get("posemb_offset", 0.0)
+    try:
+        check_resizing(config.init.posemb_method, config.init.posemb_antialias, offset)
+    except ValueError as error:
+        field = "init.posemb_offset" if offset else "init.posemb_antialias"
+        raise field_error(field, _get(config, field), str(error)) from None
 
 
 def check_xla_flags(config: ConfigDict) -> None:

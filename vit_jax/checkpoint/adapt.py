@@ -23,7 +23,7 @@ from flax import traverse_util
 from vit_jax.checkpoint.inflate import INFLATION_METHODS, inflate_kernel, inflate_posemb
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, stack_encoder_blocks, unstack_encoder_blocks
 from vit_jax.models.patching import pi_resize_kernel
-from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, resize_posemb
+from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, check_resizing, resize_posemb
 from vit_jax.models.relative_position import resize_relative_position_bias
 
 HEAD_POLICIES = ("auto", "reinit", "load")
@@ -77,6 +77,7 @@ def plan_adaptation(
     posemb_method: str = "bilinear_align_corners",
     posemb_antialias: bool = False,
     posemb_aspect_preserving: bool = False,
+    posemb_offset: float = 0.0,
     inflation: str = "central",
 ) -> Adaptation:
     """Loaded params (arrays) fitted to the target's params (arrays or ShapeDtypeStructs).
@@ -87,7 +88,8 @@ def plan_adaptation(
       dont_load: regexes (`re.search` on '/'-joined paths) of parameters to take from the new initialisation.
       head: `auto` re-initialises the head when the number of classes differs; `reinit` always; `load` never.
       posemb: `resize` the learned table to the new grid, or `reinit` it (fresh initialisation).
-      posemb_method, posemb_antialias, posemb_aspect_preserving: how it is resized (`resize_posemb`'s).
+      posemb_method, posemb_antialias, posemb_aspect_preserving, posemb_offset: how it is resized
+        (`resize_posemb`'s `method`, `antialias`, `aspect_preserving`, `offset`).
       inflation: how an image checkpoint's patch kernel becomes a video model's tubelet kernel: `central` or
         `average` (see `vit_jax.checkpoint.inflate`).
     """
@@ -118,7 +120,8 @@ def plan_adaptation(
     _plan_distillation_token(source, target_flat, from_init, notes)
     _plan_head(source, target_flat, head, from_init, notes)
     _plan_kernel(source, target_flat, inflation, notes)
-    resizing = (posemb_method, posemb_antialias, posemb_aspect_preserving)
+    check_resizing(posemb_method, posemb_antialias, posemb_offset)
+    resizing = (posemb_method, posemb_antialias, posemb_aspect_preserving, posemb_offset)
     _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, resizing, from_init, notes)
     _plan_factorized(source, target_flat, posemb, resizing, from_init, notes)
     _plan_relative_position(source, target_flat, notes)
@@ -244,7 +247,7 @@ def _plan_posemb(source, target_flat, old_prefix, old_grid, new_grid, policy, re
 def _plan_factorized(source, target_flat, policy, resizing, from_init, notes) -> None:
     """`factorized` row and column tables, each resized along its own axis to the new grid's rows / columns (with
     aspect preserving, both to the longer of the two, then each cut to its own)."""
-    method, antialias, aspect_preserving = resizing
+    method, antialias, aspect_preserving, offset = resizing
     lengths = {path: target_flat[path][0][0] for path in FACTORIZED if path in target_flat}
     for path in FACTORIZED:
         if path not in source or path not in target_flat:
@@ -258,13 +261,14 @@ def _plan_factorized(source, target_flat, policy, resizing, from_init, notes) ->
             continue
         if source[path].shape[1:] != target_flat[path][0][1:]:
             continue  # another width: reported by the shape check
-        resized = resize_posemb(source[path][None], (old,), (longer,), 0, method, antialias)[0]
+        resized = resize_posemb(source[path][None], (old,), (longer,), 0, method, antialias, offset=offset)[0]
         source[path] = np.asarray(resized)[:new]
         notes.append(f"{path[-1]}: resized from {old} to {new} positions ({_how(*resizing)})")
 
 
-def _how(method: str, antialias: bool, aspect_preserving: bool) -> str:
-    return f"{method}{', antialiased' if antialias else ''}{', aspect preserving' if aspect_preserving else ''}"
+def _how(method: str, antialias: bool, aspect_preserving: bool, offset: float) -> str:
+    return (f"{method}{', antialiased' if antialias else ''}{', aspect preserving' if aspect_preserving else ''}"
+            f"{f', offset {offset}' if offset else ''}")
 
 
 def _plan_relative_position(source, target_flat, notes) -> None:

@@ -6,7 +6,8 @@ its pre-training `mask_token` (a backbone never runs it), its giant's fused SwiG
 and `mlp.w3`: timm's `SwiGLUPacked` fc1 / fc2), and its registers (`register_tokens`), which enter after the
 position table is added: the table's class row folds into the class token and the rest is timm's class-free
 table. Everything else (heads from the width, the 518-pixel grid from the table, layer scale) is read off the
-tensors as for any timm file; the file needs no `config.json`.
+tensors as for any timm file; the file needs no `config.json`. At another grid the table is resized as DINOv2's own
+code resizes it (`interpolate_offset` and `interpolate_antialias`: `vit_jax.models.posemb.resize_posemb`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> tuple
         out["cls_token"] = out["cls_token"] + table[:, :1]
         out["pos_embed"] = table[:, 1:]
     args = dict(config.get("model_args") or {})
+    # DINOv2's own `interpolate_pos_encoding`: bicubic with antialiasing in the register models, else PyTorch's plain
+    # bicubic at a scale of (n + 0.1) / table cells (hub/backbones.py's `interpolate_offset=0.1`)
+    if "reg_token" not in out:
+        args.update(pos_embed_interp_mode="bicubic", pos_embed_antialias=False, interpolate_offset=0.1)
     if any(_FUSED_SWIGLU.match(name) for name in state):  # SwiGLUFFNFused: silu(first half) * second half
         args.setdefault("act_layer", "SiLU")
         args.setdefault("mlp_layer", {"name": "GluMlp", "gate_last": False})

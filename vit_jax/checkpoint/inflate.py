@@ -54,6 +54,7 @@ def inflate_posemb(
     method: str = "bilinear_align_corners",
     antialias: bool = False,
     aspect_preserving: bool = False,
+    offset: float = 0.0,
 ) -> np.ndarray:
     """An image table `(1, num_prefix + gh * gw, D)` for a `(gt, gh', gw')` video grid: resized to `(gh', gw')`
     (`resize_posemb`'s `method`), then repeated over the `gt` temporal positions; prefix rows kept once."""
@@ -62,6 +63,6 @@ def inflate_posemb(
         raise ValueError(f"inflation takes an image table's (gh, gw) grid to a video's (gt, gh, gw) grid; got "
                          f"{old_grid} -> {new_grid}")
     spatial = np.asarray(resize_posemb(table, old_grid, new_grid[1:], num_prefix, method, antialias,
-                                       aspect_preserving))
+                                       aspect_preserving, offset))
     prefix, grid = spatial[:, :num_prefix], spatial[:, num_prefix:]
     return np.concatenate([prefix, np.tile(grid, (1, new_grid[0], 1))], axis=1)

@@ -213,7 +213,7 @@ def at_export_grid(model: VisionTransformer, params: dict[str, Any], image_size:
     table = resize_posemb(embeddings["pos_embedding"], tuple(model.posemb_grid), grid,
                           num_prefix_tokens(model.classifier), method=model.posemb_resize,
                           antialias=antialiased(model.posemb_resize, model.posemb_antialias),
-                          aspect_preserving=model.posemb_aspect_preserving)
+                          aspect_preserving=model.posemb_aspect_preserving, offset=model.posemb_resize_offset)
     encoder = {**params[ENCODER], "posembed_input": {**embeddings, "pos_embedding": np.asarray(table)}}
     return model.clone(posemb_grid=None), {**params, ENCODER: encoder}
 

@@ -357,7 +357,8 @@ def _stem_root(state: Mapping[str, np.ndarray]) -> str:
 def _posemb_resizing(args: Mapping[str, Any], factorized: bool, where: str) -> dict[str, Any]:
     """How the table meets another grid in the forward pass, as timm resizes it: NaFlexVit's `pos_embed_*`
     settings (its factorized tables: 1-D linear, never antialiased), else `resample_abs_pos_embed`'s bicubic with
-    antialiasing (timm's dynamic image size, and its loading at another resolution)."""
+    antialiasing (timm's dynamic image size, and its loading at another resolution). The layouts read as timm's
+    say their own rule in the same arguments (transformers', DINOv2's `interpolate_offset`)."""
     if factorized:
         return dict(posemb_resize="bilinear", posemb_antialias=False,
                     posemb_aspect_preserving=bool(args.get("pos_embed_ar_preserving", False)))
@@ -372,6 +373,8 @@ def _posemb_resizing(args: Mapping[str, Any], factorized: bool, where: str) -> d
         options["posemb_antialias"] = False
     if args.get("pos_embed_ar_preserving"):
         options["posemb_aspect_preserving"] = True
+    if args.get("interpolate_offset"):  # DINOv2's own (dinov2_layout)
+        options["posemb_resize_offset"] = float(args["interpolate_offset"])
     return options
 
 

@@ -53,6 +53,10 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], preproce
     vision = {**CONFIG_DEFAULTS[model_type], **vision}  # what an older or hand-written config.json leaves out
     architectures = [str(a) for a in config.get("architectures") or []]
     state, args = family(dict(state), vision, architectures, where)
+    # the table at another grid as `interpolate_pos_encoding` resizes it: PyTorch's bicubic, antialiased only in
+    # DINOv2 with registers (SigLIP 2's NaFlex towers set their own)
+    args.setdefault("pos_embed_interp_mode", "bicubic")
+    args.setdefault("pos_embed_antialias", model_type == "dinov2_with_registers")
     args.update(num_heads=int(vision["num_attention_heads"]),
                 norm_layer={"name": "LayerNorm", "eps": float(vision["layer_norm_eps"]), "bias": True})
     if "image_size" in vision:  # else the position table's grid says it (NaFlex towers have none)

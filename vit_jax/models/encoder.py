@@ -79,10 +79,11 @@ class Encoder(nn.Module):
         if positions is None:
             x = AddPositionEmbs(table, self.grid, self.num_prefix, self.posemb_grid, resize=o.posemb_resize,
                                 antialias=o.posemb_antialias, aspect_preserving=o.posemb_aspect_preserving,
-                                name="posembed_input")(x)
+                                offset=o.posemb_resize_offset, name="posembed_input")(x)
         else:
             x = PackedPositionEmbs(table, self.grid, resize=o.posemb_resize, antialias=o.posemb_antialias,
-                                   aspect_preserving=o.posemb_aspect_preserving, name="posembed_input")(x, positions)
+                                   aspect_preserving=o.posemb_aspect_preserving, offset=o.posemb_resize_offset,
+                                   name="posembed_input")(x, positions)
         if positions is not None and o.relative_position_bias:
             raise ValueError("relative_position_bias (BEiT's) is for one image's grid; packed sequences have many")
         coords = self._rotary_coordinates(positions, train) if rope else None

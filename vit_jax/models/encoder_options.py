@@ -12,7 +12,7 @@ import jax
 from vit_jax.models.attention import AttentionImpl, check_attention_impl
 from vit_jax.models.blas import check_matmul
 from vit_jax.models.partitioning import ActivationSharding
-from vit_jax.models.posemb import POSEMB_RESIZE_METHODS
+from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, antialiased, check_resizing
 from vit_jax.models.rope import RopeAxisOrder, RopeCoordinates, RopePairing
 
 
@@ -87,7 +87,9 @@ class EncoderOptions:
         NaFlex's factorized tables). NaViT samples its table per token by these three options, as the fixed-grid
         model resizes it (`vit_jax.models.packed_posemb`). posemb_aspect_preserving: the table is
         resized to a square of the grid's longer side and its top-left cells kept, one scale for both axes (timm's
-        `pos_embed_ar_preserving`: NaFlex's `par` models, RADIO).
+        `pos_embed_ar_preserving`: NaFlex's `par` models, RADIO). posemb_resize_offset: DINOv2's
+        `interpolate_offset` (0.1 in its models without registers): each axis sampled as if resized to `n + offset`
+        cells; only without antialiasing.
       num_registers: learned register tokens (Darcet et al. 2024; timm's `reg_tokens`, DINOv2-reg, DINOv3), parameter
         `Transformer/registers` `(1, R, D)`: placed after the class token once the position embeddings are added
         (they get none, and RoPE leaves them unrotated), attended to in every block, and dropped after the final
@@ -141,6 +143,7 @@ class EncoderOptions:
     posemb_resize: str = "bilinear"
     posemb_antialias: bool = True
     posemb_aspect_preserving: bool = False
+    posemb_resize_offset: float = 0.0
     num_registers: int = 0
     patch_dropout: float = 0.0
     rope_theta: float | None = None
@@ -191,6 +194,8 @@ def check_encoder_options(options: EncoderOptions) -> None:
         raise ValueError("fc_norm is where the final norm goes; final_norm=False has none: set at most one")
     if options.posemb_resize not in POSEMB_RESIZE_METHODS:
         raise ValueError(f"posemb_resize must be one of {POSEMB_RESIZE_METHODS}; got {options.posemb_resize!r}")
+    check_resizing(options.posemb_resize, antialiased(options.posemb_resize, options.posemb_antialias),
+                   options.posemb_resize_offset)
     if not isinstance(options.num_registers, int) or options.num_registers < 0:
         raise ValueError(f"num_registers must be an int >= 0; got {options.num_registers!r}")
 

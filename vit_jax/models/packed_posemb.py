@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models.interpolation import resize_weights
 from vit_jax.models.posemb import antialiased
 
 PackedPosembKind = Literal["learn", "factorized", "sincos2d", "none"]
@@ -38,30 +39,8 @@ class TokenPositions(NamedTuple):
     grids: jax.Array
 
 
-_KERNELS = {  # jax.image.resize's: the triangle, and Keys' cubic with a = -0.5
-    "bilinear": lambda x: jnp.maximum(0.0, 1.0 - x),
-    "bicubic": lambda x: jnp.where(x >= 2.0, 0.0, jnp.where(x >= 1.0, ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0,
-                                                              ((1.5 * x - 2.5) * x) * x + 1.0)),
-}
-
-
-def resize_weights(index: jax.Array, size: jax.Array, table_size: int, method: str, antialias: bool) -> jax.Array:
-    """`(..., table_size)`: the weights cell `index` of an axis resized from `table_size` to `size` cells gives each
-    table cell, as `resize_posemb` computes them (`jax.image.resize`'s half-pixel kernels, widened by the scale when
-    shrinking with `antialias`; `bilinear_align_corners`' end-point mapping)."""
-    index, size = index.astype(jnp.float32)[..., None], jnp.maximum(size, 1).astype(jnp.float32)[..., None]
-    cells = jnp.arange(table_size, dtype=jnp.float32)
-    if method == "bilinear_align_corners":
-        position = jnp.where(size > 1, index * (table_size - 1) / jnp.maximum(size - 1, 1), 0.0)
-        return _KERNELS["bilinear"](jnp.abs(position - cells))
-    inverse = table_size / size
-    width = jnp.maximum(inverse, 1.0) if antialias else 1.0
-    weights = _KERNELS[method](jnp.abs((index + 0.5) * inverse - 0.5 - cells) / width)
-    return weights / jnp.sum(weights, axis=-1, keepdims=True)
-
-
 def sample_table(table: jax.Array, table_grid: tuple[int, int], coords: jax.Array, grids: jax.Array, method: str,
-                 antialias: bool, aspect_preserving: bool) -> jax.Array:
+                 antialias: bool, aspect_preserving: bool, offset: float = 0.0) -> jax.Array:
     """`(..., D)`: the row of `table` `(gh * gw, D)` resized to each token's image grid, at the token's cell."""
     th, tw = table_grid
     rows, cols = grids[..., 0], grids[..., 1]
@@ -69,9 +48,14 @@ def sample_table(table: jax.Array, table_grid: tuple[int, int], coords: jax.Arra
         longer = jnp.maximum(rows, cols)
         at_table = (rows == th) & (cols == tw)
         rows, cols = jnp.where(at_table, rows, longer), jnp.where(at_table, cols, longer)
-    row_weights = resize_weights(coords[..., 0], rows, th, method, antialias)
-    col_weights = resize_weights(coords[..., 1], cols, tw, method, antialias)
-    return jnp.einsum("...h,...w,hwd->...d", row_weights, col_weights, table.reshape(th, tw, -1))
+    row_weights = resize_weights(coords[..., 0], rows, th, method, antialias, offset)
+    col_weights = resize_weights(coords[..., 1], cols, tw, method, antialias, offset)
+    if offset:  # at the table's own grid the table itself, as resize_posemb leaves it
+        at_table = ((rows == th) & (cols == tw))[..., None]
+        row_weights = jnp.where(at_table, resize_weights(coords[..., 0], rows, th, method, antialias), row_weights)
+        col_weights = jnp.where(at_table, resize_weights(coords[..., 1], cols, tw, method, antialias), col_weights)
+    return jnp.einsum("...h,...w,hwd->...d", row_weights, col_weights, table.reshape(th, tw, -1),
+                      precision=jax.lax.Precision.HIGHEST)
 
 
 def sincos2d_at(coords: jax.Array, width: int, temperature: float = 10_000.0) -> jax.Array:
@@ -95,6 +79,7 @@ class PackedPositionEmbs(nn.Module):
     resize: str = "bilinear"
     antialias: bool = True
     aspect_preserving: bool = False
+    offset: float = 0.0
     posemb_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
 
     @nn.compact
@@ -114,5 +99,5 @@ class PackedPositionEmbs(nn.Module):
             return tokens + embedding.astype(tokens.dtype)
         table = self.param("pos_embedding", self.posemb_init, (1, gh * gw, width), jnp.float32)[0]
         embedding = sample_table(table, (gh, gw), positions.coords, positions.grids, self.resize,
-                                 antialiased(self.resize, self.antialias), self.aspect_preserving)
+                                 antialiased(self.resize, self.antialias), self.aspect_preserving, self.offset)
         return tokens + embedding.astype(tokens.dtype)

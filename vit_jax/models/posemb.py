@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.interpolation import align_corners_matrix
+from vit_jax.models.interpolation import resize_weights
 
 PosembKind = Literal["learn", "factorized", "sincos2d", "sincos3d", "none"]
 POSEMB_KINDS: tuple[str, ...] = ("learn", "factorized", "sincos2d", "sincos3d", "none")
@@ -105,6 +105,7 @@ class AddPositionEmbs(nn.Module):
     resize: str = "bilinear"
     antialias: bool = True
     aspect_preserving: bool = False
+    offset: float = 0.0
     posemb_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
     param_dtype: jnp.dtype = jnp.float32
 
@@ -139,7 +140,7 @@ class AddPositionEmbs(nn.Module):
     def _resized(self, table: jax.Array, table_grid: tuple[int, ...], grid: tuple[int, ...]) -> jax.Array:
         return resize_posemb(table, table_grid, grid, self.num_prefix, method=self.resize,
                              antialias=antialiased(self.resize, self.antialias),
-                             aspect_preserving=self.aspect_preserving)
+                             aspect_preserving=self.aspect_preserving, offset=self.offset)
 
     def _factorized(self, width: int) -> jax.Array:
         """`(1, num_prefix + gh * gw, D)`: zeros for the prefix, row + column vectors for the patches."""
@@ -152,9 +153,9 @@ class AddPositionEmbs(nn.Module):
         lengths = (max(gh, gw),) * 2 if self.aspect_preserving and self.table_grid is not None else (gh, gw)
         antialias = antialiased(self.resize, self.antialias)
         if th != lengths[0]:
-            rows = resize_posemb(rows[None], (th,), lengths[:1], 0, method=self.resize, antialias=antialias)[0]
+            rows = resize_posemb(rows[None], (th,), lengths[:1], 0, self.resize, antialias, offset=self.offset)[0]
         if tw != lengths[1]:
-            cols = resize_posemb(cols[None], (tw,), lengths[1:], 0, method=self.resize, antialias=antialias)[0]
+            cols = resize_posemb(cols[None], (tw,), lengths[1:], 0, self.resize, antialias, offset=self.offset)[0]
         rows, cols = rows[:gh], cols[:gw]
         patches = (rows[:, None, :] + cols[None, :, :]).reshape(gh * gw, width)
         return jnp.concatenate([jnp.zeros((self.num_prefix, width), patches.dtype), patches])[None]
@@ -181,6 +182,20 @@ def antialiased(method: str, antialias: bool) -> bool:
     return antialias and method != "bilinear_align_corners"
 
 
+def check_resizing(method: str, antialias: bool, offset: float = 0.0) -> None:
+    """A position table's resize rule (`resize_posemb`'s arguments), checked before anything is built."""
+    if method not in POSEMB_RESIZE_METHODS:
+        raise ValueError(f"posemb resize method must be one of {POSEMB_RESIZE_METHODS}; got {method!r}")
+    if antialias and method == "bilinear_align_corners":
+        raise ValueError("antialias applies to 'bilinear' and 'bicubic', not to 'bilinear_align_corners'")
+    if not isinstance(offset, int | float) or offset < 0:
+        raise ValueError(f"posemb resize offset must be a number >= 0 (DINOv2's interpolate_offset: 0.1); got "
+                         f"{offset!r}")
+    if offset and (antialias or method != "bicubic"):
+        raise ValueError(f"posemb resize offset {offset} applies to 'bicubic' without antialiasing (DINOv2's); got "
+                         f"method {method!r}, antialias={antialias}")
+
+
 def resize_posemb(
     table: jax.Array,
     old_grid: Sequence[int],
@@ -189,26 +204,26 @@ def resize_posemb(
     method: str = "bilinear_align_corners",
     antialias: bool = False,
     aspect_preserving: bool = False,
+    offset: float = 0.0,
 ) -> jax.Array:
     """A learned table `(1, num_prefix + gh * gw, D)` resized to a new `(gh', gw')` grid, prefix rows (the class
     token) unchanged. Grids may be non-square, and have any number of axes: a video's `(gt, gh, gw)` table is
     resized over time too (old and new grids must have as many axes).
 
-    Methods, named for the convention they match:
+    Methods, named for the convention they match (`vit_jax.models.interpolation.resize_weights` computes each):
       - `bilinear_align_corners` (default): what `scipy.ndimage.zoom(order=1)` computes in vision_transformer and
         big_vision when they fine-tune at a new resolution, so results are comparable with theirs.
-      - `bilinear`: half-pixel bilinear (`jax.image.resize`), with or without `antialias` (which only acts when
-        shrinking).
-      - `bicubic`: half-pixel Keys cubic (`jax.image.resize`, a = -0.5), with or without `antialias`; timm's
-        `resample_abs_pos_embed` defaults to bicubic with antialiasing, which PyTorch computes with the same
-        a = -0.5 kernel: the two agree to float rounding (tested against timm). Without antialiasing PyTorch's
-        bicubic uses a = -0.75 and differs.
+      - `bilinear`: half-pixel bilinear, with or without `antialias` (which only acts when shrinking): PyTorch's
+        and `jax.image.resize`'s alike.
+      - `bicubic` with `antialias`: half-pixel Keys cubic (a = -0.5, as `jax.image.resize`, PIL and PyTorch's
+        antialiased bicubic): timm's `resample_abs_pos_embed`. Without: PyTorch's plain bicubic (a = -0.75, taps
+        clamped at the edges): transformers' `interpolate_pos_encoding`, DINOv2's own.
 
     `aspect_preserving`: resized to a square of the new grid's longest side, then its first cells along each axis
-    kept: one scale for every axis (timm's `pos_embed_ar_preserving`).
+    kept: one scale for every axis (timm's `pos_embed_ar_preserving`). `offset`: DINOv2's `interpolate_offset`
+    (each axis sampled as if resized to `n + offset` cells).
     """
-    if method not in POSEMB_RESIZE_METHODS:
-        raise ValueError(f"posemb resize method must be one of {POSEMB_RESIZE_METHODS}; got {method!r}")
+    check_resizing(method, antialias, offset)
     old, new = tuple(old_grid), tuple(new_grid)
     width = table.shape[-1]
     if len(old) != len(new):
@@ -220,19 +235,13 @@ def resize_posemb(
         return table
     if aspect_preserving:
         square = (max(new),) * len(new)
-        table = resize_posemb(table, old, square, num_prefix, method, antialias)
+        table = resize_posemb(table, old, square, num_prefix, method, antialias, offset=offset)
         cells = table[:, num_prefix:].reshape(1, *square, width)[(slice(None), *(slice(0, n) for n in new))]
         return jnp.concatenate([table[:, :num_prefix], cells.reshape(1, math.prod(new), width)], axis=1)
-    prefix, grid = table[:, :num_prefix], table[:, num_prefix:].reshape(1, *old, width)
-    if method == "bilinear_align_corners":
-        if antialias:
-            raise ValueError("antialias applies to 'bilinear' and 'bicubic', not to 'bilinear_align_corners'")
-        resized = grid.astype(jnp.float32)
-        for axis, (size_in, size_out) in enumerate(zip(old, new), start=1):  # separable: one matrix per axis
-            resized = jnp.moveaxis(jnp.tensordot(align_corners_matrix(size_in, size_out), resized, ((1,), (axis,))),
-                                   0, axis)
-    else:
-        kind = "bilinear" if method == "bilinear" else "cubic"
-        resized = jax.image.resize(grid.astype(jnp.float32), (1, *new, width), kind, antialias=antialias)
+    prefix, resized = table[:, :num_prefix], table[:, num_prefix:].reshape(1, *old, width).astype(jnp.float32)
+    for axis, (size_in, size_out) in enumerate(zip(old, new), start=1):  # separable: one matrix per axis
+        matrix = resize_weights(jnp.arange(size_out), jnp.asarray(size_out), size_in, method, antialias, offset)
+        resized = jnp.moveaxis(jnp.tensordot(matrix, resized, ((1,), (axis,)), precision=jax.lax.Precision.HIGHEST),
+                               0, axis)
     resized = resized.astype(table.dtype).reshape(1, math.prod(new), width)
     return jnp.concatenate([jnp.asarray(prefix), resized], axis=1)
