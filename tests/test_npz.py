@@ -116,6 +116,25 @@ def test_big_vision_checkpoints_give_big_visions_logits(tmp_path, rng, options, 
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+def test_at_another_resolution_the_table_is_resized_as_big_visions_resample_posemb(tmp_path, rng):
+    """big_vision (and vision_transformer) run a checkpoint at another resolution by resizing its table at load
+    (`resample_posemb`: `scipy.ndimage.zoom(order=1)`); `predict --image-size` on the `.npz` gives that model's
+    logits, its table resized in the forward pass by the same rule."""
+    from scipy import ndimage
+
+    params, _, _ = big_vision_model(rng, pool_type="tok")
+    np.savez(tmp_path / "bv.npz", **{"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()})
+    trained = load_trained_model(npz=tmp_path / "bv.npz", image_size=24)
+    table = np.asarray(params["pos_embedding"]).reshape(4, 4, -1)
+    resampled = ndimage.zoom(table, (6 / 4, 6 / 4, 1), order=1).reshape(1, 36, -1)  # big_vision's resample_posemb
+    model = big_vision_vit._Model(num_classes=5, patch_size=(4, 4), width=32, depth=2, mlp_dim=48, num_heads=2,
+                                  pool_type="tok")
+    images = jnp.asarray(rng.uniform(-1, 1, (2, 24, 24, 3)), jnp.float32)
+    expected = np.asarray(model.apply({"params": {**params, "pos_embedding": resampled}}, images)[0])
+    np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, images), expected, rtol=0,
+                               atol=1e-5 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("pool_type", ["map", "gap"])
 def test_big_visions_naflex_towers_give_its_outputs_one_image_per_call(tmp_path, rng, pool_type):
     """big_vision's NaFlex ViT (SigLIP 2's NaFlex towers; tests/big_vision_naflex_vit.py, its code verbatim): a
@@ -269,5 +288,7 @@ def test_a_vit_jax_export_with_options_of_its_own_reads_back_with_them(options, 
     assert {k: v for k, v in architecture_of(params).items() if k in options} == {
         k: v for k, v in options.items() if k != "posemb"}
     trained = load_trained_model(npz=tmp_path / "model.npz")  # the same model, the same numbers
-    assert trained.model == model and trained.image_size == (16, 16)
+    # at another grid its table is resized by the .npz format's rule (vision_transformer's scipy zoom)
+    assert trained.model == model.clone(posemb_resize="bilinear_align_corners", posemb_antialias=False)
+    assert trained.image_size == (16, 16)
     jax.tree.map(np.testing.assert_array_equal, trained.params, params)

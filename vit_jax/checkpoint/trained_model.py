@@ -125,7 +125,7 @@ def _from_npz(spec: str | Path, variant: str | None, image_size: int | Sequence[
               value_range: tuple[float, float], dataset: str | None, data_dir: str | None) -> TrainedModel:
     pretrained = load_pretrained(spec)
     params = pretrained.params
-    arch = architecture_of_npz(params, spec)
+    arch = architecture_of_npz(params, spec, naflex=is_naflex(spec))
     options = dict(arch.options)
     if variant is not None:
         _check_variant(variant, options, spec)
@@ -142,6 +142,10 @@ def _from_npz(spec: str | Path, variant: str | None, image_size: int | Sequence[
                         _channels(params), names, pretrained.source)
 
 
+NPZ_POSEMB_RESIZING = {False: dict(posemb_resize="bilinear_align_corners", posemb_antialias=False),
+                       True: dict(posemb_resize="bilinear", posemb_antialias=True)}
+
+
 @dataclasses.dataclass(frozen=True)
 class NpzArchitecture:
     """What an `.npz` file's shapes say of its model."""
@@ -150,9 +154,12 @@ class NpzArchitecture:
     why_no_size: str  # when `image_size` is None
     channels: int
     source: str
-    # how its training resized the table (`resize_posemb`'s method and antialias): vision_transformer's and
-    # big_vision's fine-tuning zoom, or big_vision NaFlex's forward-pass resize
-    posemb_resizing: tuple[str, bool] = ("bilinear_align_corners", False)
+
+    @property
+    def posemb_resizing(self) -> tuple[str, bool]:
+        """How its own code resizes the table (`resize_posemb`'s method and antialias), at load and in the forward
+        pass alike."""
+        return self.options["posemb_resize"], self.options["posemb_antialias"]
 
     @property
     def variant(self) -> str:
@@ -171,12 +178,14 @@ class NpzArchitecture:
 
 def npz_architecture(spec: str | Path) -> NpzArchitecture:
     """The architecture of an `.npz` (`FILE.npz:KEY`: one model of several) from its arrays' shapes alone."""
-    arch = architecture_of_npz(load_npz(spec, shapes_only=True), spec)
-    return dataclasses.replace(arch, posemb_resizing=("bilinear", True)) if is_naflex(spec) else arch
+    return architecture_of_npz(load_npz(spec, shapes_only=True), spec, naflex=is_naflex(spec))
 
 
-def architecture_of_npz(params: Mapping[str, Any], source: str | Path) -> NpzArchitecture:
+def architecture_of_npz(params: Mapping[str, Any], source: str | Path, naflex: bool = False) -> NpzArchitecture:
+    """`naflex`: big_vision's NaFlex ViT, whose table is resized to each input's grid (bilinear, antialiased);
+    vision_transformer's and big_vision's other ViTs resize it at load, as `scipy.ndimage.zoom(order=1)`."""
     options = architecture_of(params)
+    options.update(NPZ_POSEMB_RESIZING[naflex])
     if "posembed_input" not in params[ENCODER] and options.get("relative_position_bias"):  # BEiT: the tables' grid
         options.setdefault("posemb", "none")
         attention = _unstacked(params)[ENCODER]["encoderblock_0"]["MultiHeadDotProductAttention_0"]
