@@ -526,3 +526,25 @@ def test_relative_position_tables_resize_as_timms_beit_resize(old, new):
                                        old_window_size=old).numpy()
     ours = resize_relative_position_bias(table[:-3].reshape(*rows, 4), new)
     np.testing.assert_allclose(ours.reshape(-1, 4), theirs[:-3], atol=5e-6)
+
+
+def test_relative_position_tables_resize_half_pixel_as_transformers_beit_and_fine_tuning_takes_the_rule():
+    """transformers' BEiT and data2vec resize the offsets table by PyTorch's half-pixel bilinear; fine-tuning
+    resizes a loaded table by the new model's rule (`relative_position_resize`)."""
+    import torch
+
+    from vit_jax.models.relative_position import resize_relative_position_bias
+
+    table = np.random.default_rng(0).standard_normal((7, 7, 2)).astype(np.float32)  # a 4x4 grid's offsets
+    theirs = torch.nn.functional.interpolate(torch.from_numpy(table).permute(2, 0, 1)[None], size=(5, 11),
+                                             mode="bilinear")[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(resize_relative_position_bias(table, (3, 6), "bilinear"), theirs, atol=1e-6)
+    attention = ("Transformer", "encoderblock_0", "MultiHeadDotProductAttention_1", "relative_position_bias")
+    loaded = {"Transformer": {"encoderblock_0": {"MultiHeadDotProductAttention_1": {"relative_position_bias": table}}}}
+    target = {"Transformer": {"encoderblock_0": {"MultiHeadDotProductAttention_1": {
+        "relative_position_bias": jax.ShapeDtypeStruct((5, 11, 2), jnp.float32)}}}}
+    for method in ("geometric", "bilinear"):
+        plan = plan_adaptation(loaded, target, old_grid=None, new_grid=(3, 6), relative_position_resize=method)
+        np.testing.assert_allclose(plan.flat[attention], resize_relative_position_bias(table, (3, 6), method))
+    assert plan.notes == ("relative_position_bias: 1 table(s) resized to 5x11 offsets (half-pixel bilinear "
+                          "interpolation)",)

@@ -123,10 +123,12 @@ def test_each_family_loads_with_its_options_and_gives_transformers_outputs(saved
 
 
 @pytest.mark.xdist_group("transformers_checkpoints")
-@pytest.mark.parametrize("family", ["vit", "deit_distilled", "dinov2", "dinov2_registers", "clip", "siglip_classifier"])
+@pytest.mark.parametrize("family", ["vit", "deit_distilled", "dinov2", "dinov2_registers", "clip", "siglip_classifier",
+                                    "beit", "data2vec"])
 def test_at_another_grid_the_table_is_resized_as_transformers_resizes_it(saved, family):
     """transformers' `interpolate_pos_encoding` (DINOv2's always on): PyTorch's bicubic, antialiased only in DINOv2
-    with registers; a 4x4 table at a 3x6 grid is shrunk along one axis and grown along the other."""
+    with registers; BEiT's and data2vec's relative position tables half-pixel bilinear over the offsets. A 4x4 table
+    at a 3x6 grid is shrunk along one axis and grown along the other."""
     import torch
 
     directory, _ = saved[family]

@@ -162,6 +162,7 @@ def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
         dont_load=tuple(init.dont_load), head=init.head, posemb=init.posemb, posemb_method=init.posemb_method,
         posemb_antialias=init.posemb_antialias, posemb_aspect_preserving=init.posemb_aspect_preserving,
         posemb_offset=init.posemb_offset, inflation=init.inflation,
+        relative_position_resize=getattr(setup.model, "relative_position_resize", "geometric"),
     )
 
 

@@ -78,6 +78,7 @@ def plan_adaptation(
     posemb_antialias: bool = False,
     posemb_aspect_preserving: bool = False,
     posemb_offset: float = 0.0,
+    relative_position_resize: str = "geometric",
     inflation: str = "central",
 ) -> Adaptation:
     """Loaded params (arrays) fitted to the target's params (arrays or ShapeDtypeStructs).
@@ -90,6 +91,7 @@ def plan_adaptation(
       posemb: `resize` the learned table to the new grid, or `reinit` it (fresh initialisation).
       posemb_method, posemb_antialias, posemb_aspect_preserving, posemb_offset: how it is resized
         (`resize_posemb`'s `method`, `antialias`, `aspect_preserving`, `offset`).
+      relative_position_resize: how BEiT's relative position tables are resized (the target model's rule).
       inflation: how an image checkpoint's patch kernel becomes a video model's tubelet kernel: `central` or
         `average` (see `vit_jax.checkpoint.inflate`).
     """
@@ -124,7 +126,7 @@ def plan_adaptation(
     resizing = (posemb_method, posemb_antialias, posemb_aspect_preserving, posemb_offset)
     _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, resizing, from_init, notes)
     _plan_factorized(source, target_flat, posemb, resizing, from_init, notes)
-    _plan_relative_position(source, target_flat, notes)
+    _plan_relative_position(source, target_flat, relative_position_resize, notes)
     if REGISTERS in target_flat and REGISTERS not in source:
         from_init(REGISTERS, "initialised (the checkpoint has no register tokens)")
     for path in target_flat:  # RoPE-Mixed's learned frequencies, for a checkpoint trained with another encoding
@@ -271,20 +273,24 @@ def _how(method: str, antialias: bool, aspect_preserving: bool, offset: float) -
             f"{f', offset {offset}' if offset else ''}")
 
 
-def _plan_relative_position(source, target_flat, notes) -> None:
-    """BEiT's relative position tables, resized for a new grid as BEiT's fine-tuning resizes them
-    (`vit_jax.models.relative_position`)."""
+HOW_RELATIVE = {"geometric": "BEiT's geometric interpolation", "bilinear": "half-pixel bilinear interpolation"}
+
+
+def _plan_relative_position(source, target_flat, method, notes) -> None:
+    """BEiT's relative position tables, resized for a new grid by the model's rule (by default as BEiT's fine-tuning
+    resizes them: `vit_jax.models.relative_position`)."""
     resized = 0
     for path, (shape, _) in target_flat.items():
         if path[-1] != "relative_position_bias" or path not in source or source[path].shape == shape:
             continue
         if source[path].shape[-1] != shape[-1] or len(shape) != 3:
             continue  # another head count: reported by the shape check
-        source[path] = resize_relative_position_bias(source[path], ((shape[0] + 1) // 2, (shape[1] + 1) // 2))
+        source[path] = resize_relative_position_bias(source[path], ((shape[0] + 1) // 2, (shape[1] + 1) // 2),
+                                                     method)
         resized += 1
     if resized:
         notes.append(f"relative_position_bias: {resized} table(s) resized to {shape[0]}x{shape[1]} offsets "
-                     f"(BEiT's geometric interpolation)")
+                     f"({HOW_RELATIVE[method]})")
 
 
 def _text(grid: Sequence[int]) -> str:

@@ -170,6 +170,7 @@ def architecture_from_timm(state: Mapping[str, np.ndarray], config: Mapping[str,
         layer_scale_attention_only=(any(f"blocks.0.{n}" in state for n in ("ls1.gamma", "gamma_1"))
                                     and not any(f"blocks.0.{n}" in state for n in ("ls2.gamma", "gamma_2"))),
         qk_norm="blocks.0.attn.q_norm.weight" in state, relative_position_bias=relative,
+        **({"relative_position_resize": args["rel_pos_resize"]} if relative and "rel_pos_resize" in args else {}),
         pre_norm="norm_pre.weight" in state, patch_bias="patch_embed.proj.bias" in state,
         embedding_norm="patch_embed.norm.weight" in state,
         qkv_bias=any(f"blocks.0.attn.{b}" in state for b in ("qkv.bias", "q_bias", "q_proj.bias")),

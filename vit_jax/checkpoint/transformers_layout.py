@@ -57,6 +57,8 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], preproce
     # DINOv2 with registers (SigLIP 2's NaFlex towers set their own)
     args.setdefault("pos_embed_interp_mode", "bicubic")
     args.setdefault("pos_embed_antialias", model_type == "dinov2_with_registers")
+    if model_type in ("beit", "data2vec-vision"):  # its relative position tables: half-pixel bilinear too
+        args["rel_pos_resize"] = "bilinear"
     args.update(num_heads=int(vision["num_attention_heads"]),
                 norm_layer={"name": "LayerNorm", "eps": float(vision["layer_norm_eps"]), "bias": True})
     if "image_size" in vision:  # else the position table's grid says it (NaFlex towers have none)

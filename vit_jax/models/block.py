@@ -147,6 +147,7 @@ class Encoder1DBlock(nn.Module):
             out_bias=o.proj_bias,
             qk_norm=o.qk_norm,
             relative_position_grid=self._relative_position_grid(),
+            relative_position_resize=o.relative_position_resize,
             num_prefix=self.num_prefix,
             num_kv_heads=self.num_kv_heads,
         )

@@ -13,6 +13,7 @@ from vit_jax.models.attention import AttentionImpl, check_attention_impl
 from vit_jax.models.blas import check_matmul
 from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, antialiased, check_resizing
+from vit_jax.models.relative_position import RELATIVE_POSITION_RESIZES
 from vit_jax.models.rope import RopeAxisOrder, RopeCoordinates, RopePairing
 
 
@@ -44,6 +45,8 @@ class EncoderOptions:
         (`relative_position_bias` `(2 gh - 1, 2 gw - 1, heads)` and, with a class token,
         `relative_position_bias_prefix` `(3, heads)`; resized for another grid as BEiT's fine-tuning does; see
         `vit_jax.models.relative_position`). Images only, without registers or patch dropout.
+        relative_position_resize: how those tables meet another grid: `geometric` (BEiT's fine-tuning, timm's) or
+        `bilinear` (half-pixel over the offsets: transformers' BEiT and data2vec).
       qk_norm: queries and keys normalised per head before attention (`query_norm`, `key_norm` in the attention
         layer; timm's `qk_norm`), LayerNorms or, with `rms_norm`, RMSNorms.
       attention_norm: a LayerNorm `MultiHeadDotProductAttention_0/LayerNorm_0` on the heads' concatenated outputs
@@ -122,6 +125,7 @@ class EncoderOptions:
     proj_bias: bool = True
     qk_norm: bool = False
     relative_position_bias: bool = False
+    relative_position_resize: str = "geometric"
     layer_norm_epsilon: float = 1e-6
     layer_scale: float | None = None
     layer_scale_attention_only: bool = False
@@ -192,6 +196,9 @@ def check_encoder_options(options: EncoderOptions) -> None:
                          "one")
     if options.fc_norm and not options.final_norm:
         raise ValueError("fc_norm is where the final norm goes; final_norm=False has none: set at most one")
+    if options.relative_position_resize not in RELATIVE_POSITION_RESIZES:
+        raise ValueError(f"relative_position_resize must be one of {RELATIVE_POSITION_RESIZES}; got "
+                         f"{options.relative_position_resize!r}")
     if options.posemb_resize not in POSEMB_RESIZE_METHODS:
         raise ValueError(f"posemb_resize must be one of {POSEMB_RESIZE_METHODS}; got {options.posemb_resize!r}")
     check_resizing(options.posemb_resize, antialiased(options.posemb_resize, options.posemb_antialias),

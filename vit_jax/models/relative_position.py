@@ -5,10 +5,12 @@ Each block's attention layer holds `relative_position_bias` `(2 gh - 1, 2 gw - 1
 (row offset, column offset) from `-(g - 1)` to `g - 1`, and, with a class token, `relative_position_bias_prefix`
 `(3, heads)`: class -> patch, patch -> class and class -> class (timm's flat table is these two, the grid row-major
 then the three). The table's shape says the grid it was trained on; another grid (another resolution or patch size)
-gets the grid part resized as BEiT's fine-tuning resizes it (unilm's `run_class_finetuning.py`, timm's
-`resize_rel_pos_bias_table`): the old offsets placed on a geometric progression that spans the new range, then
-interpolated linearly (timm's default, without scipy). That resize is linear in the table, with weights that
-depend only on the two sizes, so it is two small matrices, applied in the forward pass or to a checkpoint alike.
+gets the grid part resized, by default as BEiT's fine-tuning resizes it (`geometric`: unilm's
+`run_class_finetuning.py`, timm's `resize_rel_pos_bias_table`): the old offsets placed on a geometric progression
+that spans the new range, then interpolated linearly (timm's default, without scipy); or (`bilinear`) by half-pixel
+bilinear interpolation over the offsets, as transformers' BEiT and data2vec resize it in the forward pass
+(`interpolate_pos_encoding`). Either resize is linear in the table, with weights that depend only on the two sizes,
+so it is two small matrices, applied in the forward pass or to a checkpoint alike.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models.interpolation import half_pixel_matrix
+
 SPECIAL = 3  # class -> patch, patch -> class, class -> class
+RELATIVE_POSITION_RESIZES: tuple[str, ...] = ("geometric", "bilinear")
 
 
 @functools.cache
@@ -61,9 +66,14 @@ def resize_matrix(source: int, target: int) -> np.ndarray:
     return matrix
 
 
-def resize_relative_position_bias(table: np.ndarray | jax.Array, grid: tuple[int, int]) -> np.ndarray | jax.Array:
-    """A `(2 h - 1, 2 w - 1, heads)` table for a `grid` `(gh, gw)`, resized as BEiT's fine-tuning resizes it."""
-    rows, columns = resize_matrix(table.shape[0], 2 * grid[0] - 1), resize_matrix(table.shape[1], 2 * grid[1] - 1)
+def resize_relative_position_bias(table: np.ndarray | jax.Array, grid: tuple[int, int], method: str = "geometric"
+                                  ) -> np.ndarray | jax.Array:
+    """A `(2 h - 1, 2 w - 1, heads)` table for a `grid` `(gh, gw)`, resized by `method` (`RELATIVE_POSITION_RESIZES`:
+    BEiT's fine-tuning's, or transformers' half-pixel bilinear)."""
+    if method not in RELATIVE_POSITION_RESIZES:
+        raise ValueError(f"relative position resize must be one of {RELATIVE_POSITION_RESIZES}; got {method!r}")
+    matrix = resize_matrix if method == "geometric" else half_pixel_matrix
+    rows, columns = matrix(table.shape[0], 2 * grid[0] - 1), matrix(table.shape[1], 2 * grid[1] - 1)
     xp = jnp if isinstance(table, jax.Array) else np
     return xp.einsum("ri,cj,ijh->rch", rows.astype(np.float32), columns.astype(np.float32), table)
 
@@ -76,7 +86,8 @@ def _patch_offsets(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return r[:, None] - r[None, :] + gh - 1, c[:, None] - c[None, :] + gw - 1
 
 
-def relative_position_logits(module: nn.Module, grid: tuple[int, int], num_heads: int, num_prefix: int) -> jax.Array:
+def relative_position_logits(module: nn.Module, grid: tuple[int, int], num_heads: int, num_prefix: int,
+                             resize: str = "geometric") -> jax.Array:
     """The `(1, heads, N, N)` logit bias for `num_prefix` (0 or 1: the class token) prefix tokens and a row-major
     `grid` of patches, from `module`'s parameters (created for the grid of the first call, truncated normal(0.02)
     as BEiT's); called in `module`'s compact `__call__`."""
@@ -90,7 +101,7 @@ def relative_position_logits(module: nn.Module, grid: tuple[int, int], num_heads
         table = module.param("relative_position_bias", init, (2 * grid[0] - 1, 2 * grid[1] - 1, num_heads),
                              jnp.float32)
     if table.shape[:2] != (2 * grid[0] - 1, 2 * grid[1] - 1):
-        table = resize_relative_position_bias(table, grid)
+        table = resize_relative_position_bias(table, grid, resize)
     rows, columns = _patch_offsets(tuple(grid))
     bias = jnp.transpose(table[rows, columns], (2, 0, 1))  # (heads, patches, patches)
     if num_prefix:

@@ -69,6 +69,7 @@ class MultiHeadDotProductAttention(nn.Module):
     out_bias: bool = True
     qk_norm: bool = False
     relative_position_grid: tuple[int, int] | None = None
+    relative_position_resize: str = "geometric"
     num_prefix: int = 0
     num_kv_heads: int | None = None
 
@@ -99,7 +100,7 @@ class MultiHeadDotProductAttention(nn.Module):
                       dtype=self.dtype)
         if self.relative_position_grid is not None:
             kwargs["bias"] = relative_position_logits(self, tuple(self.relative_position_grid), self.num_heads,
-                                                      self.num_prefix)
+                                                      self.num_prefix, self.relative_position_resize)
         accepted = inspect.signature(self.attention_fn).parameters
         if "bias" in kwargs and "bias" not in accepted:
             raise ValueError(f"attention_fn {getattr(self.attention_fn, '__name__', self.attention_fn)} takes no "
