@@ -81,6 +81,7 @@ def get_config(arg: str | None = None):
         config.init.posemb_antialias = antialiased(config.model.posemb_resize, config.model.posemb_antialias)
         config.init.posemb_aspect_preserving = config.model.posemb_aspect_preserving
         config.init.posemb_offset = config.model.posemb_resize_offset
+        config.init.patch_method = "bicubic"  # a new patch size as timm's loader resizes the kernel
     elif init and "variant" not in short and (npz := _npz_architecture(init)):
         # vision_transformer's fine-tuning models have no pre_logits: adapt drops the file's, as its loader does
         config.model = model_config(npz.variant, **{**npz.model_options, "representation_size": None})

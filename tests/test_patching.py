@@ -172,17 +172,18 @@ def timm_resample_patch_embed():
     return resample_patch_embed
 
 
+@pytest.mark.parametrize("method, antialias", [("bilinear", False), ("bicubic", True)])  # FlexiViT's; timm's default
 @pytest.mark.parametrize("old, new", MIXED_RESIZES)
-def test_pi_resize_matches_timms_resample_patch_embed(old, new, rng, timm_resample_patch_embed):
+def test_pi_resize_matches_timms_resample_patch_embed(old, new, method, antialias, rng, timm_resample_patch_embed):
     import torch
 
     kernel = rng.standard_normal((*old, 3, 8)).astype(np.float32)
     expected = timm_resample_patch_embed(torch.from_numpy(kernel.transpose(3, 2, 0, 1)), list(new),
-                                         interpolation="bilinear", antialias=False).numpy().transpose(2, 3, 1, 0)
+                                         interpolation=method, antialias=antialias).numpy().transpose(2, 3, 1, 0)
     scale = np.abs(expected).max()
     assert scale < 50  # timm's own result is of the kernel's order (the float32-noise inverse was ~1e9)
-    np.testing.assert_allclose(pi_resize_kernel(kernel, new), expected, atol=2e-5 * scale)
-    traced = jax.jit(lambda k: pi_resize_kernel(k, new))(jnp.asarray(kernel))  # the in-model (jit) path
+    np.testing.assert_allclose(pi_resize_kernel(kernel, new, method), expected, atol=2e-5 * scale)
+    traced = jax.jit(lambda k: pi_resize_kernel(k, new, method))(jnp.asarray(kernel))  # the in-model (jit) path
     np.testing.assert_allclose(np.asarray(traced), expected, atol=2e-5 * scale)
 
 

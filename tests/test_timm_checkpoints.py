@@ -479,7 +479,7 @@ def test_a_bare_safetensors_file_reads_its_architecture_off_the_tensors(saved, t
 def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digits(saved, tmp_path, digits_data_dir,
                                                                                   offline_hub):
     """`configs/finetune.py:init=hf-hub:...` through the command line, offline against a Hub cache, at a new
-    resolution and patch size: the kernel PI-resized, the table resized bicubically as timm does, a new head,
+    resolution and patch size: kernel and table resized as timm's loader resizes them, a new head,
     grayscale digits fed as RGB with the checkpoint's mean and std."""
     _, directory = saved["dinov2_reg4"]  # 28x28 in 14x14 patches
     hf_home = tmp_path / "hf"
@@ -492,7 +492,8 @@ def test_fine_tuning_starts_from_hf_hub_and_from_a_safetensors_file_on_the_digit
                "--config.log_pictures=none"]  # drawing them (other tests') took half of each run
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "embedding/kernel: PI-resized from patch 14x14 to 4x4" in result.stdout + result.stderr
+    # the kernel PI-resized as timm's loader does (resample_patch_embed: bicubic, antialiased)
+    assert "embedding/kernel: PI-resized from patch 14x14 to 4x4 (bicubic, antialiased)" in result.stdout + result.stderr
     assert "pos_embedding: resized from a 2x2 to a 4x4 grid (bicubic, antialiased)" in result.stdout + result.stderr
     saved_config = json.loads((workdir / "config.json").read_text())
     assert saved_config["pp"]["mean"] == [0.485, 0.456, 0.406] and saved_config["pp"]["channels"] == 3

@@ -163,6 +163,7 @@ def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
         posemb_antialias=init.posemb_antialias, posemb_aspect_preserving=init.posemb_aspect_preserving,
         posemb_offset=init.posemb_offset, inflation=init.inflation,
         relative_position_resize=getattr(setup.model, "relative_position_resize", "geometric"),
+        patch_method=init.patch_method,
     )
 
 

@@ -127,6 +127,8 @@ def base_config() -> ConfigDict:
     c.init.posemb = "resize"  # "resize" the learned table to the new grid, or "reinit" it
     c.init.posemb_method = "bilinear_align_corners"  # or "bilinear", "bicubic" (vit_jax.models.posemb)
     c.init.posemb_antialias = False
+    c.init.patch_method = "bilinear"  # a new patch size's kernel: PI-resize inverting FlexiViT's bilinear resize, or
+    # "bicubic" (timm's resample_patch_embed: antialiased)
     c.init.posemb_offset = 0.0  # DINOv2's interpolate_offset (0.1 for its models without registers): not antialiased
     c.init.posemb_aspect_preserving = False  # resize to a square of the longer side, keep its top-left part (timm's
     # pos_embed_ar_preserving: NaFlex's par models, RADIO)

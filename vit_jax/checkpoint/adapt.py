@@ -22,7 +22,7 @@ from flax import traverse_util
 
 from vit_jax.checkpoint.inflate import INFLATION_METHODS, inflate_kernel, inflate_posemb
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, stack_encoder_blocks, unstack_encoder_blocks
-from vit_jax.models.patching import pi_resize_kernel
+from vit_jax.models.patching import PATCH_RESIZE_METHODS, pi_resize_kernel
 from vit_jax.models.posemb import POSEMB_RESIZE_METHODS, check_resizing, resize_posemb
 from vit_jax.models.relative_position import resize_relative_position_bias
 
@@ -36,7 +36,8 @@ KERNEL = ("embedding", "kernel")
 FROM_INIT = None  # marks a leaf the new model initialises itself
 # The named choices of `plan_adaptation` (a config's `init.<name>`), each with its allowed values.
 ADAPTATION_CHOICES: dict[str, tuple[str, ...]] = dict(
-    head=HEAD_POLICIES, posemb=POSEMB_POLICIES, posemb_method=POSEMB_RESIZE_METHODS, inflation=INFLATION_METHODS)
+    head=HEAD_POLICIES, posemb=POSEMB_POLICIES, posemb_method=POSEMB_RESIZE_METHODS, patch_method=PATCH_RESIZE_METHODS,
+    inflation=INFLATION_METHODS)
 
 
 class UnknownChoiceError(ValueError):
@@ -79,6 +80,7 @@ def plan_adaptation(
     posemb_aspect_preserving: bool = False,
     posemb_offset: float = 0.0,
     relative_position_resize: str = "geometric",
+    patch_method: str = "bilinear",
     inflation: str = "central",
 ) -> Adaptation:
     """Loaded params (arrays) fitted to the target's params (arrays or ShapeDtypeStructs).
@@ -92,10 +94,12 @@ def plan_adaptation(
       posemb_method, posemb_antialias, posemb_aspect_preserving, posemb_offset: how it is resized
         (`resize_posemb`'s `method`, `antialias`, `aspect_preserving`, `offset`).
       relative_position_resize: how BEiT's relative position tables are resized (the target model's rule).
+      patch_method: the resize a new patch size's PI-resized kernel inverts (`pi_resize_kernel`'s `method`).
       inflation: how an image checkpoint's patch kernel becomes a video model's tubelet kernel: `central` or
         `average` (see `vit_jax.checkpoint.inflate`).
     """
-    check_adaptation_choices(head=head, posemb=posemb, posemb_method=posemb_method, inflation=inflation)
+    check_adaptation_choices(head=head, posemb=posemb, posemb_method=posemb_method, patch_method=patch_method,
+                             inflation=inflation)
     scanned = SCANNED_BLOCKS in target.get(ENCODER, {})
     target_flat = _flat_shapes(jax.eval_shape(unstack_encoder_blocks, target) if scanned else target)
     loaded = unstack_encoder_blocks(loaded) if SCANNED_BLOCKS in loaded.get(ENCODER, {}) else loaded
@@ -121,7 +125,7 @@ def plan_adaptation(
             notes.append(f"{'/'.join(path)}: not loaded (dont_load); the new model has no such parameter")
     _plan_distillation_token(source, target_flat, from_init, notes)
     _plan_head(source, target_flat, head, from_init, notes)
-    _plan_kernel(source, target_flat, inflation, notes)
+    _plan_kernel(source, target_flat, inflation, patch_method, notes)
     check_resizing(posemb_method, posemb_antialias, posemb_offset)
     resizing = (posemb_method, posemb_antialias, posemb_aspect_preserving, posemb_offset)
     _plan_posemb(source, target_flat, old_prefix, old_grid, tuple(new_grid), posemb, resizing, from_init, notes)
@@ -190,7 +194,7 @@ def _plan_distillation_token(source, target_flat, from_init, notes) -> None:
             from_init(path, "initialised (the checkpoint has no distillation token)")
 
 
-def _plan_kernel(source, target_flat, inflation, notes) -> None:
+def _plan_kernel(source, target_flat, inflation, patch_method, notes) -> None:
     if KERNEL not in source or KERNEL not in target_flat:
         return
     kernel, (shape, _) = source[KERNEL], target_flat[KERNEL]
@@ -201,9 +205,9 @@ def _plan_kernel(source, target_flat, inflation, notes) -> None:
             raise CheckpointMismatchError(
                 f"embedding/patch_norm normalises the pixels of {kernel.shape[0]}x{kernel.shape[1]} patches: this "
                 f"checkpoint cannot move to patch {shape[0]}x{shape[1]}; keep its patch size")
-        source[KERNEL] = pi_resize_kernel(kernel, shape[:2])
+        source[KERNEL] = pi_resize_kernel(kernel, shape[:2], patch_method)
         notes.append(f"embedding/kernel: PI-resized from patch {kernel.shape[0]}x{kernel.shape[1]} to "
-                     f"{shape[0]}x{shape[1]}")
+                     f"{shape[0]}x{shape[1]} ({'bilinear' if patch_method == 'bilinear' else 'bicubic, antialiased'})")
     if inflate:
         source[KERNEL] = inflate_kernel(source[KERNEL], frames, inflation)
         notes.append(f"embedding/kernel: inflated from an image kernel to {frames}-frame tubelets ({inflation})")

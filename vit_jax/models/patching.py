@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.interpolation import half_pixel_matrix
+from vit_jax.models.interpolation import half_pixel_matrix, resize_weights
 from vit_jax.models.layer_norm import LayerNorm
 
 PatchEmbedKind = Literal["conv", "reshape"]
@@ -199,32 +199,46 @@ def bilinear_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> 
     return np.kron(half_pixel_matrix(old_hw[0], new_hw[0]), half_pixel_matrix(old_hw[1], new_hw[1]))
 
 
+# the resize a PI-resize inverts: FlexiViT's and big_vision's half-pixel bilinear, or timm's `resample_patch_embed`
+# (bicubic, antialiased)
+PATCH_RESIZE_METHODS: tuple[str, ...] = ("bilinear", "bicubic")
+
+
+def _axis_resize(size_in: int, size_out: int, method: str) -> np.ndarray:
+    if method not in PATCH_RESIZE_METHODS:
+        raise ValueError(f"patch kernel resize method must be one of {PATCH_RESIZE_METHODS}; got {method!r}")
+    if method == "bilinear":
+        return half_pixel_matrix(size_in, size_out)
+    return resize_weights(np.arange(size_out), np.asarray(size_out), size_in, "bicubic", antialias=True)
+
+
 @functools.lru_cache(maxsize=64)
-def pi_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
+def pi_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int], method: str = "bilinear") -> np.ndarray:
     """`pinv(B^T)`, `(ph' pw', ph pw)`: maps a flattened `(ph, pw)` kernel slice to its PI-resized `(ph', pw')` one.
 
     `pinv(B_h^T (x) B_w^T) = pinv(B_h^T) (x) pinv(B_w^T)`, so each axis is inverted alone. One side shrinking while
     the other grows makes `B` rank-deficient; inverting the whole float32-built matrix then amplified rounding noise
     by ~1e9. Each exact 1-D factor has full rank (its smaller side), so its pseudo-inverse is well conditioned.
     Evaluated eagerly even while tracing: it is a constant of the compiled program."""
-    pinv_h = np.linalg.pinv(half_pixel_matrix(old_hw[0], new_hw[0]).T)
-    pinv_w = np.linalg.pinv(half_pixel_matrix(old_hw[1], new_hw[1]).T)
+    pinv_h = np.linalg.pinv(_axis_resize(old_hw[0], new_hw[0], method).T)
+    pinv_w = np.linalg.pinv(_axis_resize(old_hw[1], new_hw[1], method).T)
     return np.kron(pinv_h, pinv_w)
 
 
-def pi_resize_kernel(kernel: jax.Array, new_patch_size: int | Sequence[int]) -> jax.Array:
+def pi_resize_kernel(kernel: jax.Array, new_patch_size: int | Sequence[int], method: str = "bilinear") -> jax.Array:
     """PI-resize (FlexiViT, Beyer et al. 2023): the patch kernel `(ph, pw, C, D)` for a new patch size.
 
-    With `B` the bilinear resize matrix from `(ph, pw)` to `(ph', pw')`, the new kernel is `pinv(B^T) w` for each
-    input and output channel. Upsampling (`ph' >= ph`, `pw' >= pw`) keeps every token exactly:
-    `<x, w> = <resize(x), w_new>` for any patch `x`; downsampling gives the least-squares fit. Works on NumPy
-    arrays (in float64) and inside `jit` (the matrix is a constant).
+    With `B` the resize matrix from `(ph, pw)` to `(ph', pw')` (`method`: FlexiViT's half-pixel bilinear, or timm's
+    antialiased bicubic), the new kernel is `pinv(B^T) w` for each input and output channel. Upsampling
+    (`ph' >= ph`, `pw' >= pw`) keeps every token exactly: `<x, w> = <resize(x), w_new>` for any patch `x`;
+    downsampling gives the least-squares fit. Works on NumPy arrays (in float64) and inside `jit` (the matrix is a
+    constant).
     """
     ph, pw, c, d = kernel.shape
     new_hw = as_patch_size(new_patch_size)
     if new_hw == (ph, pw):
         return kernel
-    matrix = pi_resize_matrix((ph, pw), new_hw)
+    matrix = pi_resize_matrix((ph, pw), new_hw, method)
     if isinstance(kernel, np.ndarray):
         flat = kernel.astype(np.float64).reshape(ph * pw, c * d)
         return (matrix @ flat).reshape(*new_hw, c, d).astype(kernel.dtype)
