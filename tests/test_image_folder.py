@@ -31,6 +31,24 @@ def test_class_folders_become_a_train_split_with_sorted_class_names(tmp_path, rn
     np.testing.assert_array_equal(stored, original)  # PNG bytes kept as they were
 
 
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path, rng):
+    """A 16-bit PNG (PIL's `I;16`, which its own conversion clips at 255: most of it white) becomes
+    `round(v * 255 / 65535)`, in a folder dataset and in `predict`'s reading alike."""
+    from vit_jax.data.image_files import read_image
+
+    root = tmp_path / "scans"
+    write_images(root, ["a", "b"], 1, rng)
+    levels = np.array([[0, 257, 1000, 32768], [40000, 65000, 65279, 65535]], np.uint16)
+    Image.fromarray(levels).save(root / "a" / "deep.png")
+    assert Image.open(root / "a" / "deep.png").mode == "I;16"
+    expected = np.array([[0, 1, 4, 128], [156, 253, 254, 255]], np.uint8)
+    np.testing.assert_array_equal(np.rint(levels.astype(np.float64) * 255 / 65535), expected)
+    np.testing.assert_array_equal(read_image(root / "a" / "deep.png", 1)[..., 0], expected)
+    train = open_split(build_image_folder(root, "scans", data_dir=str(tmp_path / "tfds")), "train")
+    stored = next(e["image"] for e in train if e["file_name"] == b"a/deep.png")
+    np.testing.assert_array_equal(stored, np.repeat(expected[..., None], 3, axis=-1))
+
+
 def test_split_folders_become_splits(tmp_path, rng):
     root = tmp_path / "data"
     write_images(root / "train", ["a", "b"], 2, rng)

@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from vit_jax.data.image_files import converted, pil_mode
+
 
 @dataclasses.dataclass(frozen=True)
 class EncodedImage:
@@ -25,9 +27,7 @@ class EncodedImage:
 
     def picture(self) -> Image.Image:
         """The decoded image, in the dataset's channel mode."""
-        picture = Image.open(io.BytesIO(self.data))
-        mode = "L" if self.channels == 1 else "RGB"
-        return picture if picture.mode == mode else picture.convert(mode)
+        return converted(Image.open(io.BytesIO(self.data)), pil_mode(self.channels))
 
     def array(self) -> np.ndarray:
         """`(H, W, channels)` uint8, as TFDS would have decoded it."""

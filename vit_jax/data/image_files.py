@@ -14,8 +14,20 @@ class UnreadableImageError(ValueError):
     """An image file that is missing or that PIL cannot decode, named by path."""
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grayscale PNG / TIFF (older Pillow: "I")
+
+
 def pil_mode(channels: int) -> str:
     return "L" if channels == 1 else "RGB"
+
+
+def converted(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in `mode` (`L` or `RGB`). PIL's own conversion clips 16-bit grayscale at 255, which turns most of a
+    16-bit PNG white; it is scaled to 8 bits instead (`round(v * 255 / 65535)`)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        levels = np.asarray(image, np.float64) * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), mode="L")
+    return image if image.mode == mode else image.convert(mode)
 
 
 @contextlib.contextmanager
@@ -37,5 +49,5 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
     """`(H, W, channels)` uint8: the file converted to grayscale (`channels=1`) or RGB."""
     path = Path(path)
     with decoding(path), Image.open(path) as image:
-        array = np.asarray(image.convert(pil_mode(channels)))
+        array = np.asarray(converted(image, pil_mode(channels)))
     return array[:, :, None] if channels == 1 else array

@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core import naming
 
-from vit_jax.data.image_files import UnreadableImageError, decoding, pil_mode
+from vit_jax.data.image_files import UnreadableImageError, converted, decoding, pil_mode
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_DIRS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
@@ -76,7 +76,7 @@ def encoded_image(path: Path, channels: int) -> bytes:
             if image.format in ("PNG", "JPEG") and image.mode == mode:
                 return data
             buffer = io.BytesIO()
-            image.convert(mode).save(buffer, format="PNG")
+            converted(image, mode).save(buffer, format="PNG")
             return buffer.getvalue()
 
 
