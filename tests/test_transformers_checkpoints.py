@@ -311,26 +311,40 @@ def test_siglip2_naflex_batches_are_one_call_per_image_at_its_own_grid(model_cla
                                                                       tmp_path):
     """SigLIP 2's NaFlex towers take images of any grid as padded patch sequences; each image's output is vit_jax's
     for that image alone (its 4x4 table resized to the image's grid, bilinear and antialiased, as timm's NaFlexVit).
-    `predict`'s view is the image processor's for a square photo: the largest square of at most max_num_patches."""
+    `predict`'s view is the image processor's, pixel for pixel: each photo at its own aspect ratio with at most
+    max_num_patches patches; the model at that view gives transformers' output on the processor's batch."""
     import torch
     from PIL import Image
 
-    from vit_jax.predict import preprocessed
+    from vit_jax.predict import predict_files, preprocessed
 
     model = perturbed(model_class, config_class, arguments)
     model.save_pretrained(tmp_path)
     trained = load_trained_model(tmp_path)
     assert trained.model.posemb_grid == (4, 4) and trained.image_size == (32, 32)  # without a processor: the table's
-    if kind == "pooler_output":
-        processor = import_transformers().Siglip2ImageProcessorPil(patch_size=8, max_num_patches=10)
-        processor.save_pretrained(tmp_path)
-        y, x = np.mgrid[0:45, 0:45]
+    processor = import_transformers().Siglip2ImageProcessorPil(patch_size=8, max_num_patches=10)
+    processor.save_pretrained(tmp_path)
+    with_processor = load_trained_model(tmp_path)
+    photos, best = [], []
+    for height, width, grid in [(45, 45, (3, 3)), (45, 90, (2, 4)), (90, 30, (5, 2)), (17, 200, (1, 10))]:
+        y, x = np.mgrid[0:height, 0:width]
+        photos.append(tmp_path / f"photo_{height}x{width}.png")
         Image.fromarray(np.stack([(y * 5) % 256, (x * 3 + y) % 256, (x * y) % 256], -1).astype(np.uint8)).save(
-            tmp_path / "photo.png")
-        got = preprocessed(load_trained_model(tmp_path), tmp_path / "photo.png")  # 24x24: 3x3 patches of 8
-        expected = processor(Image.open(tmp_path / "photo.png"), return_tensors="np")["pixel_values"][0, :9]
-        np.testing.assert_allclose(got.reshape(3, 8, 3, 8, 3).transpose(0, 2, 1, 3, 4).reshape(9, -1), expected,
-                                   atol=1e-5)
+            photos[-1])
+        got = preprocessed(with_processor, photos[-1])
+        batch = processor(Image.open(photos[-1]), return_tensors="np")
+        assert tuple(batch["spatial_shapes"][0]) == grid and got.shape == (grid[0] * 8, grid[1] * 8, 3)
+        n = grid[0] * grid[1]
+        np.testing.assert_allclose(got.reshape(grid[0], 8, grid[1], 8, 3).transpose(0, 2, 1, 3, 4).reshape(n, -1),
+                                   batch["pixel_values"][0, :n], atol=1e-5)
+        with torch.no_grad():
+            theirs = getattr(model(**{k: torch.tensor(v) for k, v in batch.items()}), kind).numpy()
+        np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, got[None]), theirs, atol=5e-5,
+                                   rtol=1e-4)
+        best.append(str(int(np.argmax(theirs[0]))))
+    if kind == "logits":  # predict batches the photos by their views' shapes
+        records = predict_files(with_processor, [str(p) for p in photos], k=1, batch_size=2)
+        assert [record["top_k"][0][0] for record in records] == best
     patch, grids, length = 8, [(3, 5), (2, 2), (6, 1)], 20
     rng = np.random.default_rng(0)
     pixels, masks, expected = [], [], []

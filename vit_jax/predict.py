@@ -84,11 +84,15 @@ def predict_files(trained: TrainedModel, paths: Sequence[str], k: int, batch_siz
             records.append({"path": path})
         except UnreadableImageError as error:
             records.append({"path": path, "error": str(error)})
-    for start in range(0, len(readable), batch_size):
-        chunk = readable[start:start + batch_size]
-        probabilities = class_probabilities(trained, np.stack([image for _, image in chunk]))
-        for (index, _), row in zip(chunk, probabilities):
-            records[index]["top_k"] = top_k(row, trained.class_names, k)
+    by_shape: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}  # NaFlex views keep each image's aspect
+    for index, image in readable:
+        by_shape.setdefault(image.shape, []).append((index, image))
+    for group in by_shape.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            probabilities = class_probabilities(trained, np.stack([image for _, image in chunk]))
+            for (index, _), row in zip(chunk, probabilities):
+                records[index]["top_k"] = top_k(row, trained.class_names, k)
     return records
 
 

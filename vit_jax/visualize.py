@@ -14,6 +14,7 @@ attention from the class token, or from the mean token for models without one, p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_output(args.out, "--out", directory=True)
         trained = load_from_arguments(args)
+        # one view for every image (a NaFlex processor's keeps each image's aspect: its square one here)
+        trained = dataclasses.replace(trained, preprocess=dataclasses.replace(trained.preprocess, max_patches=None))
         images = np.stack([preprocessed(trained, path) for path in args.image])
     except (ValueError, FileNotFoundError) as error:  # UnreadableImageError is a ValueError
         parser.exit(2, f"error: {error}\n")

@@ -97,12 +97,15 @@ class TimmArchitecture:
     def evaluation(self) -> dict[str, Any]:
         """`Preprocess` fields for the view timm evaluates at (`resolve_data_config`): `input_size`,
         `interpolation`, `crop_pct` and `crop_mode` from `pretrained_cfg`, timm's defaults where it has none (0.875,
-        center, bicubic; the training resolution for the size)."""
+        center, bicubic; the training resolution for the size); a NaFlex image processor's `max_patches`."""
         cfg = self.pretrained_cfg
         size = cfg.get("input_size")
-        return dict(image_size=tuple(int(s) for s in size[1:]) if size else self.image_size,
+        view = dict(image_size=tuple(int(s) for s in size[1:]) if size else self.image_size,
                     resize_method=cfg.get("interpolation") or "bicubic", crop_pct=float(cfg.get("crop_pct") or 0.875),
                     crop_mode=cfg.get("crop_mode") or "center")
+        if cfg.get("max_patches"):  # SigLIP 2's NaFlex processor: each image at its own aspect ratio
+            view["max_patches"] = tuple(int(n) for n in cfg["max_patches"])
+        return view
 
     @property
     def preprocessing(self) -> dict[str, Any]:

@@ -327,9 +327,10 @@ def _evaluation(preprocessor: Mapping[str, Any], normalization: tuple[tuple[floa
     resample = preprocessor.get("resample")
     if resample is not None:
         cfg["interpolation"] = PIL_RESAMPLE.get(int(resample), "bicubic")
-    if "max_num_patches" in preprocessor and "patch_size" in preprocessor:  # SigLIP 2's NaFlex: a square photo's
-        side = math.isqrt(int(preprocessor["max_num_patches"])) * int(preprocessor["patch_size"])  # view
-        cfg["input_size"] = [3, side, side]
+    if "max_num_patches" in preprocessor and "patch_size" in preprocessor:  # SigLIP 2's NaFlex: each image at its
+        patch, most = int(preprocessor["patch_size"]), int(preprocessor["max_num_patches"])  # own aspect ratio
+        side = math.isqrt(most) * patch  # a square photo's view: the model's resolution
+        cfg.update(input_size=[3, side, side], max_patches=[patch, most])
         return cfg
     size, crop = preprocessor.get("size"), preprocessor.get("crop_size")
     cropped = bool(preprocessor.get("do_center_crop", crop is not None)) and crop is not None

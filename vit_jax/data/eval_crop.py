@@ -4,7 +4,8 @@ uint8 images both sides).
 
 `crop_mode` is timm's: `squash` resizes both sides to `size / crop_pct` (aspect ratio not kept); `center` resizes
 the shorter side (the aspect ratio is kept; the long side is cut); `border` resizes the longer side and pads the
-short one with the mean colour. With `crop_pct=1` and `squash` the view is the plain resize.
+short one with the mean colour. With `crop_pct=1` and `squash` the view is the plain resize. NaFlex models are
+evaluated at each image's own aspect ratio instead (`size_for_max_patches`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,23 @@ def eval_view(image: np.ndarray, size: tuple[int, int], crop_pct: float, crop_mo
     else:
         image = resize(image, _keep_ratio((h, w), scale, longest=True))
     return center_crop_or_pad(image, size, fill)
+
+
+def size_for_max_patches(hw: tuple[int, int], patch: int, max_patches: int, eps: float = 1e-5) -> tuple[int, int]:
+    """NaFlex's view of an `hw` image (SigLIP 2's image processor, `get_image_size_for_max_num_patches`): the largest
+    scale at which both sides, each rounded up to whole patches (at least one), make at most `max_patches` patches;
+    found by the processor's own bisection, so the sizes are its sizes."""
+    def scaled(scale: float, side: int) -> int:
+        return max(patch, math.ceil(side * scale / patch) * patch)
+
+    low, high = eps / 10, 100.0
+    while high - low >= eps:
+        scale = (low + high) / 2
+        if (scaled(scale, hw[0]) / patch) * (scaled(scale, hw[1]) / patch) <= max_patches:
+            low = scale
+        else:
+            high = scale
+    return scaled(low, hw[0]), scaled(low, hw[1])
 
 
 def _keep_ratio(hw: tuple[int, int], target: tuple[int, int], longest: bool) -> tuple[int, int]:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from vit_jax.data.encoded_image import EncodedImage
-from vit_jax.data.eval_crop import check_crop, eval_view
+from vit_jax.data.eval_crop import check_crop, eval_view, size_for_max_patches
 
 RESIZE_METHODS = {
     "nearest": Image.Resampling.NEAREST,
@@ -151,6 +151,10 @@ class Preprocess:
     channels: int | None = None  # None: as stored
     crop_pct: float = 1.0
     crop_mode: str = "squash"
+    # (patch side, most patches): NaFlex's evaluation view instead, each image resized to its own aspect ratio with
+    # as many whole patches as fit (SigLIP 2's image processor); images then differ in size, so this is for
+    # evaluating images one by one (`predict`), not for batched datasets
+    max_patches: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.resize_method not in RESIZE_METHODS:
@@ -166,6 +170,9 @@ class Preprocess:
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be None (as stored), 1 or 3; got {self.channels!r}")
         check_crop(self.crop_pct, self.crop_mode)
+        if self.max_patches is not None and not (_numbers(self.max_patches, 2) and min(self.max_patches) >= 1):
+            raise ValueError(f"max_patches must be (patch side, most patches), positive integers; got "
+                             f"{self.max_patches!r}")
         if not _numbers(self.value_range, 2) or not self.value_range[0] < self.value_range[1]:
             raise ValueError(f"value_range must be (low, high) with low < high; got {self.value_range!r}")
         if self.mean is not None and self.channels is not None and len(self.mean) not in (1, self.channels):
@@ -217,6 +224,9 @@ class Preprocess:
         method = self.resize_method
         if isinstance(example["image"], EncodedImage):
             example = {**example, "image": example["image"].array()}
+        if self.max_patches is not None:
+            size = size_for_max_patches(height_width(example["image"]), *self.max_patches)
+            return {**example, "image": resize(example["image"], size, method)}
         if self.crop_pct == 1.0 and self.crop_mode == "squash":
             return {**example, "image": resize(example["image"], self.image_size, method)}
         lo, hi = self.value_range
@@ -230,7 +240,7 @@ class Preprocess:
         and doing it again changes nothing (a central crop of a larger resize would crop twice)."""
         if training:
             return self.train_crop != "inception" and self.crop_pct == 1.0 and self.crop_mode == "squash"
-        return self.crop_pct == 1.0
+        return self.crop_pct == 1.0 and self.max_patches is None
 
     def train(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         view = self.train_view(example, rng)
