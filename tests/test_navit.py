@@ -79,9 +79,8 @@ def test_learned_table_is_sampled_as_the_resized_table(old, new, method, antiali
     table = np.random.default_rng(0).standard_normal((1, old[0] * old[1], 8)).astype(np.float32)
     rows, cols = np.divmod(np.arange(new[0] * new[1]), new[1])
     coords = np.stack([rows, cols], axis=1)
-    sampled = sample_table(jnp.asarray(table[0]), old, jnp.asarray(coords),
-                           jnp.broadcast_to(jnp.asarray(new), coords.shape), method, antialias, aspect_preserving,
-                           offset)
+    sample = jax.jit(lambda t, c, g: sample_table(t, old, c, g, method, antialias, aspect_preserving, offset))
+    sampled = sample(jnp.asarray(table[0]), jnp.asarray(coords), jnp.broadcast_to(jnp.asarray(new), coords.shape))
     expected = resize_posemb(table, old, new, num_prefix=0, method=method, antialias=antialias,
                              aspect_preserving=aspect_preserving, offset=offset)[0]
     np.testing.assert_allclose(sampled, expected, atol=1e-5)

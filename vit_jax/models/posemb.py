@@ -240,8 +240,9 @@ def resize_posemb(
         return jnp.concatenate([table[:, :num_prefix], cells.reshape(1, math.prod(new), width)], axis=1)
     prefix, resized = table[:, :num_prefix], table[:, num_prefix:].reshape(1, *old, width).astype(jnp.float32)
     for axis, (size_in, size_out) in enumerate(zip(old, new), start=1):  # separable: one matrix per axis
-        matrix = resize_weights(jnp.arange(size_out), jnp.asarray(size_out), size_in, method, antialias, offset)
-        resized = jnp.moveaxis(jnp.tensordot(matrix, resized, ((1,), (axis,)), precision=jax.lax.Precision.HIGHEST),
-                               0, axis)
+        # exact float64 weights from the static sizes: a constant of the compiled program, no JAX ops of its own
+        matrix = resize_weights(np.arange(size_out), np.asarray(size_out), size_in, method, antialias, offset)
+        resized = jnp.moveaxis(jnp.tensordot(matrix.astype(np.float32), resized, ((1,), (axis,)),
+                                             precision=jax.lax.Precision.HIGHEST), 0, axis)
     resized = resized.astype(table.dtype).reshape(1, math.prod(new), width)
     return jnp.concatenate([jnp.asarray(prefix), resized], axis=1)
