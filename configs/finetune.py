@@ -14,9 +14,11 @@ preprocessing and picture schedule (`log_pictures`) of the original run are the 
 architecture and the resolution of its square table; a Hub checkpoint brings its architecture, resolution and
 mean/std (grayscale images are fed as RGB; a `pre_logits` layer, transformers' ViT pooler, is dropped). The position
 embeddings are resized to the new grid (`init.posemb_method`, default align-corners bilinear as vision_transformer
-and big_vision; for a Hub checkpoint its own rule: bicubic with antialiasing as timm's `resample_abs_pos_embed`, a
-NaFlex checkpoint's own, bilinear antialiased for big_vision's NaFlex `.npz`); a model trained at any resolution
-(NaFlex) starts at its evaluation size; a head for
+and big_vision; for a Hub checkpoint its own rule: bicubic with antialiasing as timm's `resample_abs_pos_embed`,
+plain bicubic as transformers' `interpolate_pos_encoding`, DINOv2's own with its 0.1 offset, a NaFlex checkpoint's
+own, bilinear antialiased for big_vision's NaFlex `.npz`; a new patch size PI-resizes a Hub checkpoint's kernel as
+timm's `resample_patch_embed` does, `init.patch_method=bicubic`); a model trained at any resolution (NaFlex) starts
+at its evaluation size; a head for
 another number of classes, or for a checkpoint without one, is initialised afresh; the step-0 evaluation logged in
 metrics.jsonl is the loaded model before any fine-tuning step. Recipe: SGD with momentum, cosine decay, no weight
 decay, clipping at 1 (vision_transformer's).

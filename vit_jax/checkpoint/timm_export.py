@@ -115,14 +115,10 @@ def timm_config(model: VisionTransformer, preprocess: Preprocess, channels: int)
                          f"RMSNorms of epsilon 1e-6 ('rmsnorm'), or of 1e-5 in AIMv2's SwiGLU architecture only")
     elif model.gated_mlp:
         architecture = _swiglu_vit(model)
-    lo, hi = preprocess.value_range
-    mean = np.zeros(channels) if preprocess.mean is None else np.asarray(preprocess.mean, float)
-    std = np.ones(channels) if preprocess.std is None else np.asarray(preprocess.std, float)
-    # vit_jax feeds (lo + (hi - lo) x - mean) / std for pixels x in [0, 1], timm (x - mean') / std':
+    mean, std = unit_mean_std(preprocess, channels)
     pretrained_cfg = dict(
         input_size=[channels, *image_size], interpolation=preprocess.resize_method, crop_pct=preprocess.crop_pct,
-        crop_mode=preprocess.crop_mode,
-        mean=((mean - lo) / (hi - lo)).tolist(), std=(std / (hi - lo)).tolist(), num_classes=model.num_classes or 0,
+        crop_mode=preprocess.crop_mode, mean=mean, std=std, num_classes=model.num_classes or 0,
         first_conv="patch_embed.proj", classifier="head",
     )
     return dict(architecture=architecture, num_classes=model.num_classes or 0, num_features=model.hidden_size,
@@ -216,6 +212,15 @@ def at_export_grid(model: VisionTransformer, params: dict[str, Any], image_size:
                           aspect_preserving=model.posemb_aspect_preserving, offset=model.posemb_resize_offset)
     encoder = {**params[ENCODER], "posembed_input": {**embeddings, "pos_embedding": np.asarray(table)}}
     return model.clone(posemb_grid=None), {**params, ENCODER: encoder}
+
+
+def unit_mean_std(preprocess: Preprocess, channels: int) -> tuple[list[float], list[float]]:
+    """The per-channel `(mean', std')` with which `(x - mean') / std'` of pixels `x` in [0, 1] is what vit_jax
+    feeds, `(lo + (hi - lo) x - mean) / std` (timm's and transformers' preprocessing)."""
+    lo, hi = preprocess.value_range
+    mean = np.zeros(channels) if preprocess.mean is None else np.asarray(preprocess.mean, float)
+    std = np.ones(channels) if preprocess.std is None else np.asarray(preprocess.std, float)
+    return np.broadcast_to((mean - lo) / (hi - lo), channels).tolist(), np.broadcast_to(std / (hi - lo), channels).tolist()
 
 
 def params_to_timm(params: dict[str, Any], model: VisionTransformer) -> dict[str, np.ndarray]:

@@ -105,6 +105,8 @@ class TimmArchitecture:
                     crop_mode=cfg.get("crop_mode") or "center")
         if cfg.get("max_patches"):  # SigLIP 2's NaFlex processor: each image at its own aspect ratio
             view["max_patches"] = tuple(int(n) for n in cfg["max_patches"])
+        if cfg.get("crop_rounding"):  # transformers' processors floor an odd margin
+            view["crop_rounding"] = cfg["crop_rounding"]
         return view
 
     @property

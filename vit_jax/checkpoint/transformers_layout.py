@@ -33,7 +33,7 @@ HALF = (0.5, 0.5, 0.5)
 # transformers' activation names (ACT2FN) -> timm's act_layer; the tanh forms are one formula written three ways
 ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu_fast": "gelu_tanh", "quick_gelu": "quick_gelu", "silu": "silu", "swish": "silu"}
-PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling's numbers
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's numbers
 
 
 def is_transformers_config(config: Mapping[str, Any]) -> bool:
@@ -323,7 +323,7 @@ def _evaluation(preprocessor: Mapping[str, Any], normalization: tuple[tuple[floa
     if preprocessor.get("do_normalize") is False:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     cfg: dict[str, Any] = {"mean": [float(m) for m in mean], "std": [float(s) for s in std], "crop_pct": 1.0,
-                           "crop_mode": "squash", "interpolation": "bilinear"}
+                           "crop_mode": "squash", "interpolation": "bilinear", "crop_rounding": "floor"}
     resample = preprocessor.get("resample")
     if resample is not None:
         cfg["interpolation"] = PIL_RESAMPLE.get(int(resample), "bicubic")

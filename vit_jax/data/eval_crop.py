@@ -16,19 +16,24 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 CROP_MODES = ("squash", "center", "border")
+# where an odd margin puts the crop: torchvision's `center_crop` (timm) rounds half the margin to even, transformers'
+# image processors (their PIL backend) floor it
+CROP_ROUNDINGS = ("round", "floor")
 
 Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 
 
-def check_crop(crop_pct: float, crop_mode: str) -> None:
+def check_crop(crop_pct: float, crop_mode: str, crop_rounding: str = "round") -> None:
     if not isinstance(crop_pct, float | int) or not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1] (the fraction of the resized image kept); got {crop_pct!r}")
     if crop_mode not in CROP_MODES:
         raise ValueError(f"crop_mode must be one of {CROP_MODES}; got {crop_mode!r}")
+    if crop_rounding not in CROP_ROUNDINGS:
+        raise ValueError(f"crop_rounding must be one of {CROP_ROUNDINGS}; got {crop_rounding!r}")
 
 
 def eval_view(image: np.ndarray, size: tuple[int, int], crop_pct: float, crop_mode: str, resize: Resize,
-              fill: Sequence[float] = (0.0,)) -> np.ndarray:
+              fill: Sequence[float] = (0.0,), rounding: str = "round") -> np.ndarray:
     """`(..., H, W, C)` uint8 -> `(..., h, w, C)`; `resize(image, (h, w))` resamples; `fill` (per channel, 0..1)
     pads in `border` mode (timm pads with the mean)."""
     scale = tuple(math.floor(s / crop_pct) for s in size)
@@ -44,7 +49,7 @@ def eval_view(image: np.ndarray, size: tuple[int, int], crop_pct: float, crop_mo
             image = resize(image, _keep_ratio((h, w), scale, longest=False))
     else:
         image = resize(image, _keep_ratio((h, w), scale, longest=True))
-    return center_crop_or_pad(image, size, fill)
+    return center_crop_or_pad(image, size, fill, rounding)
 
 
 def size_for_max_patches(hw: tuple[int, int], patch: int, max_patches: int, eps: float = 1e-5) -> tuple[int, int]:
@@ -71,9 +76,11 @@ def _keep_ratio(hw: tuple[int, int], target: tuple[int, int], longest: bool) -> 
     return round(hw[0] / ratio), round(hw[1] / ratio)
 
 
-def center_crop_or_pad(image: np.ndarray, size: tuple[int, int], fill: Sequence[float] = (0.0,)) -> np.ndarray:
-    """The central `size` window (torchvision's `center_crop`: offsets rounded half to even), after padding with
-    `fill` where the image is smaller (split as timm's `center_crop_or_pad` splits it)."""
+def center_crop_or_pad(image: np.ndarray, size: tuple[int, int], fill: Sequence[float] = (0.0,),
+                       rounding: str = "round") -> np.ndarray:
+    """The central `size` window (offsets: torchvision's `center_crop` rounds half the margin to even, transformers'
+    floors it: `rounding`), after padding with `fill` where the image is smaller (split as timm's
+    `center_crop_or_pad` splits it)."""
     h, w = image.shape[-3:-1]
     th, tw = size
     if th > h or tw > w:
@@ -84,5 +91,8 @@ def center_crop_or_pad(image: np.ndarray, size: tuple[int, int], fill: Sequence[
         padded[...] = colour
         padded[..., top:top + h, left:left + w, :] = image
         image, (h, w) = padded, padded.shape[-3:-1]
-    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    if rounding == "floor":
+        top, left = (h - th) // 2, (w - tw) // 2
+    else:
+        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
     return image[..., top:top + th, left:left + tw, :]

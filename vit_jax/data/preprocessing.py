@@ -151,6 +151,7 @@ class Preprocess:
     channels: int | None = None  # None: as stored
     crop_pct: float = 1.0
     crop_mode: str = "squash"
+    crop_rounding: str = "round"  # an odd margin's central crop: "round" (timm, torchvision) or "floor" (transformers)
     # (patch side, most patches): NaFlex's evaluation view instead, each image resized to its own aspect ratio with
     # as many whole patches as fit (SigLIP 2's image processor); images then differ in size, so this is for
     # evaluating images one by one (`predict`), not for batched datasets
@@ -169,7 +170,7 @@ class Preprocess:
                              f"std={self.std!r}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be None (as stored), 1 or 3; got {self.channels!r}")
-        check_crop(self.crop_pct, self.crop_mode)
+        check_crop(self.crop_pct, self.crop_mode, self.crop_rounding)
         if self.max_patches is not None and not (_numbers(self.max_patches, 2) and min(self.max_patches) >= 1):
             raise ValueError(f"max_patches must be (patch side, most patches), positive integers; got "
                              f"{self.max_patches!r}")
@@ -232,7 +233,7 @@ class Preprocess:
         lo, hi = self.value_range
         fill = (0.0,) if self.mean is None else tuple((m - lo) / (hi - lo) for m in self.mean)  # the mean colour
         view = eval_view(example["image"], tuple(self.image_size), self.crop_pct, self.crop_mode,
-                         lambda image, size: resize(image, size, method), fill)
+                         lambda image, size: resize(image, size, method), fill, self.crop_rounding)
         return {**example, "image": view}
 
     def resize_once(self, training: bool) -> bool:
