@@ -549,3 +549,67 @@ def test_relative_position_tables_resize_half_pixel_as_transformers_beit_and_fin
         np.testing.assert_allclose(plan.flat[attention], resize_relative_position_bias(table, (3, 6), method))
     assert plan.notes == ("relative_position_bias: 1 table(s) resized to 5x11 offsets (half-pixel bilinear "
                           "interpolation)",)
+
+
+@pytest.mark.parametrize("family", ["clip", "clip_quickgelu"])
+def test_open_clip_files_read_as_their_image_tower(saved, family, tmp_path, offline_hub):
+    """OpenCLIP's Hub files (`open_clip_model.safetensors` + `open_clip_config.json`; the text tower beside the image
+    tower): written from timm's CLIP ViT in OpenCLIP's names, which timm's own `_convert_openai_clip` turns back into
+    that model's state dict exactly; vit_jax gives timm's logits, reads `vision_cfg` (heads from `head_width`,
+    QuickGELU) and `preprocess_cfg`, from a directory and from `hf-hub:`."""
+    import torch
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import _convert_openai_clip
+
+    model = copy.deepcopy(saved[family][0])
+    with torch.no_grad():
+        model.head.bias.zero_()  # OpenCLIP's projection has no bias
+    timm_state = model.state_dict()
+    renames = [("patch_embed.proj", "conv1"), ("norm_pre", "ln_pre"), ("blocks.", "transformer.resblocks."),
+               ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+               ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]
+    official = {}
+    for name, value in timm_state.items():
+        if name == "cls_token":
+            official["visual.class_embedding"] = value[0, 0]
+        elif name == "pos_embed":
+            official["visual.positional_embedding"] = value[0]
+        elif name == "head.weight":
+            official["visual.proj"] = value.T.contiguous()
+        elif name == "norm.weight" or name == "norm.bias":
+            official["visual.ln_post." + name.split(".")[1]] = value
+        elif name != "head.bias":
+            for old, new in renames:
+                name = name.replace(old, new)
+            official["visual." + name] = value
+    converted = _convert_openai_clip(dict(official), model)
+    assert converted.keys() == timm_state.keys()
+    for name, value in converted.items():
+        torch.testing.assert_close(value, timm_state[name], rtol=0, atol=0)
+    text_tower = {"token_embedding.weight": torch.randn(10, 32), "positional_embedding": torch.randn(7, 32),
+                  "transformer.resblocks.0.attn.in_proj_weight": torch.randn(96, 32), "logit_scale": torch.ones(())}
+    save_file({k: v.contiguous() for k, v in {**official, **text_tower}.items()},
+              str(tmp_path / "open_clip_model.safetensors"))
+    config = {"model_cfg": {"embed_dim": 5, "quick_gelu": family == "clip_quickgelu",
+                            "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
+                                           "patch_size": 16},
+                            "text_cfg": {"context_length": 7, "vocab_size": 10, "width": 32, "heads": 2, "layers": 1}},
+              "preprocess_cfg": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.25], "interpolation": "bicubic",
+                                 "resize_mode": "shortest"}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    trained = load_trained_model(tmp_path)
+    assert (trained.model.quick_gelu, trained.model.num_heads, trained.model.pre_norm) == (
+        family == "clip_quickgelu", 2, True)
+    pp = trained.preprocess
+    assert (pp.mean, pp.crop_mode, pp.crop_pct, pp.resize_method) == ((0.5, 0.4, 0.3), "center", 1.0, "bicubic")
+    x = images(trained.image_size)
+    np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, x), timm_logits(model, x), atol=5e-5,
+                               rtol=1e-4)
+    write_hub_cache(offline_hub, f"laion/tiny-{family}", {n: tmp_path / n for n in (
+        "open_clip_model.safetensors", "open_clip_config.json")})
+    jax.tree.map(np.testing.assert_array_equal, load_pretrained(f"hf-hub:laion/tiny-{family}").params,
+                 load_pretrained(tmp_path).params)
+    config["model_cfg"]["vision_cfg"]["attentional_pool"] = True
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="vision_cfg.attentional_pool=True: vit_jax reads OpenCLIP's ViT towers"):
+        load_pretrained(tmp_path)

@@ -9,8 +9,9 @@ A SPEC is
 - a `.safetensors` file, with the `config.json` beside it when there is one.
 A transformers checkpoint (its `config.json` has a `model_type`: `google/vit-*`, `facebook/dinov2-*`,
 `openai/clip-*`, ...) is renamed into timm's layout on reading (`transformers_layout`), with its
-`preprocessor_config.json` when there is one; so are timm's NaFlexVit files (`naflex_layout`) and DINOv2's and
-DINOv3's own `.pth` files (`dinov2_layout`, `dinov3_layout`).
+`preprocessor_config.json` when there is one; so are OpenCLIP's `open_clip_model.safetensors` with its
+`open_clip_config.json` (`open_clip_layout`), timm's NaFlexVit files (`naflex_layout`) and DINOv2's and DINOv3's own
+`.pth` files (`dinov2_layout`, `dinov3_layout`).
 PyTorch pickles (`.bin`, `.pth`) are read only through `torch.load(weights_only=True)`, which refuses code; without
 torch they are refused with the conversion to do. Nothing is unpickled otherwise.
 """
@@ -29,6 +30,8 @@ from vit_jax.checkpoint.dinov2_layout import is_dinov2_state
 from vit_jax.checkpoint.dinov3_layout import as_timm as dinov3_as_timm
 from vit_jax.checkpoint.dinov3_layout import is_dinov3_state
 from vit_jax.checkpoint.naflex_layout import as_vision_transformer, is_naflex_state
+from vit_jax.checkpoint.open_clip_layout import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, is_open_clip_config
+from vit_jax.checkpoint.open_clip_layout import as_timm as open_clip_as_timm
 from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG, as_timm, is_transformers_config
 
 HF_PREFIX = "hf-hub:"
@@ -54,7 +57,8 @@ def is_timm_spec(spec: str | Path) -> bool:
     path = Path(text).expanduser()
     if path.suffix in (".safetensors", ".bin", ".pth"):
         return True
-    return path.is_dir() and any((path / name).exists() for name in (WEIGHTS, SHARDED_WEIGHTS, *PICKLED_WEIGHTS))
+    return path.is_dir() and any((path / name).exists()
+                                 for name in (WEIGHTS, SHARDED_WEIGHTS, OPEN_CLIP_WEIGHTS, *PICKLED_WEIGHTS))
 
 
 def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmCheckpoint:
@@ -67,22 +71,25 @@ def read_timm_checkpoint(spec: str | Path, shapes_only: bool = False) -> TimmChe
     else:
         path = Path(text).expanduser()
         if path.is_dir():
-            weights = next((path / name for name in (WEIGHTS, SHARDED_WEIGHTS) if (path / name).exists()), None)
+            weights = next((path / name for name in (WEIGHTS, SHARDED_WEIGHTS, OPEN_CLIP_WEIGHTS)
+                            if (path / name).exists()), None)
             if weights is None:
                 pickled = [path / name for name in PICKLED_WEIGHTS if (path / name).exists()]
                 if not pickled:
                     raise FileNotFoundError(f"{path} has no {WEIGHTS} (expected the Hub layout: {WEIGHTS} + {CONFIG})")
                 weights = pickled[0]
-            config = path / CONFIG
+            config = path / (OPEN_CLIP_CONFIG if weights.name == OPEN_CLIP_WEIGHTS else CONFIG)
         elif path.is_file():
-            weights, config = path, path.parent / CONFIG
+            weights, config = path, path.parent / (OPEN_CLIP_CONFIG if path.name == OPEN_CLIP_WEIGHTS else CONFIG)
         else:
             raise FileNotFoundError(f"{text!r}: no such file or directory (expected a .safetensors file, a Hub-layout "
                                     f"directory or hf-hub:REPO)")
         preprocessor = config.parent / PREPROCESSOR_CONFIG
     state = read_shapes(weights) if shapes_only else read_weights(weights)
     settings = read_config(config) if config and config.exists() else {}
-    if is_transformers_config(settings):
+    if is_open_clip_config(settings):
+        state, settings = open_clip_as_timm(state, settings, text)
+    elif is_transformers_config(settings):
         processing = read_config(preprocessor) if preprocessor and preprocessor.exists() else None
         state, settings = as_timm(state, settings, processing, text)
     if is_naflex_state(state):
@@ -105,6 +112,10 @@ def _from_hub(repo: str) -> tuple[Path, Path, Path | None]:
     try:
         config = download(CONFIG)
     except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError) as error:
+        try:  # an OpenCLIP repo (laion/*, apple/DFN*, ...): its own config and weights
+            return download(OPEN_CLIP_WEIGHTS), download(OPEN_CLIP_CONFIG), None
+        except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError):
+            pass
         raise FileNotFoundError(f"hf-hub:{repo}: no {CONFIG} ({type(error).__name__}: {_first_line(error)}); offline "
                                 f"(HF_HUB_OFFLINE=1) only the cache under HF_HOME is searched") from None
     try:

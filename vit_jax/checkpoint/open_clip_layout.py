@@ -1,0 +1,95 @@
+"""OpenCLIP's checkpoints (the Hub's `open_clip_model.safetensors` + `open_clip_config.json`: LAION, DataComp, DFN,
+MetaCLIP, the OpenAI weights as OpenCLIP serves them) as timm checkpoints, which `timm_layout` then reads.
+
+OpenCLIP's image tower is OpenAI's CLIP ViT, which timm runs as its `vit_*_clip_*` architectures: the tensors are
+renamed as timm's own `_convert_openai_clip` renames them (`visual.conv1` -> `patch_embed.proj`,
+`visual.transformer.resblocks.N.attn.in_proj_*` -> `blocks.N.attn.qkv.*`, ..., the projection `visual.proj` -> a
+head without bias), and `open_clip_config.json`'s `vision_cfg` says what the tensors cannot: heads (`width /
+head_width`), QuickGELU (`quick_gelu`), the evaluation view (`preprocess_cfg`). The text tower, the logit scale and
+bias are left behind (a two-tower file's image tower is the model, as for transformers' CLIP). Towers built
+otherwise are refused in one line: a timm trunk (`timm_model_name`: its timm checkpoint is the one to read),
+attentional pooling, mean pooling, the final norm after pooling, fixed sin-cos tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+# timm's _convert_openai_clip, in its order
+_SWAPS = (("conv1", "patch_embed.proj"), ("positional_embedding", "pos_embed"), ("transformer.resblocks.", "blocks."),
+          ("ln_pre", "norm_pre"), ("ln_post", "norm"), ("ln_", "norm"), ("in_proj_", "qkv."), ("out_proj", "proj"),
+          ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"), ("ls_1.", "ls1."), ("ls_2.", "ls2."))
+# vision_cfg settings whose other values build a tower timm's CLIP ViT is not: setting -> its value here
+_PLAIN = {"attentional_pool": False, "pool_type": "tok", "final_ln_after_pool": False, "pos_embed_type": "learnable",
+          "timm_model_name": None}
+# open_clip's -> timm's crop_mode ('longest' pads with black, timm with the mean colour: not read)
+_RESIZE_MODES = {"shortest": "center", "squash": "squash"}
+
+
+def is_open_clip_config(config: Mapping[str, Any]) -> bool:
+    return "model_cfg" in config and "vision_cfg" in config["model_cfg"]
+
+
+def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], where: str
+            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The timm state dict and `config.json` of an OpenCLIP checkpoint's image tower."""
+    model_cfg = config["model_cfg"]
+    vision = model_cfg["vision_cfg"]
+    for setting, plain in _PLAIN.items():
+        if vision.get(setting, plain) != plain:
+            raise ValueError(f"{where}: OpenCLIP vision_cfg.{setting}={vision[setting]!r}: vit_jax reads OpenCLIP's "
+                             f"ViT towers with {setting}={plain!r} (timm's CLIP ViT)" +
+                             ("; read the trunk's timm checkpoint instead" if setting == "timm_model_name" else ""))
+    out: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        if not name.startswith("visual."):
+            continue  # the text tower, logit_scale, logit_bias
+        name = name[len("visual."):]
+        for old, new in _SWAPS:
+            name = name.replace(old, new)
+        if name == "proj":  # (width, embed_dim), applied as x @ proj
+            out["head.weight"] = np.asarray(value).T
+            out["head.bias"] = np.zeros(np.shape(value)[1], np.float32)
+        elif name == "class_embedding":
+            out["cls_token"] = np.reshape(value, (1, 1, -1))
+        elif name == "pos_embed":
+            out["pos_embed"] = np.asarray(value)[None]
+        else:
+            out[name] = value
+    if "blocks.0.attn.qkv.weight" not in out:
+        raise ValueError(f"{where}: no visual.transformer.resblocks.0.attn.in_proj_weight: not an OpenCLIP ViT tower")
+    width = int(vision.get("width", np.shape(out["blocks.0.attn.qkv.weight"])[1]))
+    heads, rest = divmod(width, int(vision.get("head_width", 64)))
+    if rest:
+        raise ValueError(f"{where}: OpenCLIP width {width} is not a whole number of heads of {vision.get('head_width')}")
+    quick = bool(model_cfg.get("quick_gelu", False))
+    args: dict[str, Any] = dict(num_heads=heads, pre_norm=not vision.get("no_ln_pre", False),
+                                img_size=_pair(vision.get("image_size", 224)))
+    if vision.get("ls_init_value") is not None:
+        args["init_values"] = float(vision["ls_init_value"])
+    architecture = "vit_base_patch16_clip_quickgelu_224" if quick else "vit_base_patch16_clip_224"
+    return out, {"architecture": architecture, "model_args": args,
+                 "pretrained_cfg": _evaluation(config.get("preprocess_cfg") or {}, args["img_size"])}
+
+
+def _pair(size: Any) -> list[int]:
+    return [int(size), int(size)] if isinstance(size, int | float) else [int(s) for s in size]
+
+
+def _evaluation(preprocess: Mapping[str, Any], image_size: list[int]) -> dict[str, Any]:
+    """timm's `pretrained_cfg` for OpenCLIP's evaluation transform: the shorter side resized to the size, then its
+    central crop (`resize_mode='shortest'`, the default), OpenAI's mean and std unless the config says others."""
+    mode = str(preprocess.get("resize_mode", "shortest"))
+    if mode not in _RESIZE_MODES:
+        raise ValueError(f"OpenCLIP preprocess_cfg.resize_mode={mode!r}: expected one of {tuple(_RESIZE_MODES)}")
+    size = _pair(preprocess.get("size", image_size))
+    return {"mean": list(preprocess.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+            "std": list(preprocess.get("std", (0.26862954, 0.26130258, 0.27577711))),
+            "interpolation": str(preprocess.get("interpolation", "bicubic")), "crop_pct": 1.0,
+            "crop_mode": _RESIZE_MODES[mode], "input_size": [3, *size]}
+
