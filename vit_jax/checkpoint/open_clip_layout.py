@@ -72,6 +72,12 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], where: s
                                 img_size=_pair(vision.get("image_size", 224)))
     if vision.get("ls_init_value") is not None:
         args["init_values"] = float(vision["ls_init_value"])
+    norm = dict(vision.get("norm_kwargs") or {})
+    if set(norm) - {"eps"} or vision.get("act_kwargs"):
+        raise ValueError(f"{where}: OpenCLIP vision_cfg norm_kwargs={norm}, act_kwargs={vision.get('act_kwargs')}: "
+                         f"vit_jax reads LayerNorm's epsilon only")
+    if "eps" in norm:
+        args["norm_layer"] = {"name": "LayerNorm", "eps": float(norm["eps"]), "bias": True}
     architecture = "vit_base_patch16_clip_quickgelu_224" if quick else "vit_base_patch16_clip_224"
     return out, {"architecture": architecture, "model_args": args,
                  "pretrained_cfg": _evaluation(config.get("preprocess_cfg") or {}, args["img_size"])}
