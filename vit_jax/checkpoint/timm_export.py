@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -422,19 +423,26 @@ def export_timm(checkpoint: str, out: str | Path, step: int | None = None) -> Pa
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vit_jax.checkpoint.timm_export", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz or a timm checkpoint")
-    parser.add_argument("--out", required=True, help="the directory to write model.safetensors and config.json to")
+def export_command(argv: list[str] | None, module: str, doc: str, export: Callable[[str, str, int | None], Path],
+                   files: tuple[str, ...]) -> int:
+    """An export's command line: `--checkpoint`, `--out`, `--step`; a one-line error (exit status 2) for bad input."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz or a Hub checkpoint")
+    parser.add_argument("--out", required=True, help=f"the directory to write {', '.join(files)} to")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
     args = parser.parse_args(argv)
     try:
-        out = export_timm(args.checkpoint, args.out, args.step)
+        out = export(args.checkpoint, args.out, args.step)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    print(f"wrote {', '.join(str(out / name) for name in files)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return export_command(argv, "vit_jax.checkpoint.timm_export", __doc__, export_timm,
+                          ("model.safetensors", "config.json"))
 
 
 if __name__ == "__main__":

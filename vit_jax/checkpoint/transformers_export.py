@@ -15,7 +15,6 @@ size, resampling, the mean and std that reproduce vit_jax's value range, and a c
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax.checkpoint.timm_export import at_export_grid, params_to_timm, unit_mean_std
+from vit_jax.checkpoint.timm_export import at_export_grid, export_command, params_to_timm, unit_mean_std
 from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG
 from vit_jax.data.preprocessing import RESIZE_METHODS, Preprocess
 from vit_jax.models.vit import VisionTransformer, token_grid
@@ -135,19 +134,8 @@ def export_transformers(checkpoint: str, out: str | Path, step: int | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vit_jax.checkpoint.transformers_export",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz or a Hub checkpoint")
-    parser.add_argument("--out", required=True, help="the directory to write the transformers checkpoint to")
-    parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
-    args = parser.parse_args(argv)
-    try:
-        out = export_transformers(args.checkpoint, args.out, args.step)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {out / 'model.safetensors'}, {out / 'config.json'} and {out / PREPROCESSOR_CONFIG}")
-    return 0
+    return export_command(argv, "vit_jax.checkpoint.transformers_export", __doc__, export_transformers,
+                          ("model.safetensors", "config.json", PREPROCESSOR_CONFIG))
 
 
 if __name__ == "__main__":
