@@ -613,3 +613,27 @@ def test_open_clip_files_read_as_their_image_tower(saved, family, tmp_path, offl
     (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="vision_cfg.attentional_pool=True: vit_jax reads OpenCLIP's ViT towers"):
         load_pretrained(tmp_path)
+
+
+def test_an_open_clip_tower_that_is_a_timm_model_reads_as_that_model(tmp_path):
+    """OpenCLIP's SigLIP towers (`timm_model_name`): timm's tensors under `visual.trunk.`, pooled by the trunk (MAP
+    here), then OpenCLIP's Linear projection `visual.head.proj`: timm's model with that layer as its head."""
+    import torch
+    from safetensors.torch import save_file
+
+    # OpenCLIP builds the named architecture as timm registers it (its 12 heads), at the config's image size
+    model = perturbed_timm("vit_base_patch16_siglip_224", img_size=32, depth=1, embed_dim=96, num_heads=12)
+    files = {f"visual.trunk.{k}": v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    files.update({"visual.head.proj.weight": model.head.weight.detach(), "visual.head.proj.bias": model.head.bias.detach(),
+                  "text.token_embedding.weight": torch.randn(10, 96), "logit_bias": torch.zeros(1)})
+    save_file({k: v.contiguous() for k, v in files.items()}, str(tmp_path / "open_clip_model.safetensors"))
+    vision = {"timm_model_name": "vit_base_patch16_siglip_224", "timm_pool": "map", "timm_proj": "linear",
+              "timm_proj_bias": True, "image_size": 32}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {"embed_dim": 5, "vision_cfg": vision},
+        "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}}))
+    trained = load_trained_model(tmp_path)
+    assert trained.model.classifier == "map" and trained.preprocess.crop_mode == "squash"
+    x = images(trained.image_size)
+    np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, x), timm_logits(model, x), atol=5e-5,
+                               rtol=1e-4)

@@ -6,9 +6,11 @@ renamed as timm's own `_convert_openai_clip` renames them (`visual.conv1` -> `pa
 `visual.transformer.resblocks.N.attn.in_proj_*` -> `blocks.N.attn.qkv.*`, ..., the projection `visual.proj` -> a
 head without bias), and `open_clip_config.json`'s `vision_cfg` says what the tensors cannot: heads (`width /
 head_width`), QuickGELU (`quick_gelu`), the evaluation view (`preprocess_cfg`). The text tower, the logit scale and
-bias are left behind (a two-tower file's image tower is the model, as for transformers' CLIP). Towers built
-otherwise are refused in one line: a timm trunk (`timm_model_name`: its timm checkpoint is the one to read),
-attentional pooling, mean pooling, the final norm after pooling, fixed sin-cos tables.
+bias are left behind (a two-tower file's image tower is the model, as for transformers' CLIP). A tower that is a
+timm model (`timm_model_name`: OpenCLIP's SigLIP, ViT-SO400M) is that model's timm tensors under `visual.trunk.`,
+with OpenCLIP's linear projection as its head. Towers built otherwise are refused in one line: attentional pooling,
+mean pooling, the final norm after pooling, fixed sin-cos tables, an MLP projection or OpenCLIP's own attention
+pools on a trunk.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ _SWAPS = (("conv1", "patch_embed.proj"), ("positional_embedding", "pos_embed"), 
           ("ln_pre", "norm_pre"), ("ln_post", "norm"), ("ln_", "norm"), ("in_proj_", "qkv."), ("out_proj", "proj"),
           ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"), ("ls_1.", "ls1."), ("ls_2.", "ls2."))
 # vision_cfg settings whose other values build a tower timm's CLIP ViT is not: setting -> its value here
-_PLAIN = {"attentional_pool": False, "pool_type": "tok", "final_ln_after_pool": False, "pos_embed_type": "learnable",
-          "timm_model_name": None}
+_PLAIN = {"attentional_pool": False, "pool_type": "tok", "final_ln_after_pool": False, "pos_embed_type": "learnable"}
 # open_clip's -> timm's crop_mode ('longest' pads with black, timm with the mean colour: not read)
 _RESIZE_MODES = {"shortest": "center", "squash": "squash"}
 
@@ -40,11 +41,12 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], where: s
     """The timm state dict and `config.json` of an OpenCLIP checkpoint's image tower."""
     model_cfg = config["model_cfg"]
     vision = model_cfg["vision_cfg"]
+    if vision.get("timm_model_name"):
+        return _timm_trunk(state, vision, config.get("preprocess_cfg") or {}, where)
     for setting, plain in _PLAIN.items():
         if vision.get(setting, plain) != plain:
             raise ValueError(f"{where}: OpenCLIP vision_cfg.{setting}={vision[setting]!r}: vit_jax reads OpenCLIP's "
-                             f"ViT towers with {setting}={plain!r} (timm's CLIP ViT)" +
-                             ("; read the trunk's timm checkpoint instead" if setting == "timm_model_name" else ""))
+                             f"ViT towers with {setting}={plain!r} (timm's CLIP ViT)")
     out: dict[str, np.ndarray] = {}
     for name, value in state.items():
         if not name.startswith("visual."):
@@ -81,6 +83,28 @@ def as_timm(state: Mapping[str, np.ndarray], config: Mapping[str, Any], where: s
     architecture = "vit_base_patch16_clip_quickgelu_224" if quick else "vit_base_patch16_clip_224"
     return out, {"architecture": architecture, "model_args": args,
                  "pretrained_cfg": _evaluation(config.get("preprocess_cfg") or {}, args["img_size"])}
+
+
+def _timm_trunk(state: Mapping[str, np.ndarray], vision: Mapping[str, Any], preprocess: Mapping[str, Any], where: str
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A tower that is a timm model (`timm_model_name`: OpenCLIP's SigLIP, ViT-SO400M, ...): timm's own tensors under
+    `visual.trunk.`, pooled by `timm_pool`, then its own head or OpenCLIP's Linear projection (`visual.head.proj`)."""
+    pool, projection = vision.get("timm_pool", "avg"), vision.get("timm_proj", "linear")
+    if pool in ("abs_attn", "rot_attn") or projection not in ("linear", "none", "", None):
+        raise ValueError(f"{where}: OpenCLIP timm_pool={pool!r}, timm_proj={projection!r}: vit_jax reads a timm trunk "
+                         f"with timm's own pooling and a linear projection or none")
+    out = {name[len("visual.trunk."):]: value for name, value in state.items() if name.startswith("visual.trunk.")}
+    if projection == "linear":
+        weight = state["visual.head.proj.weight"]
+        out["head.weight"] = weight
+        out["head.bias"] = state.get("visual.head.proj.bias", np.zeros(np.shape(weight)[0], np.float32))
+    args: dict[str, Any] = dict(global_pool=pool, num_classes=int(np.shape(out["head.weight"])[0]) if "head.weight" in out
+                                else 0)
+    if vision.get("image_size"):
+        args["img_size"] = _pair(vision["image_size"])
+    size = args.get("img_size", [224, 224])
+    return out, {"architecture": str(vision["timm_model_name"]), "model_args": args,
+                 "pretrained_cfg": _evaluation(preprocess, size)}
 
 
 def _pair(size: Any) -> list[int]:
