@@ -51,17 +51,21 @@ def transformers_config(model: VisionTransformer, image_size: tuple[int, int], c
                         class_names: tuple[str, ...]) -> dict[str, Any]:
     """config.json of a `ViTForImageClassification`."""
     activation = "quick_gelu" if model.quick_gelu else "gelu_pytorch_tanh" if model.gelu_approximate else "gelu"
-    square = lambda hw: hw[0] if hw[0] == hw[1] else list(hw)  # noqa: E731
     return {
         "architectures": ["ViTForImageClassification"], "model_type": "vit",
         "hidden_size": model.hidden_size, "num_hidden_layers": model.num_layers,
         "num_attention_heads": model.num_heads, "intermediate_size": model.mlp_dim, "hidden_act": activation,
-        "layer_norm_eps": model.layer_norm_epsilon, "image_size": square(image_size),
-        "patch_size": square(tuple(model.patch_size)), "num_channels": channels, "qkv_bias": True,
+        "layer_norm_eps": model.layer_norm_epsilon, "image_size": _side_or_pair(image_size),
+        "patch_size": _side_or_pair(tuple(model.patch_size)), "num_channels": channels, "qkv_bias": True,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
         "id2label": {str(i): name for i, name in enumerate(class_names)},
         "label2id": {name: i for i, name in enumerate(class_names)},
     }
+
+
+def _side_or_pair(hw: tuple[int, int]) -> int | list[int]:
+    """ViTConfig's way to say a size: one side when square."""
+    return hw[0] if hw[0] == hw[1] else list(hw)
 
 
 def processor_config(preprocess: Preprocess, channels: int) -> dict[str, Any]:
