@@ -115,3 +115,14 @@ def test_a_folder_with_one_class_is_refused_before_anything_is_built(tmp_path, r
                                          r"two class subfolders"):
         build_image_folder(tmp_path / "one", "one", data_dir=str(tmp_path / "tfds"))
     assert not (tmp_path / "tfds").exists()
+
+
+def test_an_image_too_large_to_decode_is_reported_by_name(tmp_path, monkeypatch):
+    """PIL refuses images over twice `Image.MAX_IMAGE_PIXELS` (decompression bombs) with an exception of its own:
+    reported like any unreadable file, not as a traceback."""
+    from vit_jax.data.image_files import read_image
+
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)
+    with pytest.raises(UnreadableImageError, match=r"unreadable image .*huge.png.*2000 pixels"):
+        read_image(tmp_path / "huge.png", 3)

@@ -41,6 +41,8 @@ def decoding(path: Path) -> Iterator[None]:
         raise UnreadableImageError(f"{str(path)!r}: a directory, not an image file") from error
     except UnidentifiedImageError as error:
         raise UnreadableImageError(f"unreadable image {str(path)!r}: not an image format PIL can decode") from error
+    except Image.DecompressionBombError as error:  # more pixels than PIL decodes unasked (Image.MAX_IMAGE_PIXELS)
+        raise UnreadableImageError(f"unreadable image {str(path)!r}: {error}") from error
     except (OSError, ValueError) as error:
         raise UnreadableImageError(f"unreadable image {str(path)!r}: {error}") from error
 
