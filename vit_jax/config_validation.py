@@ -232,9 +232,10 @@ def check_init(config: ConfigDict) -> None:
         return
     if not (is_timm_spec(path) or split_submodel(path)[0].is_file()):
         raise field_error("init.path", path, "neither an .npz file nor a vit_jax workdir (a directory with "
-                                             "checkpoints/) nor a timm checkpoint (hf-hub:REPO, a .safetensors "
-                                             "file or a directory with model.safetensors); one model of an .npz "
-                                             "holding several: FILE.npz:KEY")
+                                             "checkpoints/) nor a Hub checkpoint (hf-hub:REPO, a .safetensors "
+                                             "file or a directory with model.safetensors or "
+                                             "open_clip_model.safetensors); one model of an .npz holding several: "
+                                             "FILE.npz:KEY")
     try:
         if is_timm_spec(path):
             timm_architecture(path)

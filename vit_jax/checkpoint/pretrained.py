@@ -50,7 +50,8 @@ def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
     if split_submodel(path)[0].is_file():  # FILE.npz or FILE.npz:KEY
         return Pretrained(load_npz(path), None, str(path))
     raise FileNotFoundError(f"{str(path)!r} is neither an .npz file nor a vit_jax workdir (with {CHECKPOINT_DIR}/) "
-                            f"nor a timm checkpoint (hf-hub:REPO, .safetensors, a directory with model.safetensors)")
+                            f"nor a Hub checkpoint (hf-hub:REPO, .safetensors, a directory with model.safetensors or "
+                            f"open_clip_model.safetensors)")
 
 
 def timm_architecture(spec: str | Path) -> TimmArchitecture:
