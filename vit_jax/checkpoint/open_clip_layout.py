@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.checkpoint.transformers_layout import CLIP_MEAN, CLIP_STD
+
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 # timm's _convert_openai_clip, in its order
@@ -118,8 +120,7 @@ def _evaluation(preprocess: Mapping[str, Any], image_size: list[int]) -> dict[st
     if mode not in _RESIZE_MODES:
         raise ValueError(f"OpenCLIP preprocess_cfg.resize_mode={mode!r}: expected one of {tuple(_RESIZE_MODES)}")
     size = _pair(preprocess.get("size", image_size))
-    return {"mean": list(preprocess.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-            "std": list(preprocess.get("std", (0.26862954, 0.26130258, 0.27577711))),
+    return {"mean": list(preprocess.get("mean", CLIP_MEAN)), "std": list(preprocess.get("std", CLIP_STD)),
             "interpolation": str(preprocess.get("interpolation", "bicubic")), "crop_pct": 1.0,
             "crop_mode": _RESIZE_MODES[mode], "input_size": [3, *size]}
 

@@ -1,7 +1,8 @@
 """A vit_jax model as a Hugging Face transformers checkpoint: `ViTForImageClassification` in the Hub layout of
 `google/vit-*` (`model.safetensors`, `config.json`, `preprocessor_config.json`).
 
-    python -m vit_jax.checkpoint.transformers_export --checkpoint=workdirs/digits --out=exported/digits_hf
+    python -m vit_jax.main --config=configs/digits.py --config.model.classifier=token --workdir=workdirs/digits_token
+    python -m vit_jax.checkpoint.transformers_export --checkpoint=workdirs/digits_token --out=exported/digits_hf
     python -c "from transformers import ViTForImageClassification as V; m = V.from_pretrained('exported/digits_hf')"
 
 transformers' ViT is the original one: a class token read by the head after the final LayerNorm, a learned table
