@@ -1,6 +1,9 @@
-"""A ViT of any size on any TFDS dataset, from scratch: the recipe of "Better plain ViT baselines" (big_vision)
-without RandAugment and Mixup (not implemented yet): AdamW, cosine schedule, sin-cos position embeddings,
-global average pooling, Inception crop and flips.
+"""A ViT of any size on any TFDS dataset, from scratch: the recipe of "Better plain ViT baselines" (big_vision):
+AdamW, cosine schedule, sin-cos position embeddings, global average pooling, Inception crop and flips,
+RandAugment(2, 10) and Mixup (alpha 0.2, every batch). RandAugment is timm's port of the TensorFlow one big_vision
+runs (`rand-m10-n2`: the same operations and magnitudes, each applied with probability 0.5), so the recipe is
+big_vision's in everything but those draws. DeiT's instead: `pp.rand_augment=rand-m9-mstd0.5-inc1,
+mixup.mixup_alpha=0.8,mixup.cutmix_alpha=1.0,random_erasing.prob=0.25,label_smoothing=0.1,model.stochastic_depth=0.1`.
 
     python -m vit_jax.main --config=configs/vit.py:variant=S/16,dataset=cifar10 --workdir=workdirs/s16_cifar10
 
@@ -10,8 +13,8 @@ end. Other TFDS datasets must first be prepared in ArrayRecord format (`tfds bui
 --file_format=array_record`, which needs TensorFlow and the network once); vit_jax says so when one is missing.
 
 Result measured here (2 CPU cores, no network, so on the bundled digits):
-    python -m vit_jax.main --config=configs/vit.py:variant=Ti/4,dataset=sklearn_digits,image_size=16,num_steps=2000,batch_size=128,pp.train_crop=pad,pp.crop_padding=2,pp.flip=False,optimizer.warmup_steps=100,optimizer.learning_rate=2e-3,optimizer.weight_decay=0.05 --workdir=workdirs/vit_digits
-gave 98.61% test accuracy in 22 minutes on 2 CPU cores (ViT-Ti has 40x the parameters of configs/digits.py's
+    python -m vit_jax.main --config=configs/vit.py:variant=Ti/4,dataset=sklearn_digits,image_size=16,num_steps=2000,batch_size=128,pp.train_crop=pad,pp.crop_padding=2,pp.flip=False,pp.rand_augment=,mixup.mixup_alpha=0,optimizer.warmup_steps=100,optimizer.learning_rate=2e-3,optimizer.weight_decay=0.05 --workdir=workdirs/vit_digits
+(the augmentation of that time: no RandAugment, no Mixup) gave 98.61% test accuracy in 22 minutes on 2 CPU cores (ViT-Ti has 40x the parameters of configs/digits.py's
 model, which reaches 99.7% in 2 minutes: on 1,257 training images, bigger is not better).
 CIFAR-10 and ImageNet figures are not measured in this environment (their data cannot be downloaded here).
 """
@@ -43,6 +46,8 @@ def get_config(arg: str | None = None):
     config.optimizer.warmup_steps = 10_000
     config.optimizer.weight_decay = 1e-4
     config.optimizer.grad_clip_norm = 1.0
+    config.pp.rand_augment = "rand-m10-n2"
+    config.mixup.mixup_alpha = 0.2
     config.log_every = 100
     config.eval_every = 2_000
     config.checkpoint_every = 2_000

@@ -113,7 +113,10 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 # ---------------------------------------------------------------------------------------------------------------
 # Whole runs in fresh processes: the command a user types.
 
-RUN = "--config=configs/digits.py:num_steps=30,log_every=1,eval_every=10,checkpoint_every=5,log_pictures=none"
+# With every augmentation (RandAugment per image, random erasing and Mixup/CutMix in the step): an interrupted run
+# must redraw each exactly as the uninterrupted one did.
+RUN = ("--config=configs/digits.py:num_steps=30,log_every=1,eval_every=10,checkpoint_every=5,log_pictures=none,"
+       "pp.rand_augment=rand-m9-mstd0.5-inc1,random_erasing.prob=0.25,mixup.mixup_alpha=0.8,mixup.cutmix_alpha=1.0")
 
 
 def final_params(workdir, step=30):

@@ -18,6 +18,8 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from vit_jax import config_validation
+from vit_jax.augment.mixup import Mixup
+from vit_jax.augment.random_erasing import RandomErasing
 from vit_jax.checkpoint.adapt import Adaptation, fill_from_init, plan_adaptation
 from vit_jax.checkpoint.manager import TrainCheckpoints
 from vit_jax.checkpoint.npz import NpzError
@@ -30,10 +32,12 @@ from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split, spl
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.from_config import (
     SPLIT_FIELDS,
+    mixup_from_config,
     model_from_config,
     open_dataset,
     packed_preprocess_from_config,
     preprocess_from_config,
+    random_erasing_from_config,
 )
 from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.vit import VisionTransformer, input_grid
@@ -68,6 +72,8 @@ class Setup:
     flexi_probabilities: np.ndarray | None = None
     packed: PackedPreprocess | None = None  # NaViT runs: images at their own sizes, packed into sequences
     eval_image_sizes: tuple[tuple[int, int], ...] = ()  # extra evaluation resolutions
+    random_erasing: RandomErasing | None = None  # batch augmentations, in the train step
+    mixup: Mixup | None = None
 
 
 def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup:
@@ -118,6 +124,8 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
                                                 config.flexi.probabilities) if config.flexi.patch_sizes else None,
         packed=packed,
         eval_image_sizes=tuple(tuple(size) for size in config.eval_image_sizes),
+        random_erasing=random_erasing_from_config(config),
+        mixup=mixup_from_config(config),
     )
 
 

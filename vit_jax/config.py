@@ -106,6 +106,7 @@ def base_config() -> ConfigDict:
     c.pp.mean = config_dict.placeholder(tuple)  # per channel, after value_range: (x - mean) / std (timm's models)
     c.pp.std = config_dict.placeholder(tuple)
     c.pp.channels = config_dict.placeholder(int)  # 3: grayscale images become RGB (for RGB checkpoints)
+    c.pp.rand_augment = ""  # timm's RandAugment string, e.g. "rand-m9-mstd0.5-inc1" (DeiT); "": none
 
     c.model = model_config("B/16")
 
@@ -158,6 +159,22 @@ def base_config() -> ConfigDict:
     # resized to each input's grid in the forward pass (config.model.posemb_grid is set to the training grid).
     c.eval_image_sizes = ()
     c.label_smoothing = 0.0
+    c.random_erasing = ConfigDict()  # timm's RandomErasing, on the model's inputs in the step (DeiT: prob 0.25)
+    c.random_erasing.prob = 0.0
+    c.random_erasing.mode = "pixel"  # "pixel": per-pixel normal noise | "rand": a normal colour per box | "const": 0
+    c.random_erasing.min_area = 0.02
+    c.random_erasing.max_area = 1 / 3
+    c.random_erasing.min_aspect = 0.3
+    c.random_erasing.min_count = 1
+    c.random_erasing.max_count = 1
+    c.mixup = ConfigDict()  # timm's Mixup/CutMix, in the step (DeiT: mixup_alpha 0.8, cutmix_alpha 1.0)
+    c.mixup.mixup_alpha = 0.0  # > 0 turns Mixup on
+    c.mixup.cutmix_alpha = 0.0  # > 0 turns CutMix on
+    c.mixup.cutmix_minmax = config_dict.placeholder(tuple)  # (min, max) box side fractions instead of cutmix_alpha
+    c.mixup.prob = 1.0  # of mixing a batch (or pair, or image)
+    c.mixup.switch_prob = 0.5  # of CutMix rather than Mixup when both are on
+    c.mixup.mode = "batch"  # what shares one draw: "batch" | "pair" | "elem"
+    c.mixup.correct_lam = True  # CutMix's label weight is the area actually pasted
     c.optimizer = ConfigDict()
     c.optimizer.name = "adamw"  # "adamw" | "sgd"
     c.optimizer.learning_rate = 1e-3  # peak, after warmup

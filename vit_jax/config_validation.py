@@ -21,7 +21,14 @@ from vit_jax.config import build_model, cache_setting
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
 from vit_jax.data.sources import DatasetError, DatasetSpec, split_size
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
-from vit_jax.from_config import SPLIT_FIELDS, open_dataset, packed_preprocess_from_config, preprocess_from_config
+from vit_jax.from_config import (
+    SPLIT_FIELDS,
+    mixup_from_config,
+    open_dataset,
+    packed_preprocess_from_config,
+    preprocess_from_config,
+    random_erasing_from_config,
+)
 from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
 from vit_jax.models.posemb import check_resizing
 from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
@@ -42,6 +49,7 @@ def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
     check_choices(config)
     check_numbers(config)
     check_preprocessing(config)
+    check_batch_augmentation(config)
     check_patterns(config)
     check_devices(config, num_devices, process_count)
     check_init(config)
@@ -155,6 +163,18 @@ def check_preprocessing(config: ConfigDict) -> None:
         preprocess_from_config(config)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.pp: {error}") from None
+
+
+def check_batch_augmentation(config: ConfigDict) -> None:
+    """`config.random_erasing` and `config.mixup` build (each checks its own fields); they act on image batches."""
+    for field, build in (("random_erasing", random_erasing_from_config), ("mixup", mixup_from_config)):
+        try:
+            augmentation = build(config)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"config.{field}: {error}") from None
+        if augmentation is not None and config.packing.enabled:
+            raise ConfigError(f"config.{field}: acts on batches of whole images; packing.enabled=True trains on "
+                              f"packed patch sequences (turn one of them off)")
 
 
 def check_patterns(config: ConfigDict) -> None:

@@ -10,6 +10,9 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from vit_jax.augment.mixup import Mixup
+from vit_jax.augment.rand_augment import RandAugment
+from vit_jax.augment.random_erasing import RandomErasing
 from vit_jax.config import build_model
 from vit_jax.data.packing import PackedPreprocess
 from vit_jax.data.preprocessing import Preprocess
@@ -37,8 +40,21 @@ def preprocess_from_config(config: ConfigDict) -> Preprocess:
         image_size=tuple(config.image_size), value_range=tuple(pp.value_range), resize_method=pp.resize_method,
         train_crop=pp.train_crop, crop_padding=pp.crop_padding, crop_scale=tuple(pp.crop_scale),
         crop_ratio=tuple(pp.crop_ratio), flip=pp.flip, mean=_optional_tuple(pp.mean), std=_optional_tuple(pp.std),
-        channels=pp.channels,
+        channels=pp.channels, rand_augment=RandAugment.parse(pp.rand_augment) if pp.get("rand_augment") else None,
     )
+
+
+def mixup_from_config(config: ConfigDict) -> Mixup | None:
+    """`config.mixup` (timm's Mixup/CutMix arguments), None when it mixes nothing."""
+    fields = config.get("mixup") or {}  # a run saved before vit_jax had Mixup
+    mixup = Mixup(**{**fields, "cutmix_minmax": _optional_tuple(fields.get("cutmix_minmax"))})
+    return mixup if mixup.enabled else None
+
+
+def random_erasing_from_config(config: ConfigDict) -> RandomErasing | None:
+    fields = config.get("random_erasing") or {}
+    erasing = RandomErasing(**fields)
+    return erasing if erasing.prob > 0 else None
 
 
 def _optional_tuple(value: Any) -> tuple[float, ...] | None:

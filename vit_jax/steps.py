@@ -15,10 +15,14 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vit_jax.augment.mixup import Mixup
+from vit_jax.augment.random_erasing import RandomErasing
+from vit_jax.models.navit import NaViT
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.sharding import DATA_AXIS
 
 Batch = dict[str, jax.Array]
+ERASING_STREAM, MIXUP_STREAM = 1, 2  # the augmentations' keys, folded from the step's dropout key
 
 
 @flax.struct.dataclass
@@ -29,23 +33,29 @@ class TrainState:
 
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels, in float32."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
+                  targets: jax.Array | None = None) -> jax.Array:
+    """Per-example softmax cross-entropy in float32 against (optionally smoothed) one-hot labels, or against
+    `targets` (class probabilities: Mixup's) when given."""
+    if targets is None:
+        targets = jax.nn.one_hot(labels, logits.shape[-1])
+        if label_smoothing:
+            targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array, label_smoothing: float = 0.0
-                        ) -> dict[str, jax.Array]:
+def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array, label_smoothing: float = 0.0,
+                        targets: jax.Array | None = None) -> dict[str, jax.Array]:
     """Weighted sums of loss, top-1 and top-5 hits, and the weight, over every prediction: logits `labels.shape +
-    (classes,)`, one row per image (a packed batch has K image slots per sequence, weight 0 for empty ones)."""
+    (classes,)`, one row per image (a packed batch has K image slots per sequence, weight 0 for empty ones). The
+    loss is against `targets` when given (Mixup's), the hits always against `labels`."""
     logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
     labels, weights = labels.reshape(-1), weights.reshape(-1).astype(jnp.float32)
+    if targets is not None:
+        targets = targets.reshape(-1, targets.shape[-1])
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     return {
-        "loss": jnp.sum(cross_entropy(logits, labels, label_smoothing) * weights),
+        "loss": jnp.sum(cross_entropy(logits, labels, label_smoothing, targets) * weights),
         "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * weights),
         "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * weights),
         "count": jnp.sum(weights),
@@ -62,25 +72,38 @@ def make_train_step(
     label_smoothing: float = 0.0,
     mesh: Mesh | None = None,
     pixels: Callable[[jax.Array], jax.Array] | None = None,
+    random_erasing: RandomErasing | None = None,
+    mixup: Mixup | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """One optimizer update on a global batch. The dropout key is folded from the step number, so a step's
     randomness does not depend on history (and a resumed run repeats it exactly). With `accum_steps > 1` the batch
     is cut into micro-batches `batch[i::accum_steps]` (every device keeps an equal share of each), whose gradients
     are averaged: the same update as one big batch, in less memory. A packed batch's loss is the mean over its
     real images (`mask`). uint8 images (a pipeline that leaves the pixel arithmetic to the step) become the
-    model's values through `pixels` (`Preprocess.pixels_on_device`)."""
+    model's values through `pixels` (`Preprocess.pixels_on_device`). `random_erasing` then `mixup` (timm's order)
+    act on each (micro-)batch of images, drawn from the step's key; the loss is then against Mixup's targets, the
+    reported accuracy against the images' own labels."""
+    if (mixup is not None or random_erasing is not None) and isinstance(model, NaViT):
+        raise ValueError("random erasing and Mixup/CutMix act on image batches; a packed (NaViT) batch holds patches")
 
     def loss_and_grads(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
         if "image" in batch and batch["image"].dtype == jnp.uint8:  # packed (NaViT) batches carry patches
             if pixels is None:
                 raise ValueError("uint8 training images need make_train_step(pixels=Preprocess.pixels_on_device)")
             batch = {**batch, "image": pixels(batch["image"])}
+        targets = None
+        if random_erasing is not None:
+            batch = {**batch, "image": random_erasing(jax.random.fold_in(rng, ERASING_STREAM), batch["image"])}
+        if mixup is not None:
+            images, targets = mixup(jax.random.fold_in(rng, MIXUP_STREAM), batch["image"], batch["label"],
+                                    model.num_classes, label_smoothing)
+            batch = {**batch, "image": images}
 
         def loss_fn(p):
             flexi = {} if patch_size is None else {"patch_size": patch_size}
             logits = model.apply({"params": p}, *model.inputs(batch), train=True, rngs={"dropout": rng}, **flexi)
             weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
-            sums = classification_sums(logits, batch["label"], weights, label_smoothing)
+            sums = classification_sums(logits, batch["label"], weights, label_smoothing, targets)
             count = jnp.maximum(sums["count"], 1.0)
             return sums["loss"] / count, sums["top1"] / count
 

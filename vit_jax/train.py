@@ -129,7 +129,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         train_step=jax.jit(
             make_train_step(setup.model, setup.tx, setup.schedule, dropout_key=jax.random.fold_in(root_key, 1),
                             accum_steps=config.accum_steps, label_smoothing=config.label_smoothing, mesh=setup.mesh,
-                            pixels=setup.preprocess.pixels_on_device),
+                            pixels=setup.preprocess.pixels_on_device, random_erasing=setup.random_erasing,
+                            mixup=setup.mixup),
             in_shardings=(shardings, data_sharding),
             out_shardings=(shardings, replicated(setup.mesh)),
             static_argnums=(2,),  # patch_size: one compiled step per FlexiViT patch size

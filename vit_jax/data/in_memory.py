@@ -27,8 +27,9 @@ MASK64 = (1 << 64) - 1
 
 def batchable(source: Any, preprocess: Preprocess) -> bool:
     """Whether `source` can be served a batch at a time: in memory, images (not videos) all at the training size,
-    and augmentation that does not resample (no Inception crop)."""
-    if not isinstance(source, InMemorySource) or not len(source) or preprocess.train_crop == "inception":
+    and augmentation that does not resample (no Inception crop) or work image by image (RandAugment)."""
+    if (not isinstance(source, InMemorySource) or not len(source) or preprocess.train_crop == "inception"
+            or preprocess.rand_augment is not None):
         return False
     shapes = {np.shape(example["image"]) for example in source}
     return len(shapes) == 1 and len(next(iter(shapes))) == 3 and next(iter(shapes))[:2] == tuple(preprocess.image_size)

@@ -2,7 +2,8 @@
 
 Training: optional Inception crop (random area and aspect ratio, as torchvision's RandomResizedCrop) -> resize to
 `image_size` -> optional pad-and-crop (zero padding, then a random window of the original size, the CIFAR recipe)
--> optional horizontal flip -> value range. Evaluation: resize -> value range, so every example is seen whole; or, for
+-> optional horizontal flip -> optional RandAugment (timm's, `vit_jax.augment.rand_augment`) -> value range
+(timm's order). Evaluation: resize -> value range, so every example is seen whole; or, for
 checkpoints evaluated that way (timm's `crop_pct`, `crop_mode`), resize larger then the central crop
 (`vit_jax.data.eval_crop`).
 Randomness comes from the `numpy.random.Generator` grain derives from the pipeline seed and the element's index,
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vit_jax.augment.rand_augment import AFFINE_RESAMPLING, RandAugment
 from vit_jax.data.encoded_image import EncodedImage
 from vit_jax.data.eval_crop import check_crop, eval_view, size_for_max_patches
 
@@ -156,10 +158,14 @@ class Preprocess:
     # as many whole patches as fit (SigLIP 2's image processor); images then differ in size, so this is for
     # evaluating images one by one (`predict`), not for batched datasets
     max_patches: tuple[int, int] | None = None
+    rand_augment: RandAugment | None = None  # training only; its rotations, shears and shifts use resize_method
 
     def __post_init__(self) -> None:
         if self.resize_method not in RESIZE_METHODS:
             raise ValueError(f"resize_method must be one of {tuple(RESIZE_METHODS)}; got {self.resize_method!r}")
+        if self.rand_augment is not None and self.resize_method not in AFFINE_RESAMPLING:
+            raise ValueError(f"resize_method={self.resize_method!r}: RandAugment's rotations, shears and translations "
+                             f"resample with it, and PIL's affine transforms take {tuple(AFFINE_RESAMPLING)}")
         if self.train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {self.train_crop!r}")
         if any(v is not None and not (isinstance(v, tuple | list) and _numbers(v, len(v))) for v in (self.mean, self.std)):
@@ -198,6 +204,11 @@ class Preprocess:
             scale, offset = scale / std, (offset - mean) / std
         return np.asarray(scale, np.float32), np.asarray(offset, np.float32)
 
+    def mean_colour(self) -> tuple[float, ...] | None:
+        """`mean` as a colour in 0..1 (what the model's inputs centre on), or None without one."""
+        lo, hi = self.value_range
+        return None if self.mean is None else tuple((m - lo) / (hi - lo) for m in self.mean)
+
     def _with_channels(self, images: Any, repeat: Any) -> Any:
         if self.channels is not None and images.shape[-1] != self.channels:
             if images.shape[-1] != 1:
@@ -230,8 +241,7 @@ class Preprocess:
             return {**example, "image": resize(example["image"], size, method)}
         if self.crop_pct == 1.0 and self.crop_mode == "squash":
             return {**example, "image": resize(example["image"], self.image_size, method)}
-        lo, hi = self.value_range
-        fill = (0.0,) if self.mean is None else tuple((m - lo) / (hi - lo) for m in self.mean)  # the mean colour
+        fill = self.mean_colour() or (0.0,)
         view = eval_view(example["image"], tuple(self.image_size), self.crop_pct, self.crop_mode,
                          lambda image, size: resize(image, size, method), fill, self.crop_rounding)
         return {**example, "image": view}
@@ -260,6 +270,9 @@ class Preprocess:
             image = pad_and_random_crop(as_array(image), self.crop_padding, rng)
         if self.flip and rng.random() < 0.5:
             image = flip_left_right(image)
+        if self.rand_augment is not None:  # uncovered pixels take the mean colour (timm's img_mean), else mid-gray
+            fill = tuple(min(255, round(255 * m)) for m in self.mean_colour() or (128 / 255,))
+            image = self.rand_augment(image, rng, fill=fill, resample=self.resize_method)
         return {"image": np.ascontiguousarray(as_array(image)), "label": np.int32(example["label"])}
 
     def eval(self, example: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -1,0 +1,144 @@
+"""RandAugment (`vit_jax.augment.rand_augment`) against timm's own `timm.data.auto_augment`."""
+
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax.augment.rand_augment import LEVEL_TO_ARG, OPERATIONS, RandAugment, apply
+from vit_jax.data.preprocessing import Preprocess
+from vit_jax.timm_compat import import_timm
+
+FILL = (124, 116, 104)  # timm's img_mean for ImageNet's mean
+
+
+@pytest.fixture(scope="module")
+def auto_augment():
+    import_timm()
+    import timm.data.auto_augment as auto_augment
+
+    return auto_augment
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """Smooth gradients with edges and a dark corner: every operation changes it visibly."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:24, 0:30]
+    image = np.stack([x * 8, y * 10, (x + y) * 4], -1) + rng.integers(0, 40, (24, 30, 3))
+    image[:6, :8] = 5
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+class Scripted:
+    """A stand-in for both random sources that returns scripted draws: ours (numpy Generator methods) and timm's
+    (`random.random`, `random.gauss`, `np.random.choice`)."""
+
+    def __init__(self, draws):
+        self.draws = list(draws)
+
+    def next(self):
+        return self.draws.pop(0)
+
+    def random(self, *args):
+        return self.next()
+
+    def normal(self, mean, std):
+        return mean + std * (4 * self.next() - 2)
+
+    gauss = normal
+
+    def uniform(self, low, high):
+        return low + (high - low) * self.next()
+
+    def choice(self, population, size, replace=True, p=None):
+        indices = [self.next() for _ in range(size)]
+        return indices if isinstance(population, int) else [population[i] for i in indices]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_every_operation_at_every_magnitude_gives_timms_argument_and_pixels(auto_augment, photo, mode, monkeypatch):
+    image = photo.convert(mode)
+    fill = FILL if mode == "RGB" else round(sum(FILL) / 3)
+    hparams = {"translate_const": 100, "img_mean": fill, "interpolation": Image.Resampling.BICUBIC}
+    for name in OPERATIONS:
+        for magnitude in (0.0, 2.5, 7.0, 10.0, 13.0):  # above 10 with mmax > 10
+            for negate in (False, True):
+                monkeypatch.setattr(auto_augment, "_randomly_negate", (lambda v: -v) if negate else (lambda v: v))
+                level_fn = auto_augment.LEVEL_TO_ARG[name]
+                theirs = level_fn(magnitude, hparams)[0] if level_fn else None
+                ours = LEVEL_TO_ARG[name](magnitude / 10, Scripted([0.9 if negate else 0.1])) if level_fn else None
+                assert ours == pytest.approx(theirs, rel=1e-12), (name, magnitude, negate)
+                got = apply(((name, ours),), image, fill=FILL, resample="bicubic")
+                if name.startswith("Posterize") and theirs <= 0:  # PIL >= 11 refuses 0 bits; older PIL: black
+                    assert not np.asarray(got).any()
+                    continue
+                expected = auto_augment.NAME_TO_OP[name](image, theirs, fillcolor=fill,
+                                                          resample=Image.Resampling.BICUBIC) if level_fn else \
+                    auto_augment.NAME_TO_OP[name](image)
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), err_msg=f"{name} {magnitude}")
+
+
+@pytest.mark.parametrize("spec", ["rand-m9-mstd0.5-inc1", "rand-m7-n3-p0.8", "rand-m9-mstd101-mmax12-inc1",
+                                  "rand-tweights-m8-n3", "rand-t3a-m6", "rand-t3aw-mstd1-n2", "rand-n1-p1.0"])
+def test_a_config_string_means_what_it_means_to_timm(auto_augment, spec):
+    theirs = auto_augment.rand_augment_transform(spec, {"img_mean": FILL})
+    ours = RandAugment.parse(spec)
+    assert ours.num_layers == theirs.num_layers
+    assert ours.transforms == tuple(op.name for op in theirs.ops)
+    op = theirs.ops[0]
+    assert (ours.prob, ours.magnitude, ours.magnitude_std) == (op.prob, op.magnitude, op.magnitude_std)
+    assert ours.magnitude_max == (op.magnitude_max or 10)
+    if theirs.choice_weights is None:
+        assert ours.weights is None
+    else:
+        np.testing.assert_allclose(np.asarray(ours.weights) / sum(ours.weights), theirs.choice_weights)
+
+
+@pytest.mark.parametrize("spec", ["rand-m9-mstd0.5-inc1", "rand-m10-mstd101-n3", "rand-tweights-m8-n3-p0.7"])
+def test_whole_transform_with_the_same_draws_gives_timms_pixels(auto_augment, photo, spec, monkeypatch):
+    """Both sides read one script of draws (which operations, whether each applies, the magnitude noise, the
+    signs), so the composition (order, probability test, clipping, sign) is checked, not only each operation."""
+    theirs = auto_augment.rand_augment_transform(spec, {"img_mean": FILL,
+                                                        "interpolation": Image.Resampling.BILINEAR})
+    ours = RandAugment.parse(spec)
+    script_rng = np.random.default_rng(1)
+    for _ in range(40):
+        picks = [int(i) for i in script_rng.choice(len(ours.transforms), ours.num_layers, replace=False)]
+        draws = picks + [float(v) for v in script_rng.random(3 * ours.num_layers)]
+        shared, mine = Scripted(draws), Scripted(draws)
+        monkeypatch.setattr(random, "random", shared.random)
+        monkeypatch.setattr(random, "gauss", shared.gauss)
+        monkeypatch.setattr(random, "uniform", shared.uniform)
+        monkeypatch.setattr(np.random, "choice", shared.choice)
+        expected = np.asarray(theirs(photo))
+        got = np.asarray(ours(photo, mine, fill=FILL, resample="bilinear"))
+        np.testing.assert_array_equal(got, expected)
+        assert len(mine.draws) == len(shared.draws)  # both read the script the same way
+
+
+def test_training_view_applies_it_after_the_flip_with_the_mean_colour_and_frames_alike(rng):
+    image = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    augment = RandAugment(num_layers=1, prob=1.0, magnitude=10, transforms=("TranslateXRel",))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    preprocess = Preprocess((12, 12), value_range=(0.0, 1.0), mean=mean, std=std, rand_augment=augment)
+    view = preprocess.train_view({"image": image, "label": 1}, np.random.default_rng(3))["image"]
+    shifted = np.all(view == np.array(FILL, np.uint8), axis=-1)  # 45% of the width shifted in as the mean colour
+    assert shifted.all(axis=0).sum() == round(0.45 * 12) - 1 or shifted.all(axis=0).sum() == round(0.45 * 12)
+    gray = Preprocess((12, 12), rand_augment=augment).train_view(
+        {"image": image[..., :1], "label": 1}, np.random.default_rng(3))["image"]
+    assert gray.shape == (12, 12, 1) and (gray == 128).all(axis=0).sum() >= 5  # no mean: mid-gray
+    video = np.stack([image, image, image])
+    frames = Preprocess((12, 12), rand_augment=RandAugment(magnitude=9, magnitude_std=0.5)).train_view(
+        {"image": video, "label": 1}, np.random.default_rng(5))["image"]
+    assert frames.shape == video.shape and (frames == frames[:1]).all()
+
+
+def test_bad_strings_and_resampling_are_refused_by_name():
+    for spec, words in [("rand-m9-x3", "'x3'"), ("rand-tfoo", "'tfoo'"), ("augmix-m5", "'augmix-m5'"),
+                        ("rand-p1.5", "prob"), ("rand-tweights-n16", "n=16")]:
+        with pytest.raises(ValueError, match=words):
+            RandAugment.parse(spec)
+    with pytest.raises(ValueError, match="lanczos"):
+        Preprocess((8, 8), resize_method="lanczos", rand_augment=RandAugment())
