@@ -21,7 +21,8 @@ timm's `resample_patch_embed` does, `init.patch_method=bicubic`); a model traine
 at its evaluation size; a head for
 another number of classes, or for a checkpoint without one, is initialised afresh; the step-0 evaluation logged in
 metrics.jsonl is the loaded model before any fine-tuning step. Recipe: SGD with momentum, cosine decay, no weight
-decay, clipping at 1 (vision_transformer's).
+decay, clipping at 1 (vision_transformer's); `optimizer.layer_decay=0.75` (timm's layer-wise learning-rate decay)
+and `optimizer.frozen='^(?!head/)'` (a linear probe) as the checkpoint's recipe asks (docs/finetuning.md).
 
 Result: the digits demonstration (`python scripts/finetune_demo.py`: the model of configs/digits.py trained at
 16x16 with patch 4, then moved), test accuracy on the 360 held-out images, measured 2026-12-05 with the current

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from vit_jax.config import base_config
 from vit_jax.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
@@ -66,3 +67,52 @@ def test_unknown_names_are_errors():
         make_optimizer(optimizer_config(name="lamb"), 10)
     with pytest.raises(ValueError, match="schedule must be one of"):
         learning_rate_schedule(optimizer_config(schedule="step"), 10)
+
+
+def small_vit_params(scan: bool = False):
+    from vit_jax.models import create_model
+
+    model = create_model("Ti/16", num_classes=3, num_layers=3, hidden_size=16, num_heads=2, mlp_dim=32, scan=scan)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
+
+
+def test_layer_decay_scales_each_update_by_its_layer_and_scanned_blocks_per_layer():
+    """AdamW with layer decay 0.5 moves each parameter by plain AdamW's step times 0.5 ** (last - layer): 3 blocks,
+    a head, so 1/16 for the embedding, 1/8, 1/4, 1/2 for the blocks (the final norm with the last), 1 for the head."""
+    from vit_jax.models.encoder import stack_encoder_blocks
+    from vit_jax.optim import layer_scales
+
+    shapes = small_vit_params()
+    params = jax.tree.map(lambda s: jnp.ones(s.shape), shapes)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+    plain = make_optimizer(optimizer_config(warmup_steps=0, grad_clip_norm=0), 10)
+    decayed = make_optimizer(optimizer_config(warmup_steps=0, grad_clip_norm=0, layer_decay=0.5), 10)
+    plain_updates, _ = plain.update(grads, plain.init(params), params)
+    decayed_updates, _ = decayed.update(grads, decayed.init(params), params)
+    expected = {"embedding/kernel": 1 / 16, "Transformer/posembed_input/pos_embedding": 1 / 16, "cls": 1 / 16,
+                "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel": 1 / 8,
+                "Transformer/encoderblock_2/LayerNorm_0/scale": 1 / 2, "Transformer/encoder_norm/scale": 1 / 2,
+                "head/kernel": 1.0, "head/bias": 1.0}
+    flat = lambda tree: {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+    ratios = {k: float(np.mean(flat(decayed_updates)[k] / flat(plain_updates)[k])) for k in expected}
+    assert ratios == pytest.approx(expected)
+    scanned = layer_scales(small_vit_params(scan=True), 0.5)["Transformer"]["encoderblock"]
+    per_layer = stack_encoder_blocks({"Transformer": layer_scales(shapes, 0.5)["Transformer"]})
+    per_layer = jax.tree.map(lambda s: np.asarray(s), per_layer["Transformer"]["encoderblock"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a.reshape(-1), b.reshape(-1)), scanned, per_layer)
+
+
+def test_frozen_parameters_stay_put_keep_no_state_and_do_not_count_in_the_clipping():
+    params = {"backbone": {"kernel": jnp.ones((4, 4))}, "head": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)}}
+    config = optimizer_config(warmup_steps=0, grad_clip_norm=1.0, frozen="^backbone/", learning_rate=0.1)
+    tx = make_optimizer(config, 10)
+    state = tx.init(params)
+    moments = [leaf.shape for leaf in jax.tree.leaves(state) if hasattr(leaf, "shape") and leaf.ndim]
+    assert sorted(moments) == sorted([(4, 2), (2,), (4, 2), (2,)])  # Adam's two moments, for the head only
+    grads = {"backbone": {"kernel": jnp.full((4, 4), 1e6)}, "head": {"kernel": jnp.full((4, 2), 0.1), "bias": jnp.zeros(2)}}
+    updates, _ = tx.update(grads, state, params)
+    assert not np.asarray(updates["backbone"]["kernel"]).any()
+    head_only = make_optimizer(optimizer_config(warmup_steps=0, grad_clip_norm=1.0, learning_rate=0.1), 10)
+    alone = {"head": params["head"]}
+    expected, _ = head_only.update({"head": grads["head"]}, head_only.init(alone), alone)
+    np.testing.assert_allclose(updates["head"]["kernel"], expected["head"]["kernel"], rtol=1e-6)

@@ -637,3 +637,28 @@ def test_an_open_clip_tower_that_is_a_timm_model_reads_as_that_model(tmp_path):
     x = images(trained.image_size)
     np.testing.assert_allclose(vit_jax_logits(trained.model, trained.params, x), timm_logits(model, x), atol=5e-5,
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "registers_with_positions"])  # that one folds
+def test_layer_decay_gives_each_parameter_timms_learning_rate_scale(saved, family):  # registers into the table
+    """timm's `param_groups_layer_decay` (BEiT's rule, through each model's own `group_matcher`): every tensor of the
+    timm model set to its lr_scale, read into vit_jax's tree; each parameter must hold `optim.layer_scales`'s."""
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    from vit_jax.checkpoint.timm_layout import architecture_from_timm, params_from_timm
+    from vit_jax.optim import layer_scales
+    from vit_jax.param_paths import path_string
+
+    model, directory = saved[family]
+    checkpoint = read_timm_checkpoint(directory / "model.safetensors")
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale_of = {names[id(p)]: group["lr_scale"] for group in param_groups_layer_decay(model, layer_decay=0.5)
+                for p in group["params"]}
+    state = {name: np.full(value.shape, scale_of.get(name, 1.0), np.float64) for name, value in checkpoint.state.items()}
+    params = params_from_timm(state, architecture_from_timm(state, checkpoint.config, family))
+    for (path, leaf), (_, ours) in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                       jax.tree_util.tree_flatten_with_path(layer_scales(params, 0.5))[0]):
+        theirs = np.unique(leaf[leaf != 0])
+        if not theirs.size:  # made by vit_jax (zero key biases where timm has none): timm has no rate for it
+            continue
+        assert theirs.size == 1 and theirs[0] == pytest.approx(ours, rel=1e-12), (path_string(path), theirs, ours)

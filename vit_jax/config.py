@@ -189,6 +189,8 @@ def base_config() -> ConfigDict:
     c.optimizer.momentum = 0.9  # sgd
     c.optimizer.nesterov = False  # sgd
     c.optimizer.grad_clip_norm = 1.0  # global norm; 0 disables clipping
+    c.optimizer.layer_decay = config_dict.placeholder(float)  # e.g. 0.75: layer l of L learns at decay**(L+1-l)
+    c.optimizer.frozen = ""  # regex over parameter paths left untouched, e.g. "^(?!head/)" (a linear probe)
 
     # Loop, logging and checkpoints.
     c.log_every = 50

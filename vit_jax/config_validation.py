@@ -179,7 +179,8 @@ def check_batch_augmentation(config: ConfigDict) -> None:
 
 def check_patterns(config: ConfigDict) -> None:
     """Regexes over parameter paths compile, and sharding rules are known kinds or axis tuples."""
-    patterns = [("optimizer.weight_decay_mask", config.optimizer.weight_decay_mask)]
+    patterns = [("optimizer.weight_decay_mask", config.optimizer.weight_decay_mask),
+                ("optimizer.frozen", config.optimizer.get("frozen", ""))]
     patterns += [(f"sharding_rules[{i}]", rule[0]) for i, rule in enumerate(config.sharding_rules)]
     patterns += [(f"init.dont_load[{i}]", pattern) for i, pattern in enumerate(config.init.dont_load)]
     for field, pattern in patterns:
@@ -191,6 +192,22 @@ def check_patterns(config: ConfigDict) -> None:
         if len(rule) != 2 or not (rule[1] in RULE_KINDS or isinstance(rule[1], (tuple, list))):
             raise field_error(f"sharding_rules[{i}]", tuple(rule), "must be (regex, rule)",
                               f"rule in {RULE_KINDS} or a tuple of mesh axis names per dimension")
+
+
+def check_frozen(config: ConfigDict, params: Any) -> None:
+    """`optimizer.frozen` leaves some parameters to train (checked on the model's parameter tree, before anything
+    compiles); a pattern that matches nothing is most likely a typo."""
+    pattern = config.optimizer.get("frozen", "")
+    if not pattern:
+        return
+    paths = ["/".join(map(str, path)) for path in traverse_util.flatten_dict(params)]
+    frozen = [path for path in paths if re.search(pattern, path)]
+    if not frozen:
+        raise field_error("optimizer.frozen", pattern, f"matches none of the model's {len(paths)} parameters "
+                                                       f"(e.g. {paths[0]!r})")
+    if len(frozen) == len(paths):
+        raise field_error("optimizer.frozen", pattern, "matches every parameter: nothing would train",
+                          "e.g. '^(?!head/)' to train the head only")
 
 
 def check_devices(config: ConfigDict, num_devices: int, process_count: int) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Optimizers from `config.optimizer`: AdamW or SGD with momentum, warmup + decay, clipping, masked weight decay."""
+"""Optimizers from `config.optimizer`: AdamW or SGD with momentum, warmup + decay, clipping, masked weight decay,
+layer-wise learning-rate decay and frozen parameters (fine-tuning)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from ml_collections import ConfigDict
 
@@ -39,6 +41,7 @@ def check_optimizer(config: ConfigDict) -> None:
     number("eps", 0, low_open=True)
     number("momentum", 0, 1, high_open=True, optional=True)
     number("grad_clip_norm", 0, optional=True)  # 0: no clipping
+    number("layer_decay", 0, 1, low_open=True, optional=True)
     if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
         raise ValueError(f"warmup_steps: must be an integer >= 0; got {config.warmup_steps!r}")
 
@@ -63,12 +66,76 @@ def learning_rate_schedule(config: ConfigDict, num_steps: int) -> optax.Schedule
 
 
 def weight_decay_mask(pattern: str) -> Any:
-    """A function of the params giving True where the '/'-joined path matches `pattern` (`re.search`)."""
+    """A function of the params giving True where the '/'-joined path matches `pattern` (`re.search`): weight decay's
+    mask, and `frozen`'s."""
     regex = re.compile(pattern)
     return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.search(path_string(p))), params)
 
 
+# What acts before the first block, in layer-wise decay's layer 0 (timm's `group_matcher` stem: cls_token, reg_token,
+# pos_embed, patch_embed, norm_pre): the patch embedding and a hybrid's ResNet stem, the class and distillation
+# tokens, the position table, registers, the pre-norm. Blocks are layers 1..L, the final norm joins the last block
+# (timm's MATCH_PREV_GROUP), and everything after it (pooling, heads) is one last layer at the full rate, as are
+# RoPE-Mixed's learned frequencies (one model-level tensor in timm, which its matcher leaves in no block).
+STEM = re.compile(r"^(embedding|cls|dist|conv_root|gn_root|block\d+)(/|$)|^Transformer/(posembed_input|registers|pre_norm)(/|$)")
+FINAL_NORM = re.compile(r"^Transformer/encoder_norm(/|$)")
+FULL_RATE = re.compile(r"/rope_frequencies$")
+_BLOCK = re.compile(r"^Transformer/encoderblock(?:_(\d+))?/")
+
+
+def layer_scales(params: Any, decay: float) -> Any:
+    """Each parameter's learning-rate multiplier under layer-wise decay, as timm's `param_groups_layer_decay`:
+    `decay ** (last - layer)`, so the head learns at the full rate, block i (of L) at `decay ** (L - i)` and the
+    patch embedding at `decay ** (L + 1)` (BEiT's and MAE's rule, except that their final norm keeps the full rate).
+    Scanned blocks (one stacked `Transformer/encoderblock`) get one multiplier per layer along their leading axis."""
+    leaves = [(path_string(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    blocks = {int(m.group(1)) for name, _ in leaves if (m := _BLOCK.match(name)) and m.group(1) is not None}
+    stacked = {leaf.shape[0] for name, leaf in leaves if (m := _BLOCK.match(name)) and m.group(1) is None}
+    num_layers = max(blocks, default=-1) + 1 + max(stacked, default=0)
+
+    def layer(name: str) -> int:
+        if STEM.search(name):
+            return 0
+        return num_layers if FINAL_NORM.search(name) else num_layers + 1
+
+    last = max((layer(name) for name, _ in leaves if not _BLOCK.match(name)), default=num_layers)
+    last = max(last, num_layers)
+
+    def scale(path: Any, leaf: Any) -> Any:
+        name = path_string(path)
+        if (m := _BLOCK.match(name)) is None or FULL_RATE.search(name):
+            return 1.0 if FULL_RATE.search(name) else decay ** (last - layer(name))
+        if m.group(1) is not None:
+            return decay ** (last - 1 - int(m.group(1)))
+        layers = np.arange(leaf.shape[0], dtype=np.float64)
+        return (decay ** (last - 1 - layers)).astype(np.float32).reshape(-1, *(1,) * (leaf.ndim - 1))
+
+    return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_layer(decay: float) -> optax.GradientTransformation:
+    """Updates times `layer_scales` (after the optimizer: AdamW's decoupled weight decay is scaled with them, as a
+    per-group learning rate scales it in PyTorch)."""
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        scales = layer_scales(updates, decay)
+        return jax.tree.map(lambda u, s: u * jax.numpy.asarray(s, u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config: ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    """The optimizer of `config`; with `frozen` (a regex over parameter paths) the matching parameters are left
+    as they are: no update, no weight decay, no optimizer state, and no part in the clipping norm."""
+    optimizer = _trainable_optimizer(config, num_steps)
+    frozen = config.get("frozen") or ""
+    if not frozen:
+        return optimizer
+    matches = weight_decay_mask(frozen)
+    labels = lambda params: jax.tree.map(lambda m: "frozen" if m else "trained", matches(params))
+    return optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def _trainable_optimizer(config: ConfigDict, num_steps: int) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(config, num_steps)
     mask = weight_decay_mask(config.weight_decay_mask)
     if config.name == "adamw":
@@ -81,6 +148,8 @@ def make_optimizer(config: ConfigDict, num_steps: int) -> optax.GradientTransfor
         )
     else:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {config.name!r}")
+    if config.get("layer_decay") is not None and config.layer_decay != 1:
+        optimizer = optax.chain(optimizer, scale_by_layer(config.layer_decay))
     if config.grad_clip_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     return optimizer

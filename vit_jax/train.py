@@ -95,6 +95,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
     root_key = jax.random.key(config.seed)
     init = init_state_fn(setup, jax.random.fold_in(root_key, 0))
     abstract_state = jax.eval_shape(init)
+    config_validation.check_frozen(config, abstract_state.params)
     shardings = state_shardings(abstract_state, config, setup.mesh)
     checkpoints = TrainCheckpoints(workdir / CHECKPOINT_DIR, keep=config.keep)
     start_step = checkpoints.latest_step() or 0
