@@ -116,7 +116,7 @@ def test_every_model_option_and_every_none_default_can_be_set_from_the_command_l
               for field in dataclasses.fields(vit.VisionTransformer)
               if field.name in model_config("S/16")}
     assert len(wanted) == len(model_config("S/16")) - 1  # every option but the variant
-    samples = {int: 11, tuple: (2, 6), str: "/some/dir"}
+    samples = {int: 11, float: 0.5, tuple: (2, 6), str: "/some/dir"}
     wanted.update({path: samples[kind] for path, kind in none_defaulted_fields(base_config())})
     assert {"data_dir", "init.step", "init.grid", "packing.max_grid"} <= set(wanted)
     flag_values = flags.FlagValues()
@@ -132,3 +132,20 @@ def test_every_model_option_and_every_none_default_can_be_set_from_the_command_l
         for part in path.split("."):
             arrived = arrived[part]
         assert arrived == value and type(arrived) is type(value), (path, arrived, value)
+
+
+def test_the_evaluation_view_and_the_augmentations_come_from_the_config():
+    from vit_jax.augment.rand_augment import RandAugment
+    from vit_jax.from_config import mixup_from_config, preprocess_from_config, random_erasing_from_config
+
+    config = load_config_file("vit")
+    preprocess = preprocess_from_config(config)
+    assert (preprocess.crop_pct, preprocess.crop_mode) == (0.875, "center")
+    assert preprocess.rand_augment == RandAugment(num_layers=2, magnitude=10)
+    assert mixup_from_config(config).mixup_alpha == 0.2 and random_erasing_from_config(config) is None
+    plain = load_config_file("digits")
+    assert preprocess_from_config(plain).rand_augment is None and mixup_from_config(plain) is None
+    deit = load_config_file("vit", "pp.rand_augment=rand-m9-mstd0.5-inc1,random_erasing.prob=0.25,"
+                                              "mixup.mixup_alpha=0.8,mixup.cutmix_alpha=1.0")
+    assert preprocess_from_config(deit).rand_augment.transforms[4] == "PosterizeIncreasing"
+    assert random_erasing_from_config(deit).prob == 0.25 and mixup_from_config(deit).cutmix_alpha == 1.0

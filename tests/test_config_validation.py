@@ -41,6 +41,13 @@ from vit_jax.build import set_up
         ("pp.crop_ratio=(0,0)", r"config.pp: crop_ratio must be \(min, max\) aspect ratios"),
         ("pp.mean=(0.5,0.5),pp.std=(0.0,1.0)", r"config.pp: mean and std must be given together, as many of each, std > 0"),
         ("pp.channels=2", r"config.pp: channels must be None \(as stored\), 1 or 3; got 2"),
+        ("pp.crop_pct=1.5", r"config.pp: crop_pct must be in \(0, 1\]"),
+        # augmentation (each checks its own fields), layer decay
+        ("pp.rand_augment=rand-m9-z2", r"config.pp: rand_augment 'rand-m9-z2': section 'z2' is not one of"),
+        ("mixup.mode=pairs", r"config.mixup: mode must be one of \('batch', 'pair', 'elem'\); got 'pairs'"),
+        ("random_erasing.max_area=2.0", r"config.random_erasing: min_area and max_area must satisfy"),
+        ("optimizer.layer_decay=1.5", r"config.optimizer.layer_decay = 1.5: must be a finite number in \(0, 1\]"),
+        ("optimizer.frozen='['", r"config.optimizer.frozen = '\[': not a regular expression"),
         ("flexi.patch_sizes=(0,)", r"config.flexi.patch_sizes = \(0,\): "),
         ("flexi.probabilities=(1.0,)", r"config.flexi.probabilities = \(1.0,\): set without config.flexi.patch_sizes"),
         ("init.step=5", r"config.init.step = 5: set without config.init.path"),

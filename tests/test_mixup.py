@@ -70,11 +70,11 @@ def test_mixed_images_and_targets_are_timms_for_the_same_draws(timm_mixup, monke
 def test_draws_follow_the_beta_distribution_and_the_probabilities():
     count = 4000
     mixup_only = Mixup(mixup_alpha=0.4, mode="elem")
-    lam, cutmix, _ = mixup_only.draw(jax.random.key(0), count, 8, 8)
+    lam, cutmix, _ = jax.jit(mixup_only.draw, static_argnums=(1, 2, 3))(jax.random.key(0), count, 8, 8)
     assert not np.asarray(cutmix).any()
     assert scipy.stats.kstest(np.asarray(lam), scipy.stats.beta(0.4, 0.4).cdf).pvalue > 1e-3
     both = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.6, switch_prob=0.3, mode="elem")
-    lam, cutmix, _ = both.draw(jax.random.key(1), count, 32, 32)
+    lam, cutmix, _ = jax.jit(both.draw, static_argnums=(1, 2, 3))(jax.random.key(1), count, 32, 32)
     lam, cutmix = np.asarray(lam), np.asarray(cutmix)
     applied = (lam < 1) | cutmix
     for observed, p in [(applied.mean(), 0.6), (cutmix[applied].mean(), 0.3)]:
@@ -94,10 +94,16 @@ def test_the_train_step_erases_then_mixes_each_batch_and_trains_on_the_mixed_tar
     erasing = RandomErasing(prob=1.0)
     _, metrics = jax.jit(make_train_step(model, tx, lambda s: 0.1, dropout_key=dropout_key, mixup=mixup,
                                          random_erasing=erasing, label_smoothing=0.1))(state, batch)
-    step_key = jax.random.fold_in(dropout_key, 3)
-    erased = erasing(jax.random.fold_in(step_key, ERASING_STREAM), batch["image"])
-    images, targets = mixup(jax.random.fold_in(step_key, MIXUP_STREAM), erased, batch["label"], 5, 0.1)
-    logits = np.asarray(model.apply({"params": params}, images, train=False), np.float64)
+
+    @jax.jit
+    def reference(params, batch):
+        step_key = jax.random.fold_in(dropout_key, 3)
+        erased = erasing(jax.random.fold_in(step_key, ERASING_STREAM), batch["image"])
+        images, targets = mixup(jax.random.fold_in(step_key, MIXUP_STREAM), erased, batch["label"], 5, 0.1)
+        return images, targets, model.apply({"params": params}, images, train=False)
+
+    images, targets, logits = reference(params, batch)
+    logits = np.asarray(logits, np.float64)
     log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     np.testing.assert_allclose(metrics["train/loss"], -(np.asarray(targets) * log_p).sum(-1).mean(), rtol=1e-5)
     assert not np.allclose(images, batch["image"])

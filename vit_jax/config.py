@@ -106,6 +106,11 @@ def base_config() -> ConfigDict:
     c.pp.mean = config_dict.placeholder(tuple)  # per channel, after value_range: (x - mean) / std (timm's models)
     c.pp.std = config_dict.placeholder(tuple)
     c.pp.channels = config_dict.placeholder(int)  # 3: grayscale images become RGB (for RGB checkpoints)
+    # evaluation's view (training's is not affected): resize to image_size / crop_pct, then the central crop, as timm's
+    # crop_pct and crop_mode ("squash" | "center" | "border"); big_vision's resize_small(256)|central_crop(224) is
+    # crop_pct 0.875, "center"
+    c.pp.crop_pct = 1.0
+    c.pp.crop_mode = "squash"
     c.pp.rand_augment = ""  # timm's RandAugment string, e.g. "rand-m9-mstd0.5-inc1" (DeiT); "": none
 
     c.model = model_config("B/16")

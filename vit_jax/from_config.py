@@ -40,7 +40,8 @@ def preprocess_from_config(config: ConfigDict) -> Preprocess:
         image_size=tuple(config.image_size), value_range=tuple(pp.value_range), resize_method=pp.resize_method,
         train_crop=pp.train_crop, crop_padding=pp.crop_padding, crop_scale=tuple(pp.crop_scale),
         crop_ratio=tuple(pp.crop_ratio), flip=pp.flip, mean=_optional_tuple(pp.mean), std=_optional_tuple(pp.std),
-        channels=pp.channels, rand_augment=RandAugment.parse(pp.rand_augment) if pp.get("rand_augment") else None,
+        channels=pp.channels, crop_pct=pp.get("crop_pct", 1.0), crop_mode=pp.get("crop_mode", "squash"),
+        rand_augment=RandAugment.parse(pp.rand_augment) if pp.get("rand_augment") else None,
     )
 
 
