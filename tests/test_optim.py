@@ -116,3 +116,33 @@ def test_frozen_parameters_stay_put_keep_no_state_and_do_not_count_in_the_clippi
     alone = {"head": params["head"]}
     expected, _ = head_only.update({"head": grads["head"]}, head_only.init(alone), alone)
     np.testing.assert_allclose(updates["head"]["kernel"], expected["head"]["kernel"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_the_weights_moving_average_is_timms_model_ema(warmup):
+    """timm's ModelEmaV3 updated with the same weights after each step (`step=` the update's number, as timm's
+    train loop passes it) holds the same average, from its first update (a copy) on."""
+    from vit_jax.optim import ema_params, params_ema
+    from vit_jax.timm_compat import import_timm
+
+    import_timm()
+    import torch
+    from timm.utils.model_ema import ModelEmaV3
+
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((3, 2)).astype(np.float32) for _ in range(6)]
+    module = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(weights[0]))
+    timm_ema = ModelEmaV3(module, decay=0.9, use_warmup=warmup)
+    tx = optax.chain(optax.identity(), params_ema(0.9, warmup=warmup))
+    params = {"w": jnp.asarray(weights[0])}
+    state = tx.init(params)
+    for step, new in enumerate(weights[1:], start=1):
+        _, state = tx.update({"w": jnp.asarray(new) - params["w"]}, state, params)
+        params = {"w": jnp.asarray(new)}
+        with torch.no_grad():
+            module.weight.copy_(torch.from_numpy(new))
+        timm_ema.update(module, step=step)
+        np.testing.assert_allclose(ema_params(state)["w"], timm_ema.module.weight.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ema_params(state)["w"], weights[-1])

@@ -14,9 +14,11 @@ from tests.tensorboard_events import tensorboard_scalars
 from vit_jax import predict, visualize
 from vit_jax.build import train_iterator
 from vit_jax.checkpoint import TrainCheckpoints
+from vit_jax.checkpoint.manager import model_params
 from vit_jax.config import saved_config
 from vit_jax.config_validation import ConfigError
 from vit_jax.metric_writers import read_metrics
+from vit_jax.optim import ema_params
 from vit_jax.train import NonFiniteLossError, train_and_evaluate
 
 
@@ -113,14 +115,20 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 # ---------------------------------------------------------------------------------------------------------------
 # Whole runs in fresh processes: the command a user types.
 
-# With every augmentation (RandAugment per image, random erasing and Mixup/CutMix in the step): an interrupted run
-# must redraw each exactly as the uninterrupted one did.
+# With every augmentation (RandAugment per image, random erasing and Mixup/CutMix in the step) and a moving average
+# of the weights: an interrupted run must redraw each exactly as the uninterrupted one did, and average the same.
 RUN = ("--config=configs/digits.py:num_steps=30,log_every=1,eval_every=10,checkpoint_every=5,log_pictures=none,"
-       "pp.rand_augment=rand-m9-mstd0.5-inc1,random_erasing.prob=0.25,mixup.mixup_alpha=0.8,mixup.cutmix_alpha=1.0")
+       "pp.rand_augment=rand-m9-mstd0.5-inc1,random_erasing.prob=0.25,mixup.mixup_alpha=0.8,mixup.cutmix_alpha=1.0,"
+       "ema.decay=0.9")
 
 
-def final_params(workdir, step=30):
-    return TrainCheckpoints(workdir / "checkpoints").restore(step)["params"]
+def final_params(workdir, step=30, ema=False):
+    """The run's parameters at `step`, or (`ema`) the weights the workdir stands for: their moving average."""
+    state = TrainCheckpoints(workdir / "checkpoints").restore(step)
+    if ema:
+        assert ema_params(state["opt_state"]) is not None
+        return model_params(state)
+    return state["params"]
 
 
 def assert_same_params(a, b, atol=1e-6):
@@ -162,6 +170,8 @@ def test_a_run_killed_and_resumed_ends_with_the_same_parameters(tmp_path, uninte
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step" in resumed.stdout
     assert_same_params(final_params(tmp_path), final_params(uninterrupted))
+    assert_same_params(final_params(tmp_path, ema=True), final_params(uninterrupted, ema=True))
+    assert read_metrics(tmp_path)[-1]["test_ema/num_examples"] == 360
     kept = lambda w: [r["perf/keeps_host_memory"] for r in read_metrics(w) if "perf/keeps_host_memory" in r]
     assert kept(uninterrupted) == [1.0] and kept(tmp_path) == []
     losses = lambda w: [(r["step"], r["train/loss"]) for r in read_metrics(w) if "train/loss" in r]

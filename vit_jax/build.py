@@ -41,7 +41,7 @@ from vit_jax.from_config import (
 )
 from vit_jax.models.partitioning import ActivationSharding
 from vit_jax.models.vit import VisionTransformer, input_grid
-from vit_jax.optim import learning_rate_schedule, make_optimizer
+from vit_jax.optim import learning_rate_schedule, make_optimizer, with_ema
 from vit_jax.sharding import (
     DATA_AXIS,
     MODEL_AXIS,
@@ -117,7 +117,7 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         image_shape=image_shape,
         sources=sources,
         preprocess=preprocess,
-        tx=make_optimizer(config.optimizer, config.num_steps),
+        tx=with_ema(make_optimizer(config.optimizer, config.num_steps), config.get("ema")),
         schedule=learning_rate_schedule(config.optimizer, config.num_steps),
         flexi_sizes=flexi_patch_sizes(config.flexi.patch_sizes),
         flexi_probabilities=flexi_probabilities(flexi_patch_sizes(config.flexi.patch_sizes),

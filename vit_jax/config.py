@@ -194,8 +194,14 @@ def base_config() -> ConfigDict:
     c.optimizer.momentum = 0.9  # sgd
     c.optimizer.nesterov = False  # sgd
     c.optimizer.grad_clip_norm = 1.0  # global norm; 0 disables clipping
-    c.optimizer.layer_decay = config_dict.placeholder(float)  # e.g. 0.75: layer l of L learns at decay**(L+1-l)
+    # e.g. 0.75: block i of L learns at 0.75**(L-i) times the rate, the embedding at 0.75**(L+1), the head at 1 (timm's)
+    c.optimizer.layer_decay = config_dict.placeholder(float)
     c.optimizer.frozen = ""  # regex over parameter paths left untouched, e.g. "^(?!head/)" (a linear probe)
+    # timm's ModelEmaV3: a moving average of the weights, evaluated and tested beside them; with it the best checkpoint
+    # is the EMA's, and predict, export and fine-tuning from the workdir read the EMA weights
+    c.ema = ConfigDict()
+    c.ema.decay = 0.0  # e.g. 0.9998 (timm's --model-ema-decay); 0: none
+    c.ema.warmup = False  # timm's --model-ema-warmup: decay min(decay, 1 - (1 + t) ** -2/3) at update t + 1
 
     # Loop, logging and checkpoints.
     c.log_every = 50

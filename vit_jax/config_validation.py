@@ -32,7 +32,7 @@ from vit_jax.from_config import (
 from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
 from vit_jax.models.posemb import check_resizing
 from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
-from vit_jax.optim import OPTIMIZERS, SCHEDULES, check_optimizer
+from vit_jax.optim import OPTIMIZERS, SCHEDULES, check_ema, check_optimizer
 from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -142,11 +142,12 @@ def check_numbers(config: ConfigDict) -> None:
         raise field_error("data_workers", config.data_workers, "must be an integer >= 0")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise field_error("label_smoothing", config.label_smoothing, "must be in [0, 1)")
-    try:
-        check_optimizer(config.optimizer)
-    except ValueError as error:
-        field, problem = str(error).split(": ", 1)
-        raise field_error(f"optimizer.{field}", config.optimizer.get(field), problem) from None
+    for group, check in (("optimizer", check_optimizer), ("ema", check_ema)):
+        try:
+            check(config.get(group) or ConfigDict())
+        except ValueError as error:
+            field, problem = str(error).split(": ", 1)
+            raise field_error(f"{group}.{field}", (config.get(group) or {}).get(field), problem) from None
     if not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
         raise field_error("seed", config.seed, "must be an integer in [0, 2**32)")
     size = tuple(config.image_size)

@@ -116,10 +116,10 @@ class Evaluator:
                                     top5=self.num_classes > 5, patch_size=patch_size)
 
 
-def final_test(evaluator: Evaluator, params: Any, step: int, writer: MetricWriter, description: str
-               ) -> dict[str, float]:
+def final_test(evaluator: Evaluator, params: Any, step: int, writer: MetricWriter, description: str,
+               ema: Any = None) -> dict[str, float]:
     """The one evaluation on the test split, at the end; printed and logged. `description`: what the split is,
-    e.g. "sklearn_digits test"."""
+    e.g. "sklearn_digits test". `ema`: a moving average of the weights, tested too (`test_ema/*`)."""
     test = evaluator.split_metrics(params, "test_split", "test")
     writer.write(step, test)
     count = int(test["test/num_examples"])
@@ -132,4 +132,9 @@ def final_test(evaluator: Evaluator, params: Any, step: int, writer: MetricWrite
     mean = " (mean over the patch sizes)" if evaluator.flexi_sizes else ""
     writer.print(f"final test accuracy: {100 * test['test/accuracy']:.2f}%{mean} on {count} {description} images "
                  f"(step {step})")
-    return test
+    if ema is None:
+        return test
+    averaged = evaluator.split_metrics(ema, "test_split", "test_ema")
+    writer.write(step, averaged)
+    writer.print(f"final test accuracy of the weights' moving average (EMA): {100 * averaged['test_ema/accuracy']:.2f}%")
+    return {**test, **averaged}

@@ -33,13 +33,14 @@ from vit_jax.build import (
     state_shardings,
     train_iterator,
 )
-from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
+from vit_jax.checkpoint.manager import CHECKPOINT_DIR, EMA_EVAL, TrainCheckpoints
 from vit_jax.config import CONFIG_FILE, save_config, saved_config
 from vit_jax.evaluation import Evaluator, final_test
 from vit_jax.flexi import draw_patch_size
 from vit_jax.host_memory import keep_freed_memory
 from vit_jax.interpret.tensorboard import PictureLogger, first_examples
 from vit_jax.metric_writers import MetricWriter
+from vit_jax.optim import ema_params
 from vit_jax.preemption import PreemptionWatcher
 from vit_jax.sharding import batch_sharding, replicated, to_global
 from vit_jax.steps import TrainState, make_eval_step, make_train_step
@@ -165,7 +166,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
             state, results = train_loop(run, state, abstract, start_step, preemption)
         if config.test_split:
             results.update(final_test(run.evaluator, state.params, int(state.step), run.writer,
-                                      f"{config.dataset} {config.test_split}"))
+                                      f"{config.dataset} {config.test_split}", ema_params(state.opt_state)))
     finally:
         background.shutdown(cancel_futures=True)
         checkpoints.wait()
@@ -236,6 +237,8 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
         if step % config.eval_every == 0 or is_last:
             _check_finite(unchecked, checkpoints)
             eval_metrics = results = run.evaluator.split_metrics(state.params, "eval_split", "eval")
+            if (ema := ema_params(state.opt_state)) is not None:
+                eval_metrics.update(run.evaluator.split_metrics(ema, "eval_split", EMA_EVAL))
             writer.write(step, eval_metrics)
             run.pictures.after_eval(step, state.params, is_last)
         if eval_metrics is not None or step % config.checkpoint_every == 0 or is_last:

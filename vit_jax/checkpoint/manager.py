@@ -5,7 +5,8 @@ whose position only they know, such as packing). Saves are asynchronous (trainin
 written); orbax writes each step into a temporary directory and renames it only when complete, so a save cut
 short (the process killed mid-save) is never picked up: the previous step is restored, and the leftover
 temporary directory is removed when the manager opens. Kept: the last `keep` steps plus the best by
-`eval/accuracy`.
+`eval/accuracy`, or by `eval_ema/accuracy` for a run that keeps a moving average of its weights (`config.ema`;
+timm's rule), whose weights are then what the workdir stands for (`model_params`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,26 @@ from jax.sharding import SingleDeviceSharding
 from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from vit_jax.optim import ema_params
+
 CHECKPOINT_DIR = "checkpoints"  # inside a workdir
 STATE = "state"
 DATA = "data"
 POSITION = "position"
 BEST_METRIC = "eval/accuracy"
+EMA_EVAL = "eval_ema"  # the prefix of the moving average's evaluation metrics
+EMA_BEST_METRIC = f"{EMA_EVAL}/accuracy"
+
+
+def best_metric(metrics: dict[str, float]) -> float:
+    return metrics.get(EMA_BEST_METRIC, metrics[BEST_METRIC])
+
+
+def model_params(state: Any) -> Any:
+    """The weights a restored train state stands for: the moving average when the run kept one, else its
+    parameters."""
+    ema = ema_params(state["opt_state"] if isinstance(state, dict) else state.opt_state)
+    return ema if ema is not None else (state["params"] if isinstance(state, dict) else state.params)
 
 
 def state_handler() -> ocp.StandardCheckpointHandler:
@@ -80,7 +96,7 @@ class TrainCheckpoints:
         if self._opened is None:
             policy = preservation_policy.AnyPreservationPolicy([
                 preservation_policy.LatestN(n=self._keep),
-                preservation_policy.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
+                preservation_policy.BestN(get_metric_fn=best_metric, n=1,
                                           keep_checkpoints_without_metrics=False),
             ])
             self._opened = ocp.CheckpointManager(

@@ -253,7 +253,7 @@ def _to_numpy(tree: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m vit_jax.checkpoint.npz --workdir DIR --out FILE.npz [--step N]`: export a run's parameters."""
-    from vit_jax.checkpoint.manager import CHECKPOINT_DIR, CheckpointReadError, TrainCheckpoints
+    from vit_jax.checkpoint.manager import CHECKPOINT_DIR, CheckpointReadError, TrainCheckpoints, model_params
     from vit_jax.entry import check_output  # the commands' checks (which import this module)
 
     parser = argparse.ArgumentParser(prog="python -m vit_jax.checkpoint.npz", description=main.__doc__.split(":")[0])
@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"error: no checkpoint {'' if step is None else step} in {checkpoints.directory}; "
                        f"steps: {checkpoints.all_steps()}\n")
     try:
-        params = checkpoints.restore(step)["params"]
+        params = model_params(checkpoints.restore(step))
     except CheckpointReadError as error:
         parser.exit(2, f"error: {error}\n")
     Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_jax.checkpoint.hub import is_timm_spec, read_timm_checkpoint
-from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints
+from vit_jax.checkpoint.manager import CHECKPOINT_DIR, TrainCheckpoints, model_params
 from vit_jax.checkpoint.npz import load_npz, split_submodel
 from vit_jax.checkpoint.timm_layout import TimmArchitecture, architecture_from_timm, params_from_timm
 from vit_jax.config import CONFIG_FILE, build_model, saved_config
@@ -44,7 +44,7 @@ def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
         if step is None or step not in steps:
             raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {checkpoints.directory}; "
                                     f"steps: {steps}")
-        params = checkpoints.restore(step)["params"]
+        params = model_params(checkpoints.restore(step))
         checkpoints.close()
         return Pretrained(params, _trained_grid(path), f"{path} step {step}")
     if split_submodel(path)[0].is_file():  # FILE.npz or FILE.npz:KEY
