@@ -142,3 +142,21 @@ def test_bad_strings_and_resampling_are_refused_by_name():
             RandAugment.parse(spec)
     with pytest.raises(ValueError, match="lanczos"):
         Preprocess((8, 8), resize_method="lanczos", rand_augment=RandAugment())
+
+
+def test_the_training_stream_applies_it_per_example_and_repeats_it_for_the_same_seed(rng):
+    """A split held in memory leaves the batched path (which only shifts and flips) for the per-example one."""
+    from vit_jax.data.in_memory import batchable
+    from vit_jax.data.pipeline import train_iterator
+    from vit_jax.data.sources import InMemorySource
+
+    source = InMemorySource([{"image": rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), "label": i % 3}
+                             for i in range(12)])
+    plain = Preprocess((8, 8), train_crop="pad", crop_padding=1)
+    augmented = Preprocess((8, 8), train_crop="pad", crop_padding=1, rand_augment=RandAugment.parse("rand-m9-n3"))
+    assert batchable(source, plain) and not batchable(source, augmented)
+    first = lambda preprocess: next(train_iterator(source, preprocess, batch_size=12, seed=0, num_threads=1))
+    once, again = first(augmented), first(augmented)
+    np.testing.assert_array_equal(once["image"], again["image"])
+    np.testing.assert_array_equal(np.sort(once["label"]), np.sort(first(plain)["label"]))
+    assert not np.array_equal(once["image"], first(plain)["image"])
