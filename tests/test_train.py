@@ -15,6 +15,7 @@ from vit_jax import predict, visualize
 from vit_jax.build import train_iterator
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.checkpoint.manager import model_params
+from vit_jax.checkpoint.pretrained import load_pretrained
 from vit_jax.config import saved_config
 from vit_jax.config_validation import ConfigError
 from vit_jax.metric_writers import read_metrics
@@ -171,6 +172,8 @@ def test_a_run_killed_and_resumed_ends_with_the_same_parameters(tmp_path, uninte
     assert "resumed from step" in resumed.stdout
     assert_same_params(final_params(tmp_path), final_params(uninterrupted))
     assert_same_params(final_params(tmp_path, ema=True), final_params(uninterrupted, ema=True))
+    assert_same_params(load_pretrained(tmp_path).params, final_params(tmp_path, ema=True), atol=0)  # what predict,
+    # the exports and fine-tuning read
     assert read_metrics(tmp_path)[-1]["test_ema/num_examples"] == 360
     kept = lambda w: [r["perf/keeps_host_memory"] for r in read_metrics(w) if "perf/keeps_host_memory" in r]
     assert kept(uninterrupted) == [1.0] and kept(tmp_path) == []

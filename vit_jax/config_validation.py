@@ -56,6 +56,10 @@ def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
     spec = check_data(config)
     model = check_model(config, spec.num_classes)
     check_video(config, spec, model)
+    if config.pp.get("rand_augment") and spec.image_shape[-1] not in (1, 3):
+        raise field_error("pp.rand_augment", config.pp.rand_augment, f"works on grayscale or RGB images; dataset "
+                                                                     f"{config.dataset!r} has {spec.image_shape[-1]} "
+                                                                     f"channels")
 
 
 # What may differ when a run resumes from its workdir: how long it runs, what it logs and evaluates, and how it

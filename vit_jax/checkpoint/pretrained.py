@@ -27,7 +27,8 @@ def is_workdir(path: str | Path) -> bool:
 
 
 def load_pretrained(path: str | Path, step: int | None = None) -> Pretrained:
-    """Parameters from `path`: a workdir (its latest checkpoint, or `step`), an `.npz` file (any layout `load_npz`
+    """Parameters from `path`: a workdir (its latest checkpoint, or `step`; the weights' moving average when the run
+    kept one, `config.ema`), an `.npz` file (any layout `load_npz`
     reads; `FILE.npz:KEY`, one model of several) or a Hub checkpoint in timm's or transformers' layout (see
     `vit_jax.checkpoint.hub`). Workdirs and Hub checkpoints also tell the grid their position embeddings were
     trained for."""
