@@ -188,3 +188,19 @@ def test_options_a_checkpoint_kind_does_not_read_are_refused_before_loading(sour
     """predict --workdir=W --variant=B/16 used to ignore the variant silently."""
     with pytest.raises(ValueError, match=message):
         load_trained_model(**source, **options)
+
+
+def test_a_workdir_predicts_with_the_evaluation_view_it_was_evaluated_with(digits_run, tmp_path):
+    """A run evaluated on the central crop (`pp.crop_pct`, `pp.crop_mode`) is predicted on the same view."""
+    import json
+    import shutil
+
+    workdir, _, _ = digits_run
+    cropped = tmp_path / "cropped"
+    shutil.copytree(workdir, cropped)
+    config = json.loads((cropped / "config.json").read_text())
+    config["pp"].update(crop_pct=0.875, crop_mode="center")
+    (cropped / "config.json").write_text(json.dumps(config))
+    preprocess = load_trained_model(cropped).preprocess
+    assert (preprocess.crop_pct, preprocess.crop_mode) == (0.875, "center")
+    assert load_trained_model(workdir).preprocess.crop_pct == 1.0

@@ -116,7 +116,8 @@ def _from_workdir(workdir: Path, step: int | None) -> TrainedModel:
         model = model.clone(posemb_grid=token_grid(model, image_size))
     optional = lambda name: None if config.pp.get(name) is None else tuple(config.pp[name])
     preprocess = Preprocess(image_size=image_size, value_range=tuple(config.pp.value_range),
-                            resize_method=config.pp.resize_method, mean=optional("mean"), std=optional("std"))
+                            resize_method=config.pp.resize_method, mean=optional("mean"), std=optional("std"),
+                            crop_pct=config.pp.get("crop_pct", 1.0), crop_mode=config.pp.get("crop_mode", "squash"))
     names = _class_names(config.dataset, config.get("data_dir"), _num_classes(params))
     return TrainedModel(model, params, preprocess, _channels(params), names, pretrained.source)
 
