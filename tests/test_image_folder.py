@@ -80,6 +80,21 @@ def test_folder_dataset_by_path_in_a_config_is_built_once_then_reused(tmp_path, 
     assert dataset_builder(f"folder:{root}", data_dir).info.splits["train"].num_examples == 4
 
 
+def test_a_built_dataset_keeps_its_classes_even_where_tfds_writes_inside_the_image_folder(tmp_path, rng):
+    """Images kept where TFDS writes the dataset (`DATA_DIR/NAME`, as the input-pipeline benchmark's default): TFDS's
+    `1.0.0/` then sits beside the class folders, which must not turn into two classes ('1.0.0', 'train') on the next
+    read, while the records' labels index the eight classes they were built with."""
+    data_dir = tmp_path / "tfds"
+    root = data_dir / "pets"
+    write_images(root / "train", ["cat", "dog", "eel"], 2, rng)
+    first = dataset_spec(dataset_builder(f"folder:{root}", str(data_dir)))
+    assert (root / "1.0.0").is_dir() and first.class_names == ("cat", "dog", "eel")
+    write_images(root / "train", ["fox"], 1, rng)  # a class added after the build
+    again = dataset_builder(f"folder:{root}", str(data_dir))
+    assert dataset_spec(again).class_names == ("cat", "dog", "eel")
+    assert sorted(int(e["label"]) for e in open_split(again, "train")) == [0, 0, 1, 1, 2, 2]
+
+
 def test_cli_builds_and_reports(tmp_path, rng, capsys):
     write_images(tmp_path / "imgs", ["x", "y"], 1, rng)
     assert main([str(tmp_path / "imgs"), "--name", "xy", "--data-dir", str(tmp_path / "tfds")]) == 0  # old: --data_dir

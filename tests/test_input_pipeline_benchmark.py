@@ -28,8 +28,9 @@ def test_both_sides_run_in_fresh_processes_and_write_the_comparison(tmp_path, ca
     assert input_pipeline.main([
         "--workers", "0", "--sides", "grain", "torchvision_uint8", "--num-images", "8", "--batch-size", "4",
         "--warmup", "1", "--batches", "2", "--repeats", "1", "--images", str(tmp_path / "jpegs"),
-        "--data-dir", str(tmp_path / "tfds"), "--out", str(out)]) == 0
+        "--data-dir", str(tmp_path / "tfds"), "--out", str(out), "--rand-augment", "rand-m9-mstd0.5-inc1"]) == 0
     report = json.loads(out.read_text())
+    assert report["rand_augment"] == "rand-m9-mstd0.5-inc1"  # both sides, DeiT's RandAugment after the flip
     by_side = {r["side"]: r for r in report["results"]}
     assert by_side["grain"]["batch_shape"] == [4, 224, 224, 3] and by_side["grain"]["dtype"] == "uint8"
     assert by_side["torchvision_uint8"]["batch_shape"] == [4, 3, 224, 224]
@@ -45,6 +46,7 @@ def test_both_sides_run_in_fresh_processes_and_write_the_comparison(tmp_path, ca
     (["--workers", "-1"], "--workers -1: expected >= 0"),
     (["--batch-size", "0"], "--batch-size 0: expected a positive integer"),
     (["--warmup", "0"], "--warmup 0: expected >= 1"),
+    (["--rand-augment", "rand-x9"], "--rand-augment: rand_augment 'rand-x9': section 'x9'"),
 ])
 def test_bad_options_exit_2_naming_the_value(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

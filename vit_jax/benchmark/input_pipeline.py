@@ -13,6 +13,10 @@ the TFDS ArrayRecord dataset built from the folder (`dataset='folder:DIR'`, the 
 extra). Each cell runs `--repeats` times in fresh processes; after `--warmup` batches, `--batches` are timed.
 Reported per side and worker count (medians): images/s (wall), and images per CPU-second of the whole process tree
 (the main process and its workers): the rate one core sustains, which says how many cores an accelerator needs.
+`--rand-augment SPEC` adds RandAugment after the flip on both sides (DeiT's `rand-m9-mstd0.5-inc1`): vit_jax's
+(`vit_jax.augment.rand_augment`) and timm's own `rand_augment_transform`, with the hyperparameters timm's
+`transforms_imagenet_train` gives it (bilinear, ImageNet's mean as the fill); timm's Posterize at 0 bits, which
+Pillow >= 11 refuses (timm 1.0.31's `inc1` set reaches it at magnitude 10), is given vit_jax's black image.
 """
 
 from __future__ import annotations
@@ -87,30 +91,45 @@ def process_tree_cpu_seconds() -> float:
     return total
 
 
-def grain_batches(root: Path, data_dir: str, batch_size: int, workers: int, threads: int, uint8: bool
-                  ) -> Iterator[Any]:
+def grain_batches(root: Path, data_dir: str, batch_size: int, workers: int, threads: int, uint8: bool,
+                  rand_augment: str = "") -> Iterator[Any]:
+    from vit_jax.augment.rand_augment import RandAugment
     from vit_jax.data.pipeline import train_iterator
     from vit_jax.data.preprocessing import Preprocess
     from vit_jax.data.sources import dataset_builder, open_split
 
     source = open_split(dataset_builder(f"folder:{root}", data_dir), "train", keep_encoded=True)
     preprocess = Preprocess(image_size=(IMAGE_SIZE, IMAGE_SIZE), value_range=(0.0, 1.0), train_crop="inception",
-                            flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                            flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                            rand_augment=RandAugment.parse(rand_augment) if rand_augment else None)
     iterator = train_iterator(source, preprocess, batch_size=batch_size, seed=0, num_threads=threads,
                               num_workers=workers, uint8=uint8)
     for batch in iterator:
         yield batch["image"]
 
 
-def torchvision_batches(root: Path, batch_size: int, workers: int, uint8: bool) -> Iterator[Any]:
+def torchvision_batches(root: Path, batch_size: int, workers: int, uint8: bool, rand_augment: str = ""
+                        ) -> Iterator[Any]:
     from vit_jax.timm_compat import import_timm
 
     import_timm()  # torchvision's import on a CPU-only torch (see vit_jax.timm_compat)
     import torch
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
     from torchvision import datasets, transforms
 
     augment = [transforms.RandomResizedCrop(IMAGE_SIZE),  # bilinear, area (0.08, 1), ratio (3/4, 4/3)
                transforms.RandomHorizontalFlip()]
+    if rand_augment:  # as timm's transforms_imagenet_train sets it up for a bilinear run
+        import timm.data.auto_augment as auto_augment
+
+        from vit_jax.augment.rand_augment import OPERATIONS
+
+        for name in ("Posterize", "PosterizeIncreasing"):  # 0 bits: black (PIL >= 11 raises, stopping timm's workers)
+            auto_augment.NAME_TO_OP[name] = lambda img, bits, _op=OPERATIONS[name], **kwargs: _op(img, bits, 0, "")
+        augment.append(rand_augment_transform(rand_augment, {
+            "translate_const": int(IMAGE_SIZE * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN),
+            "interpolation": Image.Resampling.BILINEAR}))
     to_tensor = ([transforms.PILToTensor()] if uint8
                  else [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     transform = transforms.Compose(augment + to_tensor)
@@ -123,12 +142,14 @@ def torchvision_batches(root: Path, batch_size: int, workers: int, uint8: bool) 
 
 
 def measure(side: str, root: Path, data_dir: str, batch_size: int, workers: int, threads: int, warmup: int,
-            batches: int) -> dict[str, Any]:
+            batches: int, rand_augment: str = "") -> dict[str, Any]:
     """Throughput of one side in this process: `warmup` untimed batches (workers start), then `batches` timed."""
     if side.startswith("grain"):
-        stream = grain_batches(root, data_dir, batch_size, workers, threads, uint8=side == "grain")
+        stream = grain_batches(root, data_dir, batch_size, workers, threads, uint8=side == "grain",
+                               rand_augment=rand_augment)
     else:
-        stream = torchvision_batches(root, batch_size, workers, uint8=side == "torchvision_uint8")
+        stream = torchvision_batches(root, batch_size, workers, uint8=side == "torchvision_uint8",
+                                     rand_augment=rand_augment)
     for _ in range(warmup):
         first = next(stream)
     shape, dtype = tuple(first.shape), str(first.dtype)
@@ -146,7 +167,7 @@ def run_in_fresh_process(args: argparse.Namespace, side: str, workers: int) -> d
     command = [sys.executable, "-m", "vit_jax.benchmark.input_pipeline", "--measure", side,
                "--workers", str(workers), "--images", str(args.images), "--data-dir", args.data_dir,
                "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--warmup", str(args.warmup),
-               "--batches", str(args.batches)]
+               "--batches", str(args.batches), "--rand-augment", args.rand_augment]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     results = [line[len(RESULT_PREFIX):] for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not results:
@@ -169,6 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="folder for the JPEGs (written once)")
     parser.add_argument("--data-dir", default=None, help="TFDS data dir for the ArrayRecord dataset")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
+    parser.add_argument("--rand-augment", default="", help="timm's RandAugment string on both sides ('': none)")
     parser.add_argument("--out", default="benchmark_input_pipeline.json")
     parser.add_argument("--measure", choices=SIDES, help=argparse.SUPPRESS)  # one measurement, in this process
     args = parser.parse_args(argv)
@@ -177,6 +199,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                for name in ("batch_size", "threads", "batches", "repeats", "num_images") if getattr(args, name) <= 0]
     if args.warmup < 1:
         errors.append(f"--warmup {args.warmup}: expected >= 1 (the first batch starts the workers)")
+    if args.rand_augment:
+        from vit_jax.augment.rand_augment import RandAugment
+
+        try:
+            RandAugment.parse(args.rand_augment)
+        except ValueError as error:
+            errors.append(f"--rand-augment: {error}")
     if errors:
         parser.exit(2, "".join(f"error: {e}\n" for e in errors))
     args.images = args.images.expanduser().resolve()
@@ -190,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.measure:
         result = measure(args.measure, args.images, args.data_dir, args.batch_size, args.workers[0], args.threads,
-                         args.warmup, args.batches)
+                         args.warmup, args.batches, args.rand_augment)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
     write_jpeg_folder(args.images, args.num_images)
@@ -221,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary.append(row)
     command = "python -m vit_jax.benchmark.input_pipeline " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu_description(), "command": command,
-              "num_images": args.num_images, "image_size": IMAGE_SIZE, "summary": summary,
+              "num_images": args.num_images, "image_size": IMAGE_SIZE, "rand_augment": args.rand_augment,
+              "summary": summary,
               "results": results}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")

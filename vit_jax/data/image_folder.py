@@ -4,8 +4,10 @@
 
 Layouts: `ROOT/<class>/<image>` gives one `train` split (take a validation split by slicing, e.g.
 `train[:90%]` / `train[90%:]`); `ROOT/<split>/<class>/<image>` with splits among `train`, `validation` (or `val`),
-`test` gives those splits. Class names are the sorted subfolder names. Images keep their own size (the training
-pipeline resizes them) and are converted to RGB (or grayscale with `channels=1`). An unreadable image is
+`test` gives those splits. Class names are the sorted subfolder names when the dataset is built; once built, the
+dataset's own list is the one its labels index, whatever the folder holds since (a folder added later, or TFDS's
+`1.0.0/` when the images live where TFDS writes the dataset, `DATA_DIR/NAME`). Images keep their own size (the
+training pipeline resizes them) and are converted to RGB (or grayscale with `channels=1`). An unreadable image is
 reported by path and skipped, or, with `strict`, stops the build.
 """
 
@@ -28,13 +30,21 @@ from vit_jax.data.image_files import UnreadableImageError, converted, decoding, 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_DIRS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_TFDS_VERSION = re.compile(r"^\d+\.\d+\.\d+($|\.incomplete)")  # TFDS's version folders, finished or being written
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """Sorted subfolders, without hidden ones and TFDS's own version folders (the dataset, where TFDS writes it
+    inside the image folder)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and not _TFDS_VERSION.match(p.name))
 
 
 def find_splits(root: Path) -> dict[str, Path]:
     """`{split: folder whose subfolders are classes}` for either layout."""
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = subfolders(root)
     if not subdirs:
         raise ValueError(f"image folder {str(root)!r} has no subfolders; expected one subfolder per class")
     if all(p.name in SPLIT_DIRS for p in subdirs):
@@ -44,10 +54,7 @@ def find_splits(root: Path) -> dict[str, Path]:
 
 def class_names(split_dirs: dict[str, Path]) -> list[str]:
     """Sorted class subfolder names, the same in every split."""
-    per_split = {
-        split: sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for split, folder in split_dirs.items()
-    }
+    per_split = {split: [p.name for p in subfolders(folder)] for split, folder in split_dirs.items()}
     names = sorted(set().union(*per_split.values()))
     for split, found in per_split.items():
         if not found:
@@ -94,8 +101,11 @@ class _ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         self._folder = Path(folder).expanduser().resolve()
         self._channels = channels
         self._strict = strict
-        self._split_dirs = find_splits(self._folder)
-        self._classes = class_names(self._split_dirs)
+        self._split_dirs: dict[str, Path] = {}
+        self._classes = self._built_classes(kwargs.get("data_dir"))
+        if self._classes is None:  # not built yet: the folder says
+            self._split_dirs = find_splits(self._folder)
+            self._classes = class_names(self._split_dirs)
         super().__init__(**kwargs)
         # TFDS rebuilds a pickled builder (a data source sent to grain's worker processes) from these arguments
         self._original_state.update(folder=str(self._folder), channels=channels, strict=strict)
@@ -111,6 +121,14 @@ class _ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             }),
             supervised_keys=("image", "label"),
         )
+
+    def _built_classes(self, data_dir: str | None) -> list[str] | None:
+        """The class names of this dataset as built (TFDS's `label.labels.txt`), None before it is built."""
+        prepared = Path(data_dir or tfds.core.constants.DATA_DIR).expanduser() / self.name / str(self.VERSION)
+        labels = prepared / "label.labels.txt"
+        if not (prepared / "dataset_info.json").is_file() or not labels.is_file():
+            return None
+        return labels.read_text().splitlines()
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         del dl_manager
