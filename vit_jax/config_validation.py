@@ -56,10 +56,7 @@ def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
     spec = check_data(config)
     model = check_model(config, spec.num_classes)
     check_video(config, spec, model)
-    if config.pp.get("rand_augment") and spec.image_shape[-1] not in (1, 3):
-        raise field_error("pp.rand_augment", config.pp.rand_augment, f"works on grayscale or RGB images; dataset "
-                                                                     f"{config.dataset!r} has {spec.image_shape[-1]} "
-                                                                     f"channels")
+    check_rand_augment_data(config, spec)
 
 
 # What may differ when a run resumes from its workdir: how long it runs, what it logs and evaluates, and how it
@@ -180,6 +177,14 @@ def check_batch_augmentation(config: ConfigDict) -> None:
         if augmentation is not None and config.packing.enabled:
             raise ConfigError(f"config.{field}: acts on batches of whole images; packing.enabled=True trains on "
                               f"packed patch sequences (turn one of them off)")
+
+
+def check_rand_augment_data(config: ConfigDict, spec: DatasetSpec) -> None:
+    """RandAugment's PIL operations take grayscale or RGB images."""
+    if config.pp.get("rand_augment") and spec.image_shape[-1] not in (1, 3):
+        raise field_error("pp.rand_augment", config.pp.rand_augment, f"works on grayscale or RGB images; dataset "
+                                                                     f"{config.dataset!r} has {spec.image_shape[-1]} "
+                                                                     f"channels")
 
 
 def check_patterns(config: ConfigDict) -> None:
