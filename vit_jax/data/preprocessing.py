@@ -271,7 +271,7 @@ class Preprocess:
         if self.flip and rng.random() < 0.5:
             image = flip_left_right(image)
         if self.rand_augment is not None:  # uncovered pixels take the mean colour (timm's img_mean), else mid-gray
-            fill = tuple(min(255, round(255 * m)) for m in self.mean_colour() or (128 / 255,))
+            fill = tuple(max(0, min(255, round(255 * m))) for m in self.mean_colour() or (128 / 255,))
             image = self.rand_augment(image, rng, fill=fill, resample=self.resize_method)
         return {"image": np.ascontiguousarray(as_array(image)), "label": np.int32(example["label"])}
 
