@@ -72,7 +72,7 @@ class MetricWriter:
             self._tensorboard.add_scalar(key, value, step)
         self._tensorboard.flush()
         shown = {k.split("/", 1)[-1] if k.startswith("train/") else k: v for k, v in clean.items()
-                 if k in ("train/loss", "train/accuracy", "eval/accuracy")}
+                 if k in ("train/loss", "train/accuracy", "eval/accuracy", "eval_ema/accuracy")}
         self._progress.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
     def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
