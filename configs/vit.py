@@ -3,9 +3,7 @@ AdamW, cosine schedule, sin-cos position embeddings, global average pooling, Inc
 RandAugment(2, 10), Mixup (alpha 0.2, every batch), evaluation on the central 87.5% (resize to 256, crop 224).
 RandAugment here is timm's port of the TensorFlow RandAugment big_vision runs (`rand-m10-n2`: its magnitude scale
 and most of its operations; TensorFlow's also has Cutout, translates by absolute pixels and draws each operation's
-probability), so the recipe is big_vision's up to those details. DeiT's augmentation instead:
-`pp.rand_augment=rand-m9-mstd0.5-inc1,mixup.mixup_alpha=0.8,mixup.cutmix_alpha=1.0,random_erasing.prob=0.25,
-label_smoothing=0.1,model.stochastic_depth=0.1`.
+probability), so the recipe is big_vision's up to those details. DeiT's recipe: configs/deit.py.
 
     python -m vit_jax.main --config=configs/vit.py:variant=S/16,dataset=cifar10 --workdir=workdirs/s16_cifar10
 
