@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import ROOT, xla_env
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.metric_writers import read_metrics
+from vit_jax.optim import ema_params
 
 
 def run_scenario(name, out, data_dir):
@@ -26,8 +27,10 @@ def losses(workdir):
     return np.array([r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r])
 
 
-def params(workdir, step):
-    return TrainCheckpoints(workdir / "checkpoints").restore(step)["params"]
+def params(workdir, step, ema=False):
+    """The step's parameters, or (`ema`) their moving average, which the runs keep."""
+    state = TrainCheckpoints(workdir / "checkpoints").restore(step)
+    return ema_params(state["opt_state"]) if ema else state["params"]
 
 
 def assert_close(a, b, atol):
@@ -57,6 +60,7 @@ def test_ten_steps_on_eight_devices_match_one_device(meshes, run):
     np.testing.assert_allclose(losses(meshes / run), one, rtol=1e-5)
     # Adam divides by the root of tiny second moments: reduction-order rounding moves parameters by < 1e-4 here.
     assert_close(params(meshes / run, 10), params(meshes / "one_device", 10), atol=2e-4)
+    assert_close(params(meshes / run, 10, ema=True), params(meshes / "one_device", 10, ema=True), atol=2e-4)
 
 
 @pytest.mark.slow
