@@ -111,9 +111,11 @@ BATCH = 64
 
 def main_in_processes(workdir, steps: int, data_dir: str, processes: int) -> list[str]:
     """`python -m vit_jax.main` on the digits with 4 CPU devices in all: one process of 4, or two of 2 on
-    127.0.0.1. A constant learning rate, so that stopping at `steps` and going on later changes no update."""
+    127.0.0.1. A constant learning rate, so that stopping at `steps` and going on later changes no update; the
+    step's batch augmentations (Mixup/CutMix pair images held by different processes) and the moving average on."""
     run = [f"--config=configs/digits.py:num_steps={steps},batch_size={BATCH},log_every=1,eval_every=6,"
-           "checkpoint_every=6,optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none",
+           "checkpoint_every=6,optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none,"
+           "random_erasing.prob=0.5,mixup.mixup_alpha=0.8,mixup.cutmix_alpha=1.0,ema.decay=0.9",
            f"--config.data_dir={data_dir}", f"--workdir={workdir}"]
     env = xla_env(f"--xla_force_host_platform_device_count={4 // processes}")
     port = free_port()
@@ -139,6 +141,7 @@ def test_two_processes_train_like_one_process_and_resume_on_another_process_coun
     assert [r["step"] for r in read_metrics(chain) if "train/loss" in r] == list(range(1, 19))
     np.testing.assert_allclose(losses(chain), losses(tmp_path / "one"), rtol=2e-5)
     assert_close(params(chain, 18), params(tmp_path / "one", 18), atol=2e-4)
+    assert_close(params(chain, 18, ema=True), params(tmp_path / "one", 18, ema=True), atol=2e-4)
     position = TrainCheckpoints(chain / "checkpoints").position(18)
     assert position == {"step": 18, "examples": 18 * BATCH, "process_count": 2, "global_batch_size": BATCH}
     assert not (chain / "checkpoints" / "18" / "data").exists()  # no per-process iterator files to match

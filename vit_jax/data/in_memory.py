@@ -8,8 +8,8 @@ and/or a flip, a batch is one gather and a few array operations instead (`batcha
 
 The stream is the per-image pipeline's in everything but the draws: each epoch is a seeded permutation of the
 split, global element q is image `permutation(q // N)[q % N]`, its shift and flip are drawn from `(seed, q)`
-alone, and process p of P keeps elements p, p + P, ... of each global batch. So any process count reads the same
-global batches, and a run resumed at `start` examples reads what an uninterrupted one would.
+alone, and process p of P keeps the block p*b .. (p+1)*b - 1 of each global batch. So any process count reads the
+same global batches, in the same order, and a run resumed at `start` examples reads what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class InMemoryBatches:
         self.labels = np.asarray([example["label"] for example in source], np.int32)
         self.preprocess, self.seed, self.start = preprocess, seed, start
         self.global_batch = batch_size * process_count
-        self.offsets = process_index + process_count * np.arange(batch_size)  # inside a global batch
+        self.offsets = process_index * batch_size + np.arange(batch_size)  # this process's block of a global batch
         self._permutations: dict[int, np.ndarray] = {}
 
     def permutation(self, epoch: int) -> np.ndarray:

@@ -1,11 +1,13 @@
 """grain pipelines: an endless, seeded, checkpointable training iterator and a padded, masked evaluation pass.
 
-Multi-host: every process builds the same globally shuffled stream and keeps every `process_count`-th element from
-its `process_index`, so the processes' per-process batches together make exactly the global batch a single process
-would read. A position in that stream (examples consumed) means the same for any number of processes, so a run
-resumes on another process count where an uninterrupted run on that layout would be. Evaluation shards the split the
-same way and pads with masked examples so that every process runs the same number of steps and every example is
-counted exactly once.
+Multi-host: every process builds the same globally shuffled stream and keeps its own contiguous block of each
+global batch (process p of P: elements p*b .. (p+1)*b - 1 for a per-process batch b), so the processes' batches,
+placed in process order as the global array is, are exactly the global batch a single process would read, in the
+same order: whatever pairs or numbers examples by their row in the batch (Mixup's mirror, the step's per-row draws)
+does the same on any process count. A position in that stream (examples consumed) means the same for any number of
+processes, so a run resumes on another process count where an uninterrupted run on that layout would be.
+Evaluation shards the split every `process_count`-th example and pads with masked examples so that every process
+runs the same number of steps and every example is counted exactly once (sums: order does not matter there).
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def train_iterator(
         return iter(read(batches, num_threads, num_workers))
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
     dataset = dataset.random_map(preprocess.train_view if uint8 else preprocess.train)
-    dataset = dataset[start:][process_index::process_count]
-    return iter(read(dataset.batch(batch_size, drop_remainder=True), num_threads, num_workers))
+    local = dataset[start:].batch(batch_size, drop_remainder=True)[process_index::process_count]  # lazy: only
+    return iter(read(local, num_threads, num_workers))  # this process's block of each global batch is computed
 
 
 def read(dataset: grain.MapDataset, num_threads: int, num_workers: int = 0) -> grain.IterDataset:
