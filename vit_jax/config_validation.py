@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jax
 from flax import traverse_util
 from ml_collections import ConfigDict
 
@@ -32,7 +33,8 @@ from vit_jax.from_config import (
 from vit_jax.interpret.tensorboard import PICTURE_SCHEDULES
 from vit_jax.models.posemb import check_resizing
 from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
-from vit_jax.optim import OPTIMIZERS, SCHEDULES, check_ema, check_optimizer
+from vit_jax.optim import OPTIMIZERS, SCHEDULES, check_ema, check_optimizer, weight_decay_mask
+from vit_jax.param_paths import path_string
 from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -210,12 +212,12 @@ def check_frozen(config: ConfigDict, params: Any) -> None:
     pattern = config.optimizer.get("frozen", "")
     if not pattern:
         return
-    paths = ["/".join(map(str, path)) for path in traverse_util.flatten_dict(params)]
-    frozen = [path for path in paths if re.search(pattern, path)]
-    if not frozen:
-        raise field_error("optimizer.frozen", pattern, f"matches none of the model's {len(paths)} parameters "
-                                                       f"(e.g. {paths[0]!r})")
-    if len(frozen) == len(paths):
+    frozen = jax.tree.leaves(weight_decay_mask(pattern)(params))  # the optimizer's own matching
+    if not any(frozen):
+        example = path_string(jax.tree_util.tree_flatten_with_path(params)[0][0][0])
+        raise field_error("optimizer.frozen", pattern, f"matches none of the model's {len(frozen)} parameters "
+                                                       f"(e.g. {example!r})")
+    if all(frozen):
         raise field_error("optimizer.frozen", pattern, "matches every parameter: nothing would train",
                           "e.g. '^(?!head/)' to train the head only")
 

@@ -100,13 +100,14 @@ def layer_scales(params: Any, decay: float) -> Any:
             return 0
         return num_layers if FINAL_NORM.search(name) else num_layers + 1
 
-    last = max((layer(name) for name, _ in leaves if not _BLOCK.match(name)), default=num_layers)
-    last = max(last, num_layers)
+    last = max([num_layers, *(layer(name) for name, _ in leaves if not _BLOCK.match(name))])
 
     def scale(path: Any, leaf: Any) -> Any:
         name = path_string(path)
-        if (m := _BLOCK.match(name)) is None or FULL_RATE.search(name):
-            return 1.0 if FULL_RATE.search(name) else decay ** (last - layer(name))
+        if FULL_RATE.search(name):
+            return 1.0
+        if (m := _BLOCK.match(name)) is None:
+            return decay ** (last - layer(name))
         if m.group(1) is not None:
             return decay ** (last - 1 - int(m.group(1)))
         layers = np.arange(leaf.shape[0], dtype=np.float64)
@@ -120,7 +121,7 @@ def scale_by_layer(decay: float) -> optax.GradientTransformation:
     per-group learning rate scales it in PyTorch)."""
     def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         scales = layer_scales(updates, decay)
-        return jax.tree.map(lambda u, s: u * jax.numpy.asarray(s, u.dtype), updates, scales), state
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 

@@ -41,8 +41,9 @@ def best_metric(metrics: dict[str, float]) -> float:
 def model_params(state: Any) -> Any:
     """The weights a restored train state stands for: the moving average when the run kept one, else its
     parameters."""
-    ema = ema_params(state["opt_state"] if isinstance(state, dict) else state.opt_state)
-    return ema if ema is not None else (state["params"] if isinstance(state, dict) else state.params)
+    field = state.__getitem__ if isinstance(state, dict) else lambda name: getattr(state, name)
+    ema = ema_params(field("opt_state"))
+    return ema if ema is not None else field("params")
 
 
 def state_handler() -> ocp.StandardCheckpointHandler:
