@@ -1,5 +1,5 @@
 """A ViT of any size on any TFDS dataset, from scratch: the recipe of "Better plain ViT baselines" (big_vision):
-AdamW, cosine schedule, sin-cos position embeddings, global average pooling, Inception crop and flips,
+AdamW (big_vision's decoupled weight decay 1e-4), cosine schedule, sin-cos position embeddings, global average pooling, Inception crop and flips,
 RandAugment(2, 10), Mixup (alpha 0.2, every batch), evaluation on the central 87.5% (resize to 256, crop 224).
 RandAugment here is timm's port of the TensorFlow RandAugment big_vision runs (`rand-m10-n2`: its magnitude scale
 and most of its operations; TensorFlow's also has Cutout, translates by absolute pixels and draws each operation's
@@ -44,7 +44,9 @@ def get_config(arg: str | None = None):
     config.eval_batch_size = 1024
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 10_000
-    config.optimizer.weight_decay = 1e-4
+    # big_vision's wd 1e-4 is decoupled from the learning rate (w -= 1e-4 * schedule(t) * w); vit_jax's weight decay is
+    # times the rate (PyTorch's AdamW), so it is 1e-4 / lr (0.1 at 1e-3), following any learning rate given
+    config.optimizer.weight_decay = 1e-4 / config.optimizer.get_ref("learning_rate")
     config.optimizer.grad_clip_norm = 1.0
     config.pp.rand_augment = "rand-m10-n2"
     config.pp.crop_pct, config.pp.crop_mode = 0.875, "center"  # evaluated as big_vision: resize_small(256), crop 224

@@ -151,6 +151,19 @@ def test_the_evaluation_view_and_the_augmentations_come_from_the_config():
     assert random_erasing_from_config(deit).prob == 0.25 and mixup_from_config(deit).cutmix_alpha == 1.0
 
 
+def test_vit_config_decays_the_weights_as_big_vision_whatever_the_learning_rate():
+    """big_vision's wd 1e-4 is not multiplied by the learning rate, vit_jax's weight decay is: their product is 1e-4
+    at the recipe's rate and at any rate given (the short argument or a config flag, which sets the same field);
+    a weight decay given wins."""
+    for arg, rate in ((None, 1e-3), ("optimizer.learning_rate=3e-4", 3e-4)):
+        config = load_config_file("vit", arg)
+        assert config.optimizer.learning_rate == rate
+        assert config.optimizer.weight_decay * rate == pytest.approx(1e-4)
+    config.optimizer.learning_rate = 2e-3  # as --config.optimizer.learning_rate sets it
+    assert config.optimizer.weight_decay == pytest.approx(0.05)
+    assert load_config_file("vit", "optimizer.weight_decay=0.3").optimizer.weight_decay == 0.3
+
+
 def test_deit_config_is_deits_recipe_and_its_rate_follows_the_batch():
     deit = load_config_file("deit", "variant=Ti/16,dataset=imagenet2012")
     assert (deit.model.variant, deit.model.classifier, deit.model.posemb, deit.model.stochastic_depth) == (

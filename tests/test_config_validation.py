@@ -17,7 +17,7 @@ from vit_jax.build import set_up
         ("train_split=training", r"config.train_split = 'training': unknown split of 'sklearn_digits'; allowed: "
                                  r"\['test', 'train', 'validation'\]"),
         ("eval_split=validation[:200%]", r"config.eval_split = 'validation\[:200%\]': unknown split"),
-        ("optimizer.name=adam", r"config.optimizer.name = 'adam': unknown value; allowed: 'adamw', 'sgd'"),
+        ("optimizer.name=adam", r"config.optimizer.name = 'adam': unknown value; allowed: 'adamw', 'sgd', 'lamb', 'lion'"),
         ("optimizer.schedule=step", r"config.optimizer.schedule = 'step': unknown value; allowed: 'cosine', 'linear', 'constant'"),
         ("pp.train_crop=random", r"config.pp.train_crop = 'random': unknown value; allowed: 'none', 'pad', 'inception'"),
         ("batch_size=0", r"config.batch_size = 0: must be a positive integer"),
@@ -33,6 +33,12 @@ from vit_jax.build import set_up
         ("optimizer.eps=0.0", r"config.optimizer.eps = 0.0: must be a finite number in \(0, inf\)"),
         ("optimizer.weight_decay=-0.5", r"config.optimizer.weight_decay = -0.5: must be a finite number in \[0, inf\)"),
         ("optimizer.warmup_steps=-10", r"config.optimizer.warmup_steps = -10: must be an integer >= 0"),
+        ("optimizer.name=lion,optimizer.lion.b2=1.0", r"config.optimizer.lion.b2 = 1.0: must be a finite number in \[0, 1\)"),
+        ("optimizer.name=lamb,optimizer.lamb.eps=0.0", r"config.optimizer.lamb.eps = 0.0: must be a finite number in \(0"),
+        ("optimizer.name=adafactor,optimizer.adafactor.momentum_dtype='float16'",
+         r"config.optimizer.adafactor.momentum_dtype = 'float16': must be one of \('float32', 'bfloat16'\)"),
+        ("optimizer.name=adafactor,optimizer.adafactor.min_dim_size_to_factor=0",
+         r"config.optimizer.adafactor.min_dim_size_to_factor = 0: must be an integer >= 1"),
         ("seed=-1", r"config.seed = -1: must be an integer in \[0, 2\*\*32\)"),
         # the preprocessing (Preprocess checks its own fields)
         ("pp.value_range=(1,-1)", r"config.pp: value_range must be \(low, high\) with low < high; got \(1, -1\)"),
@@ -92,5 +98,5 @@ def test_cli_reports_one_line_and_exit_status_2(tmp_path, digits_data_dir):
                       f"--config.data_dir={digits_data_dir}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: config.optimizer.name = 'adam': unknown value; allowed: 'adamw', 'sgd'")
+        "error: config.optimizer.name = 'adam': unknown value; allowed: 'adamw', 'sgd', 'lamb', 'lion', 'adafactor'")
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -64,7 +64,7 @@ def test_sgd_momentum_step_and_clipping_by_global_norm():
 
 def test_unknown_names_are_errors():
     with pytest.raises(ValueError, match="optimizer must be one of"):
-        make_optimizer(optimizer_config(name="lamb"), 10)
+        make_optimizer(optimizer_config(name="lars"), 10)
     with pytest.raises(ValueError, match="schedule must be one of"):
         learning_rate_schedule(optimizer_config(schedule="step"), 10)
 
@@ -146,3 +146,82 @@ def test_the_weights_moving_average_is_timms_model_ema(warmup):
         timm_ema.update(module, step=step)
         np.testing.assert_allclose(ema_params(state)["w"], timm_ema.module.weight.detach().numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(ema_params(state)["w"], weights[-1])
+
+
+# A parameter tree with scanned blocks (layers stacked on axis 0), tensors Adafactor factors (both of the two largest
+# dimensions >= min_dim_size_to_factor) and does not (biases, the 4-D patch kernel, a 10-way head).
+RULE_SHAPES = {"embedding": {"kernel": (4, 4, 3, 40), "bias": (40,)},
+               "Transformer": {"encoderblock": {"Dense_0": {"kernel": (3, 40, 36), "bias": (3, 36)}},
+                               "encoder_norm": {"scale": (40,)}},
+               "pre_logits": {"kernel": (40, 48)}, "head": {"kernel": (48, 10), "bias": (10,)}}
+
+
+def timm_optimizer_steps(name, timm_kwargs, settings, steps=4, grad_clip_norm=0.0, weight_decay=0.05):
+    """vit_jax's rule and timm's optimizer of the same name, from the same weights, over `steps` updates with the same
+    gradients and per-step learning rates (warmup then cosine), on decayed (kernels) and undecayed parameter groups
+    as timm's `param_groups_weight_decay` makes them; each scanned layer is its own tensor on timm's side."""
+    from vit_jax.param_paths import path_string
+    from vit_jax.timm_compat import import_timm
+
+    import_timm()
+    import timm.optim
+    import torch
+
+    rng = np.random.default_rng(0)
+    config = optimizer_config(name=name, learning_rate=0.02, warmup_steps=2, grad_clip_norm=grad_clip_norm,
+                              weight_decay=weight_decay)
+    config[name].update(settings)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(RULE_SHAPES, is_leaf=lambda x: isinstance(x, tuple))
+    paths = [path_string(path) for path, _ in leaves]
+    values = [rng.standard_normal(shape).astype(np.float32) for _, shape in leaves]
+    stacked = ["encoderblock/" in p for p in paths]
+    torch_params = [[torch.nn.Parameter(torch.from_numpy(v[i].copy())) for i in range(len(v))] if s
+                    else [torch.nn.Parameter(torch.from_numpy(v.copy()))] for v, s in zip(values, stacked)]
+    decayed = [p.endswith("kernel") for p in paths]
+    groups = [{"params": [t for ts, d in zip(torch_params, decayed) if d == flag for t in ts],
+               "weight_decay": weight_decay if flag else 0.0} for flag in (True, False)]
+    reference = getattr(timm.optim, timm_kwargs.pop("cls"))(groups, lr=0.0, **timm_kwargs)
+    schedule = learning_rate_schedule(config, steps)
+    tx = make_optimizer(config, steps)
+    params = treedef.unflatten([jnp.asarray(v) for v in values])
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for step in range(steps):
+        grads = [rng.standard_normal(v.shape).astype(np.float32) * 3 for v in values]
+        updates, state = update(treedef.unflatten([jnp.asarray(g) for g in grads]), state, params)
+        params = optax.apply_updates(params, updates)
+        for group in reference.param_groups:
+            group["lr"] = float(schedule(step))
+        for ts, g, s in zip(torch_params, grads, stacked):
+            for i, t in enumerate(ts):
+                t.grad = torch.from_numpy((g[i] if s else g).copy())
+        if grad_clip_norm and name != "lamb":  # timm's Lamb clips by itself
+            torch.nn.utils.clip_grad_norm_([t for ts in torch_params for t in ts], grad_clip_norm)
+        reference.step()
+        yield step, paths, jax.tree.leaves(params), [np.stack([t.detach().numpy() for t in ts]) if s
+                                                     else ts[0].detach().numpy() for ts, s in zip(torch_params, stacked)]
+
+
+@pytest.mark.parametrize("name, timm_kwargs, settings, clip, rtol", [
+    ("lamb", dict(cls="Lamb", max_grad_norm=1.0), {}, 1.0, 1e-5),
+    ("lamb", dict(cls="Lamb", max_grad_norm=None, trust_clip=True, betas=(0.8, 0.99), eps=1e-4),
+     dict(trust_clip=True, b1=0.8, b2=0.99, eps=1e-4), 0.0, 1e-5),
+    ("lion", dict(cls="Lion", betas=(0.9, 0.99)), {}, 0.0, 1e-6),
+    ("adafactor", dict(cls="AdafactorBigVision", min_dim_size_to_factor=32, momentum_dtype="float32", eps=1e-30),
+     dict(momentum_dtype="float32"), 0.0, 1e-5),
+    ("adafactor", dict(cls="AdafactorBigVision", min_dim_size_to_factor=32, momentum=None, clipping_threshold=1.0,
+                       decay_rate=0.7, beta2_cap=0.9), dict(momentum=None, clipping_threshold=1.0, decay_rate=0.7,
+                                                           beta2_cap=0.9), 0.0, 1e-5),
+    ("adafactor", dict(cls="AdafactorBigVision", min_dim_size_to_factor=32), {}, 0.0, 2e-2),  # bfloat16 momentum
+])
+def test_update_rules_step_as_timms_optimizers(name, timm_kwargs, settings, clip, rtol):
+    """LAMB (trust ratio per tensor and per scanned layer, undecayed tensors not adapted), Lion and big_vision's
+    Adafactor (factored moments, capped beta2, update clipping per layer, momentum) move every weight as timm's
+    `Lamb`, `Lion` and `AdafactorBigVision` do, step after step."""
+    first = None
+    for step, paths, ours, theirs in timm_optimizer_steps(name, timm_kwargs, settings, grad_clip_norm=clip):
+        first = first or [np.asarray(a) for a in ours]
+        for path, a, b in zip(paths, ours, theirs):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2, err_msg=f"{path} at step {step}")
+    for path, a, b in zip(paths, first, ours):  # every tensor moved after the first step (warmup's lr 0)
+        assert np.abs(np.asarray(b) - a).max() > 1e-3, path

@@ -181,19 +181,26 @@ def base_config() -> ConfigDict:
     c.mixup.mode = "batch"  # what shares one draw: "batch" | "pair" | "elem"
     c.mixup.correct_lam = True  # CutMix's label weight is the area actually pasted
     c.optimizer = ConfigDict()
-    c.optimizer.name = "adamw"  # "adamw" | "sgd"
+    c.optimizer.name = "adamw"  # "adamw" | "sgd" | "lamb" | "lion" | "adafactor" (vit_jax/optim/update_rules.py)
     c.optimizer.learning_rate = 1e-3  # peak, after warmup
     c.optimizer.schedule = "cosine"  # "cosine" | "linear" | "constant"
     c.optimizer.warmup_steps = 500
     c.optimizer.end_learning_rate = 0.0
-    c.optimizer.weight_decay = 1e-4
+    c.optimizer.weight_decay = 1e-4  # times the learning rate, every rule (big_vision's decoupled wd / its lr)
     c.optimizer.weight_decay_mask = r"(^|/)kernel$"  # regex over '/'-joined parameter paths: kernels only
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-8
+    c.optimizer.b1 = 0.9  # adamw
+    c.optimizer.b2 = 0.999  # adamw
+    c.optimizer.eps = 1e-8  # adamw
     c.optimizer.momentum = 0.9  # sgd
     c.optimizer.nesterov = False  # sgd
     c.optimizer.grad_clip_norm = 1.0  # global norm; 0 disables clipping
+    # timm's Lamb (DeiT-III): its built-in clipping at global norm 1.0 is grad_clip_norm; trust_clip: timm's lambc
+    c.optimizer.lamb = ConfigDict(dict(b1=0.9, b2=0.999, eps=1e-6, trust_clip=False))
+    c.optimizer.lion = ConfigDict(dict(b1=0.9, b2=0.99))  # Lion's (timm's, optax's); its paper uses 0.98 at times
+    # big_vision's scale_by_adafactor (its defaults); momentum None or 0: none
+    c.optimizer.adafactor = ConfigDict(dict(decay_rate=0.8, beta2_cap=0.999, min_dim_size_to_factor=32,
+                                            clipping_threshold=config_dict.placeholder(float), momentum=0.9,
+                                            momentum_dtype="bfloat16", eps=1e-30))
     # e.g. 0.75: block i of L learns at 0.75**(L-i) times the rate, the embedding at 0.75**(L+1), the head at 1 (timm's)
     c.optimizer.layer_decay = config_dict.placeholder(float)
     c.optimizer.frozen = ""  # regex over parameter paths left untouched, e.g. "^(?!head/)" (a linear probe)

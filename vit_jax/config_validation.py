@@ -150,7 +150,7 @@ def check_numbers(config: ConfigDict) -> None:
             check(config.get(group) or ConfigDict())
         except ValueError as error:
             field, problem = str(error).split(": ", 1)
-            raise field_error(f"{group}.{field}", (config.get(group) or {}).get(field), problem) from None
+            raise field_error(f"{group}.{field}", _get_or_none(config, f"{group}.{field}"), problem) from None
     if not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
         raise field_error("seed", config.seed, "must be an integer in [0, 2**32)")
     size = tuple(config.image_size)
@@ -436,5 +436,11 @@ def check_packing(config: ConfigDict, model: VisionTransformer) -> None:
 def _get(config: ConfigDict, dotted: str) -> Any:
     for part in dotted.split("."):
         config = config[part]
+    return config
+
+
+def _get_or_none(config: ConfigDict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, ConfigDict) else None
     return config
 
