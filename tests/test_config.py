@@ -170,7 +170,7 @@ def test_deit_config_is_deits_recipe_and_its_rate_follows_the_batch():
         "Ti/16", "token", "learn", 0.1)
     assert deit.optimizer.learning_rate == pytest.approx(1e-3) and deit.optimizer.weight_decay == 0.05
     assert (deit.pp.rand_augment, deit.random_erasing.prob, deit.mixup.mixup_alpha, deit.mixup.cutmix_alpha,
-            deit.label_smoothing) == ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 0.1)
+            deit.label_smoothing, deit.repeated_augmentation) == ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 0.1, 3)
     assert deit.test_split == "validation" and deit.num_steps == 300 * 1251
     assert load_config_file("deit", "batch_size=256").optimizer.learning_rate == pytest.approx(2.5e-4)
     assert load_config_file("deit", "batch_size=256,optimizer.learning_rate=0.1").optimizer.learning_rate == 0.1

@@ -40,6 +40,9 @@ from vit_jax.build import set_up
         ("optimizer.name=adafactor,optimizer.adafactor.min_dim_size_to_factor=0",
          r"config.optimizer.adafactor.min_dim_size_to_factor = 0: must be an integer >= 1"),
         ("seed=-1", r"config.seed = -1: must be an integer in \[0, 2\*\*32\)"),
+        ("repeated_augmentation=3,packing.enabled=True", r"config.repeated_augmentation = 3: repeats images of the "
+                                                         r"per-image stream; packing.enabled=True packs its own"),
+        ("repeated_augmentation=0", r"config.repeated_augmentation = 0: must be an integer >= 1 \(1: none; DeiT's 3\)"),
         # the preprocessing (Preprocess checks its own fields)
         ("pp.value_range=(1,-1)", r"config.pp: value_range must be \(low, high\) with low < high; got \(1, -1\)"),
         ("pp.crop_padding=-1", r"config.pp: crop_padding must be an int in \[0, 16\]"),

@@ -102,6 +102,32 @@ def test_process_shards_make_up_the_single_process_global_batch(process_count, p
         np.testing.assert_array_equal(np.concatenate([shard[step]["image"] for shard in shards]), batch["image"])
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_repeated_augmentation_reads_each_epochs_first_images_repeatedly_each_augmented_anew(path):
+    """DeiT's RASampler: epoch e (N = 10 examples) is the first ceil(10 / 3) images of the plain stream's epoch e,
+    3 times each in a row (the last cut short), with fresh draws each time; any process count and a resumed
+    position read the same global batches."""
+    examples = [{"image": np.random.default_rng(i).integers(0, 256, (4, 4, 1), dtype=np.uint8), "label": i}
+                for i in range(10)]
+    source = on_path(path, examples)
+    labels = lambda batches: np.concatenate([b["label"] for b in batches])
+    plain = labels(take(train_iterator(source, AUGMENTED, batch_size=6, seed=4), 5))
+    repeated = take(train_iterator(source, AUGMENTED, batch_size=6, seed=4, repeats=3), 5)
+    positions = np.arange(30)
+    epochs, within = np.divmod(positions, 10)
+    np.testing.assert_array_equal(labels(repeated), plain[epochs * 10 + within // 3])
+    assert [len(set(labels(repeated)[e * 10:(e + 1) * 10])) for e in range(3)] == [4, 4, 4]
+    images = np.concatenate([b["image"] for b in repeated])
+    copies = [(q, q + 1) for q in positions[:-1] if within[q] // 3 == within[q + 1] // 3 and epochs[q] == epochs[q + 1]]
+    assert sum(np.array_equal(images[a], images[b]) for a, b in copies) <= len(copies) // 4  # 1/18 alike by chance
+    halves = [take(train_iterator(source, AUGMENTED, batch_size=3, seed=4, repeats=3, process_index=p,
+                                  process_count=2, start=12), 3) for p in range(2)]
+    for step in range(3):
+        both = {key: np.concatenate([half[step][key] for half in halves]) for key in ("image", "label")}
+        np.testing.assert_array_equal(both["label"], repeated[step + 2]["label"])
+        np.testing.assert_array_equal(both["image"], repeated[step + 2]["image"])
+
+
 @pytest.mark.parametrize("n, batch_size, process_count", [(100, 32, 1), (96, 32, 1), (101, 16, 3), (5, 8, 2)])
 def test_eval_sees_every_example_exactly_once(n, batch_size, process_count):
     source = toy_source(n)

@@ -225,6 +225,7 @@ def train_iterator(setup: Setup, start_examples: int = 0) -> Any:
                   num_threads=config.data_threads, num_workers=config.data_workers)
     if setup.packed is None:
         return pipeline.train_iterator(setup.sources["train_split"], setup.preprocess, start=start_examples,
+                                       repeats=config.get("repeated_augmentation", 1),
                                        uint8=True, **common)  # the step does the pixel arithmetic
     return packed_train_iterator(setup.sources["train_split"], setup.packed, seq_len=config.packing.seq_len,
                                  max_images=config.packing.max_images, num_bins=config.packing.num_bins, **common)

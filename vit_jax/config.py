@@ -164,6 +164,9 @@ def base_config() -> ConfigDict:
     # resized to each input's grid in the forward pass (config.model.posemb_grid is set to the training grid).
     c.eval_image_sizes = ()
     c.label_smoothing = 0.0
+    # Repeated augmentation (DeiT's RASampler, timm's --aug-repeats; DeiT: 3): each image this many times in a row,
+    # augmented anew each time; an epoch (as many examples as the split) then sees 1/repeats of the images
+    c.repeated_augmentation = 1
     c.random_erasing = ConfigDict()  # timm's RandomErasing, on the model's inputs in the step (DeiT: prob 0.25)
     c.random_erasing.prob = 0.0
     c.random_erasing.mode = "pixel"  # "pixel": per-pixel normal noise | "rand": a normal colour per box | "const": 0

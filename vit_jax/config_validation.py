@@ -52,6 +52,7 @@ def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
     check_numbers(config)
     check_preprocessing(config)
     check_batch_augmentation(config)
+    check_repeated_augmentation(config)
     check_patterns(config)
     check_devices(config, num_devices, process_count)
     check_init(config)
@@ -179,6 +180,16 @@ def check_batch_augmentation(config: ConfigDict) -> None:
         if augmentation is not None and config.packing.enabled:
             raise ConfigError(f"config.{field}: acts on batches of whole images; packing.enabled=True trains on "
                               f"packed patch sequences (turn one of them off)")
+
+
+def check_repeated_augmentation(config: ConfigDict) -> None:
+    """`repeated_augmentation` repeats images of the per-image stream (`pipeline.RepeatedEpochs`)."""
+    repeats = config.get("repeated_augmentation", 1)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise field_error("repeated_augmentation", repeats, "must be an integer >= 1 (1: none; DeiT's 3)")
+    if repeats > 1 and config.packing.enabled:
+        raise field_error("repeated_augmentation", repeats, "repeats images of the per-image stream; "
+                                                            "packing.enabled=True packs its own (turn one of them off)")
 
 
 def check_rand_augment_data(config: ConfigDict, spec: DatasetSpec) -> None:

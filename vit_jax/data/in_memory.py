@@ -8,7 +8,8 @@ and/or a flip, a batch is one gather and a few array operations instead (`batcha
 
 The stream is the per-image pipeline's in everything but the draws: each epoch is a seeded permutation of the
 split, global element q is image `permutation(q // N)[q % N]`, its shift and flip are drawn from `(seed, q)`
-alone, and process p of P keeps the block p*b .. (p+1)*b - 1 of each global batch. So any process count reads the
+alone, and process p of P keeps the block p*b .. (p+1)*b - 1 of each global batch. With repeated augmentation
+(`repeats`: see `pipeline.RepeatedEpochs`) element q is `permutation(q // N)[(q % N) // repeats]`. So any process count reads the
 same global batches, in the same order, and a run resumed at `start` examples reads what an uninterrupted one would.
 """
 
@@ -64,10 +65,10 @@ class InMemoryBatches:
     """`batch(k)`: this process's share of global batch k of the stream that starts `start` examples in."""
 
     def __init__(self, source: InMemorySource, preprocess: Preprocess, *, batch_size: int, seed: int,
-                 process_index: int, process_count: int, start: int):
+                 process_index: int, process_count: int, start: int, repeats: int = 1):
         self.images = np.stack([example["image"] for example in source])
         self.labels = np.asarray([example["label"] for example in source], np.int32)
-        self.preprocess, self.seed, self.start = preprocess, seed, start
+        self.preprocess, self.seed, self.start, self.repeats = preprocess, seed, start, repeats
         self.global_batch = batch_size * process_count
         self.offsets = process_index * batch_size + np.arange(batch_size)  # this process's block of a global batch
         self._permutations: dict[int, np.ndarray] = {}
@@ -85,7 +86,7 @@ class InMemoryBatches:
         indices = np.empty_like(within)
         for epoch in np.unique(epochs):
             at = epochs == epoch
-            indices[at] = self.permutation(int(epoch))[within[at]]
+            indices[at] = self.permutation(int(epoch))[within[at] // self.repeats]
         images = self.images[indices]
         bits = element_bits(self.seed, positions)
         pp = self.preprocess
@@ -101,8 +102,9 @@ class InMemoryBatches:
 
 
 def batched_train_dataset(source: InMemorySource, preprocess: Preprocess, *, batch_size: int, seed: int,
-                          process_index: int = 0, process_count: int = 1, start: int = 0) -> grain.MapDataset:
+                          process_index: int = 0, process_count: int = 1, start: int = 0,
+                          repeats: int = 1) -> grain.MapDataset:
     """An endless grain dataset of this process's batches (its position checkpoints like any grain iterator's)."""
     batches = InMemoryBatches(source, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
-                              process_count=process_count, start=start)
+                              process_count=process_count, start=start, repeats=repeats)
     return grain.MapDataset.range(2**62).map(batches.batch)

@@ -38,6 +38,7 @@ def train_iterator(
     num_threads: int = 2,
     num_workers: int = 0,
     uint8: bool = False,
+    repeats: int = 1,
 ) -> grain.DatasetIterator:
     """Endless per-process batches `{'image', 'label'}` of `batch_size` (the global batch / process_count).
 
@@ -47,15 +48,34 @@ def train_iterator(
     preprocessing to that many worker processes (which read absl flags: run from `app.run`, or mark flags as
     parsed first). `uint8`: per-image pipelines yield the augmented uint8 images, for the step to turn into the
     model's values (`Preprocess.pixels_on_device`); a split served a batch at a time yields float32 either way.
+    `repeats > 1`: repeated augmentation (`RepeatedEpochs`).
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}")
     if batchable(source, preprocess):  # the same stream semantics, a batch at a time (vit_jax.data.in_memory)
-        batches = batched_train_dataset(source, preprocess, batch_size=batch_size, seed=seed,
+        batches = batched_train_dataset(source, preprocess, batch_size=batch_size, seed=seed, repeats=repeats,
                                         process_index=process_index, process_count=process_count, start=start)
         return iter(read(batches, num_threads, num_workers))
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+    if repeats > 1:
+        dataset = grain.MapDataset.range(2**62).seed(seed).map(RepeatedEpochs(dataset, len(source), repeats))
     dataset = dataset.random_map(preprocess.train_view if uint8 else preprocess.train)
     local = dataset[start:].batch(batch_size, drop_remainder=True)[process_index::process_count]  # lazy: only
     return iter(read(local, num_threads, num_workers))  # this process's block of each global batch is computed
+
+
+class RepeatedEpochs:
+    """Repeated augmentation (DeiT's RASampler, timm's `--aug-repeats`): epoch e of N examples is the first
+    ceil(N / repeats) examples of the shuffled stream's epoch e, each `repeats` times in a row (augmented anew each
+    time: draws are seeded by the position), so a batch sees each image under several augmentations and an epoch
+    sees 1/repeats of the split. Maps a stream position to the example it reads."""
+
+    def __init__(self, shuffled: grain.MapDataset, epoch_size: int, repeats: int):
+        self.shuffled, self.epoch_size, self.repeats = shuffled, epoch_size, repeats
+
+    def __call__(self, position: int) -> Any:
+        epoch, within = divmod(int(position), self.epoch_size)
+        return self.shuffled[epoch * self.epoch_size + within // self.repeats]
 
 
 def read(dataset: grain.MapDataset, num_threads: int, num_workers: int = 0) -> grain.IterDataset:
