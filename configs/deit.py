@@ -10,6 +10,11 @@ global batch).
 
     python -m vit_jax.main --config=configs/deit.py:variant=S/16,dataset=imagenet2012 --workdir=workdirs/deit_s16
 
+DeiT's distilled models (a distillation token, hard distillation from a teacher of the same classes: any checkpoint
+vit_jax reads; DeiT's was a RegNetY-16GF, a ViT here):
+
+    python -m vit_jax.main --config=configs/deit.py:variant=S/16,dataset=imagenet2012,model.classifier=token_distilled,distillation.teacher=hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k --workdir=workdirs/deit_s16_distilled
+
 The short argument sets `variant`, `dataset`, `image_size` or any config path; the learning rate follows
 `batch_size` unless `optimizer.learning_rate` is given. Splits as configs/vit.py.
 

@@ -42,6 +42,9 @@ from vit_jax.build import set_up
         ("seed=-1", r"config.seed = -1: must be an integer in \[0, 2\*\*32\)"),
         ("repeated_augmentation=3,packing.enabled=True", r"config.repeated_augmentation = 3: repeats images of the "
                                                          r"per-image stream; packing.enabled=True packs its own"),
+        ("distillation.kind=medium", r"config.distillation.kind = 'medium': must be one of \('hard', 'soft'\)"),
+        ("distillation.alpha=1.5", r"config.distillation.alpha = 1.5: must be a number in \[0, 1\]"),
+        ("distillation.teacher=/no/such/teacher", r"config.distillation.teacher = '/no/such/teacher': cannot be read: "),
         ("repeated_augmentation=0", r"config.repeated_augmentation = 0: must be an integer >= 1 \(1: none; DeiT's 3\)"),
         # the preprocessing (Preprocess checks its own fields)
         ("pp.value_range=(1,-1)", r"config.pp: value_range must be \(low, high\) with low < high; got \(1, -1\)"),

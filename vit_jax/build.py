@@ -29,6 +29,7 @@ from vit_jax.data import pipeline
 from vit_jax.data.packing import PackedPreprocess, empty_sequences, packed_train_iterator
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split, split_size
+from vit_jax.distillation import Distillation, distillation_from_config
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.from_config import (
     SPLIT_FIELDS,
@@ -74,6 +75,8 @@ class Setup:
     eval_image_sizes: tuple[tuple[int, int], ...] = ()  # extra evaluation resolutions
     random_erasing: RandomErasing | None = None  # batch augmentations, in the train step
     mixup: Mixup | None = None
+    distillation: Distillation | None = None  # a teacher, in the train step
+    teacher_params: Any = None  # its parameters (host arrays)
 
 
 def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup:
@@ -104,6 +107,12 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
                            and fits_in_memory(dataclasses.replace(spec, image_shape=image_shape), size))
             source = InMemorySource(source, transform=preprocess.resized if resize_once else None)
         sources[field] = source
+    try:  # the teacher is read (not compiled) before anything compiles, and checked against the data
+        distillation, teacher_params = distillation_from_config(
+            config, preprocess, image_shape, spec.num_classes, spec.class_names) or (None, None)
+    except ValueError as error:
+        field, problem = str(error).split(": ", 1)
+        raise config_validation.field_error(f"distillation.{field}", config.distillation[field], problem) from None
     mesh = make_mesh(config.mesh, devices)
     if mesh.size > 1:  # keep activations split the way parameters and batches are
         model = model.clone(activation_sharding=ActivationSharding(
@@ -126,6 +135,8 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         eval_image_sizes=tuple(tuple(size) for size in config.eval_image_sizes),
         random_erasing=random_erasing_from_config(config),
         mixup=mixup_from_config(config),
+        distillation=distillation,
+        teacher_params=teacher_params,
     )
 
 
@@ -195,6 +206,18 @@ def state_shardings(abstract_state: TrainState, config: ConfigDict, mesh: Mesh) 
         params=params,
         opt_state=mirrored_shardings(abstract_state.opt_state, params, abstract_state.params, mesh),
     )
+
+
+def teacher_shardings(setup: Setup) -> Any:
+    """Distillation's teacher placed as `config.sharding_rules` place the student (replicated where they do not
+    fit its shapes); None without a teacher."""
+    if setup.distillation is None:
+        return None
+    config = setup.config
+    try:
+        return tree_shardings(setup.teacher_params, config.sharding_rules, setup.mesh, config.fsdp_min_size)
+    except ShardingError:
+        return jax.tree.map(lambda _: replicated(setup.mesh), setup.teacher_params)
 
 
 def resumed_examples(checkpoints: TrainCheckpoints, step: int, setup: Setup) -> int:

@@ -183,6 +183,12 @@ def base_config() -> ConfigDict:
     c.mixup.switch_prob = 0.5  # of CutMix rather than Mixup when both are on
     c.mixup.mode = "batch"  # what shares one draw: "batch" | "pair" | "elem"
     c.mixup.correct_lam = True  # CutMix's label weight is the area actually pasted
+    # Knowledge distillation (DeiT; vit_jax/distillation.py): a trained teacher's predictions on the same images
+    c.distillation = ConfigDict()
+    c.distillation.teacher = ""  # a workdir, .npz or Hub checkpoint of the same classes; "": no distillation
+    c.distillation.kind = "hard"  # "hard": the teacher's top class (DeiT's best) | "soft": KL at temperature tau
+    c.distillation.alpha = 0.5  # the distillation term's weight (the labels': 1 - alpha)
+    c.distillation.tau = 1.0
     c.optimizer = ConfigDict()
     c.optimizer.name = "adamw"  # "adamw" | "sgd" | "lamb" | "lion" | "adafactor" (vit_jax/optim/update_rules.py)
     c.optimizer.learning_rate = 1e-3  # peak, after warmup

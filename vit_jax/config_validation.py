@@ -21,6 +21,7 @@ from vit_jax.checkpoint.pretrained import is_workdir, timm_architecture
 from vit_jax.config import build_model, cache_setting
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
 from vit_jax.data.sources import DatasetError, DatasetSpec, split_size
+from vit_jax.distillation import check_distillation
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.from_config import (
     SPLIT_FIELDS,
@@ -146,7 +147,7 @@ def check_numbers(config: ConfigDict) -> None:
         raise field_error("data_workers", config.data_workers, "must be an integer >= 0")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise field_error("label_smoothing", config.label_smoothing, "must be in [0, 1)")
-    for group, check in (("optimizer", check_optimizer), ("ema", check_ema)):
+    for group, check in (("optimizer", check_optimizer), ("ema", check_ema), ("distillation", check_distillation)):
         try:
             check(config.get(group) or ConfigDict())
         except ValueError as error:

@@ -84,6 +84,16 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
     return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}
 
 
+def host_tree_to_global(tree: Any, shardings: Any) -> Any:
+    """Host arrays that every process holds whole (a checkpoint each one read) placed as `shardings` say: each
+    process fills its own devices' shards (`jax.device_put` only reaches a process's own devices)."""
+    def place(value: Any, sharding: NamedSharding) -> jax.Array:
+        value = np.asarray(value)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, tree, shardings)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -6,6 +6,7 @@ the steps serve every model without a branch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +18,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vit_jax.augment.mixup import Mixup
 from vit_jax.augment.random_erasing import RandomErasing
+from vit_jax.distillation import Distillation
 from vit_jax.models.navit import NaViT
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import DISTILLATION_HEADS, VisionTransformer
 from vit_jax.sharding import DATA_AXIS
 
 Batch = dict[str, jax.Array]
@@ -74,7 +76,8 @@ def make_train_step(
     pixels: Callable[[jax.Array], jax.Array] | None = None,
     random_erasing: RandomErasing | None = None,
     mixup: Mixup | None = None,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    distillation: Distillation | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """One optimizer update on a global batch. The dropout key is folded from the step number, so a step's
     randomness does not depend on history (and a resumed run repeats it exactly). With `accum_steps > 1` the batch
     is cut into micro-batches `batch[i::accum_steps]` (every device keeps an equal share of each), whose gradients
@@ -82,11 +85,14 @@ def make_train_step(
     real images (`mask`). uint8 images (a pipeline that leaves the pixel arithmetic to the step) become the
     model's values through `pixels` (`Preprocess.pixels_on_device`). `random_erasing` then `mixup` (timm's order)
     act on each (micro-)batch of images, drawn from the step's key; the loss is then against Mixup's targets, the
-    reported accuracy against the images' own labels."""
-    if (mixup is not None or random_erasing is not None) and isinstance(model, NaViT):
-        raise ValueError("random erasing and Mixup/CutMix act on image batches; a packed (NaViT) batch holds patches")
+    reported accuracy against the images' own labels. With `distillation` the step takes the teacher's parameters
+    (`train_step(state, batch, patch_size, teacher_params)`), the teacher sees the images the student sees, and
+    the loss is `vit_jax.distillation`'s."""
+    if (mixup is not None or random_erasing is not None or distillation is not None) and isinstance(model, NaViT):
+        raise ValueError("random erasing, Mixup/CutMix and distillation act on image batches; a packed (NaViT) batch "
+                         "holds patches")
 
-    def loss_and_grads(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
+    def loss_and_grads(params: Any, batch: Batch, rng: jax.Array, patch_size: Any, teacher_params: Any = None):
         if "image" in batch and batch["image"].dtype == jnp.uint8:  # packed (NaViT) batches carry patches
             if pixels is None:
                 raise ValueError("uint8 training images need make_train_step(pixels=Preprocess.pixels_on_device)")
@@ -99,16 +105,31 @@ def make_train_step(
                                     model.num_classes, label_smoothing)
             batch = {**batch, "image": images}
 
+        teacher_logits = None if distillation is None else distillation.teacher_logits(teacher_params, batch["image"])
+
         def loss_fn(p):
             flexi = {} if patch_size is None else {"patch_size": patch_size}
-            logits = model.apply({"params": p}, *model.inputs(batch), train=True, rngs={"dropout": rng}, **flexi)
+            apply = functools.partial(model.apply, {"params": p}, *model.inputs(batch), train=True,
+                                      rngs={"dropout": rng}, **flexi)
+            if distillation is None:
+                logits, extra = apply(), {}
+            else:  # the two heads of `token_distilled` (DeiT), or the one head twice
+                logits, sown = apply(mutable=[DISTILLATION_HEADS])
+                heads = sown.get(DISTILLATION_HEADS, {}).get("logits", ((logits, logits),))[0]
+                weights = jnp.ones(batch["label"].shape, jnp.float32)
+                base = classification_sums(heads[0], batch["label"], weights, label_smoothing, targets)["loss"]
+                distilled = jnp.mean(distillation.loss(heads[1], teacher_logits))
+                loss = (1 - distillation.alpha) * base / weights.size + distillation.alpha * distilled
+                hits = classification_sums(logits, batch["label"], weights)["top1"] / weights.size
+                return loss, (hits, {"train/distillation_loss": distilled,
+                                     "train/teacher_accuracy": jnp.mean(jnp.argmax(teacher_logits, -1) == batch["label"])})
             weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
             sums = classification_sums(logits, batch["label"], weights, label_smoothing, targets)
             count = jnp.maximum(sums["count"], 1.0)
-            return sums["loss"] / count, sums["top1"] / count
+            return sums["loss"] / count, (sums["top1"] / count, extra)
 
-        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return loss, accuracy, grads
+        (loss, (accuracy, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, accuracy, grads, extra
 
     def micro_batches(x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
@@ -116,24 +137,26 @@ def make_train_step(
             x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)))
         return x
 
-    def accumulated(params: Any, batch: Batch, rng: jax.Array, patch_size: Any):
+    def accumulated(params: Any, batch: Batch, rng: jax.Array, patch_size: Any, teacher_params: Any):
         def body(carry, micro):
             index, micro_batch = micro
-            loss, accuracy, grads = loss_and_grads(params, micro_batch, jax.random.fold_in(rng, index), patch_size)
-            return jax.tree.map(jnp.add, carry, (loss, accuracy, grads)), None
+            results = loss_and_grads(params, micro_batch, jax.random.fold_in(rng, index), patch_size, teacher_params)
+            return jax.tree.map(jnp.add, carry, results), None
 
-        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        shapes = jax.eval_shape(loss_and_grads, params, jax.tree.map(lambda x: x[::accum_steps], batch), rng,
+                                patch_size, teacher_params)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         micro = (jnp.arange(accum_steps), jax.tree.map(micro_batches, batch))
         totals, _ = jax.lax.scan(body, zeros, micro)
         return jax.tree.map(lambda t: t / accum_steps, totals)
 
-    def train_step(state: TrainState, batch: Batch, patch_size: Any = None
+    def train_step(state: TrainState, batch: Batch, patch_size: Any = None, teacher_params: Any = None
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(dropout_key, state.step)
         if accum_steps == 1:
-            loss, accuracy, grads = loss_and_grads(state.params, batch, rng, patch_size)
+            loss, accuracy, grads, extra = loss_and_grads(state.params, batch, rng, patch_size, teacher_params)
         else:
-            loss, accuracy, grads = accumulated(state.params, batch, rng, patch_size)
+            loss, accuracy, grads, extra = accumulated(state.params, batch, rng, patch_size, teacher_params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
         metrics = {
@@ -145,6 +168,7 @@ def make_train_step(
             "train/update_max": jax.tree.reduce(jnp.maximum, jax.tree.map(lambda u: jnp.max(jnp.abs(u)), updates),
                                                 jnp.zeros((), jnp.float32)),
             "train/learning_rate": schedule(state.step),
+            **extra,
         }
         if "image_ids" in batch:  # how full the packed sequences are
             metrics["train/padding_fraction"] = jnp.mean(batch["image_ids"] == 0)

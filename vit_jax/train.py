@@ -31,6 +31,7 @@ from vit_jax.build import (
     set_up,
     start_from,
     state_shardings,
+    teacher_shardings,
     train_iterator,
 )
 from vit_jax.checkpoint.manager import CHECKPOINT_DIR, EMA_EVAL, TrainCheckpoints
@@ -42,7 +43,7 @@ from vit_jax.interpret.tensorboard import PictureLogger, first_examples
 from vit_jax.metric_writers import MetricWriter
 from vit_jax.optim import ema_params
 from vit_jax.preemption import PreemptionWatcher
-from vit_jax.sharding import batch_sharding, replicated, to_global
+from vit_jax.sharding import batch_sharding, host_tree_to_global, replicated, to_global
 from vit_jax.steps import TrainState, make_eval_step, make_train_step
 
 MAX_STEPS_AHEAD = 2  # steps the host may dispatch before the oldest has finished
@@ -74,6 +75,7 @@ class Run:
     pictures: PictureLogger
     start_step: int = 0  # where this invocation started, and
     start_examples: int = 0  # the examples of the global training stream consumed by then
+    teacher_params: Any = None  # distillation's teacher, on the devices
 
     def save(self, step: int, state: TrainState, metrics: dict[str, float] | None = None) -> None:
         """Checkpoints `step` with where the data stands: the examples of the global stream consumed, which any
@@ -109,6 +111,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         save_config(config, workdir)
 
     data_sharding = batch_sharding(setup.mesh)
+    teacher_sharding = teacher_shardings(setup)
+    teacher_params = (None if setup.distillation is None
+                      else host_tree_to_global(setup.teacher_params, teacher_sharding))
     train_data = train_iterator(setup, start_examples)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
                             shardings)
@@ -132,8 +137,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
             make_train_step(setup.model, setup.tx, setup.schedule, dropout_key=jax.random.fold_in(root_key, 1),
                             accum_steps=config.accum_steps, label_smoothing=config.label_smoothing, mesh=setup.mesh,
                             pixels=setup.preprocess.pixels_on_device, random_erasing=setup.random_erasing,
-                            mixup=setup.mixup),
-            in_shardings=(shardings, data_sharding),
+                            mixup=setup.mixup, distillation=setup.distillation),
+            in_shardings=(shardings, data_sharding, teacher_sharding),
             out_shardings=(shardings, replicated(setup.mesh)),
             static_argnums=(2,),  # patch_size: one compiled step per FlexiViT patch size
             donate_argnums=(0,),
@@ -154,6 +159,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
                                writer),
         start_step=start_step,
         start_examples=start_examples,
+        teacher_params=teacher_params,
     )
     if start_step:
         run.writer.print(f"resumed from step {start_step} in {checkpoints.directory}")
@@ -206,7 +212,7 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
             patch_size = draw_patch_size(config.seed, step, run.setup.flexi_sizes, run.setup.flexi_probabilities)
         if patch_size not in compiled:
             compile_start = time.perf_counter()
-            compiled[patch_size] = run.train_step.lower(abstract_state, batch, patch_size).compile()
+            compiled[patch_size] = run.train_step.lower(abstract_state, batch, patch_size, run.teacher_params).compile()
             record = {"perf/compile_seconds": time.perf_counter() - compile_start}
             memory = compiled[patch_size].memory_analysis()
             buffers = MAX_STEPS_AHEAD + 2  # steps in flight, and the one whose buffer is being freed
@@ -219,7 +225,7 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
             if isinstance(state, concurrent.futures.Future):
                 state = state.result()
             window_start += time.perf_counter() - compile_start  # compile (and init) time is not step time
-        state, metrics = compiled[patch_size](state, batch)
+        state, metrics = compiled[patch_size](state, batch, run.teacher_params)
         window.append(metrics)
         unchecked.append((step, {k: metrics[k] for k in CHECKED if k in metrics}))
         in_flight.append(metrics["train/loss"])

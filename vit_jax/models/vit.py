@@ -33,6 +33,11 @@ from vit_jax.models.resnet_stem import check_stem_options, resnet_stem, stem_out
 from vit_jax.models.rope import ROPE_KINDS, check_rope_options
 from vit_jax.models.tubelet import TubeletEmbed, as_tubelet_size, tubelet_grid
 
+# The collection `classifier='token_distilled'` sows its two heads' logits into (`model.apply(...,
+# mutable=[DISTILLATION_HEADS])`): distillation trains the class token's head on the labels and the distillation
+# token's on the teacher (vit_jax.distillation).
+DISTILLATION_HEADS = "distillation_heads"
+
 
 class VisionTransformer(nn.Module, EncoderOptions):
     """ViT over `(B, H, W, C)` images; returns `(B, num_classes)` logits (`(B, N, ...)` for `*unpooled`).
@@ -182,7 +187,9 @@ class VisionTransformer(nn.Module, EncoderOptions):
                 self.sow("intermediates", "representation", x)
                 return x
             self.sow("intermediates", "representation", (x[:, 0] + x[:, 1]) / 2)
-            return (head(name="head")(x[:, 0]) + head(name="head_dist")(x[:, 1])) / 2
+            logits, distilled = head(name="head")(x[:, 0]), head(name="head_dist")(x[:, 1])
+            self.sow(DISTILLATION_HEADS, "logits", (logits, distilled))  # each head's, for distillation training
+            return (logits + distilled) / 2
         self.sow("intermediates", "representation", x)
         if not self.num_classes:
             return x
