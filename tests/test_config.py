@@ -164,6 +164,23 @@ def test_vit_config_decays_the_weights_as_big_vision_whatever_the_learning_rate(
     assert load_config_file("vit", "optimizer.weight_decay=0.3").optimizer.weight_decay == 0.3
 
 
+def test_deit3_config_is_deit_iiis_imagenet_command():
+    """README_revenge.md's ViT-S command: --batch 256 x 8 GPUs --lr 4e-3 --unscale-lr --epochs 800 --weight-decay
+    0.05 --opt fusedlamb --smoothing 0.0 --reprob 0.0 --mixup .8 --cutmix 1.0 --drop-path 0.05 --repeated-aug
+    --bce-loss --color-jitter 0.3 --ThreeAugment --eval-crop-ratio 1.0, LayerScale 1e-4."""
+    deit3 = load_config_file("deit3", "variant=S/16,dataset=imagenet2012,batch_size=1024")
+    assert (deit3.optimizer.name, deit3.optimizer.learning_rate, deit3.optimizer.weight_decay) == ("lamb", 4e-3, 0.05)
+    assert (deit3.num_steps, deit3.optimizer.warmup_steps, deit3.optimizer.end_learning_rate) == (800 * 626, 5 * 626,
+                                                                                                1e-5)
+    assert (deit3.label_smoothing, deit3.random_erasing.prob, deit3.mixup.mixup_alpha, deit3.mixup.cutmix_alpha,
+            deit3.repeated_augmentation) == (0.0, 0.0, 0.8, 1.0, 3)
+    assert (deit3.loss, deit3.bce_target_threshold, deit3.pp.three_augment, deit3.pp.color_jitter,
+            deit3.pp.rand_augment) == ("binary_cross_entropy", 0.0, True, 0.3, "")
+    assert (deit3.model.layer_scale, deit3.model.stochastic_depth, deit3.model.classifier) == (1e-4, 0.05, "token")
+    assert (deit3.pp.crop_pct, deit3.pp.crop_mode, deit3.pp.resize_method) == (1.0, "center", "bicubic")
+    assert deit3.optimizer.learning_rate == 4e-3 and deit3.batch_size == 1024  # the rate does not follow the batch
+
+
 def test_deit_config_is_deits_recipe_and_its_rate_follows_the_batch():
     deit = load_config_file("deit", "variant=Ti/16,dataset=imagenet2012")
     assert (deit.model.variant, deit.model.classifier, deit.model.posemb, deit.model.stochastic_depth) == (

@@ -45,6 +45,10 @@ from vit_jax.build import set_up
         ("distillation.kind=medium", r"config.distillation.kind = 'medium': must be one of \('hard', 'soft'\)"),
         ("distillation.alpha=1.5", r"config.distillation.alpha = 1.5: must be a number in \[0, 1\]"),
         ("distillation.teacher=/no/such/teacher", r"config.distillation.teacher = '/no/such/teacher': cannot be read: "),
+        ("bce_target_threshold=0.0", r"config.bce_target_threshold = 0.0: thresholds binary cross-entropy's targets; "
+                                     r"config.loss is 'cross_entropy'"),
+        ("loss=hinge", r"config.loss = 'hinge': unknown value; allowed: 'cross_entropy', 'binary_cross_entropy'"),
+        ("pp.color_jitter=-1.0", r"config.pp: color_jitter must be a number >= 0"),
         ("repeated_augmentation=0", r"config.repeated_augmentation = 0: must be an integer >= 1 \(1: none; DeiT's 3\)"),
         # the preprocessing (Preprocess checks its own fields)
         ("pp.value_range=(1,-1)", r"config.pp: value_range must be \(low, high\) with low < high; got \(1, -1\)"),

@@ -97,14 +97,14 @@ def test_a_run_distils_from_a_workdir_and_a_teacher_of_other_classes_is_refused(
     a ConfigError naming both counts, before anything compiles."""
     teacher_workdir, result = readme_run
     assert result.returncode == 0, result.stderr[-2000:]
-    config = tiny_digits_config(digits_data_dir, f"model.classifier=token_distilled,"
-                                                 f"distillation.teacher={teacher_workdir}")
+    config = tiny_digits_config(digits_data_dir, f"model.classifier=token_distilled,num_steps=10,eval_every=10,"
+                                                 f"checkpoint_every=10,distillation.teacher={teacher_workdir}")
     results = train_and_evaluate(config, tmp_path / "student")
     logged = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     teacher_accuracy = [m["train/teacher_accuracy"] for m in logged if "train/teacher_accuracy" in m]
-    assert len(teacher_accuracy) == 4 and min(teacher_accuracy) > 0.95  # logged every 5 of 20 steps
+    assert len(teacher_accuracy) == 2 and min(teacher_accuracy) > 0.95  # logged every 5 of 10 steps
     assert all(np.isfinite(m["train/distillation_loss"]) for m in logged if "train/distillation_loss" in m)
-    assert results["test/accuracy"] > 0.2  # 20 steps
+    assert results["test/accuracy"] > 0.15  # 10 steps
 
     other = create_model("Ti/4", num_classes=3, **MINI)
     save_npz(other.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)["params"], tmp_path / "t.npz")

@@ -80,3 +80,30 @@ def test_uint8_images_are_turned_into_the_models_values_inside_the_step(rng):
         assert "pixels_on_device" in str(error)
     else:
         raise AssertionError("uint8 images without `pixels` must be refused")
+
+
+def test_binary_cross_entropy_is_pytorchs_bce_with_logits_in_training_and_evaluation(rng):
+    """DeiT III's criterion, `torch.nn.BCEWithLogitsLoss()` (the mean over examples and classes) against the
+    smoothed one-hot targets, is the train step's loss; the eval step sums the same per-example values."""
+    import torch
+
+    model, tx, state = tiny_model_and_state(rng)
+    images = jnp.asarray(rng.standard_normal((6, 8, 8, 1)), jnp.float32)
+    labels = np.asarray(rng.integers(0, 5, 6), np.int32)
+    _, metrics = jax.jit(make_train_step(model, tx, lambda s: 1e-2, dropout_key=jax.random.key(1),
+                                         label_smoothing=0.1, loss="binary_cross_entropy"))(
+        state, {"image": images, "label": jnp.asarray(labels)})
+    logits = torch.from_numpy(np.array(model.apply({"params": state.params}, images, train=False)))
+    targets = torch.full((6, 5), 0.1 / 5) + 0.9 * torch.nn.functional.one_hot(torch.from_numpy(labels).long(), 5)
+    expected = torch.nn.BCEWithLogitsLoss()(logits, targets.float())
+    np.testing.assert_allclose(metrics["train/loss"], float(expected), rtol=1e-5)
+    sums = make_eval_step(model, "binary_cross_entropy")(
+        state.params, {"image": images, "label": jnp.asarray(labels), "mask": jnp.ones(6)})
+    unsmoothed = torch.nn.BCEWithLogitsLoss(reduction="none")(logits, torch.nn.functional.one_hot(
+        torch.from_numpy(labels).long(), 5).float()).mean(-1).sum()
+    np.testing.assert_allclose(sums["loss"], float(unsmoothed), rtol=1e-5)
+    mixed = torch.from_numpy(rng.dirichlet(np.ones(5) * 0.3, 6).astype(np.float32))  # Mixup-like targets
+    mixed[mixed < 0.05] = 0.0
+    binary = torch.nn.BCEWithLogitsLoss(reduction="none")(logits, (mixed > 0.0).float()).mean(-1)  # DeiT III's
+    np.testing.assert_allclose(cross_entropy(jnp.asarray(logits.numpy()), jnp.asarray(labels), targets=jnp.asarray(
+        mixed.numpy()), loss="binary_cross_entropy", target_threshold=0.0), binary.numpy(), rtol=1e-5)

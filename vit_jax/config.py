@@ -112,6 +112,8 @@ def base_config() -> ConfigDict:
     c.pp.crop_pct = 1.0
     c.pp.crop_mode = "squash"
     c.pp.rand_augment = ""  # timm's RandAugment string, e.g. "rand-m9-mstd0.5-inc1" (DeiT); "": none
+    c.pp.three_augment = False  # DeiT III's 3-Augment: one of grayscale, solarization, Gaussian blur per image
+    c.pp.color_jitter = 0.0  # torchvision's ColorJitter(c, c, c) after it (DeiT III: 0.3); 0: none
 
     c.model = model_config("B/16")
 
@@ -163,6 +165,9 @@ def base_config() -> ConfigDict:
     # Also evaluate at these (h, w) resolutions (`eval/r24/accuracy`, ...): one model, its learned position table
     # resized to each input's grid in the forward pass (config.model.posemb_grid is set to the training grid).
     c.eval_image_sizes = ()
+    c.loss = "cross_entropy"  # | "binary_cross_entropy": a sigmoid per class (DeiT III's --bce-loss)
+    # binary cross-entropy: targets above this become 1, others 0 (DeiT III: 0.0, both Mixup images positive)
+    c.bce_target_threshold = config_dict.placeholder(float)
     c.label_smoothing = 0.0
     # Repeated augmentation (DeiT's RASampler, timm's --aug-repeats; DeiT: 3): each image this many times in a row,
     # augmented anew each time; an epoch (as many examples as the split) then sees 1/repeats of the images

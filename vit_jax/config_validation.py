@@ -37,6 +37,7 @@ from vit_jax.models.vit import VisionTransformer, pixel_patch_size, token_grid
 from vit_jax.optim import OPTIMIZERS, SCHEDULES, check_ema, check_optimizer, weight_decay_mask
 from vit_jax.param_paths import path_string
 from vit_jax.sharding import DATA_AXIS, RULE_KINDS, ShardingError, mesh_shape
+from vit_jax.steps import LOSSES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -102,7 +103,7 @@ def check_choices(config: ConfigDict) -> None:
     choices = {
         "optimizer.name": OPTIMIZERS, "optimizer.schedule": SCHEDULES, "pp.train_crop": TRAIN_CROPS,
         "pp.resize_method": tuple(RESIZE_METHODS), "model.dtype": DTYPES,
-        "log_pictures": PICTURE_SCHEDULES,
+        "log_pictures": PICTURE_SCHEDULES, "loss": LOSSES,
     }
     for field, allowed in choices.items():
         value = _get(config, field)
@@ -153,6 +154,13 @@ def check_numbers(config: ConfigDict) -> None:
         except ValueError as error:
             field, problem = str(error).split(": ", 1)
             raise field_error(f"{group}.{field}", _get_or_none(config, f"{group}.{field}"), problem) from None
+    threshold = config.get("bce_target_threshold")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold < 1:
+            raise field_error("bce_target_threshold", threshold, "must be a number in [0, 1) or None")
+        if config.get("loss") != "binary_cross_entropy":
+            raise field_error("bce_target_threshold", threshold, f"thresholds binary cross-entropy's targets; "
+                                                                 f"config.loss is {config.get('loss')!r}")
     if not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
         raise field_error("seed", config.seed, "must be an integer in [0, 2**32)")
     size = tuple(config.image_size)
@@ -194,11 +202,12 @@ def check_repeated_augmentation(config: ConfigDict) -> None:
 
 
 def check_rand_augment_data(config: ConfigDict, spec: DatasetSpec) -> None:
-    """RandAugment's PIL operations take grayscale or RGB images."""
-    if config.pp.get("rand_augment") and spec.image_shape[-1] not in (1, 3):
-        raise field_error("pp.rand_augment", config.pp.rand_augment, f"works on grayscale or RGB images; dataset "
-                                                                     f"{config.dataset!r} has {spec.image_shape[-1]} "
-                                                                     f"channels")
+    """RandAugment's, 3-Augment's and ColorJitter's PIL operations take grayscale or RGB images."""
+    for field in ("rand_augment", "three_augment", "color_jitter"):
+        if config.pp.get(field) and spec.image_shape[-1] not in (1, 3):
+            raise field_error(f"pp.{field}", config.pp[field], f"works on grayscale or RGB images; dataset "
+                                                               f"{config.dataset!r} has {spec.image_shape[-1]} "
+                                                               f"channels")
 
 
 def check_patterns(config: ConfigDict) -> None:

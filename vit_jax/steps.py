@@ -35,19 +35,34 @@ class TrainState:
 
 
 
+# "cross_entropy": softmax cross-entropy; "binary_cross_entropy": a sigmoid per class against the same targets,
+# averaged over the classes (PyTorch's BCEWithLogitsLoss, DeiT III's `--bce-loss`; big_vision's `sigmoid_xent`
+# sums over the classes instead: the same gradients up to that factor, which Adam-type optimizers do not see)
+LOSSES = ("cross_entropy", "binary_cross_entropy")
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
-                  targets: jax.Array | None = None) -> jax.Array:
-    """Per-example softmax cross-entropy in float32 against (optionally smoothed) one-hot labels, or against
-    `targets` (class probabilities: Mixup's) when given."""
+                  targets: jax.Array | None = None, loss: str = "cross_entropy",
+                  target_threshold: float | None = None) -> jax.Array:
+    """Per-example loss (`LOSSES`) in float32 against (optionally smoothed) one-hot labels, or against `targets`
+    (class probabilities: Mixup's) when given. `target_threshold` (binary cross-entropy): targets above it become
+    1, the rest 0 (timm's BinaryCrossEntropy; DeiT III's 0.0: both images of a Mixup/CutMix pair are positives)."""
     if targets is None:
         targets = jax.nn.one_hot(labels, logits.shape[-1])
         if label_smoothing:
             targets = optax.smooth_labels(targets, label_smoothing)
+    if loss == "binary_cross_entropy":
+        if target_threshold is not None:
+            targets = (targets > target_threshold).astype(jnp.float32)
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets), axis=-1)
+    if loss != "cross_entropy":
+        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
 def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array, label_smoothing: float = 0.0,
-                        targets: jax.Array | None = None) -> dict[str, jax.Array]:
+                        targets: jax.Array | None = None, loss: str = "cross_entropy",
+                        target_threshold: float | None = None) -> dict[str, jax.Array]:
     """Weighted sums of loss, top-1 and top-5 hits, and the weight, over every prediction: logits `labels.shape +
     (classes,)`, one row per image (a packed batch has K image slots per sequence, weight 0 for empty ones). The
     loss is against `targets` when given (Mixup's), the hits always against `labels`."""
@@ -57,7 +72,7 @@ def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array
         targets = targets.reshape(-1, targets.shape[-1])
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     return {
-        "loss": jnp.sum(cross_entropy(logits, labels, label_smoothing, targets) * weights),
+        "loss": jnp.sum(cross_entropy(logits, labels, label_smoothing, targets, loss, target_threshold) * weights),
         "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * weights),
         "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * weights),
         "count": jnp.sum(weights),
@@ -77,6 +92,8 @@ def make_train_step(
     random_erasing: RandomErasing | None = None,
     mixup: Mixup | None = None,
     distillation: Distillation | None = None,
+    loss: str = "cross_entropy",
+    bce_target_threshold: float | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """One optimizer update on a global batch. The dropout key is folded from the step number, so a step's
     randomness does not depend on history (and a resumed run repeats it exactly). With `accum_steps > 1` the batch
@@ -88,6 +105,7 @@ def make_train_step(
     reported accuracy against the images' own labels. With `distillation` the step takes the teacher's parameters
     (`train_step(state, batch, patch_size, teacher_params)`), the teacher sees the images the student sees, and
     the loss is `vit_jax.distillation`'s."""
+    loss_kind = loss  # `loss` names the values below
     if (mixup is not None or random_erasing is not None or distillation is not None) and isinstance(model, NaViT):
         raise ValueError("random erasing, Mixup/CutMix and distillation act on image batches; a packed (NaViT) batch "
                          "holds patches")
@@ -117,14 +135,16 @@ def make_train_step(
                 logits, sown = apply(mutable=[DISTILLATION_HEADS])
                 heads = sown.get(DISTILLATION_HEADS, {}).get("logits", ((logits, logits),))[0]
                 weights = jnp.ones(batch["label"].shape, jnp.float32)
-                base = classification_sums(heads[0], batch["label"], weights, label_smoothing, targets)["loss"]
+                base = classification_sums(heads[0], batch["label"], weights, label_smoothing, targets, loss_kind,
+                                           bce_target_threshold)["loss"]
                 distilled = jnp.mean(distillation.loss(heads[1], teacher_logits))
-                loss = (1 - distillation.alpha) * base / weights.size + distillation.alpha * distilled
+                total = (1 - distillation.alpha) * base / weights.size + distillation.alpha * distilled
                 hits = classification_sums(logits, batch["label"], weights)["top1"] / weights.size
-                return loss, (hits, {"train/distillation_loss": distilled,
+                return total, (hits, {"train/distillation_loss": distilled,
                                      "train/teacher_accuracy": jnp.mean(jnp.argmax(teacher_logits, -1) == batch["label"])})
             weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
-            sums = classification_sums(logits, batch["label"], weights, label_smoothing, targets)
+            sums = classification_sums(logits, batch["label"], weights, label_smoothing, targets, loss_kind,
+                                       bce_target_threshold)
             count = jnp.maximum(sums["count"], 1.0)
             return sums["loss"] / count, (sums["top1"] / count, extra)
 
@@ -178,12 +198,12 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: VisionTransformer) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """Sums over the real (mask = 1) examples of a batch: loss, top-1 and top-5 hits, count."""
+def make_eval_step(model: VisionTransformer, loss: str = "cross_entropy") -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """Sums over the real (mask = 1) examples of a batch: loss (the training's kind), top-1 and top-5 hits, count."""
 
     def eval_step(params: Any, batch: Batch, patch_size: Any = None) -> dict[str, jax.Array]:
         flexi = {} if patch_size is None else {"patch_size": patch_size}
         logits = model.apply({"params": params}, *model.inputs(batch), train=False, **flexi)
-        return classification_sums(logits, batch["label"], batch["mask"])
+        return classification_sums(logits, batch["label"], batch["mask"], loss=loss)
 
     return eval_step

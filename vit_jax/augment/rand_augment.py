@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from vit_jax.augment.pictures import map_pictures
+
 LEVEL_DENOM = 10.0  # magnitudes run 0..10; an operation's strength is magnitude / 10 of its range
 TRANSLATE_PCT = 0.45  # largest relative translation (timm's `translate_pct`)
 AFFINE_RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -237,18 +239,11 @@ def apply(plan: Plan, picture: np.ndarray | Image.Image, *, fill: Sequence[int],
     with 1 or 3 channels (returned as arrays, every frame alike)."""
     if not plan:
         return picture
-    if isinstance(picture, Image.Image):
-        if picture.mode not in ("L", "RGB"):
-            picture = picture.convert("RGB")
-        colour = fill if picture.mode == "RGB" else round(sum(fill) / len(fill))
+
+    def operations(image: Image.Image) -> Image.Image:
+        colour = tuple(fill) if image.mode == "RGB" else round(sum(fill) / len(fill))
         for name, argument in plan:
-            picture = OPERATIONS[name](picture, argument, tuple(colour) if picture.mode == "RGB" else colour,
-                                       resample)
-        return picture
-    if picture.ndim == 4:
-        return np.stack([apply(plan, frame, fill=fill, resample=resample) for frame in picture])
-    if picture.shape[-1] not in (1, 3):
-        raise ValueError(f"RandAugment works on grayscale or RGB images; got {picture.shape[-1]} channels")
-    image = Image.fromarray(picture[:, :, 0] if picture.shape[-1] == 1 else picture)
-    out = np.asarray(apply(plan, image, fill=fill, resample=resample))
-    return out[:, :, None] if out.ndim == 2 else out
+            image = OPERATIONS[name](image, argument, colour, resample)
+        return image
+
+    return map_pictures(operations, picture, "RandAugment")

@@ -2,8 +2,8 @@
 
 Training: optional Inception crop (random area and aspect ratio, as torchvision's RandomResizedCrop) -> resize to
 `image_size` -> optional pad-and-crop (zero padding, then a random window of the original size, the CIFAR recipe)
--> optional horizontal flip -> optional RandAugment (timm's, `vit_jax.augment.rand_augment`) -> value range
-(timm's order). Evaluation: resize -> value range, so every example is seen whole; or, for
+-> optional horizontal flip -> optional RandAugment (timm's, `vit_jax.augment.rand_augment`) -> optional 3-Augment
+and ColorJitter (DeiT III's) -> value range (timm's and DeiT III's order). Evaluation: resize -> value range, so every example is seen whole; or, for
 checkpoints evaluated that way (timm's `crop_pct`, `crop_mode`), resize larger then the central crop
 (`vit_jax.data.eval_crop`).
 Randomness comes from the `numpy.random.Generator` grain derives from the pipeline seed and the element's index,
@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vit_jax.augment.color_jitter import color_jitter
 from vit_jax.augment.rand_augment import AFFINE_RESAMPLING, RandAugment
+from vit_jax.augment.three_augment import three_augment
 from vit_jax.data.encoded_image import EncodedImage
 from vit_jax.data.eval_crop import check_crop, eval_view, size_for_max_patches
 
@@ -159,8 +161,15 @@ class Preprocess:
     # evaluating images one by one (`predict`), not for batched datasets
     max_patches: tuple[int, int] | None = None
     rand_augment: RandAugment | None = None  # training only; its rotations, shears and shifts use resize_method
+    three_augment: bool = False  # training only: DeiT III's 3-Augment (vit_jax.augment.three_augment)
+    color_jitter: float = 0.0  # training only: torchvision's ColorJitter(c, c, c) (vit_jax.augment.color_jitter)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.three_augment, bool):
+            raise ValueError(f"three_augment must be True or False; got {self.three_augment!r}")
+        jitter = self.color_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < math.inf:
+            raise ValueError(f"color_jitter must be a number >= 0 (0: none; DeiT III: 0.3); got {jitter!r}")
         if self.resize_method not in RESIZE_METHODS:
             raise ValueError(f"resize_method must be one of {tuple(RESIZE_METHODS)}; got {self.resize_method!r}")
         if self.rand_augment is not None and self.resize_method not in AFFINE_RESAMPLING:
@@ -273,6 +282,10 @@ class Preprocess:
         if self.rand_augment is not None:  # uncovered pixels take the mean colour (timm's img_mean), else mid-gray
             fill = tuple(max(0, min(255, round(255 * m))) for m in self.mean_colour() or (128 / 255,))
             image = self.rand_augment(image, rng, fill=fill, resample=self.resize_method)
+        if self.three_augment:
+            image = three_augment(image, rng)
+        if self.color_jitter:
+            image = color_jitter(image, self.color_jitter, rng)
         return {"image": np.ascontiguousarray(as_array(image)), "label": np.int32(example["label"])}
 
     def eval(self, example: dict[str, Any]) -> dict[str, np.ndarray]:

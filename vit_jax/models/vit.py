@@ -76,7 +76,10 @@ class VisionTransformer(nn.Module, EncoderOptions):
       map_num_heads, map_mlp_dim: the attention-pooling head's heads and MLP width (`map`, `token_map`); None: the
         encoder's (big_vision's MAP head). Perception Encoder's core models pool with 8 heads and a 4x MLP.
       representation_size: if set, a `pre_logits` Dense of this width + tanh before the head.
-      head_bias_init: the head's bias initial value (its kernel starts at zero, as in ViT fine-tuning).
+      head_bias_init: the head's bias initial value.
+      head_init_std: the head's kernel starts at zero (0, vision_transformer's: a fine-tuned head starts from the
+        pre-trained representation alone) or normal with this std (timm's and DeiT's 0.02: LAMB's trust ratio, for
+        one, adapts a tensor by its norm, so a zero head starts slowly).
     """
 
     num_classes: int | None
@@ -95,6 +98,7 @@ class VisionTransformer(nn.Module, EncoderOptions):
     map_mlp_dim: int | None = None
     representation_size: int | None = None
     head_bias_init: float = 0.0
+    head_init_std: float = 0.0
     resnet_num_layers: tuple[int, ...] | None = None
     resnet_width_factor: float = 1.0
     resnet_numerics: str = "vision_transformer"
@@ -179,7 +183,8 @@ class VisionTransformer(nn.Module, EncoderOptions):
             x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, rms=self.rms_norm, name="fc_norm")(x)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
-        head = functools.partial(nn.Dense, self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
+        kernel_init = nn.initializers.normal(self.head_init_std) if self.head_init_std else nn.initializers.zeros
+        head = functools.partial(nn.Dense, self.num_classes, dtype=jnp.float32, kernel_init=kernel_init,
                                  bias_init=nn.initializers.constant(self.head_bias_init))
         if self.classifier == "token_distilled":  # DeiT: the two tokens' logits (or representations) averaged
             if not self.num_classes:
@@ -205,6 +210,9 @@ def check_options(model: VisionTransformer) -> None:
         if getattr(model, field) not in allowed:
             raise ValueError(f"{field} must be one of {allowed}; got {getattr(model, field)!r}")
     check_encoder_options(model)
+    std = model.head_init_std
+    if isinstance(std, bool) or not isinstance(std, int | float) or not 0 <= std < float("inf"):
+        raise ValueError(f"head_init_std must be a number >= 0 (0: a zero head); got {std!r}")
     if not isinstance(model.hidden_size, int) or model.hidden_size <= 0:
         raise ValueError(f"hidden_size must be a positive int; got {model.hidden_size!r}")
     if model.hidden_size % model.num_heads:
