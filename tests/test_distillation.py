@@ -47,9 +47,6 @@ def test_the_teacher_sees_the_pixels_its_own_evaluation_makes(rng):
 def test_the_train_steps_loss_is_deits_distillation_loss(classifier, kind, tau, rng):
     """DeiT's losses.py on the heads' logits (the class token's head on the smoothed labels, the distillation
     token's on the teacher; a one-head student's head on both) and the teacher's logits on its own pixels."""
-    from vit_jax.timm_compat import import_timm
-
-    import_timm()
     import torch
     import torch.nn.functional as F
 
@@ -98,7 +95,8 @@ def test_a_run_distils_from_a_workdir_and_a_teacher_of_other_classes_is_refused(
     teacher_workdir, result = readme_run
     assert result.returncode == 0, result.stderr[-2000:]
     config = tiny_digits_config(digits_data_dir, f"model.classifier=token_distilled,num_steps=10,eval_every=10,"
-                                                 f"checkpoint_every=10,distillation.teacher={teacher_workdir}")
+                                                 f"checkpoint_every=10,model.num_layers=1,model.hidden_size=32,"
+                                                 f"model.mlp_dim=64,distillation.teacher={teacher_workdir}")
     results = train_and_evaluate(config, tmp_path / "student")
     logged = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     teacher_accuracy = [m["train/teacher_accuracy"] for m in logged if "train/teacher_accuracy" in m]
