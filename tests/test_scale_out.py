@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -109,14 +110,15 @@ def free_port() -> int:
 BATCH = 64
 
 
-def main_in_processes(workdir, steps: int, data_dir: str, processes: int) -> list[str]:
+def main_in_processes(workdir, steps: int, data_dir: str, processes: int, init: Path) -> list[str]:
     """`python -m vit_jax.main` on the digits with 4 CPU devices in all: one process of 4, or two of 2 on
-    127.0.0.1. A constant learning rate, so that stopping at `steps` and going on later changes no update; the
+    127.0.0.1, fine-tuning `init` with FSDP (each process then holds parts of tensors that span the others'
+    devices). A constant learning rate, so that stopping at `steps` and going on later changes no update; the
     weights' moving average on (saved by one process count, resumed by another). (The global batch's row order, which
     Mixup's pairing depends on, is the same on any process count: tests/test_pipeline.py.)"""
     run = [f"--config=configs/digits.py:num_steps={steps},batch_size={BATCH},log_every=1,eval_every=6,"
            "checkpoint_every=6,optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none,"
-           "ema.decay=0.9",
+           f"ema.decay=0.9,init.path={init}", "--config.sharding_rules=(('.*','fsdp'),)", "--config.fsdp_min_size=64",
            f"--config.data_dir={data_dir}", f"--workdir={workdir}"]
     env = xla_env(f"--xla_force_host_platform_device_count={4 // processes}")
     port = free_port()
@@ -131,12 +133,23 @@ def main_in_processes(workdir, steps: int, data_dir: str, processes: int) -> lis
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_and_resume_on_another_process_count(tmp_path, digits_data_dir):
+    """Fine-tuning from an `.npz` (the digits model's shapes, perturbed) with FSDP on two processes, resumed in one
+    and on two again, equals one process throughout."""
+    from tests.conftest import live_params
+    from vit_jax.checkpoint.npz import save_npz
+    from vit_jax.config import load_config_file
+    from vit_jax.from_config import model_from_config
+
+    model = model_from_config(load_config_file(ROOT / "configs" / "digits.py"), 10)
+    init = tmp_path / "init.npz"
+    save_npz(live_params(model, np.zeros((1, 16, 16, 1), np.float32), seed=3), init)
     chain = tmp_path / "chain"
-    outputs = main_in_processes(chain, 6, digits_data_dir, processes=2)
+    outputs = main_in_processes(chain, 6, digits_data_dir, processes=2, init=init)
     assert "final test accuracy" in outputs[0] and "final test accuracy" not in outputs[1]  # process 0 speaks
-    main_in_processes(chain, 12, digits_data_dir, processes=1)  # saved by 2 processes, resumed in 1
-    main_in_processes(chain, 18, digits_data_dir, processes=2)  # saved by 1 process, resumed in 2
-    main_in_processes(tmp_path / "one", 18, digits_data_dir, processes=1)  # never interrupted
+    assert any(r["step"] == 0 and "eval/accuracy" in r for r in read_metrics(chain))  # the loaded model's
+    main_in_processes(chain, 12, digits_data_dir, processes=1, init=init)  # saved by 2 processes, resumed in 1
+    main_in_processes(chain, 18, digits_data_dir, processes=2, init=init)  # saved by 1 process, resumed in 2
+    main_in_processes(tmp_path / "one", 18, digits_data_dir, processes=1, init=init)  # never interrupted
     # Steps 1-6 on two processes, 7-12 in one, 13-18 on two again: each step's loss is the uninterrupted run's,
     # so every resumed step read the global batch it would have read (a wrong position gives other batches).
     assert [r["step"] for r in read_metrics(chain) if "train/loss" in r] == list(range(1, 19))

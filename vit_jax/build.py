@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
@@ -47,6 +48,7 @@ from vit_jax.sharding import (
     DATA_AXIS,
     MODEL_AXIS,
     ShardingError,
+    host_tree_to_global,
     make_mesh,
     mirrored_shardings,
     replicated,
@@ -188,10 +190,14 @@ def plan_init(setup: Setup, abstract_params: Any) -> Adaptation:
 
 def start_from(adaptation: Adaptation, fresh: TrainState, tx: optax.GradientTransformation,
                shardings: TrainState) -> TrainState:
-    """Step 0 with the adapted parameters (the rest from `fresh`) and a fresh optimizer state."""
-    params = fill_from_init(adaptation, jax.device_get(fresh.params))
+    """Step 0 with the adapted parameters (the rest from `fresh`) and a fresh optimizer state. Every process reads
+    the whole fresh parameters (gathered across processes: sharded ones span other processes' devices) and
+    places its own shards of the result."""
+    fresh_params = (multihost_utils.process_allgather(fresh.params, tiled=True) if jax.process_count() > 1
+                    else jax.device_get(fresh.params))
+    params = host_tree_to_global(fill_from_init(adaptation, fresh_params), shardings.params)
     new_state = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
-    return jax.jit(new_state, in_shardings=(shardings.params,), out_shardings=shardings)(params)
+    return jax.jit(new_state, out_shardings=shardings)(params)
 
 
 def state_shardings(abstract_state: TrainState, config: ConfigDict, mesh: Mesh) -> TrainState:
