@@ -66,7 +66,7 @@ def test_the_train_steps_loss_is_deits_distillation_loss(classifier, kind, tau, 
     _, metrics = step(state, {"image": jnp.asarray(images), "label": jnp.asarray(labels)}, None, teacher_params)
 
     _, captured = student.apply({"params": params}, images, train=False, capture_intermediates=True)
-    heads = [np.asarray(captured["intermediates"][name]["__call__"][0])
+    heads = [np.array(captured["intermediates"][name]["__call__"][0])
              for name in (("head", "head_dist") if classifier == "token_distilled" else ("head", "head"))]
     teacher_images = jax.image.resize((images + 1) / 2, (4, 8, 8, 3), "linear", antialias=True)  # [-1,1] -> [0,1]
     teacher_outputs = torch.from_numpy(np.array(teacher.apply({"params": teacher_params}, teacher_images,
