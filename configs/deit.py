@@ -45,6 +45,7 @@ def get_config(arg: str | None = None):
     config.optimizer.warmup_steps = 5 * STEPS_PER_EPOCH
     config.optimizer.end_learning_rate = 1e-5
     config.optimizer.weight_decay = 0.05
+    config.optimizer.mu_dtype = None  # PyTorch's AdamW keeps its moments in float32
     config.optimizer.grad_clip_norm = 0.0
     config.label_smoothing = 0.1
     config.pp.value_range, config.pp.mean, config.pp.std = (0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD

@@ -162,6 +162,7 @@ def test_vit_config_decays_the_weights_as_big_vision_whatever_the_learning_rate(
     config.optimizer.learning_rate = 2e-3  # as --config.optimizer.learning_rate sets it
     assert config.optimizer.weight_decay == pytest.approx(0.05)
     assert load_config_file("vit", "optimizer.weight_decay=0.3").optimizer.weight_decay == 0.3
+    assert config.optimizer.mu_dtype == "bfloat16" and load_config_file("deit").optimizer.mu_dtype is None
 
 
 def test_deit3_config_is_deit_iiis_imagenet_command():

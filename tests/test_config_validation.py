@@ -49,6 +49,8 @@ from vit_jax.build import set_up
                                      r"config.loss is 'cross_entropy'"),
         ("loss=hinge", r"config.loss = 'hinge': unknown value; allowed: 'cross_entropy', 'binary_cross_entropy'"),
         ("pp.color_jitter=-1.0", r"config.pp: color_jitter must be a number >= 0"),
+        ("optimizer.mu_dtype=float16", r"config.optimizer.mu_dtype = 'float16': must be one of \('float32', "
+                                       r"'bfloat16'\) or None"),
         ("repeated_augmentation=0", r"config.repeated_augmentation = 0: must be an integer >= 1 \(1: none; DeiT's 3\)"),
         # the preprocessing (Preprocess checks its own fields)
         ("pp.value_range=(1,-1)", r"config.pp: value_range must be \(low, high\) with low < high; got \(1, -1\)"),

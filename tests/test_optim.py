@@ -225,3 +225,31 @@ def test_update_rules_step_as_timms_optimizers(name, timm_kwargs, settings, clip
             np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2, err_msg=f"{path} at step {step}")
     for path, a, b in zip(paths, first, ours):  # every tensor moved after the first step (warmup's lr 0)
         assert np.abs(np.asarray(b) - a).max() > 1e-3, path
+
+
+def test_adamw_is_big_visions_adam_with_decoupled_weight_decay_of_weight_decay_times_the_rate():
+    """big_vision's `optax.make` for `optax_name='scale_by_adam'` (its ViT configs: `mu_dtype='bfloat16'`, `lr`,
+    `wd` not multiplied by `lr`, the schedule multiplying everything), built from its own chain of optax pieces,
+    moves the weights as vit_jax's AdamW with `weight_decay = wd / lr` and `mu_dtype='bfloat16'`."""
+    lr, wd = 1e-3, 1e-4
+    config = optimizer_config(learning_rate=lr, warmup_steps=2, weight_decay=wd / lr, mu_dtype="bfloat16",
+                              grad_clip_norm=1.0)
+    ours = make_optimizer(config, 6)
+    shape = lambda t: learning_rate_schedule(config, 6)(t) / lr  # big_vision's schedule: a multiplier from 0 to 1
+    mask = weight_decay_mask(config.weight_decay_mask)
+    big_vision = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(mu_dtype="bfloat16"),
+                             optax.scale(lr), optax.add_decayed_weights(wd, mask), optax.scale_by_schedule(shape),
+                             optax.scale(-1.0))
+    rng = np.random.default_rng(0)
+    params = {"dense": {"kernel": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32), "bias": jnp.ones(4)}}
+    states = [tx.init(params) for tx in (ours, big_vision)]
+    both = [params, params]
+    for _ in range(6):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+        for i, tx in enumerate((ours, big_vision)):
+            updates, states[i] = tx.update(grads, states[i], both[i])
+            both[i] = optax.apply_updates(both[i], updates)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8), *both)
+    assert not np.allclose(both[0]["dense"]["kernel"], params["dense"]["kernel"], atol=1e-3)
+    mu = optax.tree_utils.tree_get(states[0], "mu")
+    assert mu["dense"]["kernel"].dtype == jnp.bfloat16

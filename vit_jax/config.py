@@ -205,6 +205,7 @@ def base_config() -> ConfigDict:
     c.optimizer.b1 = 0.9  # adamw
     c.optimizer.b2 = 0.999  # adamw
     c.optimizer.eps = 1e-8  # adamw
+    c.optimizer.mu_dtype = config_dict.placeholder(str)  # adamw's, lamb's first moment: "bfloat16" (big_vision's)
     c.optimizer.momentum = 0.9  # sgd
     c.optimizer.nesterov = False  # sgd
     c.optimizer.grad_clip_norm = 1.0  # global norm; 0 disables clipping

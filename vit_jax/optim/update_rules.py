@@ -3,8 +3,8 @@ weight_decay * w` on the masked parameters (PyTorch's AdamW and optax's conventi
 `weight_decay * learning_rate` here), and rules that look at whole tensors (LAMB's trust ratio, Adafactor's factored
 moments and update clipping) see each layer of scanned blocks on its own, as they would see unscanned blocks.
 
-- adamw, sgd: the shared `b1`, `b2`, `eps` / `momentum`, `nesterov` fields.
-- lamb: timm's `Lamb` (NVIDIA's FusedLAMB, DeiT-III's optimizer), `optimizer.lamb`.
+- adamw, sgd: the shared `b1`, `b2`, `eps`, `mu_dtype` / `momentum`, `nesterov` fields.
+- lamb: timm's `Lamb` (NVIDIA's FusedLAMB, DeiT-III's optimizer), `optimizer.lamb` and `mu_dtype`.
 - lion: timm's and optax's `Lion` (Chen et al. 2023), `optimizer.lion`.
 - adafactor: big_vision's `scale_by_adafactor` ("Scaling Vision Transformers": factored second moments, beta2
   capped, half-precision momentum), `optimizer.adafactor`; timm's `AdafactorBigVision` with its default
@@ -31,8 +31,9 @@ MOMENTUM_DTYPES = ("float32", "bfloat16")
 
 
 def adamw(config: ConfigDict, schedule: optax.Schedule, mask: Mask) -> optax.GradientTransformation:
+    """`mu_dtype`: the first moment's dtype (big_vision keeps it in bfloat16); None: the parameters'."""
     return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
-                       mask=mask)
+                       mask=mask, mu_dtype=_dtype(config.get("mu_dtype")))
 
 
 def sgd(config: ConfigDict, schedule: optax.Schedule, mask: Mask) -> optax.GradientTransformation:
@@ -49,7 +50,7 @@ def lamb(config: ConfigDict, schedule: optax.Schedule, mask: Mask) -> optax.Grad
     settings = config.lamb
     adapted = mask if config.weight_decay else (lambda params: jax.tree.map(lambda _: False, params))
     return optax.chain(
-        optax.scale_by_adam(b1=settings.b1, b2=settings.b2, eps=settings.eps),
+        optax.scale_by_adam(b1=settings.b1, b2=settings.b2, eps=settings.eps, mu_dtype=_dtype(config.get("mu_dtype"))),
         optax.add_decayed_weights(config.weight_decay, mask=mask),
         optax.masked(per_tensor(scale_by_trust_ratio(settings.trust_clip)), adapted),
         optax.scale_by_learning_rate(schedule),
@@ -121,8 +122,15 @@ def per_tensor(inner: optax.GradientTransformation) -> optax.GradientTransformat
     return optax.GradientTransformation(init, update)
 
 
+def _dtype(name: str | None) -> jnp.dtype | None:
+    return jnp.dtype(name) if name else None
+
+
 def check_rule_settings(config: ConfigDict, number: Callable[..., None]) -> None:
     """The settings of the rule `config.name` names; `number(field, low, high, ...)` checks one (dotted) field."""
+    if config.get("mu_dtype") not in (None, "", *MOMENTUM_DTYPES):
+        raise ValueError(f"mu_dtype: must be one of {MOMENTUM_DTYPES} or None (the parameters'); "
+                         f"got {config.mu_dtype!r}")
     if config.name == "lamb":
         number("lamb.b1", 0, 1, high_open=True)
         number("lamb.b2", 0, 1, high_open=True)
