@@ -8,7 +8,9 @@ positives), no label smoothing, no random erasing, repeated augmentation (3), Im
 at crop ratio 1.0 (shorter side to 224, central crop), heads initialised normal(0.02) as DeiT's. Epochs are
 ImageNet's at batch 2048 (626 steps each). Not as DeiT III: warmup from 0 (theirs starts at 1e-6), and the
 position table's class row (DeiT III adds its table to the patches only; here a learned class row starting at
-zero, which the learned class token could absorb anyway).
+zero, which the learned class token could absorb anyway). DeiT III's ImageNet-21k pre-training replaces the
+Inception crop with its simple random crop: `pp.train_crop=simple` (shorter side to 224, reflect padding 4, a
+random 224 window).
 
     python -m vit_jax.main --config=configs/deit3.py:variant=S/16,dataset=imagenet2012 --workdir=workdirs/deit3_s16
 

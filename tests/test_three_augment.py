@@ -1,5 +1,6 @@
-"""DeiT III's 3-Augment and ColorJitter (vit_jax.augment.three_augment, .color_jitter) against torchvision's
-transforms and DeiT's augment.py lines, given the same draws; the draws' distributions; videos alike per frame."""
+"""DeiT III's augmentations: 3-Augment and ColorJitter (vit_jax.augment.three_augment, .color_jitter) and the simple
+random crop (`train_crop='simple'`) against torchvision's transforms and DeiT's augment.py lines, given the same
+draws; the draws' distributions; videos alike per frame."""
 
 import numpy as np
 import pytest
@@ -93,3 +94,26 @@ def test_training_views_get_them_a_video_alike_in_every_frame_and_never_batched(
     assert batchable(source, Preprocess(image_size=(40, 48))) and not batchable(source, pp)
     with pytest.raises(ValueError, match="color_jitter must be a number >= 0"):
         Preprocess(image_size=(8, 8), color_jitter=-0.1)
+
+
+@pytest.mark.parametrize("hw, size", [((40, 48), (16, 16)), ((50, 30), (24, 24)), ((32, 32), (32, 32))])
+def test_simple_random_crop_is_deit3s_resize_then_reflect_padded_random_crop(hw, size, rng, torchvision):
+    """DeiT III's `--src`: torchvision's Resize(size, bicubic) then RandomCrop(size, padding=4, reflect) give the
+    training view's pixels at every window torchvision can draw; the windows drawn cover that range evenly."""
+    from torchvision.transforms import functional as F
+
+    image = photo(rng).resize(hw[::-1])
+    pp = Preprocess(image_size=size, train_crop="simple", crop_padding=4, resize_method="bicubic")
+    resized = torchvision.transforms.Resize(size[0], interpolation=F.InterpolationMode.BICUBIC)(image)
+    padded = F.pad(resized, 4, padding_mode="reflect")
+    rows, cols = padded.size[1] - size[0] + 1, padded.size[0] - size[1] + 1
+    seen = {}
+    for seed in range(60):
+        generator = np.random.default_rng(seed)
+        view = pp.train_view({"image": np.asarray(image), "label": 0}, generator)["image"]
+        generator = np.random.default_rng(seed)  # the same draws: the window's top and left
+        top, left = int(generator.integers(0, rows)), int(generator.integers(0, cols))
+        expected = np.asarray(F.crop(padded, top, left, *size))
+        np.testing.assert_array_equal(view, expected)
+        seen[(top, left)] = True
+    assert len(seen) > min(30, rows * cols // 2)

@@ -98,7 +98,7 @@ def base_config() -> ConfigDict:
     c.pp = ConfigDict()
     c.pp.value_range = (-1.0, 1.0)
     c.pp.resize_method = "bilinear"
-    c.pp.train_crop = "inception"  # "none" | "pad" | "inception"
+    c.pp.train_crop = "inception"  # "none" | "pad" | "inception" | "simple" (DeiT III's SRC, crop_padding 4)
     c.pp.crop_padding = 4
     c.pp.crop_scale = (0.08, 1.0)
     c.pp.crop_ratio = (3 / 4, 4 / 3)

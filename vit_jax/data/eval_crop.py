@@ -41,15 +41,21 @@ def eval_view(image: np.ndarray, size: tuple[int, int], crop_pct: float, crop_mo
     if crop_mode == "squash":
         image = resize(image, scale)
     elif crop_mode == "center":
-        if scale[0] == scale[1]:  # torchvision's Resize(int): the shorter side to it, the longer in proportion
-            short, long = min(h, w), max(h, w)
-            new_long = int(scale[0] * long / short)
-            image = resize(image, (new_long, scale[0]) if w <= h else (scale[0], new_long))
-        else:
-            image = resize(image, _keep_ratio((h, w), scale, longest=False))
+        image = resize(image, shorter_side_size((h, w), scale))
     else:
         image = resize(image, _keep_ratio((h, w), scale, longest=True))
     return center_crop_or_pad(image, size, fill, rounding)
+
+
+def shorter_side_size(hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """The size an `hw` image is resized to so that it covers `size` keeping its aspect ratio: for a square `size`,
+    torchvision's `Resize(int)` (the shorter side to it, the longer in proportion, truncated), else timm's
+    `ResizeKeepRatio` on the shorter side."""
+    if size[0] != size[1]:
+        return _keep_ratio(hw, size, longest=False)
+    h, w = hw
+    new_long = int(size[0] * max(h, w) / min(h, w))
+    return (new_long, size[0]) if w <= h else (size[0], new_long)
 
 
 def size_for_max_patches(hw: tuple[int, int], patch: int, max_patches: int, eps: float = 1e-5) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Per-example preprocessing in NumPy/PIL: resize, value range, and training augmentation (crop, flip).
 
-Training: optional Inception crop (random area and aspect ratio, as torchvision's RandomResizedCrop) -> resize to
+Training: optional Inception crop (random area and aspect ratio, as torchvision's RandomResizedCrop) or DeiT III's
+simple random crop (the shorter side resized to the size, reflect padding, a random window) -> resize to
 `image_size` -> optional pad-and-crop (zero padding, then a random window of the original size, the CIFAR recipe)
 -> optional horizontal flip -> optional RandAugment (timm's, `vit_jax.augment.rand_augment`) -> optional 3-Augment
 and ColorJitter (DeiT III's) -> value range (timm's and DeiT III's order). Evaluation: resize -> value range, so every example is seen whole; or, for
@@ -26,7 +27,7 @@ from vit_jax.augment.color_jitter import color_jitter
 from vit_jax.augment.rand_augment import AFFINE_RESAMPLING, RandAugment
 from vit_jax.augment.three_augment import three_augment
 from vit_jax.data.encoded_image import EncodedImage
-from vit_jax.data.eval_crop import check_crop, eval_view, size_for_max_patches
+from vit_jax.data.eval_crop import check_crop, eval_view, shorter_side_size, size_for_max_patches
 
 RESIZE_METHODS = {
     "nearest": Image.Resampling.NEAREST,
@@ -36,7 +37,10 @@ RESIZE_METHODS = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-TRAIN_CROPS = ("none", "pad", "inception")
+# "pad": squash to the size, zero-pad, a random window (the CIFAR recipe); "inception": torchvision's
+# RandomResizedCrop; "simple": DeiT III's simple random crop (the shorter side to the size, reflect padding, a
+# random window)
+TRAIN_CROPS = ("none", "pad", "inception", "simple")
 Picture = np.ndarray | Image.Image  # uint8 (H, W, C) / (T, H, W, C) arrays, or a decoded PIL image
 
 
@@ -89,6 +93,14 @@ def pad_and_random_crop(image: np.ndarray, padding: int, rng: np.random.Generato
         ..., max(0, top) : h + min(0, top), max(0, left) : w + min(0, left), :
     ]
     return out
+
+
+def reflect_pad_and_crop(image: np.ndarray, size: tuple[int, int], padding: int, top: int, left: int) -> np.ndarray:
+    """Reflect-pad by `padding` on every side (NumPy's and torchvision's `reflect`: the edge pixel not repeated),
+    then the `size` window at `(top, left)` of the padded image (the same for every frame of a video)."""
+    widths = [(0, 0)] * (image.ndim - 3) + [(padding, padding), (padding, padding), (0, 0)]
+    padded = np.pad(image, widths, mode="reflect") if padding else image
+    return padded[..., top : top + size[0], left : left + size[1], :]
 
 
 def inception_crop_box(
@@ -259,7 +271,7 @@ class Preprocess:
         """Whether this path's resize may be done once per example ahead of time: nothing random comes before it,
         and doing it again changes nothing (a central crop of a larger resize would crop twice)."""
         if training:
-            return self.train_crop != "inception" and self.crop_pct == 1.0 and self.crop_mode == "squash"
+            return self.train_crop in ("none", "pad") and self.crop_pct == 1.0 and self.crop_mode == "squash"
         return self.crop_pct == 1.0 and self.max_patches is None
 
     def train(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -274,6 +286,12 @@ class Preprocess:
         if self.train_crop == "inception":
             top, left, h, w = inception_crop_box(*height_width(image), self.crop_scale, self.crop_ratio, rng)
             image = crop(image, top, left, h, w)
+        if self.train_crop == "simple":  # DeiT III's SRC: torchvision's Resize(size), RandomCrop(size, padding, reflect)
+            image = as_array(resize(image, shorter_side_size(height_width(image), self.image_size), self.resize_method))
+            h, w = image.shape[-3:-1]
+            top = int(rng.integers(0, h + 2 * self.crop_padding - self.image_size[0] + 1))
+            left = int(rng.integers(0, w + 2 * self.crop_padding - self.image_size[1] + 1))
+            image = reflect_pad_and_crop(image, self.image_size, self.crop_padding, top, left)
         image = resize(image, self.image_size, self.resize_method)  # training squashes: crop_pct is evaluation's
         if self.train_crop == "pad" and self.crop_padding:
             image = pad_and_random_crop(as_array(image), self.crop_padding, rng)
