@@ -51,6 +51,8 @@ from vit_jax.build import set_up
         ("pp.color_jitter=-1.0", r"config.pp: color_jitter must be a number >= 0"),
         ("optimizer.mu_dtype=float16", r"config.optimizer.mu_dtype = 'float16': must be one of \('float32', "
                                        r"'bfloat16'\) or None"),
+        ("pp.rand_augment=rand-m9,pp.auto_augment=v0", r"config.pp: rand_augment and auto_augment are two policies "
+                                                       r"for the same place: give one"),
         ("repeated_augmentation=0", r"config.repeated_augmentation = 0: must be an integer >= 1 \(1: none; DeiT's 3\)"),
         # the preprocessing (Preprocess checks its own fields)
         ("pp.value_range=(1,-1)", r"config.pp: value_range must be \(low, high\) with low < high; got \(1, -1\)"),

@@ -112,6 +112,7 @@ def base_config() -> ConfigDict:
     c.pp.crop_pct = 1.0
     c.pp.crop_mode = "squash"
     c.pp.rand_augment = ""  # timm's RandAugment string, e.g. "rand-m9-mstd0.5-inc1" (DeiT); "": none
+    c.pp.auto_augment = ""  # timm's AutoAugment instead: "original", "v0", "originalr", "v0r" (+ "-mstd0.5"); "": none
     c.pp.three_augment = False  # DeiT III's 3-Augment: one of grayscale, solarization, Gaussian blur per image
     c.pp.color_jitter = 0.0  # torchvision's ColorJitter(c, c, c) after it (DeiT III: 0.3); 0: none
 

@@ -202,8 +202,8 @@ def check_repeated_augmentation(config: ConfigDict) -> None:
 
 
 def check_rand_augment_data(config: ConfigDict, spec: DatasetSpec) -> None:
-    """RandAugment's, 3-Augment's and ColorJitter's PIL operations take grayscale or RGB images."""
-    for field in ("rand_augment", "three_augment", "color_jitter"):
+    """RandAugment's, AutoAugment's, 3-Augment's and ColorJitter's PIL operations take grayscale or RGB images."""
+    for field in ("rand_augment", "auto_augment", "three_augment", "color_jitter"):
         if config.pp.get(field) and spec.image_shape[-1] not in (1, 3):
             raise field_error(f"pp.{field}", config.pp[field], f"works on grayscale or RGB images; dataset "
                                                                f"{config.dataset!r} has {spec.image_shape[-1]} "

@@ -10,6 +10,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from vit_jax.augment.auto_augment import AutoAugment
 from vit_jax.augment.mixup import Mixup
 from vit_jax.augment.rand_augment import RandAugment
 from vit_jax.augment.random_erasing import RandomErasing
@@ -42,6 +43,7 @@ def preprocess_from_config(config: ConfigDict) -> Preprocess:
         crop_ratio=tuple(pp.crop_ratio), flip=pp.flip, mean=_optional_tuple(pp.mean), std=_optional_tuple(pp.std),
         channels=pp.channels, crop_pct=pp.get("crop_pct", 1.0), crop_mode=pp.get("crop_mode", "squash"),
         rand_augment=RandAugment.parse(pp.rand_augment) if pp.get("rand_augment") else None,
+        auto_augment=AutoAugment.parse(pp.auto_augment) if pp.get("auto_augment") else None,
         three_augment=pp.get("three_augment", False), color_jitter=pp.get("color_jitter", 0.0),
     )
 

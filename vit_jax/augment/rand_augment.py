@@ -70,6 +70,7 @@ LEVEL_TO_ARG: dict[str, Callable[[float, np.random.Generator], float] | None] = 
     "AutoContrast": None, "Equalize": None, "Invert": None,
     "Rotate": lambda level, rng: _signed(level * 30.0, rng),
     "Posterize": lambda level, rng: int(level * 4),
+    "PosterizeOriginal": lambda level, rng: int(level * 4) + 4,  # AutoAugment's: keep 4 to 8 bits
     "PosterizeIncreasing": lambda level, rng: 4 - int(level * 4),
     "Solarize": lambda level, rng: min(256, int(level * 256)),
     "SolarizeIncreasing": lambda level, rng: 256 - min(256, int(level * 256)),
@@ -126,6 +127,7 @@ OPERATIONS: dict[str, Operation] = {  # (image, argument, fill, resample) -> ima
 }
 for _name in ("Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness"):
     OPERATIONS[_name + "Increasing"] = OPERATIONS[_name]
+OPERATIONS["PosterizeOriginal"] = OPERATIONS["Posterize"]
 SETS = {"": TRANSFORMS, "3a": ("SolarizeIncreasing", "Desaturate", "GaussianBlur"),
         **{name: tuple(weights) for name, weights in WEIGHTED_SETS.items()}}
 
@@ -214,23 +216,29 @@ class RandAugment:
         else:
             p = np.asarray(self.weights, np.float64) / sum(self.weights)
             names = rng.choice(len(self.transforms), self.num_layers, replace=False, p=p)
-        plan = []
-        for name in (self.transforms[i] for i in names):
-            if self.prob < 1.0 and rng.random() > self.prob:
-                continue
-            magnitude = self.magnitude
-            if self.magnitude_std == math.inf:
-                magnitude = rng.uniform(0, magnitude)
-            elif self.magnitude_std > 0:
-                magnitude = rng.normal(magnitude, self.magnitude_std)
-            magnitude = max(0.0, min(magnitude, self.magnitude_max))
-            level_to_arg = LEVEL_TO_ARG[name]
-            plan.append((name, None if level_to_arg is None else level_to_arg(magnitude / LEVEL_DENOM, rng)))
-        return tuple(plan)
+        drawn = (draw_operation(self.transforms[i], self.prob, self.magnitude, self.magnitude_std,
+                                self.magnitude_max, rng) for i in names)
+        return tuple(operation for operation in drawn if operation is not None)
 
     def __call__(self, picture: np.ndarray | Image.Image, rng: np.random.Generator, *,
                  fill: Sequence[int], resample: str) -> np.ndarray | Image.Image:
         return apply(self.draw(rng), picture, fill=fill, resample=resample)
+
+
+def draw_operation(name: str, prob: float, magnitude: float, magnitude_std: float, magnitude_max: float,
+                   rng: np.random.Generator) -> tuple[str, float | None] | None:
+    """One operation of a policy, as timm's `AugmentOp` draws it: skipped with probability 1 - `prob`, else its
+    magnitude jittered (`magnitude_std`: Gaussian; inf: uniform in [0, magnitude]), clipped to [0,
+    `magnitude_max`], and turned into its argument (drawing the sign of symmetric operations)."""
+    if prob < 1.0 and rng.random() > prob:
+        return None
+    if magnitude_std == math.inf:
+        magnitude = rng.uniform(0, magnitude)
+    elif magnitude_std > 0:
+        magnitude = rng.normal(magnitude, magnitude_std)
+    magnitude = max(0.0, min(magnitude, magnitude_max))
+    level_to_arg = LEVEL_TO_ARG[name]
+    return name, None if level_to_arg is None else level_to_arg(magnitude / LEVEL_DENOM, rng)
 
 
 def apply(plan: Plan, picture: np.ndarray | Image.Image, *, fill: Sequence[int], resample: str

@@ -28,10 +28,11 @@ MASK64 = (1 << 64) - 1
 
 def batchable(source: Any, preprocess: Preprocess) -> bool:
     """Whether `source` can be served a batch at a time: in memory, images (not videos) all at the training size,
-    and augmentation that does not resample (no Inception or simple crop) or work image by image (RandAugment, 3-Augment,
+    and augmentation that does not resample (no Inception or simple crop) or work image by image (RandAugment, AutoAugment, 3-Augment,
     ColorJitter)."""
     if (not isinstance(source, InMemorySource) or not len(source) or preprocess.train_crop not in ("none", "pad")
-            or preprocess.rand_augment is not None or preprocess.three_augment or preprocess.color_jitter):
+            or preprocess.rand_augment is not None or preprocess.auto_augment is not None
+            or preprocess.three_augment or preprocess.color_jitter):
         return False
     shapes = {np.shape(example["image"]) for example in source}
     return len(shapes) == 1 and len(next(iter(shapes))) == 3 and next(iter(shapes))[:2] == tuple(preprocess.image_size)

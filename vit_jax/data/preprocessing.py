@@ -3,7 +3,7 @@
 Training: optional Inception crop (random area and aspect ratio, as torchvision's RandomResizedCrop) or DeiT III's
 simple random crop (the shorter side resized to the size, reflect padding, a random window) -> resize to
 `image_size` -> optional pad-and-crop (zero padding, then a random window of the original size, the CIFAR recipe)
--> optional horizontal flip -> optional RandAugment (timm's, `vit_jax.augment.rand_augment`) -> optional 3-Augment
+-> optional horizontal flip -> optional RandAugment or AutoAugment (timm's, `vit_jax.augment`) -> optional 3-Augment
 and ColorJitter (DeiT III's) -> value range (timm's and DeiT III's order). Evaluation: resize -> value range, so every example is seen whole; or, for
 checkpoints evaluated that way (timm's `crop_pct`, `crop_mode`), resize larger then the central crop
 (`vit_jax.data.eval_crop`).
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vit_jax.augment.auto_augment import AutoAugment
 from vit_jax.augment.color_jitter import color_jitter
 from vit_jax.augment.rand_augment import AFFINE_RESAMPLING, RandAugment
 from vit_jax.augment.three_augment import three_augment
@@ -173,6 +174,7 @@ class Preprocess:
     # evaluating images one by one (`predict`), not for batched datasets
     max_patches: tuple[int, int] | None = None
     rand_augment: RandAugment | None = None  # training only; its rotations, shears and shifts use resize_method
+    auto_augment: AutoAugment | None = None  # training only, instead of RandAugment; resamples as it does
     three_augment: bool = False  # training only: DeiT III's 3-Augment (vit_jax.augment.three_augment)
     color_jitter: float = 0.0  # training only: torchvision's ColorJitter(c, c, c) (vit_jax.augment.color_jitter)
 
@@ -184,9 +186,13 @@ class Preprocess:
             raise ValueError(f"color_jitter must be a number >= 0 (0: none; DeiT III: 0.3); got {jitter!r}")
         if self.resize_method not in RESIZE_METHODS:
             raise ValueError(f"resize_method must be one of {tuple(RESIZE_METHODS)}; got {self.resize_method!r}")
-        if self.rand_augment is not None and self.resize_method not in AFFINE_RESAMPLING:
-            raise ValueError(f"resize_method={self.resize_method!r}: RandAugment's rotations, shears and translations "
-                             f"resample with it, and PIL's affine transforms take {tuple(AFFINE_RESAMPLING)}")
+        policy = self.rand_augment or self.auto_augment
+        if self.rand_augment is not None and self.auto_augment is not None:
+            raise ValueError("rand_augment and auto_augment are two policies for the same place: give one")
+        if policy is not None and self.resize_method not in AFFINE_RESAMPLING:
+            raise ValueError(f"resize_method={self.resize_method!r}: {type(policy).__name__}'s rotations, shears and "
+                             f"translations resample with it, and PIL's affine transforms take "
+                             f"{tuple(AFFINE_RESAMPLING)}")
         if self.train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {self.train_crop!r}")
         if any(v is not None and not (isinstance(v, tuple | list) and _numbers(v, len(v))) for v in (self.mean, self.std)):
@@ -297,9 +303,10 @@ class Preprocess:
             image = pad_and_random_crop(as_array(image), self.crop_padding, rng)
         if self.flip and rng.random() < 0.5:
             image = flip_left_right(image)
-        if self.rand_augment is not None:  # uncovered pixels take the mean colour (timm's img_mean), else mid-gray
+        if (policy := self.rand_augment or self.auto_augment) is not None:
+            # uncovered pixels take the mean colour (timm's img_mean), else mid-gray
             fill = tuple(max(0, min(255, round(255 * m))) for m in self.mean_colour() or (128 / 255,))
-            image = self.rand_augment(image, rng, fill=fill, resample=self.resize_method)
+            image = policy(image, rng, fill=fill, resample=self.resize_method)
         if self.three_augment:
             image = three_augment(image, rng)
         if self.color_jitter:
