@@ -55,7 +55,8 @@ class Scripted:
         return low + (high - low) * self.next()
 
     def integers(self, high):
-        return self.next()
+        value = self.next()
+        return value if isinstance(value, int) else int(value * high)
 
     def choice(self, population, size, replace=True, p=None):
         indices = [self.next() for _ in range(size)]
@@ -121,6 +122,37 @@ def test_whole_transform_with_the_same_draws_gives_timms_pixels(auto_augment, ph
         got = np.asarray(ours(photo, mine, fill=FILL, resample="bilinear"))
         np.testing.assert_array_equal(got, expected)
         assert len(mine.draws) == len(shared.draws)  # both read the script the same way
+
+
+@pytest.mark.parametrize("spec", ["rand-m9-mstd0.5-inc1", "original-mstd0.5"])
+def test_random_resampling_draws_bilinear_or_bicubic_per_geometric_operation_as_timm(auto_augment, photo, spec,
+                                                                                      monkeypatch):
+    """timm's default `--train-interpolation random`: no `interpolation` hparam, so each geometric operation
+    picks bilinear or bicubic (`random.choice`) as it runs; one script of draws on both sides."""
+    if spec.startswith("rand"):
+        theirs, ours = auto_augment.rand_augment_transform(spec, {"img_mean": FILL}), RandAugment.parse(spec)
+    else:
+        theirs, ours = auto_augment.auto_augment_transform(spec, {"img_mean": FILL}), AutoAugment.parse(spec)
+    script_rng = np.random.default_rng(3)
+    methods = set()
+    for _ in range(40):
+        if spec.startswith("rand"):
+            draws = [int(i) for i in script_rng.choice(len(ours.transforms), ours.num_layers, replace=False)]
+        else:
+            draws = [int(script_rng.integers(len(POLICIES[ours.policy])))]
+        draws += [float(v) for v in script_rng.random(8)]
+        shared, mine = Scripted(draws), Scripted(draws)
+        monkeypatch.setattr(random, "random", shared.random)
+        monkeypatch.setattr(random, "gauss", shared.gauss)
+        monkeypatch.setattr(random, "uniform", shared.uniform)
+        monkeypatch.setattr(np.random, "choice", shared.choice)
+        monkeypatch.setattr(random, "choice", lambda seq, script=shared: seq[script.integers(len(seq))])
+        expected = np.asarray(theirs(photo))
+        plan = ours.draw(mine, random_resample=True)
+        methods |= {entry[2] for entry in plan if len(entry) == 3}
+        np.testing.assert_array_equal(np.asarray(apply(plan, photo, fill=FILL, resample="random")), expected)
+        assert len(mine.draws) == len(shared.draws)
+    assert methods == {"bilinear", "bicubic"}
 
 
 def test_auto_augment_policies_are_timms(auto_augment):
@@ -198,3 +230,23 @@ def test_the_training_stream_applies_it_per_example_and_repeats_it_for_the_same_
     np.testing.assert_array_equal(once["image"], again["image"])
     np.testing.assert_array_equal(np.sort(once["label"]), np.sort(first(plain)["label"]))
     assert not np.array_equal(once["image"], first(plain)["image"])
+
+
+def test_random_training_resampling_resizes_each_crop_bilinear_or_bicubic_and_evaluation_as_configured(rng):
+    """`train_resize_method='random'` (timm's default): each Inception crop is resized one way or the other (the
+    view equals one of the two resizes of the same crop, both occur), evaluation keeps `resize_method`, and a
+    split resized once ahead of time would hide it, so it is not."""
+    from vit_jax.data.preprocessing import crop, inception_crop_box, resize
+
+    image = np.asarray(Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).resize((96, 80)))
+    pp = Preprocess((16, 16), train_crop="inception", train_resize_method="random", resize_method="bicubic")
+    used = []
+    for seed in range(12):
+        view = pp.train_view({"image": image, "label": 0}, np.random.default_rng(seed))["image"]
+        box = inception_crop_box(80, 96, pp.crop_scale, pp.crop_ratio, np.random.default_rng(seed))
+        options = {m: resize(crop(image, *box), (16, 16), m) for m in ("bilinear", "bicubic")}
+        used += [m for m, option in options.items() if np.array_equal(view, option)]
+    assert set(used) == {"bilinear", "bicubic"} and len(used) >= 12
+    assert pp.training_resize == "random" and not Preprocess((16, 16), train_resize_method="random").resize_once(True)
+    with pytest.raises(ValueError, match="train_resize_method must be None"):
+        Preprocess((16, 16), train_resize_method="cubic")

@@ -98,6 +98,9 @@ def base_config() -> ConfigDict:
     c.pp = ConfigDict()
     c.pp.value_range = (-1.0, 1.0)
     c.pp.resize_method = "bilinear"
+    # training's resampling: None (resize_method) or "random" (bilinear or bicubic per image and per geometric
+    # RandAugment/AutoAugment operation: timm's default --train-interpolation) or a method
+    c.pp.train_resize_method = config_dict.placeholder(str)
     c.pp.train_crop = "inception"  # "none" | "pad" | "inception" | "simple" (DeiT III's SRC, crop_padding 4)
     c.pp.crop_padding = 4
     c.pp.crop_scale = (0.08, 1.0)

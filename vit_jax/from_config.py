@@ -44,6 +44,7 @@ def preprocess_from_config(config: ConfigDict) -> Preprocess:
         channels=pp.channels, crop_pct=pp.get("crop_pct", 1.0), crop_mode=pp.get("crop_mode", "squash"),
         rand_augment=RandAugment.parse(pp.rand_augment) if pp.get("rand_augment") else None,
         auto_augment=AutoAugment.parse(pp.auto_augment) if pp.get("auto_augment") else None,
+        train_resize_method=pp.get("train_resize_method"),
         three_augment=pp.get("three_augment", False), color_jitter=pp.get("color_jitter", 0.0),
     )
 

@@ -85,12 +85,13 @@ class AutoAugment:
             std = float(match.group(1))
         return cls(policy=policy, magnitude_std=std)
 
-    def draw(self, rng: np.random.Generator) -> Plan:
+    def draw(self, rng: np.random.Generator, random_resample: bool = False) -> Plan:
         sub_policy = POLICIES[self.policy][int(rng.integers(len(POLICIES[self.policy])))]
-        drawn = (draw_operation(name, prob, magnitude, self.magnitude_std, LEVEL_DENOM, rng)
+        drawn = (draw_operation(name, prob, magnitude, self.magnitude_std, LEVEL_DENOM, rng, random_resample)
                  for name, prob, magnitude in sub_policy)
         return tuple(operation for operation in drawn if operation is not None)
 
     def __call__(self, picture: np.ndarray | Image.Image, rng: np.random.Generator, *,
                  fill: Sequence[int], resample: str) -> np.ndarray | Image.Image:
-        return apply(self.draw(rng), picture, fill=fill, resample=resample)
+        """`resample='random'`: bilinear or bicubic, drawn per geometric operation (timm's default)."""
+        return apply(self.draw(rng, resample == "random"), picture, fill=fill, resample=resample)

@@ -131,7 +131,11 @@ OPERATIONS["PosterizeOriginal"] = OPERATIONS["Posterize"]
 SETS = {"": TRANSFORMS, "3a": ("SolarizeIncreasing", "Desaturate", "GaussianBlur"),
         **{name: tuple(weights) for name, weights in WEIGHTED_SETS.items()}}
 
-Plan = tuple[tuple[str, float | None], ...]  # the operations drawn for one picture, with their arguments
+# The operations drawn for one picture, with their arguments, and for geometric ones under random resampling the
+# method drawn (`(name, argument)` or `(name, argument, method)`)
+Plan = tuple[tuple, ...]
+RANDOM_RESAMPLING = ("bilinear", "bicubic")  # timm's `_RANDOM_INTERPOLATION` (its default --train-interpolation)
+GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")  # those that resample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,27 +213,30 @@ class RandAugment:
         except ValueError as error:
             raise ValueError(f"rand_augment {spec!r}: {error}") from None
 
-    def draw(self, rng: np.random.Generator) -> Plan:
-        """The operations one picture gets, with their arguments (skipped ones left out)."""
+    def draw(self, rng: np.random.Generator, random_resample: bool = False) -> Plan:
+        """The operations one picture gets, with their arguments (skipped ones left out); `random_resample`: each
+        geometric one also draws bilinear or bicubic."""
         if self.weights is None:
             names = rng.choice(len(self.transforms), self.num_layers, replace=True)
         else:
             p = np.asarray(self.weights, np.float64) / sum(self.weights)
             names = rng.choice(len(self.transforms), self.num_layers, replace=False, p=p)
         drawn = (draw_operation(self.transforms[i], self.prob, self.magnitude, self.magnitude_std,
-                                self.magnitude_max, rng) for i in names)
+                                self.magnitude_max, rng, random_resample) for i in names)
         return tuple(operation for operation in drawn if operation is not None)
 
     def __call__(self, picture: np.ndarray | Image.Image, rng: np.random.Generator, *,
                  fill: Sequence[int], resample: str) -> np.ndarray | Image.Image:
-        return apply(self.draw(rng), picture, fill=fill, resample=resample)
+        """`resample='random'`: bilinear or bicubic, drawn per geometric operation (timm's default)."""
+        return apply(self.draw(rng, resample == "random"), picture, fill=fill, resample=resample)
 
 
 def draw_operation(name: str, prob: float, magnitude: float, magnitude_std: float, magnitude_max: float,
-                   rng: np.random.Generator) -> tuple[str, float | None] | None:
+                   rng: np.random.Generator, random_resample: bool = False) -> tuple | None:
     """One operation of a policy, as timm's `AugmentOp` draws it: skipped with probability 1 - `prob`, else its
     magnitude jittered (`magnitude_std`: Gaussian; inf: uniform in [0, magnitude]), clipped to [0,
-    `magnitude_max`], and turned into its argument (drawing the sign of symmetric operations)."""
+    `magnitude_max`], and turned into its argument (drawing the sign of symmetric operations), then, with
+    `random_resample`, a geometric operation's resampling (timm's `random.choice` as the operation runs)."""
     if prob < 1.0 and rng.random() > prob:
         return None
     if magnitude_std == math.inf:
@@ -238,7 +245,10 @@ def draw_operation(name: str, prob: float, magnitude: float, magnitude_std: floa
         magnitude = rng.normal(magnitude, magnitude_std)
     magnitude = max(0.0, min(magnitude, magnitude_max))
     level_to_arg = LEVEL_TO_ARG[name]
-    return name, None if level_to_arg is None else level_to_arg(magnitude / LEVEL_DENOM, rng)
+    argument = None if level_to_arg is None else level_to_arg(magnitude / LEVEL_DENOM, rng)
+    if random_resample and name in GEOMETRIC:
+        return name, argument, RANDOM_RESAMPLING[int(rng.integers(len(RANDOM_RESAMPLING)))]
+    return name, argument
 
 
 def apply(plan: Plan, picture: np.ndarray | Image.Image, *, fill: Sequence[int], resample: str
@@ -250,8 +260,8 @@ def apply(plan: Plan, picture: np.ndarray | Image.Image, *, fill: Sequence[int],
 
     def operations(image: Image.Image) -> Image.Image:
         colour = tuple(fill) if image.mode == "RGB" else round(sum(fill) / len(fill))
-        for name, argument in plan:
-            image = OPERATIONS[name](image, argument, colour, resample)
+        for name, argument, *method in plan:
+            image = OPERATIONS[name](image, argument, colour, method[0] if method else resample)
         return image
 
     return map_pictures(operations, picture, "RandAugment")

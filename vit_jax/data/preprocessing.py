@@ -25,7 +25,7 @@ from PIL import Image
 
 from vit_jax.augment.auto_augment import AutoAugment
 from vit_jax.augment.color_jitter import color_jitter
-from vit_jax.augment.rand_augment import AFFINE_RESAMPLING, RandAugment
+from vit_jax.augment.rand_augment import AFFINE_RESAMPLING, RANDOM_RESAMPLING, RandAugment
 from vit_jax.augment.three_augment import three_augment
 from vit_jax.data.encoded_image import EncodedImage
 from vit_jax.data.eval_crop import check_crop, eval_view, shorter_side_size, size_for_max_patches
@@ -173,7 +173,10 @@ class Preprocess:
     # as many whole patches as fit (SigLIP 2's image processor); images then differ in size, so this is for
     # evaluating images one by one (`predict`), not for batched datasets
     max_patches: tuple[int, int] | None = None
-    rand_augment: RandAugment | None = None  # training only; its rotations, shears and shifts use resize_method
+    # training's resampling (None: resize_method); "random": bilinear or bicubic, drawn for each image's resize and
+    # each geometric RandAugment/AutoAugment operation (timm's default --train-interpolation)
+    train_resize_method: str | None = None
+    rand_augment: RandAugment | None = None  # training only; its rotations, shears and shifts resample as training
     auto_augment: AutoAugment | None = None  # training only, instead of RandAugment; resamples as it does
     three_augment: bool = False  # training only: DeiT III's 3-Augment (vit_jax.augment.three_augment)
     color_jitter: float = 0.0  # training only: torchvision's ColorJitter(c, c, c) (vit_jax.augment.color_jitter)
@@ -186,13 +189,16 @@ class Preprocess:
             raise ValueError(f"color_jitter must be a number >= 0 (0: none; DeiT III: 0.3); got {jitter!r}")
         if self.resize_method not in RESIZE_METHODS:
             raise ValueError(f"resize_method must be one of {tuple(RESIZE_METHODS)}; got {self.resize_method!r}")
+        if self.train_resize_method not in (None, "random", *RESIZE_METHODS):
+            raise ValueError(f"train_resize_method must be None (resize_method), 'random' or one of "
+                             f"{tuple(RESIZE_METHODS)}; got {self.train_resize_method!r}")
         policy = self.rand_augment or self.auto_augment
         if self.rand_augment is not None and self.auto_augment is not None:
             raise ValueError("rand_augment and auto_augment are two policies for the same place: give one")
-        if policy is not None and self.resize_method not in AFFINE_RESAMPLING:
-            raise ValueError(f"resize_method={self.resize_method!r}: {type(policy).__name__}'s rotations, shears and "
-                             f"translations resample with it, and PIL's affine transforms take "
-                             f"{tuple(AFFINE_RESAMPLING)}")
+        if policy is not None and self.training_resize not in (*AFFINE_RESAMPLING, "random"):
+            raise ValueError(f"resize_method={self.training_resize!r}: {type(policy).__name__}'s rotations, shears "
+                             f"and translations resample with it, and PIL's affine transforms take "
+                             f"{tuple(AFFINE_RESAMPLING)} (or 'random' for training)")
         if self.train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {self.train_crop!r}")
         if any(v is not None and not (isinstance(v, tuple | list) and _numbers(v, len(v))) for v in (self.mean, self.std)):
@@ -277,8 +283,13 @@ class Preprocess:
         """Whether this path's resize may be done once per example ahead of time: nothing random comes before it,
         and doing it again changes nothing (a central crop of a larger resize would crop twice)."""
         if training:
-            return self.train_crop in ("none", "pad") and self.crop_pct == 1.0 and self.crop_mode == "squash"
+            return (self.train_crop in ("none", "pad") and self.crop_pct == 1.0 and self.crop_mode == "squash"
+                    and self.training_resize == self.resize_method)
         return self.crop_pct == 1.0 and self.max_patches is None
+
+    @property
+    def training_resize(self) -> str:
+        return self.train_resize_method or self.resize_method
 
     def train(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         view = self.train_view(example, rng)
@@ -292,13 +303,16 @@ class Preprocess:
         if self.train_crop == "inception":
             top, left, h, w = inception_crop_box(*height_width(image), self.crop_scale, self.crop_ratio, rng)
             image = crop(image, top, left, h, w)
+        method = self.training_resize
+        if method == "random":  # after the crop box, as timm's RandomResizedCropAndInterpolation
+            method = RANDOM_RESAMPLING[int(rng.integers(len(RANDOM_RESAMPLING)))]
         if self.train_crop == "simple":  # DeiT III's SRC: torchvision's Resize(size), RandomCrop(size, padding, reflect)
-            image = as_array(resize(image, shorter_side_size(height_width(image), self.image_size), self.resize_method))
+            image = as_array(resize(image, shorter_side_size(height_width(image), self.image_size), method))
             h, w = image.shape[-3:-1]
             top = int(rng.integers(0, h + 2 * self.crop_padding - self.image_size[0] + 1))
             left = int(rng.integers(0, w + 2 * self.crop_padding - self.image_size[1] + 1))
             image = reflect_pad_and_crop(image, self.image_size, self.crop_padding, top, left)
-        image = resize(image, self.image_size, self.resize_method)  # training squashes: crop_pct is evaluation's
+        image = resize(image, self.image_size, method)  # training squashes: crop_pct is evaluation's
         if self.train_crop == "pad" and self.crop_padding:
             image = pad_and_random_crop(as_array(image), self.crop_padding, rng)
         if self.flip and rng.random() < 0.5:
@@ -306,7 +320,7 @@ class Preprocess:
         if (policy := self.rand_augment or self.auto_augment) is not None:
             # uncovered pixels take the mean colour (timm's img_mean), else mid-gray
             fill = tuple(max(0, min(255, round(255 * m))) for m in self.mean_colour() or (128 / 255,))
-            image = policy(image, rng, fill=fill, resample=self.resize_method)
+            image = policy(image, rng, fill=fill, resample=self.training_resize)
         if self.three_augment:
             image = three_augment(image, rng)
         if self.color_jitter:
