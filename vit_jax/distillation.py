@@ -59,6 +59,15 @@ class Distillation:
         logits = self.teacher.apply({"params": params}, self.teacher_inputs(images), train=False)
         return jax.lax.stop_gradient(logits).astype(jnp.float32)
 
+    def objective(self, labels_loss: jax.Array, logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`(1 - alpha) * labels_loss + alpha * D` for the (distillation head's) `logits`, and the metrics logged
+        beside it: D and the teacher's accuracy on the batch."""
+        distilled = jnp.mean(self.loss(logits, teacher_logits))
+        metrics = {"train/distillation_loss": distilled,
+                   "train/teacher_accuracy": jnp.mean(jnp.argmax(teacher_logits, -1) == labels)}
+        return (1 - self.alpha) * labels_loss + self.alpha * distilled, metrics
+
     def loss(self, logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
         """Per-example distillation term D of the student's (distillation head's) `logits`."""
         logits = logits.astype(jnp.float32)

@@ -129,19 +129,14 @@ def make_train_step(
             flexi = {} if patch_size is None else {"patch_size": patch_size}
             apply = functools.partial(model.apply, {"params": p}, *model.inputs(batch), train=True,
                                       rngs={"dropout": rng}, **flexi)
-            if distillation is None:
-                logits, extra = apply(), {}
-            else:  # the two heads of `token_distilled` (DeiT), or the one head twice
+            if distillation is not None:  # the two heads of `token_distilled` (DeiT), or the one head twice
                 logits, sown = apply(mutable=[DISTILLATION_HEADS])
-                heads = sown.get(DISTILLATION_HEADS, {}).get("logits", ((logits, logits),))[0]
-                weights = jnp.ones(batch["label"].shape, jnp.float32)
-                base = classification_sums(heads[0], batch["label"], weights, label_smoothing, targets, loss_kind,
-                                           bce_target_threshold)["loss"]
-                distilled = jnp.mean(distillation.loss(heads[1], teacher_logits))
-                total = (1 - distillation.alpha) * base / weights.size + distillation.alpha * distilled
-                hits = classification_sums(logits, batch["label"], weights)["top1"] / weights.size
-                return total, (hits, {"train/distillation_loss": distilled,
-                                     "train/teacher_accuracy": jnp.mean(jnp.argmax(teacher_logits, -1) == batch["label"])})
+                class_logits, distilled_logits = sown.get(DISTILLATION_HEADS, {}).get("logits", ((logits, logits),))[0]
+                labels_loss = jnp.mean(cross_entropy(class_logits, batch["label"], label_smoothing, targets, loss_kind,
+                                                     bce_target_threshold))
+                total, metrics = distillation.objective(labels_loss, distilled_logits, teacher_logits, batch["label"])
+                return total, (jnp.mean(jnp.argmax(logits, -1) == batch["label"]), metrics)
+            logits, extra = apply(), {}
             weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
             sums = classification_sums(logits, batch["label"], weights, label_smoothing, targets, loss_kind,
                                        bce_target_threshold)
