@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from vit_jax.param_paths import path_string
 from vit_jax.sharding import (
     ShardingError,
     fsdp_spec,
@@ -69,6 +70,27 @@ def test_optimizer_state_is_sharded_like_the_parameter_it_mirrors():
     mirrored = mirrored_shardings(opt_state, shardings, params, mesh)
     assert mirrored["mu"]["a"]["kernel"].spec == P("data", None)
     assert mirrored["mu"]["b"].spec == P() and mirrored["count"].spec == P()
+
+
+def test_per_parameter_states_are_sharded_like_their_parameter():
+    """Adafactor's state sits under each parameter (`<param>/v`, factored `v_row`/`v_col` of other shapes): the
+    full-size second moment of a tensor it does not factor is sharded as that tensor, the factors replicated."""
+    from vit_jax.config import base_config
+    from vit_jax.optim import make_optimizer
+
+    mesh = make_mesh((("data", -1),), jax.devices()[:1])
+    params = {"a": {"kernel": jax.ShapeDtypeStruct((128, 256), jnp.float32)},
+              "b": {"kernel": jax.ShapeDtypeStruct((8, 256), jnp.float32)}}  # 8 < 32: not factored
+    shardings = tree_shardings(params, [("kernel", (None, "data"))], mesh)
+    config = base_config().optimizer
+    config.name = "adafactor"
+    opt_state = jax.eval_shape(make_optimizer(config, 10).init, params)
+    mirrored = mirrored_shardings(opt_state, shardings, params, mesh)
+    specs = {path_string(path): sharding.spec for path, sharding in jax.tree_util.tree_leaves_with_path(mirrored)}
+    unfactored = [spec for path, spec in specs.items() if "b/kernel/" in path and path.endswith("/v")]
+    assert unfactored == [P(None, "data")]
+    assert all(spec == P() for path, spec in specs.items() if path.endswith(("v_row", "v_col")))
+    assert [spec for path, spec in specs.items() if path.endswith("ema/b/kernel")] == [P(None, "data")]  # momentum
 
 
 def abstract_mesh(data, model):

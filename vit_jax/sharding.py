@@ -183,8 +183,9 @@ def tree_shardings(tree: Any, rules: Sequence[tuple[str, Rule]], mesh: Mesh,
 
 
 def mirrored_shardings(tree: Any, params_shardings: Any, params: Any, mesh: Mesh) -> Any:
-    """Shardings for a tree whose leaves may mirror parameters (optimizer state): a leaf whose path ends with a
-    parameter's path and has its shape gets that parameter's sharding; anything else is replicated."""
+    """Shardings for a tree whose leaves may mirror parameters (optimizer state): a leaf whose path holds a
+    parameter's path (optax's `mu/<param>`, or per-parameter states such as Adafactor's `<param>/v`) and has its
+    shape gets that parameter's sharding; anything else is replicated."""
     by_path = {}
     for (path, sharding), leaf in zip(jax.tree_util.tree_leaves_with_path(params_shardings),
                                       jax.tree.leaves(params), strict=True):
@@ -193,9 +194,10 @@ def mirrored_shardings(tree: Any, params_shardings: Any, params: Any, mesh: Mesh
     def sharding_of(path: Sequence[Any], leaf: Any) -> NamedSharding:
         parts = path_string(path).split("/")
         for start in range(len(parts)):
-            match = by_path.get("/".join(parts[start:]))
-            if match and match[1] == np.shape(leaf):
-                return match[0]
+            for end in range(len(parts), start, -1):
+                match = by_path.get("/".join(parts[start:end]))
+                if match and match[1] == np.shape(leaf):
+                    return match[0]
         return replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(sharding_of, tree)
