@@ -24,8 +24,8 @@ learning rate and schedule; DeiT's rate rule gives 6.25e-5 at batch 64, too low 
     python -m vit_jax.main --config=configs/deit.py:variant=Ti/4,dataset=sklearn_digits,image_size=16,model.hidden_size=64,model.num_layers=2,model.num_heads=4,model.mlp_dim=128,batch_size=64,num_steps=1200,optimizer.learning_rate=2e-3,optimizer.warmup_steps=100,pp.train_crop=pad,pp.crop_padding=1,pp.flip=False,pp.crop_pct=1.0,pp.mean=None,pp.std=None,pp.value_range=(-1,1) --workdir=workdirs/deit_digits
 gave 95.00% test accuracy (360 held-out images) in 49 s on a 2-core AMD EPYC Zen 4, start-up included; 95.28% in
 47 s without the repeats (`repeated_augmentation=1`); configs/digits.py's light augmentation: 98.89%. This much
-regularisation is for 300 ImageNet epochs, not 1,200 steps on 1,257 digits. ImageNet is not measured in this environment (its data cannot be downloaded here); DeiT
-reports 79.8% for DeiT-S and 72.2% for DeiT-Ti.
+regularisation is for 300 ImageNet epochs, not 1,200 steps on 1,257 digits. ImageNet is not measured in this
+environment (its data cannot be downloaded here); DeiT reports 79.8% for DeiT-S and 72.2% for DeiT-Ti.
 """
 
 from pathlib import Path

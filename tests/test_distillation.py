@@ -28,7 +28,7 @@ def distillation(teacher=None, kind="hard", alpha=0.5, tau=1.0, student=None, te
     teacher_pp = teacher_pp or Preprocess(image_size=image_size)
     scale, offset = input_conversion(student, teacher_pp)
     return Distillation(teacher=teacher, kind=kind, alpha=alpha, tau=tau, scale=scale, offset=offset,
-                        channels=channels, image_size=image_size, resize_method="linear", source="teacher")
+                        channels=channels, image_size=image_size, resize_method="linear")
 
 
 def test_the_teacher_sees_the_pixels_its_own_evaluation_makes(rng):

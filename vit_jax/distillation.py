@@ -42,7 +42,6 @@ class Distillation:
     channels: int  # the teacher's input channels (a grayscale student's images are repeated)
     image_size: tuple[int, int]  # the teacher's
     resize_method: str  # jax.image.resize's
-    source: str  # for messages
 
     def teacher_inputs(self, images: jax.Array) -> jax.Array:
         """The student's input batch `(B, H, W, C)` as the teacher's evaluation would have made those pixels."""
@@ -132,8 +131,7 @@ def distillation_from_config(config: ConfigDict, student: Preprocess, image_shap
     distillation = Distillation(
         teacher=teacher, kind=settings.kind, alpha=float(settings.alpha), tau=float(settings.tau),
         scale=scale, offset=offset, channels=trained.channels,
-        image_size=tuple(trained.image_size), resize_method=_JAX_RESIZE.get(trained.preprocess.resize_method, "linear"),
-        source=trained.source)
+        image_size=tuple(trained.image_size), resize_method=_JAX_RESIZE.get(trained.preprocess.resize_method, "linear"))
     return distillation, trained.params
 
 

@@ -193,7 +193,8 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: VisionTransformer, loss: str = "cross_entropy") -> Callable[[Any, Batch], dict[str, jax.Array]]:
+def make_eval_step(model: VisionTransformer, loss: str = "cross_entropy"
+                   ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """Sums over the real (mask = 1) examples of a batch: loss (the training's kind), top-1 and top-5 hits, count."""
 
     def eval_step(params: Any, batch: Batch, patch_size: Any = None) -> dict[str, jax.Array]:

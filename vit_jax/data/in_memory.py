@@ -9,8 +9,8 @@ and/or a flip, a batch is one gather and a few array operations instead (`batcha
 The stream is the per-image pipeline's in everything but the draws: each epoch is a seeded permutation of the
 split, global element q is image `permutation(q // N)[q % N]`, its shift and flip are drawn from `(seed, q)`
 alone, and process p of P keeps the block p*b .. (p+1)*b - 1 of each global batch. With repeated augmentation
-(`repeats`: see `pipeline.RepeatedEpochs`) element q is `permutation(q // N)[(q % N) // repeats]`. So any process count reads the
-same global batches, in the same order, and a run resumed at `start` examples reads what an uninterrupted one would.
+(`repeats`: see `pipeline.RepeatedEpochs`) element q is `permutation(q // N)[(q % N) // repeats]`. So any process
+count reads the same global batches, in the same order, and a run resumed at `start` examples reads what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ MASK64 = (1 << 64) - 1
 
 def batchable(source: Any, preprocess: Preprocess) -> bool:
     """Whether `source` can be served a batch at a time: in memory, images (not videos) all at the training size,
-    and augmentation that does not resample (no Inception or simple crop) or work image by image (RandAugment, AutoAugment, 3-Augment,
-    ColorJitter)."""
+    and augmentation that does not resample (no Inception or simple crop) or work image by image (RandAugment,
+    AutoAugment, 3-Augment, ColorJitter)."""
     if (not isinstance(source, InMemorySource) or not len(source) or preprocess.train_crop not in ("none", "pad")
             or preprocess.rand_augment is not None or preprocess.auto_augment is not None
             or preprocess.three_augment or preprocess.color_jitter):
