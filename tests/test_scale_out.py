@@ -113,12 +113,12 @@ BATCH = 64
 def main_in_processes(workdir, steps: int, data_dir: str, processes: int, init: Path) -> list[str]:
     """`python -m vit_jax.main` on the digits with 4 CPU devices in all: one process of 4, or two of 2 on
     127.0.0.1, fine-tuning `init` with FSDP (each process then holds parts of tensors that span the others'
-    devices). A constant learning rate, so that stopping at `steps` and going on later changes no update; the
+    devices; only the MLP kernels, 8,192 elements each, are sharded: enough for that, few collectives). A constant learning rate, so that stopping at `steps` and going on later changes no update; the
     weights' moving average on (saved by one process count, resumed by another). (The global batch's row order, which
     Mixup's pairing depends on, is the same on any process count: tests/test_pipeline.py.)"""
     run = [f"--config=configs/digits.py:num_steps={steps},batch_size={BATCH},log_every=1,eval_every=6,"
            "checkpoint_every=6,optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none,"
-           f"ema.decay=0.9,init.path={init}", "--config.sharding_rules=(('.*','fsdp'),)", "--config.fsdp_min_size=64",
+           f"ema.decay=0.9,init.path={init}", "--config.sharding_rules=(('.*','fsdp'),)", "--config.fsdp_min_size=8192",
            f"--config.data_dir={data_dir}", f"--workdir={workdir}"]
     env = xla_env(f"--xla_force_host_platform_device_count={4 // processes}")
     port = free_port()
