@@ -82,14 +82,15 @@ def params_per_module(params: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
-def forward_flops(model: VisionTransformer, image_shape: Sequence[int]) -> float:
+def forward_flops(model: VisionTransformer, image_shape: Sequence[int], params: Any = None) -> float:
     """FLOPs of one image's inference forward pass, by XLA's cost analysis (a multiply-add counts as 2).
 
     Analysed unscanned and with XLA's products: XLA's cost analysis counts a while loop's body once, whatever the
-    trip count, and sees no FLOPs in a custom call (oneDNN's products).
+    trip count, and sees no FLOPs in a custom call (oneDNN's products). `params`: the unscanned model's parameter
+    shapes, when already at hand.
     """
     model = model.clone(scan=False, remat=False)
-    params = param_shapes(model, image_shape)
+    params = param_shapes(model, image_shape) if params is None else params
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     with onednn.xla_products():
         lowered = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(params, images)
@@ -106,7 +107,7 @@ def summarize(model: VisionTransformer, image_shape: Sequence[int], name: str = 
         params_per_module=params_per_module(params),
         grid=grid,
         num_prefix=num_prefix_tokens(model.classifier),
-        flops_per_image=forward_flops(model, image_shape),
+        flops_per_image=forward_flops(model, image_shape, None if model.scan or model.remat else params),
     )
 
 
