@@ -41,7 +41,7 @@ TENSOR_PARALLEL_DIMS = (
     (re.compile(r"MlpBlock_\d+/Dense_0/(kernel|bias)$"), -1),  # hidden units
     (re.compile(r"MlpBlock_\d+/Dense_1/kernel$"), -2),  # hidden units
 )
-_SCANNED = re.compile(r"(^|/)encoderblock/")
+SCANNED_PATH = re.compile(r"(^|/)encoderblock/")  # scanned blocks: each parameter stacked over layers on axis 0
 Rule = str | tuple[str | None | tuple[str, ...], ...]
 
 
@@ -139,7 +139,7 @@ def tensor_parallel_entries(path: str, shape: Sequence[int], mesh: Mesh) -> list
 def spec_for(path: str, shape: Sequence[int], rules: Sequence[tuple[str, Rule]], mesh: Mesh,
              fsdp_min_size: int = FSDP_MIN_SIZE) -> PartitionSpec:
     """The PartitionSpec of the first rule whose regex matches `path` (`re.search`); replicated if none does."""
-    skip = (0,) if _SCANNED.search(path) else ()
+    skip = (0,) if SCANNED_PATH.search(path) else ()
     data_size = mesh.shape[DATA_AXIS]
     for pattern, rule in rules:
         if not re.search(pattern, path):

@@ -13,7 +13,6 @@ moments and update clipping) see each layer of scanned blocks on its own, as the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,11 +21,10 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from vit_jax.models.encoder import SCANNED_BLOCKS
 from vit_jax.param_paths import path_string
+from vit_jax.sharding import SCANNED_PATH
 
 Mask = Callable[[Any], Any]
-_STACKED = re.compile(rf"(^|/){SCANNED_BLOCKS}/")  # scanned blocks: one tensor per parameter, layers on axis 0
 MOMENTUM_DTYPES = ("float32", "bfloat16")
 
 
@@ -106,7 +104,7 @@ def per_tensor(inner: optax.GradientTransformation) -> optax.GradientTransformat
     (vmapped over axis 0), so that what it computes from a whole tensor is computed per layer. Its state mirrors
     the parameters: the state of parameter `a/b` is at `a/b`."""
     def layerwise(path: Any, fn: Callable) -> Callable:
-        return jax.vmap(fn) if _STACKED.search(path_string(path)) else fn
+        return jax.vmap(fn) if SCANNED_PATH.search(path_string(path)) else fn
 
     def init(params: Any) -> Any:
         return jax.tree_util.tree_map_with_path(lambda path, p: layerwise(path, inner.init)(p), params)
