@@ -46,10 +46,13 @@ def build_model(workload: Workload, scan: bool | None = None) -> VisionTransform
                         matmul=workload.matmul)
 
 
-def _functions(model: VisionTransformer, mode: str, images: Any, labels: Any, mesh: Any) -> tuple[Any, tuple]:
-    """The jitted function of `mode` and its arguments."""
-    params = jax.jit(lambda: model.init(jax.random.key(0), images[:1], train=False)["params"],
-                     out_shardings=replicated(mesh))()
+def _functions(model: VisionTransformer, mode: str, images: Any, labels: Any, mesh: Any,
+               abstract: bool = False) -> tuple[Any, tuple]:
+    """The jitted function of `mode` and its arguments; `abstract`: the state's shapes only (enough to lower it,
+    without compiling the initialisation)."""
+    init = jax.jit(lambda: model.init(jax.random.key(0), images[:1], train=False)["params"],
+                   out_shardings=replicated(mesh))
+    params = jax.eval_shape(init) if abstract else init()
     if mode == "infer":
         forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False), out_shardings=replicated(mesh))
         return forward, (params, images)
@@ -57,7 +60,9 @@ def _functions(model: VisionTransformer, mode: str, images: Any, labels: Any, me
     tx = make_optimizer(config.optimizer, 1000)
     step = make_train_step(model, tx, learning_rate_schedule(config.optimizer, 1000),
                            dropout_key=jax.random.key(1), mesh=mesh)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params))
+    opt_init = jax.jit(tx.init)
+    opt_state = jax.eval_shape(opt_init, params) if abstract else opt_init(params)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
     return jax.jit(step, donate_argnums=0), (state, {"image": images, "label": labels})
 
 
@@ -66,7 +71,7 @@ def step_flops(workload: Workload, images: Any, labels: Any, mesh: Any) -> float
     counted once, a custom call's products, oneDNN's or the BLAS's, not at all)."""
     xla = dataclasses.replace(workload, matmul="xla")
     with onednn.xla_products():
-        function, args = _functions(build_model(xla, scan=False), workload.mode, images, labels, mesh)
+        function, args = _functions(build_model(xla, scan=False), workload.mode, images, labels, mesh, abstract=True)
         return float(function.lower(*args).cost_analysis()["flops"])
 
 
