@@ -116,8 +116,8 @@ def main_in_processes(workdir, steps: int, data_dir: str, processes: int, init: 
     devices; only the MLP kernels, 8,192 elements each, are sharded: enough for that, few collectives). A constant learning rate, so that stopping at `steps` and going on later changes no update; the
     weights' moving average on (saved by one process count, resumed by another). (The global batch's row order, which
     Mixup's pairing depends on, is the same on any process count: tests/test_pipeline.py.)"""
-    run = [f"--config=configs/digits.py:num_steps={steps},batch_size={BATCH},log_every=1,eval_every=6,"
-           "checkpoint_every=6,optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none,"
+    run = [f"--config=configs/digits.py:num_steps={steps},batch_size={BATCH},log_every=1,eval_every=4,"
+           "checkpoint_every=4,optimizer.schedule=constant,optimizer.warmup_steps=0,log_pictures=none,"
            f"ema.decay=0.9,init.path={init}", "--config.sharding_rules=(('.*','fsdp'),)", "--config.fsdp_min_size=8192",
            f"--config.data_dir={data_dir}", f"--workdir={workdir}"]
     env = xla_env(f"--xla_force_host_platform_device_count={4 // processes}")
@@ -144,18 +144,18 @@ def test_two_processes_train_like_one_process_and_resume_on_another_process_coun
     init = tmp_path / "init.npz"
     save_npz(live_params(model, np.zeros((1, 16, 16, 1), np.float32), seed=3), init)
     chain = tmp_path / "chain"
-    outputs = main_in_processes(chain, 6, digits_data_dir, processes=2, init=init)
+    outputs = main_in_processes(chain, 4, digits_data_dir, processes=2, init=init)
     assert "final test accuracy" in outputs[0] and "final test accuracy" not in outputs[1]  # process 0 speaks
     assert any(r["step"] == 0 and "eval/accuracy" in r for r in read_metrics(chain))  # the loaded model's
-    main_in_processes(chain, 12, digits_data_dir, processes=1, init=init)  # saved by 2 processes, resumed in 1
-    main_in_processes(chain, 18, digits_data_dir, processes=2, init=init)  # saved by 1 process, resumed in 2
-    main_in_processes(tmp_path / "one", 18, digits_data_dir, processes=1, init=init)  # never interrupted
-    # Steps 1-6 on two processes, 7-12 in one, 13-18 on two again: each step's loss is the uninterrupted run's,
+    main_in_processes(chain, 8, digits_data_dir, processes=1, init=init)  # saved by 2 processes, resumed in 1
+    main_in_processes(chain, 12, digits_data_dir, processes=2, init=init)  # saved by 1 process, resumed in 2
+    main_in_processes(tmp_path / "one", 12, digits_data_dir, processes=1, init=init)  # never interrupted
+    # Steps 1-4 on two processes, 5-8 in one, 9-12 on two again: each step's loss is the uninterrupted run's,
     # so every resumed step read the global batch it would have read (a wrong position gives other batches).
-    assert [r["step"] for r in read_metrics(chain) if "train/loss" in r] == list(range(1, 19))
+    assert [r["step"] for r in read_metrics(chain) if "train/loss" in r] == list(range(1, 13))
     np.testing.assert_allclose(losses(chain), losses(tmp_path / "one"), rtol=2e-5)
-    assert_close(params(chain, 18), params(tmp_path / "one", 18), atol=2e-4)
-    assert_close(params(chain, 18, ema=True), params(tmp_path / "one", 18, ema=True), atol=2e-4)
-    position = TrainCheckpoints(chain / "checkpoints").position(18)
-    assert position == {"step": 18, "examples": 18 * BATCH, "process_count": 2, "global_batch_size": BATCH}
-    assert not (chain / "checkpoints" / "18" / "data").exists()  # no per-process iterator files to match
+    assert_close(params(chain, 12), params(tmp_path / "one", 12), atol=2e-4)
+    assert_close(params(chain, 12, ema=True), params(tmp_path / "one", 12, ema=True), atol=2e-4)
+    position = TrainCheckpoints(chain / "checkpoints").position(12)
+    assert position == {"step": 12, "examples": 12 * BATCH, "process_count": 2, "global_batch_size": BATCH}
+    assert not (chain / "checkpoints" / "12" / "data").exists()  # no per-process iterator files to match
