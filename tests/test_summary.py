@@ -2,9 +2,12 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from vit_jax.models import create_model
+from vit_jax.native import onednn
 from vit_jax.summary import main, summarize
 
 
@@ -32,13 +35,28 @@ def test_b16_summary_counts_parameters_tokens_and_flops():
     assert expected < summary.flops_per_image < 1.01 * expected
 
 
-def test_flops_of_scanned_models_count_every_layer():
-    model = create_model("S/8x16", num_classes=10, classifier="gap")
-    layered = summarize(model, (64, 96, 3))
-    scanned = summarize(model.clone(scan=True, remat=True), (64, 96, 3))
-    assert scanned.flops_per_image == pytest.approx(layered.flops_per_image, rel=1e-6)
-    assert scanned.total_params == layered.total_params
-    assert (layered.grid, layered.tokens_per_image) == ((8, 6), 48)
+def whole_model_flops(model, image_shape):
+    """XLA's count for the whole unscanned forward pass, every block lowered."""
+    model = model.clone(scan=False, remat=False)
+    images = jnp.zeros((1, *image_shape))
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))["params"]
+    with onednn.xla_products():
+        lowered = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(params, images)
+    return lowered.cost_analysis()["flops"]
+
+
+@pytest.mark.parametrize("options", [dict(classifier="gap", scan=True, remat=True),
+                                     dict(classifier="map", num_registers=2, posemb="rope_mixed", qk_norm=True),
+                                     dict(classifier="token_distilled", layer_scale=0.1), dict(classifier="token", relative_position_bias=True),
+                                     dict(num_kv_heads=(1, 2, 1, 2))])  # blocks that differ: lowered whole
+def test_flops_count_every_block_as_the_whole_models_lowering(options):
+    """Deep models are counted from their 1- and 2-block versions; a scanned one as if unscanned (XLA counts a
+    loop's body once)."""
+    model = create_model("S/8x16", num_classes=10, num_layers=4, hidden_size=64, num_heads=2, mlp_dim=128, **options)
+    summary = summarize(model, (64, 96, 3))
+    assert summary.flops_per_image == pytest.approx(whole_model_flops(model, (64, 96, 3)), rel=1e-6)
+    assert summary.total_params == summarize(model.clone(scan=False, remat=False), (64, 96, 3)).total_params
+    assert (summary.grid, summary.num_patches) == ((8, 6), 48)
 
 
 def test_cli_prints_the_summary(capsys):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import create_model
+from vit_jax.models.encoder_options import blocks_alike
 from vit_jax.models.heads import num_prefix_tokens
 from vit_jax.models.vit import VisionTransformer, token_grid
 from vit_jax.native import onednn
@@ -86,10 +87,15 @@ def forward_flops(model: VisionTransformer, image_shape: Sequence[int], params: 
     """FLOPs of one image's inference forward pass, by XLA's cost analysis (a multiply-add counts as 2).
 
     Analysed unscanned and with XLA's products: XLA's cost analysis counts a while loop's body once, whatever the
-    trip count, and sees no FLOPs in a custom call (oneDNN's products). `params`: the unscanned model's parameter
-    shapes, when already at hand.
+    trip count, and sees no FLOPs in a custom call (oneDNN's products). Where the blocks are alike, a deep model is
+    counted from its 1- and 2-block versions (the second block's FLOPs are every further block's), so a 48-block
+    model costs two small lowerings. `params`: the unscanned model's parameter shapes, when already at hand.
     """
     model = model.clone(scan=False, remat=False)
+    if model.num_layers > 2 and blocks_alike(model):
+        heads = model.num_kv_heads[0] if isinstance(model.num_kv_heads, tuple) else model.num_kv_heads
+        one, two = (forward_flops(model.clone(num_layers=n, num_kv_heads=heads), image_shape) for n in (1, 2))
+        return one + (model.num_layers - 1) * (two - one)
     params = param_shapes(model, image_shape) if params is None else params
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     with onednn.xla_products():

@@ -213,6 +213,13 @@ def kv_heads(options: EncoderOptions, layer: int) -> int | None:
     return heads[layer] if isinstance(heads, tuple) else heads
 
 
+def blocks_alike(options: EncoderOptions) -> bool:
+    """Whether every block has the same shapes and work (what one scan needs): only per-block key/value head
+    counts make them differ."""
+    heads = options.num_kv_heads
+    return not isinstance(heads, tuple) or len(set(heads)) <= 1
+
+
 def check_kv_heads(options: EncoderOptions) -> None:
     heads = options.num_kv_heads
     if heads is None:
@@ -222,7 +229,7 @@ def check_kv_heads(options: EncoderOptions) -> None:
             isinstance(h, int) and not isinstance(h, bool) and h > 0 and options.num_heads % h == 0 for h in counts):
         raise ValueError(f"num_kv_heads must be None, a divisor of num_heads {options.num_heads}, or one per block "
                          f"({options.num_layers}); got {heads!r}")
-    if isinstance(heads, tuple) and options.scan and len(set(heads)) > 1:
+    if options.scan and not blocks_alike(options):
         raise ValueError(f"num_kv_heads {heads}: blocks of different key/value widths cannot be one scan; set "
                          f"scan=False")
 
