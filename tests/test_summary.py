@@ -4,6 +4,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from vit_jax.models import create_model
@@ -90,6 +91,40 @@ def test_cli_errors_are_one_line_and_exit_2(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_checkpoints_model_is_summarised_at_its_own_size_or_another(tmp_path, capsys):
+    """An .npz file: the parameters are the file's (counted here from its arrays), the size its table's grid."""
+    from vit_jax.checkpoint.npz import save_npz
+
+    model = create_model("Ti/4", num_classes=7, hidden_size=32, num_layers=3, mlp_dim=64, num_heads=4)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))["params"]
+    save_npz(jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes), tmp_path / "tiny.npz")
+    with np.load(tmp_path / "tiny.npz", allow_pickle=False) as stored:
+        total = sum(stored[name].size for name in stored.files)
+    for extra, size, tokens in (([], (16, 16), "17 (4x4 patch grid"), (["--image-size", "32x24"], (32, 24), "49 (8x6")):
+        assert main(["--checkpoint", str(tmp_path / "tiny.npz"), *extra]) == 0
+        out = capsys.readouterr().out
+        assert f"on {size[0]}x{size[1]}x3 images" in out and f"tokens per image: {tokens}" in out
+        assert int(re.search(r"^total\s+([\d,]+)$", out, re.M)[1].replace(",", "")) == total
+        gflops = float(re.search(r"GFLOPs per image: ([\d.]+)", out)[1])
+        assert gflops == pytest.approx(whole_model_flops(model, (*size, 3)) / 1e9, abs=5e-4)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "tiny.npz"), "Ti/16", "--set", "posemb=sincos2d"])
+    assert exit_info.value.code == 2
+    assert "VARIANT, --set: not used with --checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.xdist_group("readme_run")
+def test_the_readme_runs_workdir_is_summarised_at_its_grayscale_16x16_images(readme_run, capsys):
+    from vit_jax.checkpoint.pretrained import load_pretrained
+
+    workdir, _ = readme_run
+    assert main(["--checkpoint", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    total = sum(np.size(leaf) for leaf in jax.tree.leaves(load_pretrained(workdir).params))
+    assert "on 16x16x1 images" in out and "tokens per image: 16 (4x4 patch grid = 16 patches)\n" in out
+    assert int(re.search(r"^total\s+([\d,]+)$", out, re.M)[1].replace(",", "")) == total
 
 
 @pytest.mark.slow

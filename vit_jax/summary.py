@@ -2,6 +2,7 @@
 
     python -m vit_jax.summary B/16 --image-size 224 --num-classes 1000 [--set posemb=sincos2d ...]
     python -m vit_jax.summary Ti/16 S/16 B/16 --markdown      # one table row per variant
+    python -m vit_jax.summary --checkpoint=hf-hub:timm/vit_small_patch14_dinov2.lvd142m [--image-size 448]
 
 Parameters come from `jax.eval_shape` of `init` and FLOPs from XLA's cost analysis of the lowered forward pass, so
 nothing is materialised or executed: even ViT-e summarises in seconds on a laptop CPU.
@@ -14,6 +15,7 @@ import ast
 import dataclasses
 import re
 import sys
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -183,9 +185,13 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_jax.summary", description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="*", default=["B/16"], metavar="VARIANT",
+    parser.add_argument("variants", nargs="*", metavar="VARIANT",
                         help="e.g. Ti/16, S/16, B/32, L/16, H/14, S/8x16 (default B/16)")
-    parser.add_argument("--image-size", type=parse_image_size, default=(224, 224), help="N or HxW (default 224)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="instead of variants: the model of a checkpoint (a vit_jax workdir, an .npz file, "
+                             "hf-hub:OWNER/NAME, a Hub-layout directory or a .safetensors file), at the image size "
+                             "it evaluates at, or --image-size")
+    parser.add_argument("--image-size", type=parse_image_size, default=None, help="N or HxW (default 224)")
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table, one row per variant")
@@ -195,18 +201,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.channels not in (1, 3) or args.num_classes < 0:
         parser.exit(2, f"error: --channels {args.channels} / --num-classes {args.num_classes}: expected 1 or 3 "
                        f"channels and a class count >= 0\n")
-    summaries = []
-    for variant in args.variants:
-        try:
-            model = create_model(variant, num_classes=args.num_classes, **dict(args.set))
-            summaries.append(summarize(model, (*args.image_size, args.channels), name=f"ViT-{variant}"))
-        except (ValueError, TypeError) as error:  # TypeError: an option create_model does not take
-            parser.exit(2, f"error: {error}\n")
+    try:
+        summaries = ([_checkpoint_summary(args)] if args.checkpoint is not None else
+                     [summarize(create_model(variant, num_classes=args.num_classes, **dict(args.set)),
+                                (*(args.image_size or (224, 224)), args.channels), name=f"ViT-{variant}")
+                      for variant in args.variants or ["B/16"]])
+    except (ValueError, TypeError, FileNotFoundError) as error:  # TypeError: an option create_model does not take
+        parser.exit(2, f"error: {error}\n")
     if args.markdown:
         print(markdown_table(summaries))
     else:
         print("\n\n".join(format_summary(s) for s in summaries))
     return 0
+
+
+def _checkpoint_summary(args: argparse.Namespace) -> ModelSummary:
+    """The summary of `--checkpoint`'s model: its architecture, channels and classes are the checkpoint's own."""
+    from vit_jax.checkpoint.hub import is_timm_spec
+    from vit_jax.checkpoint.pretrained import is_workdir
+    from vit_jax.checkpoint.trained_model import load_trained_model
+
+    given = [flag for flag, used in (("VARIANT", args.variants), ("--set", args.set),
+                                     ("--channels", args.channels != 3), ("--num-classes", args.num_classes != 1000))
+             if used]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not used with --checkpoint, whose model, channels and classes are "
+                         f"the checkpoint's own; leave {'it' if len(given) == 1 else 'them'} out")
+    spec = args.checkpoint
+    npz = not is_timm_spec(spec) and not is_workdir(Path(spec).expanduser())
+    # an .npz file without a square table says no image size of its own: the loader asks for --image-size
+    trained = load_trained_model(spec, image_size=args.image_size if npz else None)
+    image_size = args.image_size or trained.image_size
+    return summarize(trained.model, (*image_size, trained.channels), name=trained.source)
 
 
 if __name__ == "__main__":
