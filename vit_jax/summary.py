@@ -15,8 +15,8 @@ import ast
 import dataclasses
 import re
 import sys
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
