@@ -399,3 +399,40 @@ def test_a_vit_jax_model_exports_as_transformers_vit(tmp_path):
     save_npz(live_params(gap, np.zeros((1, 24, 24, 3))), tmp_path / "gap.npz")
     assert main([f"--checkpoint={tmp_path / 'gap.npz'}", f"--out={tmp_path / 'refused'}"]) == 2
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.xdist_group("transformers_checkpoints")
+def test_a_dinov2_style_model_exports_as_transformers_dinov2_with_and_without_registers(tmp_path):
+    """A model with DINOv2's classifier (class token and mean patch token side by side) is written as
+    `Dinov2ForImageClassification`, with registers as `Dinov2WithRegistersForImageClassification`: every tensor
+    loads (nothing missing, nothing left over), the logits are vit_jax's, and vit_jax reads it back as the same
+    model. Layer scale is ones where vit_jax has none."""
+    import torch
+
+    from tests.conftest import TINY, live_params
+    from vit_jax.checkpoint.npz import save_npz
+    from vit_jax.checkpoint.transformers_export import export_transformers
+    from vit_jax.models import create_model
+
+    transformers = import_transformers()
+    x = np.random.default_rng(0).standard_normal((2, 24, 24, 3)).astype(np.float32)
+    for options, architecture in ((dict(), "Dinov2ForImageClassification"),
+                                  (dict(layer_scale=0.5, num_registers=3), "Dinov2WithRegistersForImageClassification")):
+        model = create_model("Ti/8", num_classes=5, **TINY, classifier="token_and_gap", **options)
+        save_npz(live_params(model, np.zeros((1, 24, 24, 3))), tmp_path / "dino.npz")
+        trained = load_trained_model(npz=tmp_path / "dino.npz")
+        out = export_transformers(str(tmp_path / "dino.npz"), tmp_path / architecture)
+        theirs, info = getattr(transformers, architecture).from_pretrained(out, output_loading_info=True)
+        assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+        ours = vit_jax_logits(trained.model, trained.params, x)
+        with torch.no_grad():
+            logits = theirs.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).logits.numpy()
+        np.testing.assert_allclose(logits, ours, atol=5e-5, rtol=1e-4)
+        back = load_trained_model(out)
+        assert back.model.num_registers == options.get("num_registers", 0)
+        np.testing.assert_allclose(vit_jax_logits(back.model, back.params, x), ours, atol=1e-5, rtol=1e-5)
+    odd = create_model("Ti/8", num_classes=5, **{**TINY, "mlp_dim": 48}, classifier="token_and_gap")
+    save_npz(live_params(odd, np.zeros((1, 24, 24, 3))), tmp_path / "odd.npz")
+    with pytest.raises(ValueError, match="mlp_dim=48: transformers' DINOv2 sizes its MLP as a whole multiple"):
+        export_transformers(str(tmp_path / "odd.npz"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

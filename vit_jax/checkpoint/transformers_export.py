@@ -1,13 +1,17 @@
 """A vit_jax model as a Hugging Face transformers checkpoint: `ViTForImageClassification` in the Hub layout of
-`google/vit-*` (`model.safetensors`, `config.json`, `preprocessor_config.json`).
+`google/vit-*`, or DINOv2's `Dinov2ForImageClassification` / `Dinov2WithRegistersForImageClassification`
+(`model.safetensors`, `config.json`, `preprocessor_config.json`).
 
     python -m vit_jax.main --config=configs/digits.py --config.model.classifier=token --workdir=workdirs/digits_token
     python -m vit_jax.checkpoint.transformers_export --checkpoint=workdirs/digits_token --out=exported/digits_hf
     python -c "from transformers import ViTForImageClassification as V; m = V.from_pretrained('exported/digits_hf')"
 
 transformers' ViT is the original one: a class token read by the head after the final LayerNorm, a learned table
-with the class token's row, biases everywhere, GELU (exact, tanh or QuickGELU). A model with anything else (other
-pooling, registers, layer scale, pre-norm, a MAP head, RoPE, ...) is refused by name before anything is written;
+with the class token's row, biases everywhere, GELU (exact, tanh or QuickGELU). Its DINOv2 is that with layer scale
+(ones where vit_jax has none), optional registers (after the table is added, as vit_jax's) and a head on the class
+token and the mean patch token side by side (`classifier='token_and_gap'`: the model that family is written as), on
+a square grid of square patches (transformers resizes DINOv2's table as a square). A model with anything else
+(other pooling, pre-norm, a MAP head, RoPE, SwiGLU, ...) is refused by name before anything is written;
 `vit_jax.checkpoint.timm_export` writes most of those. The image processor's config says the evaluation view: the
 size, resampling, the mean and std that reproduce vit_jax's value range, and a central crop where the model has one
 (transformers floors an odd margin's half where timm rounds it: a timm checkpoint's view may move by a pixel).
@@ -35,33 +39,65 @@ PLAIN_VIT = dict(classifier="token", posemb="learn", representation_size=None, n
                  rms_norm=False, qk_norm=False, relative_position_bias=False, qkv_bias=True, proj_bias=True,
                  num_kv_heads=None, patch_norm=False, embedding_norm=False, pad="none", tubelet_size=None,
                  resnet_num_layers=None)
+# DINOv2's: the same blocks with layer scale (any), registers (any number) and its classifier's pooling
+DINOV2 = {**{k: v for k, v in PLAIN_VIT.items() if k not in ("num_registers", "layer_scale")},
+          "classifier": "token_and_gap"}
+FAMILIES = {"token": ("ViT", PLAIN_VIT), "token_and_gap": ("DINOv2", DINOV2)}
 
 
-def check_exportable(model: VisionTransformer) -> None:
-    for option, value in PLAIN_VIT.items():
+def check_exportable(model: VisionTransformer) -> str:
+    """The transformers family `model` is written as ("ViT" or "DINOv2"), or a ValueError naming what it lacks."""
+    if model.classifier not in FAMILIES:
+        raise ValueError(f"classifier={model.classifier!r}: transformers' ViT reads the class token (classifier="
+                         f"'token'), its DINOv2 the class token and the mean patch token ('token_and_gap') "
+                         f"(vit_jax.checkpoint.timm_export writes timm's layout, which has more)")
+    family, options = FAMILIES[model.classifier]
+    for option, value in options.items():
         if getattr(model, option) != value:
-            raise ValueError(f"{option}={getattr(model, option)!r}: transformers' ViT has only {option}={value!r} "
+            raise ValueError(f"{option}={getattr(model, option)!r}: transformers' {family} has only {option}={value!r} "
                              f"(vit_jax.checkpoint.timm_export writes timm's layout, which has more)")
     if model.qkv_dim not in (None, model.hidden_size):
-        raise ValueError(f"qkv_dim={model.qkv_dim}: transformers' ViT attends at its width {model.hidden_size}")
+        raise ValueError(f"qkv_dim={model.qkv_dim}: transformers' {family} attends at its width {model.hidden_size}")
     if model.num_classes is None:
-        raise ValueError("a model without a classification head: ViTForImageClassification needs one")
+        raise ValueError(f"a model without a classification head: transformers' {family} classifier needs one")
+    if family == "DINOv2":
+        if model.mlp_dim % model.hidden_size:
+            raise ValueError(f"mlp_dim={model.mlp_dim}: transformers' DINOv2 sizes its MLP as a whole multiple "
+                             f"(mlp_ratio) of hidden_size {model.hidden_size}")
+        if len(set(model.patch_size)) != 1:
+            raise ValueError(f"patch_size={tuple(model.patch_size)}: transformers' DINOv2 takes square patches")
+    return family
+
+
+def _check_square_grid(family: str, image_size: tuple[int, int]) -> None:
+    if family == "DINOv2" and image_size[0] != image_size[1]:
+        raise ValueError(f"image size {image_size[0]}x{image_size[1]}: transformers' DINOv2 resizes its table as "
+                         f"a square grid; export a model of square images")
 
 
 def transformers_config(model: VisionTransformer, image_size: tuple[int, int], channels: int,
                         class_names: tuple[str, ...]) -> dict[str, Any]:
-    """config.json of a `ViTForImageClassification`."""
+    """config.json of a `ViTForImageClassification` or a DINOv2 classifier (with registers where the model has
+    them)."""
     activation = "quick_gelu" if model.quick_gelu else "gelu_pytorch_tanh" if model.gelu_approximate else "gelu"
-    return {
-        "architectures": ["ViTForImageClassification"], "model_type": "vit",
+    common = {
         "hidden_size": model.hidden_size, "num_hidden_layers": model.num_layers,
-        "num_attention_heads": model.num_heads, "intermediate_size": model.mlp_dim, "hidden_act": activation,
+        "num_attention_heads": model.num_heads, "hidden_act": activation,
         "layer_norm_eps": model.layer_norm_epsilon, "image_size": _side_or_pair(image_size),
         "patch_size": _side_or_pair(tuple(model.patch_size)), "num_channels": channels, "qkv_bias": True,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
         "id2label": {str(i): name for i, name in enumerate(class_names)},
         "label2id": {name: i for i, name in enumerate(class_names)},
     }
+    if check_exportable(model) == "ViT":
+        return {"architectures": ["ViTForImageClassification"], "model_type": "vit", **common,
+                "intermediate_size": model.mlp_dim}
+    dinov2 = {**common, "mlp_ratio": model.mlp_dim // model.hidden_size, "layerscale_value": 1.0,
+              "drop_path_rate": 0.0, "use_swiglu_ffn": False}
+    if model.num_registers:
+        return {"architectures": ["Dinov2WithRegistersForImageClassification"],
+                "model_type": "dinov2_with_registers", **dinov2, "num_register_tokens": model.num_registers}
+    return {"architectures": ["Dinov2ForImageClassification"], "model_type": "dinov2", **dinov2}
 
 
 def _side_or_pair(hw: tuple[int, int]) -> int | list[int]:
@@ -93,24 +129,39 @@ def processor_config(preprocess: Preprocess, channels: int) -> dict[str, Any]:
 
 
 def params_to_transformers(params: dict[str, Any], model: VisionTransformer) -> dict[str, np.ndarray]:
-    """vit_jax's tree -> ViTForImageClassification's state dict (through timm's names, one rename each)."""
+    """vit_jax's tree -> the transformers model's state dict (through timm's names, one rename each), in the
+    names the Hub's files have (those `save_pretrained` writes)."""
     timm = params_to_timm(params, model)
-    state = {"vit.embeddings.patch_embeddings.projection.weight": timm["patch_embed.proj.weight"],
-             "vit.embeddings.patch_embeddings.projection.bias": timm["patch_embed.proj.bias"],
-             "vit.embeddings.cls_token": timm["cls_token"], "vit.embeddings.position_embeddings": timm["pos_embed"],
-             "vit.layernorm.weight": timm["norm.weight"], "vit.layernorm.bias": timm["norm.bias"],
+    dinov2 = check_exportable(model) == "DINOv2"
+    base = ("dinov2_with_registers" if model.num_registers else "dinov2") if dinov2 else "vit"
+    table = timm["pos_embed"]
+    if model.num_registers:  # timm's zero rows for the registers: transformers adds its table before them
+        table = np.concatenate([table[:, :1], table[:, 1 + model.num_registers:]], axis=1)
+    state = {f"{base}.embeddings.patch_embeddings.projection.weight": timm["patch_embed.proj.weight"],
+             f"{base}.embeddings.patch_embeddings.projection.bias": timm["patch_embed.proj.bias"],
+             f"{base}.embeddings.cls_token": timm["cls_token"], f"{base}.embeddings.position_embeddings": table,
+             f"{base}.layernorm.weight": timm["norm.weight"], f"{base}.layernorm.bias": timm["norm.bias"],
              "classifier.weight": timm["head.weight"], "classifier.bias": timm["head.bias"]}
+    if dinov2:  # masked image modelling's token: unused by the classifier, present in every DINOv2 file
+        state[f"{base}.embeddings.mask_token"] = np.zeros((1, model.hidden_size), np.float32)
+    if model.num_registers:
+        state[f"{base}.embeddings.register_tokens"] = timm["reg_token"]
+    renamed = ({"norm1": "norm1", "attention.output.dense": "attn.proj", "norm2": "norm2", "mlp.fc1": "mlp.fc1",
+                "mlp.fc2": "mlp.fc2"} if dinov2 else
+               {"layernorm_before": "norm1", "attention.output.dense": "attn.proj", "layernorm_after": "norm2",
+                "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"})
     for i in range(model.num_layers):
-        b, layer = f"blocks.{i}.", f"vit.encoder.layer.{i}."
+        b, layer = f"blocks.{i}.", f"{base}.encoder.layer.{i}."
         query, key, value = np.split(timm[b + "attn.qkv.weight"], 3)
         query_bias, key_bias, value_bias = np.split(timm[b + "attn.qkv.bias"], 3)
-        renamed = {"layernorm_before": "norm1", "attention.output.dense": "attn.proj", "layernorm_after": "norm2",
-                   "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
         for theirs, ours in renamed.items():
             state.update({f"{layer}{theirs}.{kind}": timm[f"{b}{ours}.{kind}"] for kind in ("weight", "bias")})
         for name, weight, bias in (("query", query, query_bias), ("key", key, key_bias), ("value", value, value_bias)):
             state[f"{layer}attention.attention.{name}.weight"] = weight
             state[f"{layer}attention.attention.{name}.bias"] = bias
+        if dinov2:  # no layer scale in vit_jax: ones
+            for k in (1, 2):
+                state[f"{layer}layer_scale{k}.lambda1"] = timm.get(f"{b}ls{k}.gamma", np.ones(model.hidden_size))
     return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
 
 
@@ -123,8 +174,9 @@ def export_transformers(checkpoint: str, out: str | Path, step: int | None = Non
     from vit_jax.checkpoint.trained_model import load_trained_model
 
     trained = load_trained_model(checkpoint, step=step)
-    check_exportable(trained.model)
+    family = check_exportable(trained.model)
     image_size = tuple(trained.preprocess.image_size)
+    _check_square_grid(family, image_size)
     token_grid(trained.model, image_size)  # the image size fits the patches
     model, params = at_export_grid(trained.model, trained.params, image_size)
     config = transformers_config(model, image_size, trained.channels, tuple(trained.class_names))
