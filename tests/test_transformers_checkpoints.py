@@ -417,8 +417,10 @@ def test_a_dinov2_style_model_exports_as_transformers_dinov2_with_and_without_re
     transformers = import_transformers()
     x = np.random.default_rng(0).standard_normal((2, 24, 24, 3)).astype(np.float32)
     for options, architecture in ((dict(), "Dinov2ForImageClassification"),
-                                  (dict(layer_scale=0.5, num_registers=3), "Dinov2WithRegistersForImageClassification")):
-        model = create_model("Ti/8", num_classes=5, **TINY, classifier="token_and_gap", **options)
+                                  (dict(layer_scale=0.5, num_registers=3), "Dinov2WithRegistersForImageClassification"),
+                                  (dict(gated_mlp=True, mlp_dim=48), "Dinov2ForImageClassification")):  # SwiGLU:
+        # mlp_ratio 2 -> two thirds of 64 rounded up to a multiple of 8, as DINOv2-g's
+        model = create_model("Ti/8", num_classes=5, **{**TINY, **options}, classifier="token_and_gap")
         save_npz(live_params(model, np.zeros((1, 24, 24, 3))), tmp_path / "dino.npz")
         trained = load_trained_model(npz=tmp_path / "dino.npz")
         out = export_transformers(str(tmp_path / "dino.npz"), tmp_path / architecture)
@@ -430,9 +432,10 @@ def test_a_dinov2_style_model_exports_as_transformers_dinov2_with_and_without_re
         np.testing.assert_allclose(logits, ours, atol=5e-5, rtol=1e-4)
         back = load_trained_model(out)
         assert back.model.num_registers == options.get("num_registers", 0)
+        assert back.model.gated_mlp == theirs.config.use_swiglu_ffn == options.get("gated_mlp", False)
         np.testing.assert_allclose(vit_jax_logits(back.model, back.params, x), ours, atol=1e-5, rtol=1e-5)
     odd = create_model("Ti/8", num_classes=5, **{**TINY, "mlp_dim": 48}, classifier="token_and_gap")
     save_npz(live_params(odd, np.zeros((1, 24, 24, 3))), tmp_path / "odd.npz")
-    with pytest.raises(ValueError, match="mlp_dim=48: transformers' DINOv2 sizes its MLP as a whole multiple"):
+    with pytest.raises(ValueError, match="mlp_dim=48: transformers' DINOv2 sizes its MLP as hidden_size x mlp_ratio"):
         export_transformers(str(tmp_path / "odd.npz"), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()

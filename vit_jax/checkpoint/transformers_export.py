@@ -10,8 +10,9 @@ transformers' ViT is the original one: a class token read by the head after the 
 with the class token's row, biases everywhere, GELU (exact, tanh or QuickGELU). Its DINOv2 is that with layer scale
 (ones where vit_jax has none), optional registers (after the table is added, as vit_jax's) and a head on the class
 token and the mean patch token side by side (`classifier='token_and_gap'`: the model that family is written as), on
-a square grid of square patches (transformers resizes DINOv2's table as a square). A model with anything else
-(other pooling, pre-norm, a MAP head, RoPE, SwiGLU, ...) is refused by name before anything is written;
+a square grid of square patches (transformers resizes DINOv2's table as a square), with its MLP or SwiGLU
+(DINOv2-g's) of a width transformers' `mlp_ratio` gives. A model with anything else
+(other pooling, pre-norm, a MAP head, RoPE, ...) is refused by name before anything is written;
 `vit_jax.checkpoint.timm_export` writes most of those. The image processor's config says the evaluation view: the
 size, resampling, the mean and std that reproduce vit_jax's value range, and a central crop where the model has one
 (transformers floors an odd margin's half where timm rounds it: a timm checkpoint's view may move by a pixel).
@@ -40,7 +41,7 @@ PLAIN_VIT = dict(classifier="token", posemb="learn", representation_size=None, n
                  num_kv_heads=None, patch_norm=False, embedding_norm=False, pad="none", tubelet_size=None,
                  resnet_num_layers=None)
 # DINOv2's: the same blocks with layer scale (any), registers (any number) and its classifier's pooling
-DINOV2 = {**{k: v for k, v in PLAIN_VIT.items() if k not in ("num_registers", "layer_scale")},
+DINOV2 = {**{k: v for k, v in PLAIN_VIT.items() if k not in ("num_registers", "layer_scale", "gated_mlp")},
           "classifier": "token_and_gap"}
 FAMILIES = {"token": ("ViT", PLAIN_VIT), "token_and_gap": ("DINOv2", DINOV2)}
 
@@ -61,12 +62,25 @@ def check_exportable(model: VisionTransformer) -> str:
     if model.num_classes is None:
         raise ValueError(f"a model without a classification head: transformers' {family} classifier needs one")
     if family == "DINOv2":
-        if model.mlp_dim % model.hidden_size:
-            raise ValueError(f"mlp_dim={model.mlp_dim}: transformers' DINOv2 sizes its MLP as a whole multiple "
-                             f"(mlp_ratio) of hidden_size {model.hidden_size}")
+        dinov2_mlp_ratio(model)
         if len(set(model.patch_size)) != 1:
             raise ValueError(f"patch_size={tuple(model.patch_size)}: transformers' DINOv2 takes square patches")
     return family
+
+
+def dinov2_mlp_ratio(model: VisionTransformer) -> int:
+    """The integer `mlp_ratio` transformers' DINOv2 sizes `model`'s MLP from: `int(hidden_size x ratio)` units, or
+    for SwiGLU (`use_swiglu_ffn`) two thirds of them rounded up to a multiple of 8 (DINOv2-g: 1536 x 4 -> 4096)."""
+    def units(ratio: int) -> int:
+        hidden = int(model.hidden_size * ratio)
+        return (int(hidden * 2 / 3) + 7) // 8 * 8 if model.gated_mlp else hidden
+    for ratio in range(1, 65):
+        if units(ratio) == model.mlp_dim:
+            return ratio
+    kind = "SwiGLU MLP as two thirds of hidden_size x mlp_ratio, rounded up to a multiple of 8" if model.gated_mlp \
+        else "MLP as hidden_size x mlp_ratio"
+    raise ValueError(f"mlp_dim={model.mlp_dim}: transformers' DINOv2 sizes its {kind}, for a whole mlp_ratio; "
+                     f"no ratio gives {model.mlp_dim} at hidden_size {model.hidden_size}")
 
 
 def _check_square_grid(family: str, image_size: tuple[int, int]) -> None:
@@ -92,8 +106,8 @@ def transformers_config(model: VisionTransformer, image_size: tuple[int, int], c
     if check_exportable(model) == "ViT":
         return {"architectures": ["ViTForImageClassification"], "model_type": "vit", **common,
                 "intermediate_size": model.mlp_dim}
-    dinov2 = {**common, "mlp_ratio": model.mlp_dim // model.hidden_size, "layerscale_value": 1.0,
-              "drop_path_rate": 0.0, "use_swiglu_ffn": False}
+    dinov2 = {**common, "mlp_ratio": dinov2_mlp_ratio(model), "layerscale_value": 1.0, "drop_path_rate": 0.0,
+              "use_swiglu_ffn": model.gated_mlp}
     if model.num_registers:
         return {"architectures": ["Dinov2WithRegistersForImageClassification"],
                 "model_type": "dinov2_with_registers", **dinov2, "num_register_tokens": model.num_registers}
@@ -146,8 +160,10 @@ def params_to_transformers(params: dict[str, Any], model: VisionTransformer) -> 
         state[f"{base}.embeddings.mask_token"] = np.zeros((1, model.hidden_size), np.float32)
     if model.num_registers:
         state[f"{base}.embeddings.register_tokens"] = timm["reg_token"]
-    renamed = ({"norm1": "norm1", "attention.output.dense": "attn.proj", "norm2": "norm2", "mlp.fc1": "mlp.fc1",
-                "mlp.fc2": "mlp.fc2"} if dinov2 else
+    mlp = ("weights_in", "weights_out") if model.gated_mlp else ("fc1", "fc2")  # SwiGLU: gate and value packed,
+    # the gate's half first, in both layouts
+    renamed = ({"norm1": "norm1", "attention.output.dense": "attn.proj", "norm2": "norm2", f"mlp.{mlp[0]}": "mlp.fc1",
+                f"mlp.{mlp[1]}": "mlp.fc2"} if dinov2 else
                {"layernorm_before": "norm1", "attention.output.dense": "attn.proj", "layernorm_after": "norm2",
                 "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"})
     for i in range(model.num_layers):
