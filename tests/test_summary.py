@@ -47,8 +47,8 @@ def whole_model_flops(model, image_shape):
 
 
 @pytest.mark.parametrize("options", [dict(classifier="gap", scan=True, remat=True),
-                                     dict(classifier="map", num_registers=2, posemb="rope_mixed", qk_norm=True),
-                                     dict(classifier="token_distilled", layer_scale=0.1), dict(classifier="token", relative_position_bias=True),
+                                     dict(classifier="map", num_registers=2, posemb="rope_mixed", qk_norm=True,
+                                          layer_scale=0.1),
                                      dict(num_kv_heads=(1, 2, 1, 2))])  # blocks that differ: lowered whole
 def test_flops_count_every_block_as_the_whole_models_lowering(options):
     """Deep models are counted from their 1- and 2-block versions; a scanned one as if unscanned (XLA counts a
