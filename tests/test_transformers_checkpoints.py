@@ -395,18 +395,19 @@ def test_a_vit_jax_model_exports_as_transformers_vit(tmp_path):
     processor = transformers.ViTImageProcessorPil.from_pretrained(out)
     view = processor(Image.open(tmp_path / "photo.png"), return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
     np.testing.assert_allclose(preprocessed(trained, tmp_path / "photo.png"), view, atol=1e-5)
-    gap = create_model("Ti/8", num_classes=5, **TINY, classifier="gap")
-    save_npz(live_params(gap, np.zeros((1, 24, 24, 3))), tmp_path / "gap.npz")
-    assert main([f"--checkpoint={tmp_path / 'gap.npz'}", f"--out={tmp_path / 'refused'}"]) == 2
+    pooled = create_model("Ti/8", num_classes=5, **TINY, classifier="map")
+    save_npz(live_params(pooled, np.zeros((1, 24, 24, 3))), tmp_path / "map.npz")
+    assert main([f"--checkpoint={tmp_path / 'map.npz'}", f"--out={tmp_path / 'refused'}"]) == 2
     assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.xdist_group("transformers_checkpoints")
-def test_a_dinov2_style_model_exports_as_transformers_dinov2_with_and_without_registers(tmp_path):
+def test_dinov2_and_gap_models_export_as_transformers_dinov2_and_siglip_classifiers(tmp_path):
     """A model with DINOv2's classifier (class token and mean patch token side by side) is written as
-    `Dinov2ForImageClassification`, with registers as `Dinov2WithRegistersForImageClassification`: every tensor
-    loads (nothing missing, nothing left over), the logits are vit_jax's, and vit_jax reads it back as the same
-    model. Layer scale is ones where vit_jax has none."""
+    `Dinov2ForImageClassification`, with registers as `Dinov2WithRegistersForImageClassification`, a mean-pooled one
+    (the README's digits model: grayscale, no class token) as `SiglipForImageClassification`: every tensor loads
+    (nothing missing, nothing left over), the logits are vit_jax's, and vit_jax reads it back as the same model.
+    Layer scale is ones where vit_jax has none."""
     import torch
 
     from tests.conftest import TINY, live_params
@@ -415,13 +416,16 @@ def test_a_dinov2_style_model_exports_as_transformers_dinov2_with_and_without_re
     from vit_jax.models import create_model
 
     transformers = import_transformers()
-    x = np.random.default_rng(0).standard_normal((2, 24, 24, 3)).astype(np.float32)
-    for options, architecture in ((dict(), "Dinov2ForImageClassification"),
-                                  (dict(layer_scale=0.5, num_registers=3), "Dinov2WithRegistersForImageClassification"),
-                                  (dict(gated_mlp=True, mlp_dim=48), "Dinov2ForImageClassification")):  # SwiGLU:
-        # mlp_ratio 2 -> two thirds of 64 rounded up to a multiple of 8, as DINOv2-g's
-        model = create_model("Ti/8", num_classes=5, **{**TINY, **options}, classifier="token_and_gap")
-        save_npz(live_params(model, np.zeros((1, 24, 24, 3))), tmp_path / "dino.npz")
+    dino = dict(classifier="token_and_gap")
+    for options, architecture, channels in (
+            (dino, "Dinov2ForImageClassification", 3),
+            (dict(dino, layer_scale=0.5, num_registers=3), "Dinov2WithRegistersForImageClassification", 3),
+            (dict(dino, gated_mlp=True, mlp_dim=48), "Dinov2ForImageClassification", 3),  # SwiGLU: mlp_ratio 2 ->
+            # two thirds of 64 rounded up to a multiple of 8, as DINOv2-g's
+            (dict(classifier="gap"), "SiglipForImageClassification", 1)):
+        x = np.random.default_rng(0).standard_normal((2, 24, 24, channels)).astype(np.float32)
+        model = create_model("Ti/8", num_classes=5, **{**TINY, **options})
+        save_npz(live_params(model, np.zeros((1, 24, 24, channels))), tmp_path / "dino.npz")
         trained = load_trained_model(npz=tmp_path / "dino.npz")
         out = export_transformers(str(tmp_path / "dino.npz"), tmp_path / architecture)
         theirs, info = getattr(transformers, architecture).from_pretrained(out, output_loading_info=True)
@@ -431,10 +435,10 @@ def test_a_dinov2_style_model_exports_as_transformers_dinov2_with_and_without_re
             logits = theirs.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).logits.numpy()
         np.testing.assert_allclose(logits, ours, atol=5e-5, rtol=1e-4)
         back = load_trained_model(out)
-        assert back.model.num_registers == options.get("num_registers", 0)
-        assert back.model.gated_mlp == theirs.config.use_swiglu_ffn == options.get("gated_mlp", False)
+        assert (back.model.classifier, back.model.num_registers) == (model.classifier, model.num_registers)
+        assert back.model.gated_mlp == getattr(theirs.config, "use_swiglu_ffn", False) == model.gated_mlp
         np.testing.assert_allclose(vit_jax_logits(back.model, back.params, x), ours, atol=1e-5, rtol=1e-5)
-    odd = create_model("Ti/8", num_classes=5, **{**TINY, "mlp_dim": 48}, classifier="token_and_gap")
+    odd = create_model("Ti/8", num_classes=5, **{**TINY, "mlp_dim": 48}, **dino)
     save_npz(live_params(odd, np.zeros((1, 24, 24, 3))), tmp_path / "odd.npz")
     with pytest.raises(ValueError, match="mlp_dim=48: transformers' DINOv2 sizes its MLP as hidden_size x mlp_ratio"):
         export_transformers(str(tmp_path / "odd.npz"), tmp_path / "refused")

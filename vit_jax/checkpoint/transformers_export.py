@@ -1,22 +1,23 @@
-"""A vit_jax model as a Hugging Face transformers checkpoint: `ViTForImageClassification` in the Hub layout of
-`google/vit-*`, or DINOv2's `Dinov2ForImageClassification` / `Dinov2WithRegistersForImageClassification`
-(`model.safetensors`, `config.json`, `preprocessor_config.json`).
+"""A vit_jax model as a Hugging Face transformers checkpoint (`model.safetensors`, `config.json`,
+`preprocessor_config.json`): `ViTForImageClassification` in the Hub layout of `google/vit-*`, DINOv2's
+`Dinov2ForImageClassification` / `Dinov2WithRegistersForImageClassification`, or `SiglipForImageClassification`.
 
-    python -m vit_jax.main --config=configs/digits.py --config.model.classifier=token --workdir=workdirs/digits_token
-    python -m vit_jax.checkpoint.transformers_export --checkpoint=workdirs/digits_token --out=exported/digits_hf
-    python -c "from transformers import ViTForImageClassification as V; m = V.from_pretrained('exported/digits_hf')"
+    python -m vit_jax.main --config=configs/digits.py --workdir=workdirs/digits
+    python -m vit_jax.checkpoint.transformers_export --checkpoint=workdirs/digits --out=exported/digits_hf
+    python -c "from transformers import AutoModelForImageClassification as A; A.from_pretrained('exported/digits_hf')"
 
-transformers' ViT is the original one: a class token read by the head after the final LayerNorm, a learned table
-with the class token's row, biases everywhere, GELU (exact, tanh or QuickGELU). Its DINOv2 is that with layer scale
-(ones where vit_jax has none), optional registers (after the table is added, as vit_jax's) and a head on the class
-token and the mean patch token side by side (`classifier='token_and_gap'`: the model that family is written as), on
-a square grid of square patches (transformers resizes DINOv2's table as a square), with its MLP or SwiGLU
-(DINOv2-g's) of a width transformers' `mlp_ratio` gives. A model with anything else
-(other pooling, pre-norm, a MAP head, RoPE, ...) is refused by name before anything is written;
-`vit_jax.checkpoint.timm_export` writes most of those. The image processor's config says the evaluation view: the
-size, resampling, the mean and std that reproduce vit_jax's value range, and a central crop where the model has one
-(transformers floors an odd margin's half where timm rounds it: a timm checkpoint's view may move by a pixel).
-`vit_jax.checkpoint.transformers_layout` reads the result back.
+The classifier picks the family. transformers' ViT (`classifier='token'`) is the original one: a class token read
+by the head after the final LayerNorm, a learned table with the class token's row, biases everywhere, GELU (exact,
+tanh or QuickGELU). Its DINOv2 (`'token_and_gap'`: the class token and the mean patch token side by side) is that
+with layer scale (ones where vit_jax has none), optional registers (after the table is added, as vit_jax's) and an
+MLP or SwiGLU (DINOv2-g's) of a width transformers' whole `mlp_ratio` gives. Its SigLIP classifier (`'gap'`, the
+README's digits model) is the same blocks without a class token, the mean of the final LayerNorm's tokens. DINOv2
+and SigLIP have square images and patches (one side in their configs). A model with anything else (pre-norm, a MAP
+head, RoPE, ...) is refused by name before anything is written; `vit_jax.checkpoint.timm_export` writes most of
+those. The image processor's config says the evaluation view: the size, resampling, the mean and std that reproduce
+vit_jax's value range, and a central crop where the model has one (transformers floors an odd margin's half where
+timm rounds it: a timm checkpoint's view may move by a pixel). `vit_jax.checkpoint.transformers_layout` reads the
+result back.
 """
 
 from __future__ import annotations
@@ -43,15 +44,19 @@ PLAIN_VIT = dict(classifier="token", posemb="learn", representation_size=None, n
 # DINOv2's: the same blocks with layer scale (any), registers (any number) and its classifier's pooling
 DINOV2 = {**{k: v for k, v in PLAIN_VIT.items() if k not in ("num_registers", "layer_scale", "gated_mlp")},
           "classifier": "token_and_gap"}
-FAMILIES = {"token": ("ViT", PLAIN_VIT), "token_and_gap": ("DINOv2", DINOV2)}
+# SigLIP's classifier: no class token, the mean of the final LayerNorm's tokens (vit_jax's gap: the README's model)
+SIGLIP = {**PLAIN_VIT, "classifier": "gap"}
+FAMILIES = {"token": ("ViT", PLAIN_VIT), "token_and_gap": ("DINOv2", DINOV2), "gap": ("SigLIP", SIGLIP)}
+SQUARE = ("DINOv2", "SigLIP")  # families whose config has one side for the image and the patch
 
 
 def check_exportable(model: VisionTransformer) -> str:
     """The transformers family `model` is written as ("ViT" or "DINOv2"), or a ValueError naming what it lacks."""
     if model.classifier not in FAMILIES:
         raise ValueError(f"classifier={model.classifier!r}: transformers' ViT reads the class token (classifier="
-                         f"'token'), its DINOv2 the class token and the mean patch token ('token_and_gap') "
-                         f"(vit_jax.checkpoint.timm_export writes timm's layout, which has more)")
+                         f"'token'), its DINOv2 the class token and the mean patch token ('token_and_gap'), its "
+                         f"SigLIP the mean token ('gap') (vit_jax.checkpoint.timm_export writes timm's layout, which "
+                         f"has more)")
     family, options = FAMILIES[model.classifier]
     for option, value in options.items():
         if getattr(model, option) != value:
@@ -63,8 +68,8 @@ def check_exportable(model: VisionTransformer) -> str:
         raise ValueError(f"a model without a classification head: transformers' {family} classifier needs one")
     if family == "DINOv2":
         dinov2_mlp_ratio(model)
-        if len(set(model.patch_size)) != 1:
-            raise ValueError(f"patch_size={tuple(model.patch_size)}: transformers' DINOv2 takes square patches")
+    if family in SQUARE and len(set(model.patch_size)) != 1:
+        raise ValueError(f"patch_size={tuple(model.patch_size)}: transformers' {family} takes square patches")
     return family
 
 
@@ -84,9 +89,9 @@ def dinov2_mlp_ratio(model: VisionTransformer) -> int:
 
 
 def _check_square_grid(family: str, image_size: tuple[int, int]) -> None:
-    if family == "DINOv2" and image_size[0] != image_size[1]:
-        raise ValueError(f"image size {image_size[0]}x{image_size[1]}: transformers' DINOv2 resizes its table as "
-                         f"a square grid; export a model of square images")
+    if family in SQUARE and image_size[0] != image_size[1]:
+        raise ValueError(f"image size {image_size[0]}x{image_size[1]}: transformers' {family} has square images "
+                         f"(one side in its config); export a model of square images")
 
 
 def transformers_config(model: VisionTransformer, image_size: tuple[int, int], channels: int,
@@ -103,9 +108,18 @@ def transformers_config(model: VisionTransformer, image_size: tuple[int, int], c
         "id2label": {str(i): name for i, name in enumerate(class_names)},
         "label2id": {name: i for i, name in enumerate(class_names)},
     }
-    if check_exportable(model) == "ViT":
+    family = check_exportable(model)
+    if family == "ViT":
         return {"architectures": ["ViTForImageClassification"], "model_type": "vit", **common,
                 "intermediate_size": model.mlp_dim}
+    if family == "SigLIP":  # the two-tower config's image tower; the text tower's defaults are not written
+        vision = {"model_type": "siglip_vision_model", "hidden_size": model.hidden_size,
+                  "intermediate_size": model.mlp_dim, "num_hidden_layers": model.num_layers,
+                  "num_attention_heads": model.num_heads, "num_channels": channels,
+                  "image_size": image_size[0], "patch_size": model.patch_size[0], "hidden_act": activation,
+                  "layer_norm_eps": model.layer_norm_epsilon, "attention_dropout": 0.0, "vision_use_head": False}
+        return {"architectures": ["SiglipForImageClassification"], "model_type": "siglip", "vision_config": vision,
+                "id2label": common["id2label"], "label2id": common["label2id"]}
     dinov2 = {**common, "mlp_ratio": dinov2_mlp_ratio(model), "layerscale_value": 1.0, "drop_path_rate": 0.0,
               "use_swiglu_ffn": model.gated_mlp}
     if model.num_registers:
@@ -146,7 +160,10 @@ def params_to_transformers(params: dict[str, Any], model: VisionTransformer) -> 
     """vit_jax's tree -> the transformers model's state dict (through timm's names, one rename each), in the
     names the Hub's files have (those `save_pretrained` writes)."""
     timm = params_to_timm(params, model)
-    dinov2 = check_exportable(model) == "DINOv2"
+    family = check_exportable(model)
+    if family == "SigLIP":
+        return _siglip_state(timm, model)
+    dinov2 = family == "DINOv2"
     base = ("dinov2_with_registers" if model.num_registers else "dinov2") if dinov2 else "vit"
     table = timm["pos_embed"]
     if model.num_registers:  # timm's zero rows for the registers: transformers adds its table before them
@@ -178,6 +195,26 @@ def params_to_transformers(params: dict[str, Any], model: VisionTransformer) -> 
         if dinov2:  # no layer scale in vit_jax: ones
             for k in (1, 2):
                 state[f"{layer}layer_scale{k}.lambda1"] = timm.get(f"{b}ls{k}.gamma", np.ones(model.hidden_size))
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
+
+
+def _siglip_state(timm: dict[str, np.ndarray], model: VisionTransformer) -> dict[str, np.ndarray]:
+    """SiglipForImageClassification's names (`vision_model.` and the classifier), from timm's."""
+    v = "vision_model."
+    state = {v + "embeddings.patch_embedding.weight": timm["patch_embed.proj.weight"],
+             v + "embeddings.patch_embedding.bias": timm["patch_embed.proj.bias"],
+             v + "embeddings.position_embedding.weight": timm["pos_embed"][0],
+             v + "post_layernorm.weight": timm["norm.weight"], v + "post_layernorm.bias": timm["norm.bias"],
+             "classifier.weight": timm["head.weight"], "classifier.bias": timm["head.bias"]}
+    renamed = {"layer_norm1": "norm1", "self_attn.out_proj": "attn.proj", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1",
+               "mlp.fc2": "mlp.fc2"}
+    for i in range(model.num_layers):
+        b, layer = f"blocks.{i}.", f"{v}encoder.layers.{i}."
+        for theirs, ours in renamed.items():
+            state.update({f"{layer}{theirs}.{kind}": timm[f"{b}{ours}.{kind}"] for kind in ("weight", "bias")})
+        for name, weight, bias in zip("qkv", np.split(timm[b + "attn.qkv.weight"], 3),
+                                      np.split(timm[b + "attn.qkv.bias"], 3)):
+            state[f"{layer}self_attn.{name}_proj.weight"], state[f"{layer}self_attn.{name}_proj.bias"] = weight, bias
     return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
 
 
