@@ -51,7 +51,8 @@ SQUARE = ("DINOv2", "SigLIP")  # families whose config has one side for the imag
 
 
 def check_exportable(model: VisionTransformer) -> str:
-    """The transformers family `model` is written as ("ViT" or "DINOv2"), or a ValueError naming what it lacks."""
+    """The transformers family `model` is written as ("ViT", "DINOv2" or "SigLIP"), or a ValueError naming what it
+    lacks."""
     if model.classifier not in FAMILIES:
         raise ValueError(f"classifier={model.classifier!r}: transformers' ViT reads the class token (classifier="
                          f"'token'), its DINOv2 the class token and the mean patch token ('token_and_gap'), its "
@@ -96,8 +97,8 @@ def _check_square_grid(family: str, image_size: tuple[int, int]) -> None:
 
 def transformers_config(model: VisionTransformer, image_size: tuple[int, int], channels: int,
                         class_names: tuple[str, ...]) -> dict[str, Any]:
-    """config.json of a `ViTForImageClassification` or a DINOv2 classifier (with registers where the model has
-    them)."""
+    """config.json of `model`'s family: a `ViTForImageClassification`, a DINOv2 classifier (with registers where the
+    model has them) or a `SiglipForImageClassification`."""
     activation = "quick_gelu" if model.quick_gelu else "gelu_pytorch_tanh" if model.gelu_approximate else "gelu"
     common = {
         "hidden_size": model.hidden_size, "num_hidden_layers": model.num_layers,
@@ -183,38 +184,41 @@ def params_to_transformers(params: dict[str, Any], model: VisionTransformer) -> 
                 f"mlp.{mlp[1]}": "mlp.fc2"} if dinov2 else
                {"layernorm_before": "norm1", "attention.output.dense": "attn.proj", "layernorm_after": "norm2",
                 "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"})
-    for i in range(model.num_layers):
-        b, layer = f"blocks.{i}.", f"{base}.encoder.layer.{i}."
-        query, key, value = np.split(timm[b + "attn.qkv.weight"], 3)
-        query_bias, key_bias, value_bias = np.split(timm[b + "attn.qkv.bias"], 3)
-        for theirs, ours in renamed.items():
-            state.update({f"{layer}{theirs}.{kind}": timm[f"{b}{ours}.{kind}"] for kind in ("weight", "bias")})
-        for name, weight, bias in (("query", query, query_bias), ("key", key, key_bias), ("value", value, value_bias)):
-            state[f"{layer}attention.attention.{name}.weight"] = weight
-            state[f"{layer}attention.attention.{name}.bias"] = bias
-        if dinov2:  # no layer scale in vit_jax: ones
-            for k in (1, 2):
-                state[f"{layer}layer_scale{k}.lambda1"] = timm.get(f"{b}ls{k}.gamma", np.ones(model.hidden_size))
+    state.update(_blocks(timm, model.num_layers, f"{base}.encoder.layer.{{}}.", renamed,
+                         [f"attention.attention.{name}" for name in ("query", "key", "value")]))
+    if dinov2:  # no layer scale in vit_jax: ones
+        state.update({f"{base}.encoder.layer.{i}.layer_scale{k}.lambda1":
+                      timm.get(f"blocks.{i}.ls{k}.gamma", np.ones(model.hidden_size))
+                      for i in range(model.num_layers) for k in (1, 2)})
     return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
+
+
+def _blocks(timm: dict[str, np.ndarray], num_layers: int, layer: str, renamed: dict[str, str],
+            qkv: list[str]) -> dict[str, np.ndarray]:
+    """Every block's tensors under transformers' names: `layer` (with `{}` for the index) + `renamed`'s keys for
+    timm's names, and timm's packed `attn.qkv` split into the three `qkv` projections."""
+    state = {}
+    for i in range(num_layers):
+        b, prefix = f"blocks.{i}.", layer.format(i)
+        for kind in ("weight", "bias"):
+            state.update({f"{prefix}{theirs}.{kind}": timm[f"{b}{ours}.{kind}"] for theirs, ours in renamed.items()})
+            state.update({f"{prefix}{name}.{kind}": part
+                          for name, part in zip(qkv, np.split(timm[f"{b}attn.qkv.{kind}"], 3))})
+    return state
 
 
 def _siglip_state(timm: dict[str, np.ndarray], model: VisionTransformer) -> dict[str, np.ndarray]:
     """SiglipForImageClassification's names (`vision_model.` and the classifier), from timm's."""
-    v = "vision_model."
-    state = {v + "embeddings.patch_embedding.weight": timm["patch_embed.proj.weight"],
-             v + "embeddings.patch_embedding.bias": timm["patch_embed.proj.bias"],
-             v + "embeddings.position_embedding.weight": timm["pos_embed"][0],
-             v + "post_layernorm.weight": timm["norm.weight"], v + "post_layernorm.bias": timm["norm.bias"],
+    tower = "vision_model."
+    state = {tower + "embeddings.patch_embedding.weight": timm["patch_embed.proj.weight"],
+             tower + "embeddings.patch_embedding.bias": timm["patch_embed.proj.bias"],
+             tower + "embeddings.position_embedding.weight": timm["pos_embed"][0],
+             tower + "post_layernorm.weight": timm["norm.weight"], tower + "post_layernorm.bias": timm["norm.bias"],
              "classifier.weight": timm["head.weight"], "classifier.bias": timm["head.bias"]}
     renamed = {"layer_norm1": "norm1", "self_attn.out_proj": "attn.proj", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1",
                "mlp.fc2": "mlp.fc2"}
-    for i in range(model.num_layers):
-        b, layer = f"blocks.{i}.", f"{v}encoder.layers.{i}."
-        for theirs, ours in renamed.items():
-            state.update({f"{layer}{theirs}.{kind}": timm[f"{b}{ours}.{kind}"] for kind in ("weight", "bias")})
-        for name, weight, bias in zip("qkv", np.split(timm[b + "attn.qkv.weight"], 3),
-                                      np.split(timm[b + "attn.qkv.bias"], 3)):
-            state[f"{layer}self_attn.{name}_proj.weight"], state[f"{layer}self_attn.{name}_proj.bias"] = weight, bias
+    state.update(_blocks(timm, model.num_layers, tower + "encoder.layers.{}.", renamed,
+                         [f"self_attn.{name}_proj" for name in "qkv"]))
     return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
 
 
