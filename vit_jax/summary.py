@@ -16,7 +16,6 @@ import dataclasses
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -217,9 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _checkpoint_summary(args: argparse.Namespace) -> ModelSummary:
     """The summary of `--checkpoint`'s model: its architecture, channels and classes are the checkpoint's own."""
-    from vit_jax.checkpoint.hub import is_timm_spec
-    from vit_jax.checkpoint.pretrained import is_workdir
-    from vit_jax.checkpoint.trained_model import load_trained_model
+    from vit_jax.checkpoint.trained_model import checkpoint_kind, load_trained_model
 
     given = [flag for flag, used in (("VARIANT", args.variants), ("--set", args.set),
                                      ("--channels", args.channels != 3), ("--num-classes", args.num_classes != 1000))
@@ -228,9 +225,8 @@ def _checkpoint_summary(args: argparse.Namespace) -> ModelSummary:
         raise ValueError(f"{', '.join(given)}: not used with --checkpoint, whose model, channels and classes are "
                          f"the checkpoint's own; leave {'it' if len(given) == 1 else 'them'} out")
     spec = args.checkpoint
-    npz = not is_timm_spec(spec) and not is_workdir(Path(spec).expanduser())
     # an .npz file without a square table says no image size of its own: the loader asks for --image-size
-    trained = load_trained_model(spec, image_size=args.image_size if npz else None)
+    trained = load_trained_model(spec, image_size=args.image_size if checkpoint_kind(spec) == "npz" else None)
     image_size = args.image_size or trained.image_size
     return summarize(trained.model, (*image_size, trained.channels), name=trained.source)
 

@@ -69,18 +69,27 @@ def load_trained_model(checkpoint: str | Path | None = None, *, workdir: str | P
                  value_range=None if tuple(value_range) == (-1.0, 1.0) else value_range, dataset=dataset,
                  data_dir=data_dir)
     if checkpoint is not None:
-        if is_timm_spec(checkpoint):
+        kind = checkpoint_kind(checkpoint)
+        if kind == "hub":
             _refuse_unused("a timm checkpoint", "brings its own architecture and preprocessing", given,
                            ("dataset", "data_dir"))
             return _from_timm(str(checkpoint), dataset, data_dir)
         path = Path(checkpoint).expanduser()
-        workdir, npz = (path, None) if is_workdir(path) else (None, path)
+        workdir, npz = (path, None) if kind == "workdir" else (None, path)
     if workdir is not None:
         _refuse_unused("a workdir", "brings its own model, preprocessing and dataset (config.json)", given, ("step",))
         return _from_workdir(Path(workdir).expanduser(), step)
     _refuse_unused("an .npz file", "has no checkpoint steps", given, ("variant", "image_size", "value_range",
                                                                       "dataset", "data_dir"))
     return _from_npz(npz, variant, image_size, value_range, dataset, data_dir)
+
+
+def checkpoint_kind(checkpoint: str | Path) -> str:
+    """"hub" (timm's or transformers' layout), "workdir" or "npz": which of `load_trained_model`'s readers takes
+    `checkpoint`, and so which of its options apply."""
+    if is_timm_spec(checkpoint):
+        return "hub"
+    return "workdir" if is_workdir(Path(checkpoint).expanduser()) else "npz"
 
 
 def _refuse_unused(kind: str, why: str, given: Mapping[str, Any], used: Sequence[str]) -> None:
