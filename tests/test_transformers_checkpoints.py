@@ -422,12 +422,15 @@ def test_dinov2_and_gap_models_export_as_transformers_dinov2_and_siglip_classifi
             (dict(dino, layer_scale=0.5, num_registers=3), "Dinov2WithRegistersForImageClassification", 3),
             (dict(dino, gated_mlp=True, mlp_dim=48), "Dinov2ForImageClassification", 3),  # SwiGLU: mlp_ratio 2 ->
             # two thirds of 64 rounded up to a multiple of 8, as DINOv2-g's
-            (dict(classifier="gap"), "SiglipForImageClassification", 1)):
+            (dict(classifier="gap"), "SiglipForImageClassification", 1),
+            (dict(classifier="gap", posemb="sincos2d"), "SiglipForImageClassification", 3)):  # big_vision's plain
+        # ViT: its fixed table written as a learned one
         x = np.random.default_rng(0).standard_normal((2, 24, 24, channels)).astype(np.float32)
         model = create_model("Ti/8", num_classes=5, **{**TINY, **options})
         save_npz(live_params(model, np.zeros((1, 24, 24, channels))), tmp_path / "dino.npz")
-        trained = load_trained_model(npz=tmp_path / "dino.npz")
-        out = export_transformers(str(tmp_path / "dino.npz"), tmp_path / architecture)
+        trained = load_trained_model(npz=tmp_path / "dino.npz", image_size=(24, 24))  # a fixed table says no size
+        out = export_transformers(str(tmp_path / "dino.npz"), tmp_path / f"{architecture}_{len(options)}",
+                                  image_size=(24, 24))
         theirs, info = getattr(transformers, architecture).from_pretrained(out, output_loading_info=True)
         assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
         ours = vit_jax_logits(trained.model, trained.params, x)

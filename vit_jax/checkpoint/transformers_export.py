@@ -11,7 +11,8 @@ by the head after the final LayerNorm, a learned table with the class token's ro
 tanh or QuickGELU). Its DINOv2 (`'token_and_gap'`: the class token and the mean patch token side by side) is that
 with layer scale (ones where vit_jax has none), optional registers (after the table is added, as vit_jax's) and an
 MLP or SwiGLU (DINOv2-g's) of a width transformers' whole `mlp_ratio` gives. Its SigLIP classifier (`'gap'`, the
-README's digits model) is the same blocks without a class token, the mean of the final LayerNorm's tokens. DINOv2
+README's digits model) is the same blocks without a class token, the mean of the final LayerNorm's tokens. A fixed
+sin-cos table (big_vision's plain ViTs) is written as the learned table of its values. DINOv2
 and SigLIP have square images and patches (one side in their configs). A model with anything else (pre-norm, a MAP
 head, RoPE, ...) is refused by name before anything is written; `vit_jax.checkpoint.timm_export` writes most of
 those. The image processor's config says the evaluation view: the size, resampling, the mean and std that reproduce
@@ -33,6 +34,9 @@ import numpy as np
 from vit_jax.checkpoint.timm_export import at_export_grid, export_command, params_to_timm, unit_mean_std
 from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG
 from vit_jax.data.preprocessing import RESIZE_METHODS, Preprocess
+from vit_jax.models.encoder import ENCODER
+from vit_jax.models.heads import num_prefix_tokens
+from vit_jax.models.posemb import sincos2d
 from vit_jax.models.vit import VisionTransformer, token_grid
 
 # what transformers' ViTForImageClassification runs: each option's only value there
@@ -87,6 +91,20 @@ def dinov2_mlp_ratio(model: VisionTransformer) -> int:
         else "MLP as hidden_size x mlp_ratio"
     raise ValueError(f"mlp_dim={model.mlp_dim}: transformers' DINOv2 sizes its {kind}, for a whole mlp_ratio; "
                      f"no ratio gives {model.mlp_dim} at hidden_size {model.hidden_size}")
+
+
+def fixed_table_as_learned(model: VisionTransformer, params: dict[str, Any], image_size: tuple[int, int]
+                           ) -> tuple[VisionTransformer, dict[str, Any]]:
+    """A model with a fixed sin-cos table (big_vision's plain ViTs) as the same model with a learned table of its
+    values at `image_size`'s grid (zero rows for the class token, as vit_jax adds it): transformers' models learn
+    their tables. Other models as they are."""
+    if model.posemb != "sincos2d":
+        return model, params
+    grid = token_grid(model, image_size)
+    rows = [np.zeros((num_prefix_tokens(model.classifier), model.hidden_size)), sincos2d(grid, model.hidden_size)]
+    table = np.concatenate(rows)[None].astype(np.float32)
+    encoder = {**params[ENCODER], "posembed_input": {"pos_embedding": table}}
+    return model.clone(posemb="learn", posemb_grid=grid), {**params, ENCODER: encoder}
 
 
 def _check_square_grid(family: str, image_size: tuple[int, int]) -> None:
@@ -222,20 +240,23 @@ def _siglip_state(timm: dict[str, np.ndarray], model: VisionTransformer) -> dict
     return {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
 
 
-def export_transformers(checkpoint: str, out: str | Path, step: int | None = None) -> Path:
+def export_transformers(checkpoint: str, out: str | Path, step: int | None = None,
+                        image_size: tuple[int, int] | None = None) -> Path:
     """Writes `out/model.safetensors`, `out/config.json` and `out/preprocessor_config.json` for the model of
-    `checkpoint` (anything `load_trained_model` reads). Checks everything before writing anything."""
+    `checkpoint` (anything `load_trained_model` reads; `image_size` for an `.npz` file whose table does not say
+    it). Checks everything before writing anything."""
     from safetensors.numpy import save_file
 
     from vit_jax.checkpoint.hub import CONFIG, WEIGHTS
     from vit_jax.checkpoint.trained_model import load_trained_model
 
-    trained = load_trained_model(checkpoint, step=step)
-    family = check_exportable(trained.model)
+    trained = load_trained_model(checkpoint, step=step, image_size=image_size)
     image_size = tuple(trained.preprocess.image_size)
-    _check_square_grid(family, image_size)
     token_grid(trained.model, image_size)  # the image size fits the patches
-    model, params = at_export_grid(trained.model, trained.params, image_size)
+    model, params = fixed_table_as_learned(trained.model, trained.params, image_size)
+    family = check_exportable(model)
+    _check_square_grid(family, image_size)
+    model, params = at_export_grid(model, params, image_size)
     config = transformers_config(model, image_size, trained.channels, tuple(trained.class_names))
     processor = processor_config(trained.preprocess, trained.channels)
     state = params_to_transformers(params, model)
