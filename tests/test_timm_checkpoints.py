@@ -200,12 +200,13 @@ def test_an_export_loads_strictly_in_timm_and_reads_back_the_same(saved, family,
 
 
 @pytest.mark.parametrize("mlp", [dict(), dict(gated_mlp=True), dict(rms_norm=True, proj_bias=False, qk_norm=True),
-                                 dict(classifier="token_map", num_registers=0)])
+                                 dict(classifier="token_map", num_registers=0),
+                                 dict(posemb="sincos2d", posemb_grid=None, classifier="gap")])
 def test_a_vit_jax_model_with_registers_pre_norm_and_no_patch_bias_exports_exactly(tmp_path, mlp):
     """vit_jax layouts timm lacks go through identities: registers get zero position rows, a patch bias before a
     pre-norm moves into the table, a tanh GELU is timm's `gelu_tanh` (a SwiGLU MLP: DINOv2-g's SwiGLUPacked),
-    attention pooling over the class token too is `pool_include_prefix`; grayscale and [-1, 1] inputs are timm's
-    `in_chans=1` and mean = std = 0.5."""
+    attention pooling over the class token too is `pool_include_prefix`, a fixed sin-cos table is the learned table
+    of its values; grayscale and [-1, 1] inputs are timm's `in_chans=1` and mean = std = 0.5."""
     timm = import_timm()
     import torch
     from safetensors.numpy import save_file
@@ -216,11 +217,12 @@ def test_a_vit_jax_model_with_registers_pre_norm_and_no_patch_bias_exports_exact
     x = images((16, 16))[..., :1]
     params = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(0).standard_normal(a.shape).astype(np.float32),
                           model.init(jax.random.key(0), x, train=False)["params"])
-    from vit_jax.checkpoint.timm_export import timm_config
+    from vit_jax.checkpoint.timm_export import fixed_table_as_learned, timm_config
 
-    config = timm_config(model, Preprocess(image_size=(16, 16)), channels=1)
+    exported, exported_params = fixed_table_as_learned(model, params, (16, 16))  # as export_timm writes it
+    config = timm_config(exported, Preprocess(image_size=(16, 16)), channels=1)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    save_file(params_to_timm(params, model), str(tmp_path / "model.safetensors"))
+    save_file(params_to_timm(exported_params, exported), str(tmp_path / "model.safetensors"))
     reference = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     assert reference.pretrained_cfg["mean"] == [0.5] and reference.pretrained_cfg["std"] == [0.5]
     with torch.no_grad():

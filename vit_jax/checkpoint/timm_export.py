@@ -28,7 +28,7 @@ from vit_jax.checkpoint.timm_rope import rope_architecture
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.models.encoder import ENCODER
 from vit_jax.models.heads import num_prefix_tokens
-from vit_jax.models.posemb import antialiased, resize_posemb
+from vit_jax.models.posemb import antialiased, resize_posemb, sincos2d
 from vit_jax.models.rope import ROPE_KINDS, is_rope
 from vit_jax.models.vit import VisionTransformer, token_grid
 
@@ -198,6 +198,20 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
                               use_pre_transformer_norm=model.pre_norm, use_fc_norm=model.fc_norm,
                               scale_mlp=model.mlp_norm, scale_attn_inner=model.attention_norm, qk_norm=model.qk_norm,
                               attn_only_layer_scale=model.layer_scale_attention_only, **swiglu, **rope_args)
+
+def fixed_table_as_learned(model: VisionTransformer, params: dict[str, Any], image_size: tuple[int, int]
+                           ) -> tuple[VisionTransformer, dict[str, Any]]:
+    """A model with a fixed sin-cos table (big_vision's plain ViTs) as the same model with a learned table of its
+    values at `image_size`'s grid (zero rows for the class token, as vit_jax adds it): timm's and transformers'
+    ViTs learn their tables. Other models as they are."""
+    if model.posemb != "sincos2d":
+        return model, params
+    grid = token_grid(model, image_size)
+    rows = [np.zeros((num_prefix_tokens(model.classifier), model.hidden_size)), sincos2d(grid, model.hidden_size)]
+    table = np.concatenate(rows)[None].astype(np.float32)
+    encoder = {**params[ENCODER], "posembed_input": {"pos_embedding": table}}
+    return model.clone(posemb="learn", posemb_grid=grid), {**params, ENCODER: encoder}
+
 
 def at_export_grid(model: VisionTransformer, params: dict[str, Any], image_size: tuple[int, int]
                    ) -> tuple[VisionTransformer, dict[str, Any]]:
@@ -404,16 +418,19 @@ def _map_head_to_timm(head: dict[str, Any], width: int) -> dict[str, np.ndarray]
             **_dense("attn_pool.mlp.fc2", head["MlpBlock_0"]["Dense_1"])}
 
 
-def export_timm(checkpoint: str, out: str | Path, step: int | None = None) -> Path:
+def export_timm(checkpoint: str, out: str | Path, step: int | None = None,
+                image_size: tuple[int, int] | None = None) -> Path:
     """Writes `out/model.safetensors` and `out/config.json` for the model of `checkpoint` (anything
-    `load_trained_model` reads). Checks before writing anything."""
+    `load_trained_model` reads; `image_size` for an `.npz` file whose table does not say it). Checks before writing
+    anything."""
     from safetensors.numpy import save_file
 
     from vit_jax.checkpoint.hub import CONFIG, WEIGHTS
     from vit_jax.checkpoint.trained_model import load_trained_model
 
-    trained = load_trained_model(checkpoint, step=step)
-    model, params = at_export_grid(trained.model, trained.params, tuple(trained.preprocess.image_size))
+    trained = load_trained_model(checkpoint, step=step, image_size=image_size)
+    image_size = tuple(trained.preprocess.image_size)
+    model, params = at_export_grid(*fixed_table_as_learned(trained.model, trained.params, image_size), image_size)
     config = timm_config(model, trained.preprocess, trained.channels)
     state = params_to_timm(params, model)
     out = Path(out).expanduser()
@@ -423,16 +440,22 @@ def export_timm(checkpoint: str, out: str | Path, step: int | None = None) -> Pa
     return out
 
 
-def export_command(argv: list[str] | None, module: str, doc: str, export: Callable[[str, str, int | None], Path],
+def export_command(argv: list[str] | None, module: str, doc: str, export: Callable[..., Path],
                    files: tuple[str, ...]) -> int:
-    """An export's command line: `--checkpoint`, `--out`, `--step`; a one-line error (exit status 2) for bad input."""
+    """An export's command line: `--checkpoint`, `--out`, `--step`, `--image-size`; a one-line error (exit status 2)
+    for bad input."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz or a Hub checkpoint")
     parser.add_argument("--out", required=True, help=f"the directory to write {', '.join(files)} to")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="H [W]",
+                        help="an .npz file's image size where its table does not say it (a fixed sin-cos table)")
     args = parser.parse_args(argv)
     try:
-        out = export(args.checkpoint, args.out, args.step)
+        if args.image_size is not None and (len(args.image_size) not in (1, 2) or min(args.image_size) <= 0):
+            raise ValueError(f"--image-size {args.image_size}: expected one or two positive integers (H [W])")
+        size = None if args.image_size is None else tuple(args.image_size) * (3 - len(args.image_size))
+        out = export(args.checkpoint, args.out, args.step, size)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

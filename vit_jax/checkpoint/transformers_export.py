@@ -31,12 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax.checkpoint.timm_export import at_export_grid, export_command, params_to_timm, unit_mean_std
+from vit_jax.checkpoint.timm_export import (
+    at_export_grid,
+    export_command,
+    fixed_table_as_learned,
+    params_to_timm,
+    unit_mean_std,
+)
 from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG
 from vit_jax.data.preprocessing import RESIZE_METHODS, Preprocess
-from vit_jax.models.encoder import ENCODER
-from vit_jax.models.heads import num_prefix_tokens
-from vit_jax.models.posemb import sincos2d
 from vit_jax.models.vit import VisionTransformer, token_grid
 
 # what transformers' ViTForImageClassification runs: each option's only value there
@@ -91,20 +94,6 @@ def dinov2_mlp_ratio(model: VisionTransformer) -> int:
         else "MLP as hidden_size x mlp_ratio"
     raise ValueError(f"mlp_dim={model.mlp_dim}: transformers' DINOv2 sizes its {kind}, for a whole mlp_ratio; "
                      f"no ratio gives {model.mlp_dim} at hidden_size {model.hidden_size}")
-
-
-def fixed_table_as_learned(model: VisionTransformer, params: dict[str, Any], image_size: tuple[int, int]
-                           ) -> tuple[VisionTransformer, dict[str, Any]]:
-    """A model with a fixed sin-cos table (big_vision's plain ViTs) as the same model with a learned table of its
-    values at `image_size`'s grid (zero rows for the class token, as vit_jax adds it): transformers' models learn
-    their tables. Other models as they are."""
-    if model.posemb != "sincos2d":
-        return model, params
-    grid = token_grid(model, image_size)
-    rows = [np.zeros((num_prefix_tokens(model.classifier), model.hidden_size)), sincos2d(grid, model.hidden_size)]
-    table = np.concatenate(rows)[None].astype(np.float32)
-    encoder = {**params[ENCODER], "posembed_input": {"pos_embedding": table}}
-    return model.clone(posemb="learn", posemb_grid=grid), {**params, ENCODER: encoder}
 
 
 def _check_square_grid(family: str, image_size: tuple[int, int]) -> None:
