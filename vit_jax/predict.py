@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vit_jax.checkpoint.trained_model import TrainedModel, load_trained_model
+from vit_jax.checkpoint.trained_model import TrainedModel, image_size_argument, load_trained_model
 from vit_jax.data.image_files import UnreadableImageError, read_image
 
 
@@ -48,11 +48,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_from_arguments(args: argparse.Namespace) -> TrainedModel:
-    image_size = None
-    if args.image_size is not None:
-        if len(args.image_size) not in (1, 2) or min(args.image_size) <= 0:
-            raise ValueError(f"--image-size {args.image_size}: expected one or two positive integers (H [W])")
-        image_size = tuple(args.image_size) * (3 - len(args.image_size))
+    image_size = image_size_argument(args.image_size)
     return load_trained_model(args.checkpoint, workdir=args.workdir, npz=args.npz, step=args.step, variant=args.variant, image_size=image_size,
                               value_range=tuple(args.value_range), dataset=args.dataset, data_dir=args.data_dir)
 

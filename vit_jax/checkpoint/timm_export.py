@@ -199,6 +199,7 @@ def _eva(model: VisionTransformer, vit_args: dict[str, Any]) -> tuple[str, dict[
                               scale_mlp=model.mlp_norm, scale_attn_inner=model.attention_norm, qk_norm=model.qk_norm,
                               attn_only_layer_scale=model.layer_scale_attention_only, **swiglu, **rope_args)
 
+
 def fixed_table_as_learned(model: VisionTransformer, params: dict[str, Any], image_size: tuple[int, int]
                            ) -> tuple[VisionTransformer, dict[str, Any]]:
     """A model with a fixed sin-cos table (big_vision's plain ViTs) as the same model with a learned table of its
@@ -452,10 +453,9 @@ def export_command(argv: list[str] | None, module: str, doc: str, export: Callab
                         help="an .npz file's image size where its table does not say it (a fixed sin-cos table)")
     args = parser.parse_args(argv)
     try:
-        if args.image_size is not None and (len(args.image_size) not in (1, 2) or min(args.image_size) <= 0):
-            raise ValueError(f"--image-size {args.image_size}: expected one or two positive integers (H [W])")
-        size = None if args.image_size is None else tuple(args.image_size) * (3 - len(args.image_size))
-        out = export(args.checkpoint, args.out, args.step, size)
+        from vit_jax.checkpoint.trained_model import image_size_argument
+
+        out = export(args.checkpoint, args.out, args.step, image_size_argument(args.image_size))
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -84,6 +84,15 @@ def load_trained_model(checkpoint: str | Path | None = None, *, workdir: str | P
     return _from_npz(npz, variant, image_size, value_range, dataset, data_dir)
 
 
+def image_size_argument(values: Sequence[int] | None) -> tuple[int, int] | None:
+    """A command line's `--image-size H [W]` as `(H, W)`, or a ValueError naming the bad value."""
+    if values is None:
+        return None
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise ValueError(f"--image-size {list(values)}: expected one or two positive integers (H [W])")
+    return (values[0], values[-1])
+
+
 def checkpoint_kind(checkpoint: str | Path) -> str:
     """"hub" (timm's or transformers' layout), "workdir" or "npz": which of `load_trained_model`'s readers takes
     `checkpoint`, and so which of its options apply."""
