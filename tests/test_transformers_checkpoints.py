@@ -4,6 +4,7 @@ Hub's files have), read by vit_jax, and compared output for output; image proces
 pixel; the `hf-hub:` path through an offline Hub cache."""
 
 import json
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -362,10 +363,11 @@ def test_siglip2_naflex_batches_are_one_call_per_image_at_its_own_grid(model_cla
 
 
 @pytest.mark.xdist_group("transformers_checkpoints")
-def test_a_vit_jax_model_exports_as_transformers_vit(tmp_path):
+def test_a_vit_jax_model_exports_as_transformers_vit(tmp_path, monkeypatch, capsys):
     """`transformers_export` writes what `ViTForImageClassification.from_pretrained` loads with vit_jax's logits and
     `ViTImageProcessor` preprocesses as vit_jax does; vit_jax reads it back as the same model. A model transformers'
-    ViT cannot run is refused by name before anything is written."""
+    ViT cannot run is refused by name before anything is written; an export into an earlier one replaces its files
+    only once all are written."""
     import torch
     from PIL import Image
 
@@ -399,10 +401,28 @@ def test_a_vit_jax_model_exports_as_transformers_vit(tmp_path):
     save_npz(live_params(pooled, np.zeros((1, 24, 24, 3))), tmp_path / "map.npz")
     assert main([f"--checkpoint={tmp_path / 'map.npz'}", f"--out={tmp_path / 'refused'}"]) == 2
     assert not (tmp_path / "refused").exists()
+    assert main([f"--checkpoint={tmp_path / 'tiny.npz'}", f"--out={out / 'config.json'}"]) == 2
+    assert "config.json: an existing file; expected a directory" in capsys.readouterr().err
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    save_npz(jax.tree.map(lambda p: p * 2, live_params(model, np.zeros((1, 24, 24, 3)))), tmp_path / "other.npz")
+    from vit_jax.checkpoint import timm_export
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(timm_export, "json", SimpleNamespace(dumps=disk_full))  # after the weights, before a config
+    assert main([f"--checkpoint={tmp_path / 'other.npz'}", f"--out={out}"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier  # as it was, no partial files left
+    monkeypatch.undo()
+    assert main([f"--checkpoint={tmp_path / 'other.npz'}", f"--out={out}"]) == 0
+    assert "(replacing the earlier model.safetensors, config.json, preprocessor_config.json)" in capsys.readouterr().out
+    assert sorted(path.name for path in out.iterdir()) == sorted(earlier)
+    assert (out / "model.safetensors").read_bytes() != earlier["model.safetensors"]
 
 
 @pytest.mark.xdist_group("transformers_checkpoints")
-def test_dinov2_and_gap_models_export_as_transformers_dinov2_and_siglip_classifiers(tmp_path):
+def test_dinov2_and_gap_models_export_as_transformers_dinov2_and_siglip_classifiers(tmp_path, capsys):
     """A model with DINOv2's classifier (class token and mean patch token side by side) is written as
     `Dinov2ForImageClassification`, with registers as `Dinov2WithRegistersForImageClassification`, a mean-pooled one
     (the README's digits model: grayscale, no class token) as `SiglipForImageClassification`: every tensor loads
@@ -412,7 +432,7 @@ def test_dinov2_and_gap_models_export_as_transformers_dinov2_and_siglip_classifi
 
     from tests.conftest import TINY, live_params
     from vit_jax.checkpoint.npz import save_npz
-    from vit_jax.checkpoint.transformers_export import export_transformers
+    from vit_jax.checkpoint.transformers_export import export_transformers, main
     from vit_jax.models import create_model
 
     transformers = import_transformers()
@@ -446,3 +466,7 @@ def test_dinov2_and_gap_models_export_as_transformers_dinov2_and_siglip_classifi
     with pytest.raises(ValueError, match="mlp_dim=48: transformers' DINOv2 sizes its MLP as hidden_size x mlp_ratio"):
         export_transformers(str(tmp_path / "odd.npz"), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+    # the last model (sin-cos) at a non-square size: SigLIP's config has one image side
+    assert main([f"--checkpoint={tmp_path / 'dino.npz'}", f"--out={tmp_path / 'wide'}", "--image-size", "24", "32"]) == 2
+    assert "image size 24x32: transformers' SigLIP has square images" in capsys.readouterr().err
+    assert not (tmp_path / "wide").exists()

@@ -424,20 +424,36 @@ def export_timm(checkpoint: str, out: str | Path, step: int | None = None,
     """Writes `out/model.safetensors` and `out/config.json` for the model of `checkpoint` (anything
     `load_trained_model` reads; `image_size` for an `.npz` file whose table does not say it). Checks before writing
     anything."""
-    from safetensors.numpy import save_file
-
-    from vit_jax.checkpoint.hub import CONFIG, WEIGHTS
+    from vit_jax.checkpoint.hub import CONFIG
     from vit_jax.checkpoint.trained_model import load_trained_model
 
     trained = load_trained_model(checkpoint, step=step, image_size=image_size)
     image_size = tuple(trained.preprocess.image_size)
     model, params = at_export_grid(*fixed_table_as_learned(trained.model, trained.params, image_size), image_size)
     config = timm_config(model, trained.preprocess, trained.channels)
-    state = params_to_timm(params, model)
+    return write_export(out, params_to_timm(params, model), {CONFIG: config})
+
+
+def write_export(out: str | Path, state: dict[str, np.ndarray], configs: dict[str, dict[str, Any]],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Writes `model.safetensors` and the JSON `configs` into `out`, each under a temporary name first, renamed
+    once all are written: an export that fails or is interrupted leaves an earlier one in `out` as it was."""
+    from safetensors.numpy import save_file
+
+    from vit_jax.checkpoint.hub import WEIGHTS
+
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS))
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    partial = {name: out / f".{name}.partial" for name in (WEIGHTS, *configs)}
+    try:
+        save_file(state, str(partial[WEIGHTS]), metadata=metadata)
+        for name, config in configs.items():
+            partial[name].write_text(json.dumps(config, indent=2) + "\n")
+        for name, path in partial.items():
+            path.replace(out / name)
+    finally:
+        for path in partial.values():
+            path.unlink(missing_ok=True)
     return out
 
 
@@ -454,12 +470,15 @@ def export_command(argv: list[str] | None, module: str, doc: str, export: Callab
     args = parser.parse_args(argv)
     try:
         from vit_jax.checkpoint.trained_model import image_size_argument
+        from vit_jax.entry import check_output
 
+        earlier = [name for name in files if (check_output(args.out, "--out", directory=True) / name).exists()]
         out = export(args.checkpoint, args.out, args.step, image_size_argument(args.image_size))
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {', '.join(str(out / name) for name in files)}")
+    print(f"wrote {', '.join(str(out / name) for name in files)}"
+          + (f" (replacing the earlier {', '.join(earlier)})" if earlier else ""))
     return 0
 
 

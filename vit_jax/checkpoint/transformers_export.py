@@ -23,7 +23,6 @@ result back.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ from vit_jax.checkpoint.timm_export import (
     fixed_table_as_learned,
     params_to_timm,
     unit_mean_std,
+    write_export,
 )
 from vit_jax.checkpoint.transformers_layout import PREPROCESSOR_CONFIG
 from vit_jax.data.preprocessing import RESIZE_METHODS, Preprocess
@@ -234,9 +234,7 @@ def export_transformers(checkpoint: str, out: str | Path, step: int | None = Non
     """Writes `out/model.safetensors`, `out/config.json` and `out/preprocessor_config.json` for the model of
     `checkpoint` (anything `load_trained_model` reads; `image_size` for an `.npz` file whose table does not say
     it). Checks everything before writing anything."""
-    from safetensors.numpy import save_file
-
-    from vit_jax.checkpoint.hub import CONFIG, WEIGHTS
+    from vit_jax.checkpoint.hub import CONFIG
     from vit_jax.checkpoint.trained_model import load_trained_model
 
     trained = load_trained_model(checkpoint, step=step, image_size=image_size)
@@ -248,13 +246,8 @@ def export_transformers(checkpoint: str, out: str | Path, step: int | None = Non
     model, params = at_export_grid(model, params, image_size)
     config = transformers_config(model, image_size, trained.channels, tuple(trained.class_names))
     processor = processor_config(trained.preprocess, trained.channels)
-    state = params_to_transformers(params, model)
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    (out / PREPROCESSOR_CONFIG).write_text(json.dumps(processor, indent=2) + "\n")
-    return out
+    return write_export(out, params_to_transformers(params, model), {CONFIG: config, PREPROCESSOR_CONFIG: processor},
+                        metadata={"format": "pt"})
 
 
 def main(argv: list[str] | None = None) -> int:
