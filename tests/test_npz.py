@@ -37,6 +37,23 @@ def test_a_12_layer_vit_written_and_read_back_is_the_same_tree_bit_for_bit(tmp_p
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
 
+def test_a_failed_write_leaves_the_earlier_file_as_it_was(tmp_path, monkeypatch):
+    earlier = {"head": {"kernel": np.ones((3, 2), np.float32), "bias": np.zeros(2, np.float32)}}
+    save_npz(earlier, tmp_path / "head.npz")
+    written = (tmp_path / "head.npz").read_bytes()
+
+    def disk_full(file, **arrays):
+        file.write(b"PK\x03\x04 half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_npz(jax.tree.map(lambda a: a + 1, earlier), tmp_path / "head.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["head.npz"] and (tmp_path / "head.npz").read_bytes() == written
+    monkeypatch.undo()
+    jax.tree.map(np.testing.assert_array_equal, load_npz(tmp_path / "head.npz"), earlier)
+
+
 def test_written_files_have_the_released_layout_and_vision_transformers_loader_reads_them(tmp_path):
     from flax.training.checkpoints import convert_pre_linen  # what vision_transformer's checkpoint.load uses
 

@@ -229,14 +229,21 @@ def _with_class_row(tree: dict[str, Any]) -> dict[str, Any]:
 
 def save_npz(params: Mapping[str, Any], path: str | Path) -> None:
     """Writes `params` as the released vision_transformer files are laid out: per-layer blocks with pre-Linen
-    names and '/'-joined keys (the class-token row stays in `pos_embedding`)."""
+    names and '/'-joined keys (the class-token row stays in `pos_embedding`). Written under a temporary name and
+    renamed once whole, so that a failed write leaves an earlier file at `path` as it was."""
     params = dict(params)
     if SCANNED_BLOCKS in params.get(ENCODER, {}):
         params = unstack_encoder_blocks(params)
     flat = traverse_util.flatten_dict(_to_numpy(params))
     renamed = {"/".join(_pre_linen_path(key)): np.asarray(value) for key, value in flat.items()}
-    with open(path, "wb") as f:
-        np.savez(f, **renamed)
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb") as f:
+            np.savez(f, **renamed)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _pre_linen_path(path: tuple[str, ...]) -> tuple[str, ...]:
@@ -262,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="default: the latest")
     args = parser.parse_args(argv)
     try:
-        check_output(args.out, "--out")
+        out = check_output(args.out, "--out")
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     checkpoints = TrainCheckpoints(Path(args.workdir) / CHECKPOINT_DIR)
@@ -274,9 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = model_params(checkpoints.restore(step))
     except CheckpointReadError as error:
         parser.exit(2, f"error: {error}\n")
-    Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    save_npz(params, args.out)
-    print(f"wrote {args.out} (step {step} of {args.workdir})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_npz(params, out)
+    print(f"wrote {out} (step {step} of {args.workdir})")
     return 0
 
 
