@@ -664,3 +664,36 @@ def test_layer_decay_gives_each_parameter_timms_learning_rate_scale(saved, famil
         if not theirs.size:  # made by vit_jax (zero key biases where timm has none): timm has no rate for it
             continue
         assert theirs.size == 1 and theirs[0] == pytest.approx(ours, rel=1e-12), (path_string(path), theirs, ours)
+
+
+def test_knn_reads_timms_pre_logits_features_and_feeds_grayscale_digits_as_rgb(saved, digits_data_dir, capsys):
+    """`vit_jax.knn`'s representation of a checkpoint is timm's `forward_head(..., pre_logits=True)`: DINOv2's
+    class token (a headless checkpoint too), DeiT's two tokens averaged, SigLIP's attention pool; the digits
+    (grayscale, 8x8) reach the RGB model at its size with its mean and std, the gray value in every channel."""
+    import dataclasses
+
+    import torch
+
+    from vit_jax.data.sources import dataset_builder, open_split
+    from vit_jax.knn import main, representations
+
+    source = open_split(dataset_builder("sklearn_digits", digits_data_dir), "test")
+    first = [source[i] for i in range(6)]
+    for family in ("headless", "deit_distilled", "siglip"):
+        model, directory = saved[family]
+        trained = load_trained_model(directory)
+        features, labels = representations(trained, first, batch_size=4)
+        np.testing.assert_array_equal(labels, [e["label"] for e in first])
+        rgb = dataclasses.replace(trained.preprocess, channels=3)
+        pixels = np.stack([rgb.eval(example)["image"] for example in first])
+        assert pixels.shape == (6, *model.patch_embed.img_size, 3)
+        gray = pixels * np.asarray(rgb.std) + np.asarray(rgb.mean)  # the same value in every channel
+        np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-5)
+        assert np.ptp(gray) > 0.5
+        with torch.no_grad():
+            theirs = model.forward_head(model.forward_features(torch.from_numpy(pixels.transpose(0, 3, 1, 2))),
+                                        pre_logits=True).numpy()
+        np.testing.assert_allclose(features, theirs, atol=2e-5, rtol=1e-4, err_msg=family)
+    assert main([f"--checkpoint={saved['headless'][1]}", "--dataset=sklearn_digits", f"--data-dir={digits_data_dir}",
+                 "--k", "5", "--batch-size=128"]) == 0
+    assert "neighbours from train: 1,257), " in capsys.readouterr().out
