@@ -87,7 +87,8 @@ def test_the_readme_runs_representation_classifies_the_digits_by_its_neighbours(
 
     workdir, _ = readme_run
     out = tmp_path / "knn.json"
-    assert main([f"--checkpoint={workdir}", "--k", "1", "20", f"--out={out}", "--batch-size=100"]) == 0
+    assert main([f"--checkpoint={workdir}", "--k", "1", "20", f"--out={out}", "--batch-size=100",
+                 f"--features={tmp_path / 'features.npz'}"]) == 0
     printed = capsys.readouterr().out
     assert "k-NN on sklearn_digits (test: 360 images; neighbours from train: 1,257)" in printed
     report = json.loads(out.read_text())
@@ -98,6 +99,9 @@ def test_the_readme_runs_representation_classifies_the_digits_by_its_neighbours(
     train, train_labels = representations(trained, open_split(builder, "train"), 64)
     test, test_labels = representations(trained, open_split(builder, "test"), 64)
     assert train.shape == (1257, 64) and test.shape == (360, 64)
+    with np.load(tmp_path / "features.npz", allow_pickle=False) as saved:
+        for name, array in dict(train=train, train_labels=train_labels, test=test, test_labels=test_labels).items():
+            np.testing.assert_allclose(saved[name], array, rtol=1e-6, atol=1e-6, err_msg=name)
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     test_accuracy = [m["test/accuracy"] for m in logged if "test/accuracy" in m][-1]
     logits = test @ np.asarray(trained.params["head"]["kernel"]) + np.asarray(trained.params["head"]["bias"])

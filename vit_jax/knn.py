@@ -137,6 +137,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=DINO_TEMPERATURE)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default=None, help="a JSON file for the results")
+    parser.add_argument("--features", default=None, help="an .npz file for the representations and labels of both "
+                                                         "splits (train, train_labels, test, test_labels)")
     return parser.parse_args(argv)
 
 
@@ -166,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size <= 0 or not args.temperature > 0:
             raise ValueError(f"--batch-size {args.batch_size} / --temperature {args.temperature}: expected positive "
                              f"numbers")
-        out = None if args.out is None else check_output(args.out, "--out")
+        out, features = (None if path is None else check_output(path, flag)
+                         for path, flag in ((args.out, "--out"), (args.features, "--features")))
         data = _dataset_arguments(args)
         builder = dataset_builder(data["dataset"], data["data_dir"])
         num_train, num_test = (split_size(builder, data[split]) for split in ("train_split", "test_split"))
@@ -186,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'k':>5} {'top-1':>8} {'top-5':>8}")
     for result in results:
         print(f"{result.k:>5} {result.top1:>8.2%} {result.top5:>8.2%}")
+    if features is not None:
+        features.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(features, train=train, train_labels=train_labels, test=test, test_labels=test_labels)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"checkpoint": str(args.checkpoint), **data, "num_train": num_train,
