@@ -66,7 +66,7 @@ def test_bad_options_are_one_line_before_any_model_is_read(digits_data_dir, caps
         ([f"--checkpoint={missing}", *common, "--k", "0"], "--k 0: expected one or more neighbour counts from 1 to "
                                                            "the training split's 1257 images"),
         ([f"--checkpoint={missing}", *common, "--k", "10", "1258"], "--k 10 1258: expected"),
-        ([f"--checkpoint={missing}", *common, "--temperature=0"], "--temperature 0.0: expected positive"),
+        ([f"--checkpoint={missing}", *common, "--temperature=0"], "--temperature 0.0: expected a positive number"),
         ([f"--checkpoint={missing}", *common, "--train-split=training"], "unknown split 'training'"),
         ([f"--checkpoint={missing}"], "not a vit_jax workdir, so --dataset must say what to evaluate on"),
         ([f"--checkpoint={missing}", *common, f"--out={tmp_path}"], "an existing directory; expected a file path"),
@@ -83,7 +83,7 @@ def test_the_readme_runs_representation_classifies_the_digits_by_its_neighbours(
     class) and the figures are scikit-learn's on that representation."""
     from vit_jax.checkpoint.trained_model import load_trained_model
     from vit_jax.data.sources import dataset_builder, open_split
-    from vit_jax.knn import representations
+    from vit_jax.frozen_features import representations
 
     workdir, _ = readme_run
     out = tmp_path / "knn.json"

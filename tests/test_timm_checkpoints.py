@@ -675,7 +675,8 @@ def test_knn_reads_timms_pre_logits_features_and_feeds_grayscale_digits_as_rgb(s
     import torch
 
     from vit_jax.data.sources import dataset_builder, open_split
-    from vit_jax.knn import main, representations
+    from vit_jax.frozen_features import representations
+    from vit_jax.knn import main
 
     source = open_split(dataset_builder("sklearn_digits", digits_data_dir), "test")
     first = [source[i] for i in range(6)]

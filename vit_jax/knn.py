@@ -13,22 +13,23 @@ representation alone. A workdir evaluates on its own run's dataset and splits un
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.checkpoint.adapt import HEADS
-from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, image_size_argument, load_trained_model
-from vit_jax.data.pipeline import eval_batches
-from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, replicated, to_global
+from vit_jax.frozen_features import (
+    argument_parser,
+    load_model,
+    open_data,
+    save_features,
+    split_representations,
+    write_json,
+)
 
 DINO_KS = (10, 20, 100, 200)
 DINO_TEMPERATURE = 0.07
@@ -40,31 +41,6 @@ class KnnResult:
     k: int
     top1: float
     top5: float
-
-
-def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """`(N, D)` float32 representations (what the head reads) and `(N,)` labels of every example of `source`, in
-    order, each batch split over this process's devices. A grayscale dataset is fed to an RGB model as timm feeds
-    it (the gray value in every channel); a NaFlex checkpoint is evaluated at its fixed image size."""
-    if jax.process_count() > 1:
-        raise ValueError(f"k-NN evaluation runs in one process (this is one of {jax.process_count()}); it uses all "
-                         f"of that process's devices")
-    mesh = make_mesh([(DATA_AXIS, -1)])
-    devices = mesh.shape[DATA_AXIS]
-    batch_size = -(-batch_size // devices) * devices
-    data, everywhere = batch_sharding(mesh), replicated(mesh)
-    model = trained.model.clone(num_classes=0)  # returns the representation
-    params = jax.device_put({name: p for name, p in trained.params.items() if name not in HEADS}, everywhere)
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False).astype(jnp.float32),
-                      in_shardings=(everywhere, data), out_shardings=everywhere)
-    preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
-    features, labels = [], []
-    for batch in eval_batches(source, preprocess, batch_size=batch_size):
-        real = batch["mask"] > 0
-        features.append(np.asarray(forward(params, to_global({"image": batch["image"]}, data)["image"]))[real])
-        labels.append(batch["label"][real])
-    return np.concatenate(features), np.concatenate(labels).astype(np.int32)
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
@@ -121,83 +97,39 @@ def check_ks(ks: Sequence[int], num_train: int) -> None:
                          f"training split's {num_train} images")
 
 
-def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vit_jax.knn", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz file or a Hub checkpoint "
-                                                            "(hf-hub:OWNER/NAME, a Hub-layout directory, .safetensors)")
-    parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="H [W]",
-                        help="npz: the image size (default: the position table's grid times the patch size)")
-    parser.add_argument("--dataset", default=None, help="a prepared TFDS dataset, a built-in one or "
-                                                        "folder:/path (default for a workdir: its run's)")
-    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default for a workdir: its run's)")
-    parser.add_argument("--train-split", default=None, help="the neighbours' split (default: train, or the run's)")
-    parser.add_argument("--test-split", default=None, help="the split classified (default: test, or the run's)")
-    parser.add_argument("--k", type=int, nargs="+", default=list(DINO_KS), help="neighbour counts (default: DINO's)")
-    parser.add_argument("--temperature", type=float, default=DINO_TEMPERATURE)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--out", default=None, help="a JSON file for the results")
-    parser.add_argument("--features", default=None, help="an .npz file for the representations and labels of both "
-                                                         "splits (train, train_labels, test, test_labels)")
-    return parser.parse_args(argv)
-
-
-def _dataset_arguments(args: argparse.Namespace) -> dict[str, str | None]:
-    """The dataset, data dir and splits: as given, else a workdir's run's, else train / test."""
-    run: dict[str, Any] = {}
-    if checkpoint_kind(args.checkpoint) == "workdir":
-        from vit_jax.config import saved_config
-
-        run = saved_config(args.checkpoint).to_dict()
-    chosen = {"dataset": args.dataset or run.get("dataset"), "data_dir": args.data_dir or run.get("data_dir"),
-              "train_split": args.train_split or run.get("train_split", "train"),
-              "test_split": args.test_split or run.get("test_split", "test")}
-    if chosen["dataset"] is None:
-        raise ValueError(f"{args.checkpoint}: not a vit_jax workdir, so --dataset must say what to evaluate on")
-    return chosen
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from vit_jax.console import quiet_logging
-    from vit_jax.data.sources import dataset_builder, dataset_spec, open_split, split_size
-    from vit_jax.entry import check_output
 
-    args = _arguments(argv)
+    parser = argument_parser("python -m vit_jax.knn", __doc__, {
+        "train": "the neighbours' split (default: train, or the run's)",
+        "test": "the split classified (default: test, or the run's)"})
+    parser.add_argument("--k", type=int, nargs="+", default=list(DINO_KS), help="neighbour counts (default: DINO's)")
+    parser.add_argument("--temperature", type=float, default=DINO_TEMPERATURE)
+    args = parser.parse_args(argv)
     quiet_logging()
     try:
-        if args.batch_size <= 0 or not args.temperature > 0:
-            raise ValueError(f"--batch-size {args.batch_size} / --temperature {args.temperature}: expected positive "
-                             f"numbers")
-        out, features = (None if path is None else check_output(path, flag)
-                         for path, flag in ((args.out, "--out"), (args.features, "--features")))
-        data = _dataset_arguments(args)
-        builder = dataset_builder(data["dataset"], data["data_dir"])
-        num_train, num_test = (split_size(builder, data[split]) for split in ("train_split", "test_split"))
-        check_ks(args.k, num_train)
-        trained = load_trained_model(args.checkpoint, step=args.step, image_size=image_size_argument(args.image_size))
-        splits = [open_split(builder, data[split]) for split in ("train_split", "test_split")]
+        if not args.temperature > 0:
+            raise ValueError(f"--temperature {args.temperature}: expected a positive number")
+        data = open_data(args, {"train": "train", "test": "test"})
+        check_ks(args.k, data.sizes["train"])
+        trained = load_model(args)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    (train, train_labels), (test, test_labels) = (representations(trained, split, args.batch_size)
-                                                  for split in splits)
-    results = knn_accuracy(train, train_labels, test, test_labels, args.k, args.temperature,
-                           dataset_spec(builder).num_classes)
-    print(f"k-NN on {data['dataset']} ({data['test_split']}: {num_test:,} images; neighbours from "
-          f"{data['train_split']}: {num_train:,}), {trained.source}'s {train.shape[1]}-wide representation, "
+    features = split_representations(trained, data, args.batch_size)
+    (train, train_labels), (test, test_labels) = features["train"], features["test"]
+    results = knn_accuracy(train, train_labels, test, test_labels, args.k, args.temperature, data.num_classes)
+    print(f"k-NN on {data.dataset} ({data.splits['test']}: {len(test):,} images; neighbours from "
+          f"{data.splits['train']}: {len(train):,}), {trained.source}'s {train.shape[1]}-wide representation, "
           f"temperature {args.temperature}")
     print(f"{'k':>5} {'top-1':>8} {'top-5':>8}")
     for result in results:
         print(f"{result.k:>5} {result.top1:>8.2%} {result.top5:>8.2%}")
-    if features is not None:
-        features.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(features, train=train, train_labels=train_labels, test=test, test_labels=test_labels)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"checkpoint": str(args.checkpoint), **data, "num_train": num_train,
-                                   "num_test": num_test, "width": int(train.shape[1]),
-                                   "temperature": args.temperature,
-                                   "results": [dataclasses.asdict(r) for r in results]}, indent=2) + "\n")
+    if args.features is not None:
+        save_features(args.features, features)
+    if args.out is not None:
+        write_json(args.out, {"checkpoint": str(args.checkpoint), **data.describe(), "width": int(train.shape[1]),
+                              "temperature": args.temperature, "results": [dataclasses.asdict(r) for r in results]})
     return 0
 
 

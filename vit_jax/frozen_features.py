@@ -1,0 +1,143 @@
+"""A checkpoint's representation of a dataset's splits, for evaluations that train nothing in the backbone (k-NN,
+linear probes): the command line they share, the choice of dataset and splits, and the extraction.
+
+The representation is what the checkpoint's head reads (timm's `forward_head(..., pre_logits=True)`: the pooled
+token after `fc_norm` / `pre_logits`; a DINOv2 or CLIP tower's embedding), through the checkpoint's evaluation
+view. A workdir brings its run's dataset, data dir and splits; any other checkpoint names `--dataset`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.checkpoint.adapt import HEADS
+from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, image_size_argument, load_trained_model
+from vit_jax.data.pipeline import eval_batches
+from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, replicated, to_global
+
+
+def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """`(N, D)` float32 representations and `(N,)` labels of every example of `source`, in order, each batch split
+    over this process's devices. A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in
+    every channel); a NaFlex checkpoint is evaluated at its fixed image size."""
+    if jax.process_count() > 1:
+        raise ValueError(f"frozen-feature evaluation runs in one process (this is one of {jax.process_count()}); "
+                         f"it uses all of that process's devices")
+    mesh = make_mesh([(DATA_AXIS, -1)])
+    devices = mesh.shape[DATA_AXIS]
+    batch_size = -(-batch_size // devices) * devices
+    data, everywhere = batch_sharding(mesh), replicated(mesh)
+    model = trained.model.clone(num_classes=0)  # returns the representation
+    params = jax.device_put({name: p for name, p in trained.params.items() if name not in HEADS}, everywhere)
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False).astype(jnp.float32),
+                      in_shardings=(everywhere, data), out_shardings=everywhere)
+    preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
+    features, labels = [], []
+    for batch in eval_batches(source, preprocess, batch_size=batch_size):
+        real = batch["mask"] > 0
+        features.append(np.asarray(forward(params, to_global({"image": batch["image"]}, data)["image"]))[real])
+        labels.append(batch["label"][real])
+    return np.concatenate(features), np.concatenate(labels).astype(np.int32)
+
+
+def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The options every frozen-feature command takes; `splits`: each split's role -> what its help says."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz file or a Hub checkpoint "
+                                                            "(hf-hub:OWNER/NAME, a Hub-layout directory, .safetensors)")
+    parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
+    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="H [W]",
+                        help="npz: the image size (default: the position table's grid times the patch size)")
+    parser.add_argument("--dataset", default=None, help="a prepared TFDS dataset, a built-in one or "
+                                                        "folder:/path (default for a workdir: its run's)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default for a workdir: its run's)")
+    for role, help_text in splits.items():
+        parser.add_argument(f"--{role}-split", default=None, help=help_text)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", default=None, help="a JSON file for the results")
+    parser.add_argument("--features", default=None, help="an .npz file for the representations and labels of "
+                                                         "each split (NAME, NAME_labels)")
+    return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenData:
+    """The dataset a frozen-feature evaluation reads, checked before any model is: its splits by role."""
+    dataset: str
+    data_dir: str | None
+    splits: dict[str, str]  # role ("train", "test", ...) -> split name
+    sizes: dict[str, int]
+    num_classes: int
+    builder: Any
+
+    def describe(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "data_dir": self.data_dir,
+                **{f"{role}_split": split for role, split in self.splits.items()},
+                **{f"num_{role}": size for role, size in self.sizes.items()}}
+
+
+def open_data(args: argparse.Namespace, defaults: Mapping[str, str]) -> FrozenData:
+    """The dataset and splits: as given, else a workdir's run's (`{role}_split` in its config), else `defaults`
+    (role -> split). A bad batch size, output path, dataset or split is a ValueError before anything is read."""
+    from vit_jax.data.sources import dataset_builder, dataset_spec, split_size
+    from vit_jax.entry import check_output
+
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
+    for path, flag in ((args.out, "--out"), (args.features, "--features")):
+        if path is not None:
+            check_output(path, flag)
+    run: dict[str, Any] = {}
+    if checkpoint_kind(args.checkpoint) == "workdir":
+        from vit_jax.config import saved_config
+
+        run = saved_config(args.checkpoint).to_dict()
+    dataset = args.dataset or run.get("dataset")
+    if dataset is None:
+        raise ValueError(f"{args.checkpoint}: not a vit_jax workdir, so --dataset must say what to evaluate on")
+    data_dir = args.data_dir or run.get("data_dir")
+    splits = {role: getattr(args, f"{role}_split") or run.get(f"{role}_split") or split
+              for role, split in defaults.items()}
+    builder = dataset_builder(dataset, data_dir)
+    sizes = {role: split_size(builder, split) for role, split in splits.items()}
+    return FrozenData(dataset, data_dir, splits, sizes, dataset_spec(builder).num_classes, builder)
+
+
+def load_model(args: argparse.Namespace) -> TrainedModel:
+    return load_trained_model(args.checkpoint, step=args.step, image_size=image_size_argument(args.image_size))
+
+
+def split_representations(trained: TrainedModel, data: FrozenData, batch_size: int
+                          ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """role -> (representations, labels) of each split of `data`."""
+    from vit_jax.data.sources import open_split
+
+    return {role: representations(trained, open_split(data.builder, split), batch_size)
+            for role, split in data.splits.items()}
+
+
+def save_features(path: str | Path, features: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Each split's representations under its role's name and its labels as `ROLE_labels` (plain arrays: no
+    pickling)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for role, (x, labels) in features.items():
+        arrays[role], arrays[f"{role}_labels"] = x, labels
+    np.savez(path, **arrays)
+
+
+def write_json(path: str | Path, results: Mapping[str, Any]) -> None:
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
