@@ -137,7 +137,15 @@ def save_features(path: str | Path, features: Mapping[str, tuple[np.ndarray, np.
     np.savez(path, **arrays)
 
 
-def write_json(path: str | Path, results: Mapping[str, Any]) -> None:
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+def save_outputs(args: argparse.Namespace, data: FrozenData, features: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                 results: Mapping[str, Any]) -> None:
+    """What `--features` and `--out` ask for: the representations, and `results` beside the checkpoint, the
+    dataset, its splits and the representation's width, as JSON."""
+    if args.features is not None:
+        save_features(args.features, features)
+    if args.out is not None:
+        path = Path(args.out).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        width = next(iter(features.values()))[0].shape[1]
+        report = {"checkpoint": str(args.checkpoint), **data.describe(), "width": int(width), **results}
+        path.write_text(json.dumps(report, indent=2) + "\n")

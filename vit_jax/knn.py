@@ -22,14 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.frozen_features import (
-    argument_parser,
-    load_model,
-    open_data,
-    save_features,
-    split_representations,
-    write_json,
-)
+from vit_jax import frozen_features
 
 DINO_KS = (10, 20, 100, 200)
 DINO_TEMPERATURE = 0.07
@@ -100,7 +93,7 @@ def check_ks(ks: Sequence[int], num_train: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from vit_jax.console import quiet_logging
 
-    parser = argument_parser("python -m vit_jax.knn", __doc__, {
+    parser = frozen_features.argument_parser("python -m vit_jax.knn", __doc__, {
         "train": "the neighbours' split (default: train, or the run's)",
         "test": "the split classified (default: test, or the run's)"})
     parser.add_argument("--k", type=int, nargs="+", default=list(DINO_KS), help="neighbour counts (default: DINO's)")
@@ -110,13 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.temperature > 0:
             raise ValueError(f"--temperature {args.temperature}: expected a positive number")
-        data = open_data(args, {"train": "train", "test": "test"})
+        data = frozen_features.open_data(args, {"train": "train", "test": "test"})
         check_ks(args.k, data.sizes["train"])
-        trained = load_model(args)
+        trained = frozen_features.load_model(args)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    features = split_representations(trained, data, args.batch_size)
+    features = frozen_features.split_representations(trained, data, args.batch_size)
     (train, train_labels), (test, test_labels) = features["train"], features["test"]
     results = knn_accuracy(train, train_labels, test, test_labels, args.k, args.temperature, data.num_classes)
     print(f"k-NN on {data.dataset} ({data.splits['test']}: {len(test):,} images; neighbours from "
@@ -125,11 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'k':>5} {'top-1':>8} {'top-5':>8}")
     for result in results:
         print(f"{result.k:>5} {result.top1:>8.2%} {result.top5:>8.2%}")
-    if args.features is not None:
-        save_features(args.features, features)
-    if args.out is not None:
-        write_json(args.out, {"checkpoint": str(args.checkpoint), **data.describe(), "width": int(train.shape[1]),
-                              "temperature": args.temperature, "results": [dataclasses.asdict(r) for r in results]})
+    frozen_features.save_outputs(args, data, features, {"temperature": args.temperature,
+                                                        "results": [dataclasses.asdict(r) for r in results]})
     return 0
 
 

@@ -24,14 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax.frozen_features import (
-    argument_parser,
-    load_model,
-    open_data,
-    save_features,
-    split_representations,
-    write_json,
-)
+from vit_jax import frozen_features
 
 DINOV2_CS = tuple(float(c) for c in 10.0 ** np.linspace(-6, 5, 45))  # dinov2/eval/log_regression.py's C_POWER_RANGE
 TOLERANCE = 1e-5  # the largest gradient entry of the mean objective at convergence (float32)
@@ -130,7 +123,7 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndar
 def main(argv: Sequence[str] | None = None) -> int:
     from vit_jax.console import quiet_logging
 
-    parser = argument_parser("python -m vit_jax.linear_probe", __doc__, {
+    parser = frozen_features.argument_parser("python -m vit_jax.linear_probe", __doc__, {
         "train": "the split fitted (default: train, or the run's)",
         "eval": "the split that chooses C (default: validation, or the run's eval_split)",
         "test": "the split reported (default: test, or the run's)"})
@@ -141,12 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not all(c > 0 for c in args.cs):
             raise ValueError(f"--C {' '.join(map(str, args.cs))}: expected positive numbers")
-        data = open_data(args, {"train": "train", "eval": "validation", "test": "test"})
-        trained = load_model(args)
+        data = frozen_features.open_data(args, {"train": "train", "eval": "validation", "test": "test"})
+        trained = frozen_features.load_model(args)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    features = split_representations(trained, data, args.batch_size)
+    features = frozen_features.split_representations(trained, data, args.batch_size)
     result = linear_probe(features["train"], features["eval"], features["test"], data.num_classes, args.cs)
     best = result.best
     print(f"linear probe on {data.dataset} ({data.splits['test']}: {data.sizes['test']:,} images), "
@@ -154,13 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({data.sizes['train']:,}), C chosen on {data.splits['eval']} ({data.sizes['eval']:,})")
     print(f"C = {best.c:.3g} (validation top-1 {max(s for _, s in result.validation):.2%}; "
           f"{best.iterations} L-BFGS iterations): test top-1 {result.top1:.2%}, top-5 {result.top5:.2%}")
-    if args.features is not None:
-        save_features(args.features, features)
-    if args.out is not None:
-        write_json(args.out, {"checkpoint": str(args.checkpoint), **data.describe(),
-                              "width": int(best.kernel.shape[0]), "c": best.c, "iterations": best.iterations,
-                              "top1": result.top1, "top5": result.top5,
-                              "validation": [{"c": c, "top1": s} for c, s in result.validation]})
+    frozen_features.save_outputs(args, data, features, {
+        "c": best.c, "iterations": best.iterations, "top1": result.top1, "top5": result.top5,
+        "validation": [{"c": c, "top1": s} for c, s in result.validation]})
     return 0
 
 
