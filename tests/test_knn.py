@@ -111,3 +111,9 @@ def test_the_readme_runs_representation_classifies_the_digits_by_its_neighbours(
         assert (result["top1"], result["top5"]) == pytest.approx(expected, abs=1e-12)
         assert f"{result['k']:>5} {result['top1']:>8.2%} {result['top5']:>8.2%}" in printed
     assert report["results"][1]["top1"] >= 0.95
+    # in bfloat16 (float32 parameters): the same directions to bfloat16's precision, the same neighbours but a few
+    low, _ = representations(trained, open_split(builder, "test"), 64, dtype="bfloat16")
+    assert np.min(np.sum(normalised(low) * normalised(test), axis=1)) > 0.999
+    assert not np.array_equal(low, test)
+    [bf16] = knn_accuracy(train, train_labels, low, test_labels, [20], num_classes=10)
+    assert abs(bf16.top1 - report["results"][1]["top1"]) <= 3 / 360

@@ -25,11 +25,14 @@ from vit_jax.data.pipeline import eval_batches
 from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, replicated, to_global
 
 
-def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int,
+                    dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
     """`(N, D)` float32 representations and `(N,)` labels of every example of `source`, in order, each batch split
-    over this process's devices. A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in
-    every channel); a NaFlex checkpoint is evaluated at its fixed image size."""
+    over this process's devices; `dtype="bfloat16"` computes in bfloat16 (float32 parameters, as training's mixed
+    precision). A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in every channel); a
+    NaFlex checkpoint is evaluated at its fixed image size."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
     if jax.process_count() > 1:
         raise ValueError(f"frozen-feature evaluation runs in one process (this is one of {jax.process_count()}); "
                          f"it uses all of that process's devices")
@@ -37,7 +40,8 @@ def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], bat
     devices = mesh.shape[DATA_AXIS]
     batch_size = -(-batch_size // devices) * devices
     data, everywhere = batch_sharding(mesh), replicated(mesh)
-    model = trained.model.clone(num_classes=0)  # returns the representation
+    model = trained.model.clone(num_classes=0, dtype=None if dtype == "float32" else jnp.dtype(dtype))  # returns
+    # the representation
     params = jax.device_put({name: p for name, p in trained.params.items() if name not in HEADS}, everywhere)
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False).astype(jnp.float32),
                       in_shardings=(everywhere, data), out_shardings=everywhere)
@@ -48,6 +52,9 @@ def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], bat
         features.append(np.asarray(forward(params, to_global({"image": batch["image"]}, data)["image"]))[real])
         labels.append(batch["label"][real])
     return np.concatenate(features), np.concatenate(labels).astype(np.int32)
+
+
+DTYPES = ("float32", "bfloat16")
 
 
 def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -64,6 +71,8 @@ def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.
     for role, help_text in splits.items():
         parser.add_argument(f"--{role}-split", default=None, help=help_text)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="the forward pass's compute type (bfloat16: the matrix units' type on GPUs and TPUs)")
     parser.add_argument("--out", default=None, help="a JSON file for the results")
     parser.add_argument("--features", default=None, help="an .npz file for the representations and labels of "
                                                          "each split (NAME, NAME_labels)")
@@ -117,12 +126,12 @@ def load_model(args: argparse.Namespace) -> TrainedModel:
     return load_trained_model(args.checkpoint, step=args.step, image_size=image_size_argument(args.image_size))
 
 
-def split_representations(trained: TrainedModel, data: FrozenData, batch_size: int
+def split_representations(trained: TrainedModel, data: FrozenData, batch_size: int, dtype: str = "float32"
                           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """role -> (representations, labels) of each split of `data`."""
     from vit_jax.data.sources import open_split
 
-    return {role: representations(trained, open_split(data.builder, split), batch_size)
+    return {role: representations(trained, open_split(data.builder, split), batch_size, dtype)
             for role, split in data.splits.items()}
 
 

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    features = frozen_features.split_representations(trained, data, args.batch_size)
+    features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype)
     (train, train_labels), (test, test_labels) = features["train"], features["test"]
     results = knn_accuracy(train, train_labels, test, test_labels, args.k, args.temperature, data.num_classes)
     print(f"k-NN on {data.dataset} ({data.splits['test']}: {len(test):,} images; neighbours from "
