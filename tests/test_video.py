@@ -9,6 +9,7 @@ from tests.conftest import TINY, load_config_file, perturbed, tiny_digits_config
 from vit_jax import config_validation as cv
 from vit_jax.build import set_up
 from vit_jax.checkpoint.npz import save_npz
+from vit_jax.checkpoint.trained_model import load_trained_model
 from vit_jax.config import build_model
 from vit_jax.metric_writers import read_metrics
 from vit_jax.models import create_model
@@ -105,12 +106,27 @@ def test_set_up_inits_with_whole_clips(moving_digits_data_dir):
 
 
 @pytest.mark.slow
-def test_configs_video_learns_the_direction_of_motion(tmp_path, moving_digits_data_dir):
+def test_configs_video_learns_the_direction_of_motion(tmp_path, moving_digits_data_dir, capsys):
+    """The run learns; its workdir then loads as a trained model (its tubelet kernel's channels, its table at the
+    videos' grid): the representation the k-NN command extracts, through the head, gives the run's test accuracy;
+    the commands that read image files refuse it in one line."""
+    from vit_jax import knn, predict
+
     config = video_config(moving_digits_data_dir, "num_steps=50,optimizer.warmup_steps=20,eval_every=50,"
                                                   "checkpoint_every=50,log_every=25,model.num_layers=2")  # 99% here
     results = train_and_evaluate(config, tmp_path)
     assert results["test/num_examples"] == 1440
     assert results["test/accuracy"] > 0.8  # chance: 0.25, and no single frame tells the direction
+    assert knn.main([f"--checkpoint={tmp_path}", "--k", "5", f"--features={tmp_path / 'features.npz'}"]) == 0
+    assert "k-NN on moving_digits (test: 1,440 images; neighbours from train: 5,028)" in capsys.readouterr().out
+    trained = load_trained_model(tmp_path)
+    assert trained.channels == 1
+    with np.load(tmp_path / "features.npz") as features:
+        logits = features["test"] @ np.asarray(trained.params["head"]["kernel"]) + trained.params["head"]["bias"]
+        assert np.mean(np.argmax(logits, 1) == features["test_labels"]) == pytest.approx(results["test/accuracy"])
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([f"--checkpoint={tmp_path}", "frame.png"])
+    assert "is a video model (tubelet_size=2); this command reads image files" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -48,9 +48,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_from_arguments(args: argparse.Namespace) -> TrainedModel:
+    """The model the options name; a ValueError for a video model (these commands read image files)."""
     image_size = image_size_argument(args.image_size)
-    return load_trained_model(args.checkpoint, workdir=args.workdir, npz=args.npz, step=args.step, variant=args.variant, image_size=image_size,
-                              value_range=tuple(args.value_range), dataset=args.dataset, data_dir=args.data_dir)
+    trained = load_trained_model(args.checkpoint, workdir=args.workdir, npz=args.npz, step=args.step,
+                                 variant=args.variant, image_size=image_size, value_range=tuple(args.value_range),
+                                 dataset=args.dataset, data_dir=args.data_dir)
+    if trained.model.tubelet_size is not None:
+        raise ValueError(f"{trained.source} is a video model (tubelet_size={trained.model.tubelet_size!r}); "
+                         f"this command reads image files")
+    return trained
 
 
 def preprocessed(trained: TrainedModel, path: str | Path) -> np.ndarray:

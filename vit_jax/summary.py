@@ -106,6 +106,9 @@ def forward_flops(model: VisionTransformer, image_shape: Sequence[int], params: 
 
 def summarize(model: VisionTransformer, image_shape: Sequence[int], name: str = "ViT") -> ModelSummary:
     image_shape = tuple(image_shape)
+    if model.tubelet_size is not None:
+        raise ValueError(f"{name} is a video model (tubelet_size={model.tubelet_size!r}); summaries are of "
+                         f"image models")
     grid = token_grid(model, image_shape[:2])  # the clear size error, before tracing
     params = param_shapes(model, image_shape)
     return ModelSummary(

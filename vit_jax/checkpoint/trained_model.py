@@ -130,7 +130,8 @@ def _from_workdir(workdir: Path, step: int | None) -> TrainedModel:
     params = _unstacked(pretrained.params)
     model = build_model(config.model, num_classes=_num_classes(params)).clone(scan=False, dtype=None, remat=False)
     image_size = tuple(config.image_size)
-    if model.posemb == "learn" and model.posemb_grid is None:
+    if model.posemb == "learn" and model.posemb_grid is None and model.tubelet_size is None:  # a video model's
+        # table is sized by its input's (frames, rows, columns) grid, as in training
         model = model.clone(posemb_grid=token_grid(model, image_size))
     optional = lambda name: None if config.pp.get(name) is None else tuple(config.pp[name])
     preprocess = Preprocess(image_size=image_size, value_range=tuple(config.pp.value_range),
@@ -340,7 +341,7 @@ def _num_classes(params: Mapping[str, Any]) -> int | None:
 
 def _channels(params: Mapping[str, Any]) -> int:
     first_layer = params["conv_root"] if "conv_root" in params else params["embedding"]  # the one that sees pixels
-    return int(np.shape(first_layer["kernel"])[2])
+    return int(np.shape(first_layer["kernel"])[-2])  # (h, w, C, D), a tubelet kernel (t, h, w, C, D)
 
 
 def _numbered(num_classes: int | None) -> tuple[str, ...]:
