@@ -1,5 +1,4 @@
-"""Linear probe of a checkpoint's representation: L2-regularised logistic regression on frozen features, as CLIP's
-and DINOv2's `log_regression` evaluations run it.
+"""Linear probe of a checkpoint's representation: logistic regression on frozen features, as CLIP and DINOv2 run it.
 
     python -m vit_jax.linear_probe --checkpoint=workdirs/digits
     python -m vit_jax.linear_probe --checkpoint=hf-hub:timm/vit_small_patch14_dinov2.lvd142m --dataset=NAME
@@ -127,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": "the split fitted (default: train, or the run's)",
         "eval": "the split that chooses C (default: validation, or the run's eval_split)",
         "test": "the split reported (default: test, or the run's)"})
-    parser.add_argument("--C", type=float, nargs="+", default=list(DINOV2_CS), dest="cs",
+    parser.add_argument("--C", type=float, nargs="+", default=list(DINOV2_CS), dest="cs", metavar="C",
                         help="inverse regularisation strengths to try (default: DINOv2's 45, 1e-6 to 1e5)")
     args = parser.parse_args(argv)
     quiet_logging()
