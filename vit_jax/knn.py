@@ -46,7 +46,8 @@ def normalised(features: np.ndarray) -> np.ndarray:
 def _correct(test: jax.Array, test_labels: jax.Array, bank: jax.Array, bank_labels: jax.Array, temperature: float,
              ks: tuple[int, ...], num_classes: int) -> jax.Array:
     """`(len(ks), 2)` counts of test rows whose label is first / among the first `TOP` by weighted votes."""
-    similarity, index = jax.lax.top_k(test @ bank.T, max(ks))
+    # full float32 products: TPUs (bfloat16 passes) and GPUs (TF32) would otherwise round the similarities
+    similarity, index = jax.lax.top_k(jnp.matmul(test, bank.T, precision=jax.lax.Precision.HIGHEST), max(ks))
     weights, neighbours = jnp.exp(similarity / temperature), bank_labels[index]
     rows = jnp.arange(test.shape[0])[:, None]
     counts = []

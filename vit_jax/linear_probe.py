@@ -44,7 +44,8 @@ class Fit:
 
 def _objective(params: dict[str, jax.Array], x: jax.Array, y: jax.Array, penalty: jax.Array) -> jax.Array:
     """Mean cross-entropy plus `penalty / 2 * |W|^2`: scikit-learn's objective divided by `C * N`."""
-    logits = x @ params["kernel"] + params["bias"]
+    # full float32 products: TF32 (GPUs) or bfloat16 passes (TPUs) would leave L-BFGS short of its tolerance
+    logits = jnp.matmul(x, params["kernel"], precision=jax.lax.Precision.HIGHEST) + params["bias"]
     nll = jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
     return jnp.mean(nll) + 0.5 * penalty * jnp.sum(params["kernel"] ** 2)
 
