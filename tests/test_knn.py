@@ -57,6 +57,8 @@ def test_one_close_neighbour_outvotes_two_far_ones():
     assert (first.top1, second.top1) == (1.0, 1.0)
     [unvoted] = knn_accuracy(train, labels, test[:1], np.array([2]), ks=[3], temperature=0.07)  # class 2 is 4th
     assert (unvoted.top1, unvoted.top5) == (0.0, 0.0)
+    [cold] = knn_accuracy(train, labels, test[:1], np.array([1]), ks=[3], temperature=0.005)  # e^198: no overflow
+    assert (cold.top1, cold.top5) == (1.0, 1.0)
 
 
 def test_bad_options_are_one_line_before_any_model_is_read(digits_data_dir, capsys, tmp_path):

@@ -48,7 +48,9 @@ def _correct(test: jax.Array, test_labels: jax.Array, bank: jax.Array, bank_labe
     """`(len(ks), 2)` counts of test rows whose label is first / among the first `TOP` by weighted votes."""
     # full float32 products: TPUs (bfloat16 passes) and GPUs (TF32) would otherwise round the similarities
     similarity, index = jax.lax.top_k(jnp.matmul(test, bank.T, precision=jax.lax.Precision.HIGHEST), max(ks))
-    weights, neighbours = jnp.exp(similarity / temperature), bank_labels[index]
+    # each row's votes scaled by exp(-best similarity / T): the same ranking, and no overflow at small temperatures
+    weights = jnp.exp((similarity - similarity[:, :1]) / temperature)
+    neighbours = bank_labels[index]
     rows = jnp.arange(test.shape[0])[:, None]
     counts = []
     for k in ks:
@@ -68,9 +70,7 @@ def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_feat
     """Top-1 and top-5 accuracy of DINO's weighted k-NN vote, for each `k`; test rows go in chunks whose
     similarity matrix has at most `similarities_per_chunk` entries."""
     ks = tuple(int(k) for k in ks)
-    check_ks(ks, len(train_features))
-    if not temperature > 0:
-        raise ValueError(f"temperature {temperature}: expected a positive number (DINO: {DINO_TEMPERATURE})")
+    check_options(ks, temperature, len(train_features))
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1 if num_classes is None else num_classes
     bank, bank_labels = jnp.asarray(normalised(train_features)), jnp.asarray(train_labels, jnp.int32)
     test = normalised(test_features)
@@ -85,10 +85,12 @@ def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_feat
     return [KnnResult(k, float(top1 / len(test)), float(top5 / len(test))) for k, (top1, top5) in zip(ks, totals)]
 
 
-def check_ks(ks: Sequence[int], num_train: int) -> None:
+def check_options(ks: Sequence[int], temperature: float, num_train: int) -> None:
     if not ks or any(k < 1 or k > num_train for k in ks):
         raise ValueError(f"--k {' '.join(map(str, ks))}: expected one or more neighbour counts from 1 to the "
                          f"training split's {num_train} images")
+    if not temperature > 0:
+        raise ValueError(f"--temperature {temperature}: expected a positive number (DINO's: {DINO_TEMPERATURE})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,10 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_logging()
     try:
-        if not args.temperature > 0:
-            raise ValueError(f"--temperature {args.temperature}: expected a positive number")
         data = frozen_features.open_data(args, {"train": "train", "test": "test"})
-        check_ks(args.k, data.sizes["train"])
+        check_options(args.k, args.temperature, data.sizes["train"])
         trained = frozen_features.load_model(args)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
