@@ -24,6 +24,8 @@ from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, imag
 from vit_jax.data.pipeline import eval_batches
 from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, replicated, to_global
 
+DTYPES = ("float32", "bfloat16")  # the forward pass's compute types (parameters stay float32)
+
 
 def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int,
                     dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
@@ -40,8 +42,8 @@ def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], bat
     devices = mesh.shape[DATA_AXIS]
     batch_size = -(-batch_size // devices) * devices
     data, everywhere = batch_sharding(mesh), replicated(mesh)
-    model = trained.model.clone(num_classes=0, dtype=None if dtype == "float32" else jnp.dtype(dtype))  # returns
-    # the representation
+    # without a head the model returns its representation
+    model = trained.model.clone(num_classes=0, dtype=None if dtype == "float32" else jnp.dtype(dtype))
     params = jax.device_put({name: p for name, p in trained.params.items() if name not in HEADS}, everywhere)
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False).astype(jnp.float32),
                       in_shardings=(everywhere, data), out_shardings=everywhere)
@@ -52,9 +54,6 @@ def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], bat
         features.append(np.asarray(forward(params, to_global({"image": batch["image"]}, data)["image"]))[real])
         labels.append(batch["label"][real])
     return np.concatenate(features), np.concatenate(labels).astype(np.int32)
-
-
-DTYPES = ("float32", "bfloat16")
 
 
 def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -110,7 +109,7 @@ def open_data(args: argparse.Namespace, defaults: Mapping[str, str]) -> FrozenDa
     if checkpoint_kind(args.checkpoint) == "workdir":
         from vit_jax.config import saved_config
 
-        run = saved_config(args.checkpoint).to_dict()
+        run = saved_config(Path(args.checkpoint).expanduser()).to_dict()
     dataset = args.dataset or run.get("dataset")
     if dataset is None:
         raise ValueError(f"{args.checkpoint}: not a vit_jax workdir, so --dataset must say what to evaluate on")
