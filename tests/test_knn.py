@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.neighbors import KNeighborsClassifier
 
 from vit_jax.knn import TOP, knn_accuracy, main, normalised
@@ -113,6 +114,15 @@ def test_the_readme_runs_representation_classifies_the_digits_by_its_neighbours(
         assert (result["top1"], result["top5"]) == pytest.approx(expected, abs=1e-12)
         assert f"{result['k']:>5} {result['top1']:>8.2%} {result['top5']:>8.2%}" in printed
     assert report["results"][1]["top1"] >= 0.95
+    # colour images for this grayscale model: one line before any image is read
+    for name in ("class_a", "class_b"):
+        (tmp_path / "colour" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "colour" / name / "only.png")
+    assert main([f"--checkpoint={workdir}", f"--dataset=folder:{tmp_path / 'colour'}",
+                 f"--data-dir={tmp_path / 'tfds'}", "--k=1", "--test-split=train"]) == 2
+    error = capsys.readouterr().err
+    assert f"takes 1-channel images and dataset 'folder:{tmp_path / 'colour'}' has 3-channel ones: channels=1: " \
+           f"cannot turn 3-channel images into 1-channel ones" in error
     # in bfloat16 (float32 parameters): the same directions to bfloat16's precision, the same neighbours but a few
     low, _ = representations(trained, open_split(builder, "test"), 64, dtype="bfloat16")
     assert np.min(np.sum(normalised(low) * normalised(test), axis=1)) > 0.999

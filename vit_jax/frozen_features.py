@@ -86,6 +86,7 @@ class FrozenData:
     splits: dict[str, str]  # role ("train", "test", ...) -> split name
     sizes: dict[str, int]
     num_classes: int
+    channels: int
     builder: Any
 
     def describe(self) -> dict[str, Any]:
@@ -118,11 +119,19 @@ def open_data(args: argparse.Namespace, defaults: Mapping[str, str]) -> FrozenDa
               for role, split in defaults.items()}
     builder = dataset_builder(dataset, data_dir)
     sizes = {role: split_size(builder, split) for role, split in splits.items()}
-    return FrozenData(dataset, data_dir, splits, sizes, dataset_spec(builder).num_classes, builder)
+    spec = dataset_spec(builder)
+    return FrozenData(dataset, data_dir, splits, sizes, spec.num_classes, spec.image_shape[-1], builder)
 
 
-def load_model(args: argparse.Namespace) -> TrainedModel:
-    return load_trained_model(args.checkpoint, step=args.step, image_size=image_size_argument(args.image_size))
+def load_model(args: argparse.Namespace, data: FrozenData) -> TrainedModel:
+    """The checkpoint's model, checked against the data's images (their channels) before anything runs."""
+    trained = load_trained_model(args.checkpoint, step=args.step, image_size=image_size_argument(args.image_size))
+    try:
+        dataclasses.replace(trained.preprocess, channels=trained.channels).check_channels(data.channels)
+    except ValueError as error:
+        raise ValueError(f"{trained.source} takes {trained.channels}-channel images and dataset {data.dataset!r} "
+                         f"has {data.channels}-channel ones: {error}") from None
+    return trained
 
 
 def split_representations(trained: TrainedModel, data: FrozenData, batch_size: int, dtype: str = "float32"

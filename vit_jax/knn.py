@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = frozen_features.open_data(args, {"train": "train", "test": "test"})
         check_options(args.k, args.temperature, data.sizes["train"])
-        trained = frozen_features.load_model(args)
+        trained = frozen_features.load_model(args, data)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not all(c > 0 for c in args.cs):
             raise ValueError(f"--C {' '.join(map(str, args.cs))}: expected positive numbers")
         data = frozen_features.open_data(args, {"train": "train", "eval": "validation", "test": "test"})
-        trained = frozen_features.load_model(args)
+        trained = frozen_features.load_model(args, data)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -242,11 +242,15 @@ class Preprocess:
         lo, hi = self.value_range
         return None if self.mean is None else tuple((m - lo) / (hi - lo) for m in self.mean)
 
+    def check_channels(self, stored: int) -> None:
+        """Images of `stored` channels can be fed as `channels` ones: the same number, or grayscale."""
+        if self.channels is not None and stored not in (1, self.channels):
+            raise ValueError(f"channels={self.channels}: cannot turn {stored}-channel images into "
+                             f"{self.channels}-channel ones (only grayscale is converted)")
+
     def _with_channels(self, images: Any, repeat: Any) -> Any:
         if self.channels is not None and images.shape[-1] != self.channels:
-            if images.shape[-1] != 1:
-                raise ValueError(f"channels={self.channels}: cannot turn {images.shape[-1]}-channel images into "
-                                 f"{self.channels}-channel ones (only grayscale is converted)")
+            self.check_channels(images.shape[-1])
             images = repeat(images, self.channels, axis=-1)
         return images
 
