@@ -106,7 +106,7 @@ def test_set_up_inits_with_whole_clips(moving_digits_data_dir):
 
 
 @pytest.mark.slow
-def test_configs_video_learns_the_direction_of_motion(tmp_path, moving_digits_data_dir, capsys):
+def test_configs_video_learns_the_direction_of_motion(tmp_path, moving_digits_data_dir, digits_data_dir, capsys):
     """The run learns; its workdir then loads as a trained model (its tubelet kernel's channels, its table at the
     videos' grid): the representation the k-NN command extracts, through the head, gives the run's test accuracy;
     the commands that read image files refuse it in one line."""
@@ -128,6 +128,8 @@ def test_configs_video_learns_the_direction_of_motion(tmp_path, moving_digits_da
     with pytest.raises(SystemExit, match="2"):
         predict.main([f"--checkpoint={tmp_path}", "frame.png"])
     assert "is a video model (tubelet_size=2); this command reads image files" in capsys.readouterr().err
+    assert knn.main([f"--checkpoint={tmp_path}", "--dataset=sklearn_digits", f"--data-dir={digits_data_dir}"]) == 2
+    assert "is a video model and dataset 'sklearn_digits' holds images (8x8x1)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

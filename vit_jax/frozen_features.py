@@ -86,7 +86,7 @@ class FrozenData:
     splits: dict[str, str]  # role ("train", "test", ...) -> split name
     sizes: dict[str, int]
     num_classes: int
-    channels: int
+    image_shape: tuple[int | None, ...]  # (H, W, C), or (T, H, W, C) for videos
     builder: Any
 
     def describe(self) -> dict[str, Any]:
@@ -120,17 +120,23 @@ def open_data(args: argparse.Namespace, defaults: Mapping[str, str]) -> FrozenDa
     builder = dataset_builder(dataset, data_dir)
     sizes = {role: split_size(builder, split) for role, split in splits.items()}
     spec = dataset_spec(builder)
-    return FrozenData(dataset, data_dir, splits, sizes, spec.num_classes, spec.image_shape[-1], builder)
+    return FrozenData(dataset, data_dir, splits, sizes, spec.num_classes, tuple(spec.image_shape), builder)
 
 
 def load_model(args: argparse.Namespace, data: FrozenData) -> TrainedModel:
-    """The checkpoint's model, checked against the data's images (their channels) before anything runs."""
+    """The checkpoint's model, checked against the data before anything runs: images for an image model, videos
+    for a video model, channels it can take."""
     trained = load_trained_model(args.checkpoint, step=args.step, image_size=image_size_argument(args.image_size))
+    videos, channels = len(data.image_shape) == 4, data.image_shape[-1]
+    if videos != (trained.model.tubelet_size is not None):
+        raise ValueError(f"{trained.source} is {'an image' if videos else 'a video'} model and dataset "
+                         f"{data.dataset!r} holds {'videos' if videos else 'images'} "
+                         f"({'x'.join(map(str, data.image_shape))})")
     try:
-        dataclasses.replace(trained.preprocess, channels=trained.channels).check_channels(data.channels)
+        dataclasses.replace(trained.preprocess, channels=trained.channels).check_channels(channels)
     except ValueError as error:
         raise ValueError(f"{trained.source} takes {trained.channels}-channel images and dataset {data.dataset!r} "
-                         f"has {data.channels}-channel ones: {error}") from None
+                         f"has {channels}-channel ones: {error}") from None
     return trained
 
 
