@@ -23,6 +23,7 @@ from vit_jax.checkpoint.adapt import HEADS
 from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, image_size_argument, load_trained_model
 from vit_jax.data.pipeline import eval_batches
 from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, replicated, to_global
+from vit_jax.whole_files import written_whole
 
 DTYPES = ("float32", "bfloat16")  # the forward pass's compute types (parameters stay float32)
 
@@ -157,7 +158,8 @@ def save_features(path: str | Path, features: Mapping[str, tuple[np.ndarray, np.
     arrays = {}
     for role, (x, labels) in features.items():
         arrays[role], arrays[f"{role}_labels"] = x, labels
-    np.savez(path, **arrays)
+    with written_whole([path]) as (partial,), open(partial, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def save_outputs(args: argparse.Namespace, data: FrozenData, features: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -171,4 +173,5 @@ def save_outputs(args: argparse.Namespace, data: FrozenData, features: Mapping[s
         path.parent.mkdir(parents=True, exist_ok=True)
         width = next(iter(features.values()))[0].shape[1]
         report = {"checkpoint": str(args.checkpoint), **data.describe(), "width": int(width), **results}
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        with written_whole([path]) as (partial,):
+            partial.write_text(json.dumps(report, indent=2) + "\n")

@@ -31,6 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from vit_jax.models.encoder import ENCODER, SCANNED_BLOCKS, unstack_encoder_blocks
+from vit_jax.whole_files import written_whole
 
 POSEMB_PATH = (ENCODER, "posembed_input", "pos_embedding")
 # Linen name -> pre-Linen name inside an encoder block: pre-Linen numbered submodules in call order.
@@ -229,21 +230,14 @@ def _with_class_row(tree: dict[str, Any]) -> dict[str, Any]:
 
 def save_npz(params: Mapping[str, Any], path: str | Path) -> None:
     """Writes `params` as the released vision_transformer files are laid out: per-layer blocks with pre-Linen
-    names and '/'-joined keys (the class-token row stays in `pos_embedding`). Written under a temporary name and
-    renamed once whole, so that a failed write leaves an earlier file at `path` as it was."""
+    names and '/'-joined keys (the class-token row stays in `pos_embedding`); whole or not at all."""
     params = dict(params)
     if SCANNED_BLOCKS in params.get(ENCODER, {}):
         params = unstack_encoder_blocks(params)
     flat = traverse_util.flatten_dict(_to_numpy(params))
     renamed = {"/".join(_pre_linen_path(key)): np.asarray(value) for key, value in flat.items()}
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "wb") as f:
-            np.savez(f, **renamed)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with written_whole([path]) as (partial,), open(partial, "wb") as f:
+        np.savez(f, **renamed)
 
 
 def _pre_linen_path(path: tuple[str, ...]) -> tuple[str, ...]:

@@ -436,24 +436,19 @@ def export_timm(checkpoint: str, out: str | Path, step: int | None = None,
 
 def write_export(out: str | Path, state: dict[str, np.ndarray], configs: dict[str, dict[str, Any]],
                  metadata: dict[str, str] | None = None) -> Path:
-    """Writes `model.safetensors` and the JSON `configs` into `out`, each under a temporary name first, renamed
-    once all are written: an export that fails or is interrupted leaves an earlier one in `out` as it was."""
+    """Writes `model.safetensors` and the JSON `configs` into `out`, all whole or none (`vit_jax.whole_files`): an
+    export that fails or is interrupted leaves an earlier one in `out` as it was."""
     from safetensors.numpy import save_file
 
     from vit_jax.checkpoint.hub import WEIGHTS
+    from vit_jax.whole_files import written_whole
 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    partial = {name: out / f".{name}.partial" for name in (WEIGHTS, *configs)}
-    try:
-        save_file(state, str(partial[WEIGHTS]), metadata=metadata)
-        for name, config in configs.items():
-            partial[name].write_text(json.dumps(config, indent=2) + "\n")
-        for name, path in partial.items():
-            path.replace(out / name)
-    finally:
-        for path in partial.values():
-            path.unlink(missing_ok=True)
+    with written_whole([out / WEIGHTS, *(out / name for name in configs)]) as (weights, *texts):
+        save_file(state, str(weights), metadata=metadata)
+        for path, config in zip(texts, configs.values()):
+            path.write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 
