@@ -119,7 +119,7 @@ def test_configs_video_learns_the_direction_of_motion(tmp_path, moving_digits_da
     assert results["test/accuracy"] > 0.8  # chance: 0.25, and no single frame tells the direction
     assert knn.main([f"--checkpoint={tmp_path}", "--k", "5", "--train-split=train[:500]", "--batch-size=512",
                      f"--features={tmp_path / 'features.npz'}"]) == 0
-    assert "k-NN on moving_digits (test: 1,440 images; neighbours from train[:500]: 500)" in capsys.readouterr().out
+    assert "k-NN on moving_digits (test: 1,440 videos; neighbours from train[:500]: 500)" in capsys.readouterr().out
     trained = load_trained_model(tmp_path)
     assert trained.channels == 1
     with np.load(tmp_path / "features.npz") as features:

@@ -90,6 +90,11 @@ class FrozenData:
     image_shape: tuple[int | None, ...]  # (H, W, C), or (T, H, W, C) for videos
     builder: Any
 
+    @property
+    def examples(self) -> str:
+        """What the dataset holds, for messages."""
+        return "videos" if len(self.image_shape) == 4 else "images"
+
     def describe(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "data_dir": self.data_dir,
                 **{f"{role}_split": split for role, split in self.splits.items()},

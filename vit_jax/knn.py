@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype)
     (train, train_labels), (test, test_labels) = features["train"], features["test"]
     results = knn_accuracy(train, train_labels, test, test_labels, args.k, args.temperature, data.num_classes)
-    print(f"k-NN on {data.dataset} ({data.splits['test']}: {len(test):,} images; neighbours from "
+    print(f"k-NN on {data.dataset} ({data.splits['test']}: {len(test):,} {data.examples}; neighbours from "
           f"{data.splits['train']}: {len(train):,}), {trained.source}'s {train.shape[1]}-wide representation, "
           f"temperature {args.temperature}")
     print(f"{'k':>5} {'top-1':>8} {'top-5':>8}")

@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype)
     result = linear_probe(features["train"], features["eval"], features["test"], data.num_classes, args.cs)
     best = result.best
-    print(f"linear probe on {data.dataset} ({data.splits['test']}: {data.sizes['test']:,} images), "
+    print(f"linear probe on {data.dataset} ({data.splits['test']}: {data.sizes['test']:,} {data.examples}), "
           f"{trained.source}'s {best.kernel.shape[0]}-wide representation, fitted on {data.splits['train']} "
           f"({data.sizes['train']:,}), C chosen on {data.splits['eval']} ({data.sizes['eval']:,})")
     print(f"C = {best.c:.3g} (validation top-1 {max(s for _, s in result.validation):.2%}; "
