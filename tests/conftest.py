@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,13 @@ def tiny_digits_config(data_dir: str, arg: str = ""):
 def xla_env(*flags: str) -> dict[str, str]:
     """A subprocess environment with the tests' XLA flags plus `flags` (e.g. a forced device count)."""
     return {**os.environ, "XLA_FLAGS": " ".join([os.environ["XLA_FLAGS"], *flags])}
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on, for a multi-process run's coordinator."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_main(workdir, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

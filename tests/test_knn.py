@@ -129,3 +129,42 @@ def test_the_readme_runs_representation_classifies_the_digits_by_its_neighbours(
     assert not np.array_equal(low, test)
     [bf16] = knn_accuracy(train, train_labels, low, test_labels, [20], num_classes=10)
     assert abs(bf16.top1 - report["results"][1]["top1"]) <= 3 / 360
+
+
+@pytest.mark.slow
+def test_two_processes_extract_what_one_process_does(tmp_path, digits_data_dir):
+    """`--num-processes=2` on 127.0.0.1, two CPU devices each: every process reads its share of each split, all get
+    every representation; process 0 alone prints and writes them, in each split's order, equal to one process's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port, live_params, load_config_file, xla_env
+    from vit_jax.checkpoint.npz import save_npz
+    from vit_jax.checkpoint.trained_model import load_trained_model
+    from vit_jax.data.sources import dataset_builder, open_split
+    from vit_jax.from_config import model_from_config
+    from vit_jax.frozen_features import representations
+
+    model = model_from_config(load_config_file("digits"), 10)
+    save_npz(live_params(model, np.zeros((1, 16, 16, 1), np.float32), seed=1), tmp_path / "digits.npz")
+    port = free_port()
+    command = [sys.executable, "-m", "vit_jax.knn", f"--checkpoint={tmp_path / 'digits.npz'}", "--dataset=sklearn_digits",
+               f"--data-dir={digits_data_dir}", "--k", "5", "--batch-size=100", f"--out={tmp_path / 'knn.json'}",
+               f"--features={tmp_path / 'features.npz'}", f"--coordinator-address=127.0.0.1:{port}",
+               "--num-processes=2"]
+    started = [subprocess.Popen([*command, f"--process-id={i}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=xla_env("--xla_force_host_platform_device_count=2")) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in started]
+    assert [p.returncode for p in started] == [0, 0], "".join(err[-3000:] for _, err in outputs)
+    assert "k-NN on sklearn_digits" in outputs[0][0] and "k-NN" not in outputs[1][0]
+    trained = load_trained_model(tmp_path / "digits.npz")
+    builder = dataset_builder("sklearn_digits", digits_data_dir)
+    with np.load(tmp_path / "features.npz") as saved:
+        for split in ("train", "test"):
+            features, labels = representations(trained, open_split(builder, split), 64)
+            np.testing.assert_array_equal(saved[f"{split}_labels"], labels)
+            np.testing.assert_allclose(saved[split], features, rtol=1e-5, atol=1e-5, err_msg=split)
+        [one] = knn_accuracy(saved["train"], saved["train_labels"], saved["test"], saved["test_labels"], [5])
+    assert json.loads((tmp_path / "knn.json").read_text())["results"] == [
+        {"k": 5, "top1": one.top1, "top5": one.top5}]

@@ -2,7 +2,6 @@
 processes of 2 devices on 127.0.0.1)."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, xla_env
+from tests.conftest import ROOT, free_port, xla_env
 from vit_jax.checkpoint import TrainCheckpoints
 from vit_jax.metric_writers import read_metrics
 from vit_jax.optim import ema_params
@@ -99,12 +98,6 @@ def test_a_checkpoint_saved_under_one_mesh_restores_under_another(meshes):
     # 8 devices data parallel -> 1 device, and -> FSDP: the five further steps agree
     np.testing.assert_allclose(losses(meshes / "resumed_fsdp"), losses(meshes / "resumed_one_device"), rtol=1e-5)
     assert_close(params(meshes / "resumed_fsdp", 15), params(meshes / "resumed_one_device", 15), atol=2e-4)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 BATCH = 64

@@ -13,6 +13,9 @@ import os
 import jax
 
 MODES = ("auto", "on", "off")
+MODES_HELP = ("jax.distributed: 'auto' starts it when the run is multi-process (flags below, "
+              "JAX_COORDINATOR_ADDRESS, a SLURM job or a multi-host TPU slice).")  # every command's --distributed
+COORDINATOR_HELP = "host:port of process 0, for multi-process runs."
 
 
 def cluster_detected(environ: dict[str, str] | None = None) -> bool:

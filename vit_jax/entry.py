@@ -23,7 +23,7 @@ from vit_jax.checkpoint.manager import CheckpointReadError
 from vit_jax.checkpoint.npz import NpzError
 from vit_jax.config import SavedConfigError
 from vit_jax.config_validation import ConfigError, check_xla_flags
-from vit_jax.distributed import MODES, initialize
+from vit_jax.distributed import COORDINATOR_HELP, MODES, MODES_HELP, initialize
 from vit_jax.host_memory import share_main_arena
 from vit_jax.train import NonFiniteLossError, Preempted
 from vit_jax.xla_flags import apply_xla_flags, xla_flags_error
@@ -42,10 +42,8 @@ BAD_INPUT = (ConfigError, CheckpointMismatchError, CheckpointReadError, NpzError
 
 def define_process_flags() -> None:
     """`--distributed` and the coordinator's flags, defined by each command."""
-    flags.DEFINE_enum("distributed", "auto", list(MODES),
-                      "jax.distributed: 'auto' starts it when the run is multi-process (flags below, "
-                      "JAX_COORDINATOR_ADDRESS, a SLURM job or a multi-host TPU slice).")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+    flags.DEFINE_enum("distributed", "auto", list(MODES), MODES_HELP)
+    flags.DEFINE_string("coordinator_address", None, COORDINATOR_HELP)
     flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 

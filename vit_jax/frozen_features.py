@@ -22,7 +22,8 @@ import numpy as np
 from vit_jax.checkpoint.adapt import HEADS
 from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, image_size_argument, load_trained_model
 from vit_jax.data.pipeline import eval_batches
-from vit_jax.sharding import DATA_AXIS, batch_sharding, make_mesh, replicated, to_global
+from vit_jax.distributed import COORDINATOR_HELP, MODES, MODES_HELP, initialize
+from vit_jax.sharding import DATA_AXIS, batch_sharding, host_tree_to_global, make_mesh, replicated, to_global
 from vit_jax.whole_files import written_whole
 
 DTYPES = ("float32", "bfloat16")  # the forward pass's compute types (parameters stay float32)
@@ -30,31 +31,43 @@ DTYPES = ("float32", "bfloat16")  # the forward pass's compute types (parameters
 
 def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int,
                     dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-    """`(N, D)` float32 representations and `(N,)` labels of every example of `source`, in order, each batch split
-    over this process's devices; `dtype="bfloat16"` computes in bfloat16 (float32 parameters, as training's mixed
-    precision). A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in every channel); a
-    NaFlex checkpoint is evaluated at its fixed image size."""
+    """`(N, D)` float32 representations and `(N,)` labels of every example of `source`, in order, in global batches
+    of about `batch_size` split over every device of every process (each process reads its share; every process
+    gets them all); `dtype="bfloat16"` computes in bfloat16 (float32 parameters, as training's mixed precision).
+    A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in every channel); a NaFlex
+    checkpoint is evaluated at its fixed image size."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
-    if jax.process_count() > 1:
-        raise ValueError(f"frozen-feature evaluation runs in one process (this is one of {jax.process_count()}); "
-                         f"it uses all of that process's devices")
+    process, processes, local_devices = jax.process_index(), jax.process_count(), jax.local_device_count()
+    local_batch = -(-batch_size // (processes * local_devices)) * local_devices
     mesh = make_mesh([(DATA_AXIS, -1)])
-    devices = mesh.shape[DATA_AXIS]
-    batch_size = -(-batch_size // devices) * devices
     data, everywhere = batch_sharding(mesh), replicated(mesh)
     # without a head the model returns its representation
     model = trained.model.clone(num_classes=0, dtype=None if dtype == "float32" else jnp.dtype(dtype))
-    params = jax.device_put({name: p for name, p in trained.params.items() if name not in HEADS}, everywhere)
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False).astype(jnp.float32),
-                      in_shardings=(everywhere, data), out_shardings=everywhere)
+    params = {name: p for name, p in trained.params.items() if name not in HEADS}
+    params = host_tree_to_global(params, jax.tree.map(lambda _: everywhere, params))
+
+    def forward(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        x = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
+        return x, batch["label"], batch["mask"]
+
+    forward = jax.jit(forward, out_shardings=everywhere)  # every process gets every process's rows
     preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
-    features, labels = [], []
-    for batch in eval_batches(source, preprocess, batch_size=batch_size):
-        real = batch["mask"] > 0
-        features.append(np.asarray(forward(params, to_global({"image": batch["image"]}, data)["image"]))[real])
-        labels.append(batch["label"][real])
-    return np.concatenate(features), np.concatenate(labels).astype(np.int32)
+    batches = eval_batches(source, preprocess, batch_size=local_batch, process_index=process,
+                           process_count=processes)
+    features, labels, order = [], [], []
+    for step, batch in enumerate(batches):
+        x, y, mask = (np.asarray(a) for a in forward(params, to_global(batch, data)))
+        # global row g is row g % local_batch of process g // local_batch's batch `step`; process p reads the
+        # examples p, p + processes, ... (`eval_batches`)
+        rows = np.arange(len(mask))
+        index = rows // local_batch + processes * (step * local_batch + rows % local_batch)
+        real = mask > 0
+        features.append(x[real])
+        labels.append(y[real])
+        order.append(index[real])
+    order = np.argsort(np.concatenate(order), kind="stable")
+    return np.concatenate(features)[order], np.concatenate(labels).astype(np.int32)[order]
 
 
 def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -76,7 +89,17 @@ def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.
     parser.add_argument("--out", default=None, help="a JSON file for the results")
     parser.add_argument("--features", default=None, help="an .npz file for the representations and labels of "
                                                          "each split (NAME, NAME_labels)")
+    parser.add_argument("--distributed", choices=MODES, default="auto", help=MODES_HELP)
+    parser.add_argument("--coordinator-address", default=None, help=COORDINATOR_HELP)
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
     return parser
+
+
+def start(args: argparse.Namespace) -> None:
+    """`jax.distributed` where the command is one of several processes (each reads its share of every split;
+    process 0 prints and writes the results); a ValueError for bad process flags."""
+    initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,10 +190,13 @@ def save_features(path: str | Path, features: Mapping[str, tuple[np.ndarray, np.
         np.savez(file, **arrays)
 
 
-def save_outputs(args: argparse.Namespace, data: FrozenData, features: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                 results: Mapping[str, Any]) -> None:
-    """What `--features` and `--out` ask for: the representations, and `results` beside the checkpoint, the
-    dataset, its splits and the representation's width, as JSON."""
+def report(args: argparse.Namespace, data: FrozenData, features: Mapping[str, tuple[np.ndarray, np.ndarray]],
+           lines: Sequence[str], results: Mapping[str, Any]) -> None:
+    """From process 0 only: `lines` printed, and what `--features` and `--out` ask for: the representations, and
+    `results` beside the checkpoint, the dataset, its splits and the representation's width, as JSON."""
+    if jax.process_index() != 0:
+        return
+    print("\n".join(lines))
     if args.features is not None:
         save_features(args.features, features)
     if args.out is not None:

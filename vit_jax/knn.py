@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_logging()
     try:
+        frozen_features.start(args)
         data = frozen_features.open_data(args, {"train": "train", "test": "test"})
         check_options(args.k, args.temperature, data.sizes["train"])
         trained = frozen_features.load_model(args, data)
@@ -113,14 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype)
     (train, train_labels), (test, test_labels) = features["train"], features["test"]
     results = knn_accuracy(train, train_labels, test, test_labels, args.k, args.temperature, data.num_classes)
-    print(f"k-NN on {data.dataset} ({data.splits['test']}: {len(test):,} {data.examples}; neighbours from "
-          f"{data.splits['train']}: {len(train):,}), {trained.source}'s {train.shape[1]}-wide representation, "
-          f"temperature {args.temperature}")
-    print(f"{'k':>5} {'top-1':>8} {'top-5':>8}")
-    for result in results:
-        print(f"{result.k:>5} {result.top1:>8.2%} {result.top5:>8.2%}")
-    frozen_features.save_outputs(args, data, features, {"temperature": args.temperature,
-                                                        "results": [dataclasses.asdict(r) for r in results]})
+    lines = [f"k-NN on {data.dataset} ({data.splits['test']}: {len(test):,} {data.examples}; neighbours from "
+             f"{data.splits['train']}: {len(train):,}), {trained.source}'s {train.shape[1]}-wide representation, "
+             f"temperature {args.temperature}", f"{'k':>5} {'top-1':>8} {'top-5':>8}"]
+    lines += [f"{result.k:>5} {result.top1:>8.2%} {result.top5:>8.2%}" for result in results]
+    frozen_features.report(args, data, features, lines, {"temperature": args.temperature,
+                                                         "results": [dataclasses.asdict(r) for r in results]})
     return 0
 
 

@@ -132,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_logging()
     try:
+        frozen_features.start(args)
         if not all(c > 0 for c in args.cs):
             raise ValueError(f"--C {' '.join(map(str, args.cs))}: expected positive numbers")
         data = frozen_features.open_data(args, {"train": "train", "eval": "validation", "test": "test"})
@@ -142,12 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype)
     result = linear_probe(features["train"], features["eval"], features["test"], data.num_classes, args.cs)
     best = result.best
-    print(f"linear probe on {data.dataset} ({data.splits['test']}: {data.sizes['test']:,} {data.examples}), "
-          f"{trained.source}'s {best.kernel.shape[0]}-wide representation, fitted on {data.splits['train']} "
-          f"({data.sizes['train']:,}), C chosen on {data.splits['eval']} ({data.sizes['eval']:,})")
-    print(f"C = {best.c:.3g} (validation top-1 {max(s for _, s in result.validation):.2%}; "
-          f"{best.iterations} L-BFGS iterations): test top-1 {result.top1:.2%}, top-5 {result.top5:.2%}")
-    frozen_features.save_outputs(args, data, features, {
+    lines = [f"linear probe on {data.dataset} ({data.splits['test']}: {data.sizes['test']:,} {data.examples}), "
+             f"{trained.source}'s {best.kernel.shape[0]}-wide representation, fitted on {data.splits['train']} "
+             f"({data.sizes['train']:,}), C chosen on {data.splits['eval']} ({data.sizes['eval']:,})",
+             f"C = {best.c:.3g} (validation top-1 {max(s for _, s in result.validation):.2%}; "
+             f"{best.iterations} L-BFGS iterations): test top-1 {result.top1:.2%}, top-5 {result.top5:.2%}"]
+    frozen_features.report(args, data, features, lines, {
         "c": best.c, "iterations": best.iterations, "top1": result.top1, "top5": result.top5,
         "validation": [{"c": c, "top1": s} for c, s in result.validation]})
     return 0
