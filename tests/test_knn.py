@@ -99,12 +99,10 @@ def test_the_readme_runs_representation_classifies_the_digits_by_its_neighbours(
                                                                                                    1257, 64)
     trained = load_trained_model(workdir)
     builder = dataset_builder("sklearn_digits", report["data_dir"])
-    train, train_labels = representations(trained, open_split(builder, "train"), 64)
-    test, test_labels = representations(trained, open_split(builder, "test"), 64)
-    assert train.shape == (1257, 64) and test.shape == (360, 64)
     with np.load(tmp_path / "features.npz", allow_pickle=False) as saved:
-        for name, array in dict(train=train, train_labels=train_labels, test=test, test_labels=test_labels).items():
-            np.testing.assert_allclose(saved[name], array, rtol=1e-6, atol=1e-6, err_msg=name)
+        train, train_labels, test, test_labels = (saved[k] for k in ("train", "train_labels", "test", "test_labels"))
+    assert train.shape == (1257, 64) and test.shape == (360, 64)
+    np.testing.assert_array_equal(test_labels, [example["label"] for example in open_split(builder, "test")])
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     test_accuracy = [m["test/accuracy"] for m in logged if "test/accuracy" in m][-1]
     logits = test @ np.asarray(trained.params["head"]["kernel"]) + np.asarray(trained.params["head"]["bias"])
@@ -149,7 +147,8 @@ def test_two_processes_extract_what_one_process_does(tmp_path, digits_data_dir):
     save_npz(live_params(model, np.zeros((1, 16, 16, 1), np.float32), seed=1), tmp_path / "digits.npz")
     port = free_port()
     command = [sys.executable, "-m", "vit_jax.knn", f"--checkpoint={tmp_path / 'digits.npz'}", "--dataset=sklearn_digits",
-               f"--data-dir={digits_data_dir}", "--k", "5", "--batch-size=100", f"--out={tmp_path / 'knn.json'}",
+               f"--data-dir={digits_data_dir}", "--train-split=train[:600]", "--test-split=test[:150]", "--k", "5",
+               "--batch-size=100", f"--out={tmp_path / 'knn.json'}",
                f"--features={tmp_path / 'features.npz'}", f"--coordinator-address=127.0.0.1:{port}",
                "--num-processes=2"]
     started = [subprocess.Popen([*command, f"--process-id={i}"], cwd=ROOT, stdout=subprocess.PIPE,
@@ -161,8 +160,9 @@ def test_two_processes_extract_what_one_process_does(tmp_path, digits_data_dir):
     trained = load_trained_model(tmp_path / "digits.npz")
     builder = dataset_builder("sklearn_digits", digits_data_dir)
     with np.load(tmp_path / "features.npz") as saved:
-        for split in ("train", "test"):
-            features, labels = representations(trained, open_split(builder, split), 64)
+        for split, name in (("train", "train[:600]"), ("test", "test[:150]")):
+            features, labels = representations(trained, open_split(builder, name), 64)
+            assert len(labels) == int(name[name.index(":") + 1:-1])
             np.testing.assert_array_equal(saved[f"{split}_labels"], labels)
             np.testing.assert_allclose(saved[split], features, rtol=1e-5, atol=1e-5, err_msg=split)
         [one] = knn_accuracy(saved["train"], saved["train_labels"], saved["test"], saved["test_labels"], [5])
