@@ -29,45 +29,56 @@ from vit_jax.whole_files import written_whole
 DTYPES = ("float32", "bfloat16")  # the forward pass's compute types (parameters stay float32)
 
 
+class Extractor:
+    """A checkpoint's representation of examples, compiled once for every split it reads: what the head reads,
+    `(N, D)` float32, in global batches split over every device of every process (each process reads its share;
+    every process gets them all); `dtype="bfloat16"` computes in bfloat16 (float32 parameters, as training's mixed
+    precision). A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in every channel); a
+    NaFlex checkpoint is evaluated at its fixed image size."""
+
+    def __init__(self, trained: TrainedModel, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
+        mesh = make_mesh([(DATA_AXIS, -1)])
+        self.data, everywhere = batch_sharding(mesh), replicated(mesh)
+        # without a head the model returns its representation
+        model = trained.model.clone(num_classes=0, dtype=None if dtype == "float32" else jnp.dtype(dtype))
+        params = {name: p for name, p in trained.params.items() if name not in HEADS}
+        self.params = host_tree_to_global(params, jax.tree.map(lambda _: everywhere, params))
+
+        def forward(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+            x = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
+            return x, batch["label"], batch["mask"]
+
+        self.forward = jax.jit(forward, out_shardings=everywhere)  # every process gets every process's rows
+        self.preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
+
+    def __call__(self, source: Sequence[dict[str, Any]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The representations and labels of every example of `source`, in order, in global batches of about
+        `batch_size`."""
+        processes, local_devices = jax.process_count(), jax.local_device_count()
+        local_batch = -(-batch_size // (processes * local_devices)) * local_devices
+        batches = eval_batches(source, self.preprocess, batch_size=local_batch, process_index=jax.process_index(),
+                               process_count=processes)
+        features, labels, order = [], [], []
+        for step, batch in enumerate(batches):
+            x, y, mask = (np.asarray(a) for a in self.forward(self.params, to_global(batch, self.data)))
+            # global row g is row g % local_batch of process g // local_batch's batch `step`; process p reads the
+            # examples p, p + processes, ... (`eval_batches`)
+            rows = np.arange(len(mask))
+            index = rows // local_batch + processes * (step * local_batch + rows % local_batch)
+            real = mask > 0
+            features.append(x[real])
+            labels.append(y[real])
+            order.append(index[real])
+        order = np.argsort(np.concatenate(order), kind="stable")
+        return np.concatenate(features)[order], np.concatenate(labels).astype(np.int32)[order]
+
+
 def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int,
                     dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-    """`(N, D)` float32 representations and `(N,)` labels of every example of `source`, in order, in global batches
-    of about `batch_size` split over every device of every process (each process reads its share; every process
-    gets them all); `dtype="bfloat16"` computes in bfloat16 (float32 parameters, as training's mixed precision).
-    A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in every channel); a NaFlex
-    checkpoint is evaluated at its fixed image size."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
-    process, processes, local_devices = jax.process_index(), jax.process_count(), jax.local_device_count()
-    local_batch = -(-batch_size // (processes * local_devices)) * local_devices
-    mesh = make_mesh([(DATA_AXIS, -1)])
-    data, everywhere = batch_sharding(mesh), replicated(mesh)
-    # without a head the model returns its representation
-    model = trained.model.clone(num_classes=0, dtype=None if dtype == "float32" else jnp.dtype(dtype))
-    params = {name: p for name, p in trained.params.items() if name not in HEADS}
-    params = host_tree_to_global(params, jax.tree.map(lambda _: everywhere, params))
-
-    def forward(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-        x = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
-        return x, batch["label"], batch["mask"]
-
-    forward = jax.jit(forward, out_shardings=everywhere)  # every process gets every process's rows
-    preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
-    batches = eval_batches(source, preprocess, batch_size=local_batch, process_index=process,
-                           process_count=processes)
-    features, labels, order = [], [], []
-    for step, batch in enumerate(batches):
-        x, y, mask = (np.asarray(a) for a in forward(params, to_global(batch, data)))
-        # global row g is row g % local_batch of process g // local_batch's batch `step`; process p reads the
-        # examples p, p + processes, ... (`eval_batches`)
-        rows = np.arange(len(mask))
-        index = rows // local_batch + processes * (step * local_batch + rows % local_batch)
-        real = mask > 0
-        features.append(x[real])
-        labels.append(y[real])
-        order.append(index[real])
-    order = np.argsort(np.concatenate(order), kind="stable")
-    return np.concatenate(features)[order], np.concatenate(labels).astype(np.int32)[order]
+    """`(N, D)` representations and `(N,)` labels of every example of `source`, in order (`Extractor`)."""
+    return Extractor(trained, dtype)(source, batch_size)
 
 
 def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -174,8 +185,8 @@ def split_representations(trained: TrainedModel, data: FrozenData, batch_size: i
     """role -> (representations, labels) of each split of `data`."""
     from vit_jax.data.sources import open_split
 
-    return {role: representations(trained, open_split(data.builder, split), batch_size, dtype)
-            for role, split in data.splits.items()}
+    extract = Extractor(trained, dtype)  # one compilation for the splits' batches
+    return {role: extract(open_split(data.builder, split), batch_size) for role, split in data.splits.items()}
 
 
 def save_features(path: str | Path, features: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
