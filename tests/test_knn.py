@@ -62,6 +62,18 @@ def test_one_close_neighbour_outvotes_two_far_ones():
     assert (cold.top1, cold.top5) == (1.0, 1.0)
 
 
+def test_padding_rows_of_the_bank_are_never_neighbours():
+    """The bank is padded to a multiple of the devices with rows labelled -1: even one identical to the test row
+    (the most similar possible) takes no vote. Here it would be the nearest and vote for the wrong class."""
+    from vit_jax.knn import _correct
+
+    bank = np.array([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]], np.float32)  # similarities 0.8, 0.6, 0, 1
+    labels = np.array([0, 1, 1, -1], np.int32)  # the last row: padding
+    counts = _correct(np.array([[1.0, 0.0]], np.float32), np.array([0], np.int32), bank, labels, 0.07, ks=(1, 3),
+                      num_classes=3)
+    np.testing.assert_array_equal(counts, [[1, 1], [1, 1]])  # k = 3: class 0's e^0 against class 1's e^-2.9 + e^-11
+
+
 def test_bad_options_are_one_line_before_any_model_is_read(digits_data_dir, capsys, tmp_path):
     common = ["--dataset=sklearn_digits", f"--data-dir={digits_data_dir}"]
     missing = str(tmp_path / "no_such.npz")  # never read: each error comes first
@@ -132,7 +144,8 @@ def test_the_readme_runs_representation_classifies_the_digits_by_its_neighbours(
 @pytest.mark.slow
 def test_two_processes_extract_what_one_process_does(tmp_path, digits_data_dir):
     """`--num-processes=2` on 127.0.0.1, two CPU devices each: every process reads its share of each split, all get
-    every representation; process 0 alone prints and writes them, in each split's order, equal to one process's."""
+    every representation; process 0 alone prints and writes them, in each split's order, equal to one process's.
+    The k-NN bank is split over the 4 devices (601 rows: 3 of padding, never neighbours) and votes as on one."""
     import subprocess
     import sys
 
@@ -147,7 +160,7 @@ def test_two_processes_extract_what_one_process_does(tmp_path, digits_data_dir):
     save_npz(live_params(model, np.zeros((1, 16, 16, 1), np.float32), seed=1), tmp_path / "digits.npz")
     port = free_port()
     command = [sys.executable, "-m", "vit_jax.knn", f"--checkpoint={tmp_path / 'digits.npz'}", "--dataset=sklearn_digits",
-               f"--data-dir={digits_data_dir}", "--train-split=train[:600]", "--test-split=test[:150]", "--k", "5",
+               f"--data-dir={digits_data_dir}", "--train-split=train[:601]", "--test-split=test[:150]", "--k", "5",
                "--batch-size=100", f"--out={tmp_path / 'knn.json'}",
                f"--features={tmp_path / 'features.npz'}", f"--coordinator-address=127.0.0.1:{port}",
                "--num-processes=2"]
@@ -160,7 +173,7 @@ def test_two_processes_extract_what_one_process_does(tmp_path, digits_data_dir):
     trained = load_trained_model(tmp_path / "digits.npz")
     builder = dataset_builder("sklearn_digits", digits_data_dir)
     with np.load(tmp_path / "features.npz") as saved:
-        for split, name in (("train", "train[:600]"), ("test", "test[:150]")):
+        for split, name in (("train", "train[:601]"), ("test", "test[:150]")):
             features, labels = representations(trained, open_split(builder, name), 64)
             assert len(labels) == int(name[name.index(":") + 1:-1])
             np.testing.assert_array_equal(saved[f"{split}_labels"], labels)

@@ -21,8 +21,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vit_jax import frozen_features
+from vit_jax.sharding import DATA_AXIS, host_tree_to_global, make_mesh, replicated
 
 DINO_KS = (10, 20, 100, 200)
 DINO_TEMPERATURE = 0.07
@@ -42,12 +44,13 @@ def normalised(features: np.ndarray) -> np.ndarray:
     return (features / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("ks", "num_classes"))
 def _correct(test: jax.Array, test_labels: jax.Array, bank: jax.Array, bank_labels: jax.Array, temperature: float,
              ks: tuple[int, ...], num_classes: int) -> jax.Array:
-    """`(len(ks), 2)` counts of test rows whose label is first / among the first `TOP` by weighted votes."""
+    """`(len(ks), 2)` counts of test rows whose label is first / among the first `TOP` by weighted votes. Bank rows
+    labelled -1 (padding) are never neighbours."""
     # full float32 products: TPUs (bfloat16 passes) and GPUs (TF32) would otherwise round the similarities
-    similarity, index = jax.lax.top_k(jnp.matmul(test, bank.T, precision=jax.lax.Precision.HIGHEST), max(ks))
+    similarity = jnp.matmul(test, bank.T, precision=jax.lax.Precision.HIGHEST)
+    similarity, index = jax.lax.top_k(jnp.where(bank_labels >= 0, similarity, -jnp.inf), max(ks))
     # each row's votes scaled by exp(-best similarity / T): the same ranking, and no overflow at small temperatures
     weights = jnp.exp((similarity - similarity[:, :1]) / temperature)
     neighbours = bank_labels[index]
@@ -67,12 +70,22 @@ def _correct(test: jax.Array, test_labels: jax.Array, bank: jax.Array, bank_labe
 def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
                  test_labels: np.ndarray, ks: Sequence[int] = DINO_KS, temperature: float = DINO_TEMPERATURE,
                  num_classes: int | None = None, similarities_per_chunk: int = 2**26) -> list[KnnResult]:
-    """Top-1 and top-5 accuracy of DINO's weighted k-NN vote, for each `k`; test rows go in chunks whose
-    similarity matrix has at most `similarities_per_chunk` entries."""
+    """Top-1 and top-5 accuracy of DINO's weighted k-NN vote, for each `k`. The training representations are
+    split over every device (of every process: each holds all of them on the host), so a bank too large for one
+    accelerator fits the many; test rows go in chunks whose similarity matrix has at most `similarities_per_chunk`
+    entries."""
     ks = tuple(int(k) for k in ks)
     check_options(ks, temperature, len(train_features))
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1 if num_classes is None else num_classes
-    bank, bank_labels = jnp.asarray(normalised(train_features)), jnp.asarray(train_labels, jnp.int32)
+    mesh = make_mesh([(DATA_AXIS, -1)])
+    everywhere, split_rows = replicated(mesh), NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    size = -(-len(train_features) // mesh.size) * mesh.size  # padded to a multiple of the devices
+    bank = np.zeros((size, train_features.shape[1]), np.float32)
+    bank[:len(train_features)] = normalised(train_features)
+    bank_labels = np.full(size, -1, np.int32)
+    bank_labels[:len(train_labels)] = train_labels
+    bank, bank_labels = host_tree_to_global((bank, bank_labels), (split_rows, split_rows))
+    correct = jax.jit(functools.partial(_correct, ks=ks, num_classes=num_classes), out_shardings=everywhere)
     test = normalised(test_features)
     chunk = max(1, min(len(test), similarities_per_chunk // len(bank)))
     totals = np.zeros((len(ks), 2), np.int64)
@@ -81,7 +94,8 @@ def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_feat
         padding = chunk - len(rows)  # one shape for every chunk: one compilation
         rows = np.concatenate([rows, np.zeros((padding, rows.shape[1]), np.float32)])
         labels = np.concatenate([labels, np.full(padding, -1, np.int32)])
-        totals += np.asarray(_correct(rows, labels, bank, bank_labels, temperature, ks, num_classes))
+        chunk_rows, chunk_labels = host_tree_to_global((rows, labels), (everywhere, everywhere))
+        totals += np.asarray(correct(chunk_rows, chunk_labels, bank, bank_labels, np.float32(temperature)))
     return [KnnResult(k, float(top1 / len(test)), float(top5 / len(test))) for k, (top1, top5) in zip(ks, totals)]
 
 
