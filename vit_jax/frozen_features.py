@@ -81,6 +81,14 @@ def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], bat
     return Extractor(trained, dtype)(source, batch_size)
 
 
+def label_rank(scores: Any, labels: Any) -> jax.Array:
+    """Each row's label's rank among its class scores (0: first): classes scoring higher, and those scoring the same
+    with a lower index, come before it. Works inside `jit` and on NumPy arrays."""
+    own = jnp.take_along_axis(scores, jnp.maximum(labels, 0)[:, None], axis=1)
+    ahead = (scores > own) | ((scores == own) & (jnp.arange(scores.shape[1]) < labels[:, None]))
+    return jnp.sum(ahead, axis=1)
+
+
 def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.ArgumentParser:
     """The options every frozen-feature command takes; `splits`: each split's role -> what its help says."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])

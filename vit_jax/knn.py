@@ -58,11 +58,10 @@ def _correct(test: jax.Array, test_labels: jax.Array, bank: jax.Array, bank_labe
     counts = []
     for k in ks:
         votes = jnp.zeros((test.shape[0], num_classes), jnp.float32).at[rows, neighbours[:, :k]].add(weights[:, :k])
-        own = jnp.take_along_axis(votes, jnp.maximum(test_labels, 0)[:, None], axis=1)
-        # the label's rank: classes with more votes, and those with as many and a lower index, come first; a class
-        # no neighbour voted for is never predicted (DINO's order among those is arbitrary)
-        rank = jnp.sum((votes > own) | ((votes == own) & (jnp.arange(num_classes) < test_labels[:, None])), axis=1)
-        counted = (own[:, 0] > 0) & (test_labels >= 0)
+        rank = frozen_features.label_rank(votes, test_labels)
+        # a class no neighbour voted for is never predicted (DINO's order among those is arbitrary)
+        own = jnp.take_along_axis(votes, jnp.maximum(test_labels, 0)[:, None], axis=1)[:, 0]
+        counted = (own > 0) & (test_labels >= 0)
         counts.append(jnp.stack([jnp.sum(counted & (rank == 0)), jnp.sum(counted & (rank < TOP))]))
     return jnp.stack(counts)
 

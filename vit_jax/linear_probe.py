@@ -75,8 +75,8 @@ def _minimise(params: dict[str, jax.Array], x: jax.Array, y: jax.Array, c: jax.A
     return params, optax.tree.get(state, "count"), largest_gradient(state)
 
 
-def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, c: float, num_classes: int,
-                            start: Fit | None = None, tolerance: float = TOLERANCE,
+def fit_logistic_regression(features: np.ndarray | jax.Array, labels: np.ndarray | jax.Array, c: float,
+                            num_classes: int, start: Fit | None = None, tolerance: float = TOLERANCE,
                             max_iterations: int = MAX_ITERATIONS) -> Fit:
     """scikit-learn's `LogisticRegression(C=c)` (multinomial, L2, intercept), fitted by L-BFGS from `start` (a fit
     at a nearby C) or from zeros."""
@@ -91,9 +91,7 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, c: float, 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     """The share of rows whose label is among the `k` largest logits (ties to the lower class)."""
-    own = logits[np.arange(len(labels)), labels][:, None]
-    rank = np.sum((logits > own) | ((logits == own) & (np.arange(logits.shape[1]) < labels[:, None])), axis=1)
-    return float(np.mean(rank < k))
+    return float(np.mean(np.asarray(frozen_features.label_rank(logits, labels)) < k))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +108,7 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndar
     """A fit per C in increasing order (each warm-started from the last), the one with the best validation accuracy
     (the smallest C among equals: the most regularised) evaluated on the test split."""
     fits, scores, fit = [], [], None
+    train = (jnp.asarray(train[0], jnp.float32), jnp.asarray(train[1], jnp.int32))  # on the device once, for every C
     for c in sorted(cs):
         fit = fit_logistic_regression(*train, c, num_classes, start=fit)
         fits.append(fit)
