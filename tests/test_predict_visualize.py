@@ -181,8 +181,8 @@ def test_figures_render_to_rgb_arrays_for_tensorboard(tmp_path):
 @pytest.mark.parametrize("source, options, message", [
     (dict(workdir="nowhere"), dict(variant="B/16", dataset="mnist"), "variant, dataset: not used with a workdir"),
     (dict(npz="nowhere.npz"), dict(step=3), "step: not used with an .npz file"),
-    (dict(checkpoint="hf-hub:timm/nothing"), dict(image_size=224, value_range=(0.0, 1.0)),
-     "image_size, value_range: not used with a timm checkpoint"),
+    (dict(checkpoint="hf-hub:timm/nothing"), dict(step=2, value_range=(0.0, 1.0)),
+     "step, value_range: not used with a timm checkpoint"),
 ])
 def test_options_a_checkpoint_kind_does_not_read_are_refused_before_loading(source, options, message):
     """predict --workdir=W --variant=B/16 used to ignore the variant silently."""
@@ -204,3 +204,41 @@ def test_a_workdir_predicts_with_the_evaluation_view_it_was_evaluated_with(digit
     preprocess = load_trained_model(cropped).preprocess
     assert (preprocess.crop_pct, preprocess.crop_mode) == (0.875, "center")
     assert load_trained_model(workdir).preprocess.crop_pct == 1.0
+
+
+def test_predict_at_another_image_size_resizes_the_table_as_training_would(digits_run, capsys):
+    """`--image-size` feeds any checkpoint at a new size (its table resized in the forward pass), in every form,
+    and the images after it are still images (an option taking one or two values used to swallow them)."""
+    import dataclasses
+
+    workdir, paths, examples = digits_run
+    outputs = []
+    for size_args in (["--image-size", "24", *paths[:2]], [*paths[:2], "--image-size=24x24"],
+                      ["--image-size", "24", "24", *paths[:2]]):
+        assert predict.main([f"--workdir={workdir}", "--json", "--top-k=10", *size_args]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2]
+    records = [json.loads(line) for line in outputs[0].splitlines()]
+    assert [r["path"] for r in records] == paths[:2]
+    # reference: the 4x4 table resized once to 6x6 (half-pixel bilinear), in a model built for the 6x6 grid
+    trained = load_trained_model(workdir)
+    table = trained.params["Transformer"]["posembed_input"]["pos_embedding"]
+    resized = jax.image.resize(table.reshape(4, 4, -1), (6, 6, table.shape[-1]), "bilinear").reshape(1, 36, -1)
+    params = jax.tree.map(lambda x: x, trained.params)
+    params["Transformer"]["posembed_input"]["pos_embedding"] = resized
+    view = dataclasses.replace(trained.preprocess, image_size=(24, 24))
+    batch = np.stack([view.eval(e)["image"] for e in examples[:2]])
+    assert batch.shape[1:3] == (24, 24)
+    logits = trained.model.clone(posemb_grid=None).apply({"params": params}, batch, train=False)
+    expected = np.asarray(jax.nn.softmax(logits, axis=-1))
+    for record, row in zip(records, expected):
+        printed = dict(record["top_k"])
+        np.testing.assert_allclose([printed[str(c)] for c in range(10)], row, atol=5e-5)
+    for bad, message in ((["--image-size", "23", paths[0]], "image size 23x23 (height x width) is not a multiple of "
+                                                            "the patch size 4x4"),
+                         (["--image-size", "0", paths[0]], "--image-size 0: expected N, HxW or H W"),
+                         (["--image-size", "24"], "the following arguments are required: IMAGE")):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main([f"--workdir={workdir}", *bad])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

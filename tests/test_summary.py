@@ -76,12 +76,17 @@ def test_cli_options_and_overrides(capsys):
     out = capsys.readouterr().out
     assert "on 32x64x1 images" in out and "tokens per image: 16 (4x4 patch grid = 16 patches)" in out
     assert "cls" not in out.split()
+    # the size as two values, before the variant it used to swallow
+    assert main(["--image-size", "32", "64", "S/8x16", "--channels", "1", "--num-classes", "10",
+                 "--set", "classifier=gap", "--set", "representation_size=None"]) == 0
+    assert capsys.readouterr().out == out
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["B/16", "--image-size", "225"], "image size 225x225 (height x width) is not a multiple of the patch size 16x16"),
+        (["B/16", "--image-size", "224x"], "--image-size 224x: expected N, HxW or H W (positive integers)"),
         (["Q/16"], "unknown model size 'Q'"),
         (["B/16", "--set", "heads=3"], "unknown model option(s) ['heads']"),
     ],

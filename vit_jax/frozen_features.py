@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.checkpoint.adapt import HEADS
-from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, image_size_argument, load_trained_model
+from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, load_trained_model
 from vit_jax.data.pipeline import eval_batches
 from vit_jax.distributed import COORDINATOR_HELP, MODES, MODES_HELP, initialize
+from vit_jax.image_size_flag import add_image_size_option, image_size_argument
 from vit_jax.sharding import DATA_AXIS, batch_sharding, host_tree_to_global, make_mesh, replicated, to_global
 from vit_jax.whole_files import written_whole
 
@@ -95,8 +96,8 @@ def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.
     parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz file or a Hub checkpoint "
                                                             "(hf-hub:OWNER/NAME, a Hub-layout directory, .safetensors)")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="H [W]",
-                        help="npz: the image size (default: the position table's grid times the patch size)")
+    add_image_size_option(parser, "the size images are fed at (default: the checkpoint's own; an .npz file's: "
+                                  "its position table's grid times the patch size)")
     parser.add_argument("--dataset", default=None, help="a prepared TFDS dataset, a built-in one or "
                                                         "folder:/path (default for a workdir: its run's)")
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default for a workdir: its run's)")

@@ -24,8 +24,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from vit_jax.checkpoint.trained_model import TrainedModel, image_size_argument, load_trained_model
+from vit_jax.checkpoint.trained_model import TrainedModel, load_trained_model
 from vit_jax.data.image_files import UnreadableImageError, read_image
+from vit_jax.image_size_flag import add_image_size_option, image_size_argument, split_image_size
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +40,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                                              "file")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
     parser.add_argument("--variant", default=None, help="npz: e.g. B/16, checked against the file's shapes")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None,
-                        help="npz: H [W] (default: the position table's grid times the patch size)")
+    add_image_size_option(parser, "the size images are fed at (default: the checkpoint's own; an .npz file's: "
+                                  "its position table's grid times the patch size)")
     parser.add_argument("--value-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
                         help="npz: pixel values 0..255 map to [LO, HI] (default -1 1, as vision_transformer)")
     parser.add_argument("--dataset", default=None, help="npz: a TFDS dataset whose label names to print")
@@ -109,11 +110,18 @@ def format_record(record: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_jax.predict", description=__doc__.splitlines()[0])
     add_model_arguments(parser)
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG (any format PIL reads)")
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG (any format PIL reads)")
     parser.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="one JSON record per image instead of text")
     args = parser.parse_args(argv)
+    try:  # `--image-size 384 cat.jpg`: the option takes one or two values, and the rest are images
+        size, swallowed = split_image_size(args.image_size)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
+    args.image_size, args.images = size, [*args.images, *swallowed]
+    if not args.images:
+        parser.error("the following arguments are required: IMAGE")
     if args.top_k <= 0 or args.batch_size <= 0:
         parser.exit(2, f"error: --top-k {args.top_k} / --batch-size {args.batch_size}: expected positive integers\n")
     try:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.image_size_flag import add_image_size_option, split_image_size
 from vit_jax.models import create_model
 from vit_jax.models.encoder_options import blocks_alike
 from vit_jax.models.heads import num_prefix_tokens
@@ -176,15 +177,6 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key, raw
 
 
-def parse_image_size(text: str) -> tuple[int, int]:
-    """`224` or `224x160` (height x width)."""
-    parts = text.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"image size must be N or HxW with positive integers; got {text!r}")
-    h, w = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
-    return h, w
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_jax.summary", description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*", metavar="VARIANT",
@@ -193,13 +185,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of variants: the model of a checkpoint (a vit_jax workdir, an .npz file, "
                              "hf-hub:OWNER/NAME, a Hub-layout directory or a .safetensors file), at the image size "
                              "it evaluates at, or --image-size")
-    parser.add_argument("--image-size", type=parse_image_size, default=None, help="N or HxW (default 224)")
+    add_image_size_option(parser, "default: 224, or the size a checkpoint evaluates at")
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table, one row per variant")
     parser.add_argument("--set", type=parse_override, action="append", default=[], metavar="OPTION=VALUE",
                         help="any create_model option, e.g. --set posemb=sincos2d --set classifier=gap")
     args = parser.parse_args(argv)
+    try:  # `--image-size 384 B/16`: the option takes one or two values, and the rest are variants
+        args.image_size, swallowed = split_image_size(args.image_size)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
+    args.variants = [*args.variants, *swallowed]
     if args.channels not in (1, 3) or args.num_classes < 0:
         parser.exit(2, f"error: --channels {args.channels} / --num-classes {args.num_classes}: expected 1 or 3 "
                        f"channels and a class count >= 0\n")
@@ -219,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _checkpoint_summary(args: argparse.Namespace) -> ModelSummary:
     """The summary of `--checkpoint`'s model: its architecture, channels and classes are the checkpoint's own."""
-    from vit_jax.checkpoint.trained_model import checkpoint_kind, load_trained_model
+    from vit_jax.checkpoint.trained_model import load_trained_model
 
     given = [flag for flag, used in (("VARIANT", args.variants), ("--set", args.set),
                                      ("--channels", args.channels != 3), ("--num-classes", args.num_classes != 1000))
@@ -227,11 +224,9 @@ def _checkpoint_summary(args: argparse.Namespace) -> ModelSummary:
     if given:
         raise ValueError(f"{', '.join(given)}: not used with --checkpoint, whose model, channels and classes are "
                          f"the checkpoint's own; leave {'it' if len(given) == 1 else 'them'} out")
-    spec = args.checkpoint
     # an .npz file without a square table says no image size of its own: the loader asks for --image-size
-    trained = load_trained_model(spec, image_size=args.image_size if checkpoint_kind(spec) == "npz" else None)
-    image_size = args.image_size or trained.image_size
-    return summarize(trained.model, (*image_size, trained.channels), name=trained.source)
+    trained = load_trained_model(args.checkpoint, image_size=args.image_size)
+    return summarize(trained.model, (*trained.image_size, trained.channels), name=trained.source)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 from vit_jax.checkpoint.timm_layout import ATTENTION, BLOCK, MAP_HEAD
 from vit_jax.checkpoint.timm_rope import rope_architecture
 from vit_jax.data.preprocessing import Preprocess
+from vit_jax.image_size_flag import add_image_size_option, image_size_argument
 from vit_jax.models.encoder import ENCODER
 from vit_jax.models.heads import num_prefix_tokens
 from vit_jax.models.posemb import antialiased, resize_posemb, sincos2d
@@ -460,11 +461,10 @@ def export_command(argv: list[str] | None, module: str, doc: str, export: Callab
     parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz or a Hub checkpoint")
     parser.add_argument("--out", required=True, help=f"the directory to write {', '.join(files)} to")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
-    parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="H [W]",
-                        help="an .npz file's image size where its table does not say it (a fixed sin-cos table)")
+    add_image_size_option(parser, "the image size the export takes (default: the checkpoint's own; needed for an "
+                                  ".npz file whose table does not say it, a fixed sin-cos table)")
     args = parser.parse_args(argv)
     try:
-        from vit_jax.checkpoint.trained_model import image_size_argument
         from vit_jax.entry import check_output
 
         earlier = [name for name in files if (check_output(args.out, "--out", directory=True) / name).exists()]

@@ -50,6 +50,31 @@ class TrainedModel:
     def num_prefix(self) -> int:
         return num_prefix_tokens(self.model.classifier)
 
+    def at_image_size(self, size: tuple[int, int]) -> TrainedModel:
+        """The model fed `size` images (their evaluation view at that size, as timm's `--img-size`): a learned
+        table is resized in the forward pass as its own codebase resizes it, sin-cos and rotary encodings are
+        computed for the new grid. A ValueError when the patches do not tile `size`, or for a video model."""
+        size = (int(size[0]), int(size[1]))
+        if size == tuple(self.image_size):
+            return self
+        if self.model.tubelet_size is not None:
+            raise ValueError(f"image size {size[0]}x{size[1]}: {self.source} is a video model, which runs at the "
+                             f"frame size it was trained at ({self.image_size[0]}x{self.image_size[1]})")
+        token_grid(self.model, size)
+        preprocess = dataclasses.replace(self.preprocess, image_size=size, max_patches=None)
+        return dataclasses.replace(self, preprocess=preprocess)
+
+
+def _at(trained: TrainedModel, size: tuple[int, int] | None) -> TrainedModel:
+    return trained if size is None else trained.at_image_size(size)
+
+
+def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    hw = (size, size) if isinstance(size, int) else tuple(int(side) for side in size)
+    if len(hw) != 2 or min(hw) <= 0:
+        raise ValueError(f"image size {size!r}: expected one or two positive integers (height, width)")
+    return hw  # type: ignore[return-value]
+
 
 def load_trained_model(checkpoint: str | Path | None = None, *, workdir: str | Path | None = None,
                        npz: str | Path | None = None, step: int | None = None, variant: str | None = None,
@@ -59,38 +84,32 @@ def load_trained_model(checkpoint: str | Path | None = None, *, workdir: str | P
     """The model of `checkpoint`: a vit_jax workdir, an `.npz` file, or a Hub checkpoint in timm's or
     transformers' layout (`hf-hub:OWNER/NAME`, a Hub-layout directory, a `.safetensors` file; see
     `vit_jax.checkpoint.hub`). `workdir=` and `npz=` say which
-    explicitly; give exactly one of the three. The other options serve `.npz` files: `variant` (checked against the
-    file's shapes), `image_size` (default: the position table's square grid times the patch size), `value_range`,
-    and `dataset` (class names from its metadata). A Hub checkpoint brings its preprocessing (timm's
+    explicitly; give exactly one of the three. `image_size`: the size the model is fed (`TrainedModel.at_image_size`;
+    an `.npz` file's default: the position table's square grid times the patch size, other checkpoints' the size
+    they evaluate at). The other options serve `.npz` files: `variant` (checked against the file's shapes),
+    `value_range`, and `dataset` (class names from its metadata). A Hub checkpoint brings its preprocessing (timm's
     `pretrained_cfg`, transformers' `preprocessor_config.json`) and its class names (transformers' `id2label`)."""
     if sum(spec is not None for spec in (checkpoint, workdir, npz)) != 1:
         raise ValueError("give exactly one checkpoint: a workdir, an .npz file or a timm checkpoint")
     given = dict(step=step, variant=variant, image_size=image_size,
                  value_range=None if tuple(value_range) == (-1.0, 1.0) else value_range, dataset=dataset,
                  data_dir=data_dir)
+    size = None if image_size is None else _as_hw(image_size)
     if checkpoint is not None:
         kind = checkpoint_kind(checkpoint)
         if kind == "hub":
             _refuse_unused("a timm checkpoint", "brings its own architecture and preprocessing", given,
-                           ("dataset", "data_dir"))
-            return _from_timm(str(checkpoint), dataset, data_dir)
+                           ("dataset", "data_dir", "image_size"))
+            return _at(_from_timm(str(checkpoint), dataset, data_dir), size)
         path = Path(checkpoint).expanduser()
         workdir, npz = (path, None) if kind == "workdir" else (None, path)
     if workdir is not None:
-        _refuse_unused("a workdir", "brings its own model, preprocessing and dataset (config.json)", given, ("step",))
-        return _from_workdir(Path(workdir).expanduser(), step)
+        _refuse_unused("a workdir", "brings its own model, preprocessing and dataset (config.json)", given,
+                       ("step", "image_size"))
+        return _at(_from_workdir(Path(workdir).expanduser(), step), size)
     _refuse_unused("an .npz file", "has no checkpoint steps", given, ("variant", "image_size", "value_range",
                                                                       "dataset", "data_dir"))
-    return _from_npz(npz, variant, image_size, value_range, dataset, data_dir)
-
-
-def image_size_argument(values: Sequence[int] | None) -> tuple[int, int] | None:
-    """A command line's `--image-size H [W]` as `(H, W)`, or a ValueError naming the bad value."""
-    if values is None:
-        return None
-    if len(values) not in (1, 2) or min(values) <= 0:
-        raise ValueError(f"--image-size {list(values)}: expected one or two positive integers (H [W])")
-    return (values[0], values[-1])
+    return _from_npz(npz, variant, size, value_range, dataset, data_dir)
 
 
 def checkpoint_kind(checkpoint: str | Path) -> str:
