@@ -144,3 +144,15 @@ def test_multi_word_flags_take_dashes_and_keep_their_underscore_spelling():
     assert dashes_as_underscores(argv, names) == [
         "main", "--coordinator_address=127.0.0.1:5", "--num_processes=2", "--num_processes", "3",
         "--config.model.qkv_dim=8", "--config=configs/digits.py:model.posemb_grid=(2,2)", "--unknown-flag=1"]
+
+
+def test_an_existing_output_is_replaced_not_refused(tmp_path):
+    """A command run again with the same `--out` replaces its earlier result (it used to be refused as 'not a
+    directory', the file itself taken for the folder it is written in)."""
+    from vit_jax.entry import check_output
+
+    (tmp_path / "result.json").write_text("{}")
+    (tmp_path / "export").mkdir()
+    assert check_output(tmp_path / "result.json", "--out") == tmp_path / "result.json"
+    assert check_output(tmp_path / "export", "--out", directory=True) == tmp_path / "export"
+    assert check_output(tmp_path / "new" / "deeper.json", "--out") == tmp_path / "new" / "deeper.json"

@@ -151,7 +151,8 @@ def check_output(path: str | Path, flag: str, directory: bool = False) -> Path:
     if path.exists() and path.is_dir() != directory:
         raise InputError(f"{flag}={path}: an existing {'file' if directory else 'directory'}; expected "
                          f"{'a directory' if directory else 'a file path'}")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    # a file is replaced by renaming a new one over it (`whole_files`): its folder must be writable
+    existing = next(p for p in (*([path] if directory else []), *path.absolute().parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{flag}={path}: cannot be written ({existing} is "
                          f"{'not a directory' if not existing.is_dir() else 'not writable'})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,45 +35,51 @@ class Extractor:
     `(N, D)` float32, in global batches split over every device of every process (each process reads its share;
     every process gets them all); `dtype="bfloat16"` computes in bfloat16 (float32 parameters, as training's mixed
     precision). A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in every channel); a
-    NaFlex checkpoint is evaluated at its fixed image size."""
+    NaFlex checkpoint is evaluated at its fixed image size. `head=True`: the logits instead; `outputs(x, labels)`:
+    what to keep of them (or of the representation) per example, computed on the devices (any tree of arrays whose
+    rows are the examples)."""
 
-    def __init__(self, trained: TrainedModel, dtype: str = "float32"):
+    def __init__(self, trained: TrainedModel, dtype: str = "float32", head: bool = False,
+                 outputs: Callable[[jax.Array, jax.Array], Any] | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
         mesh = make_mesh([(DATA_AXIS, -1)])
         self.data, everywhere = batch_sharding(mesh), replicated(mesh)
+        compute = None if dtype == "float32" else jnp.dtype(dtype)
         # without a head the model returns its representation
-        model = trained.model.clone(num_classes=0, dtype=None if dtype == "float32" else jnp.dtype(dtype))
-        params = {name: p for name, p in trained.params.items() if name not in HEADS}
+        model = trained.model.clone(dtype=compute) if head else trained.model.clone(num_classes=0, dtype=compute)
+        params = {name: p for name, p in trained.params.items() if head or name not in HEADS}
         self.params = host_tree_to_global(params, jax.tree.map(lambda _: everywhere, params))
+        keep = outputs or (lambda x, labels: x)
 
-        def forward(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        def forward(params: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array, jax.Array]:
             x = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
-            return x, batch["label"], batch["mask"]
+            return keep(x, batch["label"]), batch["label"], batch["mask"]
 
         self.forward = jax.jit(forward, out_shardings=everywhere)  # every process gets every process's rows
         self.preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
 
-    def __call__(self, source: Sequence[dict[str, Any]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """The representations and labels of every example of `source`, in order, in global batches of about
-        `batch_size`."""
+    def __call__(self, source: Sequence[dict[str, Any]], batch_size: int) -> tuple[Any, np.ndarray]:
+        """The representations (or `outputs`) and labels of every example of `source`, in order, in global batches
+        of about `batch_size`."""
         processes, local_devices = jax.process_count(), jax.local_device_count()
         local_batch = -(-batch_size // (processes * local_devices)) * local_devices
         batches = eval_batches(source, self.preprocess, batch_size=local_batch, process_index=jax.process_index(),
                                process_count=processes)
         features, labels, order = [], [], []
         for step, batch in enumerate(batches):
-            x, y, mask = (np.asarray(a) for a in self.forward(self.params, to_global(batch, self.data)))
+            x, y, mask = jax.tree.map(np.asarray, self.forward(self.params, to_global(batch, self.data)))
             # global row g is row g % local_batch of process g // local_batch's batch `step`; process p reads the
             # examples p, p + processes, ... (`eval_batches`)
             rows = np.arange(len(mask))
             index = rows // local_batch + processes * (step * local_batch + rows % local_batch)
             real = mask > 0
-            features.append(x[real])
+            features.append(jax.tree.map(lambda a, keep=real: a[keep], x))
             labels.append(y[real])
             order.append(index[real])
         order = np.argsort(np.concatenate(order), kind="stable")
-        return np.concatenate(features)[order], np.concatenate(labels).astype(np.int32)[order]
+        gathered = jax.tree.map(lambda *parts: np.concatenate(parts)[order], *features)
+        return gathered, np.concatenate(labels).astype(np.int32)[order]
 
 
 def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int,
@@ -90,25 +96,31 @@ def label_rank(scores: Any, labels: Any) -> jax.Array:
     return jnp.sum(ahead, axis=1)
 
 
-def argument_parser(prog: str, doc: str, splits: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The options every frozen-feature command takes; `splits`: each split's role -> what its help says."""
+def argument_parser(prog: str, doc: str, splits: Mapping[str, str], saved: str = "representations"
+                    ) -> argparse.ArgumentParser:
+    """The options every frozen-feature command takes; `splits`: each split's role -> what its help says (one role
+    is also `--split`); `saved`: what `--features` writes of each example."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a vit_jax workdir, an .npz file or a Hub checkpoint "
                                                             "(hf-hub:OWNER/NAME, a Hub-layout directory, .safetensors)")
     parser.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: the latest)")
     add_image_size_option(parser, "the size images are fed at (default: the checkpoint's own; an .npz file's: "
                                   "its position table's grid times the patch size)")
+    parser.add_argument("--crop-pct", type=float, default=None,
+                        help="the evaluation view's central crop: the fraction of the resized image kept (default: "
+                             "the checkpoint's)")
     parser.add_argument("--dataset", default=None, help="a prepared TFDS dataset, a built-in one or "
                                                         "folder:/path (default for a workdir: its run's)")
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default for a workdir: its run's)")
     for role, help_text in splits.items():
-        parser.add_argument(f"--{role}-split", default=None, help=help_text)
+        parser.add_argument(f"--{role}-split", *(["--split"] if len(splits) == 1 else []), default=None,
+                            help=help_text)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="the forward pass's compute type (bfloat16: the matrix units' type on GPUs and TPUs)")
     parser.add_argument("--out", default=None, help="a JSON file for the results")
-    parser.add_argument("--features", default=None, help="an .npz file for the representations and labels of "
-                                                         "each split (NAME, NAME_labels)")
+    parser.add_argument("--features", default=None, help=f"an .npz file for the {saved} and labels of each split "
+                                                         f"(NAME, NAME_labels)")
     parser.add_argument("--distributed", choices=MODES, default="auto", help=MODES_HELP)
     parser.add_argument("--coordinator-address", default=None, help=COORDINATOR_HELP)
     parser.add_argument("--num-processes", type=int, default=None)
@@ -130,6 +142,7 @@ class FrozenData:
     splits: dict[str, str]  # role ("train", "test", ...) -> split name
     sizes: dict[str, int]
     num_classes: int
+    class_names: tuple[str, ...]
     image_shape: tuple[int | None, ...]  # (H, W, C), or (T, H, W, C) for videos
     builder: Any
 
@@ -147,11 +160,17 @@ class FrozenData:
 def open_data(args: argparse.Namespace, defaults: Mapping[str, str]) -> FrozenData:
     """The dataset and splits: as given, else a workdir's run's (`{role}_split` in its config), else `defaults`
     (role -> split). A bad batch size, output path, dataset or split is a ValueError before anything is read."""
+    from vit_jax.data.eval_crop import check_crop
     from vit_jax.data.sources import dataset_builder, dataset_spec, split_size
     from vit_jax.entry import check_output
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
+    if args.crop_pct is not None:
+        try:
+            check_crop(args.crop_pct)
+        except ValueError as error:
+            raise ValueError(f"--crop-pct {args.crop_pct}: {error}") from None
     for path, flag in ((args.out, "--out"), (args.features, "--features")):
         if path is not None:
             check_output(path, flag)
@@ -169,13 +188,16 @@ def open_data(args: argparse.Namespace, defaults: Mapping[str, str]) -> FrozenDa
     builder = dataset_builder(dataset, data_dir)
     sizes = {role: split_size(builder, split) for role, split in splits.items()}
     spec = dataset_spec(builder)
-    return FrozenData(dataset, data_dir, splits, sizes, spec.num_classes, tuple(spec.image_shape), builder)
+    return FrozenData(dataset, data_dir, splits, sizes, spec.num_classes, tuple(spec.class_names),
+                      tuple(spec.image_shape), builder)
 
 
 def load_model(args: argparse.Namespace, data: FrozenData) -> TrainedModel:
     """The checkpoint's model, checked against the data before anything runs: images for an image model, videos
     for a video model, channels it can take."""
     trained = load_trained_model(args.checkpoint, step=args.step, image_size=image_size_argument(args.image_size))
+    if args.crop_pct is not None:
+        trained = dataclasses.replace(trained, preprocess=dataclasses.replace(trained.preprocess, crop_pct=args.crop_pct))
     videos, channels = len(data.image_shape) == 4, data.image_shape[-1]
     if videos != (trained.model.tubelet_size is not None):
         raise ValueError(f"{trained.source} is {'an image' if videos else 'a video'} model and dataset "
@@ -212,8 +234,8 @@ def save_features(path: str | Path, features: Mapping[str, tuple[np.ndarray, np.
 
 def report(args: argparse.Namespace, data: FrozenData, features: Mapping[str, tuple[np.ndarray, np.ndarray]],
            lines: Sequence[str], results: Mapping[str, Any]) -> None:
-    """From process 0 only: `lines` printed, and what `--features` and `--out` ask for: the representations, and
-    `results` beside the checkpoint, the dataset, its splits and the representation's width, as JSON."""
+    """From process 0 only: `lines` printed, and what `--features` and `--out` ask for: `features` (each role's
+    per-example arrays and labels), and `results` beside the checkpoint, the dataset and its splits, as JSON."""
     if jax.process_index() != 0:
         return
     print("\n".join(lines))
@@ -222,7 +244,6 @@ def report(args: argparse.Namespace, data: FrozenData, features: Mapping[str, tu
     if args.out is not None:
         path = Path(args.out).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        width = next(iter(features.values()))[0].shape[1]
-        report = {"checkpoint": str(args.checkpoint), **data.describe(), "width": int(width), **results}
+        report = {"checkpoint": str(args.checkpoint), **data.describe(), **results}
         with written_whole([path]) as (partial,):
             partial.write_text(json.dumps(report, indent=2) + "\n")

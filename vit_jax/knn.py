@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{data.splits['train']}: {len(train):,}), {trained.source}'s {train.shape[1]}-wide representation, "
              f"temperature {args.temperature}", f"{'k':>5} {'top-1':>8} {'top-5':>8}"]
     lines += [f"{result.k:>5} {result.top1:>8.2%} {result.top5:>8.2%}" for result in results]
-    frozen_features.report(args, data, features, lines, {"temperature": args.temperature,
+    frozen_features.report(args, data, features, lines, {"width": int(train.shape[1]), "temperature": args.temperature,
                                                          "results": [dataclasses.asdict(r) for r in results]})
     return 0
 

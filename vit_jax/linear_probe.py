@@ -148,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"C = {best.c:.3g} (validation top-1 {max(s for _, s in result.validation):.2%}; "
              f"{best.iterations} L-BFGS iterations): test top-1 {result.top1:.2%}, top-5 {result.top5:.2%}"]
     frozen_features.report(args, data, features, lines, {
-        "c": best.c, "iterations": best.iterations, "top1": result.top1, "top5": result.top5,
-        "validation": [{"c": c, "top1": s} for c, s in result.validation]})
+        "width": int(best.kernel.shape[0]), "c": best.c, "iterations": best.iterations, "top1": result.top1,
+        "top5": result.top5, "validation": [{"c": c, "top1": s} for c, s in result.validation]})
     return 0
 
 

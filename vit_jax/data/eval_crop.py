@@ -23,7 +23,7 @@ CROP_ROUNDINGS = ("round", "floor")
 Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 
 
-def check_crop(crop_pct: float, crop_mode: str, crop_rounding: str = "round") -> None:
+def check_crop(crop_pct: float, crop_mode: str = "squash", crop_rounding: str = "round") -> None:
     if not isinstance(crop_pct, float | int) or not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1] (the fraction of the resized image kept); got {crop_pct!r}")
     if crop_mode not in CROP_MODES:

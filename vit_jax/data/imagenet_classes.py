@@ -18,6 +18,13 @@ def _table() -> tuple[tuple[str, str], ...]:
     return tuple(tuple(line.split("\t", 1)) for line in text.splitlines())  # type: ignore[misc]
 
 
+def imagenet_wordnet_ids() -> tuple[str, ...]:
+    """The 1,000 classes' WordNet IDs (`n01440764`, ...) in index order: the label names of TFDS's ImageNet
+    datasets and the folder names of ImageNet's own layout, so subsets (ImageNet-R's and ImageNet-A's 200 classes)
+    find their columns of a 1,000-class head."""
+    return tuple(wnid for wnid, _ in _table())
+
+
 def imagenet_class_names(num_classes: int | None) -> tuple[str, ...] | None:
     """The 1,000 class names (lemmas) for a 1,000-class head; None for any other head (no names to guess)."""
     if num_classes != IMAGENET_1K_CLASSES:

@@ -1,0 +1,147 @@
+"""`python -m vit_jax.evaluate`: a checkpoint's classifier scored on a dataset split, against the run's own logged
+figures and against timm scoring its own model on the same files."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax.evaluate import main
+from vit_jax.timm_compat import import_timm
+
+COLUMNS = [0, 1, 2, 500, 998, 999]  # six of ImageNet's classes, named by WordNet ID as ImageNet-R's folders are
+
+
+def wordnet_ids():
+    """column -> WordNet ID, as timm's ImageNetInfo has them (an independent table)."""
+    import_timm()
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return {column: info.index_to_label_name(column) for column in COLUMNS}
+
+
+@pytest.mark.xdist_group("readme_run")  # the worker that runs the README's main command
+def test_the_readme_run_scores_what_it_logged(readme_run, capsys, tmp_path):
+    """`--checkpoint=WORKDIR` scores the run's test split with its evaluation view: the run's logged final test
+    accuracy, top-5 and loss; `--split` the validation figures logged at the same step; `--features` the logits
+    the model gives each image."""
+    import jax
+
+    from vit_jax.checkpoint.trained_model import load_trained_model
+    from vit_jax.data.sources import dataset_builder, open_split
+
+    workdir, _ = readme_run
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    test = [m for m in logged if "test/accuracy" in m][-1]
+    validation = [m for m in logged if m.get("step") == test["step"] and "eval/accuracy" in m][-1]
+    out = tmp_path / "eval.json"
+    assert main([f"--checkpoint={workdir}", f"--out={out}", "--batch-size=100",
+                 f"--features={tmp_path / 'logits.npz'}"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert (report["test_split"], report["num_test"], report["image_size"], report["classes"]) == ("test", 360,
+                                                                                                   [16, 16], 10)
+    assert report["top1"] == pytest.approx(test["test/accuracy"], abs=1e-9)
+    assert report["top5"] == pytest.approx(test["test/top5_accuracy"], abs=1e-9)
+    assert report["loss"] == pytest.approx(test["test/loss"], rel=1e-5)
+    assert f"on sklearn_digits (test: 360 images) at 16x16 (crop 1, bilinear), the head's 10 classes" in printed
+    assert f"top-1 {report['top1']:.2%}  top-5 100.00%  cross-entropy {report['loss']:.4f}" in printed
+
+    trained = load_trained_model(workdir)
+    examples = list(open_split(dataset_builder("sklearn_digits", report["data_dir"]), "test"))
+    images = np.stack([trained.preprocess.eval(e)["image"] for e in examples])
+    expected = np.asarray(jax.jit(lambda x: trained.model.apply({"params": trained.params}, x, train=False))(images))
+    with np.load(tmp_path / "logits.npz", allow_pickle=False) as saved:
+        np.testing.assert_allclose(saved["test"], expected, atol=2e-5, rtol=1e-5)
+        np.testing.assert_array_equal(saved["test_labels"], [e["label"] for e in examples])
+
+    assert main([f"--checkpoint={workdir}", "--split=validation", f"--out={out}"]) == 0
+    report = json.loads(out.read_text())
+    assert (report["test_split"], report["num_test"]) == ("validation", 180)
+    assert (report["top1"], report["loss"]) == pytest.approx((validation["eval/accuracy"], validation["eval/loss"]),
+                                                             rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def imagenet_head(tmp_path_factory):
+    """A small timm ViT with ImageNet's 1,000-class head (random weights), in the Hub's layout, and a folder of
+    images in six of its classes named by WordNet ID, of assorted sizes (the evaluation view resizes and crops)."""
+    import torch
+
+    timm = import_timm()
+    root = tmp_path_factory.mktemp("imagenet_head")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, depth=2, embed_dim=32, num_heads=2,
+                              num_classes=1000, img_size=32, pretrained_cfg_overlay=dict(input_size=(3, 32, 32)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.eval()
+    timm.models.save_for_hf(model, root / "hub", safe_serialization=True)
+    rng = np.random.default_rng(0)
+    for wnid in wordnet_ids().values():
+        (root / "images" / wnid).mkdir(parents=True)
+        for k in range(4):
+            h, w = rng.integers(24, 60, size=2)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / wnid / f"{k}.png")
+    return model, root
+
+
+def test_a_dataset_of_some_imagenet_classes_is_scored_on_their_columns_as_timm_scores_them(imagenet_head, capsys):
+    """A 1,000-class head on a folder of six classes named by WordNet ID (ImageNet-R's layout): each image through
+    timm's own `resolve_data_config` + `create_transform`, its logits restricted to those classes' columns, give
+    the same top-1, top-5 and cross-entropy, image by image."""
+    import torch
+    from timm.data import create_transform, resolve_data_config
+
+    model, root = imagenet_head
+    out = root / "eval.json"
+    assert main([f"--checkpoint={root / 'hub'}", f"--dataset=folder:{root / 'images'}", f"--data-dir={root / 'tfds'}",
+                 "--split=train", f"--out={out}", f"--features={root / 'logits.npz'}", "--batch-size=8"]) == 0
+    assert "(train: 24 images) at 32x32 (crop 0.9, bicubic), 6 of the head's 1000 classes (matched by name)" in \
+        capsys.readouterr().out
+    report = json.loads(out.read_text())
+    columns, wnids = COLUMNS, sorted(wordnet_ids().values())
+    assert report["columns"] == columns
+
+    transform = create_transform(**resolve_data_config({}, model=model))
+    files = sorted((root / "images").glob("*/*.png"))
+    pixels = torch.stack([transform(Image.open(path).convert("RGB")) for path in files])
+    labels = np.asarray([wnids.index(path.parent.name) for path in files])
+    with torch.no_grad():
+        theirs = model(pixels)[:, columns]
+    losses = torch.nn.functional.cross_entropy(theirs, torch.from_numpy(labels), reduction="none").numpy()
+    ranks = np.sum(theirs.numpy() > theirs.numpy()[np.arange(len(labels)), labels][:, None], axis=1)
+    assert report["top1"] == pytest.approx(np.mean(ranks == 0), abs=1e-9)
+    assert report["top5"] == pytest.approx(np.mean(ranks < 5), abs=1e-9)
+    assert 0 < report["top5"] < 1 and report["loss"] == pytest.approx(losses.mean(), rel=1e-4)
+    with np.load(root / "logits.npz", allow_pickle=False) as saved:  # the same rows, in the dataset's order
+        ours, our_labels = saved["test"], saved["test_labels"]
+    assert sorted(our_labels) == sorted(labels)
+    np.testing.assert_allclose(np.sort(ours, axis=0), np.sort(theirs.numpy(), axis=0), atol=2e-4)
+
+
+def test_classes_the_head_cannot_score_and_bad_options_are_one_line(imagenet_head, digits_data_dir, capsys):
+    """Before any image is read: a dataset whose classes are not the head's (ten digits for ImageNet's 1,000), a
+    model without a head, a crop fraction outside (0, 1]."""
+    import torch
+
+    timm = import_timm()
+    model, root = imagenet_head
+    headless = timm.create_model("vit_base_patch16_224", pretrained=False, depth=1, embed_dim=32, num_heads=2,
+                                 num_classes=0, img_size=32)
+    timm.models.save_for_hf(headless, root / "headless", safe_serialization=True)
+    digits = ["--dataset=sklearn_digits", f"--data-dir={digits_data_dir}"]
+    for argv, message in (
+            ([f"--checkpoint={root / 'hub'}", *digits], f"{root / 'hub'}'s head has 1000 classes and dataset "
+                                                       f"'sklearn_digits' has 10, 10 of them not among the head's by "
+                                                       f"name (e.g. '0'); score its representation on this dataset "
+                                                       f"with python -m vit_jax.knn"),
+            ([f"--checkpoint={root / 'headless'}", *digits], "has no classification head; score its representation"),
+            ([f"--checkpoint={root / 'hub'}", *digits, "--crop-pct=1.5"], "--crop-pct 1.5: crop_pct must be in (0, 1]")):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == "" and captured.err.count("\n") == 1, argv
+    del torch
