@@ -123,6 +123,68 @@ def test_a_dataset_of_some_imagenet_classes_is_scored_on_their_columns_as_timm_s
     np.testing.assert_allclose(np.sort(ours, axis=0), np.sort(theirs.numpy(), axis=0), atol=2e-4)
 
 
+def test_imagenet_r_and_a_in_tfds_are_scored_on_their_200_columns_as_timm_lists_them():
+    """TFDS's `imagenet_r` and `imagenet_a` keep ImageNet's 1,000 labels: by default their 200 classes' columns are
+    scored, timm's `imagenet_{r,a}_indices.txt` (an independent list: head columns, not WordNet IDs)."""
+    import types
+    from pathlib import Path
+
+    import_timm()
+    import timm
+    from timm.data import ImageNetInfo
+
+    from vit_jax.evaluate import class_map, scored_classes
+
+    info = ImageNetInfo()
+    wnids = tuple(info.index_to_label_name(i) for i in range(1000))
+    trained = types.SimpleNamespace(model=types.SimpleNamespace(num_classes=1000), source="hf-hub:x",
+                                    class_names=tuple(info.index_to_description(i) for i in range(1000)))
+    for name in ("imagenet_r", "imagenet_a"):
+        data = types.SimpleNamespace(class_names=wnids, dataset=name, builder=types.SimpleNamespace(name=name))
+        scored, scored_as = scored_classes(None, data)
+        classes = class_map(trained, data, scored, scored_as)
+        indices = Path(timm.__file__).parent / "data" / "_info" / f"{name}_indices.txt"
+        expected = [int(line) for line in indices.read_text().split()]
+        assert classes.columns.tolist() == expected
+        assert classes.description == f"200 of the head's 1000 classes ({name})"
+        assert [classes.positions[c] for c in expected] == list(range(200))
+        assert np.sum(classes.positions >= 0) == 200
+    data = types.SimpleNamespace(class_names=wnids, dataset="imagenet2012",
+                                 builder=types.SimpleNamespace(name="imagenet2012"))
+    classes = class_map(trained, data, *scored_classes(None, data))
+    assert classes.columns.tolist() == list(range(1000)) and classes.description == "the head's 1000 classes"
+
+
+def test_classes_from_a_file_score_those_columns_and_leave_out_the_other_images(imagenet_head, capsys):
+    """`--classes FILE`: WordNet IDs and head columns; images of the other classes are left out and counted."""
+    import torch
+    from timm.data import create_transform, resolve_data_config
+
+    model, root = imagenet_head
+    ids = wordnet_ids()
+    (root / "three.txt").write_text(f"{ids[0]}\n{ids[500]}\n999\n")
+    out = root / "three.json"
+    assert main([f"--checkpoint={root / 'hub'}", f"--dataset=folder:{root / 'images'}", f"--data-dir={root / 'tfds'}",
+                 "--split=train", f"--out={out}", f"--classes={root / 'three.txt'}"]) == 0
+    assert "(train: 12 images; 12 of classes not scored left out) at 32x32 (crop 0.9, bicubic), 3 of the head's " \
+           "1000 classes (three.txt)" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert (report["columns"], report["count"], report["skipped"]) == ([0, 500, 999], 12, 12)
+    transform = create_transform(**resolve_data_config({}, model=model))
+    files = [path for column in (0, 500, 999) for path in sorted((root / "images" / ids[column]).glob("*.png"))]
+    labels = np.repeat(np.arange(3), 4)
+    with torch.no_grad():
+        theirs = model(torch.stack([transform(Image.open(path).convert("RGB")) for path in files]))[:, [0, 500, 999]]
+    loss = torch.nn.functional.cross_entropy(theirs, torch.from_numpy(labels)).item()
+    assert report["top1"] == pytest.approx(np.mean(theirs.numpy().argmax(1) == labels), abs=1e-9)
+    assert report["loss"] == pytest.approx(loss, rel=1e-4)
+    for classes, message in (("nope", "--classes nope: expected imagenet_a or imagenet_r, or a file"),
+                             (str(root / "three.json"), "--classes: ")):
+        assert main([f"--checkpoint={root / 'hub'}", f"--dataset=folder:{root / 'images'}",
+                     f"--data-dir={root / 'tfds'}", "--split=train", f"--classes={classes}"]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_classes_the_head_cannot_score_and_bad_options_are_one_line(imagenet_head, digits_data_dir, capsys):
     """Before any image is read: a dataset whose classes are not the head's (ten digits for ImageNet's 1,000), a
     model without a head, a crop fraction outside (0, 1]."""

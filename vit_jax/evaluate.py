@@ -8,9 +8,10 @@
 Every image of the split goes through the checkpoint's evaluation view (its size, crop, interpolation, mean and
 std; `--image-size` and `--crop-pct` change them, a learned table then resized in the forward pass as the
 checkpoint's own code resizes it) and its head; nothing is trained, so the figures are the checkpoint's own. A
-dataset of some of the head's classes is scored on those classes' columns alone, found by name: ImageNet-R's or
-ImageNet-A's 200 WordNet IDs among a 1,000-class head's, as their authors evaluate them. A workdir is scored on its
-run's test split unless told otherwise.
+dataset of some of the head's classes is scored on those classes' columns alone, found by name (a folder of
+ImageNet-R's 200 WordNet IDs among a 1,000-class head's); TFDS's `imagenet_r` and `imagenet_a`, which keep
+ImageNet's 1,000 labels, are scored on their 200 classes' columns, as their authors score a 1,000-class model
+(`--classes` for another subset). A workdir is scored on its run's test split unless told otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,68 +29,122 @@ import numpy as np
 
 from vit_jax import frozen_features
 from vit_jax.checkpoint.trained_model import TrainedModel
-from vit_jax.data.imagenet_classes import IMAGENET_1K_CLASSES, imagenet_wordnet_ids
+from vit_jax.data.imagenet_classes import IMAGENET_1K_CLASSES, imagenet_subsets, imagenet_wordnet_ids
 
 TOP = 5  # the second accuracy reported: whether the label is among the 5 highest logits
 
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """What an evaluation measured: top-1 and top-5 accuracy and the mean cross-entropy (natural log) over `count`
-    examples, scored on `classes` of the head's `head_classes` columns."""
+    """What an evaluation measured: top-1 and top-5 accuracy and the mean cross-entropy (natural log) over the
+    `count` examples scored (`skipped`: examples of classes not scored), on `classes` of the head's `head_classes`
+    columns."""
     top1: float
     top5: float
     loss: float
     count: int
+    skipped: int
     classes: int
     head_classes: int
 
 
-def head_columns(trained: TrainedModel, data: frozen_features.FrozenData) -> np.ndarray:
-    """The head's column for each of the dataset's classes: index for index when the counts match and the names do
-    not say otherwise, else by name (the head's class names; a 1,000-class head's ImageNet WordNet IDs too). A
-    ValueError, before anything runs, when the head has no column for some class, or no head."""
-    width = trained.model.num_classes or 0
-    if not width:
-        raise ValueError(f"{trained.source} has no classification head; score its representation on "
-                         f"{data.dataset!r} with python -m vit_jax.knn or python -m vit_jax.linear_probe")
+@dataclasses.dataclass(frozen=True)
+class ClassMap:
+    """Which of the head's columns are scored, and where each of the dataset's labels is among them."""
+    columns: np.ndarray  # (classes,) the head's column of each class scored
+    positions: np.ndarray  # (dataset classes,) a label's index into `columns`; -1: a class not scored
+    description: str  # for the report: "the head's 1000 classes", "200 of the head's 1000 classes (imagenet_r)"
+
+
+def _name_keys(trained: TrainedModel) -> dict[str, int]:
+    """Names -> the head's columns: its class names, and a 1,000-class head's ImageNet WordNet IDs."""
     keys: dict[str, int] = {}
     for index, name in enumerate(trained.class_names):
         if not name.isdigit():  # "0", "1", ...: a head whose classes have no names
             keys.setdefault(name, index)
-    if width == IMAGENET_1K_CLASSES:
+    if trained.model.num_classes == IMAGENET_1K_CLASSES:
         for index, wnid in enumerate(imagenet_wordnet_ids()):
             keys.setdefault(wnid, index)
+    return keys
+
+
+def class_map(trained: TrainedModel, data: frozen_features.FrozenData, scored: Sequence[str] | None = None,
+              scored_as: str = "") -> ClassMap:
+    """The dataset's labels on the head's columns: by name where every class name is one of the head's (a
+    1,000-class head's WordNet IDs too), else index for index when the counts match; `scored` restricts the columns
+    to those classes (names, or the head's column indices; `scored_as` names them), as ImageNet-R's 200 of the
+    1,000. A ValueError, before
+    anything runs, when the head has no column for some class, or no head."""
+    width = trained.model.num_classes or 0
+    if not width:
+        raise ValueError(f"{trained.source} has no classification head; score its representation on "
+                         f"{data.dataset!r} with python -m vit_jax.knn or python -m vit_jax.linear_probe")
+    keys = _name_keys(trained)
     if all(name in keys for name in data.class_names):
-        return np.asarray([keys[name] for name in data.class_names], np.int32)
-    if len(data.class_names) == width:
-        return np.arange(width, dtype=np.int32)
-    unknown = [name for name in data.class_names if name not in keys]
-    raise ValueError(f"{trained.source}'s head has {width} classes and dataset {data.dataset!r} has "
-                     f"{len(data.class_names)}, {len(unknown)} of them not among the head's by name (e.g. "
-                     f"{unknown[0]!r}); score its representation on this dataset with python -m vit_jax.knn or "
-                     f"python -m vit_jax.linear_probe")
+        label_columns = np.asarray([keys[name] for name in data.class_names])
+    elif len(data.class_names) == width:
+        label_columns = np.arange(width)
+    else:
+        unknown = [name for name in data.class_names if name not in keys]
+        raise ValueError(f"{trained.source}'s head has {width} classes and dataset {data.dataset!r} has "
+                         f"{len(data.class_names)}, {len(unknown)} of them not among the head's by name (e.g. "
+                         f"{unknown[0]!r}); score its representation on this dataset with python -m vit_jax.knn or "
+                         f"python -m vit_jax.linear_probe")
+    if scored is None:
+        whole = np.array_equal(label_columns, np.arange(width))
+        return ClassMap(label_columns.astype(np.int32), np.arange(len(label_columns), dtype=np.int32),
+                        f"the head's {width} classes" if whole else
+                        f"{len(label_columns)} of the head's {width} classes (matched by name)")
+    unknown = [name for name in scored if name not in keys and not (name.isdigit() and int(name) < width)]
+    if unknown or not scored:
+        raise ValueError(f"--classes: {len(unknown)} of {len(scored)} classes are neither a class name nor a column "
+                         f"of {trained.source}'s {width}-class head (e.g. {(unknown or [''])[0]!r})")
+    columns = np.asarray([keys[name] if name in keys else int(name) for name in scored], np.int32)
+    where = {int(column): index for index, column in enumerate(columns)}
+    positions = np.asarray([where.get(int(column), -1) for column in label_columns], np.int32)
+    return ClassMap(columns, positions, f"{len(columns)} of the head's {width} classes ({scored_as or '--classes'})")
 
 
-def per_example(logits: jax.Array, labels: jax.Array, *, columns: jax.Array, keep_logits: bool) -> dict[str, Any]:
-    """Each example's label rank (0: top-1) and cross-entropy among the dataset's columns of the head, and those
-    logits if kept."""
-    logits = logits[:, columns]
-    outputs = {"rank": frozen_features.label_rank(logits, labels),
-               "loss": -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]}
+def scored_classes(argument: str | None, data: frozen_features.FrozenData) -> tuple[tuple[str, ...] | None, str]:
+    """`--classes` and what to call them: a named subset of ImageNet's classes or a file of names / column indices,
+    one per line; by default the subset a TFDS `imagenet_a` or `imagenet_r` dataset is scored on."""
+    subsets = imagenet_subsets()
+    if argument is None:
+        name = data.builder.name
+        return subsets.get(name), name
+    if argument in subsets:
+        return subsets[argument], argument
+    path = Path(argument).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--classes {argument}: expected {' or '.join(sorted(subsets))}, or a file of class names "
+                         f"or head columns, one per line")
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip()), path.name
+
+
+def per_example(logits: jax.Array, labels: jax.Array, *, classes: ClassMap, keep_logits: bool) -> dict[str, Any]:
+    """Each example's label rank among the scored columns (0: top-1; -1: a class not scored), its cross-entropy
+    over them, and those logits if kept."""
+    logits = logits[:, jnp.asarray(classes.columns)]
+    position = jnp.asarray(classes.positions)[labels]
+    rank = jnp.where(position >= 0, frozen_features.label_rank(logits, position), -1)
+    loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.maximum(position, 0)[:, None], axis=1)[:, 0]
+    outputs = {"rank": rank, "loss": loss}
     return {**outputs, "logits": logits} if keep_logits else outputs
 
 
-def evaluate(trained: TrainedModel, source: Sequence[dict[str, Any]], columns: np.ndarray, batch_size: int,
+def evaluate(trained: TrainedModel, source: Sequence[dict[str, Any]], classes: ClassMap, batch_size: int,
              dtype: str = "float32", keep_logits: bool = False) -> tuple[Scores, dict[str, np.ndarray], np.ndarray]:
-    """The scores of `trained` on every example of `source` (labels index `columns`, the head's columns for the
-    dataset's classes), each example's outputs (`rank`, `loss`, `logits` if kept) and labels, in order."""
-    outputs = functools.partial(per_example, columns=jnp.asarray(columns), keep_logits=keep_logits)
-    extract = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs)
-    examples, labels = extract(source, batch_size)
-    rank = examples["rank"]
-    scores = Scores(float(np.mean(rank == 0)), float(np.mean(rank < TOP)), float(np.mean(examples["loss"])),
-                    len(labels), len(columns), int(trained.model.num_classes))
+    """The scores of `trained` on every example of `source`, each example's outputs (`rank`, `loss`, `logits` if
+    kept) and labels, in order."""
+    outputs = functools.partial(per_example, classes=classes, keep_logits=keep_logits)
+    examples, labels = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs)(source, batch_size)
+    rank, scored = examples["rank"], examples["rank"] >= 0
+    count = int(np.sum(scored))
+    if count == 0:
+        raise ValueError(f"none of the {len(labels):,} examples is of a class scored")
+    scores = Scores(float(np.mean(rank[scored] == 0)), float(np.mean(rank[scored] < TOP)),
+                    float(np.mean(examples["loss"][scored])), count, len(labels) - count, len(classes.columns),
+                    int(trained.model.num_classes))
     return scores, examples, labels
 
 
@@ -97,33 +153,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vit_jax.data.sources import open_split
 
     parser = frozen_features.argument_parser("python -m vit_jax.evaluate", __doc__, {
-        "test": "the split scored (default: test, or the run's test split)"}, saved="logits (the dataset's columns)")
+        "test": "the split scored (default: test, or the run's test split)"}, saved="logits (the columns scored)")
+    parser.add_argument("--classes", default=None,
+                        help=f"score only these of the head's classes: {' or '.join(sorted(imagenet_subsets()))} "
+                             f"(the default on those TFDS datasets), or a file of class names (WordNet IDs) or head "
+                             f"columns, one per line")
     args = parser.parse_args(argv)
     quiet_logging()
     try:
         frozen_features.start(args)
         data = frozen_features.open_data(args, {"test": "test"})
+        scored, scored_as = scored_classes(args.classes, data)
         trained = frozen_features.load_model(args, data)
-        columns = head_columns(trained, data)
+        classes = class_map(trained, data, scored, scored_as)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     split = data.splits["test"]
-    scores, examples, labels = evaluate(trained, open_split(data.builder, split), columns, args.batch_size,
+    scores, examples, labels = evaluate(trained, open_split(data.builder, split), classes, args.batch_size,
                                         args.dtype, keep_logits=args.features is not None)
     view = trained.preprocess
     h, w = view.image_size
-    by_name = not np.array_equal(columns, np.arange(scores.head_classes))
-    classes = (f"{scores.classes} of the head's {scores.head_classes} classes (matched by name)" if by_name else
-               f"the head's {scores.head_classes} classes")
-    lines = [f"{trained.source} on {data.dataset} ({split}: {scores.count:,} {data.examples}) at {h}x{w} "
-             f"(crop {view.crop_pct:g}, {view.resize_method}), {classes}",
+    skipped = f"; {scores.skipped:,} of classes not scored left out" if scores.skipped else ""
+    lines = [f"{trained.source} on {data.dataset} ({split}: {scores.count:,} {data.examples}{skipped}) at {h}x{w} "
+             f"(crop {view.crop_pct:g}, {view.resize_method}), {classes.description}",
              f"top-1 {scores.top1:.2%}  top-{TOP} {scores.top5:.2%}  cross-entropy {scores.loss:.4f}"]
     features = {"test": (examples["logits"], labels)} if args.features is not None else {}
+    whole = np.array_equal(classes.columns, np.arange(scores.head_classes))
     frozen_features.report(args, data, features, lines, {
-        "image_size": [h, w], "crop_pct": view.crop_pct, "resize_method": view.resize_method, "top1": scores.top1,
-        "top5": scores.top5, "loss": scores.loss, "classes": scores.classes, "head_classes": scores.head_classes,
-        **({"columns": columns.tolist()} if by_name else {})})
+        "image_size": [h, w], "crop_pct": view.crop_pct, "resize_method": view.resize_method,
+        **dataclasses.asdict(scores), **({} if whole else {"columns": classes.columns.tolist()})})
     return 0
 
 

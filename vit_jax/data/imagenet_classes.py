@@ -2,6 +2,8 @@
 
 `imagenet1k_classes.tsv` is timm's table (`timm/data/_info`): the WordNet synset of each class in the standard
 index order, and its lemmas, which are what timm prints (`ImageNetInfo.index_to_description`).
+`imagenet_subsets.tsv`: the 200 classes of ImageNet-A and of ImageNet-R (timm's `imagenet_{a,r}_synsets.txt`, the
+lists their authors' evaluation code masks a 1,000-class head's logits to).
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ def imagenet_wordnet_ids() -> tuple[str, ...]:
     datasets and the folder names of ImageNet's own layout, so subsets (ImageNet-R's and ImageNet-A's 200 classes)
     find their columns of a 1,000-class head."""
     return tuple(wnid for wnid, _ in _table())
+
+
+@functools.cache
+def imagenet_subsets() -> dict[str, tuple[str, ...]]:
+    """Subsets of ImageNet's classes that are scored on their own columns of a 1,000-class head: name -> WordNet
+    IDs (ImageNet-A's and ImageNet-R's 200). TFDS's `imagenet_a` and `imagenet_r` keep the 1,000 labels."""
+    subsets: dict[str, list[str]] = {}
+    text = resources.files(__package__).joinpath("imagenet_subsets.tsv").read_text("utf-8")
+    for line in text.splitlines():
+        name, wnid = line.split("\t")
+        subsets.setdefault(name, []).append(wnid)
+    return {name: tuple(wnids) for name, wnids in subsets.items()}
 
 
 def imagenet_class_names(num_classes: int | None) -> tuple[str, ...] | None:
