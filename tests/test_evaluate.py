@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from vit_jax.evaluate import main
@@ -46,7 +47,7 @@ def test_the_readme_run_scores_what_it_logged(readme_run, capsys, tmp_path):
     assert report["top1"] == pytest.approx(test["test/accuracy"], abs=1e-9)
     assert report["top5"] == pytest.approx(test["test/top5_accuracy"], abs=1e-9)
     assert report["loss"] == pytest.approx(test["test/loss"], rel=1e-5)
-    assert f"on sklearn_digits (test: 360 images) at 16x16 (crop 1, bilinear), the head's 10 classes" in printed
+    assert "on sklearn_digits (test: 360 images) at 16x16 (crop 1, bilinear), the head's 10 classes" in printed
     assert f"top-1 {report['top1']:.2%}  top-5 100.00%  cross-entropy {report['loss']:.4f}" in printed
 
     trained = load_trained_model(workdir)
@@ -183,6 +184,65 @@ def test_classes_from_a_file_score_those_columns_and_leave_out_the_other_images(
         assert main([f"--checkpoint={root / 'hub'}", f"--dataset=folder:{root / 'images'}",
                      f"--data-dir={root / 'tfds'}", "--split=train", f"--classes={classes}"]) == 2
         assert message in capsys.readouterr().err
+
+
+class TinyRealLabels(tfds.core.GeneratorBasedBuilder):
+    """imagenet2012_real's features (`original_label`, `real_label`: ReaL's sets, maybe empty) on a few images."""
+    VERSION = tfds.core.Version("1.0.0")
+    EXAMPLES: list = []  # (PNG bytes, original label, ReaL labels), set before it is prepared
+
+    def _info(self):
+        names = list(wordnet_ids_all())
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "original_label": tfds.features.ClassLabel(names=names),
+            "real_label": tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
+            "file_name": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        return {"validation": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i, (png, original, real) in enumerate(self.EXAMPLES):
+            yield i, {"image": png, "original_label": original, "real_label": real, "file_name": f"{i}.png"}
+
+
+def wordnet_ids_all():
+    import_timm()
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return tuple(info.index_to_label_name(i) for i in range(1000))
+
+
+def test_imagenet_real_labels_score_the_top_class_among_each_images_set(imagenet_head, capsys):
+    """A dataset laid out as TFDS's imagenet2012_real: top-1 against `original_label`, and ReaL accuracy (Beyer et
+    al.): the top class is one of the image's ReaL labels, over the images that have any; the sets are made around
+    timm's own top class for each image, so the figure is known by construction."""
+
+    import torch
+    from timm.data import create_transform, resolve_data_config
+
+    model, root = imagenet_head
+    transform = create_transform(**resolve_data_config({}, model=model))
+    files = sorted((root / "images").glob("*/*.png"))[:8]
+    with torch.no_grad():
+        top = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in files])).argmax(1).tolist()
+    others = [(t + 7) % 1000 for t in top]
+    # ReaL sets: the top class and another (hit), another only (miss), none (not counted), the top class alone (hit)
+    sets = [[top[0], others[0]], [others[1]], [], [top[3]], [others[4], (others[4] + 1) % 1000], [top[5]], [],
+            [others[7]]]
+    originals = [top[0], top[1], others[2], others[3], top[4], top[5], top[6], others[7]]
+    TinyRealLabels.EXAMPLES = [(path.read_bytes(), o, r) for path, o, r in zip(files, originals, sets)]
+    TinyRealLabels(data_dir=str(root / "tfds"), file_format="array_record").download_and_prepare()
+    out = root / "real.json"
+    assert main([f"--checkpoint={root / 'hub'}", "--dataset=tiny_real_labels", f"--data-dir={root / 'tfds'}",
+                 "--split=validation", f"--out={out}"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["top1"] == pytest.approx(5 / 8) and report["count"] == 8
+    assert (report["real_top1"], report["real_count"]) == (pytest.approx(3 / 6), 6)
+    assert "ReaL top-1 50.00% over the 6 images with ReaL labels" in printed
 
 
 def test_classes_the_head_cannot_score_and_bad_options_are_one_line(imagenet_head, digits_data_dir, capsys):

@@ -11,7 +11,9 @@ checkpoint's own code resizes it) and its head; nothing is trained, so the figur
 dataset of some of the head's classes is scored on those classes' columns alone, found by name (a folder of
 ImageNet-R's 200 WordNet IDs among a 1,000-class head's); TFDS's `imagenet_r` and `imagenet_a`, which keep
 ImageNet's 1,000 labels, are scored on their 200 classes' columns, as their authors score a 1,000-class model
-(`--classes` for another subset). A workdir is scored on its run's test split unless told otherwise.
+(`--classes` for another subset). TFDS's `imagenet2012_real` is scored against ImageNet's own labels and, as
+ReaL accuracy (Beyer et al., 2020), against each image's set of plausible labels. A workdir is scored on its run's
+test split unless told otherwise.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from vit_jax.checkpoint.trained_model import TrainedModel
 from vit_jax.data.imagenet_classes import IMAGENET_1K_CLASSES, imagenet_subsets, imagenet_wordnet_ids
 
 TOP = 5  # the second accuracy reported: whether the label is among the 5 highest logits
+REAL_LABELS = "real_label"  # TFDS's imagenet2012_real: ReaL's set of plausible labels of each image (maybe none)
+MOST_REAL_LABELS = 32  # an image's ReaL labels padded to this many (ImageNet's validation images have at most 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Scores:
     skipped: int
     classes: int
     head_classes: int
+    real_top1: float | None = None  # ReaL accuracy: the top class among the image's ReaL labels, over images with any
+    real_count: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,30 +127,50 @@ def scored_classes(argument: str | None, data: frozen_features.FrozenData) -> tu
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip()), path.name
 
 
-def per_example(logits: jax.Array, labels: jax.Array, *, classes: ClassMap, keep_logits: bool) -> dict[str, Any]:
+def real_labels(example: dict[str, Any]) -> dict[str, np.ndarray]:
+    """An example's ReaL labels, padded with -1 to `MOST_REAL_LABELS`."""
+    labels = np.asarray(example[REAL_LABELS], np.int32).reshape(-1)
+    if len(labels) > MOST_REAL_LABELS:
+        raise ValueError(f"an image with {len(labels)} ReaL labels; at most {MOST_REAL_LABELS} are read")
+    return {"real": np.pad(labels, (0, MOST_REAL_LABELS - len(labels)), constant_values=-1)}
+
+
+def per_example(logits: jax.Array, batch: dict[str, jax.Array], *, classes: ClassMap, keep_logits: bool
+                ) -> dict[str, Any]:
     """Each example's label rank among the scored columns (0: top-1; -1: a class not scored), its cross-entropy
-    over them, and those logits if kept."""
+    over them, those logits if kept, and with ReaL labels whether the top column is one of them (-1: none)."""
     logits = logits[:, jnp.asarray(classes.columns)]
-    position = jnp.asarray(classes.positions)[labels]
+    positions = jnp.asarray(classes.positions)
+    position = positions[batch["label"]]
     rank = jnp.where(position >= 0, frozen_features.label_rank(logits, position), -1)
     loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.maximum(position, 0)[:, None], axis=1)[:, 0]
     outputs = {"rank": rank, "loss": loss}
+    if "real" in batch:
+        real = jnp.where(batch["real"] >= 0, positions[jnp.maximum(batch["real"], 0)], -1)
+        top = jnp.argmax(logits, axis=1)  # the first of equal logits, as `label_rank` orders them
+        hit = jnp.any(real == top[:, None], axis=1)
+        outputs["real"] = jnp.where(jnp.any(real >= 0, axis=1), hit.astype(jnp.int32), -1)
     return {**outputs, "logits": logits} if keep_logits else outputs
 
 
 def evaluate(trained: TrainedModel, source: Sequence[dict[str, Any]], classes: ClassMap, batch_size: int,
-             dtype: str = "float32", keep_logits: bool = False) -> tuple[Scores, dict[str, np.ndarray], np.ndarray]:
+             dtype: str = "float32", keep_logits: bool = False, real: bool = False
+             ) -> tuple[Scores, dict[str, np.ndarray], np.ndarray]:
     """The scores of `trained` on every example of `source`, each example's outputs (`rank`, `loss`, `logits` if
-    kept) and labels, in order."""
+    kept, `real` with `real`: the examples' ReaL labels scored too) and labels, in order."""
     outputs = functools.partial(per_example, classes=classes, keep_logits=keep_logits)
-    examples, labels = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs)(source, batch_size)
+    extract = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs, carry=real_labels if real else None)
+    examples, labels = extract(source, batch_size)
     rank, scored = examples["rank"], examples["rank"] >= 0
     count = int(np.sum(scored))
     if count == 0:
         raise ValueError(f"none of the {len(labels):,} examples is of a class scored")
+    with_real = examples["real"][examples["real"] >= 0] if real else None
     scores = Scores(float(np.mean(rank[scored] == 0)), float(np.mean(rank[scored] < TOP)),
                     float(np.mean(examples["loss"][scored])), count, len(labels) - count, len(classes.columns),
-                    int(trained.model.num_classes))
+                    int(trained.model.num_classes),
+                    None if with_real is None or not len(with_real) else float(np.mean(with_real)),
+                    None if with_real is None else len(with_real))
     return scores, examples, labels
 
 
@@ -170,14 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     split = data.splits["test"]
+    real = REAL_LABELS in data.builder.info.features
     scores, examples, labels = evaluate(trained, open_split(data.builder, split), classes, args.batch_size,
-                                        args.dtype, keep_logits=args.features is not None)
+                                        args.dtype, keep_logits=args.features is not None, real=real)
     view = trained.preprocess
     h, w = view.image_size
     skipped = f"; {scores.skipped:,} of classes not scored left out" if scores.skipped else ""
     lines = [f"{trained.source} on {data.dataset} ({split}: {scores.count:,} {data.examples}{skipped}) at {h}x{w} "
              f"(crop {view.crop_pct:g}, {view.resize_method}), {classes.description}",
              f"top-1 {scores.top1:.2%}  top-{TOP} {scores.top5:.2%}  cross-entropy {scores.loss:.4f}"]
+    if real:
+        lines.append(f"ReaL top-1 {scores.real_top1:.2%} over the {scores.real_count:,} images with ReaL labels"
+                     if scores.real_count else "ReaL: no image has ReaL labels")
     features = {"test": (examples["logits"], labels)} if args.features is not None else {}
     whole = np.array_equal(classes.columns, np.arange(scores.head_classes))
     frozen_features.report(args, data, features, lines, {

@@ -35,12 +35,14 @@ class Extractor:
     `(N, D)` float32, in global batches split over every device of every process (each process reads its share;
     every process gets them all); `dtype="bfloat16"` computes in bfloat16 (float32 parameters, as training's mixed
     precision). A grayscale dataset is fed to an RGB model as timm feeds it (the gray value in every channel); a
-    NaFlex checkpoint is evaluated at its fixed image size. `head=True`: the logits instead; `outputs(x, labels)`:
+    NaFlex checkpoint is evaluated at its fixed image size. `head=True`: the logits instead; `outputs(x, batch)`:
     what to keep of them (or of the representation) per example, computed on the devices (any tree of arrays whose
-    rows are the examples)."""
+    rows are the examples); `carry(example)`: arrays of each example the batch carries to `outputs` beside its
+    label."""
 
     def __init__(self, trained: TrainedModel, dtype: str = "float32", head: bool = False,
-                 outputs: Callable[[jax.Array, jax.Array], Any] | None = None):
+                 outputs: Callable[[jax.Array, dict[str, jax.Array]], Any] | None = None,
+                 carry: Callable[[dict[str, Any]], dict[str, np.ndarray]] | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
         mesh = make_mesh([(DATA_AXIS, -1)])
@@ -50,14 +52,15 @@ class Extractor:
         model = trained.model.clone(dtype=compute) if head else trained.model.clone(num_classes=0, dtype=compute)
         params = {name: p for name, p in trained.params.items() if head or name not in HEADS}
         self.params = host_tree_to_global(params, jax.tree.map(lambda _: everywhere, params))
-        keep = outputs or (lambda x, labels: x)
+        keep = outputs or (lambda x, batch: x)
 
         def forward(params: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array, jax.Array]:
             x = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
-            return keep(x, batch["label"]), batch["label"], batch["mask"]
+            return keep(x, batch), batch["label"], batch["mask"]
 
         self.forward = jax.jit(forward, out_shardings=everywhere)  # every process gets every process's rows
-        self.preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
+        preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
+        self.preprocess = preprocess if carry is None else _Carrying(preprocess, carry)
 
     def __call__(self, source: Sequence[dict[str, Any]], batch_size: int) -> tuple[Any, np.ndarray]:
         """The representations (or `outputs`) and labels of every example of `source`, in order, in global batches
@@ -80,6 +83,16 @@ class Extractor:
         order = np.argsort(np.concatenate(order), kind="stable")
         gathered = jax.tree.map(lambda *parts: np.concatenate(parts)[order], *features)
         return gathered, np.concatenate(labels).astype(np.int32)[order]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Carrying:
+    """A preprocessing whose evaluation view also carries arrays of the example (`Extractor`'s `carry`)."""
+    preprocess: Any
+    carry: Callable[[dict[str, Any]], dict[str, np.ndarray]]
+
+    def eval(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {**self.preprocess.eval(example), **self.carry(example)}
 
 
 def representations(trained: TrainedModel, source: Sequence[dict[str, Any]], batch_size: int,

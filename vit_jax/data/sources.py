@@ -30,6 +30,9 @@ BUILT_IN: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {"sklearn_digits": 
                                                               "cluttered_digits": ClutteredDigits,
                                                               "moving_digits": MovingDigits}
 FOLDER_PREFIX = "folder:"
+# the feature holding an example's class: `label`, or TFDS's `imagenet2012_real`'s `original_label` (ImageNet's own
+# label beside `real_label`, ReaL's set of plausible ones), read as `label`
+LABEL_FEATURES = ("label", "original_label")
 
 
 class DatasetError(ValueError):
@@ -129,12 +132,18 @@ def split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:
         ) from error
 
 
+def label_feature(builder: tfds.core.DatasetBuilder) -> str:
+    """The feature read as each example's `label` (`LABEL_FEATURES`)."""
+    features = builder.info.features
+    return next((key for key in LABEL_FEATURES if key in features), LABEL_FEATURES[0])
+
+
 def dataset_spec(builder: tfds.core.DatasetBuilder) -> DatasetSpec:
     features = builder.info.features
-    missing = [key for key in ("image", "label") if key not in features]
+    missing = [key for key in ("image", label_feature(builder)) if key not in features]
     if missing:
         raise DatasetError(f"dataset {builder.name!r} has no {missing} feature(s); vit_jax needs 'image' and 'label'")
-    names = tuple(features["label"].names)
+    names = tuple(features[label_feature(builder)].names)
     return DatasetSpec(builder.name, len(names), names, tuple(features["image"].shape))  # type: ignore[arg-type]
 
 
@@ -145,7 +154,30 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str, *, keep_encoded: b
     preprocessing crops after decoding without a whole-image array (`vit_jax.data.encoded_image`)."""
     split_size(builder, split)  # the clear error for an unknown split
     keep = keep_encoded and keeps_encoded(builder.info.features["image"])
-    return builder.as_data_source(split=split, decoders={"image": KeepEncoded()} if keep else None)
+    source = builder.as_data_source(split=split, decoders={"image": KeepEncoded()} if keep else None)
+    key = label_feature(builder)
+    return source if key == "label" else Relabelled(source, key)
+
+
+class Relabelled(Sequence[dict[str, Any]]):
+    """A source whose examples hold their class under another name (`LABEL_FEATURES`), read with it as `label`."""
+
+    def __init__(self, source: Sequence[dict[str, Any]], key: str):
+        self._source, self._key = source, key
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        return self._relabelled(self._source[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        getitems = getattr(self._source, "__getitems__", None)
+        examples = getitems(indices) if getitems else [self._source[i] for i in indices]
+        return [self._relabelled(example) for example in examples]
+
+    def _relabelled(self, example: dict[str, Any]) -> dict[str, Any]:
+        return {**example, "label": example[self._key]}
 
 
 class InMemorySource(Sequence[dict[str, Any]]):
