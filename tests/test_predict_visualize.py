@@ -242,3 +242,23 @@ def test_predict_at_another_image_size_resizes_the_table_as_training_would(digit
             predict.main([f"--workdir={workdir}", *bad])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_factorized_tables_workdir_runs_at_another_size(tmp_path, digits_data_dir):
+    """A run's row and column tables (NaViT's factorized embeddings) are stored at its training grid and each
+    resized along its own axis at another size; a workdir used to load with tables sized by the input's grid, so
+    any other size failed on the parameters' shapes."""
+    workdir = tmp_path / "factorized"
+    train_and_evaluate(tiny_digits_config(digits_data_dir, "num_steps=2,eval_every=2,checkpoint_every=2,"
+                                                           "model.posemb=factorized"), workdir)
+    trained = load_trained_model(workdir, image_size=24)
+    assert trained.image_size == (24, 24) and trained.model.posemb_grid == (4, 4)
+    source = open_split(dataset_builder("sklearn_digits", digits_data_dir), "test")
+    batch = np.stack([trained.preprocess.eval(source[i])["image"] for i in range(3)])
+    embeddings = trained.params["Transformer"]["posembed_input"]
+    resized = {name: jax.image.resize(embeddings[name], (6, embeddings[name].shape[1]), "bilinear")
+               for name in ("pos_embedding_row", "pos_embedding_col")}
+    params = {**trained.params, "Transformer": {**trained.params["Transformer"], "posembed_input": resized}}
+    expected = trained.model.clone(posemb_grid=None).apply({"params": params}, batch, train=False)
+    np.testing.assert_allclose(trained.model.apply({"params": trained.params}, batch, train=False), expected,
+                               atol=1e-5)

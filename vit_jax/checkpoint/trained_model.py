@@ -149,8 +149,10 @@ def _from_workdir(workdir: Path, step: int | None) -> TrainedModel:
     params = _unstacked(pretrained.params)
     model = build_model(config.model, num_classes=_num_classes(params)).clone(scan=False, dtype=None, remat=False)
     image_size = tuple(config.image_size)
-    if model.posemb == "learn" and model.posemb_grid is None and model.tubelet_size is None:  # a video model's
-        # table is sized by its input's (frames, rows, columns) grid, as in training
+    learned = model.posemb in ("learn", "factorized") or model.rope_ape
+    if learned and model.posemb_grid is None and model.tubelet_size is None:  # a video model's table is sized by
+        # its input's (frames, rows, columns) grid, as in training; an image model's is stored at its training grid
+        # and resized for another (`TrainedModel.at_image_size`)
         model = model.clone(posemb_grid=token_grid(model, image_size))
     optional = lambda name: None if config.pp.get(name) is None else tuple(config.pp[name])
     preprocess = Preprocess(image_size=image_size, value_range=tuple(config.pp.value_range),
