@@ -197,8 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     split = data.splits["test"]
     real = REAL_LABELS in data.builder.info.features
-    scores, examples, labels = evaluate(trained, open_split(data.builder, split), classes, args.batch_size,
-                                        args.dtype, keep_logits=args.features is not None, real=real)
+    try:  # what only the examples can say: none of a class scored, more ReaL labels than are read
+        scores, examples, labels = evaluate(trained, open_split(data.builder, split), classes, args.batch_size,
+                                            args.dtype, keep_logits=args.features is not None, real=real)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     view = trained.preprocess
     h, w = view.image_size
     skipped = f"; {scores.skipped:,} of classes not scored left out" if scores.skipped else ""
