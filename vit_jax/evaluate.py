@@ -35,7 +35,7 @@ from vit_jax.data.imagenet_classes import IMAGENET_1K_CLASSES, imagenet_subsets,
 
 TOP = 5  # the second accuracy reported: whether the label is among the 5 highest logits
 REAL_LABELS = "real_label"  # TFDS's imagenet2012_real: ReaL's set of plausible labels of each image (maybe none)
-MOST_REAL_LABELS = 32  # an image's ReaL labels padded to this many (ImageNet's validation images have at most 8)
+MOST_REAL_LABELS = 32  # an image's ReaL labels padded to this many (a handful at most in ReaL's annotations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +79,7 @@ def class_map(trained: TrainedModel, data: frozen_features.FrozenData, scored: S
     """The dataset's labels on the head's columns: by name where every class name is one of the head's (a
     1,000-class head's WordNet IDs too), else index for index when the counts match; `scored` restricts the columns
     to those classes (names, or the head's column indices; `scored_as` names them), as ImageNet-R's 200 of the
-    1,000. A ValueError, before
-    anything runs, when the head has no column for some class, or no head."""
+    1,000. A ValueError, before anything runs, when the head has no column for some class, or no head."""
     width = trained.model.num_classes or 0
     if not width:
         raise ValueError(f"{trained.source} has no classification head; score its representation on "
