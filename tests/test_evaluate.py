@@ -171,6 +171,7 @@ def test_classes_from_a_file_score_those_columns_and_leave_out_the_other_images(
            "1000 classes (three.txt)" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert (report["columns"], report["count"], report["skipped"]) == ([0, 500, 999], 12, 12)
+    assert report["top5"] is None  # three classes: always among the top five
     transform = create_transform(**resolve_data_config({}, model=model))
     files = [path for column in (0, 500, 999) for path in sorted((root / "images" / ids[column]).glob("*.png"))]
     labels = np.repeat(np.arange(3), 4)

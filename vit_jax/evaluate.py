@@ -44,7 +44,7 @@ class Scores:
     `count` examples scored (`skipped`: examples of classes not scored), on `classes` of the head's `head_classes`
     columns."""
     top1: float
-    top5: float
+    top5: float | None  # None with 5 classes or fewer (always right)
     loss: float
     count: int
     skipped: int
@@ -165,7 +165,8 @@ def evaluate(trained: TrainedModel, source: Sequence[dict[str, Any]], classes: C
     if count == 0:
         raise ValueError(f"none of the {len(labels):,} examples is of a class scored")
     with_real = examples["real"][examples["real"] >= 0] if real else None
-    scores = Scores(float(np.mean(rank[scored] == 0)), float(np.mean(rank[scored] < TOP)),
+    top5 = float(np.mean(rank[scored] < TOP)) if len(classes.columns) > TOP else None
+    scores = Scores(float(np.mean(rank[scored] == 0)), top5,
                     float(np.mean(examples["loss"][scored])), count, len(labels) - count, len(classes.columns),
                     int(trained.model.num_classes),
                     None if with_real is None or not len(with_real) else float(np.mean(with_real)),
@@ -207,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped = f"; {scores.skipped:,} of classes not scored left out" if scores.skipped else ""
     lines = [f"{trained.source} on {data.dataset} ({split}: {scores.count:,} {data.examples}{skipped}) at {h}x{w} "
              f"(crop {view.crop_pct:g}, {view.resize_method}), {classes.description}",
-             f"top-1 {scores.top1:.2%}  top-{TOP} {scores.top5:.2%}  cross-entropy {scores.loss:.4f}"]
+             f"top-1 {scores.top1:.2%}  " + ("" if scores.top5 is None else f"top-{TOP} {scores.top5:.2%}  ")
+             + f"cross-entropy {scores.loss:.4f}"]
     if real:
         lines.append(f"ReaL top-1 {scores.real_top1:.2%} over the {scores.real_count:,} images with ReaL labels"
                      if scores.real_count else "ReaL: no image has ReaL labels")
