@@ -127,32 +127,26 @@ def test_a_dataset_of_some_imagenet_classes_is_scored_on_their_columns_as_timm_s
 def test_imagenet_r_and_a_in_tfds_are_scored_on_their_200_columns_as_timm_lists_them():
     """TFDS's `imagenet_r` and `imagenet_a` keep ImageNet's 1,000 labels: by default their 200 classes' columns are
     scored, timm's `imagenet_{r,a}_indices.txt` (an independent list: head columns, not WordNet IDs)."""
-    import types
     from pathlib import Path
 
     import_timm()
     import timm
     from timm.data import ImageNetInfo
 
-    from vit_jax.evaluate import class_map, scored_classes
+    from vit_jax.data.class_map import class_map, scored_classes
 
     info = ImageNetInfo()
     wnids = tuple(info.index_to_label_name(i) for i in range(1000))
-    trained = types.SimpleNamespace(model=types.SimpleNamespace(num_classes=1000), source="hf-hub:x",
-                                    class_names=tuple(info.index_to_description(i) for i in range(1000)))
+    lemmas = tuple(info.index_to_description(i) for i in range(1000))  # a timm checkpoint's class names
     for name in ("imagenet_r", "imagenet_a"):
-        data = types.SimpleNamespace(class_names=wnids, dataset=name, builder=types.SimpleNamespace(name=name))
-        scored, scored_as = scored_classes(None, data)
-        classes = class_map(trained, data, scored, scored_as)
+        classes = class_map(lemmas, 1000, "hf-hub:x", wnids, name, *scored_classes(None, name))
         indices = Path(timm.__file__).parent / "data" / "_info" / f"{name}_indices.txt"
         expected = [int(line) for line in indices.read_text().split()]
         assert classes.columns.tolist() == expected
         assert classes.description == f"200 of the head's 1000 classes ({name})"
         assert [classes.positions[c] for c in expected] == list(range(200))
         assert np.sum(classes.positions >= 0) == 200
-    data = types.SimpleNamespace(class_names=wnids, dataset="imagenet2012",
-                                 builder=types.SimpleNamespace(name="imagenet2012"))
-    classes = class_map(trained, data, *scored_classes(None, data))
+    classes = class_map(lemmas, 1000, "hf-hub:x", wnids, "imagenet2012", *scored_classes(None, "imagenet2012"))
     assert classes.columns.tolist() == list(range(1000)) and classes.description == "the head's 1000 classes"
 
 
@@ -181,7 +175,7 @@ def test_classes_from_a_file_score_those_columns_and_leave_out_the_other_images(
     assert report["top1"] == pytest.approx(np.mean(theirs.numpy().argmax(1) == labels), abs=1e-9)
     assert report["loss"] == pytest.approx(loss, rel=1e-4)
     for classes, message in (("nope", "--classes nope: expected imagenet_a or imagenet_r, or a file"),
-                             (str(root / "three.json"), "--classes: ")):
+                             (str(root / "three.json"), "are neither a class name nor a column of")):  # JSON lines
         assert main([f"--checkpoint={root / 'hub'}", f"--dataset=folder:{root / 'images'}",
                      f"--data-dir={root / 'tfds'}", "--split=train", f"--classes={classes}"]) == 2
         assert message in capsys.readouterr().err
@@ -260,7 +254,7 @@ def test_classes_the_head_cannot_score_and_bad_options_are_one_line(imagenet_hea
     for argv, message in (
             ([f"--checkpoint={root / 'hub'}", *digits], f"{root / 'hub'}'s head has 1000 classes and dataset "
                                                        f"'sklearn_digits' has 10, 10 of them not among the head's by "
-                                                       f"name (e.g. '0'); score its representation on this dataset "
+                                                       f"name (e.g. '0'); score its representation on 'sklearn_digits' "
                                                        f"with python -m vit_jax.knn"),
             ([f"--checkpoint={root / 'headless'}", *digits], "has no classification head; score its representation"),
             ([f"--checkpoint={root / 'hub'}", *digits, "--crop-pct=1.5"], "--crop-pct 1.5: crop_pct must be in (0, 1]")):

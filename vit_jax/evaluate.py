@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,11 +30,10 @@ import numpy as np
 
 from vit_jax import frozen_features
 from vit_jax.checkpoint.trained_model import TrainedModel
-from vit_jax.data.imagenet_classes import IMAGENET_1K_CLASSES, imagenet_subsets, imagenet_wordnet_ids
+from vit_jax.data.class_map import REAL_LABELS, ClassMap, class_map, real_labels, scored_classes
+from vit_jax.data.imagenet_classes import imagenet_subsets
 
 TOP = 5  # the second accuracy reported: whether the label is among the 5 highest logits
-REAL_LABELS = "real_label"  # TFDS's imagenet2012_real: ReaL's set of plausible labels of each image (maybe none)
-MOST_REAL_LABELS = 32  # an image's ReaL labels padded to this many (a handful at most in ReaL's annotations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,84 +52,22 @@ class Scores:
     real_count: int | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassMap:
-    """Which of the head's columns are scored, and where each of the dataset's labels is among them."""
-    columns: np.ndarray  # (classes,) the head's column of each class scored
-    positions: np.ndarray  # (dataset classes,) a label's index into `columns`; -1: a class not scored
-    description: str  # for the report: "the head's 1000 classes", "200 of the head's 1000 classes (imagenet_r)"
-
-
-def _name_keys(trained: TrainedModel) -> dict[str, int]:
-    """Names -> the head's columns: its class names, and a 1,000-class head's ImageNet WordNet IDs."""
-    keys: dict[str, int] = {}
-    for index, name in enumerate(trained.class_names):
-        if not name.isdigit():  # "0", "1", ...: a head whose classes have no names
-            keys.setdefault(name, index)
-    if trained.model.num_classes == IMAGENET_1K_CLASSES:
-        for index, wnid in enumerate(imagenet_wordnet_ids()):
-            keys.setdefault(wnid, index)
-    return keys
-
-
-def class_map(trained: TrainedModel, data: frozen_features.FrozenData, scored: Sequence[str] | None = None,
-              scored_as: str = "") -> ClassMap:
-    """The dataset's labels on the head's columns: by name where every class name is one of the head's (a
-    1,000-class head's WordNet IDs too), else index for index when the counts match; `scored` restricts the columns
-    to those classes (names, or the head's column indices; `scored_as` names them), as ImageNet-R's 200 of the
-    1,000. A ValueError, before anything runs, when the head has no column for some class, or no head."""
+def head_class_map(trained: TrainedModel, data: frozen_features.FrozenData, classes: str | None) -> ClassMap:
+    """The dataset's labels on `trained`'s head (`vit_jax.data.class_map`), `--classes` restricting them; a
+    ValueError, before anything runs, for a model without a head or classes it cannot score."""
     width = trained.model.num_classes or 0
+    hint = (f"; score its representation on {data.dataset!r} with python -m vit_jax.knn or python -m "
+            f"vit_jax.linear_probe")
     if not width:
-        raise ValueError(f"{trained.source} has no classification head; score its representation on "
-                         f"{data.dataset!r} with python -m vit_jax.knn or python -m vit_jax.linear_probe")
-    keys = _name_keys(trained)
-    if all(name in keys for name in data.class_names):
-        label_columns = np.asarray([keys[name] for name in data.class_names])
-    elif len(data.class_names) == width:
-        label_columns = np.arange(width)
-    else:
-        unknown = [name for name in data.class_names if name not in keys]
-        raise ValueError(f"{trained.source}'s head has {width} classes and dataset {data.dataset!r} has "
-                         f"{len(data.class_names)}, {len(unknown)} of them not among the head's by name (e.g. "
-                         f"{unknown[0]!r}); score its representation on this dataset with python -m vit_jax.knn or "
-                         f"python -m vit_jax.linear_probe")
-    if scored is None:
-        whole = np.array_equal(label_columns, np.arange(width))
-        return ClassMap(label_columns.astype(np.int32), np.arange(len(label_columns), dtype=np.int32),
-                        f"the head's {width} classes" if whole else
-                        f"{len(label_columns)} of the head's {width} classes (matched by name)")
-    unknown = [name for name in scored if name not in keys and not (name.isdigit() and int(name) < width)]
-    if unknown or not scored:
-        raise ValueError(f"--classes: {len(unknown)} of {len(scored)} classes are neither a class name nor a column "
-                         f"of {trained.source}'s {width}-class head (e.g. {(unknown or [''])[0]!r})")
-    columns = np.asarray([keys[name] if name in keys else int(name) for name in scored], np.int32)
-    where = {int(column): index for index, column in enumerate(columns)}
-    positions = np.asarray([where.get(int(column), -1) for column in label_columns], np.int32)
-    return ClassMap(columns, positions, f"{len(columns)} of the head's {width} classes ({scored_as or '--classes'})")
-
-
-def scored_classes(argument: str | None, data: frozen_features.FrozenData) -> tuple[tuple[str, ...] | None, str]:
-    """`--classes` and what to call them: a named subset of ImageNet's classes or a file of names / column indices,
-    one per line; by default the subset a TFDS `imagenet_a` or `imagenet_r` dataset is scored on."""
-    subsets = imagenet_subsets()
-    if argument is None:
-        name = data.builder.name
-        return subsets.get(name), name
-    if argument in subsets:
-        return subsets[argument], argument
-    path = Path(argument).expanduser()
-    if not path.is_file():
-        raise ValueError(f"--classes {argument}: expected {' or '.join(sorted(subsets))}, or a file of class names "
-                         f"or head columns, one per line")
-    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip()), path.name
-
-
-def real_labels(example: dict[str, Any]) -> dict[str, np.ndarray]:
-    """An example's ReaL labels, padded with -1 to `MOST_REAL_LABELS`."""
-    labels = np.asarray(example[REAL_LABELS], np.int32).reshape(-1)
-    if len(labels) > MOST_REAL_LABELS:
-        raise ValueError(f"an image with {len(labels)} ReaL labels; at most {MOST_REAL_LABELS} are read")
-    return {"real": np.pad(labels, (0, MOST_REAL_LABELS - len(labels)), constant_values=-1)}
+        raise ValueError(f"{trained.source} has no classification head{hint}")
+    try:
+        scored, scored_as = scored_classes(classes, data.builder.name)
+        return class_map(trained.class_names, width, trained.source, data.class_names, data.dataset, scored,
+                         scored_as)
+    except ValueError as error:
+        if classes is not None and str(error).startswith("classes"):
+            raise ValueError(f"--{error}") from None
+        raise ValueError(f"{error}{hint}") from None
 
 
 def per_example(logits: jax.Array, batch: dict[str, jax.Array], *, classes: ClassMap, keep_logits: bool
@@ -158,7 +94,8 @@ def evaluate(trained: TrainedModel, source: Sequence[dict[str, Any]], classes: C
     """The scores of `trained` on every example of `source`, each example's outputs (`rank`, `loss`, `logits` if
     kept, `real` with `real`: the examples' ReaL labels scored too) and labels, in order."""
     outputs = functools.partial(per_example, classes=classes, keep_logits=keep_logits)
-    extract = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs, carry=real_labels if real else None)
+    carry = (lambda example: {"real": real_labels(example)}) if real else None
+    extract = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs, carry=carry)
     examples, labels = extract(source, batch_size)
     rank, scored = examples["rank"], examples["rank"] >= 0
     count = int(np.sum(scored))
@@ -189,9 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         frozen_features.start(args)
         data = frozen_features.open_data(args, {"test": "test"})
-        scored, scored_as = scored_classes(args.classes, data)
+        if args.classes is not None:  # a bad --classes before the model is read
+            try:
+                scored_classes(args.classes, data.builder.name)
+            except ValueError as error:
+                raise ValueError(f"--{error}") from None
         trained = frozen_features.load_model(args, data)
-        classes = class_map(trained, data, scored, scored_as)
+        classes = head_class_map(trained, data, args.classes)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -214,10 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines.append(f"ReaL top-1 {scores.real_top1:.2%} over the {scores.real_count:,} images with ReaL labels"
                      if scores.real_count else "ReaL: no image has ReaL labels")
     features = {"test": (examples["logits"], labels)} if args.features is not None else {}
-    whole = np.array_equal(classes.columns, np.arange(scores.head_classes))
     frozen_features.report(args, data, features, lines, {
         "image_size": [h, w], "crop_pct": view.crop_pct, "resize_method": view.resize_method,
-        **dataclasses.asdict(scores), **({} if whole else {"columns": classes.columns.tolist()})})
+        **dataclasses.asdict(scores), **({} if classes.whole_head else {"columns": classes.columns.tolist()})})
     return 0
 
 
