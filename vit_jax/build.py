@@ -31,6 +31,7 @@ from vit_jax.data.packing import PackedPreprocess, empty_sequences, packed_train
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.data.sources import InMemorySource, fits_in_memory, open_split, split_size
 from vit_jax.distillation import Distillation, distillation_from_config
+from vit_jax.extra_evals import ExtraEval, open_extra_evals
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.from_config import (
     SPLIT_FIELDS,
@@ -79,6 +80,7 @@ class Setup:
     mixup: Mixup | None = None
     distillation: Distillation | None = None  # a teacher, in the train step
     teacher_params: Any = None  # its parameters (host arrays)
+    extra_evals: dict[str, ExtraEval] = dataclasses.field(default_factory=dict)  # other datasets, at each evaluation
 
 
 def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup:
@@ -139,6 +141,7 @@ def set_up(config: ConfigDict, devices: list[jax.Device] | None = None) -> Setup
         mixup=mixup_from_config(config),
         distillation=distillation,
         teacher_params=teacher_params,
+        extra_evals=open_extra_evals(config, spec, channels),  # checked by `validate`
     )
 
 

@@ -169,6 +169,9 @@ def base_config() -> ConfigDict:
     # Also evaluate at these (h, w) resolutions (`eval/r24/accuracy`, ...): one model, its learned position table
     # resized to each input's grid in the forward pass (config.model.posemb_grid is set to the training grid).
     c.eval_image_sizes = ()
+    # Other datasets scored at every evaluation (vit_jax.extra_evals): NAME -> dict(dataset=..., split=...[,
+    # data_dir=..., classes=...]), logged as NAME/accuracy, ... (e.g. ImageNet-V2, ReaL, -R beside ImageNet's own)
+    c.extra_evals = ConfigDict()
     c.loss = "cross_entropy"  # | "binary_cross_entropy": a sigmoid per class (DeiT III's --bce-loss)
     # binary cross-entropy: targets above this become 1, others 0 (DeiT III: 0.0, both Mixup images positive)
     c.bce_target_threshold = config_dict.placeholder(float)

@@ -22,6 +22,7 @@ from vit_jax.config import build_model, cache_setting
 from vit_jax.data.preprocessing import RESIZE_METHODS, TRAIN_CROPS
 from vit_jax.data.sources import DatasetError, DatasetSpec, split_size
 from vit_jax.distillation import check_distillation
+from vit_jax.extra_evals import open_extra_evals
 from vit_jax.flexi import flexi_patch_sizes, flexi_probabilities
 from vit_jax.from_config import (
     SPLIT_FIELDS,
@@ -62,12 +63,14 @@ def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
     model = check_model(config, spec.num_classes)
     check_video(config, spec, model)
     check_rand_augment_data(config, spec)
+    check_extra_evals(config, spec)
 
 
 # What may differ when a run resumes from its workdir: how long it runs, what it logs and evaluates, and how it
 # computes the same thing (devices, memory, kernels); not what it trains (the model, data, optimizer, seed).
 RESUMABLE_CHANGES = ("num_steps", "eval_every", "log_every", "checkpoint_every", "keep", "log_pictures",
-                     "pictures_images", "eval_batch_size", "eval_split", "test_split", "eval_image_sizes", "data_dir",
+                     "pictures_images", "eval_batch_size", "eval_split", "test_split", "eval_image_sizes", "extra_evals",
+                     "data_dir",
                      "data_threads", "data_workers", "cache_in_memory", "keep_host_memory", "xla_flags", "mesh",
                      "sharding_rules", "fsdp_min_size", "image_folder_strict", "init", "model.dtype",
                      "model.attention_impl", "model.matmul", "model.remat", "model.remat_policy",
@@ -285,6 +288,20 @@ def check_data(config: ConfigDict) -> DatasetSpec:
         if not size:
             raise field_error(field, split, f"no examples in this split of {config.dataset!r}")
     return spec
+
+
+def check_extra_evals(config: ConfigDict, spec: DatasetSpec) -> None:
+    """Each extra evaluation's dataset opens, has its split, holds what the model takes and classes its head can
+    score (`vit_jax.extra_evals`)."""
+    try:
+        open_extra_evals(config, spec, config.pp.channels or spec.image_shape[-1])
+    except ValueError as error:
+        field, problem = str(error).split(": ", 1)
+        name, _, key = field.partition(".")
+        entry = config.extra_evals.get(name)
+        value = entry.get(key) if key and isinstance(entry, ConfigDict) else entry
+        raise field_error(f"extra_evals.{field}", value.to_dict() if isinstance(value, ConfigDict) else value,
+                          problem) from None
 
 
 def check_init(config: ConfigDict) -> None:

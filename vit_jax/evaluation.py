@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 from vit_jax.data import pipeline
 from vit_jax.data.packing import PackedPreprocess, packed_eval_batches
 from vit_jax.data.preprocessing import Preprocess
+from vit_jax.extra_evals import ExtraEval
 from vit_jax.flexi import patch_label
 from vit_jax.metric_writers import MetricWriter
 from vit_jax.sharding import to_global
@@ -40,6 +41,11 @@ def metrics_over_batches(
                f"{prefix}/num_examples": count}
     if top5:
         metrics[f"{prefix}/top5_accuracy"] = float(totals["top5"]) / count
+    if "real_count" in totals:  # ReaL labels (`steps.make_scored_eval_step`)
+        real = float(totals["real_count"])
+        metrics[f"{prefix}/real_num_examples"] = real
+        if real:
+            metrics[f"{prefix}/real_accuracy"] = float(totals["real_top1"]) / real
     return metrics
 
 
@@ -78,6 +84,23 @@ class Evaluator:
     packed: PackedPreprocess | None = None  # NaViT: images at their own sizes, packed into sequences
     seq_len: int = 0  # packed runs: tokens per sequence
     max_images: int = 0  # packed runs: images per sequence
+    extra: dict[str, ExtraEval] = dataclasses.field(default_factory=dict)  # other datasets, at every evaluation
+    # name -> jit-compiled `vit_jax.steps.make_scored_eval_step` on that dataset's columns: (params, batch) -> sums
+    extra_steps: dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+    def extra_metrics(self, params: Any) -> dict[str, float]:
+        """Metrics on each extra dataset (`NAME/accuracy`, ...; `vit_jax.extra_evals`), at the model's own size."""
+        metrics = {}
+        for name, extra in self.extra.items():
+            step = lambda params, batch, _, name=name: self.extra_steps[name](params, batch)  # noqa: E731
+            batches = pipeline.eval_batches(extra.source, extra.view(self.preprocess), **self._shard())
+            metrics.update(metrics_over_batches(step, params, batches, self.data_sharding, name,
+                                                top5=len(extra.classes.columns) > 5))
+        return metrics
+
+    def _shard(self) -> dict[str, int]:
+        return dict(batch_size=self.batch_size // jax.process_count(), process_index=jax.process_index(),
+                    process_count=jax.process_count(), num_threads=self.num_threads)
 
     def split_metrics(self, params: Any, split_field: str, prefix: str) -> dict[str, float]:
         """Metrics on a split; a FlexiViT model is evaluated at every patch size (`eval/p4/accuracy`, ...), and
@@ -105,8 +128,7 @@ class Evaluator:
 
     def _at(self, params: Any, split_field: str, prefix: str, patch_size: tuple[int, int] | None,
             preprocess: Preprocess | None = None) -> dict[str, float]:
-        shard = dict(batch_size=self.batch_size // jax.process_count(), process_index=jax.process_index(),
-                     process_count=jax.process_count(), num_threads=self.num_threads)
+        shard = self._shard()
         if self.packed is not None:
             batches = in_step(packed_eval_batches(self.sources[split_field], self.packed, seq_len=self.seq_len,
                                                   max_images=self.max_images, **shard))

@@ -203,3 +203,23 @@ def make_eval_step(model: VisionTransformer, loss: str = "cross_entropy"
         return classification_sums(logits, batch["label"], batch["mask"], loss=loss)
 
     return eval_step
+
+
+def make_scored_eval_step(model: VisionTransformer, loss: str = "cross_entropy"
+                          ) -> Callable[[Any, Batch, jax.Array], dict[str, jax.Array]]:
+    """`make_eval_step`'s sums on some of the head's columns (`columns`: another dataset's classes; labels index
+    them, -1 for an example not scored), and with ReaL labels (`batch["real"]`: indices into `columns`, -1 padded)
+    how many images have any and how many of those have their top class among them."""
+
+    def eval_step(params: Any, batch: Batch, columns: jax.Array) -> dict[str, jax.Array]:
+        logits = model.apply({"params": params}, *model.inputs(batch), train=False)[..., columns]
+        labels, weights = batch["label"], batch["mask"] * (batch["label"] >= 0)
+        sums = classification_sums(logits, jnp.maximum(labels, 0), weights, loss=loss)
+        if "real" in batch:
+            top = jnp.argmax(logits, axis=-1)
+            has_real = jnp.any(batch["real"] >= 0, axis=-1) & (batch["mask"] > 0)
+            sums["real_top1"] = jnp.sum(jnp.any(batch["real"] == top[:, None], axis=-1) & has_real)
+            sums["real_count"] = jnp.sum(has_real)
+        return sums
+
+    return eval_step

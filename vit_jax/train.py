@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from vit_jax.metric_writers import MetricWriter
 from vit_jax.optim import ema_params
 from vit_jax.preemption import PreemptionWatcher
 from vit_jax.sharding import batch_sharding, host_tree_to_global, replicated, to_global
-from vit_jax.steps import TrainState, make_eval_step, make_train_step
+from vit_jax.steps import TrainState, make_eval_step, make_scored_eval_step, make_train_step
 
 MAX_STEPS_AHEAD = 2  # steps the host may dispatch before the oldest has finished
 
@@ -152,7 +153,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
             sources=setup.sources, preprocess=setup.preprocess, data_sharding=data_sharding,
             batch_size=config.eval_batch_size, num_classes=setup.num_classes, num_threads=config.data_threads,
             flexi_sizes=setup.flexi_sizes, image_sizes=setup.eval_image_sizes, packed=setup.packed,
-            seq_len=config.packing.seq_len, max_images=config.packing.max_images,
+            seq_len=config.packing.seq_len, max_images=config.packing.max_images, extra=setup.extra_evals,
+            extra_steps=extra_eval_steps(setup, shardings.params, data_sharding),
         ),
         train_data=train_data,
         data_sharding=data_sharding,
@@ -170,7 +172,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         if adaptation is not None:
             for note in adaptation.notes:
                 run.writer.print(f"init from {config.init.path}: {note}")
-            run.writer.write(0, run.evaluator.split_metrics(state.params, "eval_split", "eval"))  # before any fine-tuning step
+            run.writer.write(0, {**run.evaluator.split_metrics(state.params, "eval_split", "eval"),  # before any
+                                 **run.evaluator.extra_metrics(state.params)})  # fine-tuning step
         with PreemptionWatcher() as preemption:
             state, results = train_loop(run, state, abstract, start_step, preemption)
         if config.test_split:
@@ -182,6 +185,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
         checkpoints.close()
         run.writer.close()
     return results
+
+
+def extra_eval_steps(setup: Setup, param_shardings: Any, data_sharding: Any) -> dict[str, Any]:
+    """A compiled eval step per extra dataset (`vit_jax.extra_evals`), on its classes' columns of the head."""
+    step = make_scored_eval_step(setup.model, setup.config.get("loss", "cross_entropy"))
+    return {name: jax.jit(functools.partial(step, columns=extra.classes.columns), in_shardings=(param_shardings,
+                          data_sharding), out_shardings=replicated(setup.mesh))
+            for name, extra in setup.extra_evals.items()}
 
 
 def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainState], abstract_state: TrainState,
@@ -246,6 +257,7 @@ def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainStat
         if step % config.eval_every == 0 or is_last:
             _check_finite(unchecked, checkpoints)
             eval_metrics = results = run.evaluator.split_metrics(state.params, "eval_split", "eval")
+            eval_metrics.update(run.evaluator.extra_metrics(state.params))
             if (ema := ema_params(state.opt_state)) is not None:
                 eval_metrics.update(run.evaluator.split_metrics(ema, "eval_split", EMA_EVAL))
             writer.write(step, eval_metrics)
