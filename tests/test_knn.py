@@ -85,6 +85,7 @@ def test_bad_options_are_one_line_before_any_model_is_read(digits_data_dir, caps
         ([f"--checkpoint={missing}", *common, "--train-split=training"], "unknown split 'training'"),
         ([f"--checkpoint={missing}"], "not a vit_jax workdir, so --dataset must say what to evaluate on"),
         ([f"--checkpoint={missing}", *common, f"--out={tmp_path}"], "an existing directory; expected a file path"),
+        ([f"--checkpoint={missing}", *common, "--data-threads=0"], "--data-threads 0: expected positive integers"),
     ]:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv

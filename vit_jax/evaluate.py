@@ -89,13 +89,14 @@ def per_example(logits: jax.Array, batch: dict[str, jax.Array], *, classes: Clas
 
 
 def evaluate(trained: TrainedModel, source: Sequence[dict[str, Any]], classes: ClassMap, batch_size: int,
-             dtype: str = "float32", keep_logits: bool = False, real: bool = False
+             dtype: str = "float32", keep_logits: bool = False, real: bool = False, data_threads: int = 2
              ) -> tuple[Scores, dict[str, np.ndarray], np.ndarray]:
     """The scores of `trained` on every example of `source`, each example's outputs (`rank`, `loss`, `logits` if
     kept, `real` with `real`: the examples' ReaL labels scored too) and labels, in order."""
     outputs = functools.partial(per_example, classes=classes, keep_logits=keep_logits)
     carry = (lambda example: {"real": real_labels(example)}) if real else None
-    extract = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs, carry=carry)
+    extract = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs, carry=carry,
+                                        data_threads=data_threads)
     examples, labels = extract(source, batch_size)
     rank, scored = examples["rank"], examples["rank"] >= 0
     count = int(np.sum(scored))
@@ -140,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     real = REAL_LABELS in data.builder.info.features
     try:  # what only the examples can say: none of a class scored, more ReaL labels than are read
         scores, examples, labels = evaluate(trained, open_split(data.builder, split), classes, args.batch_size,
-                                            args.dtype, keep_logits=args.features is not None, real=real)
+                                            args.dtype, keep_logits=args.features is not None, real=real,
+                                            data_threads=args.data_threads)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

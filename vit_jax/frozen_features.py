@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from vit_jax.sharding import DATA_AXIS, batch_sharding, host_tree_to_global, mak
 from vit_jax.whole_files import written_whole
 
 DTYPES = ("float32", "bfloat16")  # the forward pass's compute types (parameters stay float32)
+DATA_THREADS = max(2, min(16, os.cpu_count() or 2))  # a large split's decoding keeps up with an accelerator
 
 
 class Extractor:
@@ -42,7 +44,7 @@ class Extractor:
 
     def __init__(self, trained: TrainedModel, dtype: str = "float32", head: bool = False,
                  outputs: Callable[[jax.Array, dict[str, jax.Array]], Any] | None = None,
-                 carry: Callable[[dict[str, Any]], dict[str, np.ndarray]] | None = None):
+                 carry: Callable[[dict[str, Any]], dict[str, np.ndarray]] | None = None, data_threads: int = 2):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
         mesh = make_mesh([(DATA_AXIS, -1)])
@@ -61,6 +63,7 @@ class Extractor:
         self.forward = jax.jit(forward, out_shardings=everywhere)  # every process gets every process's rows
         preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
         self.preprocess = preprocess if carry is None else _Carrying(preprocess, carry)
+        self.data_threads = data_threads  # threads decoding and resizing images (PIL releases the GIL)
 
     def __call__(self, source: Sequence[dict[str, Any]], batch_size: int) -> tuple[Any, np.ndarray]:
         """The representations (or `outputs`) and labels of every example of `source`, in order, in global batches
@@ -68,7 +71,7 @@ class Extractor:
         processes, local_devices = jax.process_count(), jax.local_device_count()
         local_batch = -(-batch_size // (processes * local_devices)) * local_devices
         batches = eval_batches(source, self.preprocess, batch_size=local_batch, process_index=jax.process_index(),
-                               process_count=processes)
+                               process_count=processes, num_threads=self.data_threads)
         features, labels, order = [], [], []
         for step, batch in enumerate(batches):
             x, y, mask = jax.tree.map(np.asarray, self.forward(self.params, to_global(batch, self.data)))
@@ -129,6 +132,8 @@ def argument_parser(prog: str, doc: str, splits: Mapping[str, str], saved: str =
         parser.add_argument(f"--{role}-split", *(["--split"] if len(splits) == 1 else []), default=None,
                             help=help_text)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--data-threads", type=int, default=DATA_THREADS,
+                        help=f"threads decoding and resizing images (default: the cores, at most 16: {DATA_THREADS})")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="the forward pass's compute type (bfloat16: the matrix units' type on GPUs and TPUs)")
     parser.add_argument("--out", default=None, help="a JSON file for the results")
@@ -177,8 +182,9 @@ def open_data(args: argparse.Namespace, defaults: Mapping[str, str]) -> FrozenDa
     from vit_jax.data.sources import dataset_builder, dataset_spec, split_size
     from vit_jax.entry import check_output
 
-    if args.batch_size <= 0:
-        raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
+    if args.batch_size <= 0 or args.data_threads <= 0:
+        raise ValueError(f"--batch-size {args.batch_size} / --data-threads {args.data_threads}: expected positive "
+                         f"integers")
     if args.crop_pct is not None:
         try:
             check_crop(args.crop_pct)
@@ -224,12 +230,12 @@ def load_model(args: argparse.Namespace, data: FrozenData) -> TrainedModel:
     return trained
 
 
-def split_representations(trained: TrainedModel, data: FrozenData, batch_size: int, dtype: str = "float32"
-                          ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def split_representations(trained: TrainedModel, data: FrozenData, batch_size: int, dtype: str = "float32",
+                          data_threads: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """role -> (representations, labels) of each split of `data`."""
     from vit_jax.data.sources import open_split
 
-    extract = Extractor(trained, dtype)  # one compilation for the splits' batches
+    extract = Extractor(trained, dtype, data_threads=data_threads)  # one compilation for the splits' batches
     return {role: extract(open_split(data.builder, split), batch_size) for role, split in data.splits.items()}
 
 

@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype)
+    features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype, args.data_threads)
     (train, train_labels), (test, test_labels) = features["train"], features["test"]
     results = knn_accuracy(train, train_labels, test, test_labels, args.k, args.temperature, data.num_classes)
     lines = [f"k-NN on {data.dataset} ({data.splits['test']}: {len(test):,} {data.examples}; neighbours from "

@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype)
+    features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype, args.data_threads)
     result = linear_probe(features["train"], features["eval"], features["test"], data.num_classes, args.cs)
     best = result.best
     lines = [f"linear probe on {data.dataset} ({data.splits['test']}: {data.sizes['test']:,} {data.examples}), "
