@@ -13,6 +13,7 @@ from tests.conftest import tiny_digits_config
 from vit_jax import config_validation as cv
 from vit_jax.data.sources import dataset_builder, open_split
 from vit_jax.evaluate import main as evaluate
+from vit_jax.fewshot import main as fewshot
 from vit_jax.train import train_and_evaluate
 
 
@@ -54,18 +55,22 @@ def digits_real_labels(data_dir, tmp_path):
 def test_extra_datasets_are_scored_at_every_evaluation_as_evaluate_scores_the_checkpoint(digits_data_dir, tmp_path,
                                                                                         capsys):
     """The test split as an extra evaluation gives the run's own test metrics; a subset of classes and a dataset
-    with ReaL labels give what `python -m vit_jax.evaluate` gives on the final checkpoint."""
+    with ReaL labels give what `python -m vit_jax.evaluate` gives on the final checkpoint, a few-shot evaluation
+    what `python -m vit_jax.fewshot` gives."""
     digits_real_labels(digits_data_dir, tmp_path)
     config = tiny_digits_config(digits_data_dir)
     config.extra_evals.same = dict(dataset="sklearn_digits", split="test")
     config.extra_evals.some = dict(dataset="sklearn_digits", split="test", classes=["3", "5", "8"])
     config.extra_evals.real = dict(dataset="digits_real_labels", split="validation")
+    config.extra_evals.few = dict(dataset="sklearn_digits", split="test", fewshot_split="train", shots=(1, 5),
+                                  seeds=2)
     workdir = tmp_path / "run"
     train_and_evaluate(config, workdir)
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evaluations = [m for m in logged if "eval/accuracy" in m]
     assert [m["step"] for m in evaluations] == [10, 20]
-    assert all({"same/accuracy", "some/accuracy", "real/real_accuracy"} <= set(m) for m in evaluations)
+    assert all({"same/accuracy", "some/accuracy", "real/real_accuracy", "few/1shot_accuracy",
+                "few/5shot_accuracy"} <= set(m) for m in evaluations)
     final, test = evaluations[-1], [m for m in logged if "test/accuracy" in m][-1]
     for name in ("loss", "accuracy", "top5_accuracy", "num_examples"):
         assert final[f"same/{name}"] == pytest.approx(test[f"test/{name}"], rel=1e-6), name
@@ -82,6 +87,10 @@ def test_extra_datasets_are_scored_at_every_evaluation_as_evaluate_scores_the_ch
         assert final[f"{name}/num_examples"] == report["count"], name
     assert final["real/real_accuracy"] == pytest.approx(report["real_top1"], abs=1e-9)
     assert final["real/real_num_examples"] == report["real_count"] == 40  # a third of the 60 have no ReaL labels
+    out = tmp_path / "fewshot.json"
+    assert fewshot([f"--checkpoint={workdir}", "--shots", "1", "5", "--seeds=2", f"--out={out}"]) == 0
+    for result in json.loads(out.read_text())["results"]:
+        assert final[f"few/{result['shots']}shot_accuracy"] == pytest.approx(result["top1"], abs=1e-9)
     capsys.readouterr()
 
 
@@ -94,6 +103,12 @@ def test_extra_datasets_are_scored_at_every_evaluation_as_evaluate_scores_the_ch
                                                                 ": unknown dataset 'nope_not_a_dataset'"),
     (dict(v2=dict(dataset="sklearn_digits", split="tset")), "config.extra_evals.v2.dataset = 'sklearn_digits': "
                                                             "unknown split 'tset'"),
+    (dict(few=dict(dataset="sklearn_digits", split="test", fewshot_split="tarin")),
+     "config.extra_evals.few.fewshot_split = 'tarin': unknown split 'tarin'"),
+    (dict(few=dict(dataset="sklearn_digits", split="test", fewshot_split="train", shots=(0, 5))),
+     "config.extra_evals.few.shots = \\(0, 5\\): shots 0 5: expected one or more positive counts"),
+    (dict(few=dict(dataset="sklearn_digits", split="test", fewshot_split="train", classes=["3"])),
+     "config.extra_evals.few.classes = \\['3'\\]: not used by a few-shot evaluation"),
     (dict(v2=dict(dataset="sklearn_digits", split="test", classes=["3", "cat"])),
      "config.extra_evals.v2.classes = \\['3', 'cat'\\]: classes: 1 of 2 are neither a class name nor a column of the "
      "model \\(sklearn_digits\\)'s 10-class head \\(e.g. 'cat'\\)"),

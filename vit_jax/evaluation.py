@@ -21,6 +21,7 @@ from vit_jax.data import pipeline
 from vit_jax.data.packing import PackedPreprocess, packed_eval_batches
 from vit_jax.data.preprocessing import Preprocess
 from vit_jax.extra_evals import ExtraEval
+from vit_jax.fewshot import fewshot_accuracy
 from vit_jax.flexi import patch_label
 from vit_jax.metric_writers import MetricWriter
 from vit_jax.sharding import to_global
@@ -87,16 +88,35 @@ class Evaluator:
     extra: dict[str, ExtraEval] = dataclasses.field(default_factory=dict)  # other datasets, at every evaluation
     # name -> jit-compiled `vit_jax.steps.make_scored_eval_step` on that dataset's columns: (params, batch) -> sums
     extra_steps: dict[str, Callable] = dataclasses.field(default_factory=dict)
+    representation_step: Callable | None = None  # jit-compiled `make_representation_step`, for few-shot ones
 
     def extra_metrics(self, params: Any) -> dict[str, float]:
-        """Metrics on each extra dataset (`NAME/accuracy`, ...; `vit_jax.extra_evals`), at the model's own size."""
+        """Metrics on each extra dataset (`NAME/accuracy`, ...; `NAME/10shot_accuracy`, ... for a few-shot one;
+        `vit_jax.extra_evals`), at the model's own size."""
         metrics = {}
         for name, extra in self.extra.items():
+            view = extra.view(self.preprocess)
+            if extra.fewshot is not None:
+                few = extra.fewshot
+                (train, train_labels), (test, test_labels) = (self._representations(params, source, view)
+                                                              for source in (few.source, extra.source))
+                results = fewshot_accuracy(train, train_labels, test, test_labels, few.num_classes, few.shots,
+                                           few.seeds, few.l2_reg)
+                metrics.update({f"{name}/{r.shots}shot_accuracy": r.top1 for r in results})
+                continue
             step = lambda params, batch, _, name=name: self.extra_steps[name](params, batch)  # noqa: E731
-            batches = pipeline.eval_batches(extra.source, extra.view(self.preprocess), **self._shard())
+            batches = pipeline.eval_batches(extra.source, view, **self._shard())
             metrics.update(metrics_over_batches(step, params, batches, self.data_sharding, name,
                                                 top5=len(extra.classes.columns) > 5))
         return metrics
+
+    def _representations(self, params: Any, source: Any, view: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Every example's representation and label, in the source's order on any number of processes."""
+        shard = self._shard()
+        batches = pipeline.eval_batches(source, view, **shard)
+        return pipeline.rows_in_source_order(
+            batches, lambda batch: self.representation_step(params, to_global(batch, self.data_sharding)),
+            shard["batch_size"], jax.process_count())
 
     def _shard(self) -> dict[str, int]:
         return dict(batch_size=self.batch_size // jax.process_count(), process_index=jax.process_index(),

@@ -21,8 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vit_jax import frozen_features
-
 BIG_VISION_SHOTS = (1, 5, 10, 25)
 BIG_VISION_L2_REG = 2.0**10
 BIG_VISION_SEEDS = 3
@@ -79,17 +77,20 @@ def fewshot_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarr
     return results
 
 
-def check_options(shots: Sequence[int], seeds: int, l2_reg: float) -> None:
-    if not shots or any(k < 1 for k in shots):
-        raise ValueError(f"--shots {' '.join(map(str, shots))}: expected one or more positive counts of training "
+def check_options(shots: Sequence[int], seeds: int, l2_reg: float, flag: str = "--") -> None:
+    """A ValueError naming the first bad option (`flag`: how its name is written, `--` on the command line)."""
+    if not shots or any(not isinstance(k, int) or k < 1 for k in shots):
+        raise ValueError(f"{flag}shots {' '.join(map(str, shots))}: expected one or more positive counts of training "
                          f"images per class (big_vision's: {' '.join(map(str, BIG_VISION_SHOTS))})")
-    if seeds < 1:
-        raise ValueError(f"--seeds {seeds}: expected a positive number of draws")
-    if not l2_reg > 0:
-        raise ValueError(f"--l2-reg {l2_reg}: expected a positive regularisation strength (big_vision's: 1024)")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"{flag}seeds {seeds}: expected a positive number of draws")
+    if not isinstance(l2_reg, int | float) or not l2_reg > 0:
+        raise ValueError(f"{flag}{'l2-reg' if flag else 'l2_reg'} {l2_reg}: expected a positive regularisation "
+                         f"strength (big_vision's: 1024)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vit_jax import frozen_features  # the command's; the evaluation above is shared with training's
     from vit_jax.console import quiet_logging
 
     parser = frozen_features.argument_parser("python -m vit_jax.fewshot", __doc__, {

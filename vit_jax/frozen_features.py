@@ -22,7 +22,7 @@ import numpy as np
 
 from vit_jax.checkpoint.adapt import HEADS
 from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, load_trained_model
-from vit_jax.data.pipeline import eval_batches
+from vit_jax.data.pipeline import eval_batches, rows_in_source_order
 from vit_jax.distributed import COORDINATOR_HELP, MODES, MODES_HELP, initialize
 from vit_jax.image_size_flag import add_image_size_option, image_size_argument
 from vit_jax.sharding import DATA_AXIS, batch_sharding, host_tree_to_global, make_mesh, replicated, to_global
@@ -72,20 +72,8 @@ class Extractor:
         local_batch = -(-batch_size // (processes * local_devices)) * local_devices
         batches = eval_batches(source, self.preprocess, batch_size=local_batch, process_index=jax.process_index(),
                                process_count=processes, num_threads=self.data_threads)
-        features, labels, order = [], [], []
-        for step, batch in enumerate(batches):
-            x, y, mask = jax.tree.map(np.asarray, self.forward(self.params, to_global(batch, self.data)))
-            # global row g is row g % local_batch of process g // local_batch's batch `step`; process p reads the
-            # examples p, p + processes, ... (`eval_batches`)
-            rows = np.arange(len(mask))
-            index = rows // local_batch + processes * (step * local_batch + rows % local_batch)
-            real = mask > 0
-            features.append(jax.tree.map(lambda a, keep=real: a[keep], x))
-            labels.append(y[real])
-            order.append(index[real])
-        order = np.argsort(np.concatenate(order), kind="stable")
-        gathered = jax.tree.map(lambda *parts: np.concatenate(parts)[order], *features)
-        return gathered, np.concatenate(labels).astype(np.int32)[order]
+        return rows_in_source_order(batches, lambda batch: self.forward(self.params, to_global(batch, self.data)),
+                                    local_batch, processes)
 
 
 @dataclasses.dataclass(frozen=True)

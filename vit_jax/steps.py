@@ -223,3 +223,15 @@ def make_scored_eval_step(model: VisionTransformer, loss: str = "cross_entropy"
         return sums
 
     return eval_step
+
+
+def make_representation_step(model: VisionTransformer) -> Callable[[Any, Batch], tuple[jax.Array, ...]]:
+    """The representation the head reads (float32), with the batch's labels and mask: what few-shot evaluations
+    fit (`vit_jax.extra_evals`). The parameters are the whole model's; the head's are not read."""
+    headless = model.clone(num_classes=0)
+
+    def representation_step(params: Any, batch: Batch) -> tuple[jax.Array, ...]:
+        x = headless.apply({"params": params}, *headless.inputs(batch), train=False).astype(jnp.float32)
+        return x, batch["label"], batch["mask"]
+
+    return representation_step

@@ -45,7 +45,13 @@ from vit_jax.metric_writers import MetricWriter
 from vit_jax.optim import ema_params
 from vit_jax.preemption import PreemptionWatcher
 from vit_jax.sharding import batch_sharding, host_tree_to_global, replicated, to_global
-from vit_jax.steps import TrainState, make_eval_step, make_scored_eval_step, make_train_step
+from vit_jax.steps import (
+    TrainState,
+    make_eval_step,
+    make_representation_step,
+    make_scored_eval_step,
+    make_train_step,
+)
 
 MAX_STEPS_AHEAD = 2  # steps the host may dispatch before the oldest has finished
 
@@ -155,6 +161,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices: list[ja
             flexi_sizes=setup.flexi_sizes, image_sizes=setup.eval_image_sizes, packed=setup.packed,
             seq_len=config.packing.seq_len, max_images=config.packing.max_images, extra=setup.extra_evals,
             extra_steps=extra_eval_steps(setup, shardings.params, data_sharding),
+            representation_step=jax.jit(make_representation_step(setup.model), in_shardings=(
+                shardings.params, data_sharding), out_shardings=replicated(setup.mesh)),
         ),
         train_data=train_data,
         data_sharding=data_sharding,
@@ -192,7 +200,7 @@ def extra_eval_steps(setup: Setup, param_shardings: Any, data_sharding: Any) -> 
     step = make_scored_eval_step(setup.model, setup.config.get("loss", "cross_entropy"))
     return {name: jax.jit(functools.partial(step, columns=extra.classes.columns), in_shardings=(param_shardings,
                           data_sharding), out_shardings=replicated(setup.mesh))
-            for name, extra in setup.extra_evals.items()}
+            for name, extra in setup.extra_evals.items() if extra.classes is not None}
 
 
 def train_loop(run: Run, state: TrainState | concurrent.futures.Future[TrainState], abstract_state: TrainState,

@@ -13,7 +13,7 @@ runs the same number of steps and every example is counted exactly once (sums: o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -123,3 +123,26 @@ def eval_batches(
         empty = {key: np.zeros_like(v) for key, v in empty.items()}
         for _ in range(num_steps - len(batches)):
             yield empty
+
+
+def rows_in_source_order(batches: Iterable[Batch], run: Callable[[Batch], tuple[Any, Any, Any]], local_batch: int,
+                         process_count: int) -> tuple[Any, np.ndarray]:
+    """Every real example's outputs and label in the order of the source `eval_batches` read, whatever the number
+    of processes: `run(batch)` takes this process's batch and returns the global batch's outputs (a tree of arrays
+    with a row per example), labels and mask, all processes' rows in process order."""
+    import jax  # the data modules import no JAX at load (grain's worker processes import them)
+
+    outputs, labels, order = [], [], []
+    for step, batch in enumerate(batches):
+        x, y, mask = jax.tree.map(np.asarray, run(batch))
+        # global row g is row g % local_batch of process g // local_batch's batch `step`; process p reads the
+        # examples p, p + process_count, ... (`eval_batches`)
+        rows = np.arange(len(mask))
+        index = rows // local_batch + process_count * (step * local_batch + rows % local_batch)
+        real = mask > 0
+        outputs.append(jax.tree.map(lambda a, keep=real: a[keep], x))
+        labels.append(y[real])
+        order.append(index[real])
+    order = np.argsort(np.concatenate(order), kind="stable")
+    gathered = jax.tree.map(lambda *parts: np.concatenate(parts)[order], *outputs)
+    return gathered, np.concatenate(labels).astype(np.int32)[order]
