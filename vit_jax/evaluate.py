@@ -112,8 +112,16 @@ def evaluate(trained: TrainedModel, source: Sequence[dict[str, Any]], classes: C
     return scores, examples, labels
 
 
+def check_classes(classes: str | None, data: frozen_features.FrozenData) -> None:
+    """A bad `--classes` before the model is read."""
+    if classes is not None:
+        try:
+            scored_classes(classes, data.builder.name)
+        except ValueError as error:
+            raise ValueError(f"--{error}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from vit_jax.console import quiet_logging
     from vit_jax.data.sources import open_split
 
     parser = frozen_features.argument_parser("python -m vit_jax.evaluate", __doc__, {
@@ -123,18 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"(the default on those TFDS datasets), or a file of class names (WordNet IDs) or head "
                              f"columns, one per line")
     args = parser.parse_args(argv)
-    quiet_logging()
+    prepared = frozen_features.prepare(args, {"test": "test"}, lambda data: check_classes(args.classes, data))
+    if prepared is None:
+        return 2
+    data, trained = prepared
     try:
-        frozen_features.start(args)
-        data = frozen_features.open_data(args, {"test": "test"})
-        if args.classes is not None:  # a bad --classes before the model is read
-            try:
-                scored_classes(args.classes, data.builder.name)
-            except ValueError as error:
-                raise ValueError(f"--{error}") from None
-        trained = frozen_features.load_model(args, data)
         classes = head_class_map(trained, data, args.classes)
-    except (OSError, ValueError) as error:
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     split = data.splits["test"]

@@ -91,7 +91,6 @@ def check_options(shots: Sequence[int], seeds: int, l2_reg: float, flag: str = "
 
 def main(argv: Sequence[str] | None = None) -> int:
     from vit_jax import frozen_features  # the command's; the evaluation above is shared with training's
-    from vit_jax.console import quiet_logging
 
     parser = frozen_features.argument_parser("python -m vit_jax.fewshot", __doc__, {
         "train": "the split the shots are drawn from (default: train, or the run's)",
@@ -101,15 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=BIG_VISION_SEEDS, help="draws of the shots, averaged")
     parser.add_argument("--l2-reg", type=float, default=BIG_VISION_L2_REG)
     args = parser.parse_args(argv)
-    quiet_logging()
-    try:
-        frozen_features.start(args)
-        check_options(args.shots, args.seeds, args.l2_reg)
-        data = frozen_features.open_data(args, {"train": "train", "test": "test"})
-        trained = frozen_features.load_model(args, data)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    prepared = frozen_features.prepare(args, {"train": "train", "test": "test"},
+                                       lambda data: check_options(args.shots, args.seeds, args.l2_reg))
+    if prepared is None:
         return 2
+    data, trained = prepared
     features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype, args.data_threads)
     (train, train_labels), (test, test_labels) = features["train"], features["test"]
     results = fewshot_accuracy(train, train_labels, test, test_labels, data.num_classes, args.shots, args.seeds,

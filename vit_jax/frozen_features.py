@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,25 @@ def load_model(args: argparse.Namespace, data: FrozenData) -> TrainedModel:
         raise ValueError(f"{trained.source} takes {trained.channels}-channel images and dataset {data.dataset!r} "
                          f"has {channels}-channel ones: {error}") from None
     return trained
+
+
+def prepare(args: argparse.Namespace, defaults: Mapping[str, str],
+            check: Callable[[FrozenData], None] | None = None) -> tuple[FrozenData, TrainedModel] | None:
+    """A frozen-feature command's start: quiet logging, `jax.distributed` where asked, the dataset and splits
+    (`open_data`), the command's own options (`check(data)`, before any model is read) and the model
+    (`load_model`). None after printing a one-line error for bad input."""
+    from vit_jax.console import quiet_logging
+
+    quiet_logging()
+    try:
+        start(args)
+        data = open_data(args, defaults)
+        if check is not None:
+            check(data)
+        return data, load_model(args, data)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
 
 
 def split_representations(trained: TrainedModel, data: FrozenData, batch_size: int, dtype: str = "float32",

@@ -107,7 +107,6 @@ def check_options(ks: Sequence[int], temperature: float, num_train: int) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vit_jax.console import quiet_logging
 
     parser = frozen_features.argument_parser("python -m vit_jax.knn", __doc__, {
         "train": "the neighbours' split (default: train, or the run's)",
@@ -115,15 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=int, nargs="+", default=list(DINO_KS), help="neighbour counts (default: DINO's)")
     parser.add_argument("--temperature", type=float, default=DINO_TEMPERATURE)
     args = parser.parse_args(argv)
-    quiet_logging()
-    try:
-        frozen_features.start(args)
-        data = frozen_features.open_data(args, {"train": "train", "test": "test"})
-        check_options(args.k, args.temperature, data.sizes["train"])
-        trained = frozen_features.load_model(args, data)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    prepared = frozen_features.prepare(args, {"train": "train", "test": "test"},
+                                       lambda data: check_options(args.k, args.temperature, data.sizes["train"]))
+    if prepared is None:
         return 2
+    data, trained = prepared
     features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype, args.data_threads)
     (train, train_labels), (test, test_labels) = features["train"], features["test"]
     results = knn_accuracy(train, train_labels, test, test_labels, args.k, args.temperature, data.num_classes)

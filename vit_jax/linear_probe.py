@@ -119,8 +119,12 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndar
                        top_k_accuracy(logits, test[1], 5))
 
 
+def check_cs(cs: Sequence[float]) -> None:
+    if not cs or not all(c > 0 for c in cs):
+        raise ValueError(f"--C {' '.join(map(str, cs))}: expected positive numbers")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from vit_jax.console import quiet_logging
 
     parser = frozen_features.argument_parser("python -m vit_jax.linear_probe", __doc__, {
         "train": "the split fitted (default: train, or the run's)",
@@ -129,16 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--C", type=float, nargs="+", default=list(DINOV2_CS), dest="cs", metavar="C",
                         help="inverse regularisation strengths to try (default: DINOv2's 45, 1e-6 to 1e5)")
     args = parser.parse_args(argv)
-    quiet_logging()
-    try:
-        frozen_features.start(args)
-        if not all(c > 0 for c in args.cs):
-            raise ValueError(f"--C {' '.join(map(str, args.cs))}: expected positive numbers")
-        data = frozen_features.open_data(args, {"train": "train", "eval": "validation", "test": "test"})
-        trained = frozen_features.load_model(args, data)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    prepared = frozen_features.prepare(args, {"train": "train", "eval": "validation", "test": "test"},
+                                       lambda data: check_cs(args.cs))
+    if prepared is None:
         return 2
+    data, trained = prepared
     features = frozen_features.split_representations(trained, data, args.batch_size, args.dtype, args.data_threads)
     result = linear_probe(features["train"], features["eval"], features["test"], data.num_classes, args.cs)
     best = result.best
