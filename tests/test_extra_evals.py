@@ -101,8 +101,8 @@ def test_extra_datasets_are_scored_at_every_evaluation_as_evaluate_scores_the_ch
                                                              "split=...\\[, data_dir=..., classes=...\\]\\)"),
     (dict(v2=dict(dataset="nope_not_a_dataset", split="test")), "config.extra_evals.v2.dataset = 'nope_not_a_dataset'"
                                                                 ": unknown dataset 'nope_not_a_dataset'"),
-    (dict(v2=dict(dataset="sklearn_digits", split="tset")), "config.extra_evals.v2.dataset = 'sklearn_digits': "
-                                                            "unknown split 'tset'"),
+    (dict(v2=dict(dataset="sklearn_digits", split="tset")), "config.extra_evals.v2.split = 'tset': unknown split "
+                                                            "'tset'"),
     (dict(few=dict(dataset="sklearn_digits", split="test", fewshot_split="tarin")),
      "config.extra_evals.few.fewshot_split = 'tarin': unknown split 'tarin'"),
     (dict(few=dict(dataset="sklearn_digits", split="test", fewshot_split="train", shots=(0, 5))),

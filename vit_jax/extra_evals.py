@@ -107,9 +107,12 @@ def _open(name: str, entry: dict[str, Any], config: ConfigDict, spec: DatasetSpe
     try:
         builder = dataset_builder(dataset, entry.get("data_dir") or config.get("data_dir"))
         theirs = dataset_spec(builder)
-        split_size(builder, split)
     except (DatasetError, OSError) as error:
         raise ValueError(f"{name}.dataset: {error}") from None
+    try:
+        split_size(builder, split)
+    except DatasetError as error:
+        raise ValueError(f"{name}.split: {error}") from None
     if len(theirs.image_shape) != len(spec.image_shape):
         kind = lambda shape: "videos" if len(shape) == 4 else "images"  # noqa: E731
         raise ValueError(f"{name}.dataset: {dataset!r} holds {kind(theirs.image_shape)} and the run trains on "
