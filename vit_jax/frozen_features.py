@@ -1,5 +1,6 @@
-"""A checkpoint's representation of a dataset's splits, for evaluations that train nothing in the backbone (k-NN,
-linear probes): the command line they share, the choice of dataset and splits, and the extraction.
+"""A checkpoint's representation (or its logits) of a dataset's splits, for evaluations that train nothing in the
+backbone (k-NN, few-shot, linear probes; the classifier scored by `evaluate`): the command line they share, the
+choice of dataset and splits, and the extraction.
 
 The representation is what the checkpoint's head reads (timm's `forward_head(..., pre_logits=True)`: the pooled
 token after `fc_norm` / `pre_logits`; a DINOv2 or CLIP tower's embedding), through the checkpoint's evaluation
