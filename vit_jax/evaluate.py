@@ -88,28 +88,38 @@ def per_example(logits: jax.Array, batch: dict[str, jax.Array], *, classes: Clas
     return {**outputs, "logits": logits} if keep_logits else outputs
 
 
+def scoring_extractor(trained: TrainedModel, classes: ClassMap, dtype: str = "float32", keep_logits: bool = False,
+                      real: bool = False, data_threads: int = 2) -> frozen_features.Extractor:
+    """The compiled scoring of `trained`'s head on a dataset's classes (`per_example` for every example; with
+    `real`, the examples' ReaL labels carried to it); `set_params` scores other parameters without compiling."""
+    outputs = functools.partial(per_example, classes=classes, keep_logits=keep_logits)
+    carry = (lambda example: {"real": real_labels(example)}) if real else None
+    return frozen_features.Extractor(trained, dtype, head=True, outputs=outputs, carry=carry,
+                                     data_threads=data_threads)
+
+
+def scores_of(examples: dict[str, np.ndarray], labels: np.ndarray, classes: ClassMap, head_classes: int) -> Scores:
+    """The figures of a split from its examples' outputs (`per_example`)."""
+    rank, scored = examples["rank"], examples["rank"] >= 0
+    count = int(np.sum(scored))
+    if count == 0:
+        raise ValueError(f"none of the {len(labels):,} examples is of a class scored")
+    with_real = examples["real"][examples["real"] >= 0] if "real" in examples else None
+    top5 = float(np.mean(rank[scored] < TOP)) if len(classes.columns) > TOP else None
+    return Scores(float(np.mean(rank[scored] == 0)), top5, float(np.mean(examples["loss"][scored])), count,
+                  len(labels) - count, len(classes.columns), int(head_classes),
+                  None if with_real is None or not len(with_real) else float(np.mean(with_real)),
+                  None if with_real is None else len(with_real))
+
+
 def evaluate(trained: TrainedModel, source: Sequence[dict[str, Any]], classes: ClassMap, batch_size: int,
              dtype: str = "float32", keep_logits: bool = False, real: bool = False, data_threads: int = 2
              ) -> tuple[Scores, dict[str, np.ndarray], np.ndarray]:
     """The scores of `trained` on every example of `source`, each example's outputs (`rank`, `loss`, `logits` if
     kept, `real` with `real`: the examples' ReaL labels scored too) and labels, in order."""
-    outputs = functools.partial(per_example, classes=classes, keep_logits=keep_logits)
-    carry = (lambda example: {"real": real_labels(example)}) if real else None
-    extract = frozen_features.Extractor(trained, dtype, head=True, outputs=outputs, carry=carry,
-                                        data_threads=data_threads)
+    extract = scoring_extractor(trained, classes, dtype, keep_logits, real, data_threads)
     examples, labels = extract(source, batch_size)
-    rank, scored = examples["rank"], examples["rank"] >= 0
-    count = int(np.sum(scored))
-    if count == 0:
-        raise ValueError(f"none of the {len(labels):,} examples is of a class scored")
-    with_real = examples["real"][examples["real"] >= 0] if real else None
-    top5 = float(np.mean(rank[scored] < TOP)) if len(classes.columns) > TOP else None
-    scores = Scores(float(np.mean(rank[scored] == 0)), top5,
-                    float(np.mean(examples["loss"][scored])), count, len(labels) - count, len(classes.columns),
-                    int(trained.model.num_classes),
-                    None if with_real is None or not len(with_real) else float(np.mean(with_real)),
-                    None if with_real is None else len(with_real))
-    return scores, examples, labels
+    return scores_of(examples, labels, classes, trained.model.num_classes), examples, labels
 
 
 def check_classes(classes: str | None, data: frozen_features.FrozenData) -> None:

@@ -51,11 +51,11 @@ class Extractor:
             raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
         mesh = make_mesh([(DATA_AXIS, -1)])
         self.data, everywhere = batch_sharding(mesh), replicated(mesh)
+        self.head, self.everywhere = head, everywhere
         compute = None if dtype == "float32" else jnp.dtype(dtype)
         # without a head the model returns its representation
         model = trained.model.clone(dtype=compute) if head else trained.model.clone(num_classes=0, dtype=compute)
-        params = {name: p for name, p in trained.params.items() if head or name not in HEADS}
-        self.params = host_tree_to_global(params, jax.tree.map(lambda _: everywhere, params))
+        self.set_params(trained.params)
         keep = outputs or (lambda x, batch: x)
 
         def forward(params: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array, jax.Array]:
@@ -66,6 +66,11 @@ class Extractor:
         preprocess = dataclasses.replace(trained.preprocess, channels=trained.channels, max_patches=None)
         self.preprocess = preprocess if carry is None else _Carrying(preprocess, carry)
         self.data_threads = data_threads  # threads decoding and resizing images (PIL releases the GIL)
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        """Other parameters of the same model (a soup's candidates): nothing compiles again."""
+        params = {name: p for name, p in params.items() if self.head or name not in HEADS}
+        self.params = host_tree_to_global(params, jax.tree.map(lambda _: self.everywhere, params))
 
     def __call__(self, source: Sequence[dict[str, Any]], batch_size: int) -> tuple[Any, np.ndarray]:
         """The representations (or `outputs`) and labels of every example of `source`, in order, in global batches

@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from vit_jax.models.heads import num_prefix_tokens
 from vit_jax.models.posemb import antialiased, resize_posemb, sincos2d
 from vit_jax.models.rope import ROPE_KINDS, is_rope
 from vit_jax.models.vit import VisionTransformer, token_grid
+
+if TYPE_CHECKING:
+    from vit_jax.checkpoint.trained_model import TrainedModel
 
 _POOLS = {"token": "token", "gap": "avg", "token_gap": "avg", "map": "map", "token_map": "map", "unpooled": "",
           "token_unpooled": "", "token_distilled": "token"}
@@ -425,10 +428,15 @@ def export_timm(checkpoint: str, out: str | Path, step: int | None = None,
     """Writes `out/model.safetensors` and `out/config.json` for the model of `checkpoint` (anything
     `load_trained_model` reads; `image_size` for an `.npz` file whose table does not say it). Checks before writing
     anything."""
-    from vit_jax.checkpoint.hub import CONFIG
     from vit_jax.checkpoint.trained_model import load_trained_model
 
-    trained = load_trained_model(checkpoint, step=step, image_size=image_size)
+    return export_trained_timm(load_trained_model(checkpoint, step=step, image_size=image_size), out)
+
+
+def export_trained_timm(trained: TrainedModel, out: str | Path) -> Path:
+    """`export_timm` of a model already loaded (or made: a soup of several)."""
+    from vit_jax.checkpoint.hub import CONFIG
+
     image_size = tuple(trained.preprocess.image_size)
     model, params = at_export_grid(*fixed_table_as_learned(trained.model, trained.params, image_size), image_size)
     config = timm_config(model, trained.preprocess, trained.channels)
