@@ -69,12 +69,11 @@ def validate(config: ConfigDict, num_devices: int, process_count: int) -> None:
 # What may differ when a run resumes from its workdir: how long it runs, what it logs and evaluates, and how it
 # computes the same thing (devices, memory, kernels); not what it trains (the model, data, optimizer, seed).
 RESUMABLE_CHANGES = ("num_steps", "eval_every", "log_every", "checkpoint_every", "keep", "log_pictures",
-                     "pictures_images", "eval_batch_size", "eval_split", "test_split", "eval_image_sizes", "extra_evals",
-                     "data_dir",
-                     "data_threads", "data_workers", "cache_in_memory", "keep_host_memory", "xla_flags", "mesh",
-                     "sharding_rules", "fsdp_min_size", "image_folder_strict", "init", "model.dtype",
-                     "model.attention_impl", "model.matmul", "model.remat", "model.remat_policy",
-                     "model.record_attention")
+                     "pictures_images", "eval_batch_size", "eval_split", "test_split", "eval_image_sizes",
+                     "extra_evals", "data_dir", "data_threads", "data_workers", "cache_in_memory",
+                     "keep_host_memory", "xla_flags", "mesh", "sharding_rules", "fsdp_min_size",
+                     "image_folder_strict", "init", "model.dtype", "model.attention_impl", "model.matmul",
+                     "model.remat", "model.remat_policy", "model.record_attention")
 
 
 def check_resume(config: ConfigDict, saved: ConfigDict, latest_step: int, workdir: str | Path) -> None:

@@ -139,11 +139,11 @@ def label_feature(builder: tfds.core.DatasetBuilder) -> str:
 
 
 def dataset_spec(builder: tfds.core.DatasetBuilder) -> DatasetSpec:
-    features = builder.info.features
-    missing = [key for key in ("image", label_feature(builder)) if key not in features]
+    features, label = builder.info.features, label_feature(builder)
+    missing = [key for key in ("image", label) if key not in features]
     if missing:
         raise DatasetError(f"dataset {builder.name!r} has no {missing} feature(s); vit_jax needs 'image' and 'label'")
-    names = tuple(features[label_feature(builder)].names)
+    names = tuple(features[label].names)
     return DatasetSpec(builder.name, len(names), names, tuple(features["image"].shape))  # type: ignore[arg-type]
 
 
