@@ -27,6 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from vit_jax.checkpoint.trained_model import TrainedModel, checkpoint_kind, load_trained_model
+from vit_jax.models.vit import MODEL_OPTIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _shapes(params: Any) -> dict[str, tuple[int, ...]]:
 
 
 def _options(model: Any) -> dict[str, Any]:
-    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+    return {name: getattr(model, name) for name in MODEL_OPTIONS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
